@@ -1,0 +1,386 @@
+//! The lifecycle of an account's keys: create, list, get, rotate, revoke, reactivate, delete.
+//!
+//! [`KeyManager`] applies the rules (at most 3 keys per account by default, counting inactive
+//! ones; rotation keeps id and `created_at`; the plaintext is returned only by create and
+//! rotate) on top of any [`KeyStore`], and tells every subscribed cache about each change
+//! before the method returns, so an old key is refused at once.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use tower_api_key::{KeyManager, KeyStatus, ManagerError, MemoryStore, Pepper};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+//! let account = "acme".parse()?;
+//!
+//! let created = manager.create(&account).await?;
+//! println!("give this to the client once: {}", created.key.expose_secret());
+//!
+//! let revoked = manager.revoke(&account, created.info.id).await?;
+//! assert_eq!(revoked.status, KeyStatus::Inactive);
+//!
+//! manager.create(&account).await?;
+//! manager.create(&account).await?;
+//! // Inactive keys count towards the limit.
+//! assert!(matches!(
+//!     manager.create(&account).await,
+//!     Err(ManagerError::LimitReached { limit: 3 })
+//! ));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::invalidation::{Invalidation, InvalidationBus};
+use crate::key::{ApiKey, KeyPrefix, Pepper, RandomnessError};
+use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, StoreError};
+
+/// The default limit of keys per account.
+pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 3;
+
+/// How often a prefix collision is retried with a fresh key before giving up. With 36^8
+/// possible prefixes a single collision is already rare.
+const PREFIX_ATTEMPTS: usize = 8;
+
+// ===== KeyInfo / CreatedKey =====
+
+/// What a caller may see of a key: everything but its secret and digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Permanent id, unchanged by rotation.
+    pub id: KeyId,
+    /// The owning account.
+    pub account_id: AccountId,
+    /// Current prefix (changes on rotation).
+    pub prefix: KeyPrefix,
+    /// Active or inactive.
+    pub status: KeyStatus,
+    /// When the key was created.
+    pub created_at: SystemTime,
+    /// When the key last authenticated a request, if ever since creation or rotation.
+    pub last_used_at: Option<SystemTime>,
+}
+
+impl From<KeyRecord> for KeyInfo {
+    fn from(record: KeyRecord) -> Self {
+        Self {
+            id: record.id,
+            account_id: record.account_id,
+            prefix: record.prefix,
+            status: record.status,
+            created_at: record.created_at,
+            last_used_at: record.last_used_at,
+        }
+    }
+}
+
+/// A key as returned by [`KeyManager::create`] and [`KeyManager::rotate`]: the only time
+/// the plaintext is available. `Debug` shows the prefix only.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    /// The key's record.
+    pub info: KeyInfo,
+    /// The whole key, to hand to the client once.
+    pub key: ApiKey,
+}
+
+// ===== ManagerError =====
+
+/// Why a lifecycle operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// The account already holds its limit of keys (inactive keys count).
+    LimitReached {
+        /// The limit.
+        limit: usize,
+    },
+    /// No key with that id belongs to that account.
+    NotFound,
+    /// The store failed; nothing may have changed, or the change may have applied.
+    Store(StoreError),
+    /// The operating system could not provide randomness for a new key.
+    Randomness(RandomnessError),
+    /// Every attempt to find an unused prefix collided.
+    PrefixExhausted,
+}
+
+impl fmt::Display for ManagerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LimitReached { limit } => write!(f, "account already has {limit} keys"),
+            Self::NotFound => f.write_str("key not found"),
+            Self::Store(err) => err.fmt(f),
+            Self::Randomness(err) => err.fmt(f),
+            Self::PrefixExhausted => f.write_str("no free key prefix found"),
+        }
+    }
+}
+
+impl std::error::Error for ManagerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Store(err) => Some(err),
+            Self::Randomness(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ManagerError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::LimitReached { limit } => Self::LimitReached { limit },
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<RandomnessError> for ManagerError {
+    fn from(err: RandomnessError) -> Self {
+        Self::Randomness(err)
+    }
+}
+
+// ===== KeyManager =====
+
+/// Creates, rotates, revokes, reactivates and deletes keys, enforcing the per-account limit.
+///
+/// Cloning is cheap and shares the store and the invalidation bus. Every change is published
+/// on [`invalidations`](Self::invalidations) before the method returns; a cache subscribed
+/// there refuses the old key from then on.
+#[derive(Clone)]
+pub struct KeyManager {
+    store: Arc<dyn KeyStore>,
+    pepper: Pepper,
+    max_keys_per_account: usize,
+    invalidations: InvalidationBus,
+}
+
+impl KeyManager {
+    /// A manager over `store`, digesting keys with `pepper`, with the default limit of 3 keys
+    /// per account.
+    pub fn new(store: Arc<dyn KeyStore>, pepper: Pepper) -> Self {
+        Self {
+            store,
+            pepper,
+            max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
+            invalidations: InvalidationBus::new(),
+        }
+    }
+
+    /// Sets how many keys (active or inactive) one account may hold.
+    #[must_use]
+    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+        self.max_keys_per_account = limit;
+        self
+    }
+
+    /// Publishes into `bus` instead of the manager's own bus, for sharing one bus between
+    /// several managers or with a cross-process channel.
+    #[must_use]
+    pub fn invalidation_bus(mut self, bus: InvalidationBus) -> Self {
+        self.invalidations = bus;
+        self
+    }
+
+    /// The bus every change is published on; subscribe caches here.
+    pub fn invalidations(&self) -> &InvalidationBus {
+        &self.invalidations
+    }
+
+    /// The store the manager writes to.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// The pepper keys are digested with.
+    pub fn pepper(&self) -> &Pepper {
+        &self.pepper
+    }
+
+    /// The per-account limit in force.
+    pub fn limit(&self) -> usize {
+        self.max_keys_per_account
+    }
+
+    /// Creates an active key for `account` and returns it with its plaintext, which is not
+    /// available again.
+    ///
+    /// The limit check and the insert are one atomic step of the store: of many concurrent
+    /// creates for one account, exactly as many succeed as there are free slots.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::LimitReached`] if the account holds its limit of keys, active or not;
+    /// a store failure otherwise.
+    pub async fn create(&self, account: &AccountId) -> Result<CreatedKey, ManagerError> {
+        let id = KeyId::random();
+        let created_at = now();
+        for _ in 0..PREFIX_ATTEMPTS {
+            let key = ApiKey::generate()?;
+            let record = KeyRecord {
+                id,
+                account_id: account.clone(),
+                prefix: key.prefix(),
+                digest: self.pepper.digest(&key),
+                status: KeyStatus::Active,
+                created_at,
+                last_used_at: None,
+            };
+            match self
+                .store
+                .insert_within_limit(record.clone(), self.max_keys_per_account)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(account = %account, prefix = %record.prefix, "api key created");
+                    return Ok(CreatedKey {
+                        info: record.into(),
+                        key,
+                    });
+                }
+                Err(StoreError::PrefixTaken) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(ManagerError::PrefixExhausted)
+    }
+
+    /// All keys of `account`, oldest first, without secrets.
+    ///
+    /// # Errors
+    ///
+    /// A store failure.
+    pub async fn list(&self, account: &AccountId) -> Result<Vec<KeyInfo>, ManagerError> {
+        let records = self.store.list(account).await?;
+        Ok(records.into_iter().map(KeyInfo::from).collect())
+    }
+
+    /// One key of `account`.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    pub async fn get(&self, account: &AccountId, id: KeyId) -> Result<KeyInfo, ManagerError> {
+        let record = self.store.get(account, id).await?;
+        record.map(KeyInfo::from).ok_or(ManagerError::NotFound)
+    }
+
+    /// Gives the key a new prefix and secret, keeping its id, status and `created_at`, and
+    /// clearing `last_used_at`. The old key string is refused from the moment this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    pub async fn rotate(&self, account: &AccountId, id: KeyId) -> Result<CreatedKey, ManagerError> {
+        for _ in 0..PREFIX_ATTEMPTS {
+            let key = ApiKey::generate()?;
+            let digest = self.pepper.digest(&key);
+            match self
+                .store
+                .replace_key(account, id, key.prefix(), digest)
+                .await
+            {
+                Ok(Some(rotated)) => {
+                    self.invalidations
+                        .publish(Invalidation::Key(rotated.before.digest));
+                    // A negative entry for the new key is all but impossible, but cheap to rule out.
+                    self.invalidations.publish(Invalidation::Key(digest));
+                    tracing::info!(
+                        account = %account,
+                        old_prefix = %rotated.before.prefix,
+                        prefix = %rotated.after.prefix,
+                        "api key rotated"
+                    );
+                    return Ok(CreatedKey {
+                        info: rotated.after.into(),
+                        key,
+                    });
+                }
+                Ok(None) => return Err(ManagerError::NotFound),
+                Err(StoreError::PrefixTaken) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(ManagerError::PrefixExhausted)
+    }
+
+    /// Makes the key inactive; it is refused from the moment this returns. Revoking an
+    /// inactive key changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    pub async fn revoke(&self, account: &AccountId, id: KeyId) -> Result<KeyInfo, ManagerError> {
+        self.set_status(account, id, KeyStatus::Inactive).await
+    }
+
+    /// Makes the key active again; the same key string is accepted from the moment this
+    /// returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    pub async fn reactivate(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+    ) -> Result<KeyInfo, ManagerError> {
+        self.set_status(account, id, KeyStatus::Active).await
+    }
+
+    /// Deletes the key for good: it is refused from the moment this returns, and no longer
+    /// counts towards the account's limit.
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    pub async fn delete(&self, account: &AccountId, id: KeyId) -> Result<(), ManagerError> {
+        let record = self
+            .store
+            .delete(account, id)
+            .await?
+            .ok_or(ManagerError::NotFound)?;
+        self.invalidations.publish(Invalidation::Key(record.digest));
+        tracing::info!(account = %account, prefix = %record.prefix, "api key deleted");
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        status: KeyStatus,
+    ) -> Result<KeyInfo, ManagerError> {
+        let record = self
+            .store
+            .set_status(account, id, status)
+            .await?
+            .ok_or(ManagerError::NotFound)?;
+        self.invalidations.publish(Invalidation::Key(record.digest));
+        tracing::info!(account = %account, prefix = %record.prefix, status = %status, "api key status set");
+        Ok(record.into())
+    }
+}
+
+impl fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("max_keys_per_account", &self.max_keys_per_account)
+            .field("invalidations", &self.invalidations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current time at the microsecond precision that every store keeps.
+pub(crate) fn now() -> SystemTime {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UNIX_EPOCH + Duration::from_micros(since_epoch.as_micros().try_into().unwrap_or(u64::MAX))
+}

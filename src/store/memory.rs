@@ -1,0 +1,186 @@
+//! The embedded in-memory store.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
+use crate::key::{KeyDigest, KeyPrefix};
+
+/// Keeps key records in process memory: the default store, and the one tests use.
+///
+/// One mutex guards all records, and no method holds it across an `.await`, so every method
+/// is atomic and concurrent callers see one consistent order of changes. Records are lost
+/// when the process exits.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_api_key::{KeyManager, MemoryStore, Pepper};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+/// let account = "acme".parse()?;
+/// manager.create(&account).await?;
+/// assert_eq!(manager.list(&account).await?.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    records: Mutex<Records>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    by_id: HashMap<KeyId, KeyRecord>,
+    by_prefix: HashMap<KeyPrefix, KeyId>,
+    /// Each account's key ids, oldest first.
+    by_account: HashMap<AccountId, Vec<KeyId>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn records(&self) -> MutexGuard<'_, Records> {
+        // No method can leave the records half-changed, so a poisoned lock is still sound.
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Records {
+    fn owned_mut(&mut self, account: &AccountId, id: KeyId) -> Option<&mut KeyRecord> {
+        self.by_id
+            .get_mut(&id)
+            .filter(|record| record.account_id == *account)
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+        let mut records = self.records();
+        let held = records
+            .by_account
+            .get(&record.account_id)
+            .map_or(0, Vec::len);
+        if held >= limit {
+            return Err(StoreError::LimitReached { limit });
+        }
+        if records.by_prefix.contains_key(&record.prefix) {
+            return Err(StoreError::PrefixTaken);
+        }
+        records.by_prefix.insert(record.prefix, record.id);
+        records
+            .by_account
+            .entry(record.account_id.clone())
+            .or_default()
+            .push(record.id);
+        records.by_id.insert(record.id, record);
+        Ok(())
+    }
+
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
+        let records = self.records();
+        Ok(records
+            .by_prefix
+            .get(prefix)
+            .and_then(|id| records.by_id.get(id))
+            .cloned())
+    }
+
+    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.records().owned_mut(account, id).map(|r| r.clone()))
+    }
+
+    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
+        let records = self.records();
+        let ids = records
+            .by_account
+            .get(account)
+            .map_or(&[][..], Vec::as_slice);
+        Ok(ids
+            .iter()
+            .filter_map(|id| records.by_id.get(id).cloned())
+            .collect())
+    }
+
+    async fn set_status(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        status: KeyStatus,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut records = self.records();
+        Ok(records.owned_mut(account, id).map(|record| {
+            record.status = status;
+            record.clone()
+        }))
+    }
+
+    async fn replace_key(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+    ) -> Result<Option<Rotated>, StoreError> {
+        let mut records = self.records();
+        let Some(before) = records.owned_mut(account, id).map(|r| r.clone()) else {
+            return Ok(None);
+        };
+        if records.by_prefix.contains_key(&prefix) {
+            return Err(StoreError::PrefixTaken);
+        }
+        records.by_prefix.remove(&before.prefix);
+        records.by_prefix.insert(prefix, id);
+        let after = KeyRecord {
+            prefix,
+            digest,
+            last_used_at: None,
+            ..before.clone()
+        };
+        records.by_id.insert(id, after.clone());
+        Ok(Some(Rotated { before, after }))
+    }
+
+    async fn delete(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut records = self.records();
+        if records.owned_mut(account, id).is_none() {
+            return Ok(None);
+        }
+        let removed = records.by_id.remove(&id);
+        if let Some(record) = &removed {
+            records.by_prefix.remove(&record.prefix);
+            if let Some(ids) = records.by_account.get_mut(account) {
+                ids.retain(|kept| *kept != id);
+                if ids.is_empty() {
+                    records.by_account.remove(account);
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        let mut records = self.records();
+        for key_use in uses {
+            if let Some(record) = records.by_id.get_mut(&key_use.id) {
+                if record.prefix == key_use.prefix
+                    && record.last_used_at.is_none_or(|last| last < key_use.at)
+                {
+                    record.last_used_at = Some(key_use.at);
+                }
+            }
+        }
+        Ok(())
+    }
+}

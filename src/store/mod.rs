@@ -1,0 +1,399 @@
+//! Where key records live: the [`KeyStore`] trait, the records it keeps, and the embedded
+//! [`MemoryStore`].
+//!
+//! A store keeps digests, never plaintext keys. Every method is one atomic step, so the
+//! lifecycle rules of [`KeyManager`](crate::manager::KeyManager) hold under concurrency
+//! without any locking of its own. Implement the trait to keep keys in another database.
+
+mod memory;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+use crate::key::{KeyDigest, KeyPrefix};
+
+pub use memory::MemoryStore;
+
+// ===== AccountId =====
+
+/// The account that owns keys: 1 to 64 characters of `[A-Za-z0-9_-]`.
+///
+/// Cheap to clone (shared string).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(Arc<str>);
+
+/// An account id is empty, longer than 64 characters, or has a character outside
+/// `[A-Za-z0-9_-]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InvalidAccountId;
+
+impl fmt::Display for InvalidAccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("account id must be 1 to 64 characters of [A-Za-z0-9_-]")
+    }
+}
+
+impl std::error::Error for InvalidAccountId {}
+
+impl AccountId {
+    /// Longest accepted account id, in characters.
+    pub const MAX_LEN: usize = 64;
+
+    /// Checks and wraps an account id.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidAccountId`] unless `id` is 1 to 64 characters of `[A-Za-z0-9_-]`.
+    pub fn new(id: &str) -> Result<Self, InvalidAccountId> {
+        let valid = (1..=Self::MAX_LEN).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(Arc::from(id)))
+        } else {
+            Err(InvalidAccountId)
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for AccountId {
+    type Err = InvalidAccountId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccountId({:?})", &*self.0)
+    }
+}
+
+// ===== KeyId =====
+
+/// A key's permanent id (a random UUID). It survives rotation, unlike the prefix.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(uuid::Uuid);
+
+/// A key id is not a UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InvalidKeyId;
+
+impl fmt::Display for InvalidKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("key id must be a uuid")
+    }
+}
+
+impl std::error::Error for InvalidKeyId {}
+
+impl KeyId {
+    /// A new random id.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// Wraps a UUID read back from a store.
+    pub const fn from_uuid(id: uuid::Uuid) -> Self {
+        Self(id)
+    }
+
+    /// The id as a UUID, for a store to write.
+    pub const fn as_uuid(&self) -> &uuid::Uuid {
+        &self.0
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = InvalidKeyId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self).map_err(|_| InvalidKeyId)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.0.hyphenated())
+    }
+}
+
+// ===== KeyStatus =====
+
+/// Whether a key authenticates requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyStatus {
+    /// The key authenticates requests.
+    Active,
+    /// The key was revoked; it can be reactivated with the same key string.
+    Inactive,
+}
+
+impl KeyStatus {
+    /// `"active"` or `"inactive"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+        }
+    }
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ===== KeyRecord =====
+
+/// Everything a store keeps about one key. No plaintext: only the prefix and the digest.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Permanent id, unchanged by rotation.
+    pub id: KeyId,
+    /// The owning account.
+    pub account_id: AccountId,
+    /// Current prefix (changes on rotation).
+    pub prefix: KeyPrefix,
+    /// Keyed digest of the current key.
+    pub digest: KeyDigest,
+    /// Active or inactive.
+    pub status: KeyStatus,
+    /// When the key was created (unchanged by rotation).
+    pub created_at: SystemTime,
+    /// When the key last authenticated a request, if ever since it was created or rotated.
+    pub last_used_at: Option<SystemTime>,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("account_id", &self.account_id)
+            .field("prefix", &self.prefix)
+            .field("status", &self.status)
+            .field("created_at", &self.created_at)
+            .field("last_used_at", &self.last_used_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One coalesced use of a key, for [`KeyStore::record_last_used`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyUse {
+    /// The key that was used.
+    pub id: KeyId,
+    /// The prefix it was used with; a use of a prefix that was since rotated away is dropped.
+    pub prefix: KeyPrefix,
+    /// When it was last used.
+    pub at: SystemTime,
+}
+
+// ===== errors =====
+
+/// Why a store operation failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The account already holds its limit of keys.
+    LimitReached {
+        /// The limit that was reached.
+        limit: usize,
+    },
+    /// Another key already has this prefix (the caller retries with a new key).
+    PrefixTaken,
+    /// The store could not be reached or failed; the operation may be retried.
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a backend failure.
+    pub fn unavailable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable(source.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LimitReached { limit } => write!(f, "account already has {limit} keys"),
+            Self::PrefixTaken => f.write_str("key prefix already taken"),
+            Self::Unavailable(source) => write!(f, "key store unavailable: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unavailable(source) => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+// ===== KeyStore =====
+
+/// Persistence for key records. Each method is one atomic step.
+///
+/// Methods that address one key take the owning account too: a key id of another account is
+/// "not found" (`Ok(None)`), exactly like an unknown id.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Inserts `record` unless its account already holds `limit` keys (active or inactive)
+    /// or its prefix is taken. The count and the insert are one atomic step, so concurrent
+    /// inserts can't exceed the limit.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::LimitReached`], [`StoreError::PrefixTaken`], or a backend failure.
+    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError>;
+
+    /// The record whose current prefix is `prefix`.
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// One key of an account.
+    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// All keys of an account, oldest first.
+    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Sets a key's status and returns the updated record.
+    async fn set_status(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        status: KeyStatus,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Gives a key a new prefix and digest and clears `last_used_at`, keeping id, status and
+    /// `created_at`. Returns the record as it was before and as it is now.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::PrefixTaken`] if `prefix` belongs to another key; nothing changes then.
+    async fn replace_key(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+    ) -> Result<Option<Rotated>, StoreError>;
+
+    /// Deletes a key and returns the record it had.
+    async fn delete(&self, account: &AccountId, id: KeyId)
+    -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Records a batch of uses. A use moves `last_used_at` forward only, and is ignored if the
+    /// key is gone or no longer has the prefix it was used with (it was rotated since).
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError>;
+}
+
+/// A key's record before and after [`KeyStore::replace_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The record before the rotation (its digest is the one to invalidate).
+    pub before: KeyRecord,
+    /// The record after the rotation.
+    pub after: KeyRecord,
+}
+
+#[async_trait]
+impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
+    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+        (**self).insert_within_limit(record, limit).await
+    }
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).find_by_prefix(prefix).await
+    }
+    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).get(account, id).await
+    }
+    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
+        (**self).list(account).await
+    }
+    async fn set_status(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        status: KeyStatus,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).set_status(account, id, status).await
+    }
+    async fn replace_key(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+    ) -> Result<Option<Rotated>, StoreError> {
+        (**self).replace_key(account, id, prefix, digest).await
+    }
+    async fn delete(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).delete(account, id).await
+    }
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        (**self).record_last_used(uses).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_id_accepts_the_documented_alphabet_only() {
+        assert!(AccountId::new("acme_corp-1").is_ok());
+        assert!(AccountId::new(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "é", "a/b", "a.b", &"a".repeat(65)] {
+            assert_eq!(AccountId::new(bad), Err(InvalidAccountId), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_id_round_trips_through_text() {
+        let id = KeyId::random();
+        assert_eq!(id.to_string().parse::<KeyId>(), Ok(id));
+        assert_eq!("nope".parse::<KeyId>(), Err(InvalidKeyId));
+    }
+
+    #[test]
+    fn store_error_messages_are_short_and_lowercase() {
+        let text = StoreError::LimitReached { limit: 3 }.to_string();
+        assert_eq!(text, "account already has 3 keys");
+        assert_eq!(
+            StoreError::PrefixTaken.to_string(),
+            "key prefix already taken"
+        );
+    }
+}
