@@ -36,11 +36,29 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+mod authenticated;
+pub mod body;
+pub mod cache;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod extract;
+pub mod future;
 pub mod invalidation;
 pub mod key;
+pub mod last_used;
+pub mod layer;
 pub mod manager;
+pub mod metrics;
+pub mod rejection;
+pub mod resolver;
+pub mod service;
 pub mod store;
 
+pub use authenticated::Authenticated;
 pub use key::{ApiKey, KeyDigest, KeyPrefix, Pepper};
+pub use layer::{ApiKeyLayer, ApiKeyLayerBuilder};
 pub use manager::{CreatedKey, KeyInfo, KeyManager, ManagerError};
+pub use rejection::Rejection;
+pub use resolver::{KeyIdentity, Resolver, StoreResolver};
+pub use service::ApiKeyService;
 pub use store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError};

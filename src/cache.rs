@@ -1,0 +1,415 @@
+//! The resolver cache: moka-backed positive and negative entries keyed by digest, coalesced
+//! misses, and invalidation without stale entries.
+//!
+//! A hit is one synchronous map lookup (`moka::sync`): no future, no lock, no allocation.
+//! A miss starts one resolver call per key, however many requests wait for it; its answer is
+//! cached only if no invalidation happened while it ran, so a lookup that raced a revoke can
+//! never put the revoked key back (see [`CachedResolver`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+
+use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener};
+use crate::key::{ApiKey, KeyDigest};
+use crate::metrics::Metrics;
+use crate::resolver::Resolver;
+
+// ===== CacheConfig =====
+
+/// Sizes and lifetimes of the resolver cache.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::cache::CacheConfig;
+///
+/// let config = CacheConfig::default()
+///     .positive_ttl(Duration::from_secs(60))
+///     .negative_ttl(Duration::from_secs(2))
+///     .lookup_timeout(Some(Duration::from_millis(500)));
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+    positive_capacity: u64,
+    negative_capacity: u64,
+    lookup_timeout: Option<Duration>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            positive_ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(5),
+            positive_capacity: 100_000,
+            negative_capacity: 100_000,
+            lookup_timeout: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// How long an accepted key stays cached (default 30 s). Changes made through
+    /// [`KeyManager`](crate::KeyManager) invalidate at once; this bounds staleness only for
+    /// changes made behind its back.
+    #[must_use]
+    pub fn positive_ttl(mut self, ttl: Duration) -> Self {
+        self.positive_ttl = ttl;
+        self
+    }
+
+    /// How long a refused key stays cached (default 5 s). This bounds how often one unknown
+    /// key reaches the resolver.
+    #[must_use]
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Most accepted keys cached at once (default 100,000).
+    #[must_use]
+    pub fn positive_capacity(mut self, entries: u64) -> Self {
+        self.positive_capacity = entries;
+        self
+    }
+
+    /// Most refused keys cached at once (default 100,000). Kept apart from accepted keys, so
+    /// a flood of unknown keys can't evict valid ones.
+    #[must_use]
+    pub fn negative_capacity(mut self, entries: u64) -> Self {
+        self.negative_capacity = entries;
+        self
+    }
+
+    /// How long one resolver call may take before the request is answered 503 (default
+    /// 5 s; `None` waits forever).
+    #[must_use]
+    pub fn lookup_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.lookup_timeout = timeout;
+        self
+    }
+}
+
+// ===== outcomes =====
+
+/// A cached answer.
+pub(crate) enum Cached<A> {
+    Valid(Arc<A>),
+    Invalid,
+}
+
+/// The answer of one resolver call, shared by every request that waited for it.
+#[derive(Debug)]
+pub(crate) enum Lookup<A> {
+    Found(Arc<A>),
+    NotFound,
+    Failed(LookupFailure),
+}
+
+impl<A> Clone for Lookup<A> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Found(account) => Self::Found(Arc::clone(account)),
+            Self::NotFound => Self::NotFound,
+            Self::Failed(failure) => Self::Failed(*failure),
+        }
+    }
+}
+
+/// Why a resolver call gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LookupFailure {
+    Error,
+    TimedOut,
+    Panicked,
+}
+
+/// A resolver call in progress; cloning it joins the call.
+pub(crate) type PendingLookup<A> = Shared<BoxFuture<'static, Lookup<A>>>;
+
+// ===== CachedResolver =====
+
+/// A [`Resolver`] behind a cache. Usually built by
+/// [`ApiKeyLayer`](crate::ApiKeyLayer); cloning shares the cache.
+///
+/// **Concurrent requests with one uncached key** share one resolver call; the call runs as
+/// its own task, so it finishes (and is cached) even if every waiting request is dropped.
+///
+/// **Errors, timeouts and panics** of the resolver are answered 503 to every waiting
+/// request and never cached: the next request calls the resolver again.
+///
+/// **Invalidations** ([`Invalidation`]) remove the key's positive and negative entries and
+/// detach any call in progress for it before `invalidate` returns. Every call remembers the
+/// invalidation epoch it started in and caches its answer only if the epoch is unchanged,
+/// checked and inserted under one lock, so an answer read before a revoke can't be cached
+/// after it.
+pub struct CachedResolver<R: Resolver> {
+    shared: Arc<CacheShared<R>>,
+}
+
+struct CacheShared<R: Resolver> {
+    resolver: R,
+    positive: moka::sync::Cache<KeyDigest, Arc<R::Account>, DigestHasher>,
+    negative: moka::sync::Cache<KeyDigest, (), DigestHasher>,
+    in_flight: Mutex<HashMap<KeyDigest, InFlight<R::Account>, DigestHasher>>,
+    /// Bumped by every invalidation; the write lock is held while entries are removed.
+    epoch: RwLock<u64>,
+    lookup_timeout: Option<Duration>,
+    metrics: Arc<Metrics>,
+}
+
+struct InFlight<A> {
+    ticket: u64,
+    lookup: PendingLookup<A>,
+}
+
+impl<R: Resolver> Clone for CachedResolver<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<R: Resolver> CachedResolver<R> {
+    /// Wraps `resolver` in a cache sized by `config`, counting into `metrics`.
+    pub(crate) fn new(resolver: R, config: &CacheConfig, metrics: Arc<Metrics>) -> Self {
+        let positive = moka::sync::Cache::builder()
+            .max_capacity(config.positive_capacity)
+            .time_to_live(config.positive_ttl)
+            .build_with_hasher(DigestHasher::default());
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(config.negative_capacity)
+            .time_to_live(config.negative_ttl)
+            .build_with_hasher(DigestHasher::default());
+        Self {
+            shared: Arc::new(CacheShared {
+                resolver,
+                positive,
+                negative,
+                in_flight: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
+                epoch: RwLock::new(0),
+                lookup_timeout: config.lookup_timeout,
+                metrics,
+            }),
+        }
+    }
+
+    /// Subscribes this cache to `bus` for as long as the cache lives.
+    pub(crate) fn subscribe(&self, bus: &InvalidationBus) {
+        bus.subscribe(&self.shared);
+    }
+
+    /// The wrapped resolver.
+    pub(crate) fn resolver(&self) -> &R {
+        &self.shared.resolver
+    }
+
+    /// The cached answer for `digest`, if any: synchronous, allocation-free.
+    pub(crate) fn cached(&self, digest: &KeyDigest) -> Option<Cached<R::Account>> {
+        if let Some(account) = self.shared.positive.get(digest) {
+            return Some(Cached::Valid(account));
+        }
+        if self.shared.negative.contains_key(digest) {
+            return Some(Cached::Invalid);
+        }
+        None
+    }
+
+    /// Joins the resolver call for `digest`, starting one if none is running.
+    pub(crate) fn lookup(&self, key: &ApiKey, digest: KeyDigest) -> PendingLookup<R::Account> {
+        let shared = &self.shared;
+        // Lock order everywhere: epoch, then in_flight.
+        let epoch = read(&shared.epoch);
+        let mut in_flight = lock(&shared.in_flight);
+        if let Some(running) = in_flight.get(&digest) {
+            shared.metrics.coalesced();
+            return running.lookup.clone();
+        }
+        let started_in = *epoch;
+        let ticket = next_ticket();
+        let lookup = start_lookup(Arc::clone(shared), key.clone(), digest, started_in, ticket);
+        in_flight.insert(
+            digest,
+            InFlight {
+                ticket,
+                lookup: lookup.clone(),
+            },
+        );
+        lookup
+    }
+
+    /// Forgets everything cached for `digest` (see [`InvalidationListener`]).
+    pub fn invalidate(&self, invalidation: &Invalidation) {
+        self.shared.invalidate(invalidation);
+    }
+
+    /// Entries cached now: `(accepted keys, refused keys)`. Approximate while writes are
+    /// pending inside moka.
+    pub fn entry_counts(&self) -> (u64, u64) {
+        (
+            self.shared.positive.entry_count(),
+            self.shared.negative.entry_count(),
+        )
+    }
+}
+
+impl<R: Resolver> fmt::Debug for CachedResolver<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (positive, negative) = self.entry_counts();
+        f.debug_struct("CachedResolver")
+            .field("positive_entries", &positive)
+            .field("negative_entries", &negative)
+            .field("lookup_timeout", &self.shared.lookup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Resolver> InvalidationListener for CacheShared<R> {
+    fn invalidate(&self, invalidation: &Invalidation) {
+        let mut epoch = self.epoch.write().unwrap_or_else(PoisonError::into_inner);
+        *epoch += 1;
+        match invalidation {
+            Invalidation::Key(digest) => {
+                self.positive.invalidate(digest);
+                self.negative.invalidate(digest);
+                lock(&self.in_flight).remove(digest);
+            }
+            Invalidation::All => {
+                self.positive.invalidate_all();
+                self.negative.invalidate_all();
+                lock(&self.in_flight).clear();
+            }
+        }
+        drop(epoch);
+        self.metrics.invalidated();
+    }
+}
+
+fn start_lookup<R: Resolver>(
+    shared: Arc<CacheShared<R>>,
+    key: ApiKey,
+    digest: KeyDigest,
+    started_in: u64,
+    ticket: u64,
+) -> PendingLookup<R::Account> {
+    shared.metrics.resolver_called();
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    // A timeout needs tokio's timer; without a runtime the call runs inline and unbounded.
+    let timeout = runtime.as_ref().and(shared.lookup_timeout);
+    let call = async move {
+        let resolved = shared.resolver.resolve(&key, &digest);
+        let answer = match timeout {
+            Some(limit) => tokio::time::timeout(limit, resolved).await.ok(),
+            None => Some(resolved.await),
+        };
+        let lookup = match answer {
+            Some(Ok(Some(account))) => Lookup::Found(Arc::new(account)),
+            Some(Ok(None)) => Lookup::NotFound,
+            Some(Err(err)) => {
+                tracing::warn!(prefix = %key.prefix(), error = %err, "api key lookup failed");
+                Lookup::Failed(LookupFailure::Error)
+            }
+            None => {
+                tracing::warn!(prefix = %key.prefix(), "api key lookup timed out");
+                Lookup::Failed(LookupFailure::TimedOut)
+            }
+        };
+        shared.settle(digest, started_in, ticket, &lookup);
+        lookup
+    };
+    // Run the call as its own task so that it completes, and leaves the in-flight table,
+    // even when every request waiting for it goes away.
+    let joined: BoxFuture<'static, Lookup<R::Account>> = match runtime {
+        Some(runtime) => {
+            let task = runtime.spawn(call);
+            async move {
+                task.await.unwrap_or_else(|_| {
+                    tracing::error!("api key resolver panicked");
+                    Lookup::Failed(LookupFailure::Panicked)
+                })
+            }
+            .boxed()
+        }
+        None => call.boxed(),
+    };
+    joined.shared()
+}
+
+impl<R: Resolver> CacheShared<R> {
+    /// Caches a finished call's answer unless an invalidation happened since it started, and
+    /// removes the call from the in-flight table.
+    fn settle(&self, digest: KeyDigest, started_in: u64, ticket: u64, lookup: &Lookup<R::Account>) {
+        let epoch = read(&self.epoch);
+        if *epoch == started_in {
+            match lookup {
+                Lookup::Found(account) => self.positive.insert(digest, Arc::clone(account)),
+                Lookup::NotFound => self.negative.insert(digest, ()),
+                Lookup::Failed(_) => self.metrics.resolver_failed(),
+            }
+        } else if let Lookup::Failed(_) = lookup {
+            self.metrics.resolver_failed();
+        }
+        let mut in_flight = lock(&self.in_flight);
+        if in_flight
+            .get(&digest)
+            .is_some_and(|entry| entry.ticket == ticket)
+        {
+            in_flight.remove(&digest);
+        }
+    }
+}
+
+fn next_ticket() -> u64 {
+    static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    TICKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ===== DigestHasher =====
+
+/// Hashes a [`KeyDigest`] by taking the `u64` its `Hash` writes: the digest is already
+/// uniform and keyed by the secret pepper, so re-hashing it would only cost time.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DigestHasher {
+    state: u64,
+}
+
+impl BuildHasher for DigestHasher {
+    type Hasher = Self;
+
+    fn build_hasher(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.state
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for digests; fold anything else in so the hasher stays correct.
+        for &byte in bytes {
+            self.state = self.state.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.state ^= value;
+    }
+}

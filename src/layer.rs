@@ -1,0 +1,205 @@
+//! [`ApiKeyLayer`] and its builder: how the middleware is configured and applied.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use tower_api_key::{ApiKeyLayer, Authenticated, KeyManager, MemoryStore, Pepper};
+//! use tower_api_key::resolver::KeyIdentity;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+//! // Subscribed to the manager: revoke, rotate and delete take effect at once.
+//! let api_keys = ApiKeyLayer::for_manager(&manager).build();
+//!
+//! let app: Router = Router::new()
+//!     .route("/whoami", get(|who: Authenticated<KeyIdentity>| async move {
+//!         who.account_id().to_string()
+//!     }))
+//!     .layer(api_keys);
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, Response};
+use tower_layer::Layer;
+
+use crate::cache::{CacheConfig, CachedResolver};
+use crate::invalidation::InvalidationBus;
+use crate::key::Pepper;
+use crate::last_used::LastUsedRecorder;
+use crate::manager::KeyManager;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::rejection::RejectionContext;
+use crate::resolver::{Resolver, StoreResolver};
+use crate::service::{ApiKeyService, Authenticator, Mode, RejectionHook};
+
+/// The header keys travel in unless configured otherwise: `x-api-key`.
+pub const DEFAULT_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Applies [`ApiKeyService`] to a service. Cloning shares the cache and the counters: every
+/// service made from one layer sees the same invalidations.
+pub struct ApiKeyLayer<R: Resolver> {
+    auth: Arc<Authenticator<R>>,
+}
+
+impl<R: Resolver> ApiKeyLayer<R> {
+    /// Starts configuring a layer that resolves keys with `resolver`, digesting them with
+    /// `pepper` (which must be the pepper the keys were stored with).
+    pub fn builder(resolver: R, pepper: Pepper) -> ApiKeyLayerBuilder<R> {
+        ApiKeyLayerBuilder {
+            resolver,
+            pepper,
+            header: DEFAULT_HEADER,
+            mode: Mode::Required,
+            hook: None,
+            cache: CacheConfig::default(),
+            buses: Vec::new(),
+        }
+    }
+
+    /// A snapshot of the layer's counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.auth.metrics.snapshot()
+    }
+
+    /// The layer's cache, for inspection and manual invalidation.
+    pub fn cache(&self) -> &CachedResolver<R> {
+        &self.auth.cache
+    }
+}
+
+impl ApiKeyLayer<StoreResolver> {
+    /// Starts configuring a layer over `manager`'s store and pepper, subscribed to its
+    /// invalidations so that every lifecycle change is in force when the manager returns.
+    pub fn for_manager(manager: &KeyManager) -> ApiKeyLayerBuilder<StoreResolver> {
+        Self::builder(
+            StoreResolver::new(Arc::clone(manager.store())),
+            manager.pepper().clone(),
+        )
+        .invalidated_by(manager.invalidations())
+    }
+}
+
+impl<R: Resolver> Clone for ApiKeyLayer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            auth: Arc::clone(&self.auth),
+        }
+    }
+}
+
+impl<R: Resolver> fmt::Debug for ApiKeyLayer<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyLayer")
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl<S, R: Resolver> Layer<S> for ApiKeyLayer<R> {
+    type Service = ApiKeyService<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyService::new(inner, Arc::clone(&self.auth))
+    }
+}
+
+/// Configures an [`ApiKeyLayer`]; see [`ApiKeyLayer::builder`].
+#[must_use = "call .build() to get the layer"]
+pub struct ApiKeyLayerBuilder<R: Resolver> {
+    resolver: R,
+    pepper: Pepper,
+    header: HeaderName,
+    mode: Mode,
+    hook: Option<RejectionHook>,
+    cache: CacheConfig,
+    buses: Vec<InvalidationBus>,
+}
+
+impl<R: Resolver> ApiKeyLayerBuilder<R> {
+    /// Reads the key from `header` instead of `x-api-key`.
+    pub fn header_name(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Lets requests without the header through, without `Authenticated` in their
+    /// extensions. A request with a header that is not a valid key is still refused.
+    pub fn optional(mut self) -> Self {
+        self.mode = Mode::Optional;
+        self
+    }
+
+    /// Refuses requests without the header (the default).
+    pub fn required(mut self) -> Self {
+        self.mode = Mode::Required;
+        self
+    }
+
+    /// Answers refused requests with `hook`'s response instead of the default JSON or gRPC
+    /// answer ([`RejectionContext::default_response`] gives the default to adapt).
+    pub fn on_rejection<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&RejectionContext<'_>) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// Sizes and lifetimes of the cache.
+    pub fn cache_config(mut self, config: CacheConfig) -> Self {
+        self.cache = config;
+        self
+    }
+
+    /// Subscribes the layer's cache to `bus`; may be called for several buses.
+    pub fn invalidated_by(mut self, bus: &InvalidationBus) -> Self {
+        self.buses.push(bus.clone());
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> ApiKeyLayer<R> {
+        let metrics = Arc::new(Metrics::default());
+        let cache = CachedResolver::new(self.resolver, &self.cache, Arc::clone(&metrics));
+        for bus in &self.buses {
+            cache.subscribe(bus);
+        }
+        ApiKeyLayer {
+            auth: Arc::new(Authenticator {
+                header: self.header,
+                mode: self.mode,
+                pepper: self.pepper,
+                cache,
+                hook: self.hook,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl ApiKeyLayerBuilder<StoreResolver> {
+    /// Records every accepted key's use with `recorder` (see [`LastUsedRecorder`]).
+    pub fn record_last_used(mut self, recorder: LastUsedRecorder) -> Self {
+        self.resolver = self.resolver.record_last_used(recorder);
+        self
+    }
+}
+
+impl<R: Resolver> fmt::Debug for ApiKeyLayerBuilder<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyLayerBuilder")
+            .field("header", &self.header)
+            .field("mode", &self.mode)
+            .field("cache", &self.cache)
+            .field("custom_rejection", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,222 @@
+//! The layer's own answers: 401 for a missing or invalid key, 503 when the lookup fails, as
+//! JSON for HTTP clients and as a Trailers-Only gRPC status for gRPC clients.
+//!
+//! | rejection | HTTP | gRPC (`content-type: application/grpc…`) |
+//! | --- | --- | --- |
+//! | [`Rejection::MissingKey`] | 401 `{"error":"missing API key"}` | `grpc-status: 16` |
+//! | [`Rejection::InvalidKey`] | 401 `{"error":"invalid API key"}` | `grpc-status: 16` |
+//! | [`Rejection::Unavailable`] | 503 with `Retry-After` | `grpc-status: 14` |
+//!
+//! A gRPC answer is HTTP 200 with the status in headers: a plain 401 would make tonic
+//! clients report `Internal` instead of `Unauthenticated`.
+//!
+//! ```
+//! use tower_api_key::Rejection;
+//!
+//! let response = Rejection::InvalidKey.http_response();
+//! assert_eq!(response.status(), 401);
+//! assert_eq!(response.body().as_ref(), br#"{"error":"invalid API key"}"#);
+//!
+//! let response = Rejection::InvalidKey.grpc_response();
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(response.headers()["grpc-status"], "16");
+//! ```
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+
+/// Why the layer answered a request itself.
+///
+/// All bad keys (malformed, unknown, inactive, deleted, rotated away) are one
+/// [`InvalidKey`](Self::InvalidKey): the answer never tells whether a key exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The request has no API-key header.
+    MissingKey,
+    /// The request's API key is not valid now.
+    InvalidKey,
+    /// The key could not be checked (the resolver failed, timed out or panicked, or too many
+    /// lookups are running); the client may retry.
+    Unavailable,
+}
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
+
+impl Rejection {
+    /// The HTTP status of the JSON answer.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The gRPC status code: 16 (`UNAUTHENTICATED`) or 14 (`UNAVAILABLE`).
+    pub const fn grpc_code(self) -> u8 {
+        match self {
+            Self::MissingKey | Self::InvalidKey => 16,
+            Self::Unavailable => 14,
+        }
+    }
+
+    /// The short message of both answers.
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::MissingKey => "missing API key",
+            Self::InvalidKey => "invalid API key",
+            Self::Unavailable => "API key check unavailable, retry later",
+        }
+    }
+
+    const fn json(self) -> &'static str {
+        match self {
+            Self::MissingKey => r#"{"error":"missing API key"}"#,
+            Self::InvalidKey => r#"{"error":"invalid API key"}"#,
+            Self::Unavailable => r#"{"error":"API key check unavailable, retry later"}"#,
+        }
+    }
+
+    /// The JSON answer: `{"error": message}` with `content-type: application/json`, and
+    /// `Retry-After` on a 503.
+    pub fn http_response(self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::from_static(self.json().as_bytes()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, JSON);
+        if self == Self::Unavailable {
+            headers.insert(RETRY_AFTER, RETRY_AFTER_SECONDS);
+        }
+        response
+    }
+
+    /// The Trailers-Only gRPC answer: HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status` and `grpc-message` headers, and an empty body.
+    pub fn grpc_response(self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::new());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, GRPC);
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_code())),
+        );
+        // Messages are printable ASCII without '%', so they need no percent-encoding.
+        headers.insert("grpc-message", HeaderValue::from_static(self.message()));
+        response
+    }
+
+    /// The answer that suits a request with these headers: gRPC for a gRPC call, JSON
+    /// otherwise.
+    pub fn response_for(self, headers: &HeaderMap) -> Response<Bytes> {
+        if is_grpc(headers) {
+            self.grpc_response()
+        } else {
+            self.http_response()
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// Whether a request is a gRPC call: its `content-type` starts with `application/grpc`.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// What a custom rejection hook sees of a refused request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RejectionContext<'a> {
+    /// Why the request is refused.
+    pub rejection: Rejection,
+    /// The request method.
+    pub method: &'a Method,
+    /// The request URI.
+    pub uri: &'a Uri,
+    /// The request headers. The API-key header is among them: never log it.
+    pub headers: &'a HeaderMap,
+}
+
+impl RejectionContext<'_> {
+    /// Whether the request is a gRPC call.
+    pub fn is_grpc(&self) -> bool {
+        is_grpc(self.headers)
+    }
+
+    /// The answer the layer gives without a hook.
+    pub fn default_response(&self) -> Response<Bytes> {
+        self.rejection.response_for(self.headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_bodies_are_valid_json_with_the_message() {
+        for rejection in [
+            Rejection::MissingKey,
+            Rejection::InvalidKey,
+            Rejection::Unavailable,
+        ] {
+            let expected = format!(r#"{{"error":"{}"}}"#, rejection.message());
+            assert_eq!(rejection.json(), expected);
+            let response = rejection.http_response();
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            assert_eq!(response.body(), expected.as_bytes());
+        }
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after_and_401s_do_not() {
+        assert_eq!(
+            Rejection::Unavailable.http_response().headers()[RETRY_AFTER],
+            "1"
+        );
+        assert!(
+            !Rejection::InvalidKey
+                .http_response()
+                .headers()
+                .contains_key(RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn grpc_answers_are_trailers_only() {
+        let response = Rejection::Unavailable.grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
+        assert_eq!(response.headers()["grpc-status"], "14");
+        assert!(response.body().is_empty());
+        assert_eq!(
+            Rejection::MissingKey.grpc_response().headers()["grpc-status"],
+            "16"
+        );
+    }
+
+    #[test]
+    fn grpc_is_detected_by_content_type_prefix() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_grpc(&headers));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_grpc(&headers));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        assert!(!is_grpc(&headers));
+    }
+}

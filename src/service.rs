@@ -1,0 +1,248 @@
+//! [`ApiKeyService`]: the middleware itself, and the decision it makes for every request.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Request, Response};
+use tower_service::Service;
+
+use crate::authenticated::Authenticated;
+use crate::body::ResponseBody;
+use crate::cache::{Cached, CachedResolver, Lookup, PendingLookup};
+use crate::future::ResponseFuture;
+use crate::key::{ApiKey, Pepper};
+use crate::metrics::Metrics;
+use crate::rejection::{Rejection, RejectionContext};
+use crate::resolver::Resolver;
+
+/// Authenticates every request by its API-key header before calling the inner service.
+///
+/// Built by [`ApiKeyLayer`](crate::ApiKeyLayer). An accepted request reaches the inner
+/// service with [`Authenticated<R::Account>`](Authenticated) in its extensions; a refused one
+/// is answered by the layer (see [`Rejection`]) and never reaches it. The error type is the
+/// inner service's: refusals are responses, not errors.
+pub struct ApiKeyService<S, R: Resolver> {
+    inner: S,
+    auth: Arc<Authenticator<R>>,
+}
+
+impl<S, R: Resolver> ApiKeyService<S, R> {
+    pub(crate) fn new(inner: S, auth: Arc<Authenticator<R>>) -> Self {
+        Self { inner, auth }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, R: Resolver> Clone for ApiKeyService<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            auth: Arc::clone(&self.auth),
+        }
+    }
+}
+
+impl<S: fmt::Debug, R: Resolver> fmt::Debug for ApiKeyService<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyService")
+            .field("inner", &self.inner)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl<S, R, B, ResBody> Service<Request<B>> for ApiKeyService<S, R>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    R: Resolver,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, B, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match self.auth.decide(request.headers()) {
+            Decision::Accept(account) => {
+                request
+                    .extensions_mut()
+                    .insert(Authenticated::from_arc(account));
+                ResponseFuture::called(take_ready(&mut self.inner).call(request))
+            }
+            Decision::Anonymous => {
+                ResponseFuture::called(take_ready(&mut self.inner).call(request))
+            }
+            // The inner service stays ready for the next request: it was not called.
+            Decision::Reject(rejection) => {
+                ResponseFuture::rejected(self.auth.reject(rejection, &request))
+            }
+            Decision::Lookup(lookup) => ResponseFuture::resolving(
+                lookup,
+                take_ready(&mut self.inner),
+                request,
+                Arc::clone(&self.auth),
+            ),
+        }
+    }
+}
+
+/// Takes the inner service that `poll_ready` prepared and leaves a clone in its place: the
+/// clone may not be ready, and calling it instead would break its backpressure.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+// ===== Authenticator =====
+
+/// Whether requests without the header are let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Required,
+    Optional,
+}
+
+/// Builds a custom answer for a refused request.
+pub(crate) type RejectionHook =
+    Arc<dyn Fn(&RejectionContext<'_>) -> Response<Bytes> + Send + Sync + 'static>;
+
+/// Everything every clone of the service shares.
+pub(crate) struct Authenticator<R: Resolver> {
+    pub(crate) header: HeaderName,
+    pub(crate) mode: Mode,
+    pub(crate) pepper: Pepper,
+    pub(crate) cache: CachedResolver<R>,
+    pub(crate) hook: Option<RejectionHook>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// What to do with one request.
+pub(crate) enum Decision<A> {
+    Accept(Arc<A>),
+    Anonymous,
+    Reject(Rejection),
+    Lookup(PendingLookup<A>),
+}
+
+impl<R: Resolver> Authenticator<R> {
+    /// Reads, parses and digests the key and consults the cache: everything that needs no
+    /// `.await`.
+    pub(crate) fn decide(&self, headers: &HeaderMap) -> Decision<R::Account> {
+        let mut values = headers.get_all(&self.header).iter();
+        let Some(value) = values.next() else {
+            return match self.mode {
+                Mode::Optional => {
+                    self.metrics.anonymous();
+                    Decision::Anonymous
+                }
+                Mode::Required => {
+                    self.metrics.missing();
+                    tracing::debug!(outcome = "missing", "api key rejected");
+                    Decision::Reject(Rejection::MissingKey)
+                }
+            };
+        };
+        if values.next().is_some() {
+            return self.invalid(None, "repeated header");
+        }
+        let key = match ApiKey::parse(value.as_bytes()) {
+            Ok(key) => key,
+            Err(err) => return self.invalid(None, err),
+        };
+        let digest = self.pepper.digest(&key);
+        match self.cache.cached(&digest) {
+            Some(Cached::Valid(account)) => {
+                self.metrics.cache_hits();
+                self.accept(&account);
+                Decision::Accept(account)
+            }
+            Some(Cached::Invalid) => {
+                self.metrics.cache_hits();
+                self.invalid(Some(&key), "refused (cached)")
+            }
+            None => {
+                self.metrics.cache_misses();
+                Decision::Lookup(self.cache.lookup(&key, digest))
+            }
+        }
+    }
+
+    /// Turns a finished lookup into the account to let in, or the rejection.
+    pub(crate) fn settle(&self, lookup: Lookup<R::Account>) -> Result<Arc<R::Account>, Rejection> {
+        match lookup {
+            Lookup::Found(account) => {
+                self.accept(&account);
+                Ok(account)
+            }
+            Lookup::NotFound => {
+                self.metrics.invalid();
+                tracing::debug!(outcome = "invalid", "api key rejected: refused by resolver");
+                Err(Rejection::InvalidKey)
+            }
+            Lookup::Failed(failure) => {
+                self.metrics.unavailable();
+                tracing::debug!(outcome = "unavailable", ?failure, "api key check failed");
+                Err(Rejection::Unavailable)
+            }
+        }
+    }
+
+    /// The answer to a refused request: the hook's, or the default.
+    pub(crate) fn reject<B>(&self, rejection: Rejection, request: &Request<B>) -> Response<Bytes> {
+        match &self.hook {
+            Some(hook) => hook(&RejectionContext {
+                rejection,
+                method: request.method(),
+                uri: request.uri(),
+                headers: request.headers(),
+            }),
+            None => rejection.response_for(request.headers()),
+        }
+    }
+
+    fn accept(&self, account: &R::Account) {
+        self.metrics.accepted();
+        self.cache.resolver().record_use(account);
+    }
+
+    fn invalid(&self, key: Option<&ApiKey>, reason: impl fmt::Display) -> Decision<R::Account> {
+        self.metrics.invalid();
+        match key {
+            Some(key) => {
+                tracing::debug!(outcome = "invalid", prefix = %key.prefix(), %reason, "api key rejected")
+            }
+            None => tracing::debug!(outcome = "invalid", %reason, "api key rejected"),
+        }
+        Decision::Reject(Rejection::InvalidKey)
+    }
+}
+
+impl<R: Resolver> fmt::Debug for Authenticator<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("header", &self.header)
+            .field("mode", &self.mode)
+            .field("cache", &self.cache)
+            .field("custom_rejection", &self.hook.is_some())
+            .finish_non_exhaustive()
+    }
+}
