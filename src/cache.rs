@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -305,17 +306,22 @@ fn start_lookup<R: Resolver>(
     // A timeout needs tokio's timer; without a runtime the call runs inline and unbounded.
     let timeout = runtime.as_ref().and(shared.lookup_timeout);
     let call = async move {
-        let resolved = shared.resolver.resolve(&key, &digest);
+        // A panicking resolver must still settle, or its key would stay "in flight" forever.
+        let resolved = AssertUnwindSafe(shared.resolver.resolve(&key, &digest)).catch_unwind();
         let answer = match timeout {
             Some(limit) => tokio::time::timeout(limit, resolved).await.ok(),
             None => Some(resolved.await),
         };
         let lookup = match answer {
-            Some(Ok(Some(account))) => Lookup::Found(Arc::new(account)),
-            Some(Ok(None)) => Lookup::NotFound,
-            Some(Err(err)) => {
+            Some(Ok(Ok(Some(account)))) => Lookup::Found(Arc::new(account)),
+            Some(Ok(Ok(None))) => Lookup::NotFound,
+            Some(Ok(Err(err))) => {
                 tracing::warn!(prefix = %key.prefix(), error = %err, "api key lookup failed");
                 Lookup::Failed(LookupFailure::Error)
+            }
+            Some(Err(_panic)) => {
+                tracing::error!(prefix = %key.prefix(), "api key resolver panicked");
+                Lookup::Failed(LookupFailure::Panicked)
             }
             None => {
                 tracing::warn!(prefix = %key.prefix(), "api key lookup timed out");
@@ -331,10 +337,9 @@ fn start_lookup<R: Resolver>(
         Some(runtime) => {
             let task = runtime.spawn(call);
             async move {
-                task.await.unwrap_or_else(|_| {
-                    tracing::error!("api key resolver panicked");
-                    Lookup::Failed(LookupFailure::Panicked)
-                })
+                // Only a runtime shutting down cancels the task.
+                task.await
+                    .unwrap_or(Lookup::Failed(LookupFailure::Panicked))
             }
             .boxed()
         }

@@ -1,0 +1,224 @@
+//! The cache's promises about misses: coalescing, negative entries, and faults that are
+//! answered 503 and never cached.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use support::pepper;
+use tower::{Layer, ServiceExt, service_fn};
+use tower_api_key::cache::CacheConfig;
+use tower_api_key::key::{ApiKey, KeyDigest};
+use tower_api_key::resolver::{ResolveError, Resolver};
+use tower_api_key::{ApiKeyLayer, Authenticated};
+
+/// What the test resolver does on each call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    Accept,
+    Refuse,
+    Fail,
+    Panic,
+    Hang,
+}
+
+struct ScriptedResolver {
+    calls: AtomicUsize,
+    delay: Duration,
+    behaviour: std::sync::Mutex<Behaviour>,
+}
+
+impl ScriptedResolver {
+    fn new(behaviour: Behaviour, delay: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            calls: AtomicUsize::new(0),
+            delay,
+            behaviour: std::sync::Mutex::new(behaviour),
+        })
+    }
+
+    fn set(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().expect("lock") = behaviour;
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Resolver for ScriptedResolver {
+    type Account = String;
+
+    async fn resolve(&self, key: &ApiKey, _: &KeyDigest) -> Result<Option<String>, ResolveError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        let behaviour = *self.behaviour.lock().expect("lock");
+        match behaviour {
+            Behaviour::Accept => Ok(Some(key.prefix().to_string())),
+            Behaviour::Refuse => Ok(None),
+            Behaviour::Fail => Err(ResolveError::new("database is down")),
+            Behaviour::Panic => panic!("resolver bug"),
+            Behaviour::Hang => std::future::pending().await,
+        }
+    }
+}
+
+type Service = tower_api_key::ApiKeyService<
+    tower::util::BoxCloneSyncService<Request<()>, Response<Empty<bytes::Bytes>>, Infallible>,
+    Arc<ScriptedResolver>,
+>;
+
+fn service(resolver: &Arc<ScriptedResolver>, config: CacheConfig) -> Service {
+    let layer = ApiKeyLayer::builder(resolver.clone(), pepper())
+        .cache_config(config)
+        .build();
+    let inner = service_fn(|request: Request<()>| async move {
+        assert!(
+            request
+                .extensions()
+                .get::<Authenticated<String>>()
+                .is_some()
+        );
+        Ok::<_, Infallible>(Response::new(Empty::new()))
+    });
+    layer.layer(tower::util::BoxCloneSyncService::new(inner))
+}
+
+async fn status(service: &Service, key: &ApiKey) -> StatusCode {
+    let request = Request::get("/")
+        .header("x-api-key", key.expose_secret())
+        .body(())
+        .expect("request");
+    service
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible")
+        .status()
+}
+
+async fn concurrently(service: &Service, key: &ApiKey, n: usize) -> Vec<StatusCode> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (service, key) = (service.clone(), key.clone());
+            tokio::spawn(async move { status(&service, &key).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("task"));
+    }
+    statuses
+}
+
+fn key() -> ApiKey {
+    ApiKey::generate().expect("randomness")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_unknown_key_make_one_resolver_call() {
+    let resolver = ScriptedResolver::new(Behaviour::Refuse, Duration::from_millis(100));
+    let service = service(&resolver, CacheConfig::default());
+    let unknown = key();
+    let statuses = concurrently(&service, &unknown, 50).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
+    assert_eq!(resolver.calls(), 1);
+    // The refusal is cached: later requests don't reach the resolver either.
+    assert_eq!(status(&service, &unknown).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(resolver.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_valid_key_make_one_resolver_call() {
+    let resolver = ScriptedResolver::new(Behaviour::Accept, Duration::from_millis(100));
+    let service = service(&resolver, CacheConfig::default());
+    let valid = key();
+    let statuses = concurrently(&service, &valid, 50).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(resolver.calls(), 1);
+}
+
+#[tokio::test]
+async fn negative_entries_expire_after_their_ttl() {
+    let resolver = ScriptedResolver::new(Behaviour::Refuse, Duration::ZERO);
+    let config = CacheConfig::default().negative_ttl(Duration::from_millis(50));
+    let service = service(&resolver, config);
+    let unknown = key();
+    assert_eq!(status(&service, &unknown).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(&service, &unknown).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(resolver.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    resolver.set(Behaviour::Accept);
+    assert_eq!(status(&service, &unknown).await, StatusCode::OK);
+    assert_eq!(resolver.calls(), 2);
+}
+
+#[tokio::test]
+async fn resolver_errors_are_503_and_never_cached() {
+    let resolver = ScriptedResolver::new(Behaviour::Fail, Duration::ZERO);
+    let service = service(&resolver, CacheConfig::default());
+    let valid = key();
+    assert_eq!(
+        status(&service, &valid).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        status(&service, &valid).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(resolver.calls(), 2);
+    resolver.set(Behaviour::Accept);
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_panicking_resolver_is_503_and_the_service_keeps_serving() {
+    let resolver = ScriptedResolver::new(Behaviour::Panic, Duration::ZERO);
+    let service = service(&resolver, CacheConfig::default());
+    let valid = key();
+    assert_eq!(
+        status(&service, &valid).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    resolver.set(Behaviour::Accept);
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_hanging_resolver_is_503_after_the_lookup_timeout() {
+    let resolver = ScriptedResolver::new(Behaviour::Hang, Duration::ZERO);
+    let config = CacheConfig::default().lookup_timeout(Some(Duration::from_millis(50)));
+    let service = service(&resolver, config);
+    let valid = key();
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        status(&service, &valid).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    resolver.set(Behaviour::Accept);
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_abandoned_by_its_requests_still_completes_and_is_cached() {
+    let resolver = ScriptedResolver::new(Behaviour::Accept, Duration::from_millis(50));
+    let service = service(&resolver, CacheConfig::default());
+    let valid = key();
+    let abandoned = tokio::time::timeout(Duration::from_millis(5), status(&service, &valid)).await;
+    assert!(abandoned.is_err(), "the request was dropped mid-lookup");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(
+        resolver.calls(),
+        1,
+        "the abandoned lookup's answer was cached"
+    );
+}
