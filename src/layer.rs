@@ -2,7 +2,6 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use std::time::Duration;
 //! use axum::{Router, routing::get};
 //! use tower_api_key::{ApiKeyLayer, Authenticated, KeyManager, MemoryStore, Pepper};
 //! use tower_api_key::resolver::KeyIdentity;

@@ -4,30 +4,60 @@
 //! prefix is readable and identifies the key; the rest is the secret, shown once when the key
 //! is created or rotated. Only a keyed blake3 digest of a key is ever stored or cached.
 //!
+//! The crate's parts, in the order a request meets them:
+//!
+//! - [`layer`], [`service`], [`future`]: [`ApiKeyLayer`] reads `X-API-KEY`, parses and
+//!   digests it, answers from the cache or asks the resolver, and either calls the inner
+//!   service with [`Authenticated<Account>`](Authenticated) in the request's extensions or
+//!   answers itself ([`rejection`]: 401 / 503 as JSON, or a gRPC status).
+//! - [`cache`]: moka-backed positive and negative entries keyed by digest, coalesced misses,
+//!   invalidation without stale entries.
+//! - [`resolver`]: the pluggable [`Resolver`] trait and the store-backed [`StoreResolver`].
 //! - [`key`]: generate, parse and digest keys.
 //! - [`store`]: the [`KeyStore`] trait and the embedded [`MemoryStore`].
 //! - [`manager`]: [`KeyManager`], the lifecycle rules (at most 3 keys per account; rotate,
 //!   revoke, reactivate, delete, each effective at once).
 //! - [`invalidation`]: how key changes reach caches before the change returns.
+//! - [`last_used`]: `last_used_at`, recorded off the hot path in batches.
+//! - [`metrics`]: the layer's counters, renderable for Prometheus.
+//! - `extract` (feature `axum`): `Authenticated<A>` and `Option<Authenticated<A>>` as axum
+//!   extractors.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `axum` | no | `FromRequestParts` / `OptionalFromRequestParts` for [`Authenticated`] (depends on `axum-core` only) |
+//!
+//! # Example
 //!
 //! ```
 //! use std::sync::Arc;
-//! use tower_api_key::{ApiKey, KeyManager, MemoryStore, Pepper};
+//! use tower::{Layer, ServiceExt, service_fn};
+//! use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, MemoryStore, Pepper};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let pepper = Pepper::random()?;
-//! let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper.clone());
-//! let account = "acme".parse()?;
+//! let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+//! let created = manager.create(&"acme".parse()?).await?;
 //!
-//! let created = manager.create(&account).await?;
-//! let header_value = created.key.expose_secret().to_owned();
+//! let service = ApiKeyLayer::for_manager(&manager).build().layer(service_fn(
+//!     |request: http::Request<()>| async move {
+//!         let who = request.extensions().get::<Authenticated<KeyIdentity>>().unwrap();
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(who.account_id().to_string()))
+//!     },
+//! ));
 //!
-//! // What a server does with the header: parse strictly, then look up by prefix and
-//! // compare digests in constant time.
-//! let key = ApiKey::parse(header_value.as_bytes())?;
-//! let record = manager.store().find_by_prefix(&key.prefix()).await?.unwrap();
-//! assert!(record.digest.ct_eq(&pepper.digest(&key)));
+//! let request = http::Request::get("/")
+//!     .header("x-api-key", created.key.expose_secret())
+//!     .body(())?;
+//! assert_eq!(service.clone().oneshot(request).await?.status(), 200);
+//!
+//! manager.revoke(&"acme".parse()?, created.info.id).await?;
+//! let request = http::Request::get("/")
+//!     .header("x-api-key", created.key.expose_secret())
+//!     .body(())?;
+//! assert_eq!(service.oneshot(request).await?.status(), 401); // at once
 //! # Ok(())
 //! # }
 //! ```

@@ -36,6 +36,10 @@
 //!         }))
 //!     }
 //! }
+//!
+//! # let _ = tower_api_key::ApiKeyLayer::builder(Customers, tower_api_key::Pepper::from_bytes([0; 32]));
+//! # let c = Customer { name: String::new(), plan: "" };
+//! # let _ = (c.name, c.plan);
 //! ```
 
 use std::fmt;
