@@ -1,0 +1,803 @@
+//! The demo server: API keys in front of an HTTP API and a gRPC service, on one port.
+//!
+//! ```text
+//! cargo run --release --example server -- \
+//!     [--addr HOST:PORT] [--last-used-flush-ms N]
+//! ```
+//!
+//! One process serves HTTP/1.1 and gRPC (HTTP/2 cleartext) on one port, keeping keys in the
+//! embedded in-memory store:
+//!
+//! | route | access |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /metrics` (Prometheus text of the layer's counters) | open |
+//! | `GET /v1/ping`, `GET /v1/whoami`, gRPC `grpc.health.v1.Health/Check` | `X-API-KEY: <key>` |
+//! | `POST` and `GET /admin/accounts/{account}/keys` | `Authorization: Bearer <ADMIN_TOKEN>` |
+//! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
+//! | `DELETE /admin/accounts/{account}/keys/{id}` | admin |
+//!
+//! Configuration (a flag wins over its environment variable; an empty variable counts as
+//! unset):
+//!
+//! - `--addr` / `ADDR`: where to listen, default `127.0.0.1:3000`; port 0 picks a free port.
+//! - `--last-used-flush-ms` / `LAST_USED_FLUSH_MS`: how often key uses are written to the
+//!   store, default 500 (keep it at most 1000 for `last_used_at` to show a use within 2 s).
+//! - `ADMIN_TOKEN`: the admin bearer token; if unset, a random one is generated and printed.
+//! - `API_KEY_PEPPER`: 64 hex characters keying every key digest; if unset, a random one is
+//!   used for this run only.
+//!
+//! The server prints `listening on http://HOST:PORT` on stdout once it accepts connections.
+//! SIGTERM or Ctrl-C shuts it down gracefully: in-flight requests finish, pending last-used
+//! times are written, and it exits 0. Bad configuration exits 2. Logs go to stderr
+//! (`RUST_LOG`, default `info`) and never contain a key.
+//!
+//! A session:
+//!
+//! ```text
+//! $ ADMIN_TOKEN=s3cret cargo run --release --example server
+//! listening on http://127.0.0.1:3000
+//! $ curl -s -X POST -H 'authorization: Bearer s3cret' localhost:3000/admin/accounts/acme/keys
+//! {"id":"…","account_id":"acme","prefix":"k3v9x0qa","key":"k3v9x0qa.…","status":"active",…}
+//! $ curl -s -H 'x-api-key: k3v9x0qa.…' localhost:3000/v1/whoami
+//! {"account_id":"acme","key_id":"…","prefix":"k3v9x0qa"}
+//! ```
+
+use std::ffi::OsString;
+use std::io::{IsTerminal as _, Write as _};
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+use subtle::ConstantTimeEq as _;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower_api_key::last_used::LastUsedRecorder;
+use tower_api_key::resolver::StoreResolver;
+use tower_api_key::{
+    AccountId, ApiKeyLayer, Authenticated, CreatedKey, KeyId, KeyIdentity, KeyInfo, KeyManager,
+    KeyStore, ManagerError, MemoryStore, Pepper,
+};
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "\
+usage: server [--addr HOST:PORT] [--last-used-flush-ms N]
+
+  --addr HOST:PORT          where to listen (env ADDR, default 127.0.0.1:3000;
+                            port 0 picks any free port)
+  --last-used-flush-ms N    how often key uses are written to the store, in milliseconds
+                            (env LAST_USED_FLUSH_MS, default 500, 1 to 3600000)
+  -h, --help                print this help
+
+environment:
+  ADMIN_TOKEN               bearer token of the /admin routes (default: generated and printed)
+  API_KEY_PEPPER            64 hex characters keying key digests (default: random for this run)
+  RUST_LOG                  log filter for stderr (default: info)";
+
+const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+const DEFAULT_FLUSH_MS: u64 = 500;
+/// Above this, `last_used_at` may lag a use by more than the 2 s the demo promises.
+const PROMPT_FLUSH_MS: u64 = 1000;
+const MAX_FLUSH_MS: u64 = 3_600_000;
+/// How long in-flight requests (and open gRPC streams) get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Exit code for a configuration mistake, as for a command-line usage error.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    init_tracing();
+    let config = match Config::load(std::env::args_os().skip(1), |name| std::env::var_os(name)) {
+        Ok(Command::Help) => {
+            let _ = writeln!(std::io::stdout(), "{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Serve(config)) => config,
+        Err(message) => {
+            eprintln!("error: {message}\n(run with --help for usage)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+// ===== configuration =====
+
+enum Command {
+    Serve(Config),
+    Help,
+}
+
+struct Config {
+    /// Where to listen, resolved; `addr_text` is how the user wrote it.
+    addrs: Vec<SocketAddr>,
+    addr_text: String,
+    flush_interval: Duration,
+    admin_token: AdminToken,
+    /// The generated admin token, to print once; `None` when it came from `ADMIN_TOKEN`.
+    generated_admin_token: Option<String>,
+    /// `None` when `API_KEY_PEPPER` is unset: a random pepper is used for this run.
+    pepper: Option<Pepper>,
+}
+
+/// A setting as the user gave it: where it came from (a flag or a variable name) and its text.
+type Setting = Option<(String, String)>;
+
+impl Config {
+    /// Reads the command line, then the environment for whatever the flags left unset.
+    /// Every mistake is a message for the user, never a panic.
+    fn load(
+        args: impl Iterator<Item = OsString>,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Command, String> {
+        let Some(Flags { addr, flush_ms }) = Flags::parse(args)? else {
+            return Ok(Command::Help);
+        };
+        // An empty variable counts as unset, as with most servers' configuration.
+        let var = |name: &str| -> Result<Setting, String> {
+            match env(name) {
+                None => Ok(None),
+                Some(value) if value.is_empty() => Ok(None),
+                Some(value) => value
+                    .into_string()
+                    .map(|value| Some((name.to_owned(), value)))
+                    .map_err(|_| format!("{name} is not valid UTF-8")),
+            }
+        };
+
+        let (addr_source, addr_text) = match addr {
+            Some(flag) => flag,
+            None => var("ADDR")?.unwrap_or_else(|| ("ADDR".to_owned(), DEFAULT_ADDR.to_owned())),
+        };
+        let addrs = parse_addr(&addr_text).map_err(|why| {
+            format!("{addr_source} {addr_text:?} is not a usable HOST:PORT address: {why}")
+        })?;
+        let flush_ms = match flush_ms {
+            Some(flag) => Some(flag),
+            None => var("LAST_USED_FLUSH_MS")?,
+        };
+        let flush_interval = Duration::from_millis(match flush_ms {
+            Some((source, text)) => parse_flush_ms(&source, &text)?,
+            None => DEFAULT_FLUSH_MS,
+        });
+        let (admin_token, generated_admin_token) = match var("ADMIN_TOKEN")? {
+            Some((_, token)) => (AdminToken::parse(&token)?, None),
+            None => {
+                let token = random_token()
+                    .map_err(|err| format!("cannot generate an admin token: {err}"))?;
+                (AdminToken::new(&token), Some(token))
+            }
+        };
+        let pepper = match var("API_KEY_PEPPER")? {
+            Some((_, hex)) => Some(Pepper::from_hex(hex.trim()).map_err(|_| {
+                "API_KEY_PEPPER must be 64 hex characters (32 bytes), \
+                 e.g. the output of `openssl rand -hex 32`"
+                    .to_owned()
+            })?),
+            None => None,
+        };
+
+        Ok(Command::Serve(Self {
+            addrs,
+            addr_text,
+            flush_interval,
+            admin_token,
+            generated_admin_token,
+            pepper,
+        }))
+    }
+}
+
+/// The command-line flags; `None` for each one not given.
+struct Flags {
+    addr: Setting,
+    flush_ms: Setting,
+}
+
+impl Flags {
+    /// `--flag value` or `--flag=value`; a repeated flag's last value wins. `Ok(None)` means
+    /// help was asked for.
+    fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Option<Self>, String> {
+        let mut flags = Self {
+            addr: None,
+            flush_ms: None,
+        };
+        while let Some(arg) = args.next() {
+            let arg = arg
+                .into_string()
+                .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))?;
+            let (flag, inline_value) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+                _ => (arg.as_str(), None),
+            };
+            let slot = match flag {
+                "-h" | "--help" => return Ok(None),
+                "--addr" => &mut flags.addr,
+                "--last-used-flush-ms" => &mut flags.flush_ms,
+                _ => return Err(format!("unknown argument {arg:?}")),
+            };
+            let value = match inline_value {
+                Some(value) => value,
+                None => args
+                    .next()
+                    .ok_or_else(|| format!("{flag} needs a value"))?
+                    .into_string()
+                    .map_err(|value| format!("value {value:?} of {flag} is not valid UTF-8"))?,
+            };
+            *slot = Some((flag.to_owned(), value));
+        }
+        Ok(Some(flags))
+    }
+}
+
+/// The flush interval in milliseconds: 1 to [`MAX_FLUSH_MS`] (0 would mean "never wait").
+fn parse_flush_ms(source: &str, text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| (1..=MAX_FLUSH_MS).contains(ms))
+        .ok_or_else(|| {
+            format!(
+                "{source} must be a whole number of milliseconds from 1 to {MAX_FLUSH_MS}, \
+                 not {text:?}"
+            )
+        })
+}
+
+/// Resolves `HOST:PORT` (an IP address or a host name) to the addresses to try binding.
+fn parse_addr(text: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err("expected HOST:PORT".to_owned());
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err("expected HOST:PORT with a port from 0 to 65535".to_owned());
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve it: {err}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err("the host name resolves to no address".to_owned());
+    }
+    Ok(addrs)
+}
+
+/// 32 random bytes as 64 hex characters.
+fn random_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+// ===== admin token =====
+
+/// The admin bearer token, kept as a digest: comparing two fixed-size digests in constant time
+/// reveals neither the token's bytes nor its length.
+#[derive(Clone)]
+struct AdminToken(blake3::Hash);
+
+impl AdminToken {
+    fn new(token: &str) -> Self {
+        Self(blake3::hash(token.as_bytes()))
+    }
+
+    /// A token from configuration: it travels in an `Authorization` header, so printable
+    /// ASCII without spaces.
+    fn parse(token: &str) -> Result<Self, String> {
+        if token.bytes().all(|byte| byte.is_ascii_graphic()) {
+            Ok(Self::new(token))
+        } else {
+            Err("ADMIN_TOKEN must be printable ASCII without spaces".to_owned())
+        }
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        let presented = blake3::hash(presented.as_bytes());
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+// ===== the server =====
+
+#[derive(Clone)]
+struct AppState {
+    manager: KeyManager,
+    api_keys: ApiKeyLayer<StoreResolver>,
+    admin_token: AdminToken,
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let pepper = match config.pepper {
+        Some(pepper) => pepper,
+        None => {
+            tracing::warn!(
+                "API_KEY_PEPPER is not set: using a random pepper for this run, \
+                 so keys won't survive a restart"
+            );
+            Pepper::random().map_err(|err| format!("cannot generate a pepper: {err}"))?
+        }
+    };
+    if config.flush_interval > Duration::from_millis(PROMPT_FLUSH_MS) {
+        tracing::warn!(
+            interval = ?config.flush_interval,
+            "last-used flush interval above 1 s: last_used_at may lag uses by more than 2 s"
+        );
+    }
+
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+    let manager = KeyManager::new(Arc::clone(&store), pepper);
+    let recorder = LastUsedRecorder::new(store);
+    let flusher = recorder.spawn_flusher(config.flush_interval);
+    let api_keys = ApiKeyLayer::for_manager(&manager)
+        .record_last_used(recorder)
+        .build();
+    let state = AppState {
+        manager,
+        api_keys,
+        admin_token: config.admin_token,
+    };
+    let (health, app) = app(state);
+
+    // Before announcing the address: a signal sent as soon as it is printed must already
+    // mean "shut down gracefully", not the default "die at once".
+    let mut signals = ShutdownSignals::install()
+        .map_err(|err| format!("cannot listen for shutdown signals: {err}"))?;
+    let listener = TcpListener::bind(config.addrs.as_slice())
+        .await
+        .map_err(|err| format!("cannot listen on {}: {err}", config.addr_text))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|err| format!("cannot read the listening address: {err}"))?;
+
+    // stdout carries only what a caller parses: the generated token and the address.
+    let mut stdout = std::io::stdout().lock();
+    if let Some(token) = &config.generated_admin_token {
+        tracing::warn!("ADMIN_TOKEN is not set: generated one for this run (printed on stdout)");
+        let _ = writeln!(stdout, "admin token: {token}");
+    }
+    let _ = writeln!(stdout, "listening on http://{local_addr}");
+    let _ = stdout.flush();
+    drop(stdout);
+    tracing::info!(%local_addr, "serving HTTP/1.1 and gRPC (h2c)");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+
+    tokio::select! {
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down: finishing in-flight requests");
+        }
+        ended = &mut server => {
+            return Err(match ended {
+                Ok(Ok(())) => "the server stopped unexpectedly".to_owned(),
+                Ok(Err(err)) => format!("the server failed: {err}"),
+                Err(err) => format!("the server task failed: {err}"),
+            });
+        }
+    }
+
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = stop.send(());
+    // Open connections get a grace period; a second signal ends it early.
+    tokio::select! {
+        finished = tokio::time::timeout(SHUTDOWN_GRACE, &mut server) => match finished {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "server error while shutting down"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "server task failed while shutting down"),
+            Err(_) => {
+                tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "connections still open after the grace period; closing them"
+                );
+                server.abort();
+            }
+        },
+        signal = signals.recv() => {
+            tracing::warn!(signal, "second signal: closing open connections now");
+            server.abort();
+        }
+    }
+
+    match flusher.shutdown().await {
+        Ok(keys) => tracing::info!(keys, "flushed pending last-used times"),
+        Err(err) => tracing::warn!(error = %err, "could not flush pending last-used times"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, caught from the moment they are installed.
+#[cfg(unix)]
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next signal and says which it was.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Ctrl-C, where there are no Unix signals.
+#[cfg(not(unix))]
+struct ShutdownSignals;
+
+#[cfg(not(unix))]
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        "Ctrl-C"
+    }
+}
+
+/// The whole application: open routes, API-key routes (HTTP and gRPC), admin routes.
+/// Returns the health reporter too, to report NOT_SERVING during shutdown.
+fn app(state: AppState) -> (HealthReporter, Router) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+
+    // `route_layer`: only matched routes check keys, so an unknown path is a plain 404.
+    let with_api_key = Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/whoami", get(whoami))
+        .route_service("/grpc.health.v1.Health/{*method}", health_service)
+        .route_layer(state.api_keys.clone());
+
+    let admin = Router::new()
+        .route(
+            "/admin/accounts/{account}/keys",
+            post(create_key).get(list_keys),
+        )
+        .route(
+            "/admin/accounts/{account}/keys/{id}",
+            axum::routing::delete(delete_key),
+        )
+        .route(
+            "/admin/accounts/{account}/keys/{id}/rotate",
+            post(rotate_key),
+        )
+        .route(
+            "/admin/accounts/{account}/keys/{id}/revoke",
+            post(revoke_key),
+        )
+        .route(
+            "/admin/accounts/{account}/keys/{id}/reactivate",
+            post(reactivate_key),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(with_api_key)
+        .merge(admin)
+        .fallback(not_found)
+        .with_state(state);
+    (health, app)
+}
+
+// ===== open routes =====
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.api_keys.metrics().to_prometheus(),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not found")
+}
+
+// ===== API-key routes =====
+
+async fn ping() -> &'static str {
+    "pong"
+}
+
+#[derive(Serialize)]
+struct Whoami {
+    account_id: String,
+    key_id: String,
+    prefix: String,
+}
+
+// `Extension` rather than the `Authenticated` extractor keeps the demo free of the crate's
+// `axum` feature, so the README's plain `cargo run --example server` works.
+async fn whoami(Extension(who): Extension<Authenticated<KeyIdentity>>) -> Json<Whoami> {
+    Json(Whoami {
+        account_id: who.account_id().to_string(),
+        key_id: who.key_id().to_string(),
+        prefix: who.prefix().to_string(),
+    })
+}
+
+// ===== admin routes =====
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        Some(token) if state.admin_token.matches(token) => next.run(request).await,
+        Some(_) => admin_refused("invalid admin token"),
+        None => admin_refused("missing admin token"),
+    }
+}
+
+fn admin_refused(message: &'static str) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// A key as the admin API shows it; `key` (the plaintext) only right after create and rotate.
+#[derive(Serialize)]
+struct KeyView {
+    id: String,
+    account_id: String,
+    prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    status: &'static str,
+    created_at: String,
+    last_used_at: Option<String>,
+}
+
+impl From<KeyInfo> for KeyView {
+    fn from(info: KeyInfo) -> Self {
+        Self {
+            id: info.id.to_string(),
+            account_id: info.account_id.to_string(),
+            prefix: info.prefix.to_string(),
+            key: None,
+            status: info.status.as_str(),
+            created_at: rfc3339(info.created_at),
+            last_used_at: info.last_used_at.map(rfc3339),
+        }
+    }
+}
+
+impl From<CreatedKey> for KeyView {
+    fn from(created: CreatedKey) -> Self {
+        Self {
+            key: Some(created.key.expose_secret().to_owned()),
+            ..Self::from(created.info)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct KeyList {
+    keys: Vec<KeyView>,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    let account = account(path)?;
+    let created = state.manager.create(&account).await?;
+    Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<KeyList>, ApiError> {
+    let account = account(path)?;
+    let keys = state.manager.list(&account).await?;
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(KeyView::from).collect(),
+    }))
+}
+
+async fn rotate_key(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<KeyView>, ApiError> {
+    let (account, id) = account_and_key(path)?;
+    let rotated = state.manager.rotate(&account, id).await?;
+    Ok(Json(rotated.into()))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<KeyView>, ApiError> {
+    let (account, id) = account_and_key(path)?;
+    let revoked = state.manager.revoke(&account, id).await?;
+    Ok(Json(revoked.into()))
+}
+
+async fn reactivate_key(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<KeyView>, ApiError> {
+    let (account, id) = account_and_key(path)?;
+    let reactivated = state.manager.reactivate(&account, id).await?;
+    Ok(Json(reactivated.into()))
+}
+
+async fn delete_key(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let (account, id) = account_and_key(path)?;
+    state.manager.delete(&account, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `{account}` of the path: 400 unless it is a valid account id.
+fn account(path: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiError> {
+    let Path(account) = path.map_err(|_| ApiError::bad_account())?;
+    AccountId::new(&account).map_err(|_| ApiError::bad_account())
+}
+
+/// The `{account}` (400 if invalid) and `{id}` (404 if not a UUID: no such key) of the path.
+fn account_and_key(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(AccountId, KeyId), ApiError> {
+    // A segment that isn't UTF-8 once percent-decoded fails the whole extraction; the
+    // rejection names the first such segment, and an id that isn't text is no key's id.
+    let Path((account, id)) = path.map_err(|rejection| match rejection {
+        PathRejection::FailedToDeserializePathParams(err)
+            if matches!(err.kind(), ErrorKind::InvalidUtf8InPathParam { key } if key == "id") =>
+        {
+            ApiError::key_not_found()
+        }
+        _ => ApiError::bad_account(),
+    })?;
+    let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
+    let id = id.parse::<KeyId>().map_err(|_| ApiError::key_not_found())?;
+    Ok((account, id))
+}
+
+// ===== errors =====
+
+/// A JSON error answer: `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_account() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "account id must be 1 to 64 characters of [A-Za-z0-9_-]",
+        )
+    }
+
+    fn key_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, ManagerError::NotFound.to_string())
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(err: ManagerError) -> Self {
+        match err {
+            ManagerError::LimitReached { .. } => Self::new(StatusCode::CONFLICT, err.to_string()),
+            ManagerError::NotFound => Self::new(StatusCode::NOT_FOUND, err.to_string()),
+            // The details (a backend's error text) go to the log, not to the client.
+            _ => {
+                tracing::warn!(error = %err, "key operation failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "key store unavailable, retry later",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body {
+            error: String,
+        }
+        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut response = (
+            self.status,
+            Json(Body {
+                error: self.message,
+            }),
+        )
+            .into_response();
+        if retry {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
