@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener};
 use crate::key::{ApiKey, KeyDigest};
@@ -42,6 +44,7 @@ pub struct CacheConfig {
     positive_capacity: u64,
     negative_capacity: u64,
     lookup_timeout: Option<Duration>,
+    max_concurrent_lookups: Option<usize>,
 }
 
 impl Default for CacheConfig {
@@ -52,6 +55,7 @@ impl Default for CacheConfig {
             positive_capacity: 100_000,
             negative_capacity: 100_000,
             lookup_timeout: Some(Duration::from_secs(5)),
+            max_concurrent_lookups: Some(1024),
         }
     }
 }
@@ -94,6 +98,16 @@ impl CacheConfig {
     #[must_use]
     pub fn lookup_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.lookup_timeout = timeout;
+        self
+    }
+
+    /// Most resolver calls running at once (default 1,024; `None` for no limit). A cache miss
+    /// that would start one more is answered 503 at once instead of queueing, so a flood of
+    /// unknown keys can't pile up on the store. Requests joining a call already running for
+    /// their key don't count.
+    #[must_use]
+    pub fn max_concurrent_lookups(mut self, limit: Option<usize>) -> Self {
+        self.max_concurrent_lookups = limit;
         self
     }
 }
@@ -162,7 +176,11 @@ struct CacheShared<R: Resolver> {
     in_flight: Mutex<HashMap<KeyDigest, InFlight<R::Account>, DigestHasher>>,
     /// Bumped by every invalidation; the write lock is held while entries are removed.
     epoch: RwLock<u64>,
+    /// How many cross-process channels are down; while any is, nothing is cached or served
+    /// from the cache.
+    channels_lost: AtomicUsize,
     lookup_timeout: Option<Duration>,
+    lookup_permits: Option<Arc<Semaphore>>,
     metrics: Arc<Metrics>,
 }
 
@@ -197,7 +215,11 @@ impl<R: Resolver> CachedResolver<R> {
                 negative,
                 in_flight: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
                 epoch: RwLock::new(0),
+                channels_lost: AtomicUsize::new(0),
                 lookup_timeout: config.lookup_timeout,
+                lookup_permits: config
+                    .max_concurrent_lookups
+                    .map(|limit| Arc::new(Semaphore::new(limit))),
                 metrics,
             }),
         }
@@ -215,6 +237,9 @@ impl<R: Resolver> CachedResolver<R> {
 
     /// The cached answer for `digest`, if any: synchronous, allocation-free.
     pub(crate) fn cached(&self, digest: &KeyDigest) -> Option<Cached<R::Account>> {
+        if self.shared.channels_lost.load(Ordering::Acquire) > 0 {
+            return None;
+        }
         if let Some(account) = self.shared.positive.get(digest) {
             return Some(Cached::Valid(account));
         }
@@ -225,18 +250,41 @@ impl<R: Resolver> CachedResolver<R> {
     }
 
     /// Joins the resolver call for `digest`, starting one if none is running.
-    pub(crate) fn lookup(&self, key: &ApiKey, digest: KeyDigest) -> PendingLookup<R::Account> {
+    ///
+    /// # Errors
+    ///
+    /// [`Overloaded`] if a new call is needed and `max_concurrent_lookups` are running.
+    pub(crate) fn lookup(
+        &self,
+        key: &ApiKey,
+        digest: KeyDigest,
+    ) -> Result<PendingLookup<R::Account>, Overloaded> {
         let shared = &self.shared;
         // Lock order everywhere: epoch, then in_flight.
         let epoch = read(&shared.epoch);
         let mut in_flight = lock(&shared.in_flight);
         if let Some(running) = in_flight.get(&digest) {
             shared.metrics.coalesced();
-            return running.lookup.clone();
+            return Ok(running.lookup.clone());
         }
+        let permit = match &shared.lookup_permits {
+            Some(permits) => Some(
+                Arc::clone(permits)
+                    .try_acquire_owned()
+                    .map_err(|_| Overloaded)?,
+            ),
+            None => None,
+        };
         let started_in = *epoch;
         let ticket = next_ticket();
-        let lookup = start_lookup(Arc::clone(shared), key.clone(), digest, started_in, ticket);
+        let lookup = start_lookup(
+            Arc::clone(shared),
+            key.clone(),
+            digest,
+            started_in,
+            ticket,
+            permit,
+        );
         in_flight.insert(
             digest,
             InFlight {
@@ -244,7 +292,7 @@ impl<R: Resolver> CachedResolver<R> {
                 lookup: lookup.clone(),
             },
         );
-        lookup
+        Ok(lookup)
     }
 
     /// Forgets everything cached for `digest` (see [`InvalidationListener`]).
@@ -283,10 +331,17 @@ impl<R: Resolver> InvalidationListener for CacheShared<R> {
                 self.negative.invalidate(digest);
                 lock(&self.in_flight).remove(digest);
             }
-            Invalidation::All => {
-                self.positive.invalidate_all();
-                self.negative.invalidate_all();
-                lock(&self.in_flight).clear();
+            Invalidation::All => self.forget_everything(),
+            Invalidation::ChannelLost => {
+                self.channels_lost.fetch_add(1, Ordering::AcqRel);
+                self.forget_everything();
+            }
+            Invalidation::ChannelRestored => {
+                // Saturating: a restore without a loss must not disable the guard later.
+                let _ = self
+                    .channels_lost
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                self.forget_everything();
             }
         }
         drop(epoch);
@@ -294,12 +349,17 @@ impl<R: Resolver> InvalidationListener for CacheShared<R> {
     }
 }
 
+/// Too many resolver calls are running to start another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Overloaded;
+
 fn start_lookup<R: Resolver>(
     shared: Arc<CacheShared<R>>,
     key: ApiKey,
     digest: KeyDigest,
     started_in: u64,
     ticket: u64,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> PendingLookup<R::Account> {
     shared.metrics.resolver_called();
     let runtime = tokio::runtime::Handle::try_current().ok();
@@ -329,6 +389,7 @@ fn start_lookup<R: Resolver>(
             }
         };
         shared.settle(digest, started_in, ticket, &lookup);
+        drop(permit);
         lookup
     };
     // Run the call as its own task so that it completes, and leaves the in-flight table,
@@ -349,11 +410,19 @@ fn start_lookup<R: Resolver>(
 }
 
 impl<R: Resolver> CacheShared<R> {
-    /// Caches a finished call's answer unless an invalidation happened since it started, and
-    /// removes the call from the in-flight table.
+    /// Drops every entry and detaches every call in progress. Called with the epoch's write
+    /// lock held.
+    fn forget_everything(&self) {
+        self.positive.invalidate_all();
+        self.negative.invalidate_all();
+        lock(&self.in_flight).clear();
+    }
+
+    /// Caches a finished call's answer unless an invalidation happened since it started (or a
+    /// channel is down), and removes the call from the in-flight table.
     fn settle(&self, digest: KeyDigest, started_in: u64, ticket: u64, lookup: &Lookup<R::Account>) {
         let epoch = read(&self.epoch);
-        if *epoch == started_in {
+        if *epoch == started_in && self.channels_lost.load(Ordering::Acquire) == 0 {
             match lookup {
                 Lookup::Found(account) => self.positive.insert(digest, Arc::clone(account)),
                 Lookup::NotFound => self.negative.insert(digest, ()),
@@ -374,7 +443,7 @@ impl<R: Resolver> CacheShared<R> {
 
 fn next_ticket() -> u64 {
     static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    TICKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    TICKETS.fetch_add(1, Ordering::Relaxed)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

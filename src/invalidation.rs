@@ -3,7 +3,9 @@
 //! [`KeyManager`](crate::manager::KeyManager) publishes an [`Invalidation`] after every
 //! change it makes to a key, synchronously, before its method returns. Caches subscribe as
 //! [`InvalidationListener`]s. Channels from other processes (for example a database's
-//! notifications) publish into the same bus.
+//! notifications) publish into the same bus, and report their own outages with
+//! [`Invalidation::ChannelLost`] / [`Invalidation::ChannelRestored`] so that caches fail
+//! closed while changes could be missed.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
@@ -36,9 +38,15 @@ use crate::key::KeyDigest;
 pub enum Invalidation {
     /// Everything cached for the key with this digest, positive or negative.
     Key(KeyDigest),
-    /// Everything: changes may have been missed (for example while a notification channel
-    /// was down).
+    /// Everything: changes may have been missed.
     All,
+    /// A channel that carries changes from other processes went down: until it is restored,
+    /// changes may be missed, so caches forget everything and stop caching (every request is
+    /// resolved from the store: fail closed, never stale-open).
+    ChannelLost,
+    /// A channel reported lost is back: caches forget everything once more (to cover what
+    /// was missed while it was down) and cache again once no channel is lost.
+    ChannelRestored,
 }
 
 /// Something that caches key lookups and must hear about key changes.

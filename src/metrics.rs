@@ -27,6 +27,7 @@ pub struct Metrics {
     resolver_calls: AtomicU64,
     resolver_failures: AtomicU64,
     coalesced_lookups: AtomicU64,
+    lookups_shed: AtomicU64,
     invalidations: AtomicU64,
 }
 
@@ -42,7 +43,7 @@ pub struct MetricsSnapshot {
     pub missing: u64,
     /// Requests refused for a malformed, unknown, inactive or rotated-away key.
     pub invalid: u64,
-    /// Requests answered 503 because the resolver failed, timed out or panicked.
+    /// Requests answered 503: the resolver failed, timed out or panicked, or was too busy.
     pub unavailable: u64,
     /// Well-formed keys answered from the cache (accepted or refused).
     pub cache_hits: u64,
@@ -54,6 +55,8 @@ pub struct MetricsSnapshot {
     pub resolver_failures: u64,
     /// Cache misses that joined a resolver call already running for the same key.
     pub coalesced_lookups: u64,
+    /// Cache misses answered 503 because too many resolver calls were running.
+    pub lookups_shed: u64,
     /// Invalidations received.
     pub invalidations: u64,
 }
@@ -77,7 +80,8 @@ counters!(
     invalid,
     unavailable,
     cache_hits,
-    cache_misses
+    cache_misses,
+    lookups_shed,
 );
 
 impl Metrics {
@@ -111,6 +115,7 @@ impl Metrics {
             resolver_calls: read(&self.resolver_calls),
             resolver_failures: read(&self.resolver_failures),
             coalesced_lookups: read(&self.coalesced_lookups),
+            lookups_shed: read(&self.lookups_shed),
             invalidations: read(&self.invalidations),
         }
     }
@@ -160,6 +165,11 @@ impl MetricsSnapshot {
             "api_key_coalesced_lookups_total",
             "Cache misses that joined a resolver call already in progress.",
             &[("", self.coalesced_lookups)],
+        );
+        counter(
+            "api_key_lookups_shed_total",
+            "Cache misses answered 503 because too many resolver calls were running.",
+            &[("", self.lookups_shed)],
         );
         counter(
             "api_key_invalidations_total",

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
-use crate::cache::{Cached, CachedResolver, Lookup, PendingLookup};
+use crate::cache::{Cached, CachedResolver, Lookup, Overloaded, PendingLookup};
 use crate::future::ResponseFuture;
 use crate::key::{ApiKey, Pepper};
 use crate::metrics::Metrics;
@@ -181,7 +181,15 @@ impl<R: Resolver> Authenticator<R> {
             }
             None => {
                 self.metrics.cache_misses();
-                Decision::Lookup(self.cache.lookup(&key, digest))
+                match self.cache.lookup(&key, digest) {
+                    Ok(lookup) => Decision::Lookup(lookup),
+                    Err(Overloaded) => {
+                        self.metrics.unavailable();
+                        self.metrics.lookups_shed();
+                        tracing::debug!(outcome = "unavailable", prefix = %key.prefix(), "api key lookup shed: too many running");
+                        Decision::Reject(Rejection::Unavailable)
+                    }
+                }
             }
         }
     }

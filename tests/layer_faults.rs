@@ -222,3 +222,63 @@ async fn a_lookup_abandoned_by_its_requests_still_completes_and_is_cached() {
         "the abandoned lookup's answer was cached"
     );
 }
+
+#[tokio::test]
+async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
+    use tower_api_key::invalidation::{Invalidation, InvalidationBus};
+    let resolver = ScriptedResolver::new(Behaviour::Accept, Duration::ZERO);
+    let bus = InvalidationBus::new();
+    let layer = ApiKeyLayer::builder(resolver.clone(), pepper())
+        .invalidated_by(&bus)
+        .build();
+    let inner = service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<bytes::Bytes>::new()))
+    });
+    let service = layer.layer(tower::util::BoxCloneSyncService::new(inner));
+    let valid = key();
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(resolver.calls(), 1, "cached while the channel is up");
+
+    bus.publish(Invalidation::ChannelLost);
+    for expected_calls in 2..=4 {
+        assert_eq!(status(&service, &valid).await, StatusCode::OK);
+        assert_eq!(resolver.calls(), expected_calls, "every request asks the resolver");
+    }
+
+    bus.publish(Invalidation::ChannelRestored);
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(resolver.calls(), 5, "cached again once the channel is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_beyond_the_limit_are_shed_with_503_at_once() {
+    let resolver = ScriptedResolver::new(Behaviour::Refuse, Duration::from_millis(300));
+    let config = CacheConfig::default().max_concurrent_lookups(Some(2));
+    let service = service(&resolver, config);
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let status = status(&service, &key()).await;
+                (status, started.elapsed())
+            })
+        })
+        .collect();
+    let mut shed = 0;
+    for task in tasks {
+        let (status, elapsed) = task.await.expect("task");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            shed += 1;
+            assert!(elapsed < Duration::from_millis(300), "shed without waiting");
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert_eq!(shed, 8);
+    assert_eq!(resolver.calls(), 2);
+    // Permits come back when lookups finish.
+    assert_eq!(status(&service, &key()).await, StatusCode::UNAUTHORIZED);
+}
