@@ -3,7 +3,12 @@
 //!
 //! Every case sends the same request (with the same `x-api-key` header) through
 //! `oneshot` on a service wrapping the same axum router, so the differences are the
-//! authentication alone. Run: `cargo bench --bench auth --all-features`.
+//! authentication alone. Besides the layer, two peers a user might write instead: an
+//! `axum::middleware::from_fn` middleware over a `moka::future` cache, and tower-http's
+//! `AsyncRequireAuthorizationLayer` over the same cache and resolver.
+//!
+//! Run: `cargo bench --all-features --bench auth`, then `python3 scripts/bench_table.py` for
+//! added nanoseconds over `baseline` and ratios to `floor`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,7 +20,10 @@ use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, StatusCode};
 use tower::{Layer, ServiceExt};
-use tower_api_key::{ApiKey, ApiKeyLayer, KeyDigest, KeyManager, MemoryStore, Pepper};
+use tower_api_key::resolver::Resolver;
+use tower_api_key::{
+    ApiKey, ApiKeyLayer, KeyDigest, KeyIdentity, KeyManager, MemoryStore, Pepper, StoreResolver,
+};
 
 fn router() -> Router {
     Router::new().route("/v1/ping", get(|| async { "pong" }))
@@ -63,6 +71,84 @@ impl tower::Service<Request<axum::body::Body>> for Floor {
     }
 }
 
+/// What a user would write with `axum::middleware::from_fn`: parse, digest, a
+/// `moka::future` cache in front of the store resolver, then the extension.
+#[derive(Clone)]
+struct PeerState {
+    pepper: Pepper,
+    cache: moka::future::Cache<KeyDigest, Option<Arc<KeyIdentity>>>,
+    resolver: Arc<StoreResolver>,
+}
+
+impl PeerState {
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Option<Arc<KeyIdentity>> {
+        let value = headers.get("x-api-key")?;
+        let key = ApiKey::parse(value.as_bytes()).ok()?;
+        let digest = self.pepper.digest(&key);
+        let resolver = Arc::clone(&self.resolver);
+        self.cache
+            .get_with(digest, async move {
+                resolver
+                    .resolve(&key, &digest)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(Arc::new)
+            })
+            .await
+    }
+}
+
+async fn from_fn_peer(
+    axum::extract::State(state): axum::extract::State<PeerState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.authenticate(request.headers()).await {
+        Some(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        None => (StatusCode::UNAUTHORIZED, r#"{"error":"invalid API key"}"#).into_response(),
+    }
+}
+
+/// The same check as tower-http's `AsyncAuthorizeRequest`.
+#[derive(Clone)]
+struct TowerHttpPeer(PeerState);
+
+impl tower_http::auth::AsyncAuthorizeRequest<axum::body::Body> for TowerHttpPeer {
+    type RequestBody = axum::body::Body;
+    type ResponseBody = axum::body::Body;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Request<axum::body::Body>, http::Response<axum::body::Body>>,
+                > + Send,
+        >,
+    >;
+
+    fn authorize(&mut self, mut request: Request<axum::body::Body>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            match state.authenticate(request.headers()).await {
+                Some(identity) => {
+                    request.extensions_mut().insert(identity);
+                    Ok(request)
+                }
+                None => {
+                    let mut response = http::Response::new(axum::body::Body::from(
+                        r#"{"error":"invalid API key"}"#,
+                    ));
+                    *response.status_mut() = StatusCode::UNAUTHORIZED;
+                    Err(response)
+                }
+            }
+        })
+    }
+}
+
 fn layer_on_a_cache_hit(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -89,6 +175,19 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
         inner: router(),
     };
     let baseline = router();
+    let peer_state = PeerState {
+        pepper: pepper.clone(),
+        cache: moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(std::time::Duration::from_secs(30))
+            .build(),
+        resolver: Arc::new(StoreResolver::new(Arc::clone(manager.store()))),
+    };
+    let from_fn =
+        axum::middleware::from_fn_with_state(peer_state.clone(), from_fn_peer).layer(router());
+    let tower_http =
+        tower_http::auth::AsyncRequireAuthorizationLayer::new(TowerHttpPeer(peer_state.clone()))
+            .layer(router());
 
     // Warm the cache with the valid and the unknown key.
     runtime.block_on(async {
@@ -133,6 +232,36 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
             })
         });
     }
+    group.bench_function("peer/from_fn_moka_future/hit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let response = from_fn.clone().oneshot(request(&valid)).await.expect("ok");
+            assert_eq!(response.status(), StatusCode::OK);
+            black_box(response)
+        })
+    });
+    group.bench_function("peer/tower_http_async_authorize/hit", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let response = tower_http
+                .clone()
+                .oneshot(request(&valid))
+                .await
+                .expect("ok");
+            assert_eq!(response.status(), StatusCode::OK);
+            black_box(response)
+        })
+    });
+    group.bench_function("layer/miss", |b| {
+        // A cold lookup each time: a fresh layer (empty cache) over the memory store.
+        b.to_async(&runtime).iter_batched(
+            || ApiKeyLayer::for_manager(&manager).build().layer(router()),
+            |cold| async {
+                let response = cold.oneshot(request(&valid)).await.expect("ok");
+                assert_eq!(response.status(), StatusCode::OK);
+                black_box(response)
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     group.bench_function("layer/reject_missing", |b| {
         b.to_async(&runtime).iter(|| async {
             let request = Request::get("/v1/ping")

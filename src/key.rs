@@ -245,9 +245,9 @@ impl ApiKey {
         }
         // Decoding the stated checksum costs six multiply-adds; encoding the computed one
         // would cost six long divisions. Fixed-width base62 is one-to-one, so both agree.
-        let stated = bytes[CHECKED_LEN..]
-            .iter()
-            .fold(0u64, |acc, &b| acc * 62 + u64::from(BASE62_VALUES[usize::from(b)]));
+        let stated = bytes[CHECKED_LEN..].iter().fold(0u64, |acc, &b| {
+            acc * 62 + u64::from(BASE62_VALUES[usize::from(b)])
+        });
         if stated != u64::from(crc32fast::hash(&bytes[..CHECKED_LEN])) {
             return Err(ParseError::Checksum);
         }
@@ -324,10 +324,7 @@ pub struct KeyDigest(blake3::Hash);
 
 impl std::hash::Hash for KeyDigest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let bytes = self.as_bytes();
-        state.write_u64(u64::from_le_bytes([
-            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-        ]));
+        state.write_u64(self.hash_u64());
     }
 }
 
@@ -340,6 +337,14 @@ impl KeyDigest {
     /// The digest's bytes, for a store to write.
     pub fn as_bytes(&self) -> &[u8; 32] {
         self.0.as_bytes()
+    }
+
+    /// Eight uniformly distributed bits of the digest, for picking a hash bucket.
+    pub(crate) fn hash_u64(&self) -> u64 {
+        let bytes = self.as_bytes();
+        u64::from_le_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ])
     }
 
     /// Compares two digests in constant time (with `subtle`).

@@ -243,7 +243,11 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
     bus.publish(Invalidation::ChannelLost);
     for expected_calls in 2..=4 {
         assert_eq!(status(&service, &valid).await, StatusCode::OK);
-        assert_eq!(resolver.calls(), expected_calls, "every request asks the resolver");
+        assert_eq!(
+            resolver.calls(),
+            expected_calls,
+            "every request asks the resolver"
+        );
     }
 
     bus.publish(Invalidation::ChannelRestored);

@@ -6,13 +6,15 @@
 //! cached only if no invalidation happened while it ran, so a lookup that raced a revoke can
 //! never put the revoked key back (see [`CachedResolver`]).
 
+mod front;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -28,7 +30,7 @@ use crate::resolver::Resolver;
 /// Sizes and lifetimes of the resolver cache.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use tower_api_key::cache::CacheConfig;
 ///
 /// let config = CacheConfig::default()
@@ -171,17 +173,37 @@ pub struct CachedResolver<R: Resolver> {
 
 struct CacheShared<R: Resolver> {
     resolver: R,
-    positive: moka::sync::Cache<KeyDigest, Arc<R::Account>, DigestHasher>,
+    /// Distinguishes this cache's slots in the per-thread front.
+    id: usize,
+    positive: moka::sync::Cache<KeyDigest, Positive<R::Account>, DigestHasher>,
+    positive_ttl: Duration,
     negative: moka::sync::Cache<KeyDigest, (), DigestHasher>,
     in_flight: Mutex<HashMap<KeyDigest, InFlight<R::Account>, DigestHasher>>,
     /// Bumped by every invalidation; the write lock is held while entries are removed.
     epoch: RwLock<u64>,
+    /// The epoch, published after an invalidation's removals (for the lock-free front).
+    published_epoch: AtomicU64,
     /// How many cross-process channels are down; while any is, nothing is cached or served
     /// from the cache.
     channels_lost: AtomicUsize,
     lookup_timeout: Option<Duration>,
     lookup_permits: Option<Arc<Semaphore>>,
     metrics: Arc<Metrics>,
+}
+
+/// An accepted key's cache entry: the account and when the entry expires.
+struct Positive<A> {
+    account: Arc<A>,
+    expires_at: Instant,
+}
+
+impl<A> Clone for Positive<A> {
+    fn clone(&self) -> Self {
+        Self {
+            account: Arc::clone(&self.account),
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 struct InFlight<A> {
@@ -211,10 +233,13 @@ impl<R: Resolver> CachedResolver<R> {
         Self {
             shared: Arc::new(CacheShared {
                 resolver,
+                id: next_id(),
                 positive,
+                positive_ttl: config.positive_ttl,
                 negative,
                 in_flight: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
                 epoch: RwLock::new(0),
+                published_epoch: AtomicU64::new(0),
                 channels_lost: AtomicUsize::new(0),
                 lookup_timeout: config.lookup_timeout,
                 lookup_permits: config
@@ -240,8 +265,16 @@ impl<R: Resolver> CachedResolver<R> {
         if self.shared.channels_lost.load(Ordering::Acquire) > 0 {
             return None;
         }
-        if let Some(account) = self.shared.positive.get(digest) {
+        let shared = &self.shared;
+        // Read before the lookups: an entry seen after an invalidation's removals carries an
+        // epoch that is already stale, so it can't be served by the front afterwards.
+        let epoch = shared.published_epoch.load(Ordering::Acquire);
+        if let Some(account) = front::get::<R::Account>(shared.id, digest, epoch) {
             return Some(Cached::Valid(account));
+        }
+        if let Some(entry) = shared.positive.get(digest) {
+            front::put(shared.id, *digest, epoch, entry.expires_at, &entry.account);
+            return Some(Cached::Valid(entry.account));
         }
         if self.shared.negative.contains_key(digest) {
             return Some(Cached::Invalid);
@@ -344,6 +377,8 @@ impl<R: Resolver> InvalidationListener for CacheShared<R> {
                 self.forget_everything();
             }
         }
+        // Published only after the removals: see `cached`.
+        self.published_epoch.store(*epoch, Ordering::Release);
         drop(epoch);
         self.metrics.invalidated();
     }
@@ -424,7 +459,13 @@ impl<R: Resolver> CacheShared<R> {
         let epoch = read(&self.epoch);
         if *epoch == started_in && self.channels_lost.load(Ordering::Acquire) == 0 {
             match lookup {
-                Lookup::Found(account) => self.positive.insert(digest, Arc::clone(account)),
+                Lookup::Found(account) => self.positive.insert(
+                    digest,
+                    Positive {
+                        account: Arc::clone(account),
+                        expires_at: Instant::now() + self.positive_ttl,
+                    },
+                ),
                 Lookup::NotFound => self.negative.insert(digest, ()),
                 Lookup::Failed(_) => self.metrics.resolver_failed(),
             }
@@ -439,6 +480,11 @@ impl<R: Resolver> CacheShared<R> {
             in_flight.remove(&digest);
         }
     }
+}
+
+fn next_id() -> usize {
+    static IDS: AtomicUsize = AtomicUsize::new(0);
+    IDS.fetch_add(1, Ordering::Relaxed)
 }
 
 fn next_ticket() -> u64 {

@@ -1,0 +1,80 @@
+//! A per-thread front for the positive cache: the last few accepted keys each worker thread
+//! saw, answered without touching moka.
+//!
+//! A slot is trusted only while its cache's invalidation epoch is the one it was filled in
+//! and its moka entry's TTL has not run out, so it can never outlive an invalidation or the
+//! TTL. It holds the same shared account as the moka entry: no copy, no plaintext.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::key::KeyDigest;
+
+/// Slots per thread (direct-mapped).
+const SLOTS: usize = 64;
+
+struct Slot {
+    owner: usize,
+    digest: KeyDigest,
+    epoch: u64,
+    expires_at: Instant,
+    account: Arc<dyn Any + Send + Sync>,
+}
+
+thread_local! {
+    static FRONT: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn index(owner: usize, digest: &KeyDigest) -> usize {
+    // Truncation is the point: any bits of the (uniform) digest pick a slot.
+    (digest.hash_u64() as usize ^ owner) % SLOTS
+}
+
+/// The account this thread cached for `digest` of cache `owner`, if still valid in `epoch`.
+pub(super) fn get<A: Send + Sync + 'static>(
+    owner: usize,
+    digest: &KeyDigest,
+    epoch: u64,
+) -> Option<Arc<A>> {
+    FRONT
+        .try_with(|front| {
+            let front = front.try_borrow().ok()?;
+            let slot = front.get(index(owner, digest))?.as_ref()?;
+            if slot.owner != owner || slot.epoch != epoch || slot.digest != *digest {
+                return None;
+            }
+            if Instant::now() >= slot.expires_at {
+                return None;
+            }
+            Arc::clone(&slot.account).downcast::<A>().ok()
+        })
+        .ok()
+        .flatten()
+}
+
+/// Remembers `account` for `digest` of cache `owner`, valid in `epoch` until `expires_at`.
+pub(super) fn put<A: Send + Sync + 'static>(
+    owner: usize,
+    digest: KeyDigest,
+    epoch: u64,
+    expires_at: Instant,
+    account: &Arc<A>,
+) {
+    let account: Arc<dyn Any + Send + Sync> = Arc::clone(account) as _;
+    let _ = FRONT.try_with(|front| {
+        if let Ok(mut front) = front.try_borrow_mut() {
+            if front.is_empty() {
+                front.resize_with(SLOTS, || None);
+            }
+            front[index(owner, &digest)] = Some(Slot {
+                owner,
+                digest,
+                epoch,
+                expires_at,
+                account,
+            });
+        }
+    });
+}
