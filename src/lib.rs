@@ -18,6 +18,8 @@
 //! - [`manager`]: [`KeyManager`], the lifecycle rules (at most 3 keys per account; rotate,
 //!   revoke, reactivate, delete, each effective at once).
 //! - [`invalidation`]: how key changes reach caches before the change returns.
+//! - [`feed`]: how other processes' key changes reach this process's caches (the
+//!   [`ChangeFeed`](feed::ChangeFeed) trait and its fail-closed runner).
 //! - [`last_used`]: `last_used_at`, recorded off the hot path in batches.
 //! - [`metrics`]: the layer's counters, renderable for Prometheus.
 //! - `extract` (feature `axum`): `Authenticated<A>` and `Option<Authenticated<A>>` as axum
@@ -28,6 +30,8 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `axum` | no | `FromRequestParts` / `OptionalFromRequestParts` for [`Authenticated`] (depends on `axum-core` only) |
+//! | `sqlite` | no | `SqliteStore`: keys in a SQLite file, one process (sqlx, bundled SQLite) |
+//! | `postgres` | no | `PostgresStore` and `PgChangeFeed`: keys in PostgreSQL shared by many processes, changes relayed by `LISTEN`/`NOTIFY` (sqlx) |
 //!
 //! # Example
 //!
@@ -72,6 +76,7 @@ pub mod cache;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod extract;
+pub mod feed;
 pub mod future;
 pub mod invalidation;
 pub mod key;
@@ -91,4 +96,10 @@ pub use manager::{CreatedKey, KeyInfo, KeyManager, ManagerError};
 pub use rejection::Rejection;
 pub use resolver::{KeyIdentity, Resolver, StoreResolver};
 pub use service::ApiKeyService;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::SqliteStore;
 pub use store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::{PgChangeFeed, PostgresStore};

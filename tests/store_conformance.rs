@@ -1,5 +1,10 @@
 //! One set of behaviours every `KeyStore` must have, run against each store, so the stores
-//! can't drift apart.
+//! can't drift apart: the memory store always, SQLite with feature `sqlite` (a fresh file per
+//! test), PostgreSQL with feature `postgres` and `DATABASE_URL` (a fresh schema per test;
+//! without the variable each PostgreSQL test says it was skipped and passes).
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod db_support;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -380,3 +385,20 @@ async fn memory_store() -> Option<Arc<dyn KeyStore>> {
 }
 
 conformance!(memory, memory_store());
+
+#[cfg(feature = "sqlite")]
+async fn sqlite_store() -> Option<Arc<dyn KeyStore>> {
+    Some(Arc::new(db_support::sqlite::store().await))
+}
+
+#[cfg(feature = "sqlite")]
+conformance!(sqlite, sqlite_store());
+
+#[cfg(feature = "postgres")]
+async fn postgres_store() -> Option<Arc<dyn KeyStore>> {
+    let store = db_support::postgres::store().await?;
+    Some(Arc::new(store))
+}
+
+#[cfg(feature = "postgres")]
+conformance!(postgres, postgres_store());

@@ -1,0 +1,431 @@
+//! Keys in PostgreSQL, shared by any number of processes (feature `postgres`).
+
+mod listener;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::sql::{self, MigrateError, Migration, RawRecord};
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
+use crate::key::{KeyDigest, KeyPrefix};
+
+pub use listener::PgChangeFeed;
+
+/// The table's unique constraint on `prefix`; a violation means "prefix taken".
+const PREFIX_CONSTRAINT: &str = "tower_api_keys_prefix_key";
+
+/// The channel the table's trigger notifies on every change (see the migration).
+pub(crate) const CHANNEL: &str = "tower_api_keys";
+
+/// Advisory-lock class ids of this crate (`"tak"` and a counter), so that its locks don't
+/// collide with an application's own single-key advisory locks.
+const LOCK_CLASS_ACCOUNT: i32 = 0x7461_6b01;
+const LOCK_CLASS_MIGRATE: i32 = 0x7461_6b02;
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "tower_api_keys table and its change notifications",
+    sql: include_str!("../../../migrations/postgres/0001_tower_api_keys.sql"),
+}];
+
+/// `extract(epoch …)` is exact (numeric) from PostgreSQL 14 on.
+const MIN_SERVER_VERSION: i32 = 140_000;
+
+/// The record's columns, with times as microseconds since the Unix epoch.
+macro_rules! columns {
+    ($table:literal) => {
+        concat!(
+            $table,
+            ".id, ",
+            $table,
+            ".account_id, ",
+            $table,
+            ".prefix, ",
+            $table,
+            ".digest, ",
+            $table,
+            ".status, ",
+            "(extract(epoch FROM ",
+            $table,
+            ".created_at) * 1000000)::bigint AS created_at_us, ",
+            "(extract(epoch FROM ",
+            $table,
+            ".last_used_at) * 1000000)::bigint AS last_used_at_us"
+        )
+    };
+}
+
+/// A `timestamptz` from a `bigint` of microseconds since the Unix epoch, exactly (whole
+/// seconds and the remainder apart, so no step rounds through a float).
+macro_rules! timestamp {
+    ($micros:literal) => {
+        concat!(
+            "(timestamptz 'epoch' + (",
+            $micros,
+            " / 1000000) * interval '1 second' + (",
+            $micros,
+            " % 1000000) * interval '1 microsecond')"
+        )
+    };
+}
+
+/// Keeps key records in PostgreSQL (14 or newer): any number of processes can share one
+/// database.
+///
+/// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
+///   implicitly). Keys are stored as keyed digests, never in plaintext. Prefix uniqueness is
+///   the table's `UNIQUE` constraint.
+/// - **Limit**: [`insert_within_limit`](KeyStore::insert_within_limit) takes a transaction
+///   advisory lock on the account (`pg_advisory_xact_lock`) before counting, so concurrent
+///   creates from any number of processes can't exceed the limit, and creates for different
+///   accounts don't wait for each other.
+/// - **Changes reach other processes**: a trigger on the table `NOTIFY`s channel
+///   `tower_api_keys` with the digests of the keys concerned, inside the changing
+///   transaction, so the notification goes out exactly when the change commits; run a
+///   [`PgChangeFeed`] in every process to act on it.
+/// - **`last_used_at`**: one `UPDATE` per flush for the whole batch, moving times forward only.
+///
+/// Cloning is cheap and shares the connection pool.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tower_api_key::store::{PgChangeFeed, PostgresStore};
+/// use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::connect(&std::env::var("DATABASE_URL")?).await?;
+/// store.migrate().await?;
+/// let manager = KeyManager::new(Arc::new(store.clone()), Pepper::from_hex(&std::env::var("API_KEY_PEPPER")?)?);
+/// let feed = PgChangeFeed::new(&store).spawn(manager.invalidations());
+/// let layer = ApiKeyLayer::for_manager(&manager).build();
+/// # let _ = (feed, layer);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects a pool of up to 10 connections to `url` (`postgres://user:pass@host/db`;
+    /// sqlx's URL options apply), failing if the database can't be reached now. Waiting for
+    /// a free connection is bounded at 3 s, below the layer's default lookup timeout, so an
+    /// unreachable database surfaces as a store failure (503), not a hang.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the URL is invalid or the database unreachable.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// A store over a pool you configured (size, timeouts, TLS, `search_path` for another
+    /// schema …).
+    pub const fn from_pool(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the migrations this version ships and the database lacks, in one transaction
+    /// under an advisory lock: safe to call from every process at start, concurrently. The
+    /// table lands in the first schema of the connection's `search_path`.
+    ///
+    /// # Errors
+    ///
+    /// [`MigrateError::Modified`] if a migration was applied with other text,
+    /// [`MigrateError::UnsupportedServer`] before PostgreSQL 14, or a database failure (then
+    /// nothing changed).
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        let mut tx = self.pool.begin().await?;
+        let version: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
+            .fetch_one(&mut *tx)
+            .await?;
+        if version.trim().parse::<i32>().unwrap_or(0) < MIN_SERVER_VERSION {
+            return Err(MigrateError::UnsupportedServer(format!(
+                "PostgreSQL 14 or newer is needed, this is version number {version}"
+            )));
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(LOCK_CLASS_MIGRATE)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+                version     bigint      PRIMARY KEY,
+                description text        NOT NULL,
+                checksum    bytea       NOT NULL,
+                applied_at  timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
+                .fetch_all(&mut *tx)
+                .await?;
+        for migration in sql::pending(MIGRATIONS, &applied)? {
+            sqlx::raw_sql(migration.sql).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO tower_api_keys_migrations (version, description, checksum)
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(migration.checksum())
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(
+                version = migration.version,
+                description = migration.description,
+                "applied migration"
+            );
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A feed of the changes made through this database by every process, to run with
+    /// [`PgChangeFeed::spawn`].
+    pub fn change_feed(&self) -> PgChangeFeed {
+        PgChangeFeed::new(self)
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(StoreError::unavailable)
+    }
+}
+
+fn record(row: &PgRow) -> Result<KeyRecord, StoreError> {
+    let raw = RawRecord {
+        id: row.try_get("id").map_err(StoreError::unavailable)?,
+        account_id: row.try_get("account_id").map_err(StoreError::unavailable)?,
+        prefix: row.try_get("prefix").map_err(StoreError::unavailable)?,
+        digest: row.try_get("digest").map_err(StoreError::unavailable)?,
+        status: row.try_get("status").map_err(StoreError::unavailable)?,
+        created_at_us: row
+            .try_get("created_at_us")
+            .map_err(StoreError::unavailable)?,
+        last_used_at_us: row
+            .try_get("last_used_at_us")
+            .map_err(StoreError::unavailable)?,
+    };
+    raw.into_record()
+}
+
+fn one(row: Option<PgRow>) -> Result<Option<KeyRecord>, StoreError> {
+    row.as_ref().map(record).transpose()
+}
+
+fn failed(err: sqlx::Error) -> StoreError {
+    sql::store_error(err, PREFIX_CONSTRAINT)
+}
+
+#[async_trait]
+impl KeyStore for PostgresStore {
+    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tx = self.begin().await?;
+        // The lock is taken in a statement of its own, before the count: in READ COMMITTED
+        // every statement sees what committed before it started, so the count that follows
+        // includes every insert of the lock's previous holders.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS_ACCOUNT)
+            .bind(record.account_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        let inserted = sqlx::query(concat!(
+            "INSERT INTO tower_api_keys ",
+            "(id, account_id, prefix, digest, status, created_at, last_used_at) ",
+            "SELECT $1, $2, $3, $4, $5, ",
+            timestamp!("$6::bigint"),
+            ", CASE WHEN $7::bigint IS NULL THEN NULL ELSE ",
+            timestamp!("$7::bigint"),
+            " END WHERE (SELECT count(*) FROM tower_api_keys WHERE account_id = $2) < $8"
+        ))
+        .bind(record.id.as_uuid())
+        .bind(record.account_id.as_str())
+        .bind(record.prefix.as_str())
+        .bind(&record.digest.as_bytes()[..])
+        .bind(record.status.as_str())
+        .bind(sql::to_micros(record.created_at)?)
+        .bind(record.last_used_at.map(sql::to_micros).transpose()?)
+        .bind(limit_sql)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::LimitReached { limit });
+        }
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!("tower_api_keys"),
+            " FROM tower_api_keys WHERE prefix = $1"
+        ))
+        .bind(prefix.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        one(row)
+    }
+
+    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            columns!("tower_api_keys"),
+            " FROM tower_api_keys WHERE id = $1 AND account_id = $2"
+        ))
+        .bind(id.as_uuid())
+        .bind(account.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        one(row)
+    }
+
+    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            columns!("tower_api_keys"),
+            " FROM tower_api_keys WHERE account_id = $1 ORDER BY created_at, seq"
+        ))
+        .bind(account.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed)?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn set_status(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        status: KeyStatus,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // One statement: the trigger's notification commits with it.
+        let row = sqlx::query(concat!(
+            "UPDATE tower_api_keys SET status = $3 WHERE id = $1 AND account_id = $2 RETURNING ",
+            columns!("tower_api_keys")
+        ))
+        .bind(id.as_uuid())
+        .bind(account.as_str())
+        .bind(status.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        one(row)
+    }
+
+    async fn replace_key(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+    ) -> Result<Option<Rotated>, StoreError> {
+        let mut tx = self.begin().await?;
+        let before = sqlx::query(concat!(
+            "SELECT ",
+            columns!("tower_api_keys"),
+            " FROM tower_api_keys WHERE id = $1 AND account_id = $2 FOR UPDATE"
+        ))
+        .bind(id.as_uuid())
+        .bind(account.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let Some(before) = one(before)? else {
+            return Ok(None);
+        };
+        let after = sqlx::query(concat!(
+            "UPDATE tower_api_keys SET prefix = $2, digest = $3, last_used_at = NULL ",
+            "WHERE id = $1 RETURNING ",
+            columns!("tower_api_keys")
+        ))
+        .bind(id.as_uuid())
+        .bind(prefix.as_str())
+        .bind(&digest.as_bytes()[..])
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let after = record(&after)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(Some(Rotated { before, after }))
+    }
+
+    async fn delete(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(concat!(
+            "DELETE FROM tower_api_keys WHERE id = $1 AND account_id = $2 RETURNING ",
+            columns!("tower_api_keys")
+        ))
+        .bind(id.as_uuid())
+        .bind(account.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        one(row)
+    }
+
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(uses.len());
+        let mut prefixes = Vec::with_capacity(uses.len());
+        let mut micros = Vec::with_capacity(uses.len());
+        for key_use in uses {
+            ids.push(*key_use.id.as_uuid());
+            prefixes.push(key_use.prefix.as_str().to_owned());
+            micros.push(sql::to_micros(key_use.at)?);
+        }
+        // One statement for the batch. Rows are locked in id order first, so two processes
+        // flushing overlapping batches can't deadlock; a use only moves a time forward and is
+        // dropped if the key's prefix changed (rotated) or the key is gone.
+        sqlx::query(concat!(
+            "WITH uses AS (",
+            "  SELECT id, prefix, max(at_us) AS at_us",
+            "  FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS u(id, prefix, at_us)",
+            "  GROUP BY id, prefix",
+            "), locked AS (",
+            "  SELECT k.id FROM tower_api_keys k JOIN uses u ON k.id = u.id AND k.prefix = u.prefix",
+            "  ORDER BY k.id FOR UPDATE OF k",
+            ") ",
+            "UPDATE tower_api_keys k SET last_used_at = ",
+            timestamp!("u.at_us"),
+            " FROM uses u",
+            " WHERE k.id = u.id AND k.prefix = u.prefix AND k.id IN (SELECT id FROM locked)",
+            " AND (k.last_used_at IS NULL OR k.last_used_at < ",
+            timestamp!("u.at_us"),
+            ")"
+        ))
+        .bind(&ids)
+        .bind(&prefixes)
+        .bind(&micros)
+        .execute(&self.pool)
+        .await
+        .map_err(failed)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,355 @@
+//! Keys in a SQLite database file, for one process (feature `sqlite`).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::sql::{self, MigrateError, Migration, RawRecord};
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
+use crate::key::{KeyDigest, KeyPrefix};
+
+/// The table's unique constraint on `prefix`; a violation means "prefix taken".
+const PREFIX_CONSTRAINT: &str = "tower_api_keys_prefix_key";
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "tower_api_keys table",
+    sql: include_str!("../../migrations/sqlite/0001_tower_api_keys.sql"),
+}];
+
+/// A `SELECT` of whole records with the given `WHERE` clause.
+macro_rules! select_where {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, account_id, prefix, digest, status, created_at_us, last_used_at_us ",
+            "FROM tower_api_keys WHERE ",
+            $condition
+        )
+    };
+}
+
+/// Keeps key records in a SQLite database file: keys survive restarts of a single process.
+///
+/// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
+///   implicitly). Keys are stored as keyed digests, never in plaintext; times as integer
+///   microseconds since the Unix epoch. Prefix uniqueness is the table's `UNIQUE`
+///   constraint.
+/// - **Limit**: [`insert_within_limit`](KeyStore::insert_within_limit) counts and inserts in
+///   one `BEGIN IMMEDIATE` transaction, which holds the database's write lock from its first
+///   statement, so concurrent creates can't exceed the limit.
+/// - **One process**: SQLite has no way to tell other processes about a change, so a second
+///   process on the same file would keep serving keys from its cache after they were revoked
+///   here (until its cache entries expire). Use [`PostgresStore`](super::PostgresStore) with
+///   its change feed for several processes.
+///
+/// Cloning is cheap and shares the connection pool.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_api_key::store::SqliteStore;
+/// use tower_api_key::{KeyManager, Pepper};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = SqliteStore::connect("sqlite::memory:").await?; // or sqlite://keys.db
+/// store.migrate().await?;
+/// let manager = KeyManager::new(Arc::new(store), Pepper::random()?);
+/// let created = manager.create(&"acme".parse()?).await?;
+/// assert_eq!(manager.list(&"acme".parse()?).await?, [created.info]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database at `url`: `sqlite://path/to/keys.db`,
+    /// `sqlite:keys.db`, or `sqlite::memory:` for a database that lives as long as the store.
+    /// The file is put in WAL mode; writers wait up to 5 s for each other.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] if the URL is invalid or the file can't be opened.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::unavailable)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = if in_memory {
+            // An in-memory database lives as long as a connection to it: keep exactly one.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(8)
+        }
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(StoreError::unavailable)?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// A store over a pool you configured. Give its connections a `busy_timeout`, or
+    /// concurrent writes fail instead of waiting.
+    pub const fn from_pool(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Applies the migrations this version ships and the database lacks, in one
+    /// `BEGIN IMMEDIATE` transaction: safe to call at every start.
+    ///
+    /// # Errors
+    ///
+    /// [`MigrateError::Modified`] if a migration was applied with other text, or a database
+    /// failure (then nothing changed).
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+                version       INTEGER NOT NULL PRIMARY KEY,
+                description   TEXT    NOT NULL,
+                checksum      BLOB    NOT NULL,
+                applied_at_us INTEGER NOT NULL
+            ) STRICT",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
+                .fetch_all(&mut *tx)
+                .await?;
+        for migration in sql::pending(MIGRATIONS, &applied)? {
+            sqlx::raw_sql(migration.sql).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO tower_api_keys_migrations
+                 (version, description, checksum, applied_at_us) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(migration.checksum())
+            .bind(sql::to_micros(std::time::SystemTime::now()).unwrap_or(0))
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(
+                version = migration.version,
+                description = migration.description,
+                "applied migration"
+            );
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A transaction that holds the write lock from its start, so that what it reads can't
+    /// change before it writes.
+    async fn begin_immediate(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::unavailable)
+    }
+}
+
+fn record(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
+    let id: String = row.try_get("id").map_err(StoreError::unavailable)?;
+    let raw = RawRecord {
+        id: uuid::Uuid::parse_str(&id)
+            .map_err(|_| StoreError::unavailable(format!("stored key id {id:?} is no uuid")))?,
+        account_id: row.try_get("account_id").map_err(StoreError::unavailable)?,
+        prefix: row.try_get("prefix").map_err(StoreError::unavailable)?,
+        digest: row.try_get("digest").map_err(StoreError::unavailable)?,
+        status: row.try_get("status").map_err(StoreError::unavailable)?,
+        created_at_us: row
+            .try_get("created_at_us")
+            .map_err(StoreError::unavailable)?,
+        last_used_at_us: row
+            .try_get("last_used_at_us")
+            .map_err(StoreError::unavailable)?,
+    };
+    raw.into_record()
+}
+
+fn one(row: Option<SqliteRow>) -> Result<Option<KeyRecord>, StoreError> {
+    row.as_ref().map(record).transpose()
+}
+
+fn failed(err: sqlx::Error) -> StoreError {
+    sql::store_error(err, PREFIX_CONSTRAINT)
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+        let mut tx = self.begin_immediate().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tower_api_keys
+             (id, account_id, prefix, digest, status, created_at_us, last_used_at_us)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+             WHERE (SELECT count(*) FROM tower_api_keys WHERE account_id = ?2) < ?8",
+        )
+        .bind(record.id.to_string())
+        .bind(record.account_id.as_str())
+        .bind(record.prefix.as_str())
+        .bind(&record.digest.as_bytes()[..])
+        .bind(record.status.as_str())
+        .bind(sql::to_micros(record.created_at)?)
+        .bind(record.last_used_at.map(sql::to_micros).transpose()?)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::LimitReached { limit });
+        }
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(select_where!("prefix = ?1"))
+            .bind(prefix.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+        one(row)
+    }
+
+    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(select_where!("id = ?1 AND account_id = ?2"))
+            .bind(id.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+        one(row)
+    }
+
+    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query(select_where!(
+            "account_id = ?1 ORDER BY created_at_us, rowid"
+        ))
+        .bind(account.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed)?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn set_status(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        status: KeyStatus,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE tower_api_keys SET status = ?3 WHERE id = ?1 AND account_id = ?2
+             RETURNING id, account_id, prefix, digest, status, created_at_us, last_used_at_us",
+        )
+        .bind(id.to_string())
+        .bind(account.as_str())
+        .bind(status.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        one(row)
+    }
+
+    async fn replace_key(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+    ) -> Result<Option<Rotated>, StoreError> {
+        let mut tx = self.begin_immediate().await?;
+        let before = sqlx::query(select_where!("id = ?1 AND account_id = ?2"))
+            .bind(id.to_string())
+            .bind(account.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(failed)?;
+        let Some(before) = one(before)? else {
+            return Ok(None);
+        };
+        let after = sqlx::query(
+            "UPDATE tower_api_keys SET prefix = ?2, digest = ?3, last_used_at_us = NULL
+             WHERE id = ?1
+             RETURNING id, account_id, prefix, digest, status, created_at_us, last_used_at_us",
+        )
+        .bind(id.to_string())
+        .bind(prefix.as_str())
+        .bind(&digest.as_bytes()[..])
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(failed)?;
+        let after = record(&after)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(Some(Rotated { before, after }))
+    }
+
+    async fn delete(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "DELETE FROM tower_api_keys WHERE id = ?1 AND account_id = ?2
+             RETURNING id, account_id, prefix, digest, status, created_at_us, last_used_at_us",
+        )
+        .bind(id.to_string())
+        .bind(account.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        one(row)
+    }
+
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        // The latest use of each (key, prefix): one UPDATE per key, in one transaction.
+        let mut latest: HashMap<(KeyId, KeyPrefix), i64> = HashMap::with_capacity(uses.len());
+        for key_use in uses {
+            let at = sql::to_micros(key_use.at)?;
+            latest
+                .entry((key_use.id, key_use.prefix))
+                .and_modify(|kept| *kept = (*kept).max(at))
+                .or_insert(at);
+        }
+        let mut tx = self.begin_immediate().await?;
+        for ((id, prefix), at) in latest {
+            sqlx::query(
+                "UPDATE tower_api_keys SET last_used_at_us = ?3
+                 WHERE id = ?1 AND prefix = ?2
+                   AND (last_used_at_us IS NULL OR last_used_at_us < ?3)",
+            )
+            .bind(id.to_string())
+            .bind(prefix.as_str())
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        }
+        tx.commit().await.map_err(failed)
+    }
+}
