@@ -9,7 +9,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Executor as _, Row, Sqlite, Transaction};
 
 use super::sql::{self, MigrateError, Migration, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
@@ -124,22 +124,22 @@ impl SqliteStore {
     /// failure (then nothing changed).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+        (&mut *tx)
+            .execute(sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
                 version       INTEGER NOT NULL PRIMARY KEY,
                 description   TEXT    NOT NULL,
                 checksum      BLOB    NOT NULL,
                 applied_at_us INTEGER NOT NULL
             ) STRICT",
-        )
-        .execute(&mut *tx)
-        .await?;
+            ))
+            .await?;
         let applied: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
                 .fetch_all(&mut *tx)
                 .await?;
         for migration in sql::pending(MIGRATIONS, &applied)? {
-            sqlx::raw_sql(migration.sql).execute(&mut *tx).await?;
+            (&mut *tx).execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(
                 "INSERT INTO tower_api_keys_migrations
                  (version, description, checksum, applied_at_us) VALUES (?1, ?2, ?3, ?4)",

@@ -196,3 +196,270 @@ pub mod postgres {
         Some(Schema::create().await?.store().await)
     }
 }
+
+// ===== a whole stack over PostgreSQL =====
+
+#[cfg(feature = "postgres")]
+pub mod stack {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::{Request, Response, StatusCode};
+    use http_body_util::Empty;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use tower::{Layer as _, ServiceExt as _, service_fn};
+    use tower_api_key::cache::CacheConfig;
+    use tower_api_key::feed::{FeedConfig, FeedTask};
+    use tower_api_key::resolver::StoreResolver;
+    use tower_api_key::store::{PgChangeFeed, PostgresStore};
+    use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
+
+    /// The pepper every stack on one database shares (as processes would, by configuration).
+    pub fn pepper() -> Pepper {
+        Pepper::from_bytes([7; 32])
+    }
+
+    /// One "process": its own pool, manager, change feed and layer, as a separate server
+    /// would have, on a shared database.
+    pub struct Stack {
+        pub store: PostgresStore,
+        pub manager: KeyManager,
+        pub feed: FeedTask,
+        pub layer: ApiKeyLayer<StoreResolver>,
+        pub feed_name: String,
+    }
+
+    /// How to build a [`Stack`].
+    pub struct StackOptions {
+        /// Where the store's pool connects.
+        pub connect: PgConnectOptions,
+        /// Where the feed connects, if not where the store does.
+        pub feed_connect: Option<PgConnectOptions>,
+        /// `application_name` of the feed's connection, to find it in `pg_stat_activity`.
+        pub feed_name: String,
+        pub cache: CacheConfig,
+        pub feed: FeedConfig,
+        pub acquire_timeout: Duration,
+    }
+
+    impl StackOptions {
+        pub fn new(connect: PgConnectOptions, feed_name: &str) -> Self {
+            Self {
+                connect,
+                feed_connect: None,
+                feed_name: feed_name.to_owned(),
+                // Long enough that a stale entry would outlive every test: only invalidations
+                // may remove entries.
+                cache: CacheConfig::default()
+                    .positive_ttl(Duration::from_secs(3600))
+                    .negative_ttl(Duration::from_secs(3600)),
+                feed: FeedConfig::default()
+                    .heartbeat(Duration::from_millis(200), Duration::from_secs(1))
+                    .backoff(Duration::from_millis(10), Duration::from_millis(100))
+                    .subscribe_timeout(Duration::from_secs(2)),
+                acquire_timeout: Duration::from_secs(5),
+            }
+        }
+    }
+
+    impl Stack {
+        /// Starts the stack and waits until its feed is subscribed.
+        pub async fn start(options: StackOptions) -> Self {
+            let pool = PgPoolOptions::new()
+                .max_connections(5)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_lazy_with(options.connect.clone());
+            let store = PostgresStore::from_pool(pool);
+            let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+            let feed_source = match &options.feed_connect {
+                Some(connect) => PostgresStore::from_pool(
+                    PgPoolOptions::new().connect_lazy_with(connect.clone()),
+                ),
+                None => store.clone(),
+            };
+            let feed = PgChangeFeed::new(&feed_source)
+                .application_name(&options.feed_name)
+                .config(options.feed)
+                .spawn(manager.invalidations());
+            let layer = ApiKeyLayer::for_manager(&manager)
+                .cache_config(options.cache)
+                .build();
+            assert!(
+                feed.wait_subscribed(Duration::from_secs(10)).await,
+                "the change feed did not subscribe"
+            );
+            Self {
+                store,
+                manager,
+                feed,
+                layer,
+                feed_name: options.feed_name,
+            }
+        }
+
+        /// The status of a request with `key` (HTTP).
+        pub async fn status(&self, key: &str) -> StatusCode {
+            self.request(key, false).await.status()
+        }
+
+        /// A request with `key`, as gRPC if `grpc`.
+        pub async fn request(&self, key: &str, grpc: bool) -> Response<impl Sized> {
+            let service = self.layer.layer(service_fn(|_: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Empty::<bytes::Bytes>::new()))
+            }));
+            let mut request = Request::get("/").header("x-api-key", key);
+            if grpc {
+                request = request.header("content-type", "application/grpc");
+            }
+            service
+                .oneshot(request.body(()).expect("request"))
+                .await
+                .expect("infallible")
+        }
+    }
+}
+
+// ===== a TCP proxy that can cut or freeze the database =====
+
+pub mod proxy {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinHandle;
+
+    /// Forwards loopback connections to `target`. [`cut`](Self::cut) closes every connection
+    /// and refuses new ones, as a database that went away; [`freeze`](Self::freeze) keeps
+    /// connections open but delivers nothing, as a network that silently drops packets.
+    pub struct Proxy {
+        pub addr: SocketAddr,
+        shared: Arc<Shared>,
+        accept: JoinHandle<()>,
+    }
+
+    #[derive(Default)]
+    struct Shared {
+        cut: AtomicBool,
+        frozen: AtomicBool,
+        connections: Mutex<Vec<JoinHandle<()>>>,
+        accepted: AtomicUsize,
+    }
+
+    impl Proxy {
+        pub async fn start(target: SocketAddr) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+            let addr = listener.local_addr().expect("proxy addr");
+            let shared = Arc::new(Shared::default());
+            let accept = tokio::spawn({
+                let shared = Arc::clone(&shared);
+                async move {
+                    loop {
+                        let Ok((client, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        if shared.cut.load(Ordering::SeqCst) {
+                            drop(client); // the database is gone
+                            continue;
+                        }
+                        shared.accepted.fetch_add(1, Ordering::SeqCst);
+                        let pump = tokio::spawn(forward(client, target, Arc::clone(&shared)));
+                        let mut connections = shared.connections.lock().expect("lock");
+                        connections.retain(|task| !task.is_finished());
+                        connections.push(pump);
+                    }
+                }
+            });
+            Self {
+                addr,
+                shared,
+                accept,
+            }
+        }
+
+        /// Closes every open connection and refuses new ones until [`restore`](Self::restore).
+        pub fn cut(&self) {
+            self.shared.cut.store(true, Ordering::SeqCst);
+            for task in self.shared.connections.lock().expect("lock").drain(..) {
+                task.abort();
+            }
+        }
+
+        /// Holds every byte in both directions, on open and new connections alike.
+        pub fn freeze(&self) {
+            self.shared.frozen.store(true, Ordering::SeqCst);
+        }
+
+        /// Forwards again (new connections; a cut closed the old ones for good).
+        pub fn restore(&self) {
+            self.shared.frozen.store(false, Ordering::SeqCst);
+            self.shared.cut.store(false, Ordering::SeqCst);
+        }
+
+        /// Connections accepted and forwarded so far.
+        pub fn accepted(&self) -> usize {
+            self.shared.accepted.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.accept.abort();
+            self.cut();
+        }
+    }
+
+    async fn forward(client: TcpStream, target: SocketAddr, shared: Arc<Shared>) {
+        let Ok(server) = TcpStream::connect(target).await else {
+            return;
+        };
+        let _ = client.set_nodelay(true);
+        let _ = server.set_nodelay(true);
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        let up = pump(client_read, server_write, Arc::clone(&shared));
+        let down = pump(server_read, client_write, shared);
+        // Either side closing ends both: the task's sockets drop together.
+        tokio::select! {
+            () = up => {}
+            () = down => {}
+        }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        shared: Arc<Shared>,
+    ) {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = match from.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            while shared.frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            if to.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Where `DATABASE_URL`'s server listens over TCP, or `None` (printed) for a Unix socket.
+    #[cfg(feature = "postgres")]
+    pub async fn database_addr(options: &sqlx::postgres::PgConnectOptions) -> Option<SocketAddr> {
+        let host = options.get_host();
+        if host.starts_with('/') {
+            eprintln!("skipped: DATABASE_URL points at a Unix socket; this test needs TCP");
+            return None;
+        }
+        tokio::net::lookup_host((host, options.get_port()))
+            .await
+            .expect("resolve the database host")
+            .next()
+    }
+}

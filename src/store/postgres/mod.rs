@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Executor as _, Postgres, Row, Transaction};
 
 use super::sql::{self, MigrateError, Migration, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
@@ -163,22 +163,22 @@ impl PostgresStore {
             .bind(LOCK_CLASS_MIGRATE)
             .execute(&mut *tx)
             .await?;
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+        (&mut *tx)
+            .execute(sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
                 version     bigint      PRIMARY KEY,
                 description text        NOT NULL,
                 checksum    bytea       NOT NULL,
                 applied_at  timestamptz NOT NULL DEFAULT now()
             )",
-        )
-        .execute(&mut *tx)
-        .await?;
+            ))
+            .await?;
         let applied: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
                 .fetch_all(&mut *tx)
                 .await?;
         for migration in sql::pending(MIGRATIONS, &applied)? {
-            sqlx::raw_sql(migration.sql).execute(&mut *tx).await?;
+            (&mut *tx).execute(sqlx::raw_sql(migration.sql)).await?;
             sqlx::query(
                 "INSERT INTO tower_api_keys_migrations (version, description, checksum)
                  VALUES ($1, $2, $3)",

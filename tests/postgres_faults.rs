@@ -1,0 +1,238 @@
+//! The database going away and coming back, while requests flow: a TCP proxy written here sits
+//! between one stack ("process" B) and PostgreSQL and is cut, frozen and restored; another
+//! stack (A) keeps its direct connection and makes changes meanwhile.
+//!
+//! - Store unreachable: answers are 503 (gRPC 14), nothing is cached, and service resumes by
+//!   itself when the database is back.
+//! - Only the change feed unreachable (its connection cut, or silently frozen): B stops
+//!   trusting its cache and resolves every request from the store, so a key A revokes
+//!   meanwhile is refused at once; when the feed is back, B caches again.
+//!
+//! Without `DATABASE_URL`, each test says it was skipped.
+#![cfg(feature = "postgres")]
+
+mod db_support;
+
+use std::time::{Duration, Instant};
+
+use db_support::postgres::Schema;
+use db_support::proxy::{self, Proxy};
+use db_support::stack::{Stack, StackOptions};
+use http::StatusCode;
+use tower_api_key::AccountId;
+use tower_api_key::feed::FeedConfig;
+
+fn account(name: &str) -> AccountId {
+    name.parse().expect("valid account id")
+}
+
+/// A direct stack A, and a proxy to the database; `None` without `DATABASE_URL`.
+async fn setup(test: &str) -> Option<(Schema, Stack, Proxy)> {
+    let schema = Schema::create().await?;
+    let target = proxy::database_addr(&schema.options()).await?;
+    schema.store().await;
+    let a = Stack::start(StackOptions::new(
+        schema.options(),
+        &format!("{}-{test}-a", schema.name),
+    ))
+    .await;
+    let proxy = Proxy::start(target).await;
+    Some((schema, a, proxy))
+}
+
+/// Connection options that go through `proxy`.
+fn via(schema: &Schema, proxy: &Proxy) -> sqlx::postgres::PgConnectOptions {
+    schema
+        .options()
+        .host(&proxy.addr.ip().to_string())
+        .port(proxy.addr.port())
+}
+
+async fn assert_cached(stack: &Stack, key: &str, expected: StatusCode) {
+    for _ in 0..100 {
+        assert_eq!(stack.status(key).await, expected);
+        let before = stack.layer.metrics().resolver_calls;
+        assert_eq!(stack.status(key).await, expected);
+        if stack.layer.metrics().resolver_calls == before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the answer is never served from the cache");
+}
+
+/// Waits up to `within` for `key` to get `expected` from `stack`.
+async fn eventually(stack: &Stack, key: &str, expected: StatusCode, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = stack.status(key).await;
+        if status == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} instead of {expected} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_returns() {
+    let Some((schema, a, proxy)) = setup("down").await else {
+        return;
+    };
+    // B reaches the database only through the proxy: store and feed alike.
+    let mut options = StackOptions::new(via(&schema, &proxy), &format!("{}-down-b", schema.name));
+    options.acquire_timeout = Duration::from_millis(300);
+    let b = Stack::start(options).await;
+    let acme = account("acme");
+    let kept = a.manager.create(&acme).await.expect("create");
+    let revoked = a.manager.create(&acme).await.expect("create");
+    let (kept_key, revoked_key) = (
+        kept.key.expose_secret().to_owned(),
+        revoked.key.expose_secret().to_owned(),
+    );
+    assert_cached(&b, &kept_key, StatusCode::OK).await;
+    assert_cached(&b, &revoked_key, StatusCode::OK).await;
+
+    proxy.cut();
+    assert!(
+        b.feed
+            .wait_for(Duration::from_secs(5), |s| !s.subscribed)
+            .await,
+        "B's feed noticed the cut"
+    );
+    // Meanwhile A, still connected, revokes a key B had cached.
+    a.manager
+        .revoke(&acme, revoked.info.id)
+        .await
+        .expect("revoke");
+
+    let before = b.layer.metrics();
+    for round in 0..5 {
+        for key in [&kept_key, &revoked_key] {
+            let reply = b.request(key, false).await;
+            assert_eq!(
+                reply.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "round {round}"
+            );
+            assert!(reply.headers().contains_key("retry-after"));
+            let grpc = b.request(key, true).await;
+            assert_eq!(grpc.status(), StatusCode::OK);
+            assert_eq!(grpc.headers()["grpc-status"], "14", "gRPC UNAVAILABLE");
+        }
+    }
+    // A well-formed key B never saw is a fault too, not a bad key.
+    let unknown = tower_api_key::ApiKey::generate().expect("randomness");
+    assert_eq!(
+        b.status(unknown.expose_secret()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let after = b.layer.metrics();
+    assert_eq!(after.accepted, before.accepted, "nothing let in");
+    // Every request asked the store again: no failure was cached.
+    assert_eq!(after.resolver_failures - before.resolver_failures, 21);
+
+    proxy.restore();
+    eventually(&b, &kept_key, StatusCode::OK, Duration::from_secs(10)).await;
+    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert_eq!(b.status(&revoked_key).await, StatusCode::UNAUTHORIZED);
+    assert_cached(&b, &kept_key, StatusCode::OK).await;
+    // And B hears A's changes again.
+    a.manager.revoke(&acme, kept.info.id).await.expect("revoke");
+    eventually(
+        &b,
+        &kept_key,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
+    let Some((schema, a, proxy)) = setup("feedcut").await else {
+        return;
+    };
+    // B's store connects directly; only its feed goes through the proxy.
+    let mut options = StackOptions::new(schema.options(), &format!("{}-feedcut-b", schema.name));
+    options.feed_connect = Some(via(&schema, &proxy));
+    let b = Stack::start(options).await;
+    let acme = account("acme");
+    let created = a.manager.create(&acme).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    assert_cached(&b, &key, StatusCode::OK).await;
+
+    proxy.cut();
+    assert!(
+        b.feed
+            .wait_for(Duration::from_secs(5), |s| !s.subscribed && s.outages == 1)
+            .await
+    );
+    // Not from the cache: each request is a store lookup, and all succeed.
+    let before = b.layer.metrics().resolver_calls;
+    for _ in 0..5 {
+        assert_eq!(b.status(&key).await, StatusCode::OK);
+    }
+    assert_eq!(b.layer.metrics().resolver_calls - before, 5);
+    // A revoke B can't hear about is in force in B at once.
+    a.manager
+        .revoke(&acme, created.info.id)
+        .await
+        .expect("revoke");
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+
+    proxy.restore();
+    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+    a.manager
+        .reactivate(&acme, created.info.id)
+        .await
+        .expect("reactivate");
+    eventually(&b, &key, StatusCode::OK, Duration::from_secs(5)).await;
+    assert_cached(&b, &key, StatusCode::OK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
+    let Some((schema, a, proxy)) = setup("frozen").await else {
+        return;
+    };
+    let mut options = StackOptions::new(schema.options(), &format!("{}-frozen-b", schema.name));
+    options.feed_connect = Some(via(&schema, &proxy));
+    options.feed = FeedConfig::default()
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(300))
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .subscribe_timeout(Duration::from_millis(500));
+    let b = Stack::start(options).await;
+    let feed = &b.feed;
+
+    let created = a.manager.create(&account("acme")).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    assert_cached(&b, &key, StatusCode::OK).await;
+
+    // No reset, no end of stream: only the heartbeat can tell.
+    proxy.freeze();
+    let frozen = Instant::now();
+    assert!(
+        feed.wait_for(Duration::from_secs(5), |s| !s.subscribed)
+            .await,
+        "the frozen connection was never noticed"
+    );
+    let noticed = frozen.elapsed();
+    assert!(
+        noticed < Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
+    a.manager
+        .revoke(&account("acme"), created.info.id)
+        .await
+        .expect("revoke");
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+
+    proxy.restore();
+    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+}
