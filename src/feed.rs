@@ -9,7 +9,8 @@
 //!
 //! 1. When the feed is spawned, [`Invalidation::ChannelLost`] is published at once, before
 //!    [`spawn`] returns: until the first subscription is in place, caches serve nothing from
-//!    memory and store nothing (every request is resolved from the store).
+//!    memory and store nothing (every request is resolved from the store). The bus remembers
+//!    lost channels, so this holds for caches subscribed after the feed was spawned too.
 //! 2. Once [`ChangeFeed::subscribe`] succeeds, [`Invalidation::ChannelRestored`] is published:
 //!    caches forget everything once more (covering whatever changed before the subscription)
 //!    and cache again.

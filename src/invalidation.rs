@@ -28,6 +28,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use crate::key::KeyDigest;
@@ -60,9 +61,16 @@ pub trait InvalidationListener: Send + Sync + 'static {
 ///
 /// Cloning gives another handle to the same bus. Listeners are held weakly: dropping a cache
 /// unsubscribes it.
+///
+/// The bus remembers how many channels are lost (published [`Invalidation::ChannelLost`] and
+/// not yet [`Invalidation::ChannelRestored`]), and a listener that subscribes meanwhile hears
+/// those losses first: a cache built after a change feed was started fails closed too.
 #[derive(Clone, Default)]
 pub struct InvalidationBus {
     listeners: Arc<RwLock<Vec<Weak<dyn InvalidationListener>>>>,
+    /// Channels lost and not restored; changed only under the listeners' write lock, so a
+    /// new listener hears every loss exactly once, either replayed or published.
+    channels_lost: Arc<AtomicUsize>,
 }
 
 impl InvalidationBus {
@@ -74,14 +82,24 @@ impl InvalidationBus {
     /// Subscribes `listener` until it is dropped.
     pub fn subscribe<L: InvalidationListener>(&self, listener: &Arc<L>) {
         let weak: Weak<L> = Arc::downgrade(listener);
-        self.listeners
+        let mut listeners = self
+            .listeners
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(weak);
+            .unwrap_or_else(PoisonError::into_inner);
+        for _ in 0..self.channels_lost.load(Ordering::Acquire) {
+            listener.invalidate(&Invalidation::ChannelLost);
+        }
+        listeners.push(weak);
     }
 
     /// Delivers `invalidation` to every live listener before returning.
     pub fn publish(&self, invalidation: Invalidation) {
+        if matches!(
+            invalidation,
+            Invalidation::ChannelLost | Invalidation::ChannelRestored
+        ) {
+            return self.publish_channel_state(invalidation);
+        }
         let mut dead = false;
         for listener in self
             .listeners
@@ -100,6 +118,30 @@ impl InvalidationBus {
                 .unwrap_or_else(PoisonError::into_inner)
                 .retain(|listener| listener.strong_count() > 0);
         }
+    }
+
+    /// A channel's loss or return: rare, so delivered under the write lock, which keeps the
+    /// count and the listeners that heard it in step with [`subscribe`](Self::subscribe).
+    fn publish_channel_state(&self, invalidation: Invalidation) {
+        let mut listeners = self
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if invalidation == Invalidation::ChannelLost {
+            self.channels_lost.fetch_add(1, Ordering::AcqRel);
+        } else {
+            // Saturating, as the caches count: a restore without a loss changes nothing.
+            let _ = self
+                .channels_lost
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+        listeners.retain(|listener| match listener.upgrade() {
+            Some(listener) => {
+                listener.invalidate(&invalidation);
+                true
+            }
+            None => false,
+        });
     }
 
     /// How many listeners are subscribed and alive.
@@ -146,6 +188,39 @@ mod tests {
         bus.publish(Invalidation::All);
         assert_eq!(*a.0.lock().expect("lock"), 2);
         assert_eq!(*b.0.lock().expect("lock"), 2);
+    }
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<Invalidation>>);
+
+    impl InvalidationListener for Seen {
+        fn invalidate(&self, invalidation: &Invalidation) {
+            self.0.lock().expect("lock").push(*invalidation);
+        }
+    }
+
+    #[test]
+    fn a_late_listener_hears_the_channels_still_lost() {
+        let bus = InvalidationBus::new();
+        bus.publish(Invalidation::ChannelLost);
+        bus.publish(Invalidation::ChannelLost);
+        bus.publish(Invalidation::ChannelRestored);
+        let late = Arc::new(Seen::default());
+        bus.subscribe(&late);
+        assert_eq!(*late.0.lock().expect("lock"), [Invalidation::ChannelLost]);
+        bus.publish(Invalidation::ChannelRestored);
+        bus.publish(Invalidation::ChannelRestored);
+        let later = Arc::new(Seen::default());
+        bus.subscribe(&later);
+        assert!(later.0.lock().expect("lock").is_empty());
+        assert_eq!(
+            *late.0.lock().expect("lock"),
+            [
+                Invalidation::ChannelLost,
+                Invalidation::ChannelRestored,
+                Invalidation::ChannelRestored
+            ]
+        );
     }
 
     #[test]
