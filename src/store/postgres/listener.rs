@@ -15,8 +15,8 @@ use crate::key::KeyDigest;
 /// reports it as a [`ChangeFeed`]; [`spawn`](Self::spawn) it into the bus your layer listens
 /// to (usually the [`KeyManager`](crate::KeyManager)'s).
 ///
-/// It `LISTEN`s on its own connection (outside the store's pool), named
-/// [`APPLICATION_NAME`](Self::APPLICATION_NAME) in `pg_stat_activity`. The table's trigger
+/// It `LISTEN`s on its own connection (outside the store's pool), named in
+/// `pg_stat_activity` as [`new`](Self::new) says. The table's trigger
 /// sends the hex digests of the changed keys, so only those keys are dropped from caches; a
 /// notification it can't read drops everything. Every second (by default) a `SELECT 1` on
 /// the listening connection proves it alive. When the connection drops, caches stop trusting
@@ -37,11 +37,16 @@ impl PgChangeFeed {
     /// [`application_name`](Self::application_name).
     pub const APPLICATION_NAME: &'static str = "tower-api-key change feed";
 
-    /// A feed over the database of `store`, connecting with its pool's options.
+    /// A feed over the database of `store`, connecting with its pool's options. The
+    /// listening connection is named `"{application_name} change feed"` if the pool's
+    /// options name one, [`APPLICATION_NAME`](Self::APPLICATION_NAME) otherwise.
     pub fn new(store: &PostgresStore) -> Self {
-        let options = (*store.pool().connect_options())
-            .clone()
-            .application_name(Self::APPLICATION_NAME);
+        let options = (*store.pool().connect_options()).clone();
+        let name = match options.get_application_name() {
+            Some(application) => format!("{application} change feed"),
+            None => Self::APPLICATION_NAME.to_owned(),
+        };
+        let options = options.application_name(&name);
         Self {
             options,
             config: FeedConfig::default(),

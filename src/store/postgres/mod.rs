@@ -2,11 +2,12 @@
 
 mod listener;
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor as _, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection as _, Executor as _, Postgres, Row, Transaction};
 
 use super::sql::{self, MigrateError, Migration, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
@@ -120,12 +121,19 @@ impl PostgresStore {
     ///
     /// [`StoreError::Unavailable`] if the URL is invalid or the database unreachable.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(StoreError::unavailable)?;
+        // One connection first: its error says why (refused, bad password …), where the
+        // pool's would only say that it timed out.
+        PgConnection::connect_with(&options)
+            .await
+            .map_err(StoreError::unavailable)?
+            .close()
+            .await
+            .map_err(StoreError::unavailable)?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
             .acquire_timeout(Duration::from_secs(3))
-            .connect(url)
-            .await
-            .map_err(StoreError::unavailable)?;
+            .connect_lazy_with(options);
         Ok(Self::from_pool(pool))
     }
 
