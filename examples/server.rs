@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example server -- \
-//!     [--addr HOST:PORT] [--last-used-flush-ms N]
+//!     [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL]
 //! ```
 //!
 //! One process serves HTTP/1.1 and gRPC (HTTP/2 cleartext) on one port, keeping keys in the
-//! embedded in-memory store:
+//! embedded in-memory store, or in SQLite or PostgreSQL with `--database-url`:
 //!
 //! | route | access |
 //! | --- | --- |
@@ -22,9 +22,16 @@
 //! - `--addr` / `ADDR`: where to listen, default `127.0.0.1:3000`; port 0 picks a free port.
 //! - `--last-used-flush-ms` / `LAST_USED_FLUSH_MS`: how often key uses are written to the
 //!   store, default 500 (keep it at most 1000 for `last_used_at` to show a use within 2 s).
+//! - `--database-url` / `DATABASE_URL`: where keys are kept. Unset: in memory, for this run
+//!   only. `sqlite://path/keys.db` (build with `--features sqlite`): a SQLite file, created if
+//!   missing, for one server process. `postgres://user:pass@host/db` (build with
+//!   `--features postgres`): PostgreSQL, shared by any number of server processes; each one
+//!   listens for the others' changes (`LISTEN`/`NOTIFY`), so a key revoked through one is
+//!   refused by all within milliseconds. The schema is migrated at start.
 //! - `ADMIN_TOKEN`: the admin bearer token; if unset, a random one is generated and printed.
 //! - `API_KEY_PEPPER`: 64 hex characters keying every key digest; if unset, a random one is
-//!   used for this run only.
+//!   used for this run only. Servers sharing a database need the same pepper, kept across
+//!   restarts, or their keys don't verify.
 //!
 //! The server prints `listening on http://HOST:PORT` on stdout once it accepts connections.
 //! SIGTERM or Ctrl-C shuts it down gracefully: in-flight requests finish, pending last-used
@@ -73,12 +80,15 @@ use tower_api_key::{
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "\
-usage: server [--addr HOST:PORT] [--last-used-flush-ms N]
+usage: server [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL]
 
   --addr HOST:PORT          where to listen (env ADDR, default 127.0.0.1:3000;
                             port 0 picks any free port)
   --last-used-flush-ms N    how often key uses are written to the store, in milliseconds
                             (env LAST_USED_FLUSH_MS, default 500, 1 to 3600000)
+  --database-url URL        where keys are kept (env DATABASE_URL; default: in memory):
+                            sqlite://FILE (one process; needs --features sqlite) or
+                            postgres://USER:PASS@HOST/DB (many processes; --features postgres)
   -h, --help                print this help
 
 environment:
@@ -151,6 +161,58 @@ struct Config {
     generated_admin_token: Option<String>,
     /// `None` when `API_KEY_PEPPER` is unset: a random pepper is used for this run.
     pepper: Option<Pepper>,
+    database: Database,
+}
+
+/// Where keys are kept.
+enum Database {
+    Memory,
+    #[cfg(feature = "sqlite")]
+    Sqlite(String),
+    #[cfg(feature = "postgres")]
+    Postgres(String),
+}
+
+impl Database {
+    /// The store a URL names. The URL itself is never repeated in a message: it may hold a
+    /// password.
+    fn from_url(source: &str, url: &str) -> Result<Self, String> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => {
+                #[cfg(feature = "postgres")]
+                return Ok(Self::Postgres(url.to_owned()));
+                #[cfg(not(feature = "postgres"))]
+                return Err(format!(
+                    "{source} is a PostgreSQL URL, but this server was built without the \
+                     `postgres` feature; run with --features postgres"
+                ));
+            }
+            "sqlite" => {
+                #[cfg(feature = "sqlite")]
+                return Ok(Self::Sqlite(url.to_owned()));
+                #[cfg(not(feature = "sqlite"))]
+                return Err(format!(
+                    "{source} is a SQLite URL, but this server was built without the \
+                     `sqlite` feature; run with --features sqlite"
+                ));
+            }
+            _ => Err(format!(
+                "{source} must be a postgres://… or sqlite://… URL (or unset for the \
+                 in-memory store)"
+            )),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// A setting as the user gave it: where it came from (a flag or a variable name) and its text.
@@ -163,7 +225,12 @@ impl Config {
         args: impl Iterator<Item = OsString>,
         env: impl Fn(&str) -> Option<OsString>,
     ) -> Result<Command, String> {
-        let Some(Flags { addr, flush_ms }) = Flags::parse(args)? else {
+        let Some(Flags {
+            addr,
+            flush_ms,
+            database_url,
+        }) = Flags::parse(args)?
+        else {
             return Ok(Command::Help);
         };
         // An empty variable counts as unset, as with most servers' configuration.
@@ -210,6 +277,15 @@ impl Config {
             None => None,
         };
 
+        let database_url = match database_url {
+            Some(flag) => Some(flag),
+            None => var("DATABASE_URL")?,
+        };
+        let database = match database_url {
+            Some((source, url)) => Database::from_url(&source, url.trim())?,
+            None => Database::Memory,
+        };
+
         Ok(Command::Serve(Self {
             addrs,
             addr_text,
@@ -217,6 +293,7 @@ impl Config {
             admin_token,
             generated_admin_token,
             pepper,
+            database,
         }))
     }
 }
@@ -225,6 +302,7 @@ impl Config {
 struct Flags {
     addr: Setting,
     flush_ms: Setting,
+    database_url: Setting,
 }
 
 impl Flags {
@@ -234,6 +312,7 @@ impl Flags {
         let mut flags = Self {
             addr: None,
             flush_ms: None,
+            database_url: None,
         };
         while let Some(arg) = args.next() {
             let arg = arg
@@ -247,6 +326,7 @@ impl Flags {
                 "-h" | "--help" => return Ok(None),
                 "--addr" => &mut flags.addr,
                 "--last-used-flush-ms" => &mut flags.flush_ms,
+                "--database-url" => &mut flags.database_url,
                 _ => return Err(format!("unknown argument {arg:?}")),
             };
             let value = match inline_value {
@@ -346,10 +426,18 @@ async fn serve(config: Config) -> Result<(), String> {
     let pepper = match config.pepper {
         Some(pepper) => pepper,
         None => {
-            tracing::warn!(
-                "API_KEY_PEPPER is not set: using a random pepper for this run, \
-                 so keys won't survive a restart"
-            );
+            if matches!(config.database, Database::Memory) {
+                tracing::warn!(
+                    "API_KEY_PEPPER is not set: using a random pepper for this run, \
+                     so keys won't survive a restart"
+                );
+            } else {
+                tracing::warn!(
+                    "API_KEY_PEPPER is not set: using a random pepper for this run; keys \
+                     stored in the database won't verify after a restart or in other \
+                     server processes"
+                );
+            }
             Pepper::random().map_err(|err| format!("cannot generate a pepper: {err}"))?
         }
     };
@@ -360,13 +448,14 @@ async fn serve(config: Config) -> Result<(), String> {
         );
     }
 
-    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-    let manager = KeyManager::new(Arc::clone(&store), pepper);
-    let recorder = LastUsedRecorder::new(store);
+    let opened = open_store(&config.database).await?;
+    let manager = KeyManager::new(Arc::clone(&opened.store), pepper);
+    let recorder = LastUsedRecorder::new(Arc::clone(&opened.store));
     let flusher = recorder.spawn_flusher(config.flush_interval);
     let api_keys = ApiKeyLayer::for_manager(&manager)
         .record_last_used(recorder)
         .build();
+    let feed = opened.start_feed(&manager).await;
     let state = AppState {
         manager,
         api_keys,
@@ -446,8 +535,99 @@ async fn serve(config: Config) -> Result<(), String> {
         Ok(keys) => tracing::info!(keys, "flushed pending last-used times"),
         Err(err) => tracing::warn!(error = %err, "could not flush pending last-used times"),
     }
+    if let Some(feed) = feed {
+        feed.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+// ===== the store =====
+
+/// The store the configuration names, migrated, and what it needs to hear other processes.
+struct OpenedStore {
+    store: Arc<dyn KeyStore>,
+    #[cfg(feature = "postgres")]
+    postgres: Option<tower_api_key::PostgresStore>,
+}
+
+/// Opens the store and applies its migrations; a database that can't be reached or migrated
+/// stops the server before it listens.
+async fn open_store(database: &Database) -> Result<OpenedStore, String> {
+    let kind = database.kind();
+    let store: Arc<dyn KeyStore> = match database {
+        Database::Memory => Arc::new(MemoryStore::new()),
+        #[cfg(feature = "sqlite")]
+        Database::Sqlite(url) => {
+            let store = tower_api_key::SqliteStore::connect(url)
+                .await
+                .map_err(|err| format!("cannot open the SQLite database: {err}"))?;
+            store
+                .migrate()
+                .await
+                .map_err(|err| format!("cannot migrate the SQLite database: {err}"))?;
+            Arc::new(store)
+        }
+        #[cfg(feature = "postgres")]
+        Database::Postgres(url) => {
+            let store = tower_api_key::PostgresStore::connect(url)
+                .await
+                .map_err(|err| format!("cannot connect to PostgreSQL: {err}"))?;
+            store
+                .migrate()
+                .await
+                .map_err(|err| format!("cannot migrate the PostgreSQL database: {err}"))?;
+            tracing::info!(store = kind, "keys are kept in PostgreSQL");
+            return Ok(OpenedStore {
+                store: Arc::new(store.clone()),
+                postgres: Some(store),
+            });
+        }
+    };
+    tracing::info!(store = kind, "key store ready");
+    Ok(OpenedStore {
+        store,
+        #[cfg(feature = "postgres")]
+        postgres: None,
+    })
+}
+
+/// How long to wait for the change feed before serving anyway (the layer fails closed until
+/// it is subscribed: every request is resolved from the store).
+#[cfg(feature = "postgres")]
+const FEED_STARTUP_WAIT: Duration = Duration::from_secs(5);
+
+impl OpenedStore {
+    /// With PostgreSQL, starts hearing other processes' changes on the manager's bus (which
+    /// the layer listens to) and waits a moment for the subscription.
+    #[cfg(feature = "postgres")]
+    async fn start_feed(&self, manager: &KeyManager) -> Option<tower_api_key::feed::FeedTask> {
+        let store = self.postgres.as_ref()?;
+        let feed = tower_api_key::PgChangeFeed::new(store).spawn(manager.invalidations());
+        if !feed.wait_subscribed(FEED_STARTUP_WAIT).await {
+            tracing::warn!(
+                "not yet listening for other processes' key changes; every request is \
+                 checked against the database until then"
+            );
+        }
+        Some(feed)
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    async fn start_feed(&self, _manager: &KeyManager) -> Option<Feed> {
+        None
+    }
+}
+
+/// Without the `postgres` feature there is no change feed to stop.
+#[cfg(not(feature = "postgres"))]
+enum Feed {}
+
+#[cfg(not(feature = "postgres"))]
+impl Feed {
+    async fn shutdown(self) {
+        match self {}
+    }
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, caught from the moment they are installed.

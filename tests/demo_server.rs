@@ -4,6 +4,8 @@
 //! Each test starts its own server, so counters and key limits are its own. The example is
 //! built once per run (see `demo_support::server_binary`).
 
+#[cfg(feature = "sqlite")]
+mod db_support;
 mod demo_support;
 
 use std::time::{Duration, Instant, SystemTime};
@@ -789,4 +791,105 @@ async fn unset_secrets_generate_a_printed_admin_token_and_warn_about_the_pepper(
     // The test's usual token is not this server's.
     let refused = server.admin(Method::GET, "/admin/accounts/acme/keys").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+
+// ===== --database-url =====
+
+#[tokio::test]
+async fn a_database_url_of_an_unknown_kind_exits_2_without_repeating_it() {
+    for (launch, source) in [
+        (
+            Launch::new()
+                .arg("--database-url")
+                .arg("mysql://u:pw-s3cret@h/db"),
+            "--database-url",
+        ),
+        (
+            Launch::new().env("DATABASE_URL", "mysql://u:pw-s3cret@h/db"),
+            "DATABASE_URL",
+        ),
+        (
+            Launch::new().arg("--database-url=pw-s3cret"),
+            "--database-url",
+        ),
+    ] {
+        let output = launch.run_to_exit().await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(source)
+                && stderr.contains("postgres://")
+                && stderr.contains("sqlite://"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("pw-s3cret"),
+            "the URL may hold a password: {stderr}"
+        );
+    }
+    let help = Launch::new().arg("--help").run_to_exit().await;
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--database-url"));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_stops_the_server_before_it_listens() {
+    let output = Launch::new()
+        // Port 1 on loopback: nothing listens there.
+        .arg("--database-url")
+        .arg(if cfg!(feature = "postgres") {
+            "postgres://nobody:pw-s3cret@127.0.0.1:1/nothing?connect_timeout=2"
+        } else {
+            "sqlite:///nonexistent-dir/for/sure/keys.db"
+        })
+        .run_to_exit()
+        .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stderr}");
+    assert!(output.stdout.is_empty(), "it never listened");
+    assert!(!stderr.contains("pw-s3cret"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn with_a_sqlite_database_keys_and_last_used_survive_a_restart() {
+    let url = db_support::sqlite::fresh_url();
+    let launch = || {
+        Launch::new()
+            .arg("--database-url")
+            .arg(&url)
+            .arg("--last-used-flush-ms")
+            .arg("60000")
+    };
+    let server = launch().start().await;
+    let created = server.create_key("acme").await;
+    let (id, key) = (str_field(&created, "id"), str_field(&created, "key"));
+    let revoked = server.create_key("acme").await;
+    assert_accepted(&server, key).await;
+    assert_eq!(
+        server
+            .key_action("acme", str_field(&revoked, "id"), "revoke")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    server.send_sigterm();
+    let (status, log) = server.wait_for_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
+
+    // Same file, same pepper: a new process knows the keys and the flushed use.
+    let server = launch().start().await;
+    assert_accepted(&server, key).await;
+    assert_refused(&server, str_field(&revoked, "key")).await;
+    let listed = server.list_keys("acme").await;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["id"], id);
+    assert!(listed[0]["last_used_at"].is_string(), "{}", listed[0]);
+    assert_eq!(listed[1]["status"], "inactive");
+    // The limit counts the stored keys.
+    server.create_key("acme").await;
+    let fourth = server
+        .admin(Method::POST, "/admin/accounts/acme/keys")
+        .await;
+    assert_eq!(fourth.status, StatusCode::CONFLICT);
 }

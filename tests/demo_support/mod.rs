@@ -32,12 +32,14 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The environment variables the server reads; removed from the child's environment unless a
 /// test sets them, so the developer's shell can't change a test's outcome.
-const SERVER_VARS: [&str; 5] = [
+const SERVER_VARS: [&str; 6] = [
     "ADDR",
     "LAST_USED_FLUSH_MS",
     "ADMIN_TOKEN",
     "API_KEY_PEPPER",
     "RUST_LOG",
+    // CI exports it for the PostgreSQL tests; a demo test that wants a database says so.
+    "DATABASE_URL",
 ];
 
 // ===== building the example =====
