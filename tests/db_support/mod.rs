@@ -103,6 +103,11 @@ pub mod postgres {
                 None
             }
             _ => {
+                // CI provides a database: there, a missing one is a failure, not a skip.
+                assert!(
+                    std::env::var_os("REQUIRE_DATABASE_URL").is_none(),
+                    "DATABASE_URL is not set but REQUIRE_DATABASE_URL is"
+                );
                 eprintln!(
                     "skipped: DATABASE_URL not set (PostgreSQL tests need a server; \
                      `bash .ci/run` provides one)"
