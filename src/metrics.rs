@@ -12,23 +12,49 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// What the layer counts. A cache hit bumps exactly one counter.
+#[derive(Debug, Clone, Copy)]
+#[repr(usize)]
+enum Counter {
+    AcceptedCached,
+    AcceptedResolved,
+    Anonymous,
+    Missing,
+    Malformed,
+    RefusedCached,
+    RefusedResolved,
+    Unavailable,
+    CacheMisses,
+    ResolverCalls,
+    ResolverFailures,
+    CoalescedLookups,
+    LookupsShed,
+    Invalidations,
+}
+
+const COUNTERS: usize = Counter::Invalidations as usize + 1;
+/// Threads spread over this many copies of the counters, so that worker threads don't
+/// contend for one cache line on every request.
+const STRIPES: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe([AtomicU64; COUNTERS]);
 
 /// The live counters of one layer.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    accepted: AtomicU64,
-    anonymous: AtomicU64,
-    missing: AtomicU64,
-    invalid: AtomicU64,
-    unavailable: AtomicU64,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    resolver_calls: AtomicU64,
-    resolver_failures: AtomicU64,
-    coalesced_lookups: AtomicU64,
-    lookups_shed: AtomicU64,
-    invalidations: AtomicU64,
+    stripes: Box<[Stripe; STRIPES]>,
+}
+
+fn stripe_of_this_thread() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.try_with(|stripe| *stripe).unwrap_or(0)
 }
 
 /// A point-in-time copy of a layer's counters.
@@ -62,11 +88,11 @@ pub struct MetricsSnapshot {
 }
 
 macro_rules! counters {
-    ($($name:ident),* $(,)?) => {
+    ($($method:ident => $counter:ident),* $(,)?) => {
         impl Metrics {
             $(
-                pub(crate) fn $name(&self) {
-                    self.$name.fetch_add(1, Ordering::Relaxed);
+                pub(crate) fn $method(&self) {
+                    self.bump(Counter::$counter);
                 }
             )*
         }
@@ -74,49 +100,51 @@ macro_rules! counters {
 }
 
 counters!(
-    accepted,
-    anonymous,
-    missing,
-    invalid,
-    unavailable,
-    cache_hits,
-    cache_misses,
-    lookups_shed,
+    accepted_cached => AcceptedCached,
+    accepted_resolved => AcceptedResolved,
+    anonymous => Anonymous,
+    missing => Missing,
+    malformed => Malformed,
+    refused_cached => RefusedCached,
+    refused_resolved => RefusedResolved,
+    unavailable => Unavailable,
+    cache_misses => CacheMisses,
+    resolver_called => ResolverCalls,
+    resolver_failed => ResolverFailures,
+    coalesced => CoalescedLookups,
+    lookups_shed => LookupsShed,
+    invalidated => Invalidations,
 );
 
 impl Metrics {
-    pub(crate) fn resolver_called(&self) {
-        self.resolver_calls.fetch_add(1, Ordering::Relaxed);
+    fn bump(&self, counter: Counter) {
+        self.stripes[stripe_of_this_thread()].0[counter as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn resolver_failed(&self) {
-        self.resolver_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn coalesced(&self) {
-        self.coalesced_lookups.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn invalidated(&self) {
-        self.invalidations.fetch_add(1, Ordering::Relaxed);
+    fn sum(&self, counter: Counter) -> u64 {
+        self.stripes
+            .iter()
+            .map(|stripe| stripe.0[counter as usize].load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        use Counter::*;
+        let read = |counter| self.sum(counter);
         MetricsSnapshot {
-            accepted: read(&self.accepted),
-            anonymous: read(&self.anonymous),
-            missing: read(&self.missing),
-            invalid: read(&self.invalid),
-            unavailable: read(&self.unavailable),
-            cache_hits: read(&self.cache_hits),
-            cache_misses: read(&self.cache_misses),
-            resolver_calls: read(&self.resolver_calls),
-            resolver_failures: read(&self.resolver_failures),
-            coalesced_lookups: read(&self.coalesced_lookups),
-            lookups_shed: read(&self.lookups_shed),
-            invalidations: read(&self.invalidations),
+            accepted: read(AcceptedCached) + read(AcceptedResolved),
+            anonymous: read(Anonymous),
+            missing: read(Missing),
+            invalid: read(Malformed) + read(RefusedCached) + read(RefusedResolved),
+            unavailable: read(Unavailable),
+            cache_hits: read(AcceptedCached) + read(RefusedCached),
+            cache_misses: read(CacheMisses),
+            resolver_calls: read(ResolverCalls),
+            resolver_failures: read(ResolverFailures),
+            coalesced_lookups: read(CoalescedLookups),
+            lookups_shed: read(LookupsShed),
+            invalidations: read(Invalidations),
         }
     }
 }

@@ -162,22 +162,23 @@ impl<R: Resolver> Authenticator<R> {
             };
         };
         if values.next().is_some() {
-            return self.invalid(None, "repeated header");
+            return self.malformed("repeated header");
         }
         let key = match ApiKey::parse(value.as_bytes()) {
             Ok(key) => key,
-            Err(err) => return self.invalid(None, err),
+            Err(err) => return self.malformed(err),
         };
         let digest = self.pepper.digest(&key);
         match self.cache.cached(&digest) {
             Some(Cached::Valid(account)) => {
-                self.metrics.cache_hits();
-                self.accept(&account);
+                self.metrics.accepted_cached();
+                self.cache.resolver().record_use(&account);
                 Decision::Accept(account)
             }
             Some(Cached::Invalid) => {
-                self.metrics.cache_hits();
-                self.invalid(Some(&key), "refused (cached)")
+                self.metrics.refused_cached();
+                tracing::debug!(outcome = "invalid", prefix = %key.prefix(), "api key rejected: refused (cached)");
+                Decision::Reject(Rejection::InvalidKey)
             }
             None => {
                 self.metrics.cache_misses();
@@ -198,11 +199,12 @@ impl<R: Resolver> Authenticator<R> {
     pub(crate) fn settle(&self, lookup: Lookup<R::Account>) -> Result<Arc<R::Account>, Rejection> {
         match lookup {
             Lookup::Found(account) => {
-                self.accept(&account);
+                self.metrics.accepted_resolved();
+                self.cache.resolver().record_use(&account);
                 Ok(account)
             }
             Lookup::NotFound => {
-                self.metrics.invalid();
+                self.metrics.refused_resolved();
                 tracing::debug!(outcome = "invalid", "api key rejected: refused by resolver");
                 Err(Rejection::InvalidKey)
             }
@@ -227,19 +229,10 @@ impl<R: Resolver> Authenticator<R> {
         }
     }
 
-    fn accept(&self, account: &R::Account) {
-        self.metrics.accepted();
-        self.cache.resolver().record_use(account);
-    }
-
-    fn invalid(&self, key: Option<&ApiKey>, reason: impl fmt::Display) -> Decision<R::Account> {
-        self.metrics.invalid();
-        match key {
-            Some(key) => {
-                tracing::debug!(outcome = "invalid", prefix = %key.prefix(), %reason, "api key rejected")
-            }
-            None => tracing::debug!(outcome = "invalid", %reason, "api key rejected"),
-        }
+    /// Refuses a malformed header value; nothing of it is logged.
+    fn malformed(&self, reason: impl fmt::Display) -> Decision<R::Account> {
+        self.metrics.malformed();
+        tracing::debug!(outcome = "invalid", %reason, "api key rejected");
         Decision::Reject(Rejection::InvalidKey)
     }
 }
