@@ -30,6 +30,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `axum` | no | `FromRequestParts` / `OptionalFromRequestParts` for [`Authenticated`] (depends on `axum-core` only) |
+//! | `metrics` | no | the layer's counters also reported through the `metrics` facade crate |
 //! | `sqlite` | no | `SqliteStore`: keys in a SQLite file, one process (sqlx, bundled SQLite) |
 //! | `postgres` | no | `PostgresStore` and `PgChangeFeed`: keys in PostgreSQL shared by many processes, changes relayed by `LISTEN`/`NOTIFY` (sqlx) |
 //!

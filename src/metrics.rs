@@ -2,7 +2,9 @@
 //!
 //! Every [`ApiKeyLayer`](crate::ApiKeyLayer) counts its outcomes, cache hits and misses and
 //! resolver calls in relaxed atomics; [`ApiKeyLayer::metrics`](crate::ApiKeyLayer::metrics)
-//! returns a snapshot. No counter carries a label derived from a key.
+//! returns a snapshot. With the `metrics` feature the same counters also go to the
+//! [`metrics`](https://docs.rs/metrics) facade (install the recorder before building the
+//! layer). No counter carries a label derived from a key.
 //!
 //! ```
 //! use tower_api_key::metrics::MetricsSnapshot;
@@ -47,6 +49,8 @@ struct Stripe([AtomicU64; COUNTERS]);
 #[derive(Debug, Default)]
 pub struct Metrics {
     stripes: Box<[Stripe; STRIPES]>,
+    #[cfg(feature = "metrics")]
+    facade: facade::Handles,
 }
 
 fn stripe_of_this_thread() -> usize {
@@ -119,6 +123,8 @@ counters!(
 impl Metrics {
     fn bump(&self, counter: Counter) {
         self.stripes[stripe_of_this_thread()].0[counter as usize].fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.facade.bump(counter);
     }
 
     fn sum(&self, counter: Counter) -> u64 {
@@ -205,5 +211,86 @@ impl MetricsSnapshot {
             &[("", self.invalidations)],
         );
         out
+    }
+}
+
+/// The same counters through the `metrics` facade, with the names and labels of
+/// [`MetricsSnapshot::to_prometheus`]. Handles are registered when the layer is built, so
+/// install the recorder before building it.
+#[cfg(feature = "metrics")]
+mod facade {
+    use metrics::{Counter as Handle, counter};
+
+    use super::Counter;
+
+    #[derive(Debug)]
+    pub(super) struct Handles {
+        requests: [Handle; 5],
+        cache: [Handle; 2],
+        resolver_calls: Handle,
+        resolver_failures: Handle,
+        coalesced: Handle,
+        shed: Handle,
+        invalidations: Handle,
+    }
+
+    const ACCEPTED: usize = 0;
+    const ANONYMOUS: usize = 1;
+    const MISSING: usize = 2;
+    const INVALID: usize = 3;
+    const UNAVAILABLE: usize = 4;
+    const HIT: usize = 0;
+    const MISS: usize = 1;
+
+    impl Default for Handles {
+        fn default() -> Self {
+            let requests =
+                |outcome: &'static str| counter!("api_key_requests_total", "outcome" => outcome);
+            let cache =
+                |result: &'static str| counter!("api_key_cache_lookups_total", "result" => result);
+            Self {
+                requests: [
+                    requests("accepted"),
+                    requests("anonymous"),
+                    requests("missing"),
+                    requests("invalid"),
+                    requests("unavailable"),
+                ],
+                cache: [cache("hit"), cache("miss")],
+                resolver_calls: counter!("api_key_resolver_calls_total"),
+                resolver_failures: counter!("api_key_resolver_failures_total"),
+                coalesced: counter!("api_key_coalesced_lookups_total"),
+                shed: counter!("api_key_lookups_shed_total"),
+                invalidations: counter!("api_key_invalidations_total"),
+            }
+        }
+    }
+
+    impl Handles {
+        pub(super) fn bump(&self, counter: Counter) {
+            match counter {
+                Counter::AcceptedCached => {
+                    self.requests[ACCEPTED].increment(1);
+                    self.cache[HIT].increment(1);
+                }
+                Counter::AcceptedResolved => self.requests[ACCEPTED].increment(1),
+                Counter::Anonymous => self.requests[ANONYMOUS].increment(1),
+                Counter::Missing => self.requests[MISSING].increment(1),
+                Counter::Malformed | Counter::RefusedResolved => {
+                    self.requests[INVALID].increment(1);
+                }
+                Counter::RefusedCached => {
+                    self.requests[INVALID].increment(1);
+                    self.cache[HIT].increment(1);
+                }
+                Counter::Unavailable => self.requests[UNAVAILABLE].increment(1),
+                Counter::CacheMisses => self.cache[MISS].increment(1),
+                Counter::ResolverCalls => self.resolver_calls.increment(1),
+                Counter::ResolverFailures => self.resolver_failures.increment(1),
+                Counter::CoalescedLookups => self.coalesced.increment(1),
+                Counter::LookupsShed => self.shed.increment(1),
+                Counter::Invalidations => self.invalidations.increment(1),
+            }
+        }
     }
 }
