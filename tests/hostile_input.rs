@@ -693,3 +693,77 @@ async fn every_bad_input_over_grpc_gets_unauthenticated() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_key_never_carries_over_to_the_next_request_on_the_same_connection() {
+    let mut server = start().await;
+    let keys = keys(&server).await;
+    // Pipelined on one HTTP/1.1 connection: keyed, keyless, bad key, keyed again.
+    let keyed = format!(
+        "GET /v1/whoami HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {}\r\n\r\n",
+        keys.acme
+    );
+    let keyless = "GET /v1/whoami HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n".to_owned();
+    let bad = "GET /v1/whoami HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: nope\r\n\r\n".to_owned();
+    let last = format!(
+        "GET /v1/whoami HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {}\r\nconnection: close\r\n\r\n",
+        keys.other
+    );
+    let pipelined = [keyed, keyless, bad, last].concat().into_bytes();
+    let stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(&pipelined).await.expect("write");
+    let mut answers = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, reader.read_to_end(&mut answers))
+        .await
+        .expect("answers in time")
+        .expect("read");
+    let answers = String::from_utf8_lossy(&answers);
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answers[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "401", "401", "200"], "{answers}");
+    assert!(answers.contains(MISSING) && answers.contains(INVALID));
+    assert!(answers.contains(r#""account_id":"other""#), "{answers}");
+
+    // On one HTTP/2 connection, streams are as separate as requests.
+    let stream = TcpStream::connect(server.addr).await.expect("connect");
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(connection);
+    for (key, expect) in [
+        (Some(keys.acme.as_str()), "0"),
+        (None, "16"),
+        (Some(keys.acme.as_str()), "0"),
+        (Some("nope"), "16"),
+    ] {
+        let mut request = Request::post(format!(
+            "http://{}/grpc.health.v1.Health/Check",
+            server.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .expect("request");
+        if let Some(key) = key {
+            request
+                .headers_mut()
+                .insert("x-api-key", HeaderValue::from_str(key).expect("ascii"));
+        }
+        let response = sender.clone().send_request(request).await.expect("answer");
+        let in_headers = response.headers().get("grpc-status").cloned();
+        let collected = response.into_body().collect().await.expect("body");
+        let status = in_headers
+            .or_else(|| {
+                collected
+                    .trailers()
+                    .and_then(|t| t.get("grpc-status").cloned())
+            })
+            .expect("a grpc-status");
+        assert_eq!(status, expect, "{key:?}");
+    }
+    assert_still_serving(&mut server, &keys.acme).await;
+}
