@@ -16,29 +16,58 @@
 //!    and cache again.
 //! 3. Every change the feed receives is published as it arrives.
 //! 4. If receiving fails, or a heartbeat ([`ChangeFeed::ping`]) fails or takes longer than
-//!    [`FeedConfig::heartbeat_timeout`], `ChannelLost` is published before anything else
+//!    the heartbeat timeout ([`FeedConfig::heartbeat`]), `ChannelLost` is published before anything else
 //!    happens, and the task subscribes again with exponential backoff, back to step 2.
 //!
 //! A cache never trusts a positive entry while changes could be missed: "401 at once" holds in
 //! every process as soon as the change's notification arrives, and while the channel is down
 //! requests are answered from the store (or 503 if the store is down too), never stale-open.
 //!
-//! ```no_run
-//! # #[cfg(feature = "postgres")]
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use tower_api_key::store::{PgChangeFeed, PostgresStore};
-//! use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
+//! With PostgreSQL, `PgChangeFeed` is the feed (see its docs). Another bus takes a few lines;
+//! here an in-memory broadcast channel stands in for Redis pub/sub or NATS:
 //!
-//! let store = PostgresStore::connect("postgres://localhost/app").await?;
-//! store.migrate().await?;
-//! let manager = KeyManager::new(Arc::new(store.clone()), Pepper::from_hex(&std::env::var("PEPPER")?)?);
-//! // Other processes' changes arrive on the manager's bus, which the layer listens to.
-//! let feed = PgChangeFeed::new(&store).spawn(manager.invalidations());
-//! let layer = ApiKeyLayer::for_manager(&manager).build();
-//! // ... serve with `layer`; on shutdown:
-//! feed.shutdown().await;
-//! # Ok(())
+//! ```
+//! use std::time::Duration;
+//!
+//! use async_trait::async_trait;
+//! use tokio::sync::broadcast;
+//! use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError};
+//! use tower_api_key::invalidation::{Invalidation, InvalidationBus};
+//! use tower_api_key::key::KeyDigest;
+//!
+//! /// Digests of changed keys, as other processes publish them.
+//! struct BroadcastFeed {
+//!     sender: broadcast::Sender<KeyDigest>,
+//!     receiver: Option<broadcast::Receiver<KeyDigest>>,
+//! }
+//!
+//! #[async_trait]
+//! impl ChangeFeed for BroadcastFeed {
+//!     async fn subscribe(&mut self) -> Result<(), FeedError> {
+//!         self.receiver = Some(self.sender.subscribe());
+//!         Ok(())
+//!     }
+//!
+//!     async fn recv(&mut self) -> Result<Vec<Invalidation>, FeedError> {
+//!         let receiver = self.receiver.as_mut().ok_or_else(|| FeedError::new("not subscribed"))?;
+//!         // `recv` is cancel-safe. Lagging behind means changes were dropped: an error, so
+//!         // the runner reports the channel lost and subscribes again.
+//!         match receiver.recv().await {
+//!             Ok(digest) => Ok(vec![Invalidation::Key(digest)]),
+//!             Err(err) => Err(FeedError::new(err)),
+//!         }
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (sender, _) = broadcast::channel(1024);
+//! let bus = InvalidationBus::new(); // in a server: `manager.invalidations()`
+//! let feed = BroadcastFeed { sender: sender.clone(), receiver: None };
+//! let task = feed::spawn(feed, &bus, FeedConfig::default());
+//! assert!(task.wait_subscribed(Duration::from_secs(1)).await);
+//! sender.send(KeyDigest::from_bytes([1; 32])).unwrap(); // another process revoked a key
+//! task.shutdown().await;
 //! # }
 //! ```
 

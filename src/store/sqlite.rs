@@ -46,8 +46,8 @@ macro_rules! select_where {
 ///   statement, so concurrent creates can't exceed the limit.
 /// - **One process**: SQLite has no way to tell other processes about a change, so a second
 ///   process on the same file would keep serving keys from its cache after they were revoked
-///   here (until its cache entries expire). Use [`PostgresStore`](super::PostgresStore) with
-///   its change feed for several processes.
+///   here (until its cache entries expire). For several processes, use `PostgresStore`
+///   (feature `postgres`) with its change feed.
 ///
 /// Cloning is cheap and shares the connection pool.
 ///

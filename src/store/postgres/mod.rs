@@ -96,13 +96,17 @@ macro_rules! timestamp {
 /// use tower_api_key::store::{PgChangeFeed, PostgresStore};
 /// use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
 ///
-/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = PostgresStore::connect(&std::env::var("DATABASE_URL")?).await?;
 /// store.migrate().await?;
 /// let manager = KeyManager::new(Arc::new(store.clone()), Pepper::from_hex(&std::env::var("API_KEY_PEPPER")?)?);
+/// // Other processes' changes arrive on the manager's bus, which the layer listens to.
 /// let feed = PgChangeFeed::new(&store).spawn(manager.invalidations());
 /// let layer = ApiKeyLayer::for_manager(&manager).build();
-/// # let _ = (feed, layer);
+/// // ... serve with `layer`; on shutdown:
+/// feed.shutdown().await;
+/// # drop(layer);
 /// # Ok(())
 /// # }
 /// ```
