@@ -276,7 +276,9 @@ impl<R: Resolver> CachedResolver<R> {
             front::put(shared.id, *digest, epoch, entry.expires_at, &entry.account);
             return Some(Cached::Valid(entry.account));
         }
-        if self.shared.negative.contains_key(digest) {
+        // `get`, not `contains_key`: only reads teach moka's admission policy that a refused
+        // key comes back, so a retried key keeps its entry while a flood of one-off keys churns.
+        if shared.negative.get(digest).is_some() {
             return Some(Cached::Invalid);
         }
         None
