@@ -271,10 +271,9 @@ impl FeedTask {
     pub async fn wait_for(
         &self,
         within: Duration,
-        condition: impl FnMut(&FeedStatus) -> bool,
+        mut condition: impl FnMut(&FeedStatus) -> bool,
     ) -> bool {
         let mut status = self.status.clone();
-        let mut condition = condition;
         matches!(
             tokio::time::timeout(within, status.wait_for(|s| condition(s))).await,
             Ok(Ok(_))

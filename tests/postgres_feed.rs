@@ -85,7 +85,7 @@ impl Lags {
     }
 }
 
-const TRIES: usize = 30;
+const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_in_one_process_is_in_force_in_the_other_within_milliseconds() {

@@ -107,7 +107,7 @@ fn report(what: &str, mut lags: Vec<Duration>) -> Duration {
     max
 }
 
-const TRIES: usize = 50;
+const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_server_is_in_force_at_the_other_within_milliseconds() {
