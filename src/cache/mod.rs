@@ -30,7 +30,7 @@ use crate::resolver::Resolver;
 /// Sizes and lifetimes of the resolver cache.
 ///
 /// ```
-/// use std::time::{Duration, Instant};
+/// use std::time::Duration;
 /// use tower_api_key::cache::CacheConfig;
 ///
 /// let config = CacheConfig::default()
