@@ -103,7 +103,8 @@ impl LastUsedRecorder {
     }
 
     /// Writes every pending use to the store in one batch and returns how many keys it
-    /// updated. Uses of one key are merged into its latest.
+    /// updated. Uses of one key *with one prefix* are merged into their latest: a late use of a
+    /// rotated-away prefix must not hide the new prefix's use (the store drops the former).
     ///
     /// # Errors
     ///
@@ -113,7 +114,7 @@ impl LastUsedRecorder {
         if cells.is_empty() {
             return Ok(0);
         }
-        let mut latest: HashMap<KeyId, KeyUse> = HashMap::with_capacity(cells.len());
+        let mut latest: HashMap<(KeyId, KeyPrefix), KeyUse> = HashMap::with_capacity(cells.len());
         for cell in &cells {
             cell.queued.store(false, Ordering::SeqCst);
             let at = UNIX_EPOCH + Duration::from_millis(cell.last_used_ms.load(Ordering::SeqCst));
@@ -123,7 +124,7 @@ impl LastUsedRecorder {
                 at,
             };
             latest
-                .entry(cell.id)
+                .entry((cell.id, cell.prefix))
                 .and_modify(|kept| {
                     if kept.at < at {
                         *kept = key_use;

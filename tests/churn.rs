@@ -454,20 +454,13 @@ async fn sustained_churn_lets_no_invalidated_key_in_and_loses_no_use() {
             lost_uses.push((version.account.clone(), born, last_accepted, recorded));
         }
     }
-    // A key that came from a rotation can lose its uses to a late use of the key it replaced
-    // (`a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use`, ignored until
-    // src/last_used.rs is fixed). Those are reported, not failed; drop this split with the fix.
-    let (known_bug, lost_uses): (Vec<_>, Vec<_>) = lost_uses
-        .into_iter()
-        .partition(|(_, born, _, _)| *born == Change::RotatedIn);
 
     let per_second = tally.requests as f64 / elapsed.as_secs_f64();
     println!(
         "churn for {elapsed:.1?}: {} requests ({per_second:.0} req/s; {} let in, {} refused, \
          {} 5xx); {} changes ({changes:?}); checked {} requests on certainly-invalid keys and \
          {} on certainly-valid ones: {} violations, {} false rejections; last_used_at checked \
-         on {keys_used} keys, {} behind their last use (+{} rotated-in keys behind: the \
-         known flush-merge bug)",
+         on {keys_used} keys, {} behind their last use",
         tally.requests,
         tally.accepted,
         tally.refused,
@@ -478,7 +471,6 @@ async fn sustained_churn_lets_no_invalidated_key_in_and_loses_no_use() {
         tally.violations,
         tally.false_rejections,
         lost_uses.len(),
-        known_bug.len(),
     );
 
     assert_eq!(
@@ -586,10 +578,9 @@ impl KeyStore for GatedStore {
 /// let in after it. Its use is stamped on the old identity, with the old prefix, later than
 /// the new key's uses. `LastUsedRecorder::flush` (src/last_used.rs) merges pending uses by key
 /// id alone and keeps the latest, so it sends only the old prefix's use; the store drops that
-/// one (the prefix was rotated away), and the new key's use is lost.
+/// one (the prefix was rotated away), and the new key's use is lost. (Fixed: the merge is per
+/// key and prefix.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "lost-use bug in src/last_used.rs (flush merges uses by id, not by id and prefix); \
-            remove once the merge keeps each prefix's latest use"]
 async fn a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use() {
     let store = Arc::new(GatedStore::default());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
