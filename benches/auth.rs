@@ -7,13 +7,21 @@
 //! `axum::middleware::from_fn` middleware over a `moka::future` cache, and tower-http's
 //! `AsyncRequireAuthorizationLayer` over the same cache and resolver.
 //!
+//! Each case is timed interleaved with the baseline (16 requests of one, then 16 of the
+//! other), so drift of this noisy machine cancels out of "added time"; the pairs are written
+//! to `target/criterion/auth/paired.json`.
+//!
 //! Run: `cargo bench --all-features --bench auth`, then `python3 scripts/bench_table.py` for
-//! added nanoseconds over `baseline` and ratios to `floor`.
+//! added nanoseconds over the paired baseline and ratios to `floor`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
@@ -29,11 +37,13 @@ fn router() -> Router {
     Router::new().route("/v1/ping", get(|| async { "pong" }))
 }
 
-fn request(key: &HeaderValue) -> Request<axum::body::Body> {
+fn request(key: Option<&HeaderValue>) -> Request<axum::body::Body> {
     let mut request = Request::get("/v1/ping")
         .body(axum::body::Body::empty())
         .expect("request");
-    request.headers_mut().insert("x-api-key", key.clone());
+    if let Some(key) = key {
+        request.headers_mut().insert("x-api-key", key.clone());
+    }
     request
 }
 
@@ -194,85 +204,157 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
         for key in [&valid, &unknown] {
             protected
                 .clone()
-                .oneshot(request(key))
+                .oneshot(request(Some(key)))
                 .await
                 .expect("infallible");
         }
     });
 
+    let cases: Vec<(&str, Call, StatusCode)> = vec![
+        ("floor", call!(floor, Some(&valid)), StatusCode::OK),
+        ("layer/hit", call!(protected, Some(&valid)), StatusCode::OK),
+        (
+            "layer/reject_malformed",
+            call!(protected, Some(&malformed)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "layer/reject_unknown",
+            call!(protected, Some(&unknown)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "layer/reject_missing",
+            call!(protected, None),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "peer/from_fn_moka_future/hit",
+            call!(from_fn, Some(&valid)),
+            StatusCode::OK,
+        ),
+        (
+            "peer/tower_http_async_authorize/hit",
+            call!(tower_http, Some(&valid)),
+            StatusCode::OK,
+        ),
+    ];
+    let baseline_call = call!(baseline, Some(&valid));
+
     let mut group = c.benchmark_group("auth");
     group.bench_function("baseline", |b| {
         b.to_async(&runtime).iter(|| async {
-            let response = baseline.clone().oneshot(request(&valid)).await.expect("ok");
-            assert_eq!(response.status(), StatusCode::OK);
-            black_box(response)
+            let status = baseline_call().await;
+            assert_eq!(status, StatusCode::OK);
         })
     });
-    group.bench_function("floor", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = floor.clone().oneshot(request(&valid)).await.expect("ok");
-            assert_eq!(response.status(), StatusCode::OK);
-            black_box(response)
-        })
-    });
-    for (name, key, expected) in [
-        ("layer/hit", &valid, StatusCode::OK),
-        (
-            "layer/reject_malformed",
-            &malformed,
-            StatusCode::UNAUTHORIZED,
-        ),
-        ("layer/reject_unknown", &unknown, StatusCode::UNAUTHORIZED),
-    ] {
-        group.bench_function(name, |b| {
-            b.to_async(&runtime).iter(|| async {
-                let response = protected.clone().oneshot(request(key)).await.expect("ok");
-                assert_eq!(response.status(), expected);
-                black_box(response)
-            })
+    for (name, case, expected) in &cases {
+        runtime.block_on(async { assert_eq!(case().await, *expected, "{name}") });
+        group.bench_function(*name, |b| {
+            b.to_async(&runtime)
+                .iter_custom(|iters| paired(name, iters, case, &baseline_call))
         });
     }
-    group.bench_function("peer/from_fn_moka_future/hit", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = from_fn.clone().oneshot(request(&valid)).await.expect("ok");
-            assert_eq!(response.status(), StatusCode::OK);
-            black_box(response)
-        })
-    });
-    group.bench_function("peer/tower_http_async_authorize/hit", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let response = tower_http
-                .clone()
-                .oneshot(request(&valid))
-                .await
-                .expect("ok");
-            assert_eq!(response.status(), StatusCode::OK);
-            black_box(response)
-        })
-    });
     group.bench_function("layer/miss", |b| {
         // A cold lookup each time: a fresh layer (empty cache) over the memory store.
         b.to_async(&runtime).iter_batched(
             || ApiKeyLayer::for_manager(&manager).build().layer(router()),
             |cold| async {
-                let response = cold.oneshot(request(&valid)).await.expect("ok");
+                let response = cold.oneshot(request(Some(&valid))).await.expect("ok");
                 assert_eq!(response.status(), StatusCode::OK);
                 black_box(response)
             },
             criterion::BatchSize::SmallInput,
         )
     });
-    group.bench_function("layer/reject_missing", |b| {
-        b.to_async(&runtime).iter(|| async {
-            let request = Request::get("/v1/ping")
-                .body(axum::body::Body::empty())
-                .expect("request");
-            let response = protected.clone().oneshot(request).await.expect("ok");
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-            black_box(response)
-        })
-    });
     group.finish();
+    write_paired_results();
+}
+
+// ===== paired measurement =====
+
+/// One request through one service, boxed so that every case has the same shape (the box
+/// costs the case and its baseline alike).
+type Call = Box<dyn Fn() -> Pin<Box<dyn Future<Output = StatusCode>>>>;
+
+/// A [`Call`] sending the bench request (with `key`, if any) through a clone of `service`.
+macro_rules! call {
+    ($service:expr, $key:expr) => {{
+        let service = $service.clone();
+        let key: Option<&HeaderValue> = $key;
+        let key: Option<HeaderValue> = key.cloned();
+        Box::new(move || {
+            let service = service.clone();
+            let request = request(key.as_ref());
+            Box::pin(async move { service.oneshot(request).await.expect("ok").status() })
+                as Pin<Box<dyn Future<Output = StatusCode>>>
+        }) as Call
+    }};
+}
+use call;
+
+/// Per case: total time of the case, total time of the baseline measured alongside it, and
+/// iterations of each.
+static PAIRED: Mutex<Vec<(String, Duration, Duration, u64)>> = Mutex::new(Vec::new());
+
+/// Times `iters` runs of `case`, interleaved in small batches with as many runs of
+/// `baseline`. The machine's drift (noisy neighbours, frequency changes) hits both alike, so
+/// their difference is the case's added time even when absolute times wander by 30 %.
+async fn paired(name: &str, iters: u64, case: &Call, baseline: &Call) -> Duration {
+    const BATCH: u64 = 16;
+    let (mut case_time, mut baseline_time) = (Duration::ZERO, Duration::ZERO);
+    let mut done = 0;
+    while done < iters {
+        let n = BATCH.min(iters - done);
+        let started = Instant::now();
+        for _ in 0..n {
+            black_box(baseline().await);
+        }
+        baseline_time += started.elapsed();
+        let started = Instant::now();
+        for _ in 0..n {
+            black_box(case().await);
+        }
+        case_time += started.elapsed();
+        done += n;
+    }
+    PAIRED
+        .lock()
+        .expect("lock")
+        .push((name.to_owned(), case_time, baseline_time, iters));
+    case_time
+}
+
+/// Writes `target/criterion/auth/paired.json`: per case, ns per request of the case and of
+/// the baseline measured alongside it.
+fn write_paired_results() {
+    let mut totals: HashMap<String, (f64, f64, f64)> = HashMap::new();
+    for (name, case, baseline, iters) in PAIRED.lock().expect("lock").iter() {
+        let entry = totals.entry(name.clone()).or_default();
+        entry.0 += case.as_nanos() as f64;
+        entry.1 += baseline.as_nanos() as f64;
+        entry.2 += *iters as f64;
+    }
+    let rows: Vec<String> = totals
+        .iter()
+        .map(|(name, (case, baseline, iters))| {
+            format!(
+                "  \"{name}\": {{\"case_ns\": {:.1}, \"baseline_ns\": {:.1}}}",
+                case / iters,
+                baseline / iters
+            )
+        })
+        .collect();
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned()),
+    )
+    .join("criterion/auth");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(
+            dir.join("paired.json"),
+            format!("{{\n{}\n}}\n", rows.join(",\n")),
+        );
+    }
 }
 
 criterion_group!(benches, layer_on_a_cache_hit);

@@ -1,5 +1,5 @@
-//! A per-thread front for the positive cache: the last few accepted keys each worker thread
-//! saw, answered without touching moka.
+//! A per-thread front for the cache: the last few keys each worker thread saw answered
+//! (accepted or refused), answered again without touching moka.
 //!
 //! A slot is trusted only while its cache's invalidation epoch is the one it was filled in
 //! and its moka entry's TTL has not run out, so it can never outlive an invalidation or the
@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Cached;
 use crate::key::KeyDigest;
 
 /// Slots per thread (direct-mapped).
@@ -20,7 +21,8 @@ struct Slot {
     digest: KeyDigest,
     epoch: u64,
     expires_at: Instant,
-    account: Arc<dyn Any + Send + Sync>,
+    /// `None` for a refused key.
+    account: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 thread_local! {
@@ -32,12 +34,12 @@ fn index(owner: usize, digest: &KeyDigest) -> usize {
     (digest.hash_u64() as usize ^ owner) % SLOTS
 }
 
-/// The account this thread cached for `digest` of cache `owner`, if still valid in `epoch`.
+/// What this thread cached for `digest` of cache `owner`, if still valid in `epoch`.
 pub(super) fn get<A: Send + Sync + 'static>(
     owner: usize,
     digest: &KeyDigest,
     epoch: u64,
-) -> Option<Arc<A>> {
+) -> Option<Cached<A>> {
     FRONT
         .try_with(|front| {
             let front = front.try_borrow().ok()?;
@@ -48,21 +50,25 @@ pub(super) fn get<A: Send + Sync + 'static>(
             if Instant::now() >= slot.expires_at {
                 return None;
             }
-            Arc::clone(&slot.account).downcast::<A>().ok()
+            match &slot.account {
+                Some(account) => Arc::clone(account).downcast::<A>().ok().map(Cached::Valid),
+                None => Some(Cached::Invalid),
+            }
         })
         .ok()
         .flatten()
 }
 
-/// Remembers `account` for `digest` of cache `owner`, valid in `epoch` until `expires_at`.
+/// Remembers the answer for `digest` of cache `owner` (`None`: refused), valid in `epoch`
+/// until `expires_at`.
 pub(super) fn put<A: Send + Sync + 'static>(
     owner: usize,
     digest: KeyDigest,
     epoch: u64,
     expires_at: Instant,
-    account: &Arc<A>,
+    account: Option<&Arc<A>>,
 ) {
-    let account: Arc<dyn Any + Send + Sync> = Arc::clone(account) as _;
+    let account = account.map(|account| Arc::clone(account) as Arc<dyn Any + Send + Sync>);
     let _ = FRONT.try_with(|front| {
         if let Ok(mut front) = front.try_borrow_mut() {
             if front.is_empty() {

@@ -177,7 +177,9 @@ struct CacheShared<R: Resolver> {
     id: usize,
     positive: moka::sync::Cache<KeyDigest, Positive<R::Account>, DigestHasher>,
     positive_ttl: Duration,
-    negative: moka::sync::Cache<KeyDigest, (), DigestHasher>,
+    /// Refused keys, with when their entry expires.
+    negative: moka::sync::Cache<KeyDigest, Instant, DigestHasher>,
+    negative_ttl: Duration,
     in_flight: Mutex<HashMap<KeyDigest, InFlight<R::Account>, DigestHasher>>,
     /// Bumped by every invalidation; the write lock is held while entries are removed.
     epoch: RwLock<u64>,
@@ -236,6 +238,7 @@ impl<R: Resolver> CachedResolver<R> {
                 id: next_id(),
                 positive,
                 positive_ttl: config.positive_ttl,
+                negative_ttl: config.negative_ttl,
                 negative,
                 in_flight: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
                 epoch: RwLock::new(0),
@@ -269,16 +272,23 @@ impl<R: Resolver> CachedResolver<R> {
         // Read before the lookups: an entry seen after an invalidation's removals carries an
         // epoch that is already stale, so it can't be served by the front afterwards.
         let epoch = shared.published_epoch.load(Ordering::Acquire);
-        if let Some(account) = front::get::<R::Account>(shared.id, digest, epoch) {
-            return Some(Cached::Valid(account));
+        if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch) {
+            return Some(answer);
         }
         if let Some(entry) = shared.positive.get(digest) {
-            front::put(shared.id, *digest, epoch, entry.expires_at, &entry.account);
+            front::put(
+                shared.id,
+                *digest,
+                epoch,
+                entry.expires_at,
+                Some(&entry.account),
+            );
             return Some(Cached::Valid(entry.account));
         }
         // `get`, not `contains_key`: only reads teach moka's admission policy that a refused
         // key comes back, so a retried key keeps its entry while a flood of one-off keys churns.
-        if shared.negative.get(digest).is_some() {
+        if let Some(expires_at) = shared.negative.get(digest) {
+            front::put::<R::Account>(shared.id, *digest, epoch, expires_at, None);
             return Some(Cached::Invalid);
         }
         None
@@ -468,7 +478,9 @@ impl<R: Resolver> CacheShared<R> {
                         expires_at: Instant::now() + self.positive_ttl,
                     },
                 ),
-                Lookup::NotFound => self.negative.insert(digest, ()),
+                Lookup::NotFound => self
+                    .negative
+                    .insert(digest, Instant::now() + self.negative_ttl),
                 Lookup::Failed(_) => self.metrics.resolver_failed(),
             }
         } else if let Lookup::Failed(_) = lookup {
