@@ -269,8 +269,8 @@ impl<R: Resolver> CachedResolver<R> {
             return None;
         }
         let shared = &self.shared;
-        // Read before the lookups: an entry seen after an invalidation's removals carries an
-        // epoch that is already stale, so it can't be served by the front afterwards.
+        // Read before the lookups: whatever they find is tagged with an epoch no newer than
+        // itself, so the invalidation that removes an entry also retires its front copies.
         let epoch = shared.published_epoch.load(Ordering::Acquire);
         if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch) {
             return Some(answer);
