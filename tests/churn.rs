@@ -17,23 +17,23 @@
 //! CHURN_SECS=30 cargo test --release --all-features --test churn -- --nocapture
 //! ```
 
+mod support;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::last_used::LastUsedRecorder;
-use tower_api_key::store::{KeyUse, Rotated};
 use tower_api_key::{
-    AccountId, ApiKeyLayer, ApiKeyService, KeyDigest, KeyId, KeyManager, KeyPrefix, KeyRecord,
-    KeyStatus, KeyStore, MemoryStore, Pepper, StoreError, StoreResolver,
+    AccountId, ApiKeyLayer, ApiKeyService, KeyId, KeyManager, KeyPrefix, KeyRecord, KeyStore,
+    MemoryStore, Pepper, StoreError, StoreResolver,
 };
 
 const DEFAULT_SECS: u64 = 3;
@@ -520,10 +520,9 @@ impl GatedStore {
     }
 }
 
-#[async_trait]
-impl KeyStore for GatedStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        self.inner.insert_within_limit(record, limit).await
+impl support::StoreHooks for GatedStore {
+    fn records(&self) -> &MemoryStore {
+        &self.inner
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         let found = self.inner.find_by_prefix(prefix).await;
@@ -536,40 +535,9 @@ impl KeyStore for GatedStore {
         }
         found
     }
-    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get(account, id).await
-    }
-    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.list(account).await
-    }
-    async fn set_status(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        status: KeyStatus,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.set_status(account, id, status).await
-    }
-    async fn replace_key(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        prefix: KeyPrefix,
-        digest: KeyDigest,
-    ) -> Result<Option<Rotated>, StoreError> {
-        self.inner.replace_key(account, id, prefix, digest).await
-    }
-    async fn delete(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.delete(account, id).await
-    }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.inner.record_last_used(uses).await
-    }
 }
+
+support::hooked_key_store!(GatedStore);
 
 /// What the churn run above caught now and then (a rotated-in key with `last_used_at` still
 /// null after shutdown), made deterministic.

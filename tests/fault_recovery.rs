@@ -9,17 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::routing::get as route_get;
 use http::StatusCode;
 use support::{account, client, get, pepper, serve};
 use tokio::sync::Semaphore;
 use tower_api_key::cache::CacheConfig;
-use tower_api_key::store::{KeyUse, Rotated};
 use tower_api_key::{
-    AccountId, ApiKey, ApiKeyLayer, Authenticated, KeyDigest, KeyId, KeyIdentity, KeyManager,
-    KeyPrefix, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError, StoreResolver,
+    ApiKey, ApiKeyLayer, Authenticated, KeyId, KeyIdentity, KeyManager, KeyPrefix, KeyRecord,
+    KeyStore, MemoryStore, StoreError, StoreResolver,
 };
 
 // ===== a store with faults on its read path =====
@@ -88,11 +86,12 @@ impl FaultyStore {
     }
 }
 
-#[async_trait]
-impl KeyStore for FaultyStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.insert_within_limit(record, limit).await
+impl support::StoreHooks for FaultyStore {
+    fn records(&self) -> &MemoryStore {
+        &self.inner
+    }
+    fn before_write(&self) -> Result<(), StoreError> {
+        self.write()
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
@@ -108,44 +107,9 @@ impl KeyStore for FaultyStore {
             }
         }
     }
-    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get(account, id).await
-    }
-    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.list(account).await
-    }
-    async fn set_status(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        status: KeyStatus,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.write()?;
-        self.inner.set_status(account, id, status).await
-    }
-    async fn replace_key(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        prefix: KeyPrefix,
-        digest: KeyDigest,
-    ) -> Result<Option<Rotated>, StoreError> {
-        self.write()?;
-        self.inner.replace_key(account, id, prefix, digest).await
-    }
-    async fn delete(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.write()?;
-        self.inner.delete(account, id).await
-    }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.record_last_used(uses).await
-    }
 }
+
+support::hooked_key_store!(FaultyStore);
 
 // ===== a loopback server =====
 

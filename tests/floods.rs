@@ -9,21 +9,21 @@
 //! - `max_concurrent_lookups` bounds the store's concurrency and sheds the excess with an
 //!   immediate 503 instead of a queue.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::cache::CacheConfig;
-use tower_api_key::store::{KeyUse, Rotated};
 use tower_api_key::{
-    AccountId, ApiKey, ApiKeyLayer, ApiKeyService, KeyDigest, KeyId, KeyManager, KeyPrefix,
-    KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, StoreError, StoreResolver,
+    ApiKey, ApiKeyLayer, ApiKeyService, KeyManager, KeyPrefix, KeyRecord, KeyStore, MemoryStore,
+    Pepper, StoreError, StoreResolver,
 };
 
 // ===== a store that counts =====
@@ -52,10 +52,9 @@ impl CountingStore {
     }
 }
 
-#[async_trait]
-impl KeyStore for CountingStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        self.inner.insert_within_limit(record, limit).await
+impl support::StoreHooks for CountingStore {
+    fn records(&self) -> &MemoryStore {
+        &self.inner
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
@@ -68,40 +67,9 @@ impl KeyStore for CountingStore {
         self.running.fetch_sub(1, Ordering::SeqCst);
         found
     }
-    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get(account, id).await
-    }
-    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.list(account).await
-    }
-    async fn set_status(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        status: KeyStatus,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.set_status(account, id, status).await
-    }
-    async fn replace_key(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        prefix: KeyPrefix,
-        digest: KeyDigest,
-    ) -> Result<Option<Rotated>, StoreError> {
-        self.inner.replace_key(account, id, prefix, digest).await
-    }
-    async fn delete(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.delete(account, id).await
-    }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.inner.record_last_used(uses).await
-    }
 }
+
+support::hooked_key_store!(CountingStore);
 
 // ===== the stack =====
 

@@ -1,11 +1,12 @@
 //! The layer in front of a real tonic server (DESIGN.md §4, gRPC column): tonic-health behind
 //! `ApiKeyLayer` on loopback, called by tonic's generated client with `x-api-key` metadata.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,10 +18,8 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tower_api_key::store::{KeyUse, Rotated};
 use tower_api_key::{
-    AccountId, ApiKey, ApiKeyLayer, KeyDigest, KeyId, KeyManager, KeyPrefix, KeyRecord, KeyStatus,
-    KeyStore, MemoryStore, Pepper, StoreError,
+    AccountId, ApiKey, ApiKeyLayer, KeyId, KeyManager, MemoryStore, Pepper, StoreError,
 };
 
 // ===== the server =====
@@ -46,63 +45,19 @@ impl SwitchableStore {
     }
 }
 
-#[async_trait]
-impl KeyStore for SwitchableStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        self.reachable()?;
-        self.records.insert_within_limit(record, limit).await
+impl support::StoreHooks for SwitchableStore {
+    fn records(&self) -> &MemoryStore {
+        &self.records
     }
-
-    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
-        self.reachable()?;
-        self.records.find_by_prefix(prefix).await
+    fn before_write(&self) -> Result<(), StoreError> {
+        self.reachable()
     }
-
-    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.reachable()?;
-        self.records.get(account, id).await
-    }
-
-    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.reachable()?;
-        self.records.list(account).await
-    }
-
-    async fn set_status(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        status: KeyStatus,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.reachable()?;
-        self.records.set_status(account, id, status).await
-    }
-
-    async fn replace_key(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        prefix: KeyPrefix,
-        digest: KeyDigest,
-    ) -> Result<Option<Rotated>, StoreError> {
-        self.reachable()?;
-        self.records.replace_key(account, id, prefix, digest).await
-    }
-
-    async fn delete(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.reachable()?;
-        self.records.delete(account, id).await
-    }
-
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.reachable()?;
-        self.records.record_last_used(uses).await
+    fn before_read(&self) -> Result<(), StoreError> {
+        self.reachable()
     }
 }
+
+support::hooked_key_store!(SwitchableStore);
 
 /// A tonic server with tonic-health behind the layer, and the handles a test needs.
 struct Harness {

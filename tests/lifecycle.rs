@@ -1,16 +1,17 @@
 //! The lifecycle rules of DESIGN.md §3, one test per rule, on the embedded store.
 
+mod support;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use tower_api_key::invalidation::{Invalidation, InvalidationListener};
-use tower_api_key::store::{KeyUse, Rotated};
+use tower_api_key::store::KeyUse;
 use tower_api_key::{
-    AccountId, ApiKey, KeyDigest, KeyId, KeyManager, KeyPrefix, KeyRecord, KeyStatus, KeyStore,
-    ManagerError, MemoryStore, Pepper, StoreError,
+    AccountId, ApiKey, KeyDigest, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError,
+    MemoryStore, Pepper, StoreError,
 };
 
 fn pepper() -> Pepper {
@@ -224,54 +225,21 @@ impl CollidingStore {
     }
 }
 
-#[async_trait]
-impl KeyStore for CollidingStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+impl support::StoreHooks for CollidingStore {
+    fn records(&self) -> &MemoryStore {
+        &self.inner
+    }
+    // The tests below only insert and replace keys, the two writes that pick a prefix.
+    fn before_write(&self) -> Result<(), StoreError> {
         if self.collide() {
-            return Err(StoreError::PrefixTaken);
+            Err(StoreError::PrefixTaken)
+        } else {
+            Ok(())
         }
-        self.inner.insert_within_limit(record, limit).await
-    }
-    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.find_by_prefix(prefix).await
-    }
-    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.get(account, id).await
-    }
-    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.inner.list(account).await
-    }
-    async fn set_status(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        status: KeyStatus,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.set_status(account, id, status).await
-    }
-    async fn replace_key(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        prefix: KeyPrefix,
-        digest: KeyDigest,
-    ) -> Result<Option<Rotated>, StoreError> {
-        if self.collide() {
-            return Err(StoreError::PrefixTaken);
-        }
-        self.inner.replace_key(account, id, prefix, digest).await
-    }
-    async fn delete(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.delete(account, id).await
-    }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.inner.record_last_used(uses).await
     }
 }
+
+support::hooked_key_store!(CollidingStore);
 
 #[tokio::test]
 async fn prefix_collisions_are_retried_not_surfaced() {
@@ -579,50 +547,28 @@ async fn concurrent_rotate_and_revoke_leave_a_consistent_record() {
 // ===== store failures =====
 
 /// A store that is down.
-struct DownStore;
+#[derive(Default)]
+struct DownStore {
+    records: MemoryStore,
+}
 
-#[async_trait]
-impl KeyStore for DownStore {
-    async fn insert_within_limit(&self, _: KeyRecord, _: usize) -> Result<(), StoreError> {
+impl support::StoreHooks for DownStore {
+    fn records(&self) -> &MemoryStore {
+        &self.records
+    }
+    fn before_write(&self) -> Result<(), StoreError> {
         Err(StoreError::unavailable("connection refused"))
     }
-    async fn find_by_prefix(&self, _: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-    async fn get(&self, _: &AccountId, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-    async fn list(&self, _: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-    async fn set_status(
-        &self,
-        _: &AccountId,
-        _: KeyId,
-        _: KeyStatus,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-    async fn replace_key(
-        &self,
-        _: &AccountId,
-        _: KeyId,
-        _: KeyPrefix,
-        _: KeyDigest,
-    ) -> Result<Option<Rotated>, StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-    async fn delete(&self, _: &AccountId, _: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-    async fn record_last_used(&self, _: &[KeyUse]) -> Result<(), StoreError> {
+    fn before_read(&self) -> Result<(), StoreError> {
         Err(StoreError::unavailable("connection refused"))
     }
 }
 
+support::hooked_key_store!(DownStore);
+
 #[tokio::test]
 async fn store_failures_are_reported_as_store_errors() {
-    let manager = KeyManager::new(Arc::new(DownStore), pepper());
+    let manager = KeyManager::new(Arc::new(DownStore::default()), pepper());
     let err = manager.create(&account("acme")).await.expect_err("down");
     assert!(matches!(
         err,

@@ -7,17 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tower_api_key::store::{KeyUse, Rotated};
-use tower_api_key::{
-    AccountId, KeyDigest, KeyId, KeyPrefix, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper,
-    StoreError,
-};
+use tower_api_key::store::KeyUse;
+use tower_api_key::{AccountId, KeyPrefix, KeyRecord, KeyStore, MemoryStore, Pepper, StoreError};
 
 pub fn pepper() -> Pepper {
     Pepper::from_bytes([3; 32])
@@ -123,11 +119,15 @@ impl TestStore {
     }
 }
 
-#[async_trait]
-impl KeyStore for TestStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.insert_within_limit(record, limit).await
+impl StoreHooks for TestStore {
+    fn records(&self) -> &MemoryStore {
+        &self.inner
+    }
+    fn before_write(&self) -> Result<(), StoreError> {
+        self.check()
+    }
+    fn before_read(&self) -> Result<(), StoreError> {
+        self.check()
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
@@ -137,41 +137,6 @@ impl KeyStore for TestStore {
         self.maybe_delay().await;
         found
     }
-    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.check()?;
-        self.inner.get(account, id).await
-    }
-    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        self.check()?;
-        self.inner.list(account).await
-    }
-    async fn set_status(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        status: KeyStatus,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.check()?;
-        self.inner.set_status(account, id, status).await
-    }
-    async fn replace_key(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-        prefix: KeyPrefix,
-        digest: KeyDigest,
-    ) -> Result<Option<Rotated>, StoreError> {
-        self.check()?;
-        self.inner.replace_key(account, id, prefix, digest).await
-    }
-    async fn delete(
-        &self,
-        account: &AccountId,
-        id: KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.check()?;
-        self.inner.delete(account, id).await
-    }
     async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
         self.check()?;
         self.last_used_writes.fetch_add(1, Ordering::SeqCst);
@@ -179,3 +144,139 @@ impl KeyStore for TestStore {
         self.inner.record_last_used(uses).await
     }
 }
+
+// ===== stores that misbehave on purpose =====
+
+/// What a test store changes about a [`MemoryStore`]; everything not overridden passes
+/// straight through. Implement it, then `hooked_key_store!(YourStore)` for the `KeyStore`.
+#[allow(async_fn_in_trait)]
+pub trait StoreHooks: Send + Sync + 'static {
+    /// The records behind the store.
+    fn records(&self) -> &MemoryStore;
+
+    /// Runs before every change (insert, set status, replace key, delete, last used).
+    fn before_write(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Runs before every read (get, list, and the default `find_by_prefix`).
+    fn before_read(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The lookup the layer makes on a cache miss.
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
+        self.before_read()?;
+        self.records().find_by_prefix(prefix).await
+    }
+
+    /// A batch of last-used times.
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        self.before_write()?;
+        self.records().record_last_used(uses).await
+    }
+}
+
+/// Implements `KeyStore` for a [`StoreHooks`] type of the test crate that invokes it.
+macro_rules! hooked_key_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl tower_api_key::KeyStore for $store {
+            async fn insert_within_limit(
+                &self,
+                record: tower_api_key::KeyRecord,
+                limit: usize,
+            ) -> Result<(), tower_api_key::StoreError> {
+                $crate::support::StoreHooks::before_write(self)?;
+                tower_api_key::KeyStore::insert_within_limit(
+                    $crate::support::StoreHooks::records(self),
+                    record,
+                    limit,
+                )
+                .await
+            }
+            async fn find_by_prefix(
+                &self,
+                prefix: &tower_api_key::KeyPrefix,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::StoreHooks::find_by_prefix(self, prefix).await
+            }
+            async fn get(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::StoreHooks::before_read(self)?;
+                tower_api_key::KeyStore::get(
+                    $crate::support::StoreHooks::records(self),
+                    account,
+                    id,
+                )
+                .await
+            }
+            async fn list(
+                &self,
+                account: &tower_api_key::AccountId,
+            ) -> Result<Vec<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::StoreHooks::before_read(self)?;
+                tower_api_key::KeyStore::list($crate::support::StoreHooks::records(self), account)
+                    .await
+            }
+            async fn set_status(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+                status: tower_api_key::KeyStatus,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::StoreHooks::before_write(self)?;
+                tower_api_key::KeyStore::set_status(
+                    $crate::support::StoreHooks::records(self),
+                    account,
+                    id,
+                    status,
+                )
+                .await
+            }
+            async fn replace_key(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+                prefix: tower_api_key::KeyPrefix,
+                digest: tower_api_key::KeyDigest,
+            ) -> Result<Option<tower_api_key::store::Rotated>, tower_api_key::StoreError> {
+                $crate::support::StoreHooks::before_write(self)?;
+                tower_api_key::KeyStore::replace_key(
+                    $crate::support::StoreHooks::records(self),
+                    account,
+                    id,
+                    prefix,
+                    digest,
+                )
+                .await
+            }
+            async fn delete(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::StoreHooks::before_write(self)?;
+                tower_api_key::KeyStore::delete(
+                    $crate::support::StoreHooks::records(self),
+                    account,
+                    id,
+                )
+                .await
+            }
+            async fn record_last_used(
+                &self,
+                uses: &[tower_api_key::store::KeyUse],
+            ) -> Result<(), tower_api_key::StoreError> {
+                $crate::support::StoreHooks::record_last_used(self, uses).await
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use hooked_key_store;
+
+hooked_key_store!(TestStore);
