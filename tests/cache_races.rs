@@ -100,30 +100,66 @@ where
 
 const ROUNDS: usize = 40;
 
-fn racing_store() -> Arc<TestStore> {
-    let store = TestStore::new();
-    // Lookups read the store, then wait up to 3 ms before answering: stale answers arrive
-    // while the change is applied.
-    store.max_delay_us.store(3_000, Ordering::Relaxed);
-    store
+/// One race test's stack and tally: a manager over a slow store, the layer in front of a
+/// trivial service, and the checks counted over all rounds.
+struct Race {
+    manager: KeyManager,
+    service: ApiKeyService<Inner, StoreResolver>,
+    checked: usize,
+    violations: usize,
+}
+
+impl Race {
+    fn new() -> Self {
+        let store = TestStore::new();
+        // Lookups read the store, then wait up to 3 ms before answering: stale answers
+        // arrive while the change is applied.
+        store.max_delay_us.store(3_000, Ordering::Relaxed);
+        let manager = KeyManager::new(store, pepper());
+        let service = stack(&manager);
+        Self {
+            manager,
+            service,
+            checked: 0,
+            violations: 0,
+        }
+    }
+
+    /// One round of [`hammer_across_change`], added to the tally.
+    async fn round<C, F>(&mut self, key: &str, expected_after: StatusCode, change: C)
+    where
+        C: FnMut() -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        let (checked, violations) =
+            hammer_across_change(self.service.clone(), key.to_owned(), expected_after, change)
+                .await;
+        self.checked += checked;
+        self.violations += violations;
+    }
+
+    fn assert_held(&self, what: &str) {
+        assert!(
+            self.checked > ROUNDS,
+            "the race was exercised ({} checks)",
+            self.checked
+        );
+        assert_eq!(self.violations, 0, "{what}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_key_is_rejected_immediately_under_load() {
-    let store = racing_store();
-    let manager = KeyManager::new(store.clone(), pepper());
-    let service = stack(&manager);
+    let mut race = Race::new();
+    let manager = race.manager.clone();
     let created = manager.create(&account("acme")).await.expect("create");
-    let (mut checked, mut violations) = (0, 0);
     for _ in 0..ROUNDS {
         manager
             .reactivate(&account("acme"), created.info.id)
             .await
             .expect("reactivate");
-        let manager = manager.clone();
-        let (c, v) = hammer_across_change(
-            service.clone(),
-            created.key.expose_secret().to_owned(),
+        race.round(
+            created.key.expose_secret(),
             StatusCode::UNAUTHORIZED,
             || async {
                 manager
@@ -133,106 +169,68 @@ async fn revoked_key_is_rejected_immediately_under_load() {
             },
         )
         .await;
-        checked += c;
-        violations += v;
     }
-    assert!(
-        checked > ROUNDS,
-        "the race was exercised ({checked} checks)"
-    );
-    assert_eq!(violations, 0, "requests let in after revoke returned");
+    race.assert_held("requests let in after revoke returned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reactivated_key_is_accepted_immediately_under_load() {
-    let store = racing_store();
-    let manager = KeyManager::new(store.clone(), pepper());
-    let service = stack(&manager);
+    let mut race = Race::new();
+    let manager = race.manager.clone();
     let created = manager.create(&account("acme")).await.expect("create");
-    let (mut checked, mut violations) = (0, 0);
     for _ in 0..ROUNDS {
         manager
             .revoke(&account("acme"), created.info.id)
             .await
             .expect("revoke");
-        let manager = manager.clone();
-        let (c, v) = hammer_across_change(
-            service.clone(),
-            created.key.expose_secret().to_owned(),
-            StatusCode::OK,
-            || async {
-                manager
-                    .reactivate(&account("acme"), created.info.id)
-                    .await
-                    .expect("reactivate");
-            },
-        )
+        race.round(created.key.expose_secret(), StatusCode::OK, || async {
+            manager
+                .reactivate(&account("acme"), created.info.id)
+                .await
+                .expect("reactivate");
+        })
         .await;
-        checked += c;
-        violations += v;
     }
-    assert!(
-        checked > ROUNDS,
-        "the race was exercised ({checked} checks)"
-    );
-    assert_eq!(
-        violations, 0,
-        "stale negative entries outlived reactivation"
-    );
+    race.assert_held("stale negative entries outlived reactivation");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotated_away_key_is_rejected_immediately_under_load() {
-    let store = racing_store();
-    let manager = KeyManager::new(store.clone(), pepper());
-    let service = stack(&manager);
+    let mut race = Race::new();
+    let manager = race.manager.clone();
     let created = manager.create(&account("acme")).await.expect("create");
-    let mut current = created.key.expose_secret().to_owned();
-    let (mut checked, mut violations) = (0, 0);
+    let mut current = created.key;
     for _ in 0..ROUNDS {
-        let next = Arc::new(std::sync::Mutex::new(None));
-        let (manager, slot) = (manager.clone(), next.clone());
-        let (c, v) = hammer_across_change(
-            service.clone(),
-            current.clone(),
+        let next = std::sync::Mutex::new(None);
+        race.round(
+            current.expose_secret(),
             StatusCode::UNAUTHORIZED,
             || async {
                 let rotated = manager
                     .rotate(&account("acme"), created.info.id)
                     .await
                     .expect("rotate");
-                *slot.lock().expect("lock") = Some(rotated.key);
+                *next.lock().expect("lock") = Some(rotated.key);
             },
         )
         .await;
-        checked += c;
-        violations += v;
-        let new_key = next.lock().expect("lock").take().expect("rotated");
+        current = next.into_inner().expect("lock").expect("rotated");
         assert_eq!(
-            status(&service, new_key.expose_secret()).await,
+            status(&race.service, current.expose_secret()).await,
             StatusCode::OK
         );
-        current = new_key.expose_secret().to_owned();
     }
-    assert!(
-        checked > ROUNDS,
-        "the race was exercised ({checked} checks)"
-    );
-    assert_eq!(violations, 0, "old keys let in after rotate returned");
+    race.assert_held("old keys let in after rotate returned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_key_is_rejected_immediately_under_load() {
-    let store = racing_store();
-    let manager = KeyManager::new(store.clone(), pepper());
-    let service = stack(&manager);
-    let (mut checked, mut violations) = (0, 0);
+    let mut race = Race::new();
+    let manager = race.manager.clone();
     for _ in 0..ROUNDS {
         let created = manager.create(&account("acme")).await.expect("create");
-        let manager = manager.clone();
-        let (c, v) = hammer_across_change(
-            service.clone(),
-            created.key.expose_secret().to_owned(),
+        race.round(
+            created.key.expose_secret(),
             StatusCode::UNAUTHORIZED,
             || async {
                 manager
@@ -242,12 +240,6 @@ async fn deleted_key_is_rejected_immediately_under_load() {
             },
         )
         .await;
-        checked += c;
-        violations += v;
     }
-    assert!(
-        checked > ROUNDS,
-        "the race was exercised ({checked} checks)"
-    );
-    assert_eq!(violations, 0, "deleted keys let in after delete returned");
+    race.assert_held("deleted keys let in after delete returned");
 }
