@@ -49,6 +49,34 @@ const GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
 
+/// Each rejection's text, written once: it is the message and, at compile time, the JSON
+/// body.
+macro_rules! rejection_texts {
+    ($($variant:ident => $text:literal),* $(,)?) => {
+        impl Rejection {
+            /// The short message of both answers.
+            pub const fn message(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)*
+                }
+            }
+
+            /// `{"error":"<message>"}`.
+            const fn json(self) -> &'static str {
+                match self {
+                    $(Self::$variant => concat!(r#"{"error":""#, $text, r#""}"#),)*
+                }
+            }
+        }
+    };
+}
+
+rejection_texts! {
+    MissingKey => "missing API key",
+    InvalidKey => "invalid API key",
+    Unavailable => "API key check unavailable, retry later",
+}
+
 impl Rejection {
     /// The HTTP status of the JSON answer.
     pub const fn status(self) -> StatusCode {
@@ -63,23 +91,6 @@ impl Rejection {
         match self {
             Self::MissingKey | Self::InvalidKey => 16,
             Self::Unavailable => 14,
-        }
-    }
-
-    /// The short message of both answers.
-    pub const fn message(self) -> &'static str {
-        match self {
-            Self::MissingKey => "missing API key",
-            Self::InvalidKey => "invalid API key",
-            Self::Unavailable => "API key check unavailable, retry later",
-        }
-    }
-
-    const fn json(self) -> &'static str {
-        match self {
-            Self::MissingKey => r#"{"error":"missing API key"}"#,
-            Self::InvalidKey => r#"{"error":"invalid API key"}"#,
-            Self::Unavailable => r#"{"error":"API key check unavailable, retry later"}"#,
         }
     }
 
