@@ -153,6 +153,13 @@ impl From<RandomnessError> for ManagerError {
 /// Cloning is cheap and shares the store and the invalidation bus. Every change is published
 /// on [`invalidations`](Self::invalidations) before the method returns; a cache subscribed
 /// there refuses the old key from then on.
+///
+/// **What if the call is abandoned or the store fails?** Once a change may have reached the
+/// store, it is published whatever becomes of the caller: if the method's future is dropped
+/// before the store replies (a timeout, a client that went away), or the store reports a
+/// failure that may have been applied (a reply lost after commit), every cache subscribed to
+/// the bus forgets everything ([`Invalidation::All`]), since the key the change touched is
+/// not known for sure.
 #[derive(Clone)]
 pub struct KeyManager {
     store: Arc<dyn KeyStore>,
@@ -281,11 +288,13 @@ impl KeyManager {
         for _ in 0..PREFIX_ATTEMPTS {
             let key = ApiKey::generate()?;
             let digest = self.pepper.digest(&key);
-            match self
+            let change = UnsettledChange::arm(&self.invalidations);
+            let outcome = self
                 .store
                 .replace_key(account, id, key.prefix(), digest)
-                .await
-            {
+                .await;
+            change.settle(&outcome);
+            match outcome {
                 Ok(Some(rotated)) => {
                     self.invalidations
                         .publish(Invalidation::Key(rotated.before.digest));
@@ -341,11 +350,10 @@ impl KeyManager {
     ///
     /// [`ManagerError::NotFound`] if no such key belongs to the account.
     pub async fn delete(&self, account: &AccountId, id: KeyId) -> Result<(), ManagerError> {
-        let record = self
-            .store
-            .delete(account, id)
-            .await?
-            .ok_or(ManagerError::NotFound)?;
+        let change = UnsettledChange::arm(&self.invalidations);
+        let outcome = self.store.delete(account, id).await;
+        change.settle(&outcome);
+        let record = outcome?.ok_or(ManagerError::NotFound)?;
         self.invalidations.publish(Invalidation::Key(record.digest));
         tracing::info!(account = %account, prefix = %record.prefix, "api key deleted");
         Ok(())
@@ -357,11 +365,10 @@ impl KeyManager {
         id: KeyId,
         status: KeyStatus,
     ) -> Result<KeyInfo, ManagerError> {
-        let record = self
-            .store
-            .set_status(account, id, status)
-            .await?
-            .ok_or(ManagerError::NotFound)?;
+        let change = UnsettledChange::arm(&self.invalidations);
+        let outcome = self.store.set_status(account, id, status).await;
+        change.settle(&outcome);
+        let record = outcome?.ok_or(ManagerError::NotFound)?;
         self.invalidations.publish(Invalidation::Key(record.digest));
         tracing::info!(account = %account, prefix = %record.prefix, status = %status, "api key status set");
         Ok(record.into())
@@ -374,6 +381,49 @@ impl fmt::Debug for KeyManager {
             .field("max_keys_per_account", &self.max_keys_per_account)
             .field("invalidations", &self.invalidations)
             .finish_non_exhaustive()
+    }
+}
+
+// ===== UnsettledChange =====
+
+/// A change that may reach the store while its outcome is unknown.
+///
+/// The caller's future can be dropped mid-change (a timeout, a client that disconnects) and a
+/// store can commit and then fail to reply; either way the change may be in force while
+/// nothing names the key it touched. Dropped before [`settle`](Self::settle), or settled with
+/// a failure that may have applied, this invalidates everything: a cache-wide miss is cheap
+/// next to a revoked key that keeps working.
+struct UnsettledChange<'a> {
+    invalidations: Option<&'a InvalidationBus>,
+}
+
+impl<'a> UnsettledChange<'a> {
+    fn arm(invalidations: &'a InvalidationBus) -> Self {
+        Self {
+            invalidations: Some(invalidations),
+        }
+    }
+
+    /// The store answered: on success the caller publishes the keys it changed; a refusal
+    /// that changed nothing publishes nothing; any other failure is left to `Drop`.
+    fn settle<T>(mut self, outcome: &Result<T, StoreError>) {
+        match outcome {
+            Ok(_) | Err(StoreError::PrefixTaken | StoreError::LimitReached { .. }) => {
+                self.invalidations = None;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Drop for UnsettledChange<'_> {
+    fn drop(&mut self) {
+        if let Some(invalidations) = self.invalidations.take() {
+            tracing::warn!(
+                "api key change ended without a reply from the store; invalidating every cached key"
+            );
+            invalidations.publish(Invalidation::All);
+        }
     }
 }
 

@@ -159,6 +159,12 @@ pub trait StoreHooks: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Runs after a change (insert, set status, replace key, delete) was applied, before the
+    /// store answers: a store that commits and then stalls or fails to reply.
+    async fn after_write(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Runs before every read (get, list, and the default `find_by_prefix`).
     fn before_read(&self) -> Result<(), StoreError> {
         Ok(())
@@ -188,12 +194,14 @@ macro_rules! hooked_key_store {
                 limit: usize,
             ) -> Result<(), tower_api_key::StoreError> {
                 $crate::support::StoreHooks::before_write(self)?;
-                tower_api_key::KeyStore::insert_within_limit(
+                let applied = tower_api_key::KeyStore::insert_within_limit(
                     $crate::support::StoreHooks::records(self),
                     record,
                     limit,
                 )
-                .await
+                .await;
+                $crate::support::StoreHooks::after_write(self).await?;
+                applied
             }
             async fn find_by_prefix(
                 &self,
@@ -229,13 +237,15 @@ macro_rules! hooked_key_store {
                 status: tower_api_key::KeyStatus,
             ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
                 $crate::support::StoreHooks::before_write(self)?;
-                tower_api_key::KeyStore::set_status(
+                let applied = tower_api_key::KeyStore::set_status(
                     $crate::support::StoreHooks::records(self),
                     account,
                     id,
                     status,
                 )
-                .await
+                .await;
+                $crate::support::StoreHooks::after_write(self).await?;
+                applied
             }
             async fn replace_key(
                 &self,
@@ -245,14 +255,16 @@ macro_rules! hooked_key_store {
                 digest: tower_api_key::KeyDigest,
             ) -> Result<Option<tower_api_key::store::Rotated>, tower_api_key::StoreError> {
                 $crate::support::StoreHooks::before_write(self)?;
-                tower_api_key::KeyStore::replace_key(
+                let applied = tower_api_key::KeyStore::replace_key(
                     $crate::support::StoreHooks::records(self),
                     account,
                     id,
                     prefix,
                     digest,
                 )
-                .await
+                .await;
+                $crate::support::StoreHooks::after_write(self).await?;
+                applied
             }
             async fn delete(
                 &self,
@@ -260,12 +272,14 @@ macro_rules! hooked_key_store {
                 id: tower_api_key::KeyId,
             ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
                 $crate::support::StoreHooks::before_write(self)?;
-                tower_api_key::KeyStore::delete(
+                let applied = tower_api_key::KeyStore::delete(
                     $crate::support::StoreHooks::records(self),
                     account,
                     id,
                 )
-                .await
+                .await;
+                $crate::support::StoreHooks::after_write(self).await?;
+                applied
             }
             async fn record_last_used(
                 &self,
