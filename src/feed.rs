@@ -7,21 +7,33 @@
 //! of that (PostgreSQL `LISTEN`/`NOTIFY` in `PgChangeFeed`, feature `postgres`; a Redis or
 //! NATS subscription would be another), and [`spawn`] runs any feed with the same protocol:
 //!
-//! 1. When the feed is spawned, [`Invalidation::ChannelLost`] is published at once, before
-//!    [`spawn`] returns: until the first subscription is in place, caches serve nothing from
-//!    memory and store nothing (every request is resolved from the store). The bus remembers
-//!    lost channels, so this holds for caches subscribed after the feed was spawned too.
-//! 2. Once [`ChangeFeed::subscribe`] succeeds, [`Invalidation::ChannelRestored`] is published:
-//!    caches forget everything once more (covering whatever changed before the subscription)
-//!    and cache again.
+//! 1. When the feed is spawned, its channel is opened *lost*, before [`spawn`] returns: until
+//!    the first subscription is in place, caches on the bus serve nothing from memory and
+//!    store nothing (every request is resolved from the store).
+//! 2. Once [`ChangeFeed::subscribe`] succeeds, caches forget everything (covering whatever
+//!    changed before the subscription) and may trust what they cache from then on, until a
+//!    deadline: one heartbeat interval plus one heartbeat timeout
+//!    ([`FeedConfig::heartbeat`]).
 //! 3. Every change the feed receives is published as it arrives.
-//! 4. If receiving fails, or a heartbeat ([`ChangeFeed::ping`]) fails or takes longer than
-//!    the heartbeat timeout ([`FeedConfig::heartbeat`]), `ChannelLost` is published before anything else
-//!    happens, and the task subscribes again with exponential backoff, back to step 2.
+//! 4. Every heartbeat interval the runner sends a random nonce *through the channel*
+//!    ([`ChangeFeed::send_heartbeat`]) and waits for [`ChangeFeed::recv`] to hand it back.
+//!    Changes are delivered in order, so the nonce's return proves that every change made
+//!    before it was sent has been published: the trust deadline moves to the send time plus
+//!    the interval plus the timeout. A connection that still answers queries but no longer
+//!    delivers (a dropped `LISTEN`, a pooler that moved the session) fails this test.
+//! 5. If receiving or sending fails, or the nonce is not back within the heartbeat timeout,
+//!    the channel is reported lost before anything else happens, and the task subscribes
+//!    again with exponential backoff, back to step 2.
+//! 6. If the runner itself stops making progress (a starved or deadlocked task), nothing
+//!    extends the deadline and caches stop trusting their entries when it passes; if the task
+//!    ends for any reason (shut down, panicked, aborted), its channel stays lost.
 //!
 //! A cache never trusts a positive entry while changes could be missed: "401 at once" holds in
-//! every process as soon as the change's notification arrives, and while the channel is down
-//! requests are answered from the store (or 503 if the store is down too), never stale-open.
+//! every process as soon as the change's notification arrives, a change that is never
+//! delivered is honoured elsewhere for at most the heartbeat interval plus the timeout, and
+//! while the channel is down requests are answered from the store (or 503 if the store is
+//! down too), never stale-open. Nothing outside the runner can restore trust: the channel's
+//! state is not something [`InvalidationBus::publish`] can send.
 //!
 //! With PostgreSQL, `PgChangeFeed` is the feed (see its docs). Another bus takes a few lines;
 //! here an in-memory broadcast channel stands in for Redis pub/sub or NATS:
@@ -31,14 +43,20 @@
 //!
 //! use async_trait::async_trait;
 //! use tokio::sync::broadcast;
-//! use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError};
+//! use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
 //! use tower_api_key::invalidation::{Invalidation, InvalidationBus};
 //! use tower_api_key::key::KeyDigest;
 //!
-//! /// Digests of changed keys, as other processes publish them.
+//! /// What travels on the bus between processes.
+//! #[derive(Debug, Clone)]
+//! enum Message {
+//!     Changed(KeyDigest),
+//!     Heartbeat(u64),
+//! }
+//!
 //! struct BroadcastFeed {
-//!     sender: broadcast::Sender<KeyDigest>,
-//!     receiver: Option<broadcast::Receiver<KeyDigest>>,
+//!     sender: broadcast::Sender<Message>,
+//!     receiver: Option<broadcast::Receiver<Message>>,
 //! }
 //!
 //! #[async_trait]
@@ -48,14 +66,20 @@
 //!         Ok(())
 //!     }
 //!
-//!     async fn recv(&mut self) -> Result<Vec<Invalidation>, FeedError> {
+//!     async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError> {
 //!         let receiver = self.receiver.as_mut().ok_or_else(|| FeedError::new("not subscribed"))?;
 //!         // `recv` is cancel-safe. Lagging behind means changes were dropped: an error, so
 //!         // the runner reports the channel lost and subscribes again.
 //!         match receiver.recv().await {
-//!             Ok(digest) => Ok(vec![Invalidation::Key(digest)]),
+//!             Ok(Message::Changed(digest)) => Ok(vec![FeedMessage::Changed(Invalidation::Key(digest))]),
+//!             Ok(Message::Heartbeat(nonce)) => Ok(vec![FeedMessage::Heartbeat(nonce)]),
 //!             Err(err) => Err(FeedError::new(err)),
 //!         }
+//!     }
+//!
+//!     async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError> {
+//!         // Through the same channel as the changes, so its return proves delivery.
+//!         self.sender.send(Message::Heartbeat(nonce)).map(drop).map_err(FeedError::new)
 //!     }
 //! }
 //!
@@ -66,7 +90,9 @@
 //! let feed = BroadcastFeed { sender: sender.clone(), receiver: None };
 //! let task = feed::spawn(feed, &bus, FeedConfig::default());
 //! assert!(task.wait_subscribed(Duration::from_secs(1)).await);
-//! sender.send(KeyDigest::from_bytes([1; 32])).unwrap(); // another process revoked a key
+//! assert!(bus.trusted());
+//! // Another process revoked a key:
+//! sender.send(Message::Changed(KeyDigest::from_bytes([1; 32]))).unwrap();
 //! task.shutdown().await;
 //! # }
 //! ```
@@ -78,14 +104,14 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::invalidation::{Invalidation, InvalidationBus};
+use crate::invalidation::{Channel, Invalidation, InvalidationBus, clock};
 
 // ===== ChangeFeed =====
 
 /// The backend-specific part of a cross-process change channel; run it with [`spawn`].
 ///
 /// The runner calls [`subscribe`](Self::subscribe) first and after every failure, then
-/// [`recv`](Self::recv) in a loop, interleaved with [`ping`](Self::ping) heartbeats.
+/// [`recv`](Self::recv) in a loop, interleaved with [`send_heartbeat`](Self::send_heartbeat).
 #[async_trait]
 pub trait ChangeFeed: Send + 'static {
     /// Connects (again) and subscribes, dropping whatever an earlier subscription left.
@@ -94,26 +120,38 @@ pub trait ChangeFeed: Send + 'static {
     /// [`recv`](Self::recv); changes before it may be lost (the runner clears caches then).
     async fn subscribe(&mut self) -> Result<(), FeedError>;
 
-    /// Waits for the next changes made by any process.
-    ///
-    /// Only [`Invalidation::Key`] and [`Invalidation::All`] are meaningful here: the runner
-    /// publishes the channel's own state, and treats anything else as `All`.
+    /// Waits for the next changes made by any process, and heartbeats sent by any process,
+    /// in the order the channel delivers them.
     ///
     /// Must be cancel-safe: the runner drops a pending `recv` when a heartbeat is due or the
-    /// feed is shut down, and calls it again afterwards without losing a change.
+    /// feed is shut down, and calls it again afterwards without losing a message.
     ///
     /// # Errors
     ///
     /// Any error means changes may have been missed: the runner reports the channel lost and
     /// subscribes again.
-    async fn recv(&mut self) -> Result<Vec<Invalidation>, FeedError>;
+    async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError>;
 
-    /// Proves that the subscription is still alive, e.g. with a round trip on the connection
-    /// that receives the changes, so that a silently dead connection is noticed. The default
-    /// does nothing, for feeds whose `recv` notices every loss by itself.
-    async fn ping(&mut self) -> Result<(), FeedError> {
-        Ok(())
-    }
+    /// Sends `nonce` through the channel itself, the way changes travel, so that
+    /// [`recv`](Self::recv) hands it back as [`FeedMessage::Heartbeat`] after every change
+    /// sent before it. Every subscriber may receive it; runners ignore nonces they did not
+    /// send. A heartbeat that only proves the connection (a `SELECT 1`) is not enough: a
+    /// subscription can stop delivering while its connection still answers.
+    ///
+    /// # Errors
+    ///
+    /// The channel could not take the message: the runner reports it lost.
+    async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError>;
+}
+
+/// What [`ChangeFeed::recv`] received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FeedMessage {
+    /// A change made by some process: caches forget what it names.
+    Changed(Invalidation),
+    /// A heartbeat nonce sent through the channel by some process.
+    Heartbeat(u64),
 }
 
 /// Why a [`ChangeFeed`] could not subscribe or lost its subscription.
@@ -174,9 +212,11 @@ impl Default for FeedConfig {
 }
 
 impl FeedConfig {
-    /// How often the subscription is proven alive, and how long a proof may take before the
-    /// channel counts as lost (defaults 1 s and 2 s). Their sum bounds how long a connection
-    /// that died silently (no reset, no end of stream) goes unnoticed.
+    /// How often a heartbeat nonce is sent through the channel, and how long it may take to
+    /// come back before the channel counts as lost (defaults 1 s and 2 s). Their sum bounds
+    /// how long caches trust their entries without proof that changes still arrive: a
+    /// subscription that died silently, or a runner that stopped running, is honoured for at
+    /// most that long.
     #[must_use]
     pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
         self.heartbeat_interval = interval.max(Duration::from_millis(1));
@@ -213,24 +253,27 @@ pub struct FeedStatus {
     pub outages: u64,
     /// How many subscriptions succeeded since the feed was spawned.
     pub subscriptions: u64,
+    /// How many of this feed's heartbeats came back through the channel.
+    pub heartbeats: u64,
 }
 
 /// Runs `feed` on the current tokio runtime, publishing into `bus`, with the protocol
 /// described in the [module docs](self).
 ///
-/// [`Invalidation::ChannelLost`] is published before this returns, so a cache subscribed to
-/// `bus` fails closed until the first subscription is in place.
+/// The feed's channel is opened lost before this returns, so caches on `bus` fail closed
+/// until the first subscription is in place.
 ///
 /// # Panics
 ///
 /// Outside a tokio runtime, like [`tokio::spawn`].
 pub fn spawn<F: ChangeFeed>(feed: F, bus: &InvalidationBus, config: FeedConfig) -> FeedTask {
-    bus.publish(Invalidation::ChannelLost);
+    let channel = bus.open_channel();
     let (status_tx, status) = watch::channel(FeedStatus::default());
     let (stop, stopped) = oneshot::channel();
     let runner = Runner {
         feed,
         bus: bus.clone(),
+        channel,
         config,
         status: status_tx,
     };
@@ -245,8 +288,8 @@ pub fn spawn<F: ChangeFeed>(feed: F, bus: &InvalidationBus, config: FeedConfig) 
 /// A feed running in the background, started by [`spawn`].
 ///
 /// Dropping it stops the feed, like [`shutdown`](Self::shutdown) without waiting. A stopped
-/// feed leaves its channel reported lost: caches on its bus stop trusting their entries,
-/// since changes from other processes can no longer reach them.
+/// feed leaves its channel lost: caches on its bus stop trusting their entries, since changes
+/// from other processes can no longer reach them.
 #[derive(Debug)]
 pub struct FeedTask {
     status: watch::Receiver<FeedStatus>,
@@ -280,13 +323,21 @@ impl FeedTask {
         )
     }
 
-    /// Stops the feed and waits for it to finish; the channel is left reported lost.
+    /// Stops the feed and waits for it to finish; the channel is left lost.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Some(handle) = self.handle.take() {
             let _ = handle.await;
+        }
+    }
+
+    /// Ends the runner task abruptly, as a panic would, without the orderly shutdown.
+    #[doc(hidden)]
+    pub fn abort(&self) {
+        if let Some(handle) = &self.handle {
+            handle.abort();
         }
     }
 }
@@ -302,13 +353,23 @@ impl Drop for FeedTask {
 struct Runner<F> {
     feed: F,
     bus: InvalidationBus,
+    /// This feed's say in the bus's trust; dropped with the runner, leaving it lost.
+    channel: Channel,
     config: FeedConfig,
     status: watch::Sender<FeedStatus>,
 }
 
+/// A heartbeat sent and not yet back.
+struct Outstanding {
+    nonce: u64,
+    /// When it was sent, on the trust clock.
+    sent_at: u64,
+    due: tokio::time::Instant,
+}
+
 impl<F: ChangeFeed> Runner<F> {
     /// Subscribes, relays, and on every loss reports it and subscribes again, until stopped.
-    /// The channel is reported lost on entry (by [`spawn`]) and whenever this returns.
+    /// The channel is lost on entry (opened so by [`spawn`]) and whenever this returns.
     async fn run(mut self, mut stopped: oneshot::Receiver<()>) {
         let mut backoff = None::<Duration>;
         loop {
@@ -342,7 +403,8 @@ impl<F: ChangeFeed> Runner<F> {
                     continue;
                 }
             }
-            self.bus.publish(Invalidation::ChannelRestored);
+            // Everything committed from now on will be delivered.
+            self.channel.restored(self.trusted_until(clock()));
             self.status.send_modify(|status| {
                 status.subscribed = true;
                 status.subscriptions += 1;
@@ -352,7 +414,7 @@ impl<F: ChangeFeed> Runner<F> {
             let outcome = self.relay(&mut stopped).await;
             // Report the loss before anything else, so that no cache trusts an entry a missed
             // change could have made stale. A stopped feed is lost for good.
-            self.bus.publish(Invalidation::ChannelLost);
+            self.channel.lost();
             self.status.send_modify(|status| {
                 status.subscribed = false;
                 status.outages += u64::from(outcome.is_some());
@@ -368,36 +430,64 @@ impl<F: ChangeFeed> Runner<F> {
         }
     }
 
-    /// Publishes changes until the subscription fails (`Some(why)`) or the feed is stopped
-    /// (`None`).
+    /// Publishes changes and keeps the heartbeat going until the subscription fails
+    /// (`Some(why)`) or the feed is stopped (`None`).
     async fn relay(&mut self, stopped: &mut oneshot::Receiver<()>) -> Option<FeedError> {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
+        let mut outstanding = None::<Outstanding>;
         loop {
+            let due = outstanding.as_ref().map(|sent| sent.due);
             tokio::select! {
                 biased;
                 _ = &mut *stopped => return None,
                 received = self.feed.recv() => match received {
-                    Ok(changes) => {
-                        for change in changes {
-                            self.bus.publish(relayed(change));
+                    Ok(messages) => {
+                        for message in messages {
+                            match message {
+                                FeedMessage::Changed(invalidation) => self.bus.publish(invalidation),
+                                FeedMessage::Heartbeat(nonce) => {
+                                    if outstanding.as_ref().is_some_and(|sent| sent.nonce == nonce) {
+                                        let sent_at = outstanding.take().map_or(0, |sent| sent.sent_at);
+                                        self.channel.extend(self.trusted_until(sent_at));
+                                        self.status.send_modify(|status| status.heartbeats += 1);
+                                    }
+                                    // Anything else is another process's heartbeat.
+                                }
+                            }
                         }
                     }
                     Err(err) => return Some(err),
                 },
-                _ = heartbeat.tick() => {
-                    match tokio::time::timeout(self.config.heartbeat_timeout, self.feed.ping()).await {
-                        Ok(Ok(())) => {}
+                () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    return Some(FeedError::new(format!(
+                        "heartbeat not delivered back within {:?}",
+                        self.config.heartbeat_timeout
+                    )));
+                }
+                _ = heartbeat.tick(), if outstanding.is_none() => {
+                    let nonce = nonce();
+                    let sent_at = clock();
+                    let due = tokio::time::Instant::now() + self.config.heartbeat_timeout;
+                    match tokio::time::timeout_at(due, self.feed.send_heartbeat(nonce)).await {
+                        Ok(Ok(())) => outstanding = Some(Outstanding { nonce, sent_at, due }),
                         Ok(Err(err)) => return Some(err),
                         Err(_) => return Some(FeedError::new(format!(
-                            "no heartbeat answer within {:?}",
+                            "heartbeat not sent within {:?}",
                             self.config.heartbeat_timeout
                         ))),
                     }
                 }
             }
         }
+    }
+
+    /// How long entries may be trusted given that every change made before `proven_at` has
+    /// been published: until the next heartbeat, sent one interval later, is overdue.
+    fn trusted_until(&self, proven_at: u64) -> u64 {
+        let bound = self.config.heartbeat_interval + self.config.heartbeat_timeout;
+        proven_at.saturating_add(u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX))
     }
 
     fn next_backoff(&self, last: Option<Duration>) -> Duration {
@@ -408,16 +498,22 @@ impl<F: ChangeFeed> Runner<F> {
     }
 }
 
-/// A feed reports changes only; its channel's state is the runner's to publish.
-fn relayed(change: Invalidation) -> Invalidation {
-    match change {
-        Invalidation::Key(digest) => Invalidation::Key(digest),
-        _ => Invalidation::All,
+/// A fresh heartbeat nonce: random, so that other processes' runners never mistake it for
+/// theirs.
+fn nonce() -> u64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    // Without OS randomness, a counter mixed with the clock is still unique in this process.
+    if getrandom::fill(&mut bytes).is_err() {
+        let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return count.rotate_left(32) ^ clock();
     }
+    u64::from_le_bytes(bytes)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     use tokio::sync::mpsc;
@@ -441,29 +537,88 @@ mod tests {
         }
     }
 
-    /// A feed driven by the test: each `Ok` is a batch of changes, each `Err` a loss.
+    /// What a scripted feed does with its heartbeats.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Echo {
+        /// Hands each nonce back, as a healthy channel does.
+        Ours,
+        /// Hands back only nonces of another process: the subscription stopped delivering
+        /// ours while the connection still answers.
+        Foreign,
+    }
+
+    /// A feed driven by the test: each `Ok` is a batch of messages, each `Err` a loss.
     struct Scripted {
-        events: mpsc::UnboundedReceiver<Result<Vec<Invalidation>, String>>,
-        refuse_subscriptions: Arc<Mutex<usize>>,
+        events: mpsc::UnboundedReceiver<Result<Vec<FeedMessage>, String>>,
+        echo_sender: mpsc::UnboundedSender<Result<Vec<FeedMessage>, String>>,
+        echo: Arc<Mutex<Echo>>,
+        refuse_subscriptions: usize,
+        /// Held by the test to freeze `recv` the way a starved or deadlocked task would be.
+        gate: Arc<Mutex<()>>,
+        frozen: Arc<AtomicBool>,
+    }
+
+    struct Script {
+        events: mpsc::UnboundedSender<Result<Vec<FeedMessage>, String>>,
+        echo: Arc<Mutex<Echo>>,
+        gate: Arc<Mutex<()>>,
+        frozen: Arc<AtomicBool>,
+    }
+
+    fn scripted(refuse_subscriptions: usize) -> (Scripted, Script) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let echo = Arc::new(Mutex::new(Echo::Ours));
+        let gate = Arc::new(Mutex::new(()));
+        let frozen = Arc::new(AtomicBool::new(false));
+        let feed = Scripted {
+            events: rx,
+            echo_sender: events.clone(),
+            echo: Arc::clone(&echo),
+            refuse_subscriptions,
+            gate: Arc::clone(&gate),
+            frozen: Arc::clone(&frozen),
+        };
+        (
+            feed,
+            Script {
+                events,
+                echo,
+                gate,
+                frozen,
+            },
+        )
     }
 
     #[async_trait]
     impl ChangeFeed for Scripted {
         async fn subscribe(&mut self) -> Result<(), FeedError> {
-            let mut refuse = self.refuse_subscriptions.lock().expect("lock");
-            if *refuse > 0 {
-                *refuse -= 1;
+            if self.refuse_subscriptions > 0 {
+                self.refuse_subscriptions -= 1;
                 return Err(FeedError::new("refused"));
             }
             Ok(())
         }
 
-        async fn recv(&mut self) -> Result<Vec<Invalidation>, FeedError> {
+        async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError> {
+            if self.frozen.load(Ordering::SeqCst) {
+                // Blocks this worker thread until the test lets go: the runner stops running.
+                drop(self.gate.lock().expect("gate"));
+            }
             match self.events.recv().await {
-                Some(Ok(changes)) => Ok(changes),
+                Some(Ok(messages)) => Ok(messages),
                 Some(Err(why)) => Err(FeedError::new(why)),
                 None => std::future::pending().await,
             }
+        }
+
+        async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError> {
+            let echoed = match *self.echo.lock().expect("lock") {
+                Echo::Ours => nonce,
+                Echo::Foreign => nonce.wrapping_add(1),
+            };
+            self.echo_sender
+                .send(Ok(vec![FeedMessage::Heartbeat(echoed)]))
+                .map_err(FeedError::new)
         }
     }
 
@@ -471,84 +626,140 @@ mod tests {
         KeyDigest::from_bytes([byte; 32])
     }
 
+    /// Heartbeats every 5 ms, each allowed `timeout` to come back.
+    fn fast(timeout: Duration) -> FeedConfig {
+        FeedConfig::default()
+            .heartbeat(Duration::from_millis(5), timeout)
+            .backoff(Duration::from_millis(1), Duration::from_millis(2))
+    }
+
+    /// Waits, with a generous bound, until `condition` holds.
+    async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+        for _ in 0..2_000 {
+            if condition() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
     #[tokio::test]
     async fn lost_until_subscribed_then_relays_and_fails_closed_on_loss() {
         let bus = InvalidationBus::new();
         let recorder = Arc::new(Recorder::default());
         bus.subscribe(&recorder);
-        let (events, rx) = mpsc::unbounded_channel();
-        let refuse = Arc::new(Mutex::new(2));
-        let config =
-            FeedConfig::default().backoff(Duration::from_millis(1), Duration::from_millis(2));
+        let (feed, script) = scripted(2);
         let task = spawn(
-            Scripted {
-                events: rx,
-                refuse_subscriptions: Arc::clone(&refuse),
-            },
+            feed,
             &bus,
-            config,
+            FeedConfig::default().backoff(Duration::from_millis(1), Duration::from_millis(2)),
         );
         // Fail closed before the first subscription, synchronously.
-        assert_eq!(recorder.seen(), [Invalidation::ChannelLost]);
-        assert!(task.wait_subscribed(Duration::from_secs(5)).await);
-        assert_eq!(
-            recorder.seen(),
-            [Invalidation::ChannelLost, Invalidation::ChannelRestored]
-        );
+        assert!(!bus.trusted());
+        assert_eq!(recorder.seen(), [Invalidation::All]);
+        assert!(task.wait_subscribed(Duration::from_secs(10)).await);
+        assert!(bus.trusted());
+        assert_eq!(recorder.seen(), [Invalidation::All, Invalidation::All]);
 
-        events
-            .send(Ok(vec![
-                Invalidation::Key(digest(1)),
-                Invalidation::ChannelRestored,
-            ]))
+        script
+            .events
+            .send(Ok(vec![FeedMessage::Changed(Invalidation::Key(digest(1)))]))
             .expect("send");
-        events.send(Err("connection reset".into())).expect("send");
+        script
+            .events
+            .send(Err("connection reset".into()))
+            .expect("send");
         assert!(
-            task.wait_for(Duration::from_secs(5), |s| s.outages == 1 && s.subscribed)
+            task.wait_for(Duration::from_secs(10), |s| s.outages == 1 && s.subscribed)
                 .await
         );
         assert_eq!(
             recorder.seen(),
             [
-                Invalidation::ChannelLost,
-                Invalidation::ChannelRestored,
-                Invalidation::Key(digest(1)),
-                // A feed can't restore a channel by itself: anything but a key is "all".
                 Invalidation::All,
-                Invalidation::ChannelLost,
-                Invalidation::ChannelRestored,
+                Invalidation::All,
+                Invalidation::Key(digest(1)),
+                Invalidation::All,
+                Invalidation::All,
             ]
         );
+        assert!(bus.trusted());
 
         task.shutdown().await;
-        assert_eq!(recorder.seen().last(), Some(&Invalidation::ChannelLost));
-    }
-
-    struct Silent;
-
-    #[async_trait]
-    impl ChangeFeed for Silent {
-        async fn subscribe(&mut self) -> Result<(), FeedError> {
-            Ok(())
-        }
-        async fn recv(&mut self) -> Result<Vec<Invalidation>, FeedError> {
-            std::future::pending().await
-        }
-        async fn ping(&mut self) -> Result<(), FeedError> {
-            std::future::pending().await
-        }
+        assert!(!bus.trusted(), "a stopped feed leaves its channel lost");
     }
 
     #[tokio::test]
-    async fn an_unanswered_heartbeat_counts_as_a_loss() {
+    async fn heartbeats_that_come_back_keep_the_channel_trusted() {
         let bus = InvalidationBus::new();
-        let config = FeedConfig::default()
-            .heartbeat(Duration::from_millis(5), Duration::from_millis(5))
-            .backoff(Duration::from_millis(1), Duration::from_millis(1));
-        let task = spawn(Silent, &bus, config);
+        let (feed, _script) = scripted(0);
+        // A timeout no loaded machine reaches: a lost channel here would be a bug.
+        let task = spawn(feed, &bus, fast(Duration::from_secs(30)));
         assert!(
-            task.wait_for(Duration::from_secs(5), |s| s.outages >= 2)
+            task.wait_for(Duration::from_secs(10), |s| s.heartbeats >= 20)
                 .await
         );
+        let status = task.status();
+        assert_eq!(status.outages, 0);
+        assert!(bus.trusted());
+        task.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_subscription_that_stops_delivering_heartbeats_is_lost() {
+        let bus = InvalidationBus::new();
+        let (feed, script) = scripted(0);
+        let task = spawn(feed, &bus, fast(Duration::from_millis(200)));
+        assert!(
+            task.wait_for(Duration::from_secs(10), |s| s.heartbeats >= 1)
+                .await
+        );
+        // The channel still takes messages and delivers other processes' heartbeats, but
+        // not this runner's: the subscription is as good as gone.
+        *script.echo.lock().expect("lock") = Echo::Foreign;
+        assert!(
+            task.wait_for(Duration::from_secs(10), |s| s.outages >= 1)
+                .await
+        );
+        assert!(
+            !bus.trusted() || task.status().subscribed,
+            "lost, or already resubscribed"
+        );
+        task.shutdown().await;
+    }
+
+    // Holding the gate across awaits is the point: it freezes the runner's worker thread.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runner_that_stops_running_is_not_trusted_past_its_deadline() {
+        let bus = InvalidationBus::new();
+        let (feed, script) = scripted(0);
+        let task = spawn(feed, &bus, fast(Duration::from_millis(200)));
+        assert!(
+            task.wait_for(Duration::from_secs(10), |s| s.heartbeats >= 1)
+                .await
+        );
+        let gate = script.gate.lock().expect("gate");
+        script.frozen.store(true, Ordering::SeqCst);
+        // Wake `recv` so that it blocks on the gate.
+        script.events.send(Ok(Vec::new())).expect("send");
+        // Nothing reports a loss; the deadline alone ends the trust.
+        assert!(eventually(|| !bus.trusted()).await);
+        assert_eq!(task.status().outages, 0);
+        script.frozen.store(false, Ordering::SeqCst);
+        drop(gate);
+        task.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_aborted_runner_leaves_its_channel_lost() {
+        let bus = InvalidationBus::new();
+        let (feed, _script) = scripted(0);
+        let task = spawn(feed, &bus, FeedConfig::default());
+        assert!(task.wait_subscribed(Duration::from_secs(10)).await);
+        assert!(bus.trusted());
+        task.abort();
+        assert!(eventually(|| !bus.trusted()).await);
     }
 }

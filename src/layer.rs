@@ -167,10 +167,12 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
     /// Builds the layer.
     pub fn build(self) -> ApiKeyLayer<R> {
         let metrics = Arc::new(Metrics::default());
-        let cache = CachedResolver::new(self.resolver, &self.cache, Arc::clone(&metrics));
-        for bus in &self.buses {
-            cache.subscribe(bus);
-        }
+        let cache = CachedResolver::new(
+            self.resolver,
+            &self.cache,
+            Arc::clone(&metrics),
+            &self.buses,
+        );
         ApiKeyLayer {
             auth: Arc::new(Authenticator {
                 header: self.header,

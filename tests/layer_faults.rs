@@ -14,6 +14,7 @@ use http_body_util::Empty;
 use support::pepper;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::cache::CacheConfig;
+use tower_api_key::feed::{ChangeFeed, FeedError, FeedMessage};
 use tower_api_key::key::{ApiKey, KeyDigest};
 use tower_api_key::resolver::{ResolveError, Resolver};
 use tower_api_key::{ApiKeyLayer, Authenticated};
@@ -223,9 +224,43 @@ async fn a_lookup_abandoned_by_its_requests_still_completes_and_is_cached() {
     );
 }
 
+/// A change feed the test takes down and brings back: while `down` is set it refuses to
+/// subscribe, and a message on `losses` ends the current subscription.
+struct SwitchableFeed {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    losses: tokio::sync::mpsc::UnboundedReceiver<()>,
+    echoes: std::collections::VecDeque<u64>,
+}
+
+#[async_trait]
+impl ChangeFeed for SwitchableFeed {
+    async fn subscribe(&mut self) -> Result<(), FeedError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(FeedError::new("down"));
+        }
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError> {
+        if let Some(nonce) = self.echoes.pop_front() {
+            return Ok(vec![FeedMessage::Heartbeat(nonce)]);
+        }
+        match self.losses.recv().await {
+            Some(()) => Err(FeedError::new("connection reset")),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError> {
+        self.echoes.push_back(nonce);
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
-    use tower_api_key::invalidation::{Invalidation, InvalidationBus};
+    use tower_api_key::feed::{self, FeedConfig};
+    use tower_api_key::invalidation::InvalidationBus;
     let resolver = ScriptedResolver::new(Behaviour::Accept, Duration::ZERO);
     let bus = InvalidationBus::new();
     let layer = ApiKeyLayer::builder(resolver.clone(), pepper())
@@ -235,12 +270,31 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
         Ok::<_, Infallible>(Response::new(Empty::<bytes::Bytes>::new()))
     });
     let service = layer.layer(tower::util::BoxCloneSyncService::new(inner));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (lose, losses) = tokio::sync::mpsc::unbounded_channel();
+    let feed = SwitchableFeed {
+        down: down.clone(),
+        losses,
+        echoes: Default::default(),
+    };
+    // Heartbeats no loaded machine can miss: only the test's losses count.
+    let config = FeedConfig::default()
+        .heartbeat(Duration::from_millis(50), Duration::from_secs(60))
+        .backoff(Duration::from_millis(1), Duration::from_millis(5));
+    let task = feed::spawn(feed, &bus, config);
+    assert!(task.wait_subscribed(Duration::from_secs(10)).await);
+
     let valid = key();
     assert_eq!(status(&service, &valid).await, StatusCode::OK);
     assert_eq!(status(&service, &valid).await, StatusCode::OK);
     assert_eq!(resolver.calls(), 1, "cached while the channel is up");
 
-    bus.publish(Invalidation::ChannelLost);
+    down.store(true, Ordering::SeqCst);
+    lose.send(()).expect("feed runs");
+    assert!(
+        task.wait_for(Duration::from_secs(10), |s| s.outages == 1)
+            .await
+    );
     for expected_calls in 2..=4 {
         assert_eq!(status(&service, &valid).await, StatusCode::OK);
         assert_eq!(
@@ -250,7 +304,8 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
         );
     }
 
-    bus.publish(Invalidation::ChannelRestored);
+    down.store(false, Ordering::SeqCst);
+    assert!(task.wait_subscribed(Duration::from_secs(10)).await);
     assert_eq!(status(&service, &valid).await, StatusCode::OK);
     assert_eq!(status(&service, &valid).await, StatusCode::OK);
     assert_eq!(resolver.calls(), 5, "cached again once the channel is back");

@@ -20,7 +20,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener};
+use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener, Trust};
 use crate::key::{ApiKey, KeyDigest};
 use crate::metrics::Metrics;
 use crate::resolver::Resolver;
@@ -166,7 +166,12 @@ pub(crate) type PendingLookup<A> = Shared<BoxFuture<'static, Lookup<A>>>;
 /// detach any call in progress for it before `invalidate` returns. Every call remembers the
 /// invalidation epoch it started in and caches its answer only if the epoch is unchanged,
 /// checked and inserted under one lock, so an answer read before a revoke can't be cached
-/// after it.
+/// after it. Entries carry the epoch they were cached in, and [`Invalidation::All`] retires
+/// every older one at once.
+///
+/// **While a change feed of a subscribed bus is not trusted** (lost, or overdue with its
+/// heartbeat, see [`feed`](crate::feed)), nothing is served from the cache or cached: every
+/// request is resolved.
 pub struct CachedResolver<R: Resolver> {
     shared: Arc<CacheShared<R>>,
 }
@@ -178,25 +183,30 @@ struct CacheShared<R: Resolver> {
     positive: moka::sync::Cache<KeyDigest, Positive<R::Account>, DigestHasher>,
     positive_ttl: Duration,
     /// Refused keys, with when their entry expires.
-    negative: moka::sync::Cache<KeyDigest, Instant, DigestHasher>,
+    negative: moka::sync::Cache<KeyDigest, Negative, DigestHasher>,
     negative_ttl: Duration,
     in_flight: Mutex<HashMap<KeyDigest, InFlight<R::Account>, DigestHasher>>,
     /// Bumped by every invalidation; the write lock is held while entries are removed.
     epoch: RwLock<u64>,
     /// The epoch, published after an invalidation's removals (for the lock-free front).
     published_epoch: AtomicU64,
-    /// How many cross-process channels are down; while any is, nothing is cached or served
-    /// from the cache.
-    channels_lost: AtomicUsize,
+    /// The epoch of the last [`Invalidation::All`]: entries cached in an older epoch are
+    /// ignored, whatever moka's `invalidate_all` kept of them.
+    cleared_epoch: AtomicU64,
+    /// The trust state of every bus the cache listens to: while any is untrusted, nothing is
+    /// cached or served from the cache.
+    trust: Vec<Arc<Trust>>,
     lookup_timeout: Option<Duration>,
     lookup_permits: Option<Arc<Semaphore>>,
     metrics: Arc<Metrics>,
 }
 
-/// An accepted key's cache entry: the account and when the entry expires.
+/// An accepted key's cache entry: the account, when the entry expires, and the epoch it was
+/// cached in.
 struct Positive<A> {
     account: Arc<A>,
     expires_at: Instant,
+    epoch: u64,
 }
 
 impl<A> Clone for Positive<A> {
@@ -204,8 +214,16 @@ impl<A> Clone for Positive<A> {
         Self {
             account: Arc::clone(&self.account),
             expires_at: self.expires_at,
+            epoch: self.epoch,
         }
     }
+}
+
+/// A refused key's cache entry: when it expires, and the epoch it was cached in.
+#[derive(Clone, Copy)]
+struct Negative {
+    expires_at: Instant,
+    epoch: u64,
 }
 
 struct InFlight<A> {
@@ -222,8 +240,14 @@ impl<R: Resolver> Clone for CachedResolver<R> {
 }
 
 impl<R: Resolver> CachedResolver<R> {
-    /// Wraps `resolver` in a cache sized by `config`, counting into `metrics`.
-    pub(crate) fn new(resolver: R, config: &CacheConfig, metrics: Arc<Metrics>) -> Self {
+    /// Wraps `resolver` in a cache sized by `config`, counting into `metrics`, and subscribes
+    /// it to every bus in `buses` for as long as it lives.
+    pub(crate) fn new(
+        resolver: R,
+        config: &CacheConfig,
+        metrics: Arc<Metrics>,
+        buses: &[InvalidationBus],
+    ) -> Self {
         let positive = moka::sync::Cache::builder()
             .max_capacity(config.positive_capacity)
             .time_to_live(config.positive_ttl)
@@ -232,7 +256,7 @@ impl<R: Resolver> CachedResolver<R> {
             .max_capacity(config.negative_capacity)
             .time_to_live(config.negative_ttl)
             .build_with_hasher(DigestHasher::default());
-        Self {
+        let cache = Self {
             shared: Arc::new(CacheShared {
                 resolver,
                 id: next_id(),
@@ -243,19 +267,19 @@ impl<R: Resolver> CachedResolver<R> {
                 in_flight: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
                 epoch: RwLock::new(0),
                 published_epoch: AtomicU64::new(0),
-                channels_lost: AtomicUsize::new(0),
+                cleared_epoch: AtomicU64::new(0),
+                trust: buses.iter().map(InvalidationBus::trust).collect(),
                 lookup_timeout: config.lookup_timeout,
                 lookup_permits: config
                     .max_concurrent_lookups
                     .map(|limit| Arc::new(Semaphore::new(limit))),
                 metrics,
             }),
+        };
+        for bus in buses {
+            bus.subscribe(&cache.shared);
         }
-    }
-
-    /// Subscribes this cache to `bus` for as long as the cache lives.
-    pub(crate) fn subscribe(&self, bus: &InvalidationBus) {
-        bus.subscribe(&self.shared);
+        cache
     }
 
     /// The wrapped resolver.
@@ -265,33 +289,23 @@ impl<R: Resolver> CachedResolver<R> {
 
     /// The cached answer for `digest`, if any: synchronous, allocation-free.
     pub(crate) fn cached(&self, digest: &KeyDigest) -> Option<Cached<R::Account>> {
-        if self.shared.channels_lost.load(Ordering::Acquire) > 0 {
+        let shared = &self.shared;
+        if !shared.trusted() {
             return None;
         }
-        let shared = &self.shared;
         // Read before the lookups: whatever they find is tagged with an epoch no newer than
         // itself, so the invalidation that removes an entry also retires its front copies.
         let epoch = shared.published_epoch.load(Ordering::Acquire);
         if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch) {
             return Some(answer);
         }
-        if let Some(entry) = shared.positive.get(digest) {
-            front::put(
-                shared.id,
-                *digest,
-                epoch,
-                entry.expires_at,
-                Some(&entry.account),
-            );
-            return Some(Cached::Valid(entry.account));
-        }
-        // `get`, not `contains_key`: only reads teach moka's admission policy that a refused
-        // key comes back, so a retried key keeps its entry while a flood of one-off keys churns.
-        if let Some(expires_at) = shared.negative.get(digest) {
-            front::put::<R::Account>(shared.id, *digest, epoch, expires_at, None);
-            return Some(Cached::Invalid);
-        }
-        None
+        let (answer, expires_at) = shared.stored(digest)?;
+        let account = match &answer {
+            Cached::Valid(account) => Some(account),
+            Cached::Invalid => None,
+        };
+        front::put(shared.id, *digest, epoch, expires_at, account);
+        Some(answer)
     }
 
     /// Joins the resolver call for `digest`, starting one if none is running.
@@ -311,6 +325,14 @@ impl<R: Resolver> CachedResolver<R> {
         if let Some(running) = in_flight.get(&digest) {
             shared.metrics.coalesced();
             return Ok(running.lookup.clone());
+        }
+        // A call for this key may have settled since the caller missed the cache: it cached
+        // its answer before leaving the in-flight table, so look once more under the lock.
+        if shared.trusted() {
+            if let Some((answer, _)) = shared.stored(&digest) {
+                shared.metrics.coalesced();
+                return Ok(settled(answer));
+            }
         }
         let permit = match &shared.lookup_permits {
             Some(permits) => Some(
@@ -376,16 +398,8 @@ impl<R: Resolver> InvalidationListener for CacheShared<R> {
                 self.negative.invalidate(digest);
                 lock(&self.in_flight).remove(digest);
             }
-            Invalidation::All => self.forget_everything(),
-            Invalidation::ChannelLost => {
-                self.channels_lost.fetch_add(1, Ordering::AcqRel);
-                self.forget_everything();
-            }
-            Invalidation::ChannelRestored => {
-                // Saturating: a restore without a loss must not disable the guard later.
-                let _ = self
-                    .channels_lost
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            Invalidation::All => {
+                self.cleared_epoch.store(*epoch, Ordering::Release);
                 self.forget_everything();
             }
         }
@@ -457,6 +471,27 @@ fn start_lookup<R: Resolver>(
 }
 
 impl<R: Resolver> CacheShared<R> {
+    /// Whether every bus the cache listens to may be trusted now.
+    #[inline]
+    fn trusted(&self) -> bool {
+        self.trust.iter().all(|trust| trust.trusted())
+    }
+
+    /// The answer stored in moka for `digest` and when it expires, unless it was cached
+    /// before the last [`Invalidation::All`].
+    fn stored(&self, digest: &KeyDigest) -> Option<(Cached<R::Account>, Instant)> {
+        let cleared = self.cleared_epoch.load(Ordering::Acquire);
+        if let Some(entry) = self.positive.get(digest) {
+            if entry.epoch >= cleared {
+                return Some((Cached::Valid(entry.account), entry.expires_at));
+            }
+        }
+        // `get`, not `contains_key`: only reads teach moka's admission policy that a refused
+        // key comes back, so a retried key keeps its entry while a flood of one-off keys churns.
+        let entry = self.negative.get(digest)?;
+        (entry.epoch >= cleared).then_some((Cached::Invalid, entry.expires_at))
+    }
+
     /// Drops every entry and detaches every call in progress. Called with the epoch's write
     /// lock held.
     fn forget_everything(&self) {
@@ -469,18 +504,23 @@ impl<R: Resolver> CacheShared<R> {
     /// channel is down), and removes the call from the in-flight table.
     fn settle(&self, digest: KeyDigest, started_in: u64, ticket: u64, lookup: &Lookup<R::Account>) {
         let epoch = read(&self.epoch);
-        if *epoch == started_in && self.channels_lost.load(Ordering::Acquire) == 0 {
+        if *epoch == started_in && self.trusted() {
             match lookup {
                 Lookup::Found(account) => self.positive.insert(
                     digest,
                     Positive {
                         account: Arc::clone(account),
                         expires_at: Instant::now() + self.positive_ttl,
+                        epoch: started_in,
                     },
                 ),
-                Lookup::NotFound => self
-                    .negative
-                    .insert(digest, Instant::now() + self.negative_ttl),
+                Lookup::NotFound => self.negative.insert(
+                    digest,
+                    Negative {
+                        expires_at: Instant::now() + self.negative_ttl,
+                        epoch: started_in,
+                    },
+                ),
                 Lookup::Failed(_) => self.metrics.resolver_failed(),
             }
         } else if let Lookup::Failed(_) = lookup {
@@ -494,6 +534,16 @@ impl<R: Resolver> CacheShared<R> {
             in_flight.remove(&digest);
         }
     }
+}
+
+/// An answer already known, in the shape of a call in progress.
+fn settled<A: Send + Sync + 'static>(answer: Cached<A>) -> PendingLookup<A> {
+    let lookup = match answer {
+        Cached::Valid(account) => Lookup::Found(account),
+        Cached::Invalid => Lookup::NotFound,
+    };
+    let ready: BoxFuture<'static, Lookup<A>> = std::future::ready(lookup).boxed();
+    ready.shared()
 }
 
 fn next_id() -> usize {
@@ -545,5 +595,75 @@ impl Hasher for DigestHasher {
 
     fn write_u64(&mut self, value: u64) {
         self.state ^= value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::resolver::ResolveError;
+
+    /// Refuses every key and counts its calls.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl Resolver for Counting {
+        type Account = ();
+
+        async fn resolve(&self, _: &ApiKey, _: &KeyDigest) -> Result<Option<()>, ResolveError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        }
+    }
+
+    fn cache() -> CachedResolver<Counting> {
+        let metrics = Arc::new(Metrics::default());
+        CachedResolver::new(Counting::default(), &CacheConfig::default(), metrics, &[])
+    }
+
+    fn key() -> (ApiKey, KeyDigest) {
+        let key = ApiKey::generate().expect("randomness");
+        let digest = crate::key::Pepper::from_bytes([7; 32]).digest(&key);
+        (key, digest)
+    }
+
+    #[tokio::test]
+    async fn a_request_that_missed_just_before_a_call_settled_joins_its_answer() {
+        let cache = cache();
+        let (key, digest) = key();
+        // The first request misses and starts the call, which settles (caches its answer and
+        // leaves the in-flight table).
+        assert!(cache.cached(&digest).is_none());
+        let first = cache.lookup(&key, digest).expect("permit").await;
+        assert!(matches!(first, Lookup::NotFound));
+        // A second request had missed the cache before that, and only now asks for a call.
+        let second = cache.lookup(&key, digest).expect("permit").await;
+        assert!(matches!(second, Lookup::NotFound));
+        assert_eq!(cache.resolver().0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_cached_before_invalidate_all_is_never_served_after_it() {
+        let cache = cache();
+        let (key, digest) = key();
+        let (_, other) = self::key();
+        cache.lookup(&key, digest).expect("permit").await;
+        assert!(matches!(cache.cached(&digest), Some(Cached::Invalid)));
+        cache.invalidate(&Invalidation::All);
+        // moka's `invalidate_all` keeps an entry written in the same clock tick as itself:
+        // put one back as such a survivor would be, tagged with the epoch before the `All`.
+        let shared = &cache.shared;
+        let before = *read(&shared.epoch) - 1;
+        let survivor = Negative {
+            expires_at: Instant::now() + Duration::from_secs(60),
+            epoch: before,
+        };
+        shared.negative.insert(digest, survivor);
+        shared.negative.insert(other, survivor);
+        assert!(cache.cached(&digest).is_none());
+        assert!(cache.cached(&other).is_none());
     }
 }

@@ -3,13 +3,15 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use sqlx::Executor as _;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use super::{CHANNEL, PostgresStore};
-use crate::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedTask};
+use crate::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage, FeedTask};
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key::KeyDigest;
+
+/// How a heartbeat's payload starts; the rest is its nonce in hex.
+const HEARTBEAT: &str = "heartbeat:";
 
 /// Hears every key change committed to a [`PostgresStore`]'s database, by any process, and
 /// reports it as a [`ChangeFeed`]; [`spawn`](Self::spawn) it into the bus your layer listens
@@ -18,11 +20,21 @@ use crate::key::KeyDigest;
 /// It `LISTEN`s on its own connection (outside the store's pool), named in
 /// `pg_stat_activity` as [`new`](Self::new) says. The table's trigger
 /// sends the hex digests of the changed keys, so only those keys are dropped from caches; a
-/// notification it can't read drops everything. Every second (by default) a `SELECT 1` on
-/// the listening connection proves it alive. When the connection drops, caches stop trusting
-/// their entries (every request is resolved from the store) until `LISTEN` is in place again
-/// on a new connection, and are then cleared once more to cover what was missed; see
+/// notification it can't read drops everything. Every second (by default) it sends a random
+/// nonce with `pg_notify` on the same channel and waits for it to come back, which proves
+/// that the subscription still delivers, not only that the connection answers. When the
+/// connection drops or a nonce does not come back in time, caches stop trusting their entries
+/// (every request is resolved from the store) until `LISTEN` is in place again on a new
+/// connection, and are then cleared once more to cover what was missed; see
 /// [`feed`](crate::feed) for the whole protocol.
+///
+/// **The listening connection must be a session of its own.** `LISTEN` belongs to a server
+/// session: behind PgBouncer in transaction (or statement) pooling mode, or a proxy that
+/// multiplexes sessions such as RDS Proxy, it is silently lost when the session moves. The
+/// heartbeat notices that and fails closed, but the feed can then never stay subscribed.
+/// Point it at the database directly, or at a pooler in session mode, with
+/// [`with_options`](Self::with_options) when the store's pool goes through a transaction
+/// pooler.
 ///
 /// Notifications are database-wide: processes sharing a database but using different
 /// schemas also hear each other's changes, which only costs a few needless invalidations.
@@ -41,7 +53,24 @@ impl PgChangeFeed {
     /// listening connection is named `"{application_name} change feed"` if the pool's
     /// options name one, [`APPLICATION_NAME`](Self::APPLICATION_NAME) otherwise.
     pub fn new(store: &PostgresStore) -> Self {
-        let options = (*store.pool().connect_options()).clone();
+        Self::with_options((*store.pool().connect_options()).clone())
+    }
+
+    /// A feed connecting with `options` instead of the store's: for a store whose pool goes
+    /// through a transaction-mode pooler, give the database's direct address here. The
+    /// listening connection is named as with [`new`](Self::new).
+    ///
+    /// ```no_run
+    /// use tower_api_key::PgChangeFeed;
+    ///
+    /// # fn main() -> Result<(), sqlx::Error> {
+    /// let direct = "postgres://app@db.internal:5432/keys?sslmode=require".parse()?;
+    /// let feed = PgChangeFeed::with_options(direct);
+    /// # let _ = feed;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_options(options: PgConnectOptions) -> Self {
         let name = match options.get_application_name() {
             Some(application) => format!("{application} change feed"),
             None => Self::APPLICATION_NAME.to_owned(),
@@ -113,7 +142,7 @@ impl ChangeFeed for PgChangeFeed {
         Ok(())
     }
 
-    async fn recv(&mut self) -> Result<Vec<Invalidation>, FeedError> {
+    async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError> {
         let listener = self
             .listener
             .as_mut()
@@ -122,11 +151,11 @@ impl ChangeFeed for PgChangeFeed {
         // notifications first and only reads whole messages.
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                let mut changes = changes_of(notification.payload());
+                let mut messages = messages_of(notification.payload());
                 while let Some(notification) = listener.next_buffered() {
-                    changes.extend(changes_of(notification.payload()));
+                    messages.extend(messages_of(notification.payload()));
                 }
-                Ok(changes)
+                Ok(messages)
             }
             Ok(None) => {
                 self.listener = None;
@@ -139,78 +168,100 @@ impl ChangeFeed for PgChangeFeed {
         }
     }
 
-    async fn ping(&mut self) -> Result<(), FeedError> {
+    async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError> {
         let listener = self
             .listener
             .as_mut()
             .ok_or_else(|| FeedError::new("not subscribed"))?;
-        // Notifications arriving meanwhile are buffered for the next `recv`.
-        listener
-            .execute("SELECT 1")
+        // Sent on the listening connection itself, which also proves that connection alive;
+        // notifications arriving meanwhile are buffered for the next `recv`.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(format!("{HEARTBEAT}{nonce:016x}"))
+            .execute(listener)
             .await
             .map(drop)
             .map_err(FeedError::new)
     }
 }
 
-/// The invalidations a notification asks for: the keys whose hex digests it lists
+/// What a notification says: a heartbeat, or the keys whose hex digests it lists
 /// (space-separated), or everything for `*` or anything unreadable.
-fn changes_of(payload: &str) -> Vec<Invalidation> {
+fn messages_of(payload: &str) -> Vec<FeedMessage> {
+    if let Some(nonce) = payload.strip_prefix(HEARTBEAT) {
+        if let Ok(nonce) = u64::from_str_radix(nonce, 16) {
+            return vec![FeedMessage::Heartbeat(nonce)];
+        }
+    }
     let mut changes = Vec::new();
     for token in payload.split_ascii_whitespace() {
-        match parse_hex_digest(token) {
-            Some(digest) => changes.push(Invalidation::Key(digest)),
-            None => {
+        match blake3::Hash::from_hex(token) {
+            Ok(hash) => changes.push(Invalidation::Key(KeyDigest::from_bytes(*hash.as_bytes()))),
+            Err(_) => {
                 if token != "*" {
                     tracing::warn!(
                         len = token.len(),
                         "change feed: unreadable notification; invalidating everything"
                     );
                 }
-                return vec![Invalidation::All];
+                changes = vec![Invalidation::All];
+                break;
             }
         }
     }
     if changes.is_empty() {
         changes.push(Invalidation::All);
     }
-    changes
-}
-
-fn parse_hex_digest(text: &str) -> Option<KeyDigest> {
-    let text = text.as_bytes();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut bytes = [0u8; 32];
-    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
-        let high = char::from(pair[0]).to_digit(16)?;
-        let low = char::from(pair[1]).to_digit(16)?;
-        *byte = u8::try_from(high * 16 + low).ok()?;
-    }
-    Some(KeyDigest::from_bytes(bytes))
+    changes.into_iter().map(FeedMessage::Changed).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn changes_of(payload: &str) -> Vec<FeedMessage> {
+        messages_of(payload)
+    }
+
+    fn key(digest: KeyDigest) -> FeedMessage {
+        FeedMessage::Changed(Invalidation::Key(digest))
+    }
+
     #[test]
     fn payloads_name_digests_or_everything() {
         let a = KeyDigest::from_bytes([0xab; 32]);
         let b = KeyDigest::from_bytes([0x01; 32]);
         let hex = |byte: &str| byte.repeat(32);
-        assert_eq!(changes_of(&hex("ab")), [Invalidation::Key(a)]);
+        assert_eq!(changes_of(&hex("ab")), [key(a)]);
         assert_eq!(
             changes_of(&format!("{} {}", hex("AB"), hex("01"))),
-            [Invalidation::Key(a), Invalidation::Key(b)]
+            [key(a), key(b)]
         );
-        for everything in ["*", "", "nonsense", &hex("zz"), &format!("{} x", hex("ab"))] {
+        for everything in [
+            "*",
+            "",
+            "nonsense",
+            &hex("zz"),
+            &format!("{} x", hex("ab")),
+            "heartbeat:not-hex",
+        ] {
             assert_eq!(
                 changes_of(everything),
-                [Invalidation::All],
+                [FeedMessage::Changed(Invalidation::All)],
                 "{everything:?}"
             );
         }
+    }
+
+    #[test]
+    fn heartbeat_payloads_carry_their_nonce() {
+        assert_eq!(
+            changes_of("heartbeat:00000000000000ff"),
+            [FeedMessage::Heartbeat(255)]
+        );
+        assert_eq!(
+            changes_of(&format!("heartbeat:{:016x}", u64::MAX)),
+            [FeedMessage::Heartbeat(u64::MAX)]
+        );
     }
 }
