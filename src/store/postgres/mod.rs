@@ -26,11 +26,18 @@ pub(crate) const CHANNEL: &str = "tower_api_keys";
 const LOCK_CLASS_ACCOUNT: i32 = 0x7461_6b01;
 const LOCK_CLASS_MIGRATE: i32 = 0x7461_6b02;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "tower_api_keys table and its change notifications",
-    sql: include_str!("../../../migrations/postgres/0001_tower_api_keys.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "tower_api_keys table and its change notifications",
+        sql: include_str!("../../../migrations/postgres/0001_tower_api_keys.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "inserts no longer notify",
+        sql: include_str!("../../../migrations/postgres/0002_no_notify_on_insert.sql"),
+    },
+];
 
 /// `extract(epoch …)` is exact (numeric) from PostgreSQL 14 on.
 const MIN_SERVER_VERSION: i32 = 140_000;
