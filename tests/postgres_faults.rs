@@ -7,20 +7,24 @@
 //! - Only the change feed unreachable (its connection cut, or silently frozen): B stops
 //!   trusting its cache and resolves every request from the store, so a key A revokes
 //!   meanwhile is refused at once; when the feed is back, B caches again.
+//! - The feed's subscription silent while its connection answers, or its runner gone: B stops
+//!   trusting its cache within the heartbeat bound.
 //!
 //! Without `DATABASE_URL`, each test says it was skipped.
 #![cfg(feature = "postgres")]
 
 mod db_support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use db_support::postgres::Schema;
 use db_support::proxy::{self, Proxy};
 use db_support::stack::{Stack, StackOptions};
 use http::StatusCode;
-use tower_api_key::AccountId;
-use tower_api_key::feed::FeedConfig;
+use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
+use tower_api_key::{AccountId, ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
 
 fn account(name: &str) -> AccountId {
     name.parse().expect("valid account id")
@@ -235,4 +239,129 @@ async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
     proxy.restore();
     assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
     assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+}
+
+/// A PostgreSQL feed whose subscription can be made to stop delivering while its connection
+/// keeps answering (as after a `LISTEN` lost behind a transaction pooler): heartbeats are
+/// still sent on the connection, but nothing received is passed on.
+struct Deafened {
+    inner: PgChangeFeed,
+    deaf: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for Deafened {
+    async fn subscribe(&mut self) -> Result<(), FeedError> {
+        self.inner.subscribe().await
+    }
+
+    async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError> {
+        loop {
+            let messages = self.inner.recv().await?;
+            if !self.deaf.load(Ordering::SeqCst) {
+                return Ok(messages);
+            }
+        }
+    }
+
+    async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError> {
+        self.inner.send_heartbeat(nonce).await
+    }
+}
+
+/// Process B with a [`Deafened`] feed (heartbeat every 100 ms, 500 ms to come back).
+async fn deafenable_stack(schema: &Schema) -> (Stack, Arc<AtomicBool>) {
+    let feed_name = format!("{}-deaf-b", schema.name);
+    let options = StackOptions::new(schema.options(), &feed_name);
+    let store = PostgresStore::from_pool(
+        sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.connect.clone()),
+    );
+    let manager = KeyManager::new(Arc::new(store.clone()), db_support::stack::pepper());
+    let deaf = Arc::new(AtomicBool::new(false));
+    let config = FeedConfig::default()
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(500))
+        .backoff(Duration::from_millis(10), Duration::from_millis(100));
+    let feed = feed::spawn(
+        Deafened {
+            inner: PgChangeFeed::new(&store).application_name(&feed_name),
+            deaf: Arc::clone(&deaf),
+        },
+        manager.invalidations(),
+        config,
+    );
+    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    let layer = ApiKeyLayer::for_manager(&manager)
+        .cache_config(options.cache)
+        .build();
+    let stack = Stack {
+        store,
+        manager,
+        feed,
+        layer,
+        feed_name,
+    };
+    (stack, deaf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_delivering_while_its_connection_answers_fails_closed() {
+    let Some((schema, a, _proxy)) = setup("deaf").await else {
+        return;
+    };
+    let (b, deaf) = deafenable_stack(&schema).await;
+    let acme = account("acme");
+    let created = a.manager.create(&acme).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    assert_cached(&b, &key, StatusCode::OK).await;
+
+    // Queries on the listening connection still succeed; notifications no longer arrive.
+    deaf.store(true, Ordering::SeqCst);
+    a.manager
+        .revoke(&acme, created.info.id)
+        .await
+        .expect("revoke");
+    let revoked = Instant::now();
+    // The entry lives an hour and no notification comes: only the heartbeat can end it.
+    eventually(&b, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(10)).await;
+    println!(
+        "deaf subscription: revoked key refused elsewhere after {:?} (heartbeat bound 600 ms)",
+        revoked.elapsed()
+    );
+    assert!(
+        b.feed.status().outages >= 1,
+        "the heartbeat reported the loss"
+    );
+
+    deaf.store(false, Ordering::SeqCst);
+    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_feed_runner_fails_closed() {
+    let Some((schema, a, _proxy)) = setup("aborted").await else {
+        return;
+    };
+    let b = Stack::start(StackOptions::new(
+        schema.options(),
+        &format!("{}-aborted-b", schema.name),
+    ))
+    .await;
+    let acme = account("acme");
+    let created = a.manager.create(&acme).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    assert_cached(&b, &key, StatusCode::OK).await;
+
+    // The runner task ends without its orderly shutdown, as a panic would end it.
+    b.feed.abort();
+    a.manager
+        .revoke(&acme, created.info.id)
+        .await
+        .expect("revoke");
+    eventually(&b, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(10)).await;
+    // And nothing is cached any more: every request asks the store.
+    let calls = b.layer.metrics().resolver_calls;
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.layer.metrics().resolver_calls, calls + 2);
 }

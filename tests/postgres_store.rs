@@ -280,7 +280,12 @@ async fn every_change_notifies_the_digests_it_concerns() {
     let before_marker = tokio::time::timeout(Duration::from_secs(5), async {
         let mut heard = Vec::new();
         loop {
-            let payload = listener.recv().await.expect("notification").payload().to_owned();
+            let payload = listener
+                .recv()
+                .await
+                .expect("notification")
+                .payload()
+                .to_owned();
             if payload == "marker-after-create" {
                 return heard;
             }
