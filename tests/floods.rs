@@ -37,12 +37,23 @@ struct CountingStore {
     lookups: AtomicUsize,
     running: AtomicUsize,
     most_running: AtomicUsize,
+    /// How many lookups the store works on at once, if limited (a database's pool).
+    parallel: Option<tokio::sync::Semaphore>,
 }
 
 impl CountingStore {
     fn new(delay: Duration) -> Arc<Self> {
         Arc::new(Self {
             delay,
+            ..Self::default()
+        })
+    }
+
+    /// A store that answers `parallel` lookups at a time, each taking `delay`.
+    fn throttled(delay: Duration, parallel: usize) -> Arc<Self> {
+        Arc::new(Self {
+            delay,
+            parallel: Some(tokio::sync::Semaphore::new(parallel)),
             ..Self::default()
         })
     }
@@ -58,6 +69,10 @@ impl support::StoreHooks for CountingStore {
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
+        let _slot = match &self.parallel {
+            Some(parallel) => Some(parallel.acquire().await.expect("never closed")),
+            None => None,
+        };
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now, Ordering::SeqCst);
         if !self.delay.is_zero() {
@@ -522,4 +537,103 @@ async fn lookups_beyond_the_limit_are_shed_with_503_at_once_under_a_slow_store()
 
     // Once the flood stops, permits are back: a valid key is looked up and let in.
     assert_eq!(send(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_guessed_keys_does_not_lock_out_keys_accepted_recently() {
+    let _serial = SERIAL.lock().await;
+    // The store answers 4 lookups at a time, 2 ms each: at most 2,000 lookups a second.
+    let store = CountingStore::throttled(Duration::from_millis(2), 4);
+    let manager = KeyManager::new(store.clone(), Pepper::from_bytes([4; 32]));
+    let mut valid = Vec::new();
+    for account in 0..7 {
+        let account = format!("account-{account}").parse().expect("account");
+        for _ in 0..3 {
+            let created = manager.create(&account).await.expect("create");
+            valid.push(created.key.expose_secret().to_owned());
+        }
+    }
+    let layer = ApiKeyLayer::for_manager(&manager)
+        .cache_config(
+            CacheConfig::default()
+                .max_concurrent_lookups(Some(64))
+                // No lookup may fail by taking long on a loaded machine: only shedding counts.
+                .lookup_timeout(Some(Duration::from_secs(120))),
+        )
+        .build();
+    let service: Stack = layer.layer(service_fn(ok as fn(_) -> _));
+    // Every valid key is seen once before the flood.
+    for key in &valid {
+        assert_eq!(send(&service, key.as_bytes()).await, StatusCode::OK);
+    }
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Far more guesses in flight than the 64 lookups they may start.
+    let flooders: Vec<_> = (0..256)
+        .map(|_| {
+            let (service, stop) = (service.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut sent, mut shed) = (0usize, 0usize);
+                while !stop.load(Ordering::SeqCst) {
+                    let guess = unknown_keys(1).remove(0);
+                    let status = send(&service, &guess).await;
+                    sent += 1;
+                    shed += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
+                    tokio::task::yield_now().await;
+                }
+                (sent, shed)
+            })
+        })
+        .collect();
+    // The flood is in full swing: the lookups it may start are taken.
+    for _ in 0..10_000 {
+        if layer.metrics().lookups_shed >= 1_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let lookups_before = store.lookups();
+
+    const ROUNDS: usize = 50;
+    let (mut legit, mut accepted) = (0usize, 0usize);
+    for _ in 0..ROUNDS {
+        // Every entry expires at once (as after a TTL, or a change feed's loss): each valid
+        // key must be resolved again, in the middle of the flood.
+        layer
+            .cache()
+            .invalidate(&tower_api_key::invalidation::Invalidation::All);
+        let requests: Vec<_> = valid
+            .iter()
+            .map(|key| {
+                let (service, key) = (service.clone(), key.clone());
+                tokio::spawn(async move { send(&service, key.as_bytes()).await })
+            })
+            .collect();
+        for request in requests {
+            legit += 1;
+            accepted += usize::from(request.await.expect("request") == StatusCode::OK);
+        }
+    }
+    let lookups = store.lookups() - lookups_before;
+    stop.store(true, Ordering::SeqCst);
+    let (mut sent, mut shed) = (0, 0);
+    for flooder in flooders {
+        let (s, d) = flooder.await.expect("flooder");
+        sent += s;
+        shed += d;
+    }
+    println!(
+        "guessed-key flood: {sent} guesses ({shed} shed with 503) against {lookups} store \
+         lookups answered during the legitimate rounds; {accepted}/{legit} requests with \
+         recently accepted keys succeeded ({:.2} %)",
+        accepted as f64 * 100.0 / legit as f64
+    );
+    assert!(
+        sent >= 10 * lookups,
+        "the flood offered at least 10x what the store answered"
+    );
+    assert!(
+        accepted * 1000 >= legit * 999,
+        "only {accepted} of {legit} requests with recently accepted keys succeeded"
+    );
 }

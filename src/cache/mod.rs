@@ -47,6 +47,8 @@ pub struct CacheConfig {
     negative_capacity: u64,
     lookup_timeout: Option<Duration>,
     max_concurrent_lookups: Option<usize>,
+    known_key_lookups: usize,
+    known_key_window: Duration,
 }
 
 impl Default for CacheConfig {
@@ -58,6 +60,8 @@ impl Default for CacheConfig {
             negative_capacity: 100_000,
             lookup_timeout: Some(Duration::from_secs(5)),
             max_concurrent_lookups: Some(1024),
+            known_key_lookups: 64,
+            known_key_window: Duration::from_secs(600),
         }
     }
 }
@@ -106,10 +110,27 @@ impl CacheConfig {
     /// Most resolver calls running at once (default 1,024; `None` for no limit). A cache miss
     /// that would start one more is answered 503 at once instead of queueing, so a flood of
     /// unknown keys can't pile up on the store. Requests joining a call already running for
-    /// their key don't count.
+    /// their key don't count. Keys accepted recently are never shed: see
+    /// [`known_key_lookups`](Self::known_key_lookups).
     #[must_use]
     pub fn max_concurrent_lookups(mut self, limit: Option<usize>) -> Self {
         self.max_concurrent_lookups = limit;
+        self
+    }
+
+    /// Resolver calls kept apart for keys accepted within the last `window` (defaults 64 and
+    /// 10 minutes), so that a flood of guessed keys can't lock real users out.
+    ///
+    /// Anyone can mint well-formed keys, and each distinct one costs a resolver call. When
+    /// [`max_concurrent_lookups`](Self::max_concurrent_lookups) are all taken, a miss for a
+    /// key this cache accepted within `window` (its entry expired, or a change feed is down)
+    /// waits for one of these `calls` instead of being answered 503; it still gives up after
+    /// the [`lookup_timeout`](Self::lookup_timeout). A key never accepted, or not for longer
+    /// than `window`, has no such claim. With no limit on lookups this changes nothing.
+    #[must_use]
+    pub fn known_key_lookups(mut self, calls: usize, window: Duration) -> Self {
+        self.known_key_lookups = calls;
+        self.known_key_window = window;
         self
     }
 }
@@ -197,7 +218,13 @@ struct CacheShared<R: Resolver> {
     /// cached or served from the cache.
     trust: Vec<Arc<Trust>>,
     lookup_timeout: Option<Duration>,
+    /// Resolver calls anyone may start; `None` for no limit.
     lookup_permits: Option<Arc<Semaphore>>,
+    /// Resolver calls kept for known keys when `lookup_permits` are all taken.
+    known_key_permits: Arc<Semaphore>,
+    /// Keys accepted within the known-key window (plus the positive TTL, during which their
+    /// uses were cache hits): those may wait for `known_key_permits`.
+    known_keys: moka::sync::Cache<KeyDigest, (), DigestHasher>,
     metrics: Arc<Metrics>,
 }
 
@@ -256,6 +283,10 @@ impl<R: Resolver> CachedResolver<R> {
             .max_capacity(config.negative_capacity)
             .time_to_live(config.negative_ttl)
             .build_with_hasher(DigestHasher::default());
+        let known_keys = moka::sync::Cache::builder()
+            .max_capacity(config.positive_capacity)
+            .time_to_live(config.known_key_window.saturating_add(config.positive_ttl))
+            .build_with_hasher(DigestHasher::default());
         let cache = Self {
             shared: Arc::new(CacheShared {
                 resolver,
@@ -273,6 +304,8 @@ impl<R: Resolver> CachedResolver<R> {
                 lookup_permits: config
                     .max_concurrent_lookups
                     .map(|limit| Arc::new(Semaphore::new(limit))),
+                known_key_permits: Arc::new(Semaphore::new(config.known_key_lookups)),
+                known_keys,
                 metrics,
             }),
         };
@@ -335,12 +368,14 @@ impl<R: Resolver> CachedResolver<R> {
             }
         }
         let permit = match &shared.lookup_permits {
-            Some(permits) => Some(
-                Arc::clone(permits)
-                    .try_acquire_owned()
-                    .map_err(|_| Overloaded)?,
-            ),
-            None => None,
+            None => LookupPermit::Unlimited,
+            Some(permits) => match Arc::clone(permits).try_acquire_owned() {
+                Ok(permit) => LookupPermit::Held(permit),
+                Err(_) if shared.known_keys.get(&digest).is_some() => {
+                    LookupPermit::Queued(Arc::clone(&shared.known_key_permits))
+                }
+                Err(_) => return Err(Overloaded),
+            },
         };
         let started_in = *epoch;
         let ticket = next_ticket();
@@ -414,13 +449,23 @@ impl<R: Resolver> InvalidationListener for CacheShared<R> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Overloaded;
 
+/// A resolver call's right to run.
+enum LookupPermit {
+    /// No limit is configured.
+    Unlimited,
+    /// One of `max_concurrent_lookups`, held until the call ends.
+    Held(OwnedSemaphorePermit),
+    /// A known key's call, waiting for one of the known-key permits.
+    Queued(Arc<Semaphore>),
+}
+
 fn start_lookup<R: Resolver>(
     shared: Arc<CacheShared<R>>,
     key: ApiKey,
     digest: KeyDigest,
     started_in: u64,
     ticket: u64,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: LookupPermit,
 ) -> PendingLookup<R::Account> {
     shared.metrics.resolver_called();
     let runtime = tokio::runtime::Handle::try_current().ok();
@@ -428,7 +473,16 @@ fn start_lookup<R: Resolver>(
     let timeout = runtime.as_ref().and(shared.lookup_timeout);
     let call = async move {
         // A panicking resolver must still settle, or its key would stay "in flight" forever.
-        let resolved = AssertUnwindSafe(shared.resolver.resolve(&key, &digest)).catch_unwind();
+        let resolved = AssertUnwindSafe(async {
+            // The wait for a known-key permit counts towards the lookup timeout.
+            let _permit = match permit {
+                LookupPermit::Queued(permits) => permits.acquire_owned().await.ok(),
+                LookupPermit::Held(permit) => Some(permit),
+                LookupPermit::Unlimited => None,
+            };
+            shared.resolver.resolve(&key, &digest).await
+        })
+        .catch_unwind();
         let answer = match timeout {
             Some(limit) => tokio::time::timeout(limit, resolved).await.ok(),
             None => Some(resolved.await),
@@ -450,7 +504,6 @@ fn start_lookup<R: Resolver>(
             }
         };
         shared.settle(digest, started_in, ticket, &lookup);
-        drop(permit);
         lookup
     };
     // Run the call as its own task so that it completes, and leaves the in-flight table,
@@ -503,6 +556,10 @@ impl<R: Resolver> CacheShared<R> {
     /// Caches a finished call's answer unless an invalidation happened since it started (or a
     /// channel is down), and removes the call from the in-flight table.
     fn settle(&self, digest: KeyDigest, started_in: u64, ticket: u64, lookup: &Lookup<R::Account>) {
+        if let Lookup::Found(_) = lookup {
+            // A claim on the known-key lookups, not an answer: kept whatever happened since.
+            self.known_keys.insert(digest, ());
+        }
         let epoch = read(&self.epoch);
         if *epoch == started_in && self.trusted() {
             match lookup {
