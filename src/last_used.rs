@@ -83,7 +83,8 @@ pub struct LastUsedRecorder {
 }
 
 /// The default of [`LastUsedRecorder::max_pending`]: as many keys as the layer's cache holds
-/// by default, so that a healthy store never sees a drop, in a few megabytes at most.
+/// by default, so that a healthy store sees drops only past 100,000 keys used in one flush
+/// interval; at under 100 bytes an entry, a full queue takes a few megabytes.
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
 struct Shared {
@@ -129,6 +130,7 @@ impl LastUsedRecorder {
     /// Caps the queue at `entries` (default [`DEFAULT_MAX_PENDING`]); every clone shares the
     /// cap. An entry is one key, or one cached identity of a key, with uses waiting (or being
     /// written); when the queue is full the newest uses are dropped (see the type's docs).
+    /// With 0, nothing is recorded.
     #[must_use]
     pub fn max_pending(self, entries: usize) -> Self {
         self.shared.max_pending.store(entries, Ordering::Relaxed);
