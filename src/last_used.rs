@@ -5,6 +5,11 @@
 //! the store in one batch per interval, so a key used 10,000 times in an interval costs one
 //! row in one write. [`FlushTask::shutdown`] writes whatever is still pending.
 //!
+//! When the store refuses the writes (a read-only replica, lock timeouts), a failed flush gives
+//! back one use per key and prefix, the latest, and the queue never holds more than
+//! [`max_pending`](LastUsedRecorder::max_pending) entries: memory stays bounded however long
+//! the store refuses.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Duration;
@@ -27,14 +32,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::key::KeyPrefix;
+use crate::metrics::Metrics;
 use crate::store::{KeyId, KeyStore, KeyUse, StoreError};
 
 /// The last use of one cached identity, stamped lock-free by requests.
@@ -63,14 +69,49 @@ impl UsageCell {
 /// Cloning gives another handle to the same queue. Hand a clone to
 /// [`StoreResolver::record_last_used`](crate::resolver::StoreResolver::record_last_used) and
 /// run [`spawn_flusher`](Self::spawn_flusher) (or call [`flush`](Self::flush) yourself).
+///
+/// The queue holds at most [`max_pending`](Self::max_pending) entries (default
+/// [`DEFAULT_MAX_PENDING`]). When it is full, the *newest* uses are dropped: a key that is not
+/// queued yet is not recorded, while the keys already queued keep merging their new uses. A
+/// key still in use is recorded by its next use once the store takes writes again, whereas
+/// dropping the oldest entries would lose keys that may never be used again. Drops are counted
+/// in the metrics of the first [`ApiKeyLayer`](crate::ApiKeyLayer) built with the recorder
+/// ([`MetricsSnapshot::last_used_dropped`](crate::metrics::MetricsSnapshot::last_used_dropped)).
 #[derive(Clone)]
 pub struct LastUsedRecorder {
     shared: Arc<Shared>,
 }
 
+/// The default of [`LastUsedRecorder::max_pending`]: as many keys as the layer's cache holds
+/// by default, so that a healthy store sees drops only past 100,000 keys used in one flush
+/// interval; at under 100 bytes an entry, a full queue takes a few megabytes.
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
 struct Shared {
     store: Arc<dyn KeyStore>,
-    pending: Mutex<Vec<Arc<UsageCell>>>,
+    queue: Mutex<Queue>,
+    max_pending: AtomicUsize,
+    /// Where drops are counted: the first layer built with this recorder.
+    metrics: OnceLock<Arc<Metrics>>,
+}
+
+/// Uses waiting to be written.
+#[derive(Default)]
+struct Queue {
+    /// Cells stamped since they were last flushed, each once; their stamps are read when
+    /// flushed, so that uses made meanwhile cost no lock.
+    cells: Vec<Arc<UsageCell>>,
+    /// The latest use (milliseconds) per key and prefix that failed flushes gave back.
+    given_back: HashMap<(KeyId, KeyPrefix), u64>,
+    /// Entries a running flush took: they keep their room until it ends, so a slow failing
+    /// write can't let the queue outgrow the cap.
+    in_flight: usize,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.cells.len() + self.given_back.len() + self.in_flight
+    }
 }
 
 impl LastUsedRecorder {
@@ -79,9 +120,26 @@ impl LastUsedRecorder {
         Self {
             shared: Arc::new(Shared {
                 store,
-                pending: Mutex::new(Vec::new()),
+                queue: Mutex::new(Queue::default()),
+                max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
+                metrics: OnceLock::new(),
             }),
         }
+    }
+
+    /// Caps the queue at `entries` (default [`DEFAULT_MAX_PENDING`]); every clone shares the
+    /// cap. An entry is one key, or one cached identity of a key, with uses waiting (or being
+    /// written); when the queue is full the newest uses are dropped (see the type's docs).
+    /// With 0, nothing is recorded.
+    #[must_use]
+    pub fn max_pending(self, entries: usize) -> Self {
+        self.shared.max_pending.store(entries, Ordering::Relaxed);
+        self
+    }
+
+    /// Counts drops in `metrics`, unless a layer built earlier already does.
+    pub(crate) fn count_drops_in(&self, metrics: &Arc<Metrics>) {
+        let _ = self.shared.metrics.set(Arc::clone(metrics));
     }
 
     /// Stamps a use now. Lock-free unless the cell is not yet queued for the next flush.
@@ -93,13 +151,33 @@ impl LastUsedRecorder {
         }
         // SeqCst pairs with `flush`: either it sees this stamp, or we see `queued == false`.
         if !cell.queued.load(Ordering::SeqCst) && !cell.queued.swap(true, Ordering::SeqCst) {
-            self.pending().push(Arc::clone(cell));
+            self.enqueue(cell);
+        }
+    }
+
+    fn enqueue(&self, cell: &Arc<UsageCell>) {
+        let mut queue = self.queue();
+        if let Some(at) = queue.given_back.remove(&(cell.id, cell.prefix)) {
+            // The cell takes the given-back use over: still one entry for the key.
+            cell.last_used_ms.fetch_max(at, Ordering::SeqCst);
+            queue.cells.push(Arc::clone(cell));
+        } else if queue.len() < self.shared.max_pending.load(Ordering::Relaxed) {
+            queue.cells.push(Arc::clone(cell));
+        } else {
+            drop(queue);
+            // Unqueued, the cell tries again on its next use: a key still in use is recorded
+            // once there is room.
+            cell.queued.store(false, Ordering::SeqCst);
+            if let Some(metrics) = self.shared.metrics.get() {
+                metrics.last_used_dropped();
+            }
         }
     }
 
     /// How many identities have uses waiting for the next flush.
     pub fn pending_count(&self) -> usize {
-        self.pending().len()
+        let queue = self.queue();
+        queue.cells.len() + queue.given_back.len()
     }
 
     /// Writes every pending use to the store in one batch and returns how many keys it
@@ -108,43 +186,42 @@ impl LastUsedRecorder {
     ///
     /// # Errors
     ///
-    /// The store's error; the uses stay queued and the next flush tries them again.
+    /// The store's error. The merged uses (one per key and prefix, the latest) go back to the
+    /// queue, merged with any use made meanwhile, and the next flush tries them again; the
+    /// same happens if this future is dropped before the store answers.
     pub async fn flush(&self) -> Result<usize, StoreError> {
-        let cells = std::mem::take(&mut *self.pending());
-        if cells.is_empty() {
+        let (cells, given_back) = {
+            let mut queue = self.queue();
+            let cells = std::mem::take(&mut queue.cells);
+            let given_back = std::mem::take(&mut queue.given_back);
+            queue.in_flight += cells.len() + given_back.len();
+            (cells, given_back)
+        };
+        let mut batch = InFlight {
+            recorder: self,
+            taken: cells.len() + given_back.len(),
+            latest: given_back,
+        };
+        if batch.taken == 0 {
             return Ok(0);
         }
-        let mut latest: HashMap<(KeyId, KeyPrefix), KeyUse> = HashMap::with_capacity(cells.len());
         for cell in &cells {
             cell.queued.store(false, Ordering::SeqCst);
-            let at = UNIX_EPOCH + Duration::from_millis(cell.last_used_ms.load(Ordering::SeqCst));
-            let key_use = KeyUse {
-                id: cell.id,
-                prefix: cell.prefix,
-                at,
-            };
-            latest
-                .entry((cell.id, cell.prefix))
-                .and_modify(|kept| {
-                    if kept.at < at {
-                        *kept = key_use;
-                    }
-                })
-                .or_insert(key_use);
+            let at = cell.last_used_ms.load(Ordering::SeqCst);
+            merge_latest(&mut batch.latest, (cell.id, cell.prefix), at);
         }
-        let uses: Vec<KeyUse> = latest.into_values().collect();
-        match self.shared.store.record_last_used(&uses).await {
-            Ok(()) => Ok(uses.len()),
-            Err(err) => {
-                let mut pending = self.pending();
-                for cell in cells {
-                    if !cell.queued.swap(true, Ordering::SeqCst) {
-                        pending.push(cell);
-                    }
-                }
-                Err(err)
-            }
-        }
+        let uses: Vec<KeyUse> = batch
+            .latest
+            .iter()
+            .map(|(&(id, prefix), &at)| KeyUse {
+                id,
+                prefix,
+                at: UNIX_EPOCH + Duration::from_millis(at),
+            })
+            .collect();
+        self.shared.store.record_last_used(&uses).await?;
+        batch.latest.clear(); // written: nothing to give back
+        Ok(uses.len())
     }
 
     /// Spawns a task on the current tokio runtime that flushes every `interval`.
@@ -178,18 +255,52 @@ impl LastUsedRecorder {
         }
     }
 
-    fn pending(&self) -> MutexGuard<'_, Vec<Arc<UsageCell>>> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         self.shared
-            .pending
+            .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The batch of a running flush. Dropped without being cleared (the store failed, or the
+/// flush was cancelled), it gives its uses back to the queue.
+struct InFlight<'a> {
+    recorder: &'a LastUsedRecorder,
+    taken: usize,
+    latest: HashMap<(KeyId, KeyPrefix), u64>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.recorder.queue();
+        queue.in_flight -= self.taken;
+        // A key whose cell was queued again meanwhile keeps one entry: the cell takes the use.
+        for cell in &queue.cells {
+            if let Some(at) = self.latest.remove(&(cell.id, cell.prefix)) {
+                cell.last_used_ms.fetch_max(at, Ordering::SeqCst);
+            }
+        }
+        for (key, at) in self.latest.drain() {
+            merge_latest(&mut queue.given_back, key, at);
+        }
+    }
+}
+
+/// Keeps the later of `at` and the use already kept for `key`: times only move forward.
+fn merge_latest(latest: &mut HashMap<(KeyId, KeyPrefix), u64>, key: (KeyId, KeyPrefix), at: u64) {
+    let kept = latest.entry(key).or_insert(at);
+    *kept = (*kept).max(at);
 }
 
 impl fmt::Debug for LastUsedRecorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LastUsedRecorder")
             .field("pending", &self.pending_count())
+            .field(
+                "max_pending",
+                &self.shared.max_pending.load(Ordering::Relaxed),
+            )
             .finish_non_exhaustive()
     }
 }

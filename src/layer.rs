@@ -60,6 +60,7 @@ impl<R: Resolver> ApiKeyLayer<R> {
             hook: None,
             cache: CacheConfig::default(),
             buses: Vec::new(),
+            last_used: None,
         }
     }
 
@@ -120,6 +121,8 @@ pub struct ApiKeyLayerBuilder<R: Resolver> {
     hook: Option<RejectionHook>,
     cache: CacheConfig,
     buses: Vec<InvalidationBus>,
+    /// Counts its dropped uses in this layer's metrics.
+    last_used: Option<LastUsedRecorder>,
 }
 
 impl<R: Resolver> ApiKeyLayerBuilder<R> {
@@ -167,6 +170,9 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
     /// Builds the layer.
     pub fn build(self) -> ApiKeyLayer<R> {
         let metrics = Arc::new(Metrics::default());
+        if let Some(recorder) = &self.last_used {
+            recorder.count_drops_in(&metrics);
+        }
         let cache = CachedResolver::new(
             self.resolver,
             &self.cache,
@@ -188,7 +194,10 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
 
 impl ApiKeyLayerBuilder<StoreResolver> {
     /// Records every accepted key's use with `recorder` (see [`LastUsedRecorder`]).
+    /// Its dropped uses are counted in this layer's metrics, unless a layer built earlier
+    /// with the same recorder counts them.
     pub fn record_last_used(mut self, recorder: LastUsedRecorder) -> Self {
+        self.last_used = Some(recorder.clone());
         self.resolver = self.resolver.record_last_used(recorder);
         self
     }

@@ -1,7 +1,8 @@
 //! Counters of what the layer decided, readable at any time and renderable for Prometheus.
 //!
-//! Every [`ApiKeyLayer`](crate::ApiKeyLayer) counts its outcomes, cache hits and misses and
-//! resolver calls in relaxed atomics; [`ApiKeyLayer::metrics`](crate::ApiKeyLayer::metrics)
+//! Every [`ApiKeyLayer`](crate::ApiKeyLayer) counts its outcomes, cache hits and misses,
+//! resolver calls and the key uses its [`LastUsedRecorder`](crate::last_used::LastUsedRecorder)
+//! dropped in relaxed atomics; [`ApiKeyLayer::metrics`](crate::ApiKeyLayer::metrics)
 //! returns a snapshot. With the `metrics` feature the same counters also go to the
 //! [`metrics`](https://docs.rs/metrics) facade (install the recorder before building the
 //! layer). No counter carries a label derived from a key.
@@ -34,9 +35,10 @@ enum Counter {
     CoalescedLookups,
     LookupsShed,
     Invalidations,
+    LastUsedDropped,
 }
 
-const COUNTERS: usize = Counter::Invalidations as usize + 1;
+const COUNTERS: usize = Counter::LastUsedDropped as usize + 1;
 /// Threads spread over this many copies of the counters, so that worker threads don't
 /// contend for one cache line on every request.
 const STRIPES: usize = 8;
@@ -89,6 +91,8 @@ pub struct MetricsSnapshot {
     pub lookups_shed: u64,
     /// Invalidations received.
     pub invalidations: u64,
+    /// Key uses the last-used recorder dropped because its queue was full.
+    pub last_used_dropped: u64,
 }
 
 macro_rules! counters {
@@ -118,6 +122,7 @@ counters!(
     coalesced => CoalescedLookups,
     lookups_shed => LookupsShed,
     invalidated => Invalidations,
+    last_used_dropped => LastUsedDropped,
 );
 
 impl Metrics {
@@ -151,6 +156,7 @@ impl Metrics {
             coalesced_lookups: read(CoalescedLookups),
             lookups_shed: read(LookupsShed),
             invalidations: read(Invalidations),
+            last_used_dropped: read(LastUsedDropped),
         }
     }
 }
@@ -210,6 +216,11 @@ impl MetricsSnapshot {
             "Cache invalidations received.",
             &[("", self.invalidations)],
         );
+        counter(
+            "api_key_last_used_dropped_total",
+            "Key uses not recorded because the last-used queue was full.",
+            &[("", self.last_used_dropped)],
+        );
         out
     }
 }
@@ -232,6 +243,7 @@ mod facade {
         coalesced: Handle,
         shed: Handle,
         invalidations: Handle,
+        last_used_dropped: Handle,
     }
 
     const ACCEPTED: usize = 0;
@@ -262,6 +274,7 @@ mod facade {
                 coalesced: counter!("api_key_coalesced_lookups_total"),
                 shed: counter!("api_key_lookups_shed_total"),
                 invalidations: counter!("api_key_invalidations_total"),
+                last_used_dropped: counter!("api_key_last_used_dropped_total"),
             }
         }
     }
@@ -290,6 +303,7 @@ mod facade {
                 Counter::CoalescedLookups => self.coalesced.increment(1),
                 Counter::LookupsShed => self.shed.increment(1),
                 Counter::Invalidations => self.invalidations.increment(1),
+                Counter::LastUsedDropped => self.last_used_dropped.increment(1),
             }
         }
     }

@@ -1,6 +1,6 @@
 //! What `PostgresStore` promises beyond the conformance suite: migrations, the limit across
-//! processes, database constraints, digests only, and change notifications that go out with
-//! the change's commit. Each test has a schema of its own; without `DATABASE_URL` each one
+//! processes, database constraints, digests only, change notifications that go out with the
+//! change's commit, and connections over TLS. Each test has a schema of its own; without `DATABASE_URL` each one
 //! says it was skipped.
 #![cfg(feature = "postgres")]
 
@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use db_support::postgres::Schema;
 use sqlx::Row as _;
 use sqlx::postgres::PgListener;
-use tower_api_key::store::{KeyUse, MigrateError};
+use tower_api_key::invalidation::InvalidationBus;
+use tower_api_key::resolver::{Resolver as _, StoreResolver};
+use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore};
 use tower_api_key::{
     AccountId, ApiKey, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError, Pepper,
 };
@@ -385,4 +387,69 @@ async fn a_change_notifies_only_when_it_commits_and_last_used_never_does() {
         .expect("status")
         .get(0);
     assert_eq!(status, "inactive");
+}
+
+/// Whether a connection is encrypted, by `pg_stat_ssl`: one of `pool`, or the connection
+/// named `application_name`.
+async fn encrypted(pool: &sqlx::PgPool, application_name: Option<&str>) -> bool {
+    let query = match application_name {
+        None => sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"),
+        Some(name) => sqlx::query_scalar(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = $1",
+        )
+        .bind(name.to_owned()),
+    };
+    query.fetch_one(pool).await.expect("pg_stat_ssl")
+}
+
+#[tokio::test]
+async fn connects_over_tls_with_sslmode_require() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let plain = schema.pool();
+    let server_ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&plain)
+        .await
+        .expect("show ssl");
+    if server_ssl != "on" {
+        // CI turns SSL on: there, a server without it is a failure, not a skip.
+        assert!(
+            std::env::var_os("REQUIRE_DATABASE_URL").is_none(),
+            "the server has SSL off but REQUIRE_DATABASE_URL is set"
+        );
+        eprintln!("skipped: the server at DATABASE_URL has SSL off");
+        return;
+    }
+    let url = format!("{}&sslmode=require", schema.url_with_search_path());
+    let store = PostgresStore::connect(&url)
+        .await
+        .expect("connect over TLS");
+    store.migrate().await.expect("migrate");
+    assert!(
+        encrypted(store.pool(), None).await,
+        "the store's connection"
+    );
+
+    let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    let digest = pepper().digest(&created.key);
+    let identity = StoreResolver::new(Arc::new(store.clone()))
+        .resolve(&created.key, &digest)
+        .await
+        .expect("resolve")
+        .expect("found");
+    assert_eq!(identity.key_id(), created.info.id);
+
+    let name = format!("{} tls feed", schema.name);
+    let feed = PgChangeFeed::new(&store)
+        .application_name(&name)
+        .spawn(&InvalidationBus::new());
+    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(
+        encrypted(store.pool(), Some(&name)).await,
+        "the feed's connection"
+    );
+    feed.shutdown().await;
 }

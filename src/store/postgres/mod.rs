@@ -95,6 +95,17 @@ macro_rules! timestamp {
 ///   transaction, so the notification goes out exactly when the change commits; run a
 ///   [`PgChangeFeed`] in every process to act on it.
 /// - **`last_used_at`**: one `UPDATE` per flush for the whole batch, moving times forward only.
+/// - **TLS**: built in (rustls with the Mozilla root certificates; no OpenSSL, no system
+///   certificate store), set with the URL's `sslmode`. The default, `prefer`, encrypts when
+///   the server offers it; `sslmode=require` refuses an unencrypted connection but accepts
+///   any certificate; `sslmode=verify-full` also checks the certificate chain and that it
+///   names the host. A server whose certificate comes from a private CA (as managed services
+///   hand out) needs that CA: `sslrootcert=/path/to/ca.pem`. [`PgChangeFeed`] connects with
+///   the same options.
+///
+/// ```text
+/// postgres://app:secret@db.example.com:5432/app?sslmode=verify-full&sslrootcert=/etc/app/db-ca.pem
+/// ```
 ///
 /// Cloning is cheap and shares the connection pool.
 ///
@@ -124,7 +135,8 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects a pool of up to 10 connections to `url` (`postgres://user:pass@host/db`;
-    /// sqlx's URL options apply), failing if the database can't be reached now. Waiting for
+    /// sqlx's URL options apply, `sslmode` and `sslrootcert` among them: see TLS in the
+    /// type's docs), failing if the database can't be reached now. Waiting for
     /// a free connection is bounded at 3 s, below the layer's default lookup timeout, so an
     /// unreachable database surfaces as a store failure (503), not a hang.
     ///
