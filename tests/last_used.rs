@@ -14,7 +14,8 @@ use support::{TestStore, account, pepper};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt, service_fn};
-use tower_api_key::invalidation::Invalidation;
+use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
+use tower_api_key::invalidation::InvalidationBus;
 use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::store::KeyUse;
 use tower_api_key::{
@@ -201,11 +202,31 @@ async fn refusing_store_with_keys() -> (Arc<RefusingStore>, KeyManager, Vec<Crea
 /// A layer whose cache has stopped caching, as while a change feed is down: every request
 /// resolves its key again and is stamped on a new identity.
 fn uncached_layer(manager: &KeyManager, recorder: &LastUsedRecorder) -> ApiKeyLayer<StoreResolver> {
-    let layer = ApiKeyLayer::for_manager(manager)
+    let down = InvalidationBus::new();
+    // Stopped at once: its channel stays lost for good.
+    drop(feed::spawn(NeverSubscribes, &down, FeedConfig::default()));
+    ApiKeyLayer::for_manager(manager)
+        .invalidated_by(&down)
         .record_last_used(recorder.clone())
-        .build();
-    layer.cache().invalidate(&Invalidation::ChannelLost);
-    layer
+        .build()
+}
+
+/// A change feed whose channel never comes up.
+struct NeverSubscribes;
+
+#[async_trait::async_trait]
+impl ChangeFeed for NeverSubscribes {
+    async fn subscribe(&mut self) -> Result<(), FeedError> {
+        Err(FeedError::new("unreachable"))
+    }
+
+    async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError> {
+        Err(FeedError::new("not subscribed"))
+    }
+
+    async fn send_heartbeat(&mut self, _: u64) -> Result<(), FeedError> {
+        Err(FeedError::new("not subscribed"))
+    }
 }
 
 async fn call(layer: &ApiKeyLayer<StoreResolver>, created: &CreatedKey) -> StatusCode {
