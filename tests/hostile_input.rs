@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use demo_support::{DemoServer, Launch};
+use demo_support::{DemoServer, Launch, read_until_closed};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -89,18 +89,8 @@ async fn raw_http(addr: SocketAddr, head: Vec<u8>) -> Raw {
         let _ = writer.flush().await;
         writer
     });
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(IO_TIMEOUT, async {
-        let mut chunk = [0u8; 8192];
-        loop {
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no answer within {IO_TIMEOUT:?}");
+    let answer = read_until_closed(&mut reader, IO_TIMEOUT).await;
+    let answer = answer.unwrap_or_else(|| panic!("no answer within {IO_TIMEOUT:?}"));
     drop(write.await);
     let text = String::from_utf8_lossy(&answer);
     let status = text
