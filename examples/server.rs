@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example server -- \
-//!     [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL]
+//!     [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL] \
+//!     [--header-read-timeout-ms N] [--max-connections N]
 //! ```
 //!
 //! One process serves HTTP/1.1 and gRPC (HTTP/2 cleartext) on one port, keeping keys in the
@@ -11,7 +12,7 @@
 //! | route | access |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /metrics` (Prometheus text of the layer's counters) | open |
-//! | `GET /v1/ping`, `GET /v1/whoami`, gRPC `grpc.health.v1.Health/Check` | `X-API-KEY: <key>` |
+//! | `GET /v1/ping`, `GET /v1/whoami`, gRPC `grpc.health.v1.Health/Check` and `/Watch` | `X-API-KEY: <key>` |
 //! | `POST` and `GET /admin/accounts/{account}/keys` | `Authorization: Bearer <ADMIN_TOKEN>` |
 //! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
 //! | `DELETE /admin/accounts/{account}/keys/{id}` | admin |
@@ -28,10 +29,27 @@
 //!   `--features postgres`): PostgreSQL, shared by any number of server processes; each one
 //!   listens for the others' changes (`LISTEN`/`NOTIFY`), so a key revoked through one is
 //!   refused by all within milliseconds. The schema is migrated at start.
-//! - `ADMIN_TOKEN`: the admin bearer token; if unset, a random one is generated and printed.
+//! - `--header-read-timeout-ms` / `HEADER_READ_TIMEOUT_MS`: how long a client may take to send
+//!   a request head, default 10000. A connection that sends fewer than 24 bytes in that time
+//!   (nothing, or part of the HTTP/2 preface) is closed too, and so is a kept-alive HTTP/1.1
+//!   connection that starts no new request in that time.
+//! - `--max-connections` / `MAX_CONNECTIONS`: connections open at once, default 10000. More
+//!   are accepted and closed at once, without an answer, not queued.
+//! - `ADMIN_TOKEN`: the admin bearer token, at least 16 characters; if unset, a random one is
+//!   generated and printed.
 //! - `API_KEY_PEPPER`: 64 hex characters keying every key digest; if unset, a random one is
 //!   used for this run only. Servers sharing a database need the same pepper, kept across
 //!   restarts, or their keys don't verify.
+//!
+//! Every admin answer, the create and rotate ones with a plaintext key among them, carries
+//! `Cache-Control: no-store`.
+//!
+//! HTTP/2 has no header timeout of its own: once a connection has sent its preface, a client
+//! that stalls in the middle of a request's headers holds its connection slot until it goes
+//! away (idle connections are pinged every 20 s and closed if the peer doesn't answer), so
+//! `--max-connections` bounds what such clients can hold. A server-streaming call such as
+//! `grpc.health.v1.Health/Watch` is checked once, when it starts: revoking its key doesn't end
+//! a stream already open.
 //!
 //! The server prints `listening on http://HOST:PORT` on stdout once it accepts connections.
 //! SIGTERM or Ctrl-C shuts it down gracefully: in-flight requests finish, pending last-used
@@ -41,9 +59,10 @@
 //! A session:
 //!
 //! ```text
-//! $ ADMIN_TOKEN=s3cret cargo run --release --example server
+//! $ ADMIN_TOKEN=demo-admin-token-s3cret cargo run --release --example server
 //! listening on http://127.0.0.1:3000
-//! $ curl -s -X POST -H 'authorization: Bearer s3cret' localhost:3000/admin/accounts/acme/keys
+//! $ curl -s -X POST -H 'authorization: Bearer demo-admin-token-s3cret' \
+//!     localhost:3000/admin/accounts/acme/keys
 //! {"id":"…","account_id":"acme","prefix":"k3v9x0qa","key":"k3v9x0qa.…","status":"active",…}
 //! $ curl -s -H 'x-api-key: k3v9x0qa.…' localhost:3000/v1/whoami
 //! {"account_id":"acme","key_id":"…","prefix":"k3v9x0qa"}
@@ -52,23 +71,33 @@
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use subtle::ConstantTimeEq as _;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_api_key::last_used::LastUsedRecorder;
@@ -81,6 +110,7 @@ use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "\
 usage: server [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL]
+              [--header-read-timeout-ms N] [--max-connections N]
 
   --addr HOST:PORT          where to listen (env ADDR, default 127.0.0.1:3000;
                             port 0 picks any free port)
@@ -89,18 +119,22 @@ usage: server [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL]
   --database-url URL        where keys are kept (env DATABASE_URL; default: in memory):
                             sqlite://FILE (one process; needs --features sqlite) or
                             postgres://USER:PASS@HOST/DB (many processes; --features postgres)
+  --header-read-timeout-ms N
+                            how long a client may take to send a request head, in milliseconds
+                            (env HEADER_READ_TIMEOUT_MS, default 10000, 1 to 3600000)
+  --max-connections N       connections open at once; more are closed at once
+                            (env MAX_CONNECTIONS, default 10000, 1 to 1000000)
   -h, --help                print this help
 
 environment:
-  ADMIN_TOKEN               bearer token of the /admin routes (default: generated and printed)
+  ADMIN_TOKEN               bearer token of the /admin routes, at least 16 characters
+                            (default: generated and printed)
   API_KEY_PEPPER            64 hex characters keying key digests (default: random for this run)
   RUST_LOG                  log filter for stderr (default: info)";
 
 const DEFAULT_ADDR: &str = "127.0.0.1:3000";
-const DEFAULT_FLUSH_MS: u64 = 500;
 /// Above this, `last_used_at` may lag a use by more than the 2 s the demo promises.
 const PROMPT_FLUSH_MS: u64 = 1000;
-const MAX_FLUSH_MS: u64 = 3_600_000;
 /// How long in-flight requests (and open gRPC streams) get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Exit code for a configuration mistake, as for a command-line usage error.
@@ -113,7 +147,7 @@ fn main() -> ExitCode {
             let _ = writeln!(std::io::stdout(), "{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Serve(config)) => config,
+        Ok(Command::Serve(config)) => *config,
         Err(message) => {
             eprintln!("error: {message}\n(run with --help for usage)");
             return ExitCode::from(EXIT_USAGE);
@@ -147,7 +181,8 @@ fn init_tracing() {
 // ===== configuration =====
 
 enum Command {
-    Serve(Config),
+    // Boxed: a `Config` is large beside `Help`, and built once.
+    Serve(Box<Config>),
     Help,
 }
 
@@ -156,6 +191,7 @@ struct Config {
     addrs: Vec<SocketAddr>,
     addr_text: String,
     flush_interval: Duration,
+    limits: ConnectionLimits,
     admin_token: AdminToken,
     /// The generated admin token, to print once; `None` when it came from `ADMIN_TOKEN`.
     generated_admin_token: Option<String>,
@@ -228,6 +264,8 @@ impl Config {
         let Some(Flags {
             addr,
             flush_ms,
+            header_read_timeout_ms,
+            max_connections,
             database_url,
         }) = Flags::parse(args)?
         else {
@@ -245,21 +283,39 @@ impl Config {
             }
         };
 
-        let (addr_source, addr_text) = match addr {
-            Some(flag) => flag,
-            None => var("ADDR")?.unwrap_or_else(|| ("ADDR".to_owned(), DEFAULT_ADDR.to_owned())),
+        // The flag if given, else its variable.
+        let setting = |flag: Setting, name: &str| -> Result<Setting, String> {
+            flag.map_or_else(|| var(name), |flag| Ok(Some(flag)))
         };
+
+        let (addr_source, addr_text) =
+            setting(addr, "ADDR")?.unwrap_or_else(|| ("ADDR".to_owned(), DEFAULT_ADDR.to_owned()));
         let addrs = parse_addr(&addr_text).map_err(|why| {
             format!("{addr_source} {addr_text:?} is not a usable HOST:PORT address: {why}")
         })?;
-        let flush_ms = match flush_ms {
-            Some(flag) => Some(flag),
-            None => var("LAST_USED_FLUSH_MS")?,
+        // A number: the setting, else the default; whole and within bounds.
+        let number = |flag: Setting, name: &str, bounds: Bounds| -> Result<u64, String> {
+            match setting(flag, name)? {
+                Some((source, text)) => bounds.parse(&source, &text),
+                None => Ok(bounds.default),
+            }
         };
-        let flush_interval = Duration::from_millis(match flush_ms {
-            Some((source, text)) => parse_flush_ms(&source, &text)?,
-            None => DEFAULT_FLUSH_MS,
-        });
+        let flush_interval =
+            Duration::from_millis(number(flush_ms, "LAST_USED_FLUSH_MS", FLUSH_MS)?);
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_millis(number(
+                header_read_timeout_ms,
+                "HEADER_READ_TIMEOUT_MS",
+                HEADER_READ_TIMEOUT_MS,
+            )?),
+            // At most `MAX_CONNECTIONS.max`, which fits any `usize`.
+            max_connections: usize::try_from(number(
+                max_connections,
+                "MAX_CONNECTIONS",
+                MAX_CONNECTIONS,
+            )?)
+            .map_err(|_| "MAX_CONNECTIONS is too large for this machine".to_owned())?,
+        };
         let (admin_token, generated_admin_token) = match var("ADMIN_TOKEN")? {
             Some((_, token)) => (AdminToken::parse(&token)?, None),
             None => {
@@ -277,24 +333,21 @@ impl Config {
             None => None,
         };
 
-        let database_url = match database_url {
-            Some(flag) => Some(flag),
-            None => var("DATABASE_URL")?,
-        };
-        let database = match database_url {
+        let database = match setting(database_url, "DATABASE_URL")? {
             Some((source, url)) => Database::from_url(&source, url.trim())?,
             None => Database::Memory,
         };
 
-        Ok(Command::Serve(Self {
+        Ok(Command::Serve(Box::new(Self {
             addrs,
             addr_text,
             flush_interval,
+            limits,
             admin_token,
             generated_admin_token,
             pepper,
             database,
-        }))
+        })))
     }
 }
 
@@ -302,6 +355,8 @@ impl Config {
 struct Flags {
     addr: Setting,
     flush_ms: Setting,
+    header_read_timeout_ms: Setting,
+    max_connections: Setting,
     database_url: Setting,
 }
 
@@ -312,6 +367,8 @@ impl Flags {
         let mut flags = Self {
             addr: None,
             flush_ms: None,
+            header_read_timeout_ms: None,
+            max_connections: None,
             database_url: None,
         };
         while let Some(arg) = args.next() {
@@ -326,6 +383,8 @@ impl Flags {
                 "-h" | "--help" => return Ok(None),
                 "--addr" => &mut flags.addr,
                 "--last-used-flush-ms" => &mut flags.flush_ms,
+                "--header-read-timeout-ms" => &mut flags.header_read_timeout_ms,
+                "--max-connections" => &mut flags.max_connections,
                 "--database-url" => &mut flags.database_url,
                 _ => return Err(format!("unknown argument {arg:?}")),
             };
@@ -343,18 +402,47 @@ impl Flags {
     }
 }
 
-/// The flush interval in milliseconds: 1 to [`MAX_FLUSH_MS`] (0 would mean "never wait").
-fn parse_flush_ms(source: &str, text: &str) -> Result<u64, String> {
-    text.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|ms| (1..=MAX_FLUSH_MS).contains(ms))
-        .ok_or_else(|| {
-            format!(
-                "{source} must be a whole number of milliseconds from 1 to {MAX_FLUSH_MS}, \
-                 not {text:?}"
-            )
-        })
+/// A numeric setting: whole numbers from 1 (0 means nothing useful for any of them: "never
+/// wait", "no time to send a request", "no connections") to `max`.
+#[derive(Clone, Copy)]
+struct Bounds {
+    unit: &'static str,
+    max: u64,
+    default: u64,
+}
+
+/// The last-used flush interval, in milliseconds.
+const FLUSH_MS: Bounds = Bounds {
+    unit: "milliseconds",
+    max: 3_600_000,
+    default: 500,
+};
+/// How long a client may take to send a request head, in milliseconds.
+const HEADER_READ_TIMEOUT_MS: Bounds = Bounds {
+    unit: "milliseconds",
+    max: 3_600_000,
+    default: 10_000,
+};
+/// How many connections may be open at once.
+const MAX_CONNECTIONS: Bounds = Bounds {
+    unit: "connections",
+    max: 1_000_000,
+    default: 10_000,
+};
+
+impl Bounds {
+    fn parse(self, source: &str, text: &str) -> Result<u64, String> {
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=self.max).contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "{source} must be a whole number of {} from 1 to {}, not {text:?}",
+                    self.unit, self.max
+                )
+            })
+    }
 }
 
 /// Resolves `HOST:PORT` (an IP address or a host name) to the addresses to try binding.
@@ -387,6 +475,9 @@ fn random_token() -> Result<String, getrandom::Error> {
 
 // ===== admin token =====
 
+/// The shortest `ADMIN_TOKEN` accepted.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// The admin bearer token, kept as a digest: comparing two fixed-size digests in constant time
 /// reveals neither the token's bytes nor its length.
 #[derive(Clone)]
@@ -398,12 +489,19 @@ impl AdminToken {
     }
 
     /// A token from configuration: it travels in an `Authorization` header, so printable
-    /// ASCII without spaces.
+    /// ASCII without spaces, and it guards key creation, so not short enough to guess.
+    /// Neither message repeats the token.
     fn parse(token: &str) -> Result<Self, String> {
-        if token.bytes().all(|byte| byte.is_ascii_graphic()) {
-            Ok(Self::new(token))
-        } else {
+        if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
             Err("ADMIN_TOKEN must be printable ASCII without spaces".to_owned())
+        } else if token.len() < MIN_ADMIN_TOKEN_LEN {
+            Err(format!(
+                "ADMIN_TOKEN is too short: it must be at least {MIN_ADMIN_TOKEN_LEN} \
+                 characters, e.g. the output of `openssl rand -hex 32` (or leave it unset \
+                 to have one generated)"
+            ))
+        } else {
+            Ok(Self::new(token))
         }
     }
 
@@ -486,13 +584,7 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!(%local_addr, "serving HTTP/1.1 and gRPC (h2c)");
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(serve_connections(listener, app, config.limits, stopped));
 
     tokio::select! {
         signal = signals.recv() => {
@@ -500,8 +592,7 @@ async fn serve(config: Config) -> Result<(), String> {
         }
         ended = &mut server => {
             return Err(match ended {
-                Ok(Ok(())) => "the server stopped unexpectedly".to_owned(),
-                Ok(Err(err)) => format!("the server failed: {err}"),
+                Ok(()) => "the server stopped unexpectedly".to_owned(),
                 Err(err) => format!("the server task failed: {err}"),
             });
         }
@@ -514,8 +605,7 @@ async fn serve(config: Config) -> Result<(), String> {
     // Open connections get a grace period; a second signal ends it early.
     tokio::select! {
         finished = tokio::time::timeout(SHUTDOWN_GRACE, &mut server) => match finished {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "server error while shutting down"),
+            Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "server task failed while shutting down"),
             Err(_) => {
                 tracing::warn!(
@@ -540,6 +630,183 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+// ===== connections =====
+
+/// What each connection may take: time to start sending, and a share of the server.
+#[derive(Clone, Copy)]
+struct ConnectionLimits {
+    /// How long a client may take to send a request head (HTTP/1.1), or the first bytes of
+    /// its connection (any protocol).
+    header_read_timeout: Duration,
+    /// Connections open at once; more are closed as soon as they are accepted.
+    max_connections: usize,
+}
+
+/// How often an idle HTTP/2 connection is pinged, and how long the answer may take: a peer
+/// that is gone stops holding a connection slot.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long to pause accepting after an error such as "too many open files", which would
+/// otherwise repeat at once.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Serves HTTP/1.1 and h2c connections until `stop` fires, then stops accepting and waits
+/// for the open connections to finish their requests (the caller bounds that wait).
+async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    stop: oneshot::Receiver<()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    // Warn once each time the limit is reached, not once per refused connection.
+    let mut full = false;
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        // Refused, not queued: a queue would let a flood hold memory and time anyway.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            if !full {
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached: closing new connections until one ends"
+                );
+                full = true;
+            }
+            drop(stream);
+            continue;
+        };
+        full = false;
+        tokio::spawn(serve_connection(
+            Arc::clone(&builder),
+            stream,
+            app.clone(),
+            graceful.watcher(),
+            limits.header_read_timeout,
+            slot,
+        ));
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// How many bytes a client must send within the header read timeout: the length of the
+/// HTTP/2 preface, and less than any HTTP/1.1 request head with a `host` line.
+const OPENING_BYTES: usize = 24;
+
+/// Serves one connection, holding its slot until it ends. hyper's HTTP/1.1 header timeout
+/// starts only once the protocol is known, so a client that sends nothing (or part of the
+/// HTTP/2 preface) is cut off here.
+async fn serve_connection(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    app: Router,
+    watcher: Watcher,
+    opening_timeout: Duration,
+    _slot: OwnedSemaphorePermit,
+) {
+    let opened = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(Opening {
+        stream,
+        received: 0,
+        opened: Arc::clone(&opened),
+    });
+    let connection =
+        watcher.watch(builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app)));
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = &mut connection => ended,
+        () = tokio::time::sleep(opening_timeout) => {
+            if !opened.load(Ordering::Relaxed) {
+                tracing::debug!("closing a connection that sent too little in time");
+                return;
+            }
+            connection.await
+        }
+    };
+    if let Err(err) = ended {
+        // Clients resetting or timing out are routine, not the server's fault.
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+}
+
+/// A connection's socket, noting when the client has sent its first [`OPENING_BYTES`].
+struct Opening {
+    stream: TcpStream,
+    received: usize,
+    opened: Arc<AtomicBool>,
+}
+
+impl AsyncRead for Opening {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if self.received < OPENING_BYTES {
+            self.received += buf.filled().len() - before;
+            if self.received >= OPENING_BYTES {
+                self.opened.store(true, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Opening {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 // ===== the store =====
@@ -773,7 +1040,15 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     match presented {
-        Some(token) if state.admin_token.matches(token) => next.run(request).await,
+        Some(token) if state.admin_token.matches(token) => {
+            let mut response = next.run(request).await;
+            // Create and rotate answer with a plaintext key: no cache may keep it. Every admin
+            // answer gets it, so a route added later can't forget.
+            response
+                .headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
         Some(_) => admin_refused("invalid admin token"),
         None => admin_refused("missing admin token"),
     }

@@ -5,6 +5,9 @@
 //! 6-character base62 CRC32 checksum of everything before it. Only
 //! [`Pepper::digest`] of a key is ever stored or cached.
 //!
+//! In a request, spaces and tabs around the header value are not part of the key: the layer
+//! trims them (over HTTP/1.1 and HTTP/2 alike) and then parses strictly.
+//!
 //! ```
 //! use tower_api_key::key::{ApiKey, Pepper};
 //!
@@ -221,7 +224,8 @@ impl ApiKey {
     /// base62 body and a matching checksum.
     ///
     /// The length is checked first, so an oversized value costs nothing more. Parsing never
-    /// panics and never allocates.
+    /// panics and never allocates. Nothing is trimmed here: the layer trims spaces and tabs
+    /// around the header value before it calls this, in every protocol.
     ///
     /// # Errors
     ///

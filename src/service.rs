@@ -23,6 +23,10 @@ use crate::resolver::Resolver;
 /// service with [`Authenticated<R::Account>`](Authenticated) in its extensions; a refused one
 /// is answered by the layer (see [`Rejection`]) and never reaches it. The error type is the
 /// inner service's: refusals are responses, not errors.
+///
+/// Spaces and tabs around the header value are trimmed before the key is parsed, whatever
+/// the protocol (HTTP/1.1 servers already strip them; HTTP/2 delivers them as sent); nothing
+/// else is: a blank inside the key, or any other byte around it, makes it invalid.
 pub struct ApiKeyService<S, R: Resolver> {
     inner: S,
     auth: Arc<Authenticator<R>>,
@@ -164,7 +168,7 @@ impl<R: Resolver> Authenticator<R> {
         if values.next().is_some() {
             return self.malformed("repeated header");
         }
-        let key = match ApiKey::parse(value.as_bytes()) {
+        let key = match ApiKey::parse(trim_blanks(value.as_bytes())) {
             Ok(key) => key,
             Err(err) => return self.malformed(err),
         };
@@ -237,6 +241,21 @@ impl<R: Resolver> Authenticator<R> {
     }
 }
 
+/// The value less the spaces and tabs around it. HTTP/1.1 parsers already drop them (RFC 9110
+/// §5.5) but HTTP/2 passes them through: trimming here gives every protocol one answer.
+/// Anything else around the key (NBSP, other control bytes) stays, and parsing refuses it.
+#[inline]
+fn trim_blanks(mut value: &[u8]) -> &[u8] {
+    // One byte compare at each end when there is nothing to trim: the usual case.
+    while let [b' ' | b'\t', rest @ ..] = value {
+        value = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = value {
+        value = rest;
+    }
+    value
+}
+
 impl<R: Resolver> fmt::Debug for Authenticator<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
@@ -245,5 +264,20 @@ impl<R: Resolver> fmt::Debug for Authenticator<R> {
             .field("cache", &self.cache)
             .field("custom_rejection", &self.hook.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trim_blanks;
+
+    #[test]
+    fn only_spaces_and_tabs_at_the_ends_are_trimmed() {
+        assert_eq!(trim_blanks(b"key"), b"key");
+        assert_eq!(trim_blanks(b" \t key\t "), b"key");
+        assert_eq!(trim_blanks(b" k e y "), b"k e y");
+        assert_eq!(trim_blanks(b" \t "), b"");
+        assert_eq!(trim_blanks(b""), b"");
+        assert_eq!(trim_blanks(b"\x0bkey\xc2\xa0"), b"\x0bkey\xc2\xa0");
     }
 }

@@ -10,13 +10,16 @@ mod demo_support;
 
 use std::time::{Duration, Instant, SystemTime};
 
+use hyper::header::CACHE_CONTROL;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use demo_support::{ADMIN_TOKEN, DemoServer, Launch, with_key};
+use demo_support::{ADMIN_TOKEN, DemoServer, Launch, read_until_closed, with_key};
 
 const SERVING: i32 = ServingStatus::Serving as i32;
 const INVALID_KEY: &str = r#"{"error":"invalid API key"}"#;
@@ -357,6 +360,31 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
 // ===== admin rules =====
 
 #[tokio::test]
+async fn answers_carrying_a_key_tell_caches_not_to_store_them() {
+    let server = Launch::new().start().await;
+    let no_store = |reply: &demo_support::Reply, what: &str| {
+        let value = reply
+            .headers
+            .get(CACHE_CONTROL)
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(value, Some("no-store"), "{what}: {:?}", reply.headers);
+    };
+    let created = server
+        .admin(Method::POST, "/admin/accounts/acme/keys")
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert!(created.json()["key"].is_string());
+    no_store(&created, "create");
+    let id = str_field(&created.json(), "id").to_owned();
+    let rotated = server.key_action("acme", &id, "rotate").await;
+    assert!(rotated.json()["key"].is_string());
+    no_store(&rotated, "rotate");
+    // Every admin answer, so that a route added later can't forget it.
+    let listed = server.admin(Method::GET, "/admin/accounts/acme/keys").await;
+    no_store(&listed, "list");
+}
+
+#[tokio::test]
 async fn admin_routes_require_the_admin_token() {
     let server = Launch::new().start().await;
     let path = "/admin/accounts/acme/keys";
@@ -670,6 +698,22 @@ async fn sigterm_lets_an_open_grpc_stream_finish_and_reports_not_serving() {
 }
 
 #[tokio::test]
+async fn a_short_admin_token_exits_with_code_2_without_repeating_it() {
+    // 15 characters: one short of the minimum.
+    let token = "sh0rt-t0ken-15c";
+    let output = Launch::new().env("ADMIN_TOKEN", token).run_to_exit().await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ADMIN_TOKEN") && stderr.contains("at least 16"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(token), "the token is not echoed: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.stdout.is_empty(), "it never listened");
+}
+
+#[tokio::test]
 async fn invalid_pepper_exits_with_code_2_and_a_clear_message() {
     for pepper in ["zz", "0123", &"g".repeat(64), &"ab".repeat(33)] {
         let output = Launch::new()
@@ -692,7 +736,7 @@ async fn invalid_pepper_exits_with_code_2_and_a_clear_message() {
 
 #[tokio::test]
 async fn bad_arguments_exit_with_code_2_and_a_clear_message() {
-    let cases: [(Launch, &str); 9] = [
+    let cases = [
         (Launch::new().arg("--bogus"), "--bogus"),
         (Launch::new().arg("--last-used-flush-ms"), "needs a value"),
         (Launch::new().arg("--addr").arg("nonsense"), "HOST:PORT"),
@@ -717,6 +761,30 @@ async fn bad_arguments_exit_with_code_2_and_a_clear_message() {
             Launch::new().without_addr_flag().env("ADDR", "localhost"),
             "ADDR",
         ),
+        (
+            Launch::new().arg("--header-read-timeout-ms=0"),
+            "--header-read-timeout-ms",
+        ),
+        (
+            Launch::new().arg("--header-read-timeout-ms").arg("soon"),
+            "--header-read-timeout-ms",
+        ),
+        (
+            Launch::new().env("HEADER_READ_TIMEOUT_MS", "-1"),
+            "HEADER_READ_TIMEOUT_MS",
+        ),
+        (
+            Launch::new().arg("--max-connections").arg("0"),
+            "--max-connections",
+        ),
+        (
+            Launch::new().arg("--max-connections=1.5"),
+            "--max-connections",
+        ),
+        (
+            Launch::new().env("MAX_CONNECTIONS", "many"),
+            "MAX_CONNECTIONS",
+        ),
     ];
     for (launch, expected) in cases {
         let described = format!("{launch:?}");
@@ -731,7 +799,14 @@ async fn bad_arguments_exit_with_code_2_and_a_clear_message() {
     assert_eq!(help.status.code(), Some(0));
     let usage = String::from_utf8_lossy(&help.stdout);
     assert!(
-        usage.contains("--addr") && usage.contains("--last-used-flush-ms"),
+        [
+            "--addr",
+            "--last-used-flush-ms",
+            "--header-read-timeout-ms",
+            "--max-connections"
+        ]
+        .iter()
+        .all(|flag| usage.contains(flag)),
         "{usage}"
     );
 }
@@ -791,6 +866,112 @@ async fn unset_secrets_generate_a_printed_admin_token_and_warn_about_the_pepper(
     // The test's usual token is not this server's.
     let refused = server.admin(Method::GET, "/admin/accounts/acme/keys").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+}
+
+// ===== connection defences =====
+
+/// Generous: only a server that never closes the connection should take this long.
+const CLOSE_BOUND: Duration = Duration::from_secs(10);
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n";
+
+/// `GET /healthz` on a kept-alive connection; `true` once `ok` is read, `false` if the server
+/// closed the connection without answering.
+async fn healthz_on(stream: &mut TcpStream) -> bool {
+    if stream.write_all(HEALTHZ).await.is_err() {
+        return false;
+    }
+    let mut received = Vec::new();
+    let answered = tokio::time::timeout(CLOSE_BOUND, async {
+        let mut chunk = [0u8; 4096];
+        // The answer is small; it ends with the body `ok` (Content-Length: 2).
+        while !(received.starts_with(b"HTTP/1.1 200") && received.ends_with(b"\r\n\r\nok")) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    answered.expect("an answer or a close within the bound")
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
+    let server = Launch::new()
+        .arg("--header-read-timeout-ms=200")
+        .start()
+        .await;
+    let stalls: [&[u8]; 3] = [
+        // Half an HTTP/1.1 head.
+        b"GET /v1/ping HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-k",
+        // Half the HTTP/2 preface: the protocol is not even known yet.
+        b"PRI * HTTP/2.0\r\n",
+        // Nothing at all.
+        b"",
+    ];
+    for stall in stalls {
+        let case = String::from_utf8_lossy(stall);
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(stall).await.expect("write");
+        let answer = read_until_closed(&mut stream, CLOSE_BOUND).await;
+        let answer = answer.unwrap_or_else(|| {
+            panic!("{case:?}: still open after {CLOSE_BOUND:?} with a 200 ms timeout")
+        });
+        // hyper may say 408 before closing; the request never reached the app.
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+            "{case:?}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // A client that sends its request at once is served as usual.
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    assert!(healthz_on(&mut stream).await);
+    assert_eq!(server.get("/healthz").await.text(), "ok");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_and_a_freed_slot_is_served_again() {
+    // A long header timeout, so that the held idle connections stay open.
+    let server = Launch::new()
+        .arg("--max-connections=2")
+        .arg("--header-read-timeout-ms=600000")
+        .start()
+        .await;
+    let mut first = TcpStream::connect(server.addr).await.expect("connect");
+    let mut second = TcpStream::connect(server.addr).await.expect("connect");
+    assert!(healthz_on(&mut first).await, "first connection served");
+    assert!(healthz_on(&mut second).await, "second connection served");
+
+    // A third is closed without an answer, not queued.
+    let mut third = TcpStream::connect(server.addr).await.expect("connect");
+    let _ = third.write_all(HEALTHZ).await;
+    let answer = read_until_closed(&mut third, CLOSE_BOUND)
+        .await
+        .expect("the third connection is closed");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // The held ones are still served.
+    assert!(healthz_on(&mut second).await);
+
+    // Once one closes, its slot is free again (as soon as the server has seen the close).
+    drop(first);
+    let deadline = Instant::now() + CLOSE_BOUND;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        if healthz_on(&mut stream).await {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new connection served in {CLOSE_BOUND:?} ({attempts} attempts)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(healthz_on(&mut second).await);
 }
 
 // ===== --database-url =====

@@ -8,9 +8,9 @@
 //! | input | HTTP/1.1 | gRPC (h2c) |
 //! | --- | --- | --- |
 //! | no `x-api-key`; key only in the query string, a cookie or `Authorization` | 401 missing (layer) | `grpc-status: 16` |
-//! | empty or all-whitespace value | 401 invalid (layer: hyper trims the whitespace, the value is empty) | 16 |
-//! | valid key with spaces/tabs around it | 200: optional whitespace around a field value is not part of it (RFC 9110 §5.5), hyper strips it | 16: HTTP/2 carries the value as sent, spaces included, and the layer refuses it |
-//! | spaces or tab inside, non-UTF-8 (obs-text) bytes, prefix alone, body alone, key too long or short, upper/lower-cased, `Bearer <key>` | 401 invalid (layer, parse) | 16 |
+//! | empty or all-whitespace value | 401 invalid (the value is empty once its blanks are trimmed) | 16 |
+//! | valid key with spaces/tabs around it | 200: blanks around a field value are not part of it (RFC 9110 §5.5); hyper strips them | 0: HTTP/2 carries them as sent, and the layer trims them |
+//! | spaces or tab inside, NBSP around, non-UTF-8 (obs-text) bytes, prefix alone, body alone, key too long or short, upper/lower-cased, `Bearer <key>` | 401 invalid (layer, parse) | 16 |
 //! | valid prefix with another key's body (checksum recomputed: well-formed) | 401 invalid (layer, after a store lookup) | 16 |
 //! | duplicate `x-api-key` headers, or one comma-joined value | 401 invalid (layer) | 16 |
 //! | a key of another account | 200 as *that* account, never the other | 200 |
@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use demo_support::{DemoServer, Launch};
+use demo_support::{DemoServer, Launch, read_until_closed};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -44,7 +44,7 @@ const MISSING: &str = r#"{"error":"missing API key"}"#;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// CRC32 of `checked` as 6 big-endian base62 digits: the checksum DESIGN.md §2 describes.
+/// CRC32 of `checked` as 6 big-endian base62 digits: the key format's checksum.
 fn checksum(checked: &str) -> String {
     let mut value = crc32fast::hash(checked.as_bytes());
     let mut digits = [b'0'; 6];
@@ -89,18 +89,8 @@ async fn raw_http(addr: SocketAddr, head: Vec<u8>) -> Raw {
         let _ = writer.flush().await;
         writer
     });
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(IO_TIMEOUT, async {
-        let mut chunk = [0u8; 8192];
-        loop {
-            match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no answer within {IO_TIMEOUT:?}");
+    let answer = read_until_closed(&mut reader, IO_TIMEOUT).await;
+    let answer = answer.unwrap_or_else(|| panic!("no answer within {IO_TIMEOUT:?}"));
     drop(write.await);
     let text = String::from_utf8_lossy(&answer);
     let status = text
@@ -167,32 +157,27 @@ async fn check_http(addr: SocketAddr, case: &str, path: &str, headers: &[Vec<u8>
 
 // ===== raw HTTP/2 gRPC =====
 
-/// One unary `grpc.health.v1.Health/Check` over a fresh h2c connection with `keys` as
-/// `x-api-key` values. Returns the HTTP status and the `grpc-status` (from the headers of a
-/// Trailers-Only answer, or the trailers), or the error if the stream was refused.
-async fn grpc_check(
+/// An answer over HTTP/2: the status, the `grpc-status` (from the headers of a Trailers-Only
+/// answer, or the trailers) and the body.
+#[derive(Debug)]
+struct H2Answer {
+    status: StatusCode,
+    grpc_status: Option<String>,
+    body: Bytes,
+}
+
+/// Sends `request` over a fresh h2c connection and reads the whole answer, or the error if
+/// the stream was refused.
+async fn h2_exchange(
     addr: SocketAddr,
-    path: &str,
-    keys: &[&[u8]],
-) -> Result<(StatusCode, Option<String>), hyper::Error> {
+    request: Request<Full<Bytes>>,
+) -> Result<H2Answer, hyper::Error> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .expect("h2 handshake");
     tokio::spawn(connection);
-    let mut request = Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        // One empty HealthCheckRequest: uncompressed, length 0.
-        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-        .expect("request");
-    for key in keys {
-        request.headers_mut().append(
-            "x-api-key",
-            HeaderValue::from_bytes(key).expect("header-legal bytes"),
-        );
-    }
     let exchange = async {
         let response = sender.send_request(request).await?;
         let status = response.status();
@@ -204,11 +189,53 @@ async fn grpc_check(
         let grpc_status = in_headers
             .or(in_trailers)
             .map(|value| value.to_str().expect("ascii").to_owned());
-        Ok((status, grpc_status))
+        Ok(H2Answer {
+            status,
+            grpc_status,
+            body: collected.to_bytes(),
+        })
     };
     tokio::time::timeout(IO_TIMEOUT, exchange)
         .await
-        .expect("a gRPC answer in time")
+        .expect("an HTTP/2 answer in time")
+}
+
+fn with_keys(mut request: Request<Full<Bytes>>, keys: &[&[u8]]) -> Request<Full<Bytes>> {
+    for key in keys {
+        request.headers_mut().append(
+            "x-api-key",
+            HeaderValue::from_bytes(key).expect("header-legal bytes"),
+        );
+    }
+    request
+}
+
+/// One unary `grpc.health.v1.Health/Check` over a fresh h2c connection with `keys` as
+/// `x-api-key` values. Returns the HTTP status and the `grpc-status`, or the error if the
+/// stream was refused.
+async fn grpc_check(
+    addr: SocketAddr,
+    path: &str,
+    keys: &[&[u8]],
+) -> Result<(StatusCode, Option<String>), hyper::Error> {
+    let request = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        // One empty HealthCheckRequest: uncompressed, length 0.
+        .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .expect("request");
+    let answer = h2_exchange(addr, with_keys(request, keys)).await?;
+    Ok((answer.status, answer.grpc_status))
+}
+
+/// `GET path` over a fresh h2c connection (plain HTTP/2, not gRPC) with `keys`.
+async fn h2_get(addr: SocketAddr, path: &str, keys: &[&[u8]]) -> H2Answer {
+    let request = Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    h2_exchange(addr, with_keys(request, keys))
+        .await
+        .unwrap_or_else(|err| panic!("GET {path} over h2: {err}"))
 }
 
 async fn check_grpc(addr: SocketAddr, case: &str, path: &str, keys: &[&[u8]], expect: &str) {
@@ -609,7 +636,7 @@ async fn every_bad_input_over_grpc_gets_unauthenticated() {
     let with = |before: &[u8], after: &[u8]| [before, acme, after].concat();
     let upper = acme.to_ascii_uppercase();
     let bearer = with(b"Bearer ", b"");
-    let spaced = with(b"  ", b" ");
+    let spaced = with(b"  \t", b" ");
     let long = vec![b'a'; 8 << 10];
     let mut non_utf8 = acme.to_vec();
     non_utf8[30] = 0xFF;
@@ -621,8 +648,8 @@ async fn every_bad_input_over_grpc_gets_unauthenticated() {
         ("no key", vec![], "16"),
         ("empty value", vec![b""], "16"),
         ("whitespace only", vec![b"  \t "], "16"),
-        // HTTP/2 carries the value exactly as sent: the spaces are part of it.
-        ("whitespace around the key", vec![&spaced], "16"),
+        // HTTP/2 carries the value exactly as sent; the layer trims the blanks.
+        ("whitespace around the key", vec![&spaced], "0"),
         ("duplicate key headers", vec![acme, acme], "16"),
         (
             "duplicate: valid then garbage",
@@ -692,6 +719,52 @@ async fn every_bad_input_over_grpc_gets_unauthenticated() {
         ],
     )
     .await;
+}
+
+/// One contract for blanks in every protocol: HTTP/1.1 strips spaces and tabs around a value
+/// (hyper), HTTP/2 passes them through, and the layer trims them; nothing else is trimmed.
+#[tokio::test]
+async fn blanks_around_a_key_are_trimmed_over_http1_http2_and_grpc_and_nothing_else_is() {
+    let server = Launch::new().start().await;
+    let created = server.create_key("acme").await;
+    let key = created["key"].as_str().expect("key").to_owned();
+    let (addr, acme) = (server.addr, key.as_bytes());
+    let check = "/grpc.health.v1.Health/Check";
+    let with = |before: &[u8], after: &[u8]| [before, acme, after].concat();
+
+    for padded in [with(b" ", b""), with(b"", b"\t"), with(b" \t ", b"\t  ")] {
+        let case = format!("padded {padded:?}");
+        let header = vec![line("x-api-key", &padded)];
+        check_http(addr, &case, "/v1/whoami", &header, Expect::Account("acme")).await;
+        let h2 = h2_get(addr, "/v1/whoami", &[&padded]).await;
+        assert_eq!(h2.status, StatusCode::OK, "{case} over h2: {h2:?}");
+        let who: Value = serde_json::from_slice(&h2.body).expect("JSON");
+        assert_eq!(who["account_id"], "acme", "{case} over h2");
+        check_grpc(addr, &case, check, &[&padded], "0").await;
+    }
+    // tonic's own client, the key padded in the metadata.
+    let status = server.grpc_health(Some(&format!(" \t{key}  "))).await;
+    assert_eq!(status.expect("let in"), 1, "SERVING");
+
+    let nbsp = "\u{a0}".as_bytes();
+    for refused in [
+        with(nbsp, b""),
+        with(b"", nbsp),
+        [&acme[..20], b" ", &acme[20..]].concat(),
+        [&acme[..20], b"\t", &acme[20..]].concat(),
+    ] {
+        let case = format!("refused {refused:?}");
+        let header = vec![line("x-api-key", &refused)];
+        check_http(addr, &case, "/v1/whoami", &header, Expect::Refused(INVALID)).await;
+        let h2 = h2_get(addr, "/v1/whoami", &[&refused]).await;
+        assert_eq!(h2.status, StatusCode::UNAUTHORIZED, "{case} over h2");
+        assert_eq!(&h2.body[..], INVALID.as_bytes(), "{case} over h2");
+        check_grpc(addr, &case, check, &[&refused], "16").await;
+    }
+    // A vertical tab is a control character: hyper refuses it before the layer, and an
+    // HTTP/2 client can't send it (`HeaderValue` refuses it).
+    let vt = vec![line("x-api-key", &with(b"\x0b", b"\x0b"))];
+    check_http(addr, "0x0B around", "/v1/whoami", &vt, Expect::Hyper(400)).await;
 }
 
 #[tokio::test]

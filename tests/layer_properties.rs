@@ -4,7 +4,8 @@
 //!
 //! Over a healthy store, whatever the request:
 //! - nothing panics and nothing is a 5xx;
-//! - the inner service is reached exactly when one `x-api-key` header holds a valid key;
+//! - the inner service is reached exactly when one `x-api-key` header holds a valid key,
+//!   with nothing around it but spaces and tabs (trimmed in every protocol);
 //! - every other request with the header is 401 `invalid API key` (gRPC: HTTP 200 with
 //!   `grpc-status: 16`), and one without it is 401 `missing API key`;
 //! - a value that isn't a well-formed key never reaches the store.
@@ -91,8 +92,9 @@ impl Fixture {
         self.store.lookups.load(Ordering::SeqCst)
     }
 
-    /// Which account a valid key belongs to.
+    /// Which account a header value's key belongs to: spaces and tabs around it don't count.
     fn owner(&self, value: &[u8]) -> Option<&'static str> {
+        let value = without_blanks(value);
         if value == self.acme.as_bytes() {
             Some("acme")
         } else if value == self.other.as_bytes() {
@@ -138,6 +140,17 @@ impl Answer {
     }
 }
 
+/// `value` less the spaces and tabs around it, the only padding the layer ignores.
+fn without_blanks(value: &[u8]) -> &[u8] {
+    let blank = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let start = value.iter().position(|byte| !blank(byte));
+    let end = value.iter().rposition(|byte| !blank(byte));
+    match (start, end) {
+        (Some(start), Some(end)) => &value[start..=end],
+        _ => &[],
+    }
+}
+
 const INVALID: &[u8] = br#"{"error":"invalid API key"}"#;
 const MISSING: &[u8] = br#"{"error":"missing API key"}"#;
 
@@ -157,7 +170,7 @@ fn header_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 /// A header value an attacker might send: arbitrary bytes, or a valid key altered.
 fn hostile_value(acme: String) -> impl Strategy<Value = Vec<u8>> {
     let key = acme.into_bytes();
-    let (k1, k2, k3, k4, k5) = (key.clone(), key.clone(), key.clone(), key.clone(), key);
+    let [k1, k2, k3, k4, k5, k6] = std::array::from_fn(|_| key.clone());
     prop_oneof![
         header_bytes(200),
         // Right length, arbitrary header bytes.
@@ -173,6 +186,13 @@ fn hostile_value(acme: String) -> impl Strategy<Value = Vec<u8>> {
             &before[..],
             &k2[..],
             &after[..]
+        ]
+        .concat()),
+        // Only spaces and tabs around the key: let in, in every protocol.
+        ("[ \t]{0,4}", "[ \t]{0,4}").prop_map(move |(before, after)| [
+            before.as_bytes(),
+            &k6[..],
+            after.as_bytes()
         ]
         .concat()),
         // A slice of the key: the prefix alone, the body alone, a truncation.
@@ -225,12 +245,68 @@ fn any_single_value_but_a_valid_key_is_401_and_malformed_ones_never_reach_the_st
                     None => check_refused(&answer)?,
                 }
             }
-            if ApiKey::parse(&value).is_err() {
+            if ApiKey::parse(without_blanks(&value)).is_err() {
                 prop_assert_eq!(f.lookups(), lookups, "a malformed value reached the store");
             }
             Ok(())
         })
         .unwrap();
+}
+
+// ===== blanks around the key =====
+
+#[test]
+fn spaces_and_tabs_around_a_key_are_trimmed_and_nothing_else_is() {
+    let f = Fixture::new();
+    let key = f.acme.as_bytes();
+    let around = |before: &[u8], after: &[u8]| [before, key, after].concat();
+    let grpc = |value: &[u8]| {
+        let mut request = keyed(&[value.to_vec()]);
+        request.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        request
+    };
+    for padded in [
+        around(b" ", b""),
+        around(b"", b" "),
+        around(b"\t", b"\t"),
+        around(b" \t  ", b"\t \t "),
+    ] {
+        for service in [&f.required, &f.optional] {
+            let answer = f.call(service, keyed(std::slice::from_ref(&padded)));
+            assert_eq!(answer.reached.as_deref(), Some("acme"), "{padded:?}");
+        }
+        let answer = f.call(&f.required, grpc(&padded));
+        assert_eq!(answer.reached.as_deref(), Some("acme"), "gRPC {padded:?}");
+    }
+    // NBSP is not a blank of HTTP; a blank inside the key is part of it. (Control characters
+    // such as 0x0B can't be in a `HeaderValue`: hyper refuses them with 400.)
+    let lookups = f.lookups();
+    for refused in [
+        around("\u{a0}".as_bytes(), b""),
+        around(b"", "\u{a0}".as_bytes()),
+        [&key[..20], b" ", &key[20..]].concat(),
+        [&key[..20], b"\t", &key[21..]].concat(),
+        around(b" ", b" x"),
+    ] {
+        for service in [&f.required, &f.optional] {
+            check_refused(&f.call(service, keyed(std::slice::from_ref(&refused)))).unwrap();
+        }
+        let answer = f.call(&f.required, grpc(&refused));
+        assert_eq!(answer.reached, None, "gRPC {refused:?}");
+        assert_eq!(
+            answer.grpc_status.as_deref(),
+            Some("16"),
+            "gRPC {refused:?}"
+        );
+    }
+    assert_eq!(
+        f.lookups(),
+        lookups,
+        "malformed values never reach the store"
+    );
 }
 
 // ===== repeated headers =====

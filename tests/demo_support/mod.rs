@@ -13,9 +13,9 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -30,11 +30,15 @@ pub(crate) const PEPPER: &str = "0123456789abcdef0123456789abcdef0123456789abcde
 /// Generous: the first test may wait for the example to compile, and the machine is small.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Well under the server's default header read timeout, which also closes idle connections.
+const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The environment variables the server reads; removed from the child's environment unless a
 /// test sets them, so the developer's shell can't change a test's outcome.
-const SERVER_VARS: [&str; 6] = [
+const SERVER_VARS: [&str; 8] = [
     "ADDR",
     "LAST_USED_FLUSH_MS",
+    "HEADER_READ_TIMEOUT_MS",
+    "MAX_CONNECTIONS",
     "ADMIN_TOKEN",
     "API_KEY_PEPPER",
     "RUST_LOG",
@@ -194,7 +198,12 @@ impl Launch {
             generated_admin_token,
             stderr,
             stderr_task: Some(stderr_task),
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            // Idle connections are dropped before the server's header read timeout (10 s by
+            // default) would close them, so a request never races that close.
+            http: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(CLIENT_IDLE_TIMEOUT)
+                .build_http(),
         }
     }
 
@@ -412,6 +421,26 @@ impl DemoServer {
         }
         (status, self.log())
     }
+}
+
+/// Reads until the server closes the connection (EOF or a reset); returns what it sent, or
+/// `None` if it kept the connection open for the whole bound.
+pub(crate) async fn read_until_closed(
+    stream: &mut (impl AsyncRead + Unpin),
+    bound: Duration,
+) -> Option<Vec<u8>> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(bound, async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|()| received)
 }
 
 /// A gRPC request carrying `key` (if any) in the `x-api-key` metadata.
