@@ -16,7 +16,7 @@ use tower_api_key::key::{KEY_LEN, KeyPrefix, PREFIX_LEN};
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const CHECKSUM_LEN: usize = 6;
 
-/// CRC32 of `checked`, as 6 big-endian base62 digits (DESIGN.md §2).
+/// CRC32 of `checked`, as 6 big-endian base62 digits (the key format in ARCHITECTURE.md, *Keys*).
 fn checksum(checked: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut value = crc32fast::hash(checked);
     let mut digits = [b'0'; CHECKSUM_LEN];
