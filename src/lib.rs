@@ -104,3 +104,9 @@ pub use store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, S
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PgChangeFeed, PostgresStore};
+
+/// The README's Rust examples, compiled and run as doctests so they can't drift from the API.
+#[cfg(all(doctest, feature = "axum", feature = "postgres"))]
+#[doc(test(attr(allow(unused))))]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
