@@ -22,8 +22,8 @@ use tower_service::Service;
 use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::cache::PendingLookup;
+use crate::gatekeeper::Gatekeeper;
 use crate::resolver::Resolver;
-use crate::service::Authenticator;
 
 pin_project! {
     /// Response future of [`ApiKeyService`](crate::ApiKeyService).
@@ -57,7 +57,7 @@ pin_project! {
         Resolving {
             lookup: PendingLookup<R::Account>,
             waiting: Option<(S, Request<B>)>,
-            auth: Arc<Authenticator<R>>,
+            gatekeeper: Arc<Gatekeeper<R>>,
         },
     }
 }
@@ -85,13 +85,13 @@ where
         lookup: PendingLookup<R::Account>,
         ready_inner: S,
         request: Request<B>,
-        auth: Arc<Authenticator<R>>,
+        gatekeeper: Arc<Gatekeeper<R>>,
     ) -> Self {
         Self {
             state: State::Resolving {
                 lookup,
                 waiting: Some((ready_inner, request)),
-                auth,
+                gatekeeper,
             },
         }
     }
@@ -120,13 +120,13 @@ where
                 StateProj::Resolving {
                     lookup,
                     waiting,
-                    auth,
+                    gatekeeper,
                 } => {
                     let outcome = ready!(lookup.poll_unpin(cx));
                     let (mut inner, mut request) = waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match auth.settle(outcome) {
+                    match gatekeeper.conclude(outcome) {
                         Ok(account) => {
                             request
                                 .extensions_mut()
@@ -136,7 +136,7 @@ where
                             }
                         }
                         Err(rejection) => State::Rejected {
-                            response: Some(auth.reject(rejection, &request)),
+                            response: Some(gatekeeper.reject(rejection, &request)),
                         },
                     }
                 }

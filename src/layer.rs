@@ -30,6 +30,7 @@ use http::{HeaderName, Response};
 use tower_layer::Layer;
 
 use crate::cache::{CacheConfig, CachedResolver};
+use crate::gatekeeper::{Gatekeeper, Mode, RejectionHook};
 use crate::invalidation::InvalidationBus;
 use crate::key::Pepper;
 use crate::last_used::LastUsedRecorder;
@@ -37,7 +38,7 @@ use crate::manager::KeyManager;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::rejection::RejectionContext;
 use crate::resolver::{Resolver, StoreResolver};
-use crate::service::{ApiKeyService, Authenticator, Mode, RejectionHook};
+use crate::service::ApiKeyService;
 
 /// The header keys travel in unless configured otherwise: `x-api-key`.
 pub const DEFAULT_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -45,7 +46,7 @@ pub const DEFAULT_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 /// Applies [`ApiKeyService`] to a service. Cloning shares the cache and the counters: every
 /// service made from one layer sees the same invalidations.
 pub struct ApiKeyLayer<R: Resolver> {
-    auth: Arc<Authenticator<R>>,
+    auth: Arc<Gatekeeper<R>>,
 }
 
 impl<R: Resolver> ApiKeyLayer<R> {
@@ -180,7 +181,7 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
             &self.buses,
         );
         ApiKeyLayer {
-            auth: Arc::new(Authenticator {
+            auth: Arc::new(Gatekeeper {
                 header: self.header,
                 mode: self.mode,
                 pepper: self.pepper,

@@ -79,6 +79,7 @@ pub mod cache;
 pub mod extract;
 pub mod feed;
 pub mod future;
+mod gatekeeper;
 pub mod invalidation;
 pub mod key;
 pub mod last_used;

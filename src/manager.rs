@@ -288,12 +288,12 @@ impl KeyManager {
         for _ in 0..PREFIX_ATTEMPTS {
             let key = ApiKey::generate()?;
             let digest = self.pepper.digest(&key);
-            let change = UnsettledChange::arm(&self.invalidations);
+            let change = PendingChange::arm(&self.invalidations);
             let outcome = self
                 .store
                 .replace_key(account, id, key.prefix(), digest)
                 .await;
-            change.settle(&outcome);
+            change.replied(&outcome);
             match outcome {
                 Ok(Some(rotated)) => {
                     self.invalidations
@@ -350,9 +350,9 @@ impl KeyManager {
     ///
     /// [`ManagerError::NotFound`] if no such key belongs to the account.
     pub async fn delete(&self, account: &AccountId, id: KeyId) -> Result<(), ManagerError> {
-        let change = UnsettledChange::arm(&self.invalidations);
+        let change = PendingChange::arm(&self.invalidations);
         let outcome = self.store.delete(account, id).await;
-        change.settle(&outcome);
+        change.replied(&outcome);
         let record = outcome?.ok_or(ManagerError::NotFound)?;
         self.invalidations.publish(Invalidation::Key(record.digest));
         tracing::info!(account = %account, prefix = %record.prefix, "api key deleted");
@@ -365,9 +365,9 @@ impl KeyManager {
         id: KeyId,
         status: KeyStatus,
     ) -> Result<KeyInfo, ManagerError> {
-        let change = UnsettledChange::arm(&self.invalidations);
+        let change = PendingChange::arm(&self.invalidations);
         let outcome = self.store.set_status(account, id, status).await;
-        change.settle(&outcome);
+        change.replied(&outcome);
         let record = outcome?.ok_or(ManagerError::NotFound)?;
         self.invalidations.publish(Invalidation::Key(record.digest));
         tracing::info!(account = %account, prefix = %record.prefix, status = %status, "api key status set");
@@ -384,20 +384,20 @@ impl fmt::Debug for KeyManager {
     }
 }
 
-// ===== UnsettledChange =====
+// ===== PendingChange =====
 
 /// A change that may reach the store while its outcome is unknown.
 ///
 /// The caller's future can be dropped mid-change (a timeout, a client that disconnects) and a
 /// store can commit and then fail to reply; either way the change may be in force while
-/// nothing names the key it touched. Dropped before [`settle`](Self::settle), or settled with
+/// nothing names the key it touched. Dropped before [`replied`](Self::replied), or replied to with
 /// a failure that may have applied, this invalidates everything: a cache-wide miss is cheap
 /// next to a revoked key that keeps working.
-struct UnsettledChange<'a> {
+struct PendingChange<'a> {
     invalidations: Option<&'a InvalidationBus>,
 }
 
-impl<'a> UnsettledChange<'a> {
+impl<'a> PendingChange<'a> {
     fn arm(invalidations: &'a InvalidationBus) -> Self {
         Self {
             invalidations: Some(invalidations),
@@ -406,7 +406,7 @@ impl<'a> UnsettledChange<'a> {
 
     /// The store answered: on success the caller publishes the keys it changed; a refusal
     /// that changed nothing publishes nothing; any other failure is left to `Drop`.
-    fn settle<T>(mut self, outcome: &Result<T, StoreError>) {
+    fn replied<T>(mut self, outcome: &Result<T, StoreError>) {
         match outcome {
             Ok(_) | Err(StoreError::PrefixTaken | StoreError::LimitReached { .. }) => {
                 self.invalidations = None;
@@ -416,7 +416,7 @@ impl<'a> UnsettledChange<'a> {
     }
 }
 
-impl Drop for UnsettledChange<'_> {
+impl Drop for PendingChange<'_> {
     fn drop(&mut self) {
         if let Some(invalidations) = self.invalidations.take() {
             tracing::warn!(

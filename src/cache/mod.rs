@@ -359,12 +359,12 @@ impl<R: Resolver> CachedResolver<R> {
             shared.metrics.coalesced();
             return Ok(running.lookup.clone());
         }
-        // A call for this key may have settled since the caller missed the cache: it cached
+        // A call for this key may have finished since the caller missed the cache: it cached
         // its answer before leaving the in-flight table, so look once more under the lock.
         if shared.trusted() {
             if let Some((answer, _)) = shared.stored(&digest) {
                 shared.metrics.coalesced();
-                return Ok(settled(answer));
+                return Ok(known_answer(answer));
             }
         }
         let permit = match &shared.lookup_permits {
@@ -472,7 +472,7 @@ fn start_lookup<R: Resolver>(
     // A timeout needs tokio's timer; without a runtime the call runs inline and unbounded.
     let timeout = runtime.as_ref().and(shared.lookup_timeout);
     let call = async move {
-        // A panicking resolver must still settle, or its key would stay "in flight" forever.
+        // A panicking resolver must still finish its call, or its key would stay "in flight" forever.
         let resolved = AssertUnwindSafe(async {
             // The wait for a known-key permit counts towards the lookup timeout.
             let _permit = match permit {
@@ -503,7 +503,7 @@ fn start_lookup<R: Resolver>(
                 Lookup::Failed(LookupFailure::TimedOut)
             }
         };
-        shared.settle(digest, started_in, ticket, &lookup);
+        shared.finish_call(digest, started_in, ticket, &lookup);
         lookup
     };
     // Run the call as its own task so that it completes, and leaves the in-flight table,
@@ -555,7 +555,13 @@ impl<R: Resolver> CacheShared<R> {
 
     /// Caches a finished call's answer unless an invalidation happened since it started (or a
     /// channel is down), and removes the call from the in-flight table.
-    fn settle(&self, digest: KeyDigest, started_in: u64, ticket: u64, lookup: &Lookup<R::Account>) {
+    fn finish_call(
+        &self,
+        digest: KeyDigest,
+        started_in: u64,
+        ticket: u64,
+        lookup: &Lookup<R::Account>,
+    ) {
         if let Lookup::Found(_) = lookup {
             // A claim on the known-key lookups, not an answer: kept whatever happened since.
             self.known_keys.insert(digest, ());
@@ -594,7 +600,7 @@ impl<R: Resolver> CacheShared<R> {
 }
 
 /// An answer already known, in the shape of a call in progress.
-fn settled<A: Send + Sync + 'static>(answer: Cached<A>) -> PendingLookup<A> {
+fn known_answer<A: Send + Sync + 'static>(answer: Cached<A>) -> PendingLookup<A> {
     let lookup = match answer {
         Cached::Valid(account) => Lookup::Found(account),
         Cached::Invalid => Lookup::NotFound,
@@ -688,10 +694,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_that_missed_just_before_a_call_settled_joins_its_answer() {
+    async fn a_request_that_missed_just_before_a_call_finished_joins_its_answer() {
         let cache = cache();
         let (key, digest) = key();
-        // The first request misses and starts the call, which settles (caches its answer and
+        // The first request misses and starts the call, which finishes (caches its answer and
         // leaves the in-flight table).
         assert!(cache.cached(&digest).is_none());
         let first = cache.lookup(&key, digest).expect("permit").await;
