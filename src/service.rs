@@ -1,5 +1,5 @@
-//! [`ApiKeyService`]: the middleware itself. What it decides for each request is the
-//! [`Gatekeeper`](crate::gatekeeper)'s; this module only wires that decision into tower.
+//! [`ApiKeyService`]: the middleware itself. What it decides for each request is worked out
+//! by the crate's private gatekeeper; this module only wires that decision into tower.
 
 use std::fmt;
 use std::sync::Arc;
