@@ -17,28 +17,144 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// What the layer counts. A cache hit bumps exactly one counter.
-#[derive(Debug, Clone, Copy)]
-#[repr(usize)]
-enum Counter {
-    AcceptedCached,
-    AcceptedResolved,
-    Anonymous,
-    Missing,
-    Malformed,
-    RefusedCached,
-    RefusedResolved,
-    Unavailable,
-    CacheMisses,
-    ResolverCalls,
-    ResolverFailures,
-    CoalescedLookups,
-    LookupsShed,
-    Invalidations,
-    LastUsedDropped,
+/// Declares everything the layer counts from one table: the internal counters (each bumped by
+/// one method), and the exported series, each the sum of some counters, which become the
+/// snapshot's fields, the Prometheus text and the `metrics` facade's handles.
+macro_rules! metrics_table {
+    (
+        counters: [$($counter:ident => $method:ident),* $(,)?],
+        series: [$(
+            $name:literal ($help:literal) {$(
+                $(#[doc = $doc:literal])*
+                $field:ident $({$key:literal = $value:literal})? = $($sum:ident)|+;
+            )*}
+        )*],
+    ) => {
+        /// What the layer counts. A cache hit bumps exactly one counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        enum Counter {
+            $($counter),*
+        }
+
+        const COUNTERS: usize = [$(Counter::$counter),*].len();
+
+        impl Metrics {
+            $(
+                pub(crate) fn $method(&self) {
+                    self.bump(Counter::$counter);
+                }
+            )*
+
+            /// Reads every counter.
+            pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot {
+                    $($($field: 0 $(+ self.sum(Counter::$sum))+,)*)*
+                }
+            }
+        }
+
+        /// A point-in-time copy of a layer's counters.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct MetricsSnapshot {
+            $($($(#[doc = $doc])* pub $field: u64,)*)*
+        }
+
+        /// Every exported series, in the order of the Prometheus text.
+        const SERIES: &[Series] = &[$($(
+            Series {
+                name: $name,
+                label: metrics_table!(@label $({$key = $value})?),
+                help: $help,
+                sums: &[$(Counter::$sum),+],
+            },
+        )*)*];
+
+        impl MetricsSnapshot {
+            /// The value of each of [`SERIES`], in order.
+            fn values(&self) -> [u64; SERIES.len()] {
+                [$($(self.$field),*),*]
+            }
+        }
+    };
+    (@label) => { None };
+    (@label {$key:literal = $value:literal}) => { Some(($key, $value)) };
 }
 
-const COUNTERS: usize = Counter::LastUsedDropped as usize + 1;
+/// One exported series: a metric name, at most one label, and the counters it adds up.
+struct Series {
+    name: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    help: &'static str,
+    sums: &'static [Counter],
+}
+
+metrics_table! {
+    counters: [
+        AcceptedCached => accepted_cached,
+        AcceptedResolved => accepted_resolved,
+        Anonymous => anonymous,
+        Missing => missing,
+        Malformed => malformed,
+        RefusedCached => refused_cached,
+        RefusedResolved => refused_resolved,
+        Unavailable => unavailable,
+        CacheMisses => cache_misses,
+        ResolverCalls => resolver_called,
+        ResolverFailures => resolver_failed,
+        CoalescedLookups => coalesced,
+        LookupsShed => lookups_shed,
+        Invalidations => invalidated,
+        LastUsedDropped => last_used_dropped,
+    ],
+    series: [
+        "api_key_requests_total" ("Requests seen by the API-key layer, by outcome.") {
+            /// Requests let through with a valid key.
+            accepted {"outcome" = "accepted"} = AcceptedCached | AcceptedResolved;
+            /// Requests let through without a key (optional mode).
+            anonymous {"outcome" = "anonymous"} = Anonymous;
+            /// Requests refused for having no key.
+            missing {"outcome" = "missing"} = Missing;
+            /// Requests refused for a malformed, unknown, inactive or rotated-away key.
+            invalid {"outcome" = "invalid"} = Malformed | RefusedCached | RefusedResolved;
+            /// Requests answered 503: the resolver failed, timed out or panicked, or was too
+            /// busy.
+            unavailable {"outcome" = "unavailable"} = Unavailable;
+        }
+        "api_key_cache_lookups_total" ("Cache lookups for well-formed keys, by result.") {
+            /// Well-formed keys answered from the cache (accepted or refused).
+            cache_hits {"result" = "hit"} = AcceptedCached | RefusedCached;
+            /// Well-formed keys not in the cache.
+            cache_misses {"result" = "miss"} = CacheMisses;
+        }
+        "api_key_resolver_calls_total" ("Resolver calls started.") {
+            /// Resolver calls started.
+            resolver_calls = ResolverCalls;
+        }
+        "api_key_resolver_failures_total" ("Resolver calls that failed, timed out or panicked.") {
+            /// Resolver calls that failed, timed out or panicked.
+            resolver_failures = ResolverFailures;
+        }
+        "api_key_coalesced_lookups_total" ("Cache misses that joined a resolver call already in progress.") {
+            /// Cache misses that joined a resolver call already running for the same key.
+            coalesced_lookups = CoalescedLookups;
+        }
+        "api_key_lookups_shed_total" ("Cache misses answered 503 because too many resolver calls were running.") {
+            /// Cache misses answered 503 because too many resolver calls were running.
+            lookups_shed = LookupsShed;
+        }
+        "api_key_invalidations_total" ("Cache invalidations received.") {
+            /// Invalidations received.
+            invalidations = Invalidations;
+        }
+        "api_key_last_used_dropped_total" ("Key uses not recorded because the last-used queue was full.") {
+            /// Key uses the last-used recorder dropped because its queue was full.
+            last_used_dropped = LastUsedDropped;
+        }
+    ],
+}
+
 /// Threads spread over this many copies of the counters, so that worker threads don't
 /// contend for one cache line on every request.
 const STRIPES: usize = 8;
@@ -49,7 +165,7 @@ struct Stripe([AtomicU64; COUNTERS]);
 
 /// The live counters of one layer.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     stripes: Box<[Stripe; STRIPES]>,
     #[cfg(feature = "metrics")]
     facade: facade::Handles,
@@ -62,68 +178,6 @@ fn stripe_of_this_thread() -> usize {
     }
     STRIPE.try_with(|stripe| *stripe).unwrap_or(0)
 }
-
-/// A point-in-time copy of a layer's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct MetricsSnapshot {
-    /// Requests let through with a valid key.
-    pub accepted: u64,
-    /// Requests let through without a key (optional mode).
-    pub anonymous: u64,
-    /// Requests refused for having no key.
-    pub missing: u64,
-    /// Requests refused for a malformed, unknown, inactive or rotated-away key.
-    pub invalid: u64,
-    /// Requests answered 503: the resolver failed, timed out or panicked, or was too busy.
-    pub unavailable: u64,
-    /// Well-formed keys answered from the cache (accepted or refused).
-    pub cache_hits: u64,
-    /// Well-formed keys not in the cache.
-    pub cache_misses: u64,
-    /// Resolver calls started.
-    pub resolver_calls: u64,
-    /// Resolver calls that failed, timed out or panicked.
-    pub resolver_failures: u64,
-    /// Cache misses that joined a resolver call already running for the same key.
-    pub coalesced_lookups: u64,
-    /// Cache misses answered 503 because too many resolver calls were running.
-    pub lookups_shed: u64,
-    /// Invalidations received.
-    pub invalidations: u64,
-    /// Key uses the last-used recorder dropped because its queue was full.
-    pub last_used_dropped: u64,
-}
-
-macro_rules! counters {
-    ($($method:ident => $counter:ident),* $(,)?) => {
-        impl Metrics {
-            $(
-                pub(crate) fn $method(&self) {
-                    self.bump(Counter::$counter);
-                }
-            )*
-        }
-    };
-}
-
-counters!(
-    accepted_cached => AcceptedCached,
-    accepted_resolved => AcceptedResolved,
-    anonymous => Anonymous,
-    missing => Missing,
-    malformed => Malformed,
-    refused_cached => RefusedCached,
-    refused_resolved => RefusedResolved,
-    unavailable => Unavailable,
-    cache_misses => CacheMisses,
-    resolver_called => ResolverCalls,
-    resolver_failed => ResolverFailures,
-    coalesced => CoalescedLookups,
-    lookups_shed => LookupsShed,
-    invalidated => Invalidations,
-    last_used_dropped => LastUsedDropped,
-);
 
 impl Metrics {
     fn bump(&self, counter: Counter) {
@@ -138,89 +192,28 @@ impl Metrics {
             .map(|stripe| stripe.0[counter as usize].load(Ordering::Relaxed))
             .sum()
     }
-
-    /// Reads every counter.
-    pub fn snapshot(&self) -> MetricsSnapshot {
-        use Counter::*;
-        let read = |counter| self.sum(counter);
-        MetricsSnapshot {
-            accepted: read(AcceptedCached) + read(AcceptedResolved),
-            anonymous: read(Anonymous),
-            missing: read(Missing),
-            invalid: read(Malformed) + read(RefusedCached) + read(RefusedResolved),
-            unavailable: read(Unavailable),
-            cache_hits: read(AcceptedCached) + read(RefusedCached),
-            cache_misses: read(CacheMisses),
-            resolver_calls: read(ResolverCalls),
-            resolver_failures: read(ResolverFailures),
-            coalesced_lookups: read(CoalescedLookups),
-            lookups_shed: read(LookupsShed),
-            invalidations: read(Invalidations),
-            last_used_dropped: read(LastUsedDropped),
-        }
-    }
 }
 
 impl MetricsSnapshot {
     /// The counters in the Prometheus text exposition format.
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, samples: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
+        let mut previous = "";
+        for (series, value) in SERIES.iter().zip(self.values()) {
+            if series.name != previous {
+                let _ = writeln!(out, "# HELP {} {}", series.name, series.help);
+                let _ = writeln!(out, "# TYPE {} counter", series.name);
+                previous = series.name;
             }
-        };
-        counter(
-            "api_key_requests_total",
-            "Requests seen by the API-key layer, by outcome.",
-            &[
-                ("{outcome=\"accepted\"}", self.accepted),
-                ("{outcome=\"anonymous\"}", self.anonymous),
-                ("{outcome=\"missing\"}", self.missing),
-                ("{outcome=\"invalid\"}", self.invalid),
-                ("{outcome=\"unavailable\"}", self.unavailable),
-            ],
-        );
-        counter(
-            "api_key_cache_lookups_total",
-            "Cache lookups for well-formed keys, by result.",
-            &[
-                ("{result=\"hit\"}", self.cache_hits),
-                ("{result=\"miss\"}", self.cache_misses),
-            ],
-        );
-        counter(
-            "api_key_resolver_calls_total",
-            "Resolver calls started.",
-            &[("", self.resolver_calls)],
-        );
-        counter(
-            "api_key_resolver_failures_total",
-            "Resolver calls that failed, timed out or panicked.",
-            &[("", self.resolver_failures)],
-        );
-        counter(
-            "api_key_coalesced_lookups_total",
-            "Cache misses that joined a resolver call already in progress.",
-            &[("", self.coalesced_lookups)],
-        );
-        counter(
-            "api_key_lookups_shed_total",
-            "Cache misses answered 503 because too many resolver calls were running.",
-            &[("", self.lookups_shed)],
-        );
-        counter(
-            "api_key_invalidations_total",
-            "Cache invalidations received.",
-            &[("", self.invalidations)],
-        );
-        counter(
-            "api_key_last_used_dropped_total",
-            "Key uses not recorded because the last-used queue was full.",
-            &[("", self.last_used_dropped)],
-        );
+            match series.label {
+                Some((key, label)) => {
+                    let _ = writeln!(out, "{}{{{key}=\"{label}\"}} {value}", series.name);
+                }
+                None => {
+                    let _ = writeln!(out, "{} {value}", series.name);
+                }
+            }
+        }
         out
     }
 }
@@ -232,79 +225,72 @@ impl MetricsSnapshot {
 mod facade {
     use metrics::{Counter as Handle, counter};
 
-    use super::Counter;
+    use super::{COUNTERS, Counter, SERIES};
 
+    /// For each internal counter, the handles of the series it adds to.
     #[derive(Debug)]
-    pub(super) struct Handles {
-        requests: [Handle; 5],
-        cache: [Handle; 2],
-        resolver_calls: Handle,
-        resolver_failures: Handle,
-        coalesced: Handle,
-        shed: Handle,
-        invalidations: Handle,
-        last_used_dropped: Handle,
-    }
-
-    const ACCEPTED: usize = 0;
-    const ANONYMOUS: usize = 1;
-    const MISSING: usize = 2;
-    const INVALID: usize = 3;
-    const UNAVAILABLE: usize = 4;
-    const HIT: usize = 0;
-    const MISS: usize = 1;
+    pub(super) struct Handles([Vec<Handle>; COUNTERS]);
 
     impl Default for Handles {
         fn default() -> Self {
-            let requests =
-                |outcome: &'static str| counter!("api_key_requests_total", "outcome" => outcome);
-            let cache =
-                |result: &'static str| counter!("api_key_cache_lookups_total", "result" => result);
-            Self {
-                requests: [
-                    requests("accepted"),
-                    requests("anonymous"),
-                    requests("missing"),
-                    requests("invalid"),
-                    requests("unavailable"),
-                ],
-                cache: [cache("hit"), cache("miss")],
-                resolver_calls: counter!("api_key_resolver_calls_total"),
-                resolver_failures: counter!("api_key_resolver_failures_total"),
-                coalesced: counter!("api_key_coalesced_lookups_total"),
-                shed: counter!("api_key_lookups_shed_total"),
-                invalidations: counter!("api_key_invalidations_total"),
-                last_used_dropped: counter!("api_key_last_used_dropped_total"),
+            let mut handles: [Vec<Handle>; COUNTERS] = std::array::from_fn(|_| Vec::new());
+            for series in SERIES {
+                let handle = match series.label {
+                    Some((key, value)) => counter!(series.name, key => value),
+                    None => counter!(series.name),
+                };
+                for counter in series.sums {
+                    handles[*counter as usize].push(handle.clone());
+                }
             }
+            Self(handles)
         }
     }
 
     impl Handles {
         pub(super) fn bump(&self, counter: Counter) {
-            match counter {
-                Counter::AcceptedCached => {
-                    self.requests[ACCEPTED].increment(1);
-                    self.cache[HIT].increment(1);
-                }
-                Counter::AcceptedResolved => self.requests[ACCEPTED].increment(1),
-                Counter::Anonymous => self.requests[ANONYMOUS].increment(1),
-                Counter::Missing => self.requests[MISSING].increment(1),
-                Counter::Malformed | Counter::RefusedResolved => {
-                    self.requests[INVALID].increment(1);
-                }
-                Counter::RefusedCached => {
-                    self.requests[INVALID].increment(1);
-                    self.cache[HIT].increment(1);
-                }
-                Counter::Unavailable => self.requests[UNAVAILABLE].increment(1),
-                Counter::CacheMisses => self.cache[MISS].increment(1),
-                Counter::ResolverCalls => self.resolver_calls.increment(1),
-                Counter::ResolverFailures => self.resolver_failures.increment(1),
-                Counter::CoalescedLookups => self.coalesced.increment(1),
-                Counter::LookupsShed => self.shed.increment(1),
-                Counter::Invalidations => self.invalidations.increment(1),
-                Counter::LastUsedDropped => self.last_used_dropped.increment(1),
+            for handle in &self.0[counter as usize] {
+                handle.increment(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_feeds_a_series_and_the_text_lists_every_series_once() {
+        for counter in 0..COUNTERS {
+            assert!(
+                SERIES
+                    .iter()
+                    .any(|series| series.sums.iter().any(|c| *c as usize == counter)),
+                "counter {counter} is exported nowhere"
+            );
+        }
+        let text = MetricsSnapshot::default().to_prometheus();
+        for series in SERIES {
+            assert_eq!(
+                text.matches(&format!("# HELP {} ", series.name)).count(),
+                1,
+                "{}",
+                series.name
+            );
+        }
+        let samples = text.lines().filter(|line| !line.starts_with('#')).count();
+        assert_eq!(samples, SERIES.len());
+    }
+
+    #[test]
+    fn a_cache_hit_bumps_one_counter_and_shows_as_accepted_and_hit() {
+        let metrics = Metrics::default();
+        metrics.accepted_cached();
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.accepted, snapshot.cache_hits), (1, 1));
+        let text = snapshot.to_prometheus();
+        assert!(text.contains("api_key_requests_total{outcome=\"accepted\"} 1"));
+        assert!(text.contains("api_key_cache_lookups_total{result=\"hit\"} 1"));
     }
 }
