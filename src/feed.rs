@@ -311,6 +311,7 @@ impl FeedTask {
 
     /// Waits until `condition` holds for the feed's status; `false` if `within` passed first
     /// or the feed stopped.
+    #[doc(hidden)]
     pub async fn wait_for(
         &self,
         within: Duration,

@@ -175,6 +175,7 @@ impl LastUsedRecorder {
     }
 
     /// How many identities have uses waiting for the next flush.
+    #[doc(hidden)]
     pub fn pending_count(&self) -> usize {
         let queue = self.queue();
         queue.cells.len() + queue.given_back.len()

@@ -404,6 +404,7 @@ impl<R: Resolver> CachedResolver<R> {
 
     /// Entries cached now: `(accepted keys, refused keys)`. Approximate while writes are
     /// pending inside moka.
+    #[doc(hidden)]
     pub fn entry_counts(&self) -> (u64, u64) {
         (
             self.shared.positive.entry_count(),
