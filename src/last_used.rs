@@ -14,17 +14,18 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use tower_api_key::last_used::LastUsedRecorder;
-//! use tower_api_key::resolver::StoreResolver;
-//! use tower_api_key::{KeyStore, MemoryStore};
+//! use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, Pepper};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-//! let recorder = LastUsedRecorder::new(store.clone());
+//! let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+//! let recorder = LastUsedRecorder::new(Arc::clone(manager.store()));
 //! let flusher = recorder.spawn_flusher(Duration::from_secs(1));
-//! let resolver = StoreResolver::new(store).record_last_used(recorder);
-//! // ... serve requests through a layer built with `resolver` ...
-//! # drop(resolver);
+//! let layer = ApiKeyLayer::for_manager(&manager)
+//!     .record_last_used(recorder)
+//!     .build();
+//! // ... serve requests through `layer` ...
+//! # drop(layer);
 //! flusher.shutdown().await?; // on graceful shutdown: nothing pending is lost
 //! # Ok(())
 //! # }
@@ -67,7 +68,7 @@ impl UsageCell {
 /// Collects key uses and writes them to a [`KeyStore`] in batches.
 ///
 /// Cloning gives another handle to the same queue. Hand a clone to
-/// [`StoreResolver::record_last_used`](crate::resolver::StoreResolver::record_last_used) and
+/// [`ApiKeyLayerBuilder::record_last_used`](crate::ApiKeyLayerBuilder::record_last_used) and
 /// run [`spawn_flusher`](Self::spawn_flusher) (or call [`flush`](Self::flush) yourself).
 ///
 /// The queue holds at most [`max_pending`](Self::max_pending) entries (default

@@ -194,9 +194,11 @@ impl StoreResolver {
         }
     }
 
-    /// Records every successful authentication with `recorder`.
+    /// Records every successful authentication with `recorder`; set through
+    /// [`ApiKeyLayerBuilder::record_last_used`](crate::ApiKeyLayerBuilder::record_last_used),
+    /// the one way to turn recording on.
     #[must_use]
-    pub fn record_last_used(mut self, recorder: LastUsedRecorder) -> Self {
+    pub(crate) fn record_last_used(mut self, recorder: LastUsedRecorder) -> Self {
         self.last_used = Some(recorder);
         self
     }

@@ -229,12 +229,6 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// A feed of the changes made through this database by every process, to run with
-    /// [`PgChangeFeed::spawn`].
-    pub fn change_feed(&self) -> PgChangeFeed {
-        PgChangeFeed::new(self)
-    }
-
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool.begin().await.map_err(StoreError::unavailable)
     }
