@@ -174,8 +174,8 @@ impl Eq for KeyIdentity {}
 /// Resolves keys against a [`KeyStore`]: find the record by prefix, compare digests in
 /// constant time, accept only active keys.
 ///
-/// With [`ApiKeyLayerBuilder::record_last_used`](crate::ApiKeyLayerBuilder::record_last_used), successful authentications update the
-/// keys' `last_used_at` in coalesced batches.
+/// With [`ApiKeyLayerBuilder::record_last_used`](crate::ApiKeyLayerBuilder::record_last_used),
+/// successful authentications update the keys' `last_used_at` in coalesced batches.
 #[derive(Clone)]
 pub struct StoreResolver {
     store: Arc<dyn KeyStore>,
