@@ -237,7 +237,10 @@ impl LastUsedRecorder {
         let (stop, mut stopped) = oneshot::channel();
         let recorder = self.clone();
         let handle = tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
+            // The first flush one interval from now: nothing can be pending yet, and a flush
+            // at start could race the first uses instead of batching them.
+            let start = tokio::time::Instant::now() + interval;
+            let mut ticks = tokio::time::interval_at(start, interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
