@@ -1,16 +1,14 @@
 //! `last_used_at` is recorded off the hot path: coalesced in memory, written in batches, and
 //! flushed on shutdown; a store that refuses the writes costs bounded memory.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{TestStore, account, pepper};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use support::{TestStore, account, pepper};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt, service_fn};
@@ -166,7 +164,7 @@ struct RefusingStore {
     release: Notify,
 }
 
-impl support::StoreHooks for RefusingStore {
+impl crate::support::StoreHooks for RefusingStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -184,7 +182,7 @@ impl support::StoreHooks for RefusingStore {
     }
 }
 
-support::hooked_key_store!(RefusingStore);
+crate::support::hooked_key_store!(RefusingStore);
 
 const ACCOUNTS: [&str; 3] = ["acme", "globex", "initech"];
 

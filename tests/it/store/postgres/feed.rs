@@ -5,14 +5,11 @@
 //!
 //! Run with `--nocapture` to see the measured lags. Without `DATABASE_URL`, each test says it
 //! was skipped.
-#![cfg(feature = "postgres")]
-
-mod db_support;
 
 use std::time::{Duration, Instant};
 
-use db_support::postgres::Schema;
-use db_support::stack::{Stack, StackOptions};
+use crate::support::db::postgres::Schema;
+use crate::support::db::stack::{Stack, StackOptions};
 use http::StatusCode;
 use tower_api_key::{AccountId, CreatedKey};
 

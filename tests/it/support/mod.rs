@@ -2,6 +2,9 @@
 //! and stores that misbehave on purpose.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod db;
+pub mod demo;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -1,15 +1,13 @@
 //! "At once" (DESIGN.md §3) under races: no request that starts after a change returns may
 //! be decided by the state before it, even while lookups for that key are in flight.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::{TestStore, account, pepper};
 use http::{Request, Response, StatusCode};
-use support::{TestStore, account, pepper};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::{ApiKeyLayer, ApiKeyService, KeyManager, StoreResolver};

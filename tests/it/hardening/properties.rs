@@ -10,18 +10,16 @@
 //!   `grpc-status: 16`), and one without it is 401 `missing API key`;
 //! - a value that isn't a well-formed key never reaches the store.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::support::{TestStore, account, pepper};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use support::{TestStore, account, pepper};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::key::KEY_LEN;
 use tower_api_key::{ApiKey, ApiKeyLayer, ApiKeyService, Authenticated, KeyIdentity, KeyManager};

@@ -3,14 +3,12 @@
 //! commits and then fails to reply must not leave a revoked, rotated-away or deleted key
 //! cached as valid.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::{StoreHooks, account, hooked_key_store, pepper};
 use http::{Request, Response, StatusCode};
-use support::{StoreHooks, account, hooked_key_store, pepper};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::{
     ApiKeyLayer, KeyManager, KeyPrefix, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError,

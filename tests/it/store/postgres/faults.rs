@@ -11,17 +11,14 @@
 //!   trusting its cache within the heartbeat bound.
 //!
 //! Without `DATABASE_URL`, each test says it was skipped.
-#![cfg(feature = "postgres")]
-
-mod db_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use db_support::postgres::Schema;
-use db_support::proxy::{self, Proxy};
-use db_support::stack::{Stack, StackOptions};
+use crate::support::db::postgres::Schema;
+use crate::support::db::proxy::{self, Proxy};
+use crate::support::db::stack::{Stack, StackOptions};
 use http::StatusCode;
 use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
 use tower_api_key::{AccountId, ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
@@ -276,7 +273,7 @@ async fn deafenable_stack(schema: &Schema) -> (Stack, Arc<AtomicBool>) {
     let store = PostgresStore::from_pool(
         sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.connect.clone()),
     );
-    let manager = KeyManager::new(Arc::new(store.clone()), db_support::stack::pepper());
+    let manager = KeyManager::new(Arc::new(store.clone()), crate::support::db::stack::pepper());
     let deaf = Arc::new(AtomicBool::new(false));
     let config = FeedConfig::default()
         .heartbeat(Duration::from_millis(100), Duration::from_millis(500))

@@ -1,8 +1,5 @@
 //! What `SqliteStore` promises beyond the conformance suite: keys survive reopening the file,
 //! migrations are idempotent, the limit holds across connections, and only digests are kept.
-#![cfg(feature = "sqlite")]
-
-mod db_support;
 
 use std::sync::Arc;
 
@@ -19,9 +16,9 @@ fn pepper() -> Pepper {
 
 #[tokio::test]
 async fn keys_survive_reopening_the_file() {
-    let url = db_support::sqlite::fresh_url();
+    let url = crate::support::db::sqlite::fresh_url();
     let (created, revoked) = {
-        let store = db_support::sqlite::store_at(&url).await;
+        let store = crate::support::db::sqlite::store_at(&url).await;
         let manager = KeyManager::new(Arc::new(store.clone()), pepper());
         let created = manager.create(&account("acme")).await.expect("create");
         let revoked = manager.create(&account("acme")).await.expect("create");
@@ -32,7 +29,7 @@ async fn keys_survive_reopening_the_file() {
         store.pool().close().await;
         (created, revoked)
     };
-    let store = db_support::sqlite::store_at(&url).await;
+    let store = crate::support::db::sqlite::store_at(&url).await;
     let found = store
         .find_by_prefix(&created.key.prefix())
         .await
@@ -48,7 +45,7 @@ async fn keys_survive_reopening_the_file() {
 
 #[tokio::test]
 async fn migrate_is_idempotent() {
-    let store = db_support::sqlite::store().await;
+    let store = crate::support::db::sqlite::store().await;
     let runs: Vec<_> = (0..3)
         .map(|_| {
             let store = store.clone();
@@ -67,8 +64,11 @@ async fn migrate_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limit_holds_across_two_stores_on_one_file() {
-    let url = db_support::sqlite::fresh_url();
-    let a = KeyManager::new(Arc::new(db_support::sqlite::store_at(&url).await), pepper());
+    let url = crate::support::db::sqlite::fresh_url();
+    let a = KeyManager::new(
+        Arc::new(crate::support::db::sqlite::store_at(&url).await),
+        pepper(),
+    );
     let b = KeyManager::new(
         Arc::new(SqliteStore::connect(&url).await.expect("open")),
         pepper(),
@@ -93,8 +93,8 @@ async fn the_limit_holds_across_two_stores_on_one_file() {
 
 #[tokio::test]
 async fn only_digests_are_stored_never_the_key() {
-    let url = db_support::sqlite::fresh_url();
-    let store = db_support::sqlite::store_at(&url).await;
+    let url = crate::support::db::sqlite::fresh_url();
+    let store = crate::support::db::sqlite::store_at(&url).await;
     let manager = KeyManager::new(Arc::new(store.clone()), pepper());
     let created = manager.create(&account("acme")).await.expect("create");
     store.pool().close().await;

@@ -3,16 +3,14 @@
 //! HTTP server. After each fault valid keys work again without a restart, no lookup permit
 //! is lost, and no revoked key is let in at any point.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::{account, client, get, pepper, serve};
 use axum::Router;
 use axum::routing::get as route_get;
 use http::StatusCode;
-use support::{account, client, get, pepper, serve};
 use tokio::sync::Semaphore;
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::{
@@ -86,7 +84,7 @@ impl FaultyStore {
     }
 }
 
-impl support::StoreHooks for FaultyStore {
+impl crate::support::StoreHooks for FaultyStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -109,7 +107,7 @@ impl support::StoreHooks for FaultyStore {
     }
 }
 
-support::hooked_key_store!(FaultyStore);
+crate::support::hooked_key_store!(FaultyStore);
 
 // ===== a loopback server =====
 

@@ -1,7 +1,5 @@
 //! The lifecycle rules of DESIGN.md §3, one test per rule, on the embedded store.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -225,7 +223,7 @@ impl CollidingStore {
     }
 }
 
-impl support::StoreHooks for CollidingStore {
+impl crate::support::StoreHooks for CollidingStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -239,7 +237,7 @@ impl support::StoreHooks for CollidingStore {
     }
 }
 
-support::hooked_key_store!(CollidingStore);
+crate::support::hooked_key_store!(CollidingStore);
 
 #[tokio::test]
 async fn prefix_collisions_are_retried_not_surfaced() {
@@ -552,7 +550,7 @@ struct DownStore {
     records: MemoryStore,
 }
 
-impl support::StoreHooks for DownStore {
+impl crate::support::StoreHooks for DownStore {
     fn records(&self) -> &MemoryStore {
         &self.records
     }
@@ -564,7 +562,7 @@ impl support::StoreHooks for DownStore {
     }
 }
 
-support::hooked_key_store!(DownStore);
+crate::support::hooked_key_store!(DownStore);
 
 #[tokio::test]
 async fn store_failures_are_reported_as_store_errors() {

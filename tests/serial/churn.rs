@@ -17,8 +17,6 @@
 //! CHURN_SECS=30 cargo test --release --all-features --test churn -- --nocapture
 //! ```
 
-mod support;
-
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -373,6 +371,7 @@ async fn create(manager: &KeyManager, account: AccountId) -> Arc<KeyVersion> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_churn_lets_no_invalidated_key_in_and_loses_no_use() {
+    let _alone = crate::alone().await;
     let store = Arc::new(MemoryStore::new());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
     let recorder = LastUsedRecorder::new(store.clone());
@@ -520,7 +519,7 @@ impl GatedStore {
     }
 }
 
-impl support::StoreHooks for GatedStore {
+impl crate::support::StoreHooks for GatedStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -537,7 +536,7 @@ impl support::StoreHooks for GatedStore {
     }
 }
 
-support::hooked_key_store!(GatedStore);
+crate::support::hooked_key_store!(GatedStore);
 
 /// What the churn run above caught now and then (a rotated-in key with `last_used_at` still
 /// null after shutdown), made deterministic.
@@ -550,6 +549,7 @@ support::hooked_key_store!(GatedStore);
 /// key and prefix.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use() {
+    let _alone = crate::alone().await;
     let store = Arc::new(GatedStore::default());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
     let recorder = LastUsedRecorder::new(store.clone());

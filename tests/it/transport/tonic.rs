@@ -1,8 +1,6 @@
 //! The layer in front of a real tonic server (DESIGN.md §4, gRPC column): tonic-health behind
 //! `ApiKeyLayer` on loopback, called by tonic's generated client with `x-api-key` metadata.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +43,7 @@ impl SwitchableStore {
     }
 }
 
-impl support::StoreHooks for SwitchableStore {
+impl crate::support::StoreHooks for SwitchableStore {
     fn records(&self) -> &MemoryStore {
         &self.records
     }
@@ -57,7 +55,7 @@ impl support::StoreHooks for SwitchableStore {
     }
 }
 
-support::hooked_key_store!(SwitchableStore);
+crate::support::hooked_key_store!(SwitchableStore);
 
 /// A tonic server with tonic-health behind the layer, and the handles a test needs.
 struct Harness {

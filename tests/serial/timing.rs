@@ -136,6 +136,7 @@ fn an_unknown_prefix_and_a_known_prefix_with_a_wrong_body_take_the_same_time() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
+        let _alone = crate::alone().await;
         let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([6; 32]));
         let mut prefixes = Vec::new();
         for n in 0..KNOWN_KEYS {

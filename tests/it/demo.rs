@@ -2,11 +2,7 @@
 //! `127.0.0.1:0`, driven over loopback with HTTP/1.1 and gRPC (h2c) on the same port.
 //!
 //! Each test starts its own server, so counters and key limits are its own. The example is
-//! built once per run (see `demo_support::server_binary`).
-
-#[cfg(feature = "sqlite")]
-mod db_support;
-mod demo_support;
+//! built once per run (see `crate::support::demo::server_binary`).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +15,7 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use demo_support::{ADMIN_TOKEN, DemoServer, Launch, read_until_closed, with_key};
+use crate::support::demo::{ADMIN_TOKEN, DemoServer, Launch, read_until_closed, with_key};
 
 const SERVING: i32 = ServingStatus::Serving as i32;
 const INVALID_KEY: &str = r#"{"error":"invalid API key"}"#;
@@ -362,7 +358,7 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
 #[tokio::test]
 async fn answers_carrying_a_key_tell_caches_not_to_store_them() {
     let server = Launch::new().start().await;
-    let no_store = |reply: &demo_support::Reply, what: &str| {
+    let no_store = |reply: &crate::support::demo::Reply, what: &str| {
         let value = reply
             .headers
             .get(CACHE_CONTROL)
@@ -1034,7 +1030,7 @@ async fn an_unreachable_database_stops_the_server_before_it_listens() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn with_a_sqlite_database_keys_and_last_used_survive_a_restart() {
-    let url = db_support::sqlite::fresh_url();
+    let url = crate::support::db::sqlite::fresh_url();
     let launch = || {
         Launch::new()
             .arg("--database-url")

@@ -1,14 +1,11 @@
 //! With the `metrics` feature, the layer's counters also reach the `metrics` facade.
-#![cfg(feature = "metrics")]
-
-mod support;
 
 use std::convert::Infallible;
 
+use crate::support::{TestStore, account, pepper};
 use http::{Request, Response};
 use http_body_util::Empty;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use support::{TestStore, account, pepper};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::{ApiKeyLayer, KeyManager};
 

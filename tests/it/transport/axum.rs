@@ -1,14 +1,12 @@
 //! The layer in an axum app, over a real loopback server: DESIGN.md §4's answers, both
 //! modes, and the extractor.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::support::{TestStore, account, client, get, pepper, serve};
 use axum::Router;
 use axum::routing::get as route_get;
-use support::{TestStore, account, client, get, pepper, serve};
 use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager};
 
 async fn whoami(who: Authenticated<KeyIdentity>) -> String {

@@ -7,18 +7,13 @@
 //!
 //! Run with `--nocapture` to see the measured lags. Without `DATABASE_URL`, each test says it
 //! was skipped.
-#![cfg(feature = "postgres")]
-
-mod db_support;
-#[allow(dead_code)] // the harness serves tests/demo_server.rs too
-mod demo_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use db_support::postgres::Schema;
-use demo_support::{DemoServer, Launch};
+use crate::support::db::postgres::Schema;
+use crate::support::demo::{DemoServer, Launch};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 

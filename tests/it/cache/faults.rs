@@ -1,17 +1,15 @@
 //! The cache's promises about misses: coalescing, negative entries, and faults that are
 //! answered 503 and never cached.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::pepper;
 use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use support::pepper;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::feed::{ChangeFeed, FeedError, FeedMessage};

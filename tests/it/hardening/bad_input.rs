@@ -21,14 +21,11 @@
 //!
 //! After every case the server is up and a valid key still works; no answer is a 5xx.
 
-#[allow(dead_code, unreachable_pub)]
-mod demo_support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::demo::{DemoServer, Launch, read_until_closed};
 use bytes::Bytes;
-use demo_support::{DemoServer, Launch, read_until_closed};
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};

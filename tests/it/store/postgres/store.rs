@@ -2,14 +2,11 @@
 //! processes, database constraints, digests only, change notifications that go out with the
 //! change's commit, and connections over TLS. Each test has a schema of its own; without `DATABASE_URL` each one
 //! says it was skipped.
-#![cfg(feature = "postgres")]
-
-mod db_support;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use db_support::postgres::Schema;
+use crate::support::db::postgres::Schema;
 use sqlx::Row as _;
 use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
@@ -160,7 +157,7 @@ async fn only_digests_are_stored_never_the_key() {
 
 #[tokio::test]
 async fn times_round_trip_exactly_to_the_microsecond() {
-    let Some(store) = db_support::postgres::store().await else {
+    let Some(store) = crate::support::db::postgres::store().await else {
         return;
     };
     let micros = [

@@ -3,9 +3,6 @@
 //! test), PostgreSQL with feature `postgres` and `DATABASE_URL` (a fresh schema per test;
 //! without the variable each PostgreSQL test says it was skipped and passes).
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod db_support;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -388,7 +385,7 @@ conformance!(memory, memory_store());
 
 #[cfg(feature = "sqlite")]
 async fn sqlite_store() -> Option<Arc<dyn KeyStore>> {
-    Some(Arc::new(db_support::sqlite::store().await))
+    Some(Arc::new(crate::support::db::sqlite::store().await))
 }
 
 #[cfg(feature = "sqlite")]
@@ -396,7 +393,7 @@ conformance!(sqlite, sqlite_store());
 
 #[cfg(feature = "postgres")]
 async fn postgres_store() -> Option<Arc<dyn KeyStore>> {
-    let store = db_support::postgres::store().await?;
+    let store = crate::support::db::postgres::store().await?;
     Some(Arc::new(store))
 }
 

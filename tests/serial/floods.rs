@@ -9,8 +9,6 @@
 //! - `max_concurrent_lookups` bounds the store's concurrency and sheds the excess with an
 //!   immediate 503 instead of a queue.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,7 +61,7 @@ impl CountingStore {
     }
 }
 
-impl support::StoreHooks for CountingStore {
+impl crate::support::StoreHooks for CountingStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -84,7 +82,7 @@ impl support::StoreHooks for CountingStore {
     }
 }
 
-support::hooked_key_store!(CountingStore);
+crate::support::hooked_key_store!(CountingStore);
 
 // ===== the stack =====
 
@@ -211,16 +209,13 @@ fn rss_kib() -> Option<u64> {
     line.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
-/// Held by every test here: the memory figures and the timings are then the test's own.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 // ===== the floods =====
 
 const FLOOD: usize = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_keys_costs_one_store_lookup_per_distinct_key() {
-    let _serial = SERIAL.lock().await;
+    let _alone = crate::alone().await;
     let f = fixture(
         CountingStore::new(Duration::ZERO),
         // Entries outlive both passes however slow the machine: the test is about counts.
@@ -325,7 +320,7 @@ fn malformed_values(n: usize, valid: &str) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_keys_never_reach_the_cache_or_the_store() {
-    let _serial = SERIAL.lock().await;
+    let _alone = crate::alone().await;
     let f = fixture(CountingStore::new(Duration::ZERO), CacheConfig::default()).await;
     let values = Arc::new(malformed_values(FLOOD, &f.valid));
     let started = Instant::now();
@@ -367,7 +362,7 @@ async fn settle_negative_entries(f: &Fixture, capacity: u64) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_negative_cache_capacity_bounds_its_entries_and_memory_and_spares_valid_keys() {
-    let _serial = SERIAL.lock().await;
+    let _alone = crate::alone().await;
     const CAPACITY: u64 = 1_000;
     const ROUNDS: usize = 4;
     let f = fixture(
@@ -423,7 +418,7 @@ async fn the_negative_cache_capacity_bounds_its_entries_and_memory_and_spares_va
 /// retry reached the store: 50 of 50. Reading with `get`, as `cached` does, makes it 3 of 50.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_unknown_key_reaches_the_store_once_even_while_a_flood_fills_the_cache() {
-    let _serial = SERIAL.lock().await;
+    let _alone = crate::alone().await;
     const CAPACITY: u64 = 1_000;
     let f = fixture(
         CountingStore::new(Duration::ZERO),
@@ -459,7 +454,7 @@ async fn a_repeated_unknown_key_reaches_the_store_once_even_while_a_flood_fills_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_beyond_the_limit_are_shed_with_503_at_once_under_a_slow_store() {
-    let _serial = SERIAL.lock().await;
+    let _alone = crate::alone().await;
     const LIMIT: usize = 16;
     const STORE_DELAY: Duration = Duration::from_millis(100);
     const CLIENTS: usize = 64;
@@ -541,7 +536,7 @@ async fn lookups_beyond_the_limit_are_shed_with_503_at_once_under_a_slow_store()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_guessed_keys_does_not_lock_out_keys_accepted_recently() {
-    let _serial = SERIAL.lock().await;
+    let _alone = crate::alone().await;
     // The store answers 4 lookups at a time, 2 ms each: at most 2,000 lookups a second.
     let store = CountingStore::throttled(Duration::from_millis(2), 4);
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([4; 32]));

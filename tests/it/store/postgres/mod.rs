@@ -1,0 +1,7 @@
+//! `PostgresStore` and `PgChangeFeed`, on the database of `DATABASE_URL` (each test on a schema
+//! of its own; without the variable each test says it was skipped).
+
+mod faults;
+mod feed;
+mod store;
+mod two_processes;
