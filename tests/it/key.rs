@@ -1,12 +1,9 @@
 //! Properties of key anatomy (DESIGN.md §2) over many generated and arbitrary inputs.
 
+use crate::support::pepper;
 use proptest::prelude::*;
+use tower_api_key::ApiKey;
 use tower_api_key::key::KEY_LEN;
-use tower_api_key::{ApiKey, Pepper};
-
-fn pepper() -> Pepper {
-    Pepper::from_bytes([9; 32])
-}
 
 /// A fresh key per case: the CSPRNG is the source, proptest only picks how many.
 fn generated_key() -> impl Strategy<Value = ApiKey> {

@@ -1,14 +1,14 @@
 //! `last_used_at` is recorded off the hot path: coalesced in memory, written in batches, and
 //! flushed on shutdown; a store that refuses the writes costs bounded memory.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::support::{TestStore, account, pepper};
-use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
+use crate::support::service::ok;
+use crate::support::stores::TestStore;
+use crate::support::{account, pepper};
+use http::{Request, StatusCode};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt, service_fn};
@@ -19,10 +19,6 @@ use tower_api_key::store::KeyUse;
 use tower_api_key::{
     ApiKeyLayer, CreatedKey, KeyManager, KeyStore, MemoryStore, StoreError, StoreResolver,
 };
-
-async fn ok(_: Request<()>) -> Result<Response<Empty<bytes::Bytes>>, Infallible> {
-    Ok(Response::new(Empty::new()))
-}
 
 #[tokio::test]
 async fn ten_thousand_uses_in_one_interval_make_one_store_write() {
@@ -164,7 +160,7 @@ struct RefusingStore {
     release: Notify,
 }
 
-impl crate::support::StoreHooks for RefusingStore {
+impl crate::support::hooks::StoreHooks for RefusingStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -182,7 +178,7 @@ impl crate::support::StoreHooks for RefusingStore {
     }
 }
 
-crate::support::hooked_key_store!(RefusingStore);
+crate::support::hooks::hooked_key_store!(RefusingStore);
 
 const ACCOUNTS: [&str; 3] = ["acme", "globex", "initech"];
 

@@ -2,7 +2,8 @@
 
 use std::convert::Infallible;
 
-use crate::support::{TestStore, account, pepper};
+use crate::support::stores::TestStore;
+use crate::support::{account, pepper};
 use http::{Request, Response};
 use http_body_util::Empty;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};

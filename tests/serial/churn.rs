@@ -18,20 +18,18 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
-use tower::{Layer, ServiceExt, service_fn};
+use crate::support::rng::XorShift;
+use crate::support::service::{Stack, stack, status};
+use http::StatusCode;
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::{
-    AccountId, ApiKeyLayer, ApiKeyService, KeyId, KeyManager, KeyPrefix, KeyRecord, KeyStore,
-    MemoryStore, Pepper, StoreError, StoreResolver,
+    AccountId, ApiKeyLayer, KeyId, KeyManager, KeyPrefix, KeyRecord, KeyStore, MemoryStore, Pepper,
+    StoreError,
 };
 
 const DEFAULT_SECS: u64 = 3;
@@ -166,43 +164,6 @@ impl Slot {
 
 // ===== the stack =====
 
-type Inner = tower::util::ServiceFn<
-    fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>,
->;
-type Stack = ApiKeyService<Inner, StoreResolver>;
-
-fn ok(_: Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>> {
-    std::future::ready(Ok(Response::new(Empty::new())))
-}
-
-async fn send(service: &Stack, key: &str) -> StatusCode {
-    let request = Request::get("/")
-        .header("x-api-key", key)
-        .body(())
-        .expect("request");
-    service
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("infallible")
-        .status()
-}
-
-struct XorShift(u64);
-
-impl XorShift {
-    fn seeded(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 #[derive(Debug, Default)]
 struct Tally {
     requests: u64,
@@ -250,7 +211,7 @@ async fn client(service: Stack, slots: Arc<Vec<Slot>>, seed: u64, stop: Arc<Atom
         };
         let wall = SystemTime::now();
         let started = Instant::now();
-        let status = send(&service, &version.key).await;
+        let status = status(&service, &version.key).await;
         let answered = Instant::now();
 
         tally.requests += 1;
@@ -381,7 +342,7 @@ async fn sustained_churn_lets_no_invalidated_key_in_and_loses_no_use() {
         .record_last_used(recorder.clone())
         .cache_config(CacheConfig::default().positive_ttl(Duration::from_millis(50)))
         .build();
-    let service: Stack = layer.layer(service_fn(ok as fn(_) -> _));
+    let service: Stack = stack(&layer);
 
     let mut slots = Vec::with_capacity(ACCOUNTS);
     for n in 0..ACCOUNTS {
@@ -519,7 +480,7 @@ impl GatedStore {
     }
 }
 
-impl crate::support::StoreHooks for GatedStore {
+impl crate::support::hooks::StoreHooks for GatedStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -536,7 +497,7 @@ impl crate::support::StoreHooks for GatedStore {
     }
 }
 
-crate::support::hooked_key_store!(GatedStore);
+crate::support::hooks::hooked_key_store!(GatedStore);
 
 /// What the churn run above caught now and then (a rotated-in key with `last_used_at` still
 /// null after shutdown), made deterministic.
@@ -553,10 +514,11 @@ async fn a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use() {
     let store = Arc::new(GatedStore::default());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
     let recorder = LastUsedRecorder::new(store.clone());
-    let service: Stack = ApiKeyLayer::for_manager(&manager)
-        .record_last_used(recorder.clone())
-        .build()
-        .layer(service_fn(ok as fn(_) -> _));
+    let service: Stack = stack(
+        &ApiKeyLayer::for_manager(&manager)
+            .record_last_used(recorder.clone())
+            .build(),
+    );
     let account: AccountId = "acme".parse().expect("account id");
     let created = manager.create(&account).await.expect("create");
 
@@ -565,7 +527,7 @@ async fn a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use() {
     let old_key = created.key.expose_secret().to_owned();
     let late = {
         let service = service.clone();
-        tokio::spawn(async move { send(&service, &old_key).await })
+        tokio::spawn(async move { status(&service, &old_key).await })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.waiting.load(Ordering::SeqCst) == 0 {
@@ -582,7 +544,7 @@ async fn a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use() {
         .expect("rotate");
     let used = millis(SystemTime::now());
     assert_eq!(
-        send(&service, rotated.key.expose_secret()).await,
+        status(&service, rotated.key.expose_secret()).await,
         StatusCode::OK
     );
 

@@ -9,19 +9,18 @@
 //! - `max_concurrent_lookups` bounds the store's concurrency and sheds the excess with an
 //!   immediate 503 instead of a queue.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Empty;
-use tower::{Layer, ServiceExt, service_fn};
+use crate::support::keys::unknown;
+use crate::support::rng::XorShift;
+use crate::support::service::{Stack, stack, status};
+use http::StatusCode;
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, ApiKeyService, KeyManager, KeyPrefix, KeyRecord, KeyStore, MemoryStore,
-    Pepper, StoreError, StoreResolver,
+    ApiKey, ApiKeyLayer, KeyManager, KeyPrefix, KeyRecord, KeyStore, MemoryStore, Pepper,
+    StoreError, StoreResolver,
 };
 
 // ===== a store that counts =====
@@ -61,7 +60,7 @@ impl CountingStore {
     }
 }
 
-impl crate::support::StoreHooks for CountingStore {
+impl crate::support::hooks::StoreHooks for CountingStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -82,18 +81,9 @@ impl crate::support::StoreHooks for CountingStore {
     }
 }
 
-crate::support::hooked_key_store!(CountingStore);
+crate::support::hooks::hooked_key_store!(CountingStore);
 
 // ===== the stack =====
-
-type Inner = tower::util::ServiceFn<
-    fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>,
->;
-type Stack = ApiKeyService<Inner, StoreResolver>;
-
-fn ok(_: Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>> {
-    std::future::ready(Ok(Response::new(Empty::new())))
-}
 
 struct Fixture {
     store: Arc<CountingStore>,
@@ -114,27 +104,13 @@ async fn fixture(store: Arc<CountingStore>, config: CacheConfig) -> Fixture {
     let layer = ApiKeyLayer::for_manager(&manager)
         .cache_config(config)
         .build();
-    let service = layer.layer(service_fn(ok as fn(_) -> _));
+    let service = stack(&layer);
     Fixture {
         store,
         layer,
         service,
         valid,
     }
-}
-
-async fn send(service: &Stack, value: &[u8]) -> StatusCode {
-    let mut request = Request::get("/").body(()).expect("request");
-    request.headers_mut().insert(
-        "x-api-key",
-        HeaderValue::from_bytes(value).expect("a header value"),
-    );
-    service
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("infallible")
-        .status()
 }
 
 /// Sends every value from `tasks` concurrent tasks; returns each status, in input order.
@@ -145,7 +121,7 @@ async fn flood(service: &Stack, values: Arc<Vec<Vec<u8>>>, tasks: usize) -> Vec<
             tokio::spawn(async move {
                 let mut statuses = Vec::new();
                 for index in (task..values.len()).step_by(tasks) {
-                    statuses.push((index, send(&service, &values[index]).await));
+                    statuses.push((index, status(&service, &values[index]).await));
                 }
                 statuses
             })
@@ -161,15 +137,7 @@ async fn flood(service: &Stack, values: Arc<Vec<Vec<u8>>>, tasks: usize) -> Vec<
 }
 
 fn unknown_keys(n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|_| {
-            ApiKey::generate()
-                .expect("randomness")
-                .expose_secret()
-                .as_bytes()
-                .to_vec()
-        })
-        .collect()
+    (0..n).map(|_| unknown().into_bytes()).collect()
 }
 
 fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
@@ -182,22 +150,6 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
         return Duration::ZERO;
     }
     sorted[(sorted.len() - 1) * p / 100]
-}
-
-/// A cheap deterministic generator for malformed values (no rand dependency).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// Resident set size of this process, in KiB (Linux; `None` elsewhere).
@@ -254,7 +206,7 @@ async fn a_flood_of_unknown_keys_costs_one_store_lookup_per_distinct_key() {
     assert_eq!(f.store.lookups(), FLOOD + 1);
 
     // Valid keys still get in, and nothing was shed or failed.
-    assert_eq!(send(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
+    assert_eq!(status(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
     let metrics = f.layer.metrics();
     assert_eq!(metrics.unavailable, 0);
     assert_eq!(metrics.resolver_calls, (FLOOD + 2) as u64);
@@ -275,7 +227,7 @@ const BASE62_AND_DOT: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKL
 
 /// Values a client could send that are not well-formed keys, of many shapes.
 fn malformed_values(n: usize, valid: &str) -> Vec<Vec<u8>> {
-    let mut rng = XorShift(0x5eed_1234_abcd_ef01);
+    let mut rng = XorShift::seeded(0x5eed_1234_abcd_ef01);
     let valid = valid.as_bytes();
     (0..n)
         .map(|i| {
@@ -351,7 +303,7 @@ async fn settle_negative_entries(f: &Fixture, capacity: u64) -> usize {
     let mut extra = 0;
     while f.layer.cache().entry_counts().1 > capacity && extra < 2_000 {
         let key = unknown_keys(1).remove(0);
-        assert_eq!(send(&f.service, &key).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&f.service, &key).await, StatusCode::UNAUTHORIZED);
         extra += 1;
         if extra % 50 == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -371,7 +323,7 @@ async fn the_negative_cache_capacity_bounds_its_entries_and_memory_and_spares_va
     )
     .await;
     // Cache the valid key first: the flood must not evict it.
-    assert_eq!(send(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
+    assert_eq!(status(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
     let lookups_before = f.store.lookups();
 
     let mut sent = 0;
@@ -391,7 +343,7 @@ async fn the_negative_cache_capacity_bounds_its_entries_and_memory_and_spares_va
 
     // The valid key is still a cache hit: no store lookup for it.
     let lookups = f.store.lookups();
-    assert_eq!(send(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
+    assert_eq!(status(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
     assert_eq!(f.store.lookups(), lookups, "the valid key was not evicted");
     assert_eq!(lookups - lookups_before, sent);
     let (positive, negative) = f.layer.cache().entry_counts();
@@ -435,7 +387,7 @@ async fn a_repeated_unknown_key_reaches_the_store_once_even_while_a_flood_fills_
     let mut guess_lookups = 0;
     for _ in 0..50 {
         let before = f.store.lookups();
-        assert_eq!(send(&f.service, &guess).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(&f.service, &guess).await, StatusCode::UNAUTHORIZED);
         guess_lookups += f.store.lookups() - before;
         let more = Arc::new(unknown_keys(100));
         flood(&f.service, more, 4).await;
@@ -476,7 +428,7 @@ async fn lookups_beyond_the_limit_are_shed_with_503_at_once_under_a_slow_store()
                 while started.elapsed() < FOR && answers.len() < 20_000 {
                     let key = ApiKey::generate().expect("randomness");
                     let sent = Instant::now();
-                    let status = send(&service, key.expose_secret().as_bytes()).await;
+                    let status = status(&service, key.expose_secret().as_bytes()).await;
                     answers.push((status, sent.elapsed()));
                     tokio::task::yield_now().await;
                 }
@@ -531,7 +483,7 @@ async fn lookups_beyond_the_limit_are_shed_with_503_at_once_under_a_slow_store()
     assert!(lookups <= LIMIT * windows, "{lookups} lookups in {wall:?}");
 
     // Once the flood stops, permits are back: a valid key is looked up and let in.
-    assert_eq!(send(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
+    assert_eq!(status(&f.service, f.valid.as_bytes()).await, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,10 +508,10 @@ async fn a_flood_of_guessed_keys_does_not_lock_out_keys_accepted_recently() {
                 .lookup_timeout(Some(Duration::from_secs(120))),
         )
         .build();
-    let service: Stack = layer.layer(service_fn(ok as fn(_) -> _));
+    let service: Stack = stack(&layer);
     // Every valid key is seen once before the flood.
     for key in &valid {
-        assert_eq!(send(&service, key.as_bytes()).await, StatusCode::OK);
+        assert_eq!(status(&service, key.as_bytes()).await, StatusCode::OK);
     }
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -571,7 +523,7 @@ async fn a_flood_of_guessed_keys_does_not_lock_out_keys_accepted_recently() {
                 let (mut sent, mut shed) = (0usize, 0usize);
                 while !stop.load(Ordering::SeqCst) {
                     let guess = unknown_keys(1).remove(0);
-                    let status = send(&service, &guess).await;
+                    let status = status(&service, &guess).await;
                     sent += 1;
                     shed += usize::from(status == StatusCode::SERVICE_UNAVAILABLE);
                     tokio::task::yield_now().await;
@@ -601,7 +553,7 @@ async fn a_flood_of_guessed_keys_does_not_lock_out_keys_accepted_recently() {
             .iter()
             .map(|key| {
                 let (service, key) = (service.clone(), key.clone());
-                tokio::spawn(async move { send(&service, key.as_bytes()).await })
+                tokio::spawn(async move { status(&service, key.as_bytes()).await })
             })
             .collect();
         for request in requests {

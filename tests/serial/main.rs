@@ -11,8 +11,14 @@
 //! runs test binaries one after another, so here each of these tests has the process, and the
 //! machine's share this suite gets, to itself. Every other integration test is in `tests/it/`.
 
-#[path = "../it/support/mod.rs"]
-mod support;
+/// The parts of `tests/it/support` these tests use.
+#[path = "../it/support"]
+mod support {
+    pub(crate) mod hooks;
+    pub(crate) mod keys;
+    pub(crate) mod rng;
+    pub(crate) mod service;
+}
 
 mod churn;
 mod floods;

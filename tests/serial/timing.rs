@@ -21,62 +21,28 @@
 //! TIMING_SAMPLES=100000 cargo test --release --all-features --test timing -- --nocapture
 //! ```
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Empty;
-use tower::{Layer, ServiceExt, service_fn};
-use tower_api_key::{ApiKey, ApiKeyLayer, ApiKeyService, KeyManager, MemoryStore, Pepper};
-use tower_api_key::{StoreResolver, cache::CacheConfig};
+use crate::support::keys::{forge, unknown};
+use crate::support::service::{Stack, stack};
+use http::{Request, StatusCode};
+use tower::ServiceExt;
+use tower_api_key::cache::CacheConfig;
+use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, Pepper};
 
 const DEFAULT_SAMPLES: usize = 5_000;
 const WARM_UP: usize = 1_000;
 const KNOWN_KEYS: usize = 16;
 
-type Inner = tower::util::ServiceFn<
-    fn(Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>>,
->;
-type Stack = ApiKeyService<Inner, StoreResolver>;
-
-fn ok(_: Request<()>) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>> {
-    std::future::ready(Ok(Response::new(Empty::new())))
-}
-
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// CRC32 of `checked` as 6 big-endian base62 digits (DESIGN.md §2).
-fn checksum(checked: &str) -> String {
-    let mut value = crc32fast::hash(checked.as_bytes());
-    let mut digits = [b'0'; 6];
-    for digit in digits.iter_mut().rev() {
-        *digit = BASE62[(value % 62) as usize];
-        value /= 62;
-    }
-    String::from_utf8(digits.to_vec()).expect("ascii")
-}
-
 /// `prefix` with a fresh random body (from the CSPRNG, via a throw-away key) and a valid
 /// checksum.
 fn known_prefix_wrong_body(prefix: &str) -> String {
-    let donor = ApiKey::generate().expect("randomness");
-    let checked = format!("{prefix}.{}", &donor.expose_secret()[9..52]);
-    let key = format!("{checked}{}", checksum(&checked));
-    assert!(key.parse::<ApiKey>().is_ok(), "well-formed");
-    key
-}
-
-fn unknown_prefix() -> String {
-    ApiKey::generate()
-        .expect("randomness")
-        .expose_secret()
-        .to_owned()
+    forge(prefix, &unknown())
 }
 
 fn malformed() -> String {
-    let mut key = unknown_prefix();
+    let mut key = unknown();
     key.replace_range(20..21, "-");
     key
 }
@@ -150,11 +116,11 @@ fn an_unknown_prefix_and_a_known_prefix_with_a_wrong_body_take_the_same_time() {
                 CacheConfig::default().negative_capacity((3 * (samples + WARM_UP)) as u64),
             )
             .build();
-        let service: Stack = layer.layer(service_fn(ok as fn(_) -> _));
+        let service: Stack = stack(&layer);
 
         // Every key made before timing starts; none is sent twice.
         let total = samples + WARM_UP;
-        let unknown: Vec<String> = (0..total).map(|_| unknown_prefix()).collect();
+        let unknown: Vec<String> = (0..total).map(|_| unknown()).collect();
         let known: Vec<String> = (0..total)
             .map(|i| known_prefix_wrong_body(&prefixes[i % KNOWN_KEYS]))
             .collect();

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::pepper;
+use crate::support::service::status;
 use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, service_fn};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::feed::{ChangeFeed, FeedError, FeedMessage};
 use tower_api_key::key::{ApiKey, KeyDigest};
@@ -90,24 +91,11 @@ fn service(resolver: &Arc<ScriptedResolver>, config: CacheConfig) -> Service {
     layer.layer(tower::util::BoxCloneSyncService::new(inner))
 }
 
-async fn status(service: &Service, key: &ApiKey) -> StatusCode {
-    let request = Request::get("/")
-        .header("x-api-key", key.expose_secret())
-        .body(())
-        .expect("request");
-    service
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("infallible")
-        .status()
-}
-
 async fn concurrently(service: &Service, key: &ApiKey, n: usize) -> Vec<StatusCode> {
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let (service, key) = (service.clone(), key.clone());
-            tokio::spawn(async move { status(&service, &key).await })
+            tokio::spawn(async move { status(&service, key.expose_secret()).await })
         })
         .collect();
     let mut statuses = Vec::new();
@@ -130,7 +118,10 @@ async fn concurrent_requests_with_one_unknown_key_make_one_resolver_call() {
     assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
     assert_eq!(resolver.calls(), 1);
     // The refusal is cached: later requests don't reach the resolver either.
-    assert_eq!(status(&service, &unknown).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&service, unknown.expose_secret()).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(resolver.calls(), 1);
 }
 
@@ -150,12 +141,21 @@ async fn negative_entries_expire_after_their_ttl() {
     let config = CacheConfig::default().negative_ttl(Duration::from_millis(50));
     let service = service(&resolver, config);
     let unknown = key();
-    assert_eq!(status(&service, &unknown).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(status(&service, &unknown).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&service, unknown.expose_secret()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        status(&service, unknown.expose_secret()).await,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(resolver.calls(), 1);
     tokio::time::sleep(Duration::from_millis(120)).await;
     resolver.set(Behaviour::Accept);
-    assert_eq!(status(&service, &unknown).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, unknown.expose_secret()).await,
+        StatusCode::OK
+    );
     assert_eq!(resolver.calls(), 2);
 }
 
@@ -165,16 +165,19 @@ async fn resolver_errors_are_503_and_never_cached() {
     let service = service(&resolver, CacheConfig::default());
     let valid = key();
     assert_eq!(
-        status(&service, &valid).await,
+        status(&service, valid.expose_secret()).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(
-        status(&service, &valid).await,
+        status(&service, valid.expose_secret()).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(resolver.calls(), 2);
     resolver.set(Behaviour::Accept);
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -183,11 +186,14 @@ async fn a_panicking_resolver_is_503_and_the_service_keeps_serving() {
     let service = service(&resolver, CacheConfig::default());
     let valid = key();
     assert_eq!(
-        status(&service, &valid).await,
+        status(&service, valid.expose_secret()).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     resolver.set(Behaviour::Accept);
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -198,12 +204,15 @@ async fn a_hanging_resolver_is_503_after_the_lookup_timeout() {
     let valid = key();
     let started = tokio::time::Instant::now();
     assert_eq!(
-        status(&service, &valid).await,
+        status(&service, valid.expose_secret()).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     resolver.set(Behaviour::Accept);
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,10 +220,17 @@ async fn a_lookup_abandoned_by_its_requests_still_completes_and_is_cached() {
     let resolver = ScriptedResolver::new(Behaviour::Accept, Duration::from_millis(50));
     let service = service(&resolver, CacheConfig::default());
     let valid = key();
-    let abandoned = tokio::time::timeout(Duration::from_millis(5), status(&service, &valid)).await;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(5),
+        status(&service, valid.expose_secret()),
+    )
+    .await;
     assert!(abandoned.is_err(), "the request was dropped mid-lookup");
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
     assert_eq!(
         resolver.calls(),
         1,
@@ -283,8 +299,14 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
     assert!(task.wait_subscribed(Duration::from_secs(10)).await);
 
     let valid = key();
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
     assert_eq!(resolver.calls(), 1, "cached while the channel is up");
 
     down.store(true, Ordering::SeqCst);
@@ -294,7 +316,10 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
             .await
     );
     for expected_calls in 2..=4 {
-        assert_eq!(status(&service, &valid).await, StatusCode::OK);
+        assert_eq!(
+            status(&service, valid.expose_secret()).await,
+            StatusCode::OK
+        );
         assert_eq!(
             resolver.calls(),
             expected_calls,
@@ -304,8 +329,14 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
 
     down.store(false, Ordering::SeqCst);
     assert!(task.wait_subscribed(Duration::from_secs(10)).await);
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
-    assert_eq!(status(&service, &valid).await, StatusCode::OK);
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&service, valid.expose_secret()).await,
+        StatusCode::OK
+    );
     assert_eq!(resolver.calls(), 5, "cached again once the channel is back");
 }
 
@@ -319,7 +350,7 @@ async fn lookups_beyond_the_limit_are_shed_with_503_at_once() {
         .map(|_| {
             let service = service.clone();
             tokio::spawn(async move {
-                let status = status(&service, &key()).await;
+                let status = status(&service, key().expose_secret()).await;
                 (status, started.elapsed())
             })
         })
@@ -337,5 +368,8 @@ async fn lookups_beyond_the_limit_are_shed_with_503_at_once() {
     assert_eq!(shed, 8);
     assert_eq!(resolver.calls(), 2);
     // Permits come back when lookups finish.
-    assert_eq!(status(&service, &key()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status(&service, key().expose_secret()).await,
+        StatusCode::UNAUTHORIZED
+    );
 }

@@ -1,55 +1,30 @@
 //! "At once" (DESIGN.md §3) under races: no request that starts after a change returns may
 //! be decided by the state before it, even while lookups for that key are in flight.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::support::{TestStore, account, pepper};
-use http::{Request, Response, StatusCode};
-use tower::{Layer, ServiceExt, service_fn};
+use crate::support::service::{Stack, stack, status};
+use crate::support::stores::TestStore;
+use crate::support::{account, pepper};
+use http::StatusCode;
 use tower_api_key::cache::CacheConfig;
-use tower_api_key::{ApiKeyLayer, ApiKeyService, KeyManager, StoreResolver};
+use tower_api_key::{ApiKeyLayer, KeyManager};
 
-type Inner = tower::util::ServiceFn<
-    fn(
-        Request<()>,
-    )
-        -> std::future::Ready<Result<Response<http_body_util::Empty<bytes::Bytes>>, Infallible>>,
->;
-
-fn ok(
-    _: Request<()>,
-) -> std::future::Ready<Result<Response<http_body_util::Empty<bytes::Bytes>>, Infallible>> {
-    std::future::ready(Ok(Response::new(http_body_util::Empty::new())))
-}
-
-fn stack(manager: &KeyManager) -> ApiKeyService<Inner, StoreResolver> {
+fn short_lived_stack(manager: &KeyManager) -> Stack {
     // A short positive TTL keeps misses (and so in-flight lookups) frequent.
-    let layer = ApiKeyLayer::for_manager(manager)
-        .cache_config(CacheConfig::default().positive_ttl(Duration::from_millis(1)))
-        .build();
-    layer.layer(service_fn(ok as fn(_) -> _))
-}
-
-async fn status(service: &ApiKeyService<Inner, StoreResolver>, key: &str) -> StatusCode {
-    let request = Request::get("/")
-        .header("x-api-key", key)
-        .body(())
-        .expect("request");
-    service
-        .clone()
-        .oneshot(request)
-        .await
-        .expect("infallible")
-        .status()
+    stack(
+        &ApiKeyLayer::for_manager(manager)
+            .cache_config(CacheConfig::default().positive_ttl(Duration::from_millis(1)))
+            .build(),
+    )
 }
 
 /// Runs `rounds` of: hammer `key` from many tasks, apply `change`, keep hammering; any
 /// request that *started* after `change` returned must get `expected_after`.
 async fn hammer_across_change<C, F>(
-    service: ApiKeyService<Inner, StoreResolver>,
+    service: Stack,
     key: String,
     expected_after: StatusCode,
     mut change: C,
@@ -102,7 +77,7 @@ const ROUNDS: usize = 40;
 /// trivial service, and the checks counted over all rounds.
 struct Race {
     manager: KeyManager,
-    service: ApiKeyService<Inner, StoreResolver>,
+    service: Stack,
     checked: usize,
     violations: usize,
 }
@@ -114,7 +89,7 @@ impl Race {
         // arrive while the change is applied.
         store.max_delay_us.store(3_000, Ordering::Relaxed);
         let manager = KeyManager::new(store, pepper());
-        let service = stack(&manager);
+        let service = short_lived_stack(&manager);
         Self {
             manager,
             service,

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::demo::{DemoServer, Launch, read_until_closed};
+use crate::support::keys::forge;
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
@@ -36,33 +37,6 @@ use tokio::net::TcpStream;
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 const INVALID: &str = r#"{"error":"invalid API key"}"#;
 const MISSING: &str = r#"{"error":"missing API key"}"#;
-
-// ===== forging keys =====
-
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// CRC32 of `checked` as 6 big-endian base62 digits: the key format's checksum.
-fn checksum(checked: &str) -> String {
-    let mut value = crc32fast::hash(checked.as_bytes());
-    let mut digits = [b'0'; 6];
-    for digit in digits.iter_mut().rev() {
-        *digit = BASE62[(value % 62) as usize];
-        value /= 62;
-    }
-    String::from_utf8(digits.to_vec()).expect("ascii")
-}
-
-/// `prefix` joined to the secret of `body_of`, with a valid checksum: well-formed, so it
-/// passes parsing and reaches the store, where the digest comparison must refuse it.
-fn forge(prefix_of: &str, body_of: &str) -> String {
-    let checked = format!("{}.{}", &prefix_of[..8], &body_of[9..52]);
-    let forged = format!("{checked}{}", checksum(&checked));
-    assert!(
-        forged.parse::<tower_api_key::ApiKey>().is_ok(),
-        "forged keys are well-formed"
-    );
-    forged
-}
 
 // ===== raw HTTP/1.1 =====
 

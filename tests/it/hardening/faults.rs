@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{account, client, get, pepper, serve};
+use crate::support::http::{client, get, serve};
+use crate::support::keys::unknown;
+use crate::support::{account, pepper};
 use axum::Router;
 use axum::routing::get as route_get;
 use http::StatusCode;
 use tokio::sync::Semaphore;
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, Authenticated, KeyId, KeyIdentity, KeyManager, KeyPrefix, KeyRecord,
-    KeyStore, MemoryStore, StoreError, StoreResolver,
+    ApiKeyLayer, Authenticated, KeyId, KeyIdentity, KeyManager, KeyPrefix, KeyRecord, KeyStore,
+    MemoryStore, StoreError, StoreResolver,
 };
 
 // ===== a store with faults on its read path =====
@@ -84,7 +86,7 @@ impl FaultyStore {
     }
 }
 
-impl crate::support::StoreHooks for FaultyStore {
+impl crate::support::hooks::StoreHooks for FaultyStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -107,7 +109,7 @@ impl crate::support::StoreHooks for FaultyStore {
     }
 }
 
-crate::support::hooked_key_store!(FaultyStore);
+crate::support::hooks::hooked_key_store!(FaultyStore);
 
 // ===== a loopback server =====
 
@@ -149,13 +151,6 @@ impl Server {
         let created = self.manager.create(&account(owner)).await.expect("create");
         (created.info.id, created.key.expose_secret().to_owned())
     }
-}
-
-fn unknown() -> String {
-    ApiKey::generate()
-        .expect("randomness")
-        .expose_secret()
-        .to_owned()
 }
 
 /// Sends each key from its own task at once; returns each status with its latency.

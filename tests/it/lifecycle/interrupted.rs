@@ -3,13 +3,13 @@
 //! commits and then fails to reply must not leave a revoked, rotated-away or deleted key
 //! cached as valid.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::support::{StoreHooks, account, hooked_key_store, pepper};
-use http::{Request, Response, StatusCode};
-use tower::{Layer, ServiceExt, service_fn};
+use crate::support::hooks::{StoreHooks, hooked_key_store};
+use crate::support::service::{stack, status};
+use crate::support::{account, pepper};
+use http::StatusCode;
 use tower_api_key::{
     ApiKeyLayer, KeyManager, KeyPrefix, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError,
     StoreResolver,
@@ -53,12 +53,6 @@ impl StoreHooks for AfterCommitStore {
 
 hooked_key_store!(AfterCommitStore);
 
-fn ok(
-    _: Request<()>,
-) -> std::future::Ready<Result<Response<http_body_util::Empty<bytes::Bytes>>, Infallible>> {
-    std::future::ready(Ok(Response::new(http_body_util::Empty::new())))
-}
-
 /// A manager over an [`AfterCommitStore`], and the status a request with a key gets from a
 /// layer subscribed to it.
 struct Fixture {
@@ -80,16 +74,7 @@ impl Fixture {
     }
 
     async fn status(&self, key: &str) -> StatusCode {
-        let request = Request::get("/")
-            .header("x-api-key", key)
-            .body(())
-            .expect("request");
-        self.layer
-            .layer(service_fn(ok))
-            .oneshot(request)
-            .await
-            .expect("infallible")
-            .status()
+        status(&stack(&self.layer), key).await
     }
 
     /// Creates a key and makes sure the layer has it cached as valid.

@@ -5,23 +5,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::support::stores::TestStore;
+use crate::support::{account, pepper};
 use tower_api_key::invalidation::{Invalidation, InvalidationListener};
 use tower_api_key::store::KeyUse;
 use tower_api_key::{
-    AccountId, ApiKey, KeyDigest, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError,
-    MemoryStore, Pepper, StoreError,
+    ApiKey, KeyDigest, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError,
+    MemoryStore, StoreError,
 };
-
-fn pepper() -> Pepper {
-    Pepper::from_bytes([42; 32])
-}
 
 fn manager() -> KeyManager {
     KeyManager::new(Arc::new(MemoryStore::new()), pepper())
-}
-
-fn account(name: &str) -> AccountId {
-    name.parse().expect("valid account id")
 }
 
 /// Records every invalidation it hears.
@@ -223,7 +217,7 @@ impl CollidingStore {
     }
 }
 
-impl crate::support::StoreHooks for CollidingStore {
+impl crate::support::hooks::StoreHooks for CollidingStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
@@ -237,7 +231,7 @@ impl crate::support::StoreHooks for CollidingStore {
     }
 }
 
-crate::support::hooked_key_store!(CollidingStore);
+crate::support::hooks::hooked_key_store!(CollidingStore);
 
 #[tokio::test]
 async fn prefix_collisions_are_retried_not_surfaced() {
@@ -544,29 +538,11 @@ async fn concurrent_rotate_and_revoke_leave_a_consistent_record() {
 
 // ===== store failures =====
 
-/// A store that is down.
-#[derive(Default)]
-struct DownStore {
-    records: MemoryStore,
-}
-
-impl crate::support::StoreHooks for DownStore {
-    fn records(&self) -> &MemoryStore {
-        &self.records
-    }
-    fn before_write(&self) -> Result<(), StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-    fn before_read(&self) -> Result<(), StoreError> {
-        Err(StoreError::unavailable("connection refused"))
-    }
-}
-
-crate::support::hooked_key_store!(DownStore);
-
 #[tokio::test]
 async fn store_failures_are_reported_as_store_errors() {
-    let manager = KeyManager::new(Arc::new(DownStore::default()), pepper());
+    let store = TestStore::new();
+    store.set_down(true);
+    let manager = KeyManager::new(store, pepper());
     let err = manager.create(&account("acme")).await.expect_err("down");
     assert!(matches!(
         err,

@@ -6,14 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::account;
 use tower_api_key::store::KeyUse;
 use tower_api_key::{
-    AccountId, ApiKey, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, StoreError,
+    ApiKey, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, StoreError,
 };
-
-fn account(name: &str) -> AccountId {
-    name.parse().expect("valid account id")
-}
 
 /// A whole-microsecond time, as every store keeps.
 fn at(micros: u64) -> SystemTime {

@@ -3,16 +3,9 @@
 
 use std::sync::Arc;
 
+use crate::support::{account, pepper};
 use tower_api_key::store::SqliteStore;
-use tower_api_key::{AccountId, KeyManager, KeyStatus, KeyStore, ManagerError, Pepper};
-
-fn account(name: &str) -> AccountId {
-    name.parse().expect("valid account id")
-}
-
-fn pepper() -> Pepper {
-    Pepper::from_bytes([5; 32])
-}
+use tower_api_key::{KeyManager, KeyStatus, KeyStore, ManagerError};
 
 #[tokio::test]
 async fn keys_survive_reopening_the_file() {

@@ -1,7 +1,6 @@
 //! Databases for the store tests: a fresh PostgreSQL schema per test (from `DATABASE_URL`),
 //! a fresh SQLite file per test. Both are cleaned up by a later run once the process that
 //! made them is gone, so parallel test binaries never touch each other's data.
-#![allow(dead_code, unreachable_pub)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,7 +35,7 @@ fn maker_is_gone(name: &str, kind: &str) -> bool {
 // ===== SQLite =====
 
 #[cfg(feature = "sqlite")]
-pub mod sqlite {
+pub(crate) mod sqlite {
     use super::*;
     use tower_api_key::store::SqliteStore;
 
@@ -47,7 +46,7 @@ pub mod sqlite {
     }
 
     /// A new database file's URL (not yet created), after clearing files of finished runs.
-    pub fn fresh_url() -> String {
+    pub(crate) fn fresh_url() -> String {
         let dir = dir();
         std::fs::create_dir_all(&dir).expect("create the test database directory");
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -63,11 +62,11 @@ pub mod sqlite {
     }
 
     /// A migrated store on a new file.
-    pub async fn store() -> SqliteStore {
+    pub(crate) async fn store() -> SqliteStore {
         store_at(&fresh_url()).await
     }
 
-    pub async fn store_at(url: &str) -> SqliteStore {
+    pub(crate) async fn store_at(url: &str) -> SqliteStore {
         let store = SqliteStore::connect(url).await.expect("open sqlite");
         store.migrate().await.expect("migrate sqlite");
         store
@@ -77,7 +76,7 @@ pub mod sqlite {
 // ===== PostgreSQL =====
 
 #[cfg(feature = "postgres")]
-pub mod postgres {
+pub(crate) mod postgres {
     use std::str::FromStr;
     use std::time::Duration;
 
@@ -90,7 +89,7 @@ pub mod postgres {
     const KIND: &str = "tak_test";
 
     /// `DATABASE_URL`, or `None` after saying that the test is skipped and why.
-    pub fn database_url() -> Option<String> {
+    pub(crate) fn database_url() -> Option<String> {
         match std::env::var("DATABASE_URL") {
             Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Some(url)
@@ -119,15 +118,15 @@ pub mod postgres {
 
     /// A schema of its own for one test, in the database of `DATABASE_URL`.
     #[derive(Debug, Clone)]
-    pub struct Schema {
-        pub url: String,
-        pub name: String,
+    pub(crate) struct Schema {
+        pub(crate) url: String,
+        pub(crate) name: String,
     }
 
     impl Schema {
         /// Creates a fresh schema, after dropping those of finished test runs; `None` (with
         /// the reason printed) without `DATABASE_URL`.
-        pub async fn create() -> Option<Self> {
+        pub(crate) async fn create() -> Option<Self> {
             let url = database_url()?;
             let admin = admin_pool(&url).await;
             static CLEANED: OnceCell<()> = OnceCell::const_new();
@@ -156,14 +155,14 @@ pub mod postgres {
         }
 
         /// Connection options whose `search_path` is this schema.
-        pub fn options(&self) -> PgConnectOptions {
+        pub(crate) fn options(&self) -> PgConnectOptions {
             PgConnectOptions::from_str(&self.url)
                 .expect("DATABASE_URL parses")
                 .options([("search_path", self.name.as_str())])
         }
 
         /// `DATABASE_URL` with this schema as `search_path`, for another process.
-        pub fn url_with_search_path(&self) -> String {
+        pub(crate) fn url_with_search_path(&self) -> String {
             let separator = if self.url.contains('?') { '&' } else { '?' };
             format!(
                 "{}{separator}options=-c%20search_path%3D{}",
@@ -172,7 +171,7 @@ pub mod postgres {
         }
 
         /// A small pool on this schema.
-        pub fn pool(&self) -> PgPool {
+        pub(crate) fn pool(&self) -> PgPool {
             PgPoolOptions::new()
                 .max_connections(5)
                 .acquire_timeout(Duration::from_secs(10))
@@ -181,7 +180,7 @@ pub mod postgres {
 
         /// A migrated store with a pool of its own on this schema (call it twice for two
         /// "processes").
-        pub async fn store(&self) -> PostgresStore {
+        pub(crate) async fn store(&self) -> PostgresStore {
             let store = PostgresStore::from_pool(self.pool());
             store.migrate().await.expect("migrate postgres");
             store
@@ -197,7 +196,7 @@ pub mod postgres {
     }
 
     /// A migrated store on a fresh schema, or `None` without `DATABASE_URL`.
-    pub async fn store() -> Option<PostgresStore> {
+    pub(crate) async fn store() -> Option<PostgresStore> {
         Some(Schema::create().await?.store().await)
     }
 }
@@ -205,7 +204,7 @@ pub mod postgres {
 // ===== a whole stack over PostgreSQL =====
 
 #[cfg(feature = "postgres")]
-pub mod stack {
+pub(crate) mod stack {
     use std::convert::Infallible;
     use std::sync::Arc;
     use std::time::Duration;
@@ -218,38 +217,34 @@ pub mod stack {
     use tower_api_key::feed::{FeedConfig, FeedTask};
     use tower_api_key::resolver::StoreResolver;
     use tower_api_key::store::{PgChangeFeed, PostgresStore};
-    use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
+    use tower_api_key::{ApiKeyLayer, KeyManager};
 
-    /// The pepper every stack on one database shares (as processes would, by configuration).
-    pub fn pepper() -> Pepper {
-        Pepper::from_bytes([7; 32])
-    }
+    use crate::support::pepper;
 
     /// One "process": its own pool, manager, change feed and layer, as a separate server
     /// would have, on a shared database.
-    pub struct Stack {
-        pub store: PostgresStore,
-        pub manager: KeyManager,
-        pub feed: FeedTask,
-        pub layer: ApiKeyLayer<StoreResolver>,
-        pub feed_name: String,
+    pub(crate) struct Stack {
+        pub(crate) manager: KeyManager,
+        pub(crate) feed: FeedTask,
+        pub(crate) layer: ApiKeyLayer<StoreResolver>,
+        pub(crate) feed_name: String,
     }
 
     /// How to build a [`Stack`].
-    pub struct StackOptions {
+    pub(crate) struct StackOptions {
         /// Where the store's pool connects.
-        pub connect: PgConnectOptions,
+        pub(crate) connect: PgConnectOptions,
         /// Where the feed connects, if not where the store does.
-        pub feed_connect: Option<PgConnectOptions>,
+        pub(crate) feed_connect: Option<PgConnectOptions>,
         /// `application_name` of the feed's connection, to find it in `pg_stat_activity`.
-        pub feed_name: String,
-        pub cache: CacheConfig,
-        pub feed: FeedConfig,
-        pub acquire_timeout: Duration,
+        pub(crate) feed_name: String,
+        pub(crate) cache: CacheConfig,
+        pub(crate) feed: FeedConfig,
+        pub(crate) acquire_timeout: Duration,
     }
 
     impl StackOptions {
-        pub fn new(connect: PgConnectOptions, feed_name: &str) -> Self {
+        pub(crate) fn new(connect: PgConnectOptions, feed_name: &str) -> Self {
             Self {
                 connect,
                 feed_connect: None,
@@ -270,12 +265,13 @@ pub mod stack {
 
     impl Stack {
         /// Starts the stack and waits until its feed is subscribed.
-        pub async fn start(options: StackOptions) -> Self {
+        pub(crate) async fn start(options: StackOptions) -> Self {
             let pool = PgPoolOptions::new()
                 .max_connections(5)
                 .acquire_timeout(options.acquire_timeout)
                 .connect_lazy_with(options.connect.clone());
             let store = PostgresStore::from_pool(pool);
+            // Every stack on one database shares the pepper, as processes would, by configuration.
             let manager = KeyManager::new(Arc::new(store.clone()), pepper());
             let feed_source = match &options.feed_connect {
                 Some(connect) => PostgresStore::from_pool(
@@ -295,7 +291,6 @@ pub mod stack {
                 "the change feed did not subscribe"
             );
             Self {
-                store,
                 manager,
                 feed,
                 layer,
@@ -304,12 +299,12 @@ pub mod stack {
         }
 
         /// The status of a request with `key` (HTTP).
-        pub async fn status(&self, key: &str) -> StatusCode {
+        pub(crate) async fn status(&self, key: &str) -> StatusCode {
             self.request(key, false).await.status()
         }
 
         /// A request with `key`, as gRPC if `grpc`.
-        pub async fn request(&self, key: &str, grpc: bool) -> Response<impl Sized> {
+        pub(crate) async fn request(&self, key: &str, grpc: bool) -> Response<impl Sized> {
             let service = self.layer.layer(service_fn(|_: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(Empty::<bytes::Bytes>::new()))
             }));
@@ -327,9 +322,10 @@ pub mod stack {
 
 // ===== a TCP proxy that can cut or freeze the database =====
 
-pub mod proxy {
+#[cfg(feature = "postgres")]
+pub(crate) mod proxy {
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -340,8 +336,8 @@ pub mod proxy {
     /// Forwards loopback connections to `target`. [`cut`](Self::cut) closes every connection
     /// and refuses new ones, as a database that went away; [`freeze`](Self::freeze) keeps
     /// connections open but delivers nothing, as a network that silently drops packets.
-    pub struct Proxy {
-        pub addr: SocketAddr,
+    pub(crate) struct Proxy {
+        pub(crate) addr: SocketAddr,
         shared: Arc<Shared>,
         accept: JoinHandle<()>,
     }
@@ -351,11 +347,10 @@ pub mod proxy {
         cut: AtomicBool,
         frozen: AtomicBool,
         connections: Mutex<Vec<JoinHandle<()>>>,
-        accepted: AtomicUsize,
     }
 
     impl Proxy {
-        pub async fn start(target: SocketAddr) -> Self {
+        pub(crate) async fn start(target: SocketAddr) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
             let addr = listener.local_addr().expect("proxy addr");
             let shared = Arc::new(Shared::default());
@@ -370,7 +365,6 @@ pub mod proxy {
                             drop(client); // the database is gone
                             continue;
                         }
-                        shared.accepted.fetch_add(1, Ordering::SeqCst);
                         let pump = tokio::spawn(forward(client, target, Arc::clone(&shared)));
                         let mut connections = shared.connections.lock().expect("lock");
                         connections.retain(|task| !task.is_finished());
@@ -386,7 +380,7 @@ pub mod proxy {
         }
 
         /// Closes every open connection and refuses new ones until [`restore`](Self::restore).
-        pub fn cut(&self) {
+        pub(crate) fn cut(&self) {
             self.shared.cut.store(true, Ordering::SeqCst);
             for task in self.shared.connections.lock().expect("lock").drain(..) {
                 task.abort();
@@ -394,19 +388,14 @@ pub mod proxy {
         }
 
         /// Holds every byte in both directions, on open and new connections alike.
-        pub fn freeze(&self) {
+        pub(crate) fn freeze(&self) {
             self.shared.frozen.store(true, Ordering::SeqCst);
         }
 
         /// Forwards again (new connections; a cut closed the old ones for good).
-        pub fn restore(&self) {
+        pub(crate) fn restore(&self) {
             self.shared.frozen.store(false, Ordering::SeqCst);
             self.shared.cut.store(false, Ordering::SeqCst);
-        }
-
-        /// Connections accepted and forwarded so far.
-        pub fn accepted(&self) -> usize {
-            self.shared.accepted.load(Ordering::SeqCst)
         }
     }
 
@@ -455,8 +444,9 @@ pub mod proxy {
     }
 
     /// Where `DATABASE_URL`'s server listens over TCP, or `None` (printed) for a Unix socket.
-    #[cfg(feature = "postgres")]
-    pub async fn database_addr(options: &sqlx::postgres::PgConnectOptions) -> Option<SocketAddr> {
+    pub(crate) async fn database_addr(
+        options: &sqlx::postgres::PgConnectOptions,
+    ) -> Option<SocketAddr> {
         let host = options.get_host();
         if host.starts_with('/') {
             eprintln!("skipped: DATABASE_URL points at a Unix socket; this test needs TCP");

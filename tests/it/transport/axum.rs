@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::support::{TestStore, account, client, get, pepper, serve};
+use crate::support::http::{client, get, serve};
+use crate::support::stores::TestStore;
+use crate::support::{account, pepper};
 use axum::Router;
 use axum::routing::get as route_get;
 use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager};

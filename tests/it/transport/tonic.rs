@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::pepper;
+use crate::support::stores::TestStore;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -16,59 +17,22 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tower_api_key::{
-    AccountId, ApiKey, ApiKeyLayer, KeyId, KeyManager, MemoryStore, Pepper, StoreError,
-};
+use tower_api_key::{AccountId, ApiKey, ApiKeyLayer, KeyId, KeyManager};
 
 // ===== the server =====
-
-/// A `MemoryStore` that can be switched off, to stand for a database that went away.
-#[derive(Debug, Default)]
-struct SwitchableStore {
-    records: MemoryStore,
-    down: AtomicBool,
-}
-
-impl SwitchableStore {
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-    }
-
-    fn reachable(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::unavailable("connection refused"))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl crate::support::StoreHooks for SwitchableStore {
-    fn records(&self) -> &MemoryStore {
-        &self.records
-    }
-    fn before_write(&self) -> Result<(), StoreError> {
-        self.reachable()
-    }
-    fn before_read(&self) -> Result<(), StoreError> {
-        self.reachable()
-    }
-}
-
-crate::support::hooked_key_store!(SwitchableStore);
 
 /// A tonic server with tonic-health behind the layer, and the handles a test needs.
 struct Harness {
     addr: SocketAddr,
     manager: KeyManager,
-    store: Arc<SwitchableStore>,
+    store: Arc<TestStore>,
     account: AccountId,
 }
 
 impl Harness {
     async fn start() -> Self {
-        let store = Arc::new(SwitchableStore::default());
-        let manager = KeyManager::new(store.clone(), Pepper::from_bytes([7; 32]));
+        let store = Arc::new(TestStore::default());
+        let manager = KeyManager::new(store.clone(), pepper());
         let layer = ApiKeyLayer::for_manager(&manager).build();
 
         let (reporter, health) = tonic_health::server::health_reporter();

@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::support::http::{Answer, client, get_with};
+use crate::support::{account, pepper};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::CONTENT_TYPE;
 use http::{HeaderName, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -27,20 +27,14 @@ use tokio::net::TcpListener;
 use tower::buffer::Buffer;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_api_key::resolver::KeyIdentity;
-use tower_api_key::{
-    AccountId, ApiKey, ApiKeyLayer, Authenticated, KeyManager, MemoryStore, Pepper,
-};
+use tower_api_key::{ApiKey, ApiKeyLayer, Authenticated, KeyManager, MemoryStore};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 // ===== fixtures =====
 
 fn manager() -> KeyManager {
-    KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([9; 32]))
-}
-
-fn account(name: &str) -> AccountId {
-    name.parse().expect("valid account id")
+    KeyManager::new(Arc::new(MemoryStore::new()), pepper())
 }
 
 async fn create_key(manager: &KeyManager, owner: &str) -> String {
@@ -86,42 +80,9 @@ where
     addr
 }
 
-/// What a client got back, body read in full.
-#[derive(Debug)]
-struct Answer {
-    status: StatusCode,
-    content_type: Option<String>,
-    body: String,
-}
-
-fn client() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// A GET of `/` with the given headers.
+/// A GET of `/` with the given headers, on a connection of its own.
 async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> Answer {
-    let mut request = Request::get(format!("http://{addr}/"));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(Empty::new()).expect("request");
-    let response = client().request(request).await.expect("response");
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|value| value.to_str().expect("ascii").to_owned());
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    Answer {
-        status,
-        content_type,
-        body: String::from_utf8(body.to_vec()).expect("utf-8"),
-    }
+    get_with(&client(), addr, "/", headers).await
 }
 
 async fn serve_whoami(layer: ApiKeyLayer<tower_api_key::StoreResolver>) -> SocketAddr {
@@ -138,7 +99,7 @@ async fn missing_key_is_401_with_json_error() {
     let answer = get(addr, &[]).await;
 
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+    assert_eq!(answer.content_type(), Some("application/json"));
     assert_eq!(answer.body, r#"{"error":"missing API key"}"#);
 }
 
@@ -150,7 +111,7 @@ async fn malformed_key_is_401_invalid() {
     let answer = get(addr, &[("x-api-key", "hunter2")]).await;
 
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+    assert_eq!(answer.content_type(), Some("application/json"));
     assert_eq!(answer.body, r#"{"error":"invalid API key"}"#);
 }
 
@@ -229,7 +190,7 @@ async fn rejection_hook_answer_replaces_the_default() {
     let invalid = get(addr, &[("x-api-key", "hunter2")]).await;
 
     assert_eq!(missing.status, StatusCode::FORBIDDEN);
-    assert_eq!(missing.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(missing.content_type(), Some("text/plain"));
     assert_eq!(missing.body, "GET /: missing API key");
     assert_eq!(invalid.status, StatusCode::FORBIDDEN);
     assert_eq!(invalid.body, "GET /: invalid API key");

@@ -16,16 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::proxy::{self, Proxy};
 use crate::support::db::stack::{Stack, StackOptions};
 use http::StatusCode;
 use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
-use tower_api_key::{AccountId, ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
-
-fn account(name: &str) -> AccountId {
-    name.parse().expect("valid account id")
-}
+use tower_api_key::{ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
 
 /// A direct stack A, and a proxy to the database; `None` without `DATABASE_URL`.
 async fn setup(test: &str) -> Option<(Schema, Stack, Proxy)> {
@@ -273,7 +270,7 @@ async fn deafenable_stack(schema: &Schema) -> (Stack, Arc<AtomicBool>) {
     let store = PostgresStore::from_pool(
         sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.connect.clone()),
     );
-    let manager = KeyManager::new(Arc::new(store.clone()), crate::support::db::stack::pepper());
+    let manager = KeyManager::new(Arc::new(store.clone()), crate::support::pepper());
     let deaf = Arc::new(AtomicBool::new(false));
     let config = FeedConfig::default()
         .heartbeat(Duration::from_millis(100), Duration::from_millis(500))
@@ -291,7 +288,6 @@ async fn deafenable_stack(schema: &Schema) -> (Stack, Arc<AtomicBool>) {
         .cache_config(options.cache)
         .build();
     let stack = Stack {
-        store,
         manager,
         feed,
         layer,

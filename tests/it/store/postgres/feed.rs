@@ -8,14 +8,11 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::stack::{Stack, StackOptions};
 use http::StatusCode;
-use tower_api_key::{AccountId, CreatedKey};
-
-fn account(name: &str) -> AccountId {
-    name.parse().expect("valid account id")
-}
+use tower_api_key::CreatedKey;
 
 async fn two_stacks(schema: &Schema, test: &str) -> (Stack, Stack) {
     schema.store().await; // migrated once

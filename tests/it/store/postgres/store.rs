@@ -7,22 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::db::postgres::Schema;
+use crate::support::{account, pepper};
 use sqlx::Row as _;
 use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore};
-use tower_api_key::{
-    AccountId, ApiKey, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError, Pepper,
-};
-
-fn account(name: &str) -> AccountId {
-    name.parse().expect("valid account id")
-}
-
-fn pepper() -> Pepper {
-    Pepper::from_bytes([9; 32])
-}
+use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
