@@ -1,4 +1,5 @@
-//! Properties of key anatomy (DESIGN.md §2) over many generated and arbitrary inputs.
+//! Properties of key anatomy (prefix, secret body, checksum; ARCHITECTURE.md, *Keys*) over many
+//! generated and arbitrary inputs.
 
 use crate::support::pepper;
 use proptest::prelude::*;

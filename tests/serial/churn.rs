@@ -1,8 +1,8 @@
-//! Sustained churn (the hardening issue, item 5): a steady load across many keys while the
+//! Sustained churn (ARCHITECTURE.md, *Hardening*): a steady load across many keys while the
 //! keys are rotated, revoked, reactivated and deleted every few milliseconds.
 //!
 //! Every request is checked against the record of changes, by the times they *returned*
-//! (DESIGN.md §3, "at once"):
+//! ("at once": a change is in force for every request that starts after it returned):
 //! - a request that started after the change that invalidated its key returned, and while no
 //!   other change of that key was under way, must not be let in (a violation);
 //! - one that started after the key became valid (create, rotate, reactivate returned), with
@@ -14,7 +14,7 @@
 //! The default run is short; `CHURN_SECS` sets its length. The 30-second run:
 //!
 //! ```text
-//! CHURN_SECS=30 cargo test --release --all-features --test churn -- --nocapture
+//! CHURN_SECS=30 cargo test --release --all-features --test serial churn -- --nocapture
 //! ```
 
 use std::collections::VecDeque;

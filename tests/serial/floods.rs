@@ -1,4 +1,4 @@
-//! Floods (the hardening issue, item 3): random well-formed unknown keys, malformed keys and a
+//! Floods (ARCHITECTURE.md, *Hardening*): random well-formed unknown keys, malformed keys and a
 //! slow store. Each test prints its figures (run with `--nocapture` to see them) and asserts
 //! the bound that would break if the property did:
 //!

@@ -1,4 +1,4 @@
-//! Timing (the hardening issue, item 6): a guesser must not learn whether a prefix exists
+//! Timing (ARCHITECTURE.md, *Hardening*): a guesser must not learn whether a prefix exists
 //! from how long a refusal takes.
 //!
 //! The measurement: the layer over a trivial service, resolving through `StoreResolver` over
@@ -18,7 +18,7 @@
 //! `TIMING_SAMPLES` sets the samples per kind (default 5,000); for the figures worth quoting:
 //!
 //! ```text
-//! TIMING_SAMPLES=100000 cargo test --release --all-features --test timing -- --nocapture
+//! TIMING_SAMPLES=100000 cargo test --release --all-features --test serial timing -- --nocapture
 //! ```
 
 use std::sync::Arc;

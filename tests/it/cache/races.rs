@@ -1,5 +1,6 @@
-//! "At once" (DESIGN.md §3) under races: no request that starts after a change returns may
-//! be decided by the state before it, even while lookups for that key are in flight.
+//! "At once" under races: no request that starts after a change returns may be decided by the
+//! state before it, even while lookups for that key are in flight (ARCHITECTURE.md, *The cache:
+//! why a revoked key can't come back*).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
-//! Faults of the key store (the hardening issue, item 4), where `tests/layer_faults.rs` leaves
-//! off: a real `StoreResolver` over a store that fails, hangs or panics, behind a loopback
-//! HTTP server. After each fault valid keys work again without a restart, no lookup permit
-//! is lost, and no revoked key is let in at any point.
+//! Faults of the key store (ARCHITECTURE.md, *Hardening*), where `cache::faults` leaves off: a
+//! real `StoreResolver` over a store that fails, hangs or panics, behind a loopback HTTP server.
+//! After each fault valid keys work again without a restart, no lookup permit is lost, and no
+//! revoked key is let in at any point.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

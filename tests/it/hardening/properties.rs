@@ -1,4 +1,4 @@
-//! The fuzz targets' properties (the hardening issue, item 1) as proptests, so that every
+//! The fuzz targets' properties (ARCHITECTURE.md, *Hardening*) as proptests, so that every
 //! `cargo test` exercises them: arbitrary header bytes, repeated headers, arbitrary methods and
 //! paths, through the layer in process (see `fuzz/` for the coverage-guided versions).
 //!

@@ -1,4 +1,4 @@
-//! The lifecycle rules of DESIGN.md §3, one test per rule, on the embedded store.
+//! The lifecycle rules (ARCHITECTURE.md, *Lifecycle*), one test per rule, on the embedded store.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -298,6 +298,22 @@ pub(crate) mod stack {
             }
         }
 
+        /// Asserts that this stack answers `key` with `expected`, and soon from its cache (no
+        /// store lookup). "Soon": the notification of the key's own creation may still be on
+        /// its way and empty the entry once more.
+        pub(crate) async fn assert_cached(&self, key: &str, expected: StatusCode) {
+            for _ in 0..100 {
+                assert_eq!(self.status(key).await, expected);
+                let before = self.layer.metrics().resolver_calls;
+                assert_eq!(self.status(key).await, expected);
+                if self.layer.metrics().resolver_calls == before {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("the answer is never served from the cache");
+        }
+
         /// The status of a request with `key` (HTTP).
         pub(crate) async fn status(&self, key: &str) -> StatusCode {
             self.request(key, false).await.status()

@@ -1,4 +1,4 @@
-//! Harness for `tests/demo_server.rs`: builds `examples/server.rs` once, runs it as a child
+//! Harness for the `demo` tests (and two-process ones): builds `examples/server.rs` once, runs it as a child
 //! process on a loopback port, and talks to it over HTTP/1.1 and gRPC.
 
 use std::net::SocketAddr;

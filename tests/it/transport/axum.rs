@@ -1,5 +1,5 @@
-//! The layer in an axum app, over a real loopback server: DESIGN.md §4's answers, both
-//! modes, and the extractor.
+//! The layer in an axum app, over a real loopback server: the answers listed in
+//! ARCHITECTURE.md, *The layer's answers*, in both modes, and the extractor.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

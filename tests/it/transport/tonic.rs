@@ -1,5 +1,6 @@
-//! The layer in front of a real tonic server (DESIGN.md §4, gRPC column): tonic-health behind
-//! `ApiKeyLayer` on loopback, called by tonic's generated client with `x-api-key` metadata.
+//! The layer in front of a real tonic server (the gRPC answers of ARCHITECTURE.md, *The layer's
+//! answers*: `grpc-status` 16 or 14 in an HTTP 200): tonic-health behind `ApiKeyLayer` on
+//! loopback, called by tonic's generated client with `x-api-key` metadata.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

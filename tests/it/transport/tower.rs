@@ -1,6 +1,6 @@
-//! The layer in a plain `tower::ServiceBuilder` stack (DESIGN.md §4, HTTP column): served by
-//! hyper on loopback for the answers clients see, and driven in-process for the readiness
-//! discipline of `tower_service::Service`.
+//! The layer in a plain `tower::ServiceBuilder` stack (the HTTP answers of ARCHITECTURE.md, *The
+//! layer's answers*): served by hyper on loopback for the answers clients see, and driven
+//! in-process for the readiness discipline of `tower_service::Service`.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;

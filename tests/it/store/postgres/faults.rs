@@ -46,19 +46,6 @@ fn via(schema: &Schema, proxy: &Proxy) -> sqlx::postgres::PgConnectOptions {
         .port(proxy.addr.port())
 }
 
-async fn assert_cached(stack: &Stack, key: &str, expected: StatusCode) {
-    for _ in 0..100 {
-        assert_eq!(stack.status(key).await, expected);
-        let before = stack.layer.metrics().resolver_calls;
-        assert_eq!(stack.status(key).await, expected);
-        if stack.layer.metrics().resolver_calls == before {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the answer is never served from the cache");
-}
-
 /// Waits up to `within` for `key` to get `expected` from `stack`.
 async fn eventually(stack: &Stack, key: &str, expected: StatusCode, within: Duration) {
     let deadline = Instant::now() + within;
@@ -91,8 +78,8 @@ async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_
         kept.key.expose_secret().to_owned(),
         revoked.key.expose_secret().to_owned(),
     );
-    assert_cached(&b, &kept_key, StatusCode::OK).await;
-    assert_cached(&b, &revoked_key, StatusCode::OK).await;
+    b.assert_cached(&kept_key, StatusCode::OK).await;
+    b.assert_cached(&revoked_key, StatusCode::OK).await;
 
     proxy.cut();
     assert!(
@@ -137,7 +124,7 @@ async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_
     eventually(&b, &kept_key, StatusCode::OK, Duration::from_secs(10)).await;
     assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
     assert_eq!(b.status(&revoked_key).await, StatusCode::UNAUTHORIZED);
-    assert_cached(&b, &kept_key, StatusCode::OK).await;
+    b.assert_cached(&kept_key, StatusCode::OK).await;
     // And B hears A's changes again.
     a.manager.revoke(&acme, kept.info.id).await.expect("revoke");
     eventually(
@@ -161,7 +148,7 @@ async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
     let acme = account("acme");
     let created = a.manager.create(&acme).await.expect("create");
     let key = created.key.expose_secret().to_owned();
-    assert_cached(&b, &key, StatusCode::OK).await;
+    b.assert_cached(&key, StatusCode::OK).await;
 
     proxy.cut();
     assert!(
@@ -184,13 +171,13 @@ async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
 
     proxy.restore();
     assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
-    assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+    b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
     a.manager
         .reactivate(&acme, created.info.id)
         .await
         .expect("reactivate");
     eventually(&b, &key, StatusCode::OK, Duration::from_secs(5)).await;
-    assert_cached(&b, &key, StatusCode::OK).await;
+    b.assert_cached(&key, StatusCode::OK).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +196,7 @@ async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
 
     let created = a.manager.create(&account("acme")).await.expect("create");
     let key = created.key.expose_secret().to_owned();
-    assert_cached(&b, &key, StatusCode::OK).await;
+    b.assert_cached(&key, StatusCode::OK).await;
 
     // No reset, no end of stream: only the heartbeat can tell.
     proxy.freeze();
@@ -232,7 +219,7 @@ async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
 
     proxy.restore();
     assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
-    assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+    b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
 }
 
 /// A PostgreSQL feed whose subscription can be made to stop delivering while its connection
@@ -305,7 +292,7 @@ async fn a_subscription_that_stops_delivering_while_its_connection_answers_fails
     let acme = account("acme");
     let created = a.manager.create(&acme).await.expect("create");
     let key = created.key.expose_secret().to_owned();
-    assert_cached(&b, &key, StatusCode::OK).await;
+    b.assert_cached(&key, StatusCode::OK).await;
 
     // Queries on the listening connection still succeed; notifications no longer arrive.
     deaf.store(true, Ordering::SeqCst);
@@ -327,7 +314,7 @@ async fn a_subscription_that_stops_delivering_while_its_connection_answers_fails
 
     deaf.store(false, Ordering::SeqCst);
     assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
-    assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+    b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +330,7 @@ async fn an_aborted_feed_runner_fails_closed() {
     let acme = account("acme");
     let created = a.manager.create(&acme).await.expect("create");
     let key = created.key.expose_secret().to_owned();
-    assert_cached(&b, &key, StatusCode::OK).await;
+    b.assert_cached(&key, StatusCode::OK).await;
 
     // The runner task ends without its orderly shutdown, as a panic would end it.
     b.feed.abort();

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::report_lags;
 use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::stack::{Stack, StackOptions};
@@ -29,22 +30,6 @@ async fn two_stacks(schema: &Schema, test: &str) -> (Stack, Stack) {
     (a, b)
 }
 
-/// Asserts that `stack` answers `key` with `expected`, and soon from its cache (no store
-/// lookup). "Soon": the notification of the key's own creation may still be on its way and
-/// empty the entry once more.
-async fn assert_cached(stack: &Stack, key: &str, expected: StatusCode) {
-    for _ in 0..100 {
-        assert_eq!(stack.status(key).await, expected);
-        let before = stack.layer.metrics().resolver_calls;
-        assert_eq!(stack.status(key).await, expected);
-        if stack.layer.metrics().resolver_calls == before {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the answer is never served from the cache");
-}
-
 /// Polls `stack` with `key` until it answers `expected`; returns how long that took.
 async fn time_until(stack: &Stack, key: &str, expected: StatusCode, since: Instant) -> Duration {
     let deadline = since + Duration::from_secs(5);
@@ -57,25 +42,6 @@ async fn time_until(stack: &Stack, key: &str, expected: StatusCode, since: Insta
             "still not {expected} after 5 s in the other process"
         );
         tokio::task::yield_now().await;
-    }
-}
-
-struct Lags(Vec<Duration>);
-
-impl Lags {
-    fn report(mut self, what: &str) -> Duration {
-        self.0.sort();
-        let at = |q: f64| self.0[((self.0.len() - 1) as f64 * q).round() as usize];
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let max = *self.0.last().expect("samples");
-        println!(
-            "{what}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
-            self.0.len(),
-            ms(at(0.5)),
-            ms(at(0.99)),
-            ms(max)
-        );
-        max
     }
 }
 
@@ -95,13 +61,13 @@ async fn every_change_in_one_process_is_in_force_in_the_other_within_millisecond
         let key = key.expose_secret().to_owned();
 
         // revoke: B served the key from its cache until A's change.
-        assert_cached(&b, &key, StatusCode::OK).await;
+        b.assert_cached(&key, StatusCode::OK).await;
         a.manager.revoke(&acme, info.id).await.expect("revoke");
         let since = Instant::now();
         revoke.push(time_until(&b, &key, StatusCode::UNAUTHORIZED, since).await);
 
         // reactivate: B had cached the refusal.
-        assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+        b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
         a.manager
             .reactivate(&acme, info.id)
             .await
@@ -110,7 +76,7 @@ async fn every_change_in_one_process_is_in_force_in_the_other_within_millisecond
         reactivate.push(time_until(&b, &key, StatusCode::OK, since).await);
 
         // rotate: the old key, cached in B, is refused; the new one works.
-        assert_cached(&b, &key, StatusCode::OK).await;
+        b.assert_cached(&key, StatusCode::OK).await;
         let rotated = a.manager.rotate(&acme, info.id).await.expect("rotate");
         let since = Instant::now();
         rotate.push(time_until(&b, &key, StatusCode::UNAUTHORIZED, since).await);
@@ -118,16 +84,16 @@ async fn every_change_in_one_process_is_in_force_in_the_other_within_millisecond
         assert_eq!(b.status(&new_key).await, StatusCode::OK);
 
         // delete
-        assert_cached(&b, &new_key, StatusCode::OK).await;
+        b.assert_cached(&new_key, StatusCode::OK).await;
         a.manager.delete(&acme, info.id).await.expect("delete");
         let since = Instant::now();
         delete.push(time_until(&b, &new_key, StatusCode::UNAUTHORIZED, since).await);
     }
     let worst = [
-        Lags(revoke).report("in-process stacks, revoke → 401 elsewhere"),
-        Lags(rotate).report("in-process stacks, rotate → old key 401 elsewhere"),
-        Lags(delete).report("in-process stacks, delete → 401 elsewhere"),
-        Lags(reactivate).report("in-process stacks, reactivate → 200 elsewhere"),
+        report_lags("in-process stacks, revoke → 401 elsewhere", revoke),
+        report_lags("in-process stacks, rotate → old key 401 elsewhere", rotate),
+        report_lags("in-process stacks, delete → 401 elsewhere", delete),
+        report_lags("in-process stacks, reactivate → 200 elsewhere", reactivate),
     ];
     for max in worst {
         assert!(max < Duration::from_secs(1), "a change took {max:?}");
@@ -160,7 +126,7 @@ async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stal
     for round in 0..10u64 {
         let created = a.manager.create(&acme).await.expect("create");
         let key = created.key.expose_secret().to_owned();
-        assert_cached(&b, &key, StatusCode::OK).await;
+        b.assert_cached(&key, StatusCode::OK).await;
 
         let outages = b.feed.status().outages;
         assert_eq!(kill_listener(&schema, &b).await, 1, "one listener to kill");
@@ -181,7 +147,7 @@ async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stal
                 .await,
             "B noticed the loss and subscribed again"
         );
-        assert_cached(&b, &key, StatusCode::UNAUTHORIZED).await;
+        b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
         a.manager
             .delete(&acme, created.info.id)
             .await
@@ -191,7 +157,7 @@ async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stal
     // Once resubscribed, B caches again and still hears A's changes.
     let created = a.manager.create(&acme).await.expect("create");
     let key = created.key.expose_secret().to_owned();
-    assert_cached(&b, &key, StatusCode::OK).await;
+    b.assert_cached(&key, StatusCode::OK).await;
     a.manager
         .revoke(&acme, created.info.id)
         .await

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::report_lags;
 use crate::support::db::postgres::Schema;
 use crate::support::demo::{DemoServer, Launch};
 use hyper::{Method, StatusCode};
@@ -87,21 +88,6 @@ async fn time_until(server: &DemoServer, key: &str, expected: StatusCode) -> Dur
     }
 }
 
-fn report(what: &str, mut lags: Vec<Duration>) -> Duration {
-    lags.sort();
-    let at = |q: f64| lags[((lags.len() - 1) as f64 * q).round() as usize];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let max = *lags.last().expect("samples");
-    println!(
-        "two demo servers, {what}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
-        lags.len(),
-        ms(at(0.5)),
-        ms(at(0.99)),
-        ms(max)
-    );
-    max
-}
-
 const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,10 +133,10 @@ async fn a_change_through_one_server_is_in_force_at_the_other_within_millisecond
         delete.push(time_until(&b, new_key, StatusCode::UNAUTHORIZED).await);
     }
     let worst = [
-        report("revoke at A → 401 at B", revoke),
-        report("rotate at A → old key 401 at B", rotate),
-        report("delete at A → 401 at B", delete),
-        report("reactivate at A → 200 at B", reactivate),
+        report_lags("two demo servers, revoke at A → 401 at B", revoke),
+        report_lags("two demo servers, rotate at A → old key 401 at B", rotate),
+        report_lags("two demo servers, delete at A → 401 at B", delete),
+        report_lags("two demo servers, reactivate at A → 200 at B", reactivate),
     ];
     for max in worst {
         assert!(
