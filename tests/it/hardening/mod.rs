@@ -2,5 +2,6 @@
 //! and timing are in `tests/serial/`.)
 
 mod bad_input;
+#[cfg(feature = "axum")]
 mod faults;
 mod properties;

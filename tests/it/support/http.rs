@@ -1,4 +1,5 @@
-//! A loopback axum server and a tiny HTTP/1 client.
+//! A loopback axum server (for the `axum` tests: the extractor needs the feature) and a tiny
+//! HTTP/1 client.
 
 use std::net::SocketAddr;
 
@@ -10,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 /// Serves `app` on a fresh loopback port until the test ends.
+#[cfg(feature = "axum")]
 pub(crate) async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -43,6 +45,7 @@ impl Answer {
 }
 
 /// GET `path` with each of `keys` as an `x-api-key` header.
+#[cfg(feature = "axum")]
 pub(crate) async fn get(
     client: &Client<HttpConnector, Empty<bytes::Bytes>>,
     addr: SocketAddr,

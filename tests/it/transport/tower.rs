@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::support::http::{Answer, client, get_with};
+use crate::support::keys::unknown;
 use crate::support::{account, pepper};
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tower::buffer::Buffer;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_api_key::resolver::KeyIdentity;
-use tower_api_key::{ApiKey, ApiKeyLayer, Authenticated, KeyManager, MemoryStore};
+use tower_api_key::{ApiKeyLayer, Authenticated, KeyManager, MemoryStore};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -119,9 +120,9 @@ async fn malformed_key_is_401_invalid() {
 async fn unknown_key_gets_the_same_answer_as_a_malformed_one() {
     let manager = manager();
     let addr = serve_whoami(ApiKeyLayer::for_manager(&manager).build()).await;
-    let stranger = ApiKey::generate().expect("randomness");
+    let stranger = unknown();
 
-    let answer = get(addr, &[("x-api-key", stranger.expose_secret())]).await;
+    let answer = get(addr, &[("x-api-key", &stranger)]).await;
 
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     assert_eq!(answer.body, r#"{"error":"invalid API key"}"#);
@@ -424,12 +425,12 @@ async fn rejected_request_leaves_the_inner_service_uncalled() {
 
     let missing = Request::get("/").body(()).expect("request");
     let response = service.ready().await.expect("ready").call(missing).await;
-    let stranger = ApiKey::generate().expect("randomness");
+    let stranger = unknown();
     let unknown = service
         .ready()
         .await
         .expect("ready")
-        .call(keyed(stranger.expose_secret()))
+        .call(keyed(&stranger))
         .await;
 
     assert_eq!(

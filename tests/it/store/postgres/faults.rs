@@ -20,6 +20,7 @@ use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::proxy::{self, Proxy};
 use crate::support::db::stack::{Stack, StackOptions};
+use crate::support::keys::unknown;
 use http::StatusCode;
 use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
 use tower_api_key::{ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
@@ -110,11 +111,8 @@ async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_
         }
     }
     // A well-formed key B never saw is a fault too, not a bad key.
-    let unknown = tower_api_key::ApiKey::generate().expect("randomness");
-    assert_eq!(
-        b.status(unknown.expose_secret()).await,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let unknown = unknown();
+    assert_eq!(b.status(&unknown).await, StatusCode::SERVICE_UNAVAILABLE);
     let after = b.layer.metrics();
     assert_eq!(after.accepted, before.accepted, "nothing let in");
     // Every request asked the store again: no failure was cached.
