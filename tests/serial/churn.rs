@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::exclusive::exclusive;
 use crate::support::rng::XorShift;
 use crate::support::service::{Stack, stack, status};
 use http::StatusCode;
@@ -332,7 +333,7 @@ async fn create(manager: &KeyManager, account: AccountId) -> Arc<KeyVersion> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sustained_churn_lets_no_invalidated_key_in_and_loses_no_use() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     let store = Arc::new(MemoryStore::new());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
     let recorder = LastUsedRecorder::new(store.clone());
@@ -510,7 +511,7 @@ crate::support::hooks::hooked_key_store!(GatedStore);
 /// key and prefix.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     let store = Arc::new(GatedStore::default());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
     let recorder = LastUsedRecorder::new(store.clone());

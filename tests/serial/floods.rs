@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::exclusive::exclusive;
 use crate::support::keys::unknown;
 use crate::support::rng::XorShift;
 use crate::support::service::{Stack, stack, status};
@@ -167,7 +168,7 @@ const FLOOD: usize = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_keys_costs_one_store_lookup_per_distinct_key() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     let f = fixture(
         CountingStore::new(Duration::ZERO),
         // Entries outlive both passes however slow the machine: the test is about counts.
@@ -272,7 +273,7 @@ fn malformed_values(n: usize, valid: &str) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_keys_never_reach_the_cache_or_the_store() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     let f = fixture(CountingStore::new(Duration::ZERO), CacheConfig::default()).await;
     let values = Arc::new(malformed_values(FLOOD, &f.valid));
     let started = Instant::now();
@@ -314,7 +315,7 @@ async fn settle_negative_entries(f: &Fixture, capacity: u64) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_negative_cache_capacity_bounds_its_entries_and_memory_and_spares_valid_keys() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     const CAPACITY: u64 = 1_000;
     const ROUNDS: usize = 4;
     let f = fixture(
@@ -370,7 +371,7 @@ async fn the_negative_cache_capacity_bounds_its_entries_and_memory_and_spares_va
 /// retry reached the store: 50 of 50. Reading with `get`, as `cached` does, makes it 3 of 50.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_unknown_key_reaches_the_store_once_even_while_a_flood_fills_the_cache() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     const CAPACITY: u64 = 1_000;
     let f = fixture(
         CountingStore::new(Duration::ZERO),
@@ -406,7 +407,7 @@ async fn a_repeated_unknown_key_reaches_the_store_once_even_while_a_flood_fills_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_beyond_the_limit_are_shed_with_503_at_once_under_a_slow_store() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     const LIMIT: usize = 16;
     const STORE_DELAY: Duration = Duration::from_millis(100);
     const CLIENTS: usize = 64;
@@ -488,7 +489,7 @@ async fn lookups_beyond_the_limit_are_shed_with_503_at_once_under_a_slow_store()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_guessed_keys_does_not_lock_out_keys_accepted_recently() {
-    let _alone = crate::alone().await;
+    let _exclusive = exclusive().await;
     // The store answers 4 lookups at a time, 2 ms each: at most 2,000 lookups a second.
     let store = CountingStore::throttled(Duration::from_millis(2), 4);
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([4; 32]));

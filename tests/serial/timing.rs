@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::exclusive::exclusive;
 use crate::support::keys::{forge, unknown};
 use crate::support::service::{Stack, stack};
 use http::{Request, StatusCode};
@@ -102,7 +103,7 @@ fn an_unknown_prefix_and_a_known_prefix_with_a_wrong_body_take_the_same_time() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let _alone = crate::alone().await;
+        let _exclusive = exclusive().await;
         let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([6; 32]));
         let mut prefixes = Vec::new();
         for n in 0..KNOWN_KEYS {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::exclusive::exclusive;
 use crate::support::pepper;
 use crate::support::service::status;
 use async_trait::async_trait;
@@ -342,6 +343,7 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_beyond_the_limit_are_shed_with_503_at_once() {
+    let _exclusive = exclusive().await;
     let resolver = ScriptedResolver::new(Behaviour::Refuse, Duration::from_millis(300));
     let config = CacheConfig::default().max_concurrent_lookups(Some(2));
     let service = service(&resolver, config);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::exclusive::exclusive;
 use crate::support::service::{Stack, stack, status};
 use crate::support::stores::TestStore;
 use crate::support::{account, pepper};
@@ -124,6 +125,7 @@ impl Race {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revoked_key_is_rejected_immediately_under_load() {
+    let _exclusive = exclusive().await;
     let mut race = Race::new();
     let manager = race.manager.clone();
     let created = manager.create(&account("acme")).await.expect("create");
@@ -149,6 +151,7 @@ async fn revoked_key_is_rejected_immediately_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reactivated_key_is_accepted_immediately_under_load() {
+    let _exclusive = exclusive().await;
     let mut race = Race::new();
     let manager = race.manager.clone();
     let created = manager.create(&account("acme")).await.expect("create");
@@ -170,6 +173,7 @@ async fn reactivated_key_is_accepted_immediately_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotated_away_key_is_rejected_immediately_under_load() {
+    let _exclusive = exclusive().await;
     let mut race = Race::new();
     let manager = race.manager.clone();
     let created = manager.create(&account("acme")).await.expect("create");
@@ -199,6 +203,7 @@ async fn rotated_away_key_is_rejected_immediately_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_key_is_rejected_immediately_under_load() {
+    let _exclusive = exclusive().await;
     let mut race = Race::new();
     let manager = race.manager.clone();
     for _ in 0..ROUNDS {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::exclusive::exclusive;
 use crate::support::http::{client, get, serve};
 use crate::support::keys::unknown;
 use crate::support::{account, pepper};
@@ -223,6 +224,7 @@ async fn a_panicking_store_is_503_and_the_server_keeps_serving_without_losing_pe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_store_is_503_after_the_timeout_sheds_beyond_the_limit_and_recovers() {
+    let _exclusive = exclusive().await;
     const LIMIT: usize = 4;
     const TIMEOUT: Duration = Duration::from_millis(200);
     let server = start(

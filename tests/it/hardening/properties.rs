@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::support::exclusive::exclusive;
 use crate::support::stores::TestStore;
 use crate::support::{account, pepper};
 use bytes::Bytes;
@@ -230,6 +231,7 @@ fn check_refused(answer: &Answer) -> Result<(), TestCaseError> {
 #[test]
 fn any_single_value_but_a_valid_key_is_401_and_malformed_ones_never_reach_the_store() {
     let f = Fixture::new();
+    let _exclusive = f.runtime.block_on(exclusive());
     let mut runner = TestRunner::new(Config::with_cases(CASES));
     runner
         .run(&hostile_value(f.acme.clone()), |value| {
@@ -257,6 +259,7 @@ fn any_single_value_but_a_valid_key_is_401_and_malformed_ones_never_reach_the_st
 #[test]
 fn spaces_and_tabs_around_a_key_are_trimmed_and_nothing_else_is() {
     let f = Fixture::new();
+    let _exclusive = f.runtime.block_on(exclusive());
     let key = f.acme.as_bytes();
     let around = |before: &[u8], after: &[u8]| [before, key, after].concat();
     let grpc = |value: &[u8]| {
@@ -313,6 +316,7 @@ fn spaces_and_tabs_around_a_key_are_trimmed_and_nothing_else_is() {
 #[test]
 fn repeated_key_headers_are_401_whatever_they_hold() {
     let f = Fixture::new();
+    let _exclusive = f.runtime.block_on(exclusive());
     let (acme, other) = (f.acme.clone(), f.other.clone());
     let value = prop_oneof![
         Just(acme.clone().into_bytes()),
@@ -395,6 +399,7 @@ fn request(method: &Method, path: &str, key: Option<&[u8]>) -> Request<()> {
 #[test]
 fn any_method_and_path_is_let_in_with_a_valid_key_and_refused_without_one() {
     let f = Fixture::new();
+    let _exclusive = f.runtime.block_on(exclusive());
     let mut runner = TestRunner::new(Config::with_cases(CASES));
     let garbage = b"not-an-api-key".to_vec();
     runner
@@ -434,6 +439,7 @@ fn any_method_and_path_is_let_in_with_a_valid_key_and_refused_without_one() {
 #[test]
 fn grpc_calls_with_any_bad_key_get_grpc_status_16_and_never_reach_the_service() {
     let f = Fixture::new();
+    let _exclusive = f.runtime.block_on(exclusive());
     let mut runner = TestRunner::new(Config::with_cases(CASES));
     let strategy = (
         proptest::collection::vec(hostile_value(f.acme.clone()), 0..3),

@@ -1,9 +1,10 @@
 //! Helpers shared by the integration tests (`tests/serial` includes the modules it needs:
-//! `hooks`, `keys`, `rng`, `service`).
+//! `exclusive`, `hooks`, `keys`, `rng`, `service`).
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod db;
 pub(crate) mod demo;
+pub(crate) mod exclusive;
 pub(crate) mod hooks;
 pub(crate) mod http;
 pub(crate) mod keys;

@@ -20,6 +20,7 @@ use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::proxy::{self, Proxy};
 use crate::support::db::stack::{Stack, StackOptions};
+use crate::support::exclusive::exclusive;
 use crate::support::keys::unknown;
 use http::StatusCode;
 use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
@@ -180,6 +181,7 @@ async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
+    let _exclusive = exclusive().await;
     let Some((schema, a, proxy)) = setup("frozen").await else {
         return;
     };

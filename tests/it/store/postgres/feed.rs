@@ -12,6 +12,7 @@ use super::report_lags;
 use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::stack::{Stack, StackOptions};
+use crate::support::exclusive::exclusive;
 use http::StatusCode;
 use tower_api_key::CreatedKey;
 
@@ -49,6 +50,7 @@ const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_in_one_process_is_in_force_in_the_other_within_milliseconds() {
+    let _exclusive = exclusive().await;
     let Some(schema) = Schema::create().await else {
         return;
     };
@@ -118,6 +120,7 @@ async fn kill_listener(schema: &Schema, stack: &Stack) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stale_cache() {
+    let _exclusive = exclusive().await;
     let Some(schema) = Schema::create().await else {
         return;
     };

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::report_lags;
 use crate::support::db::postgres::Schema;
 use crate::support::demo::{DemoServer, Launch};
+use crate::support::exclusive::exclusive;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
@@ -92,6 +93,7 @@ const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_server_is_in_force_at_the_other_within_milliseconds() {
+    let _exclusive = exclusive().await;
     let Some((_schema, a, b)) = two_servers("lag").await else {
         return;
     };
@@ -196,6 +198,7 @@ struct Sample {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_servers_listener_while_requests_flow_never_lets_a_revoked_key_in() {
+    let _exclusive = exclusive().await;
     let Some((schema, a, b)) = two_servers("kill").await else {
         return;
     };
