@@ -1,0 +1,4 @@
+//! The layer's cache: misses, faults, and changes racing lookups.
+
+mod faults;
+mod races;

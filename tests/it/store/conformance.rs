@@ -1,0 +1,398 @@
+//! One set of behaviours every `KeyStore` must have, run against each store, so the stores
+//! can't drift apart: the memory store always, SQLite with feature `sqlite` (a fresh file per
+//! test), PostgreSQL with feature `postgres` and `DATABASE_URL` (a fresh schema per test;
+//! without the variable each PostgreSQL test says it was skipped and passes).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::support::account;
+use tower_api_key::store::KeyUse;
+use tower_api_key::{
+    ApiKey, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, StoreError,
+};
+
+/// A whole-microsecond time, as every store keeps.
+fn at(micros: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + micros)
+}
+
+fn new_record(account_name: &str) -> (KeyRecord, ApiKey) {
+    let key = ApiKey::generate().expect("randomness");
+    let record = KeyRecord {
+        id: KeyId::random(),
+        account_id: account(account_name),
+        prefix: key.prefix(),
+        digest: Pepper::from_bytes([1; 32]).digest(&key),
+        status: KeyStatus::Active,
+        created_at: at(0),
+        last_used_at: None,
+    };
+    (record, key)
+}
+
+async fn insert_then_find_by_prefix_and_get(store: Arc<dyn KeyStore>) {
+    let (record, _) = new_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    assert_eq!(
+        store.find_by_prefix(&record.prefix).await.expect("find"),
+        Some(record.clone())
+    );
+    assert_eq!(
+        store.get(&account("acme"), record.id).await.expect("get"),
+        Some(record.clone())
+    );
+    assert_eq!(
+        store.get(&account("other"), record.id).await.expect("get"),
+        None
+    );
+    let (unknown, _) = new_record("acme");
+    assert_eq!(
+        store.find_by_prefix(&unknown.prefix).await.expect("find"),
+        None
+    );
+}
+
+async fn insert_refuses_past_the_limit(store: Arc<dyn KeyStore>) {
+    for _ in 0..3 {
+        store
+            .insert_within_limit(new_record("acme").0, 3)
+            .await
+            .expect("insert");
+    }
+    let err = store
+        .insert_within_limit(new_record("acme").0, 3)
+        .await
+        .expect_err("limit");
+    assert!(
+        matches!(err, StoreError::LimitReached { limit: 3 }),
+        "{err:?}"
+    );
+    store
+        .insert_within_limit(new_record("other").0, 3)
+        .await
+        .expect("other account");
+}
+
+async fn insert_refuses_a_taken_prefix(store: Arc<dyn KeyStore>) {
+    let (first, _) = new_record("acme");
+    store
+        .insert_within_limit(first.clone(), 3)
+        .await
+        .expect("insert");
+    let (mut second, _) = new_record("other");
+    second.prefix = first.prefix;
+    let err = store
+        .insert_within_limit(second, 3)
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
+    assert!(
+        store
+            .list(&account("other"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+async fn list_is_per_account_and_oldest_first(store: Arc<dyn KeyStore>) {
+    let mut inserted = Vec::new();
+    for i in 0..3 {
+        let (mut record, _) = new_record("acme");
+        record.created_at = at(i);
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        inserted.push(record);
+    }
+    store
+        .insert_within_limit(new_record("other").0, 3)
+        .await
+        .expect("insert");
+    assert_eq!(store.list(&account("acme")).await.expect("list"), inserted);
+    assert!(
+        store
+            .list(&account("nobody"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+async fn set_status_changes_only_the_status(store: Arc<dyn KeyStore>) {
+    let (record, _) = new_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let updated = store
+        .set_status(&account("acme"), record.id, KeyStatus::Inactive)
+        .await
+        .expect("set")
+        .expect("found");
+    assert_eq!(
+        updated,
+        KeyRecord {
+            status: KeyStatus::Inactive,
+            ..record.clone()
+        }
+    );
+    assert_eq!(
+        store.find_by_prefix(&record.prefix).await.expect("find"),
+        Some(updated)
+    );
+    assert_eq!(
+        store
+            .set_status(&account("other"), record.id, KeyStatus::Active)
+            .await
+            .expect("set"),
+        None
+    );
+}
+
+async fn replace_key_swaps_prefix_and_digest_and_clears_last_used(store: Arc<dyn KeyStore>) {
+    let (mut record, _) = new_record("acme");
+    record.last_used_at = Some(at(5));
+    record.status = KeyStatus::Inactive;
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let (fresh, _) = new_record("acme");
+    let rotated = store
+        .replace_key(&account("acme"), record.id, fresh.prefix, fresh.digest)
+        .await
+        .expect("replace")
+        .expect("found");
+    assert_eq!(rotated.before, record);
+    assert_eq!(
+        rotated.after,
+        KeyRecord {
+            prefix: fresh.prefix,
+            digest: fresh.digest,
+            last_used_at: None,
+            ..record.clone()
+        }
+    );
+    assert_eq!(
+        store.find_by_prefix(&record.prefix).await.expect("find"),
+        None
+    );
+    assert_eq!(
+        store.find_by_prefix(&fresh.prefix).await.expect("find"),
+        Some(rotated.after)
+    );
+    assert_eq!(
+        store
+            .replace_key(&account("other"), record.id, record.prefix, record.digest)
+            .await
+            .expect("replace"),
+        None
+    );
+}
+
+async fn replace_key_refuses_a_taken_prefix(store: Arc<dyn KeyStore>) {
+    let (a, _) = new_record("acme");
+    let (b, _) = new_record("acme");
+    store
+        .insert_within_limit(a.clone(), 3)
+        .await
+        .expect("insert");
+    store
+        .insert_within_limit(b.clone(), 3)
+        .await
+        .expect("insert");
+    let err = store
+        .replace_key(&account("acme"), a.id, b.prefix, b.digest)
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
+    assert_eq!(
+        store.get(&account("acme"), a.id).await.expect("get"),
+        Some(a)
+    );
+}
+
+async fn delete_removes_the_record_and_frees_the_slot(store: Arc<dyn KeyStore>) {
+    let mut records = Vec::new();
+    for _ in 0..3 {
+        let (record, _) = new_record("acme");
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        records.push(record);
+    }
+    assert_eq!(
+        store
+            .delete(&account("other"), records[0].id)
+            .await
+            .expect("delete"),
+        None
+    );
+    assert_eq!(
+        store
+            .delete(&account("acme"), records[0].id)
+            .await
+            .expect("delete"),
+        Some(records[0].clone())
+    );
+    assert_eq!(
+        store
+            .find_by_prefix(&records[0].prefix)
+            .await
+            .expect("find"),
+        None
+    );
+    assert_eq!(
+        store
+            .delete(&account("acme"), records[0].id)
+            .await
+            .expect("delete"),
+        None
+    );
+    store
+        .insert_within_limit(new_record("acme").0, 3)
+        .await
+        .expect("slot freed");
+}
+
+async fn last_used_only_moves_forward(store: Arc<dyn KeyStore>) {
+    let (record, _) = new_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let use_at = |micros| KeyUse {
+        id: record.id,
+        prefix: record.prefix,
+        at: at(micros),
+    };
+    store.record_last_used(&[use_at(10)]).await.expect("use");
+    store
+        .record_last_used(&[use_at(5)])
+        .await
+        .expect("older use");
+    let last = |store: Arc<dyn KeyStore>| async move {
+        store
+            .get(&account("acme"), record.id)
+            .await
+            .expect("get")
+            .expect("found")
+            .last_used_at
+    };
+    assert_eq!(last(store.clone()).await, Some(at(10)));
+    store
+        .record_last_used(&[use_at(20), use_at(15)])
+        .await
+        .expect("batch");
+    assert_eq!(last(store.clone()).await, Some(at(20)));
+}
+
+async fn last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key(store: Arc<dyn KeyStore>) {
+    let (record, _) = new_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let (fresh, _) = new_record("acme");
+    store
+        .replace_key(&account("acme"), record.id, fresh.prefix, fresh.digest)
+        .await
+        .expect("replace");
+    let stale = KeyUse {
+        id: record.id,
+        prefix: record.prefix,
+        at: at(10),
+    };
+    let deleted = KeyUse {
+        id: KeyId::random(),
+        prefix: record.prefix,
+        at: at(10),
+    };
+    store
+        .record_last_used(&[stale, deleted])
+        .await
+        .expect("use");
+    let now = store.get(&account("acme"), record.id).await.expect("get");
+    assert_eq!(now.expect("found").last_used_at, None);
+}
+
+async fn concurrent_inserts_respect_the_limit(store: Arc<dyn KeyStore>) {
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_within_limit(new_record("acme").0, 3).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(()) => ok += 1,
+            Err(StoreError::LimitReached { limit: 3 }) => {}
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!(ok, 3);
+    assert_eq!(store.list(&account("acme")).await.expect("list").len(), 3);
+}
+
+/// Generates one `#[tokio::test]` per behaviour for a store built by `$make`.
+macro_rules! conformance {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            use super::*;
+
+            conformance!(@tests $make;
+                insert_then_find_by_prefix_and_get,
+                insert_refuses_past_the_limit,
+                insert_refuses_a_taken_prefix,
+                list_is_per_account_and_oldest_first,
+                set_status_changes_only_the_status,
+                replace_key_swaps_prefix_and_digest_and_clears_last_used,
+                replace_key_refuses_a_taken_prefix,
+                delete_removes_the_record_and_frees_the_slot,
+                last_used_only_moves_forward,
+                last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key,
+                concurrent_inserts_respect_the_limit,
+            );
+        }
+    };
+    (@tests $make:expr; $($behaviour:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() {
+                let Some(store) = $make.await else { return };
+                super::$behaviour(store).await;
+            }
+        )*
+    };
+}
+
+async fn memory_store() -> Option<Arc<dyn KeyStore>> {
+    Some(Arc::new(MemoryStore::new()))
+}
+
+conformance!(memory, memory_store());
+
+#[cfg(feature = "sqlite")]
+async fn sqlite_store() -> Option<Arc<dyn KeyStore>> {
+    Some(Arc::new(crate::support::db::sqlite::store().await))
+}
+
+#[cfg(feature = "sqlite")]
+conformance!(sqlite, sqlite_store());
+
+#[cfg(feature = "postgres")]
+async fn postgres_store() -> Option<Arc<dyn KeyStore>> {
+    let store = crate::support::db::postgres::store().await?;
+    Some(Arc::new(store))
+}
+
+#[cfg(feature = "postgres")]
+conformance!(postgres, postgres_store());

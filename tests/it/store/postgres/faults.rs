@@ -1,0 +1,347 @@
+//! The database going away and coming back, while requests flow: a TCP proxy written here sits
+//! between one stack ("process" B) and PostgreSQL and is cut, frozen and restored; another
+//! stack (A) keeps its direct connection and makes changes meanwhile.
+//!
+//! - Store unreachable: answers are 503 (gRPC 14), nothing is cached, and service resumes by
+//!   itself when the database is back.
+//! - Only the change feed unreachable (its connection cut, or silently frozen): B stops
+//!   trusting its cache and resolves every request from the store, so a key A revokes
+//!   meanwhile is refused at once; when the feed is back, B caches again.
+//! - The feed's subscription silent while its connection answers, or its runner gone: B stops
+//!   trusting its cache within the heartbeat bound.
+//!
+//! Without `DATABASE_URL`, each test says it was skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::account;
+use crate::support::db::postgres::Schema;
+use crate::support::db::proxy::{self, Proxy};
+use crate::support::db::stack::{Stack, StackOptions};
+use crate::support::exclusive::exclusive;
+use crate::support::keys::unknown;
+use http::StatusCode;
+use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
+use tower_api_key::{ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
+
+/// A direct stack A, and a proxy to the database; `None` without `DATABASE_URL`.
+async fn setup(test: &str) -> Option<(Schema, Stack, Proxy)> {
+    let schema = Schema::create().await?;
+    let target = proxy::database_addr(&schema.options()).await?;
+    schema.store().await;
+    let a = Stack::start(StackOptions::new(
+        schema.options(),
+        &format!("{}-{test}-a", schema.name),
+    ))
+    .await;
+    let proxy = Proxy::start(target).await;
+    Some((schema, a, proxy))
+}
+
+/// Connection options that go through `proxy`.
+fn via(schema: &Schema, proxy: &Proxy) -> sqlx::postgres::PgConnectOptions {
+    schema
+        .options()
+        .host(&proxy.addr.ip().to_string())
+        .port(proxy.addr.port())
+}
+
+/// Waits up to `within` for `key` to get `expected` from `stack`.
+async fn eventually(stack: &Stack, key: &str, expected: StatusCode, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = stack.status(key).await;
+        if status == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} instead of {expected} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_returns() {
+    let Some((schema, a, proxy)) = setup("down").await else {
+        return;
+    };
+    // B reaches the database only through the proxy: store and feed alike.
+    let mut options = StackOptions::new(via(&schema, &proxy), &format!("{}-down-b", schema.name));
+    options.acquire_timeout = Duration::from_millis(300);
+    let b = Stack::start(options).await;
+    let acme = account("acme");
+    let kept = a.manager.create(&acme).await.expect("create");
+    let revoked = a.manager.create(&acme).await.expect("create");
+    let (kept_key, revoked_key) = (
+        kept.key.expose_secret().to_owned(),
+        revoked.key.expose_secret().to_owned(),
+    );
+    b.assert_cached(&kept_key, StatusCode::OK).await;
+    b.assert_cached(&revoked_key, StatusCode::OK).await;
+
+    proxy.cut();
+    assert!(
+        b.feed
+            .wait_for(Duration::from_secs(5), |s| !s.subscribed)
+            .await,
+        "B's feed noticed the cut"
+    );
+    // Meanwhile A, still connected, revokes a key B had cached.
+    a.manager
+        .revoke(&acme, revoked.info.id)
+        .await
+        .expect("revoke");
+
+    let before = b.layer.metrics();
+    for round in 0..5 {
+        for key in [&kept_key, &revoked_key] {
+            let reply = b.request(key, false).await;
+            assert_eq!(
+                reply.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "round {round}"
+            );
+            assert!(reply.headers().contains_key("retry-after"));
+            let grpc = b.request(key, true).await;
+            assert_eq!(grpc.status(), StatusCode::OK);
+            assert_eq!(grpc.headers()["grpc-status"], "14", "gRPC UNAVAILABLE");
+        }
+    }
+    // A well-formed key B never saw is a fault too, not a bad key.
+    let unknown = unknown();
+    assert_eq!(b.status(&unknown).await, StatusCode::SERVICE_UNAVAILABLE);
+    let after = b.layer.metrics();
+    assert_eq!(after.accepted, before.accepted, "nothing let in");
+    // Every request asked the store again: no failure was cached.
+    assert_eq!(after.resolver_failures - before.resolver_failures, 21);
+
+    proxy.restore();
+    eventually(&b, &kept_key, StatusCode::OK, Duration::from_secs(10)).await;
+    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert_eq!(b.status(&revoked_key).await, StatusCode::UNAUTHORIZED);
+    b.assert_cached(&kept_key, StatusCode::OK).await;
+    // And B hears A's changes again.
+    a.manager.revoke(&acme, kept.info.id).await.expect("revoke");
+    eventually(
+        &b,
+        &kept_key,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
+    let Some((schema, a, proxy)) = setup("feedcut").await else {
+        return;
+    };
+    // B's store connects directly; only its feed goes through the proxy.
+    let mut options = StackOptions::new(schema.options(), &format!("{}-feedcut-b", schema.name));
+    options.feed_connect = Some(via(&schema, &proxy));
+    let b = Stack::start(options).await;
+    let acme = account("acme");
+    let created = a.manager.create(&acme).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    b.assert_cached(&key, StatusCode::OK).await;
+
+    proxy.cut();
+    assert!(
+        b.feed
+            .wait_for(Duration::from_secs(5), |s| !s.subscribed && s.outages == 1)
+            .await
+    );
+    // Not from the cache: each request is a store lookup, and all succeed.
+    let before = b.layer.metrics().resolver_calls;
+    for _ in 0..5 {
+        assert_eq!(b.status(&key).await, StatusCode::OK);
+    }
+    assert_eq!(b.layer.metrics().resolver_calls - before, 5);
+    // A revoke B can't hear about is in force in B at once.
+    a.manager
+        .revoke(&acme, created.info.id)
+        .await
+        .expect("revoke");
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+
+    proxy.restore();
+    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
+    a.manager
+        .reactivate(&acme, created.info.id)
+        .await
+        .expect("reactivate");
+    eventually(&b, &key, StatusCode::OK, Duration::from_secs(5)).await;
+    b.assert_cached(&key, StatusCode::OK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
+    let _exclusive = exclusive().await;
+    let Some((schema, a, proxy)) = setup("frozen").await else {
+        return;
+    };
+    let mut options = StackOptions::new(schema.options(), &format!("{}-frozen-b", schema.name));
+    options.feed_connect = Some(via(&schema, &proxy));
+    options.feed = FeedConfig::default()
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(300))
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .subscribe_timeout(Duration::from_millis(500));
+    let b = Stack::start(options).await;
+    let feed = &b.feed;
+
+    let created = a.manager.create(&account("acme")).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    b.assert_cached(&key, StatusCode::OK).await;
+
+    // No reset, no end of stream: only the heartbeat can tell.
+    proxy.freeze();
+    let frozen = Instant::now();
+    assert!(
+        feed.wait_for(Duration::from_secs(5), |s| !s.subscribed)
+            .await,
+        "the frozen connection was never noticed"
+    );
+    let noticed = frozen.elapsed();
+    assert!(
+        noticed < Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
+    a.manager
+        .revoke(&account("acme"), created.info.id)
+        .await
+        .expect("revoke");
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+
+    proxy.restore();
+    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
+}
+
+/// A PostgreSQL feed whose subscription can be made to stop delivering while its connection
+/// keeps answering (as after a `LISTEN` lost behind a transaction pooler): heartbeats are
+/// still sent on the connection, but nothing received is passed on.
+struct Deafened {
+    inner: PgChangeFeed,
+    deaf: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for Deafened {
+    async fn subscribe(&mut self) -> Result<(), FeedError> {
+        self.inner.subscribe().await
+    }
+
+    async fn recv(&mut self) -> Result<Vec<FeedMessage>, FeedError> {
+        loop {
+            let messages = self.inner.recv().await?;
+            if !self.deaf.load(Ordering::SeqCst) {
+                return Ok(messages);
+            }
+        }
+    }
+
+    async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError> {
+        self.inner.send_heartbeat(nonce).await
+    }
+}
+
+/// Process B with a [`Deafened`] feed (heartbeat every 100 ms, 500 ms to come back).
+async fn deafenable_stack(schema: &Schema) -> (Stack, Arc<AtomicBool>) {
+    let feed_name = format!("{}-deaf-b", schema.name);
+    let options = StackOptions::new(schema.options(), &feed_name);
+    let store = PostgresStore::from_pool(
+        sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options.connect.clone()),
+    );
+    let manager = KeyManager::new(Arc::new(store.clone()), crate::support::pepper());
+    let deaf = Arc::new(AtomicBool::new(false));
+    let config = FeedConfig::default()
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(500))
+        .backoff(Duration::from_millis(10), Duration::from_millis(100));
+    let feed = feed::spawn(
+        Deafened {
+            inner: PgChangeFeed::new(&store).application_name(&feed_name),
+            deaf: Arc::clone(&deaf),
+        },
+        manager.invalidations(),
+        config,
+    );
+    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    let layer = ApiKeyLayer::for_manager(&manager)
+        .cache_config(options.cache)
+        .build();
+    let stack = Stack {
+        manager,
+        feed,
+        layer,
+        feed_name,
+    };
+    (stack, deaf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_delivering_while_its_connection_answers_fails_closed() {
+    let Some((schema, a, _proxy)) = setup("deaf").await else {
+        return;
+    };
+    let (b, deaf) = deafenable_stack(&schema).await;
+    let acme = account("acme");
+    let created = a.manager.create(&acme).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    b.assert_cached(&key, StatusCode::OK).await;
+
+    // Queries on the listening connection still succeed; notifications no longer arrive.
+    deaf.store(true, Ordering::SeqCst);
+    a.manager
+        .revoke(&acme, created.info.id)
+        .await
+        .expect("revoke");
+    let revoked = Instant::now();
+    // The entry lives an hour and no notification comes: only the heartbeat can end it.
+    eventually(&b, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(10)).await;
+    println!(
+        "deaf subscription: revoked key refused elsewhere after {:?} (heartbeat bound 600 ms)",
+        revoked.elapsed()
+    );
+    assert!(
+        b.feed.status().outages >= 1,
+        "the heartbeat reported the loss"
+    );
+
+    deaf.store(false, Ordering::SeqCst);
+    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_feed_runner_fails_closed() {
+    let Some((schema, a, _proxy)) = setup("aborted").await else {
+        return;
+    };
+    let b = Stack::start(StackOptions::new(
+        schema.options(),
+        &format!("{}-aborted-b", schema.name),
+    ))
+    .await;
+    let acme = account("acme");
+    let created = a.manager.create(&acme).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    b.assert_cached(&key, StatusCode::OK).await;
+
+    // The runner task ends without its orderly shutdown, as a panic would end it.
+    b.feed.abort();
+    a.manager
+        .revoke(&acme, created.info.id)
+        .await
+        .expect("revoke");
+    eventually(&b, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(10)).await;
+    // And nothing is cached any more: every request asks the store.
+    let calls = b.layer.metrics().resolver_calls;
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(b.layer.metrics().resolver_calls, calls + 2);
+}

@@ -1,0 +1,443 @@
+//! What `PostgresStore` promises beyond the conformance suite: migrations, the limit across
+//! processes, database constraints, digests only, change notifications that go out with the
+//! change's commit, and connections over TLS. Each test has a schema of its own; without `DATABASE_URL` each one
+//! says it was skipped.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::support::db::postgres::Schema;
+use crate::support::{account, pepper};
+use sqlx::Row as _;
+use sqlx::postgres::PgListener;
+use tower_api_key::invalidation::InvalidationBus;
+use tower_api_key::resolver::{Resolver as _, StoreResolver};
+use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore};
+use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_safe_from_many_processes_at_once() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let stores: Vec<_> = (0..4)
+        .map(|_| tower_api_key::PostgresStore::from_pool(schema.pool()))
+        .collect();
+    let runs: Vec<_> = stores
+        .iter()
+        .map(|store| {
+            let store = store.clone();
+            tokio::spawn(async move { store.migrate().await })
+        })
+        .collect();
+    for run in runs {
+        run.await.expect("task").expect("migrate");
+    }
+    stores[0].migrate().await.expect("again");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM tower_api_keys_migrations")
+        .fetch_one(stores[0].pool())
+        .await
+        .expect("count");
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .expect("migrations folder")
+        .count();
+    assert_eq!(applied, i64::try_from(shipped).expect("count"));
+}
+
+#[tokio::test]
+async fn a_shipped_migration_applied_with_other_text_is_refused() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    sqlx::query("UPDATE tower_api_keys_migrations SET checksum = '\\x00' WHERE version = 1")
+        .execute(store.pool())
+        .await
+        .expect("tamper");
+    let err = store.migrate().await.expect_err("modified");
+    assert!(
+        matches!(err, MigrateError::Modified { version: 1 }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_limit_holds_when_creates_alternate_between_two_processes() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    // Two pools: as far as PostgreSQL can tell, two processes.
+    let a = KeyManager::new(Arc::new(schema.store().await), pepper());
+    let b = KeyManager::new(Arc::new(schema.store().await), pepper());
+    for round in 0..3 {
+        let acme = account(&format!("acme{round}"));
+        let creates: Vec<_> = (0..12)
+            .map(|i| {
+                let manager = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let acme = acme.clone();
+                tokio::spawn(async move { manager.create(&acme).await })
+            })
+            .collect();
+        let mut created = 0;
+        for create in creates {
+            match create.await.expect("task") {
+                Ok(_) => created += 1,
+                Err(ManagerError::LimitReached { limit: 3 }) => {}
+                Err(other) => panic!("unexpected: {other}"),
+            }
+        }
+        assert_eq!(created, 3, "round {round}");
+        assert_eq!(a.list(&acme).await.expect("list").len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn prefix_uniqueness_is_a_database_constraint() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    // Behind the store's back: the database itself refuses the duplicate prefix.
+    let err = sqlx::query(
+        "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at)
+         VALUES (gen_random_uuid(), 'other', $1, $2, 'active', now())",
+    )
+    .bind(created.info.prefix.as_str())
+    .bind(vec![0u8; 32])
+    .execute(store.pool())
+    .await
+    .expect_err("duplicate prefix");
+    let db = err.as_database_error().expect("a database error");
+    assert!(db.is_unique_violation(), "{db}");
+    assert_eq!(db.constraint(), Some("tower_api_keys_prefix_key"));
+}
+
+#[tokio::test]
+async fn only_digests_are_stored_never_the_key() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    let rotated = manager
+        .rotate(&account("acme"), created.info.id)
+        .await
+        .expect("rotate");
+    let rows: Vec<String> = sqlx::query_scalar("SELECT row_to_json(k)::text FROM tower_api_keys k")
+        .fetch_all(store.pool())
+        .await
+        .expect("dump");
+    assert_eq!(rows.len(), 1);
+    for key in [&created.key, &rotated.key] {
+        let secret = &key.expose_secret()[9..];
+        assert!(!rows[0].contains(secret), "a secret is stored: {}", rows[0]);
+    }
+    let digest: Vec<u8> = sqlx::query_scalar("SELECT digest FROM tower_api_keys")
+        .fetch_one(store.pool())
+        .await
+        .expect("digest");
+    assert_eq!(digest, pepper().digest(&rotated.key).as_bytes());
+}
+
+#[tokio::test]
+async fn times_round_trip_exactly_to_the_microsecond() {
+    let Some(store) = crate::support::db::postgres::store().await else {
+        return;
+    };
+    let micros = [
+        0,
+        1,
+        1_700_000_000_123_457,
+        4_102_444_799_999_999, // 2099-12-31T23:59:59.999999Z
+        -1,
+        -86_400_000_001,
+    ];
+    for (i, created) in micros.into_iter().enumerate() {
+        let key = ApiKey::generate().expect("randomness");
+        let at = |micros: i64| {
+            if micros >= 0 {
+                UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
+            } else {
+                UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+            }
+        };
+        let record = KeyRecord {
+            id: KeyId::random(),
+            account_id: account(&format!("t{i}")),
+            prefix: key.prefix(),
+            digest: pepper().digest(&key),
+            status: KeyStatus::Active,
+            created_at: at(created),
+            last_used_at: Some(at(created + 1)),
+        };
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        let read = store.find_by_prefix(&record.prefix).await.expect("find");
+        assert_eq!(read, Some(record), "{created} µs");
+    }
+}
+
+#[tokio::test]
+async fn last_used_from_two_processes_only_moves_forward() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let (a, b) = (schema.store().await, schema.store().await);
+    let manager = KeyManager::new(Arc::new(a.clone()), pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    let base = SystemTime::now();
+    let use_at = |ms: u64| KeyUse {
+        id: created.info.id,
+        prefix: created.info.prefix,
+        at: base + Duration::from_millis(ms),
+    };
+    // Overlapping batches, flushed concurrently by both "processes", in both orders.
+    let flushes: Vec<_> = (0..20u64)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let uses = vec![use_at(i), use_at(40 - i)];
+            tokio::spawn(async move { store.record_last_used(&uses).await })
+        })
+        .collect();
+    for flush in flushes {
+        flush.await.expect("task").expect("flush");
+    }
+    let last = manager
+        .get(&account("acme"), created.info.id)
+        .await
+        .expect("get")
+        .last_used_at;
+    let expected = UNIX_EPOCH
+        + Duration::from_micros(
+            (base + Duration::from_millis(40))
+                .duration_since(UNIX_EPOCH)
+                .expect("after epoch")
+                .as_micros()
+                .try_into()
+                .expect("fits"),
+        );
+    assert_eq!(last, Some(expected));
+}
+
+/// Listens on the store's channel from a connection of its own.
+async fn listen(schema: &Schema) -> PgListener {
+    let pool = schema.pool();
+    let mut listener = PgListener::connect_with(&pool).await.expect("listen");
+    listener.listen("tower_api_keys").await.expect("LISTEN");
+    listener
+}
+
+/// The next notification whose payload mentions `digest` (other tests share the channel).
+async fn next_about(listener: &mut PgListener, digest: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let notification = listener.recv().await.expect("notification");
+            if notification.payload().contains(digest) {
+                return notification.payload().to_owned();
+            }
+        }
+    })
+    .await
+    .expect("a notification within 5 s")
+}
+
+#[tokio::test]
+async fn every_change_notifies_the_digests_it_concerns() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let mut listener = listen(&schema).await;
+    let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+    let acme = account("acme");
+    let created = manager.create(&acme).await.expect("create");
+    let old = hex(pepper().digest(&created.key).as_bytes());
+    // A new key can't be cached anywhere: its creation is not announced. Notifications
+    // arrive in commit order, so anything the create sent comes before this marker.
+    sqlx::query("SELECT pg_notify('tower_api_keys', 'marker-after-create')")
+        .execute(store.pool())
+        .await
+        .expect("marker");
+    let before_marker = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut heard = Vec::new();
+        loop {
+            let payload = listener
+                .recv()
+                .await
+                .expect("notification")
+                .payload()
+                .to_owned();
+            if payload == "marker-after-create" {
+                return heard;
+            }
+            heard.push(payload);
+        }
+    })
+    .await
+    .expect("the marker within 5 s");
+    assert!(
+        !before_marker.iter().any(|payload| payload.contains(&old)),
+        "create is silent"
+    );
+
+    manager
+        .revoke(&acme, created.info.id)
+        .await
+        .expect("revoke");
+    assert_eq!(next_about(&mut listener, &old).await, old, "revoke");
+    manager
+        .reactivate(&acme, created.info.id)
+        .await
+        .expect("reactivate");
+    assert_eq!(next_about(&mut listener, &old).await, old, "reactivate");
+
+    let rotated = manager
+        .rotate(&acme, created.info.id)
+        .await
+        .expect("rotate");
+    let new = hex(pepper().digest(&rotated.key).as_bytes());
+    assert_eq!(
+        next_about(&mut listener, &old).await,
+        format!("{old} {new}"),
+        "rotate"
+    );
+
+    manager
+        .delete(&acme, created.info.id)
+        .await
+        .expect("delete");
+    assert_eq!(next_about(&mut listener, &new).await, new, "delete");
+
+    sqlx::query("TRUNCATE tower_api_keys")
+        .execute(store.pool())
+        .await
+        .expect("truncate");
+    assert_eq!(next_about(&mut listener, "*").await, "*", "truncate");
+}
+
+#[tokio::test]
+async fn a_change_notifies_only_when_it_commits_and_last_used_never_does() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    let digest = hex(pepper().digest(&created.key).as_bytes());
+    let mut listener = listen(&schema).await;
+
+    // A revoke that rolls back, and last-used writes: nothing to hear.
+    let mut tx = store.pool().begin().await.expect("begin");
+    sqlx::query("UPDATE tower_api_keys SET status = 'inactive'")
+        .execute(&mut *tx)
+        .await
+        .expect("update");
+    tx.rollback().await.expect("rollback");
+    store
+        .record_last_used(&[KeyUse {
+            id: created.info.id,
+            prefix: created.info.prefix,
+            at: SystemTime::now(),
+        }])
+        .await
+        .expect("last used");
+
+    // A revoke held open: nothing to hear until it commits, then its digest.
+    let mut tx = store.pool().begin().await.expect("begin");
+    sqlx::query("UPDATE tower_api_keys SET status = 'inactive'")
+        .execute(&mut *tx)
+        .await
+        .expect("update");
+    let early = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            let n = listener.recv().await.expect("notification");
+            if n.payload().contains(&digest) {
+                return n.payload().to_owned();
+            }
+        }
+    })
+    .await;
+    assert!(early.is_err(), "heard before commit: {early:?}");
+    tx.commit().await.expect("commit");
+    assert_eq!(next_about(&mut listener, &digest).await, digest);
+    let status: String = sqlx::query("SELECT status FROM tower_api_keys")
+        .fetch_one(store.pool())
+        .await
+        .expect("status")
+        .get(0);
+    assert_eq!(status, "inactive");
+}
+
+/// Whether a connection is encrypted, by `pg_stat_ssl`: one of `pool`, or the connection
+/// named `application_name`.
+async fn encrypted(pool: &sqlx::PgPool, application_name: Option<&str>) -> bool {
+    let query = match application_name {
+        None => sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"),
+        Some(name) => sqlx::query_scalar(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = $1",
+        )
+        .bind(name.to_owned()),
+    };
+    query.fetch_one(pool).await.expect("pg_stat_ssl")
+}
+
+#[tokio::test]
+async fn connects_over_tls_with_sslmode_require() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let plain = schema.pool();
+    let server_ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&plain)
+        .await
+        .expect("show ssl");
+    if server_ssl != "on" {
+        // CI turns SSL on: there, a server without it is a failure, not a skip.
+        assert!(
+            std::env::var_os("REQUIRE_DATABASE_URL").is_none(),
+            "the server has SSL off but REQUIRE_DATABASE_URL is set"
+        );
+        eprintln!("skipped: the server at DATABASE_URL has SSL off");
+        return;
+    }
+    let url = format!("{}&sslmode=require", schema.url_with_search_path());
+    let store = PostgresStore::connect(&url)
+        .await
+        .expect("connect over TLS");
+    store.migrate().await.expect("migrate");
+    assert!(
+        encrypted(store.pool(), None).await,
+        "the store's connection"
+    );
+
+    let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    let digest = pepper().digest(&created.key);
+    let identity = StoreResolver::new(Arc::new(store.clone()))
+        .resolve(&created.key, &digest)
+        .await
+        .expect("resolve")
+        .expect("found");
+    assert_eq!(identity.key_id(), created.info.id);
+
+    let name = format!("{} tls feed", schema.name);
+    let feed = PgChangeFeed::new(&store)
+        .application_name(&name)
+        .spawn(&InvalidationBus::new());
+    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(
+        encrypted(store.pool(), Some(&name)).await,
+        "the feed's connection"
+    );
+    feed.shutdown().await;
+}

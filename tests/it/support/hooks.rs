@@ -1,0 +1,152 @@
+//! Stores that misbehave on purpose: a [`StoreHooks`] type says what it changes about a
+//! [`MemoryStore`], and [`hooked_key_store!`] makes it a `KeyStore`.
+
+use tower_api_key::store::KeyUse;
+use tower_api_key::{KeyPrefix, KeyRecord, KeyStore as _, MemoryStore, StoreError};
+
+/// What a test store changes about a [`MemoryStore`]; everything not overridden passes
+/// straight through. Implement it, then `hooked_key_store!(YourStore)` for the `KeyStore`.
+pub(crate) trait StoreHooks: Send + Sync + 'static {
+    /// The records behind the store.
+    fn records(&self) -> &MemoryStore;
+
+    /// Runs before every change (insert, set status, replace key, delete, last used).
+    fn before_write(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Runs after a change (insert, set status, replace key, delete) was applied, before the
+    /// store answers: a store that commits and then stalls or fails to reply.
+    async fn after_write(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Runs before every read (get, list, and the default `find_by_prefix`).
+    fn before_read(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The lookup the layer makes on a cache miss.
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
+        self.before_read()?;
+        self.records().find_by_prefix(prefix).await
+    }
+
+    /// A batch of last-used times.
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        self.before_write()?;
+        self.records().record_last_used(uses).await
+    }
+}
+
+/// Implements `KeyStore` for a [`StoreHooks`] type.
+macro_rules! hooked_key_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl tower_api_key::KeyStore for $store {
+            async fn insert_within_limit(
+                &self,
+                record: tower_api_key::KeyRecord,
+                limit: usize,
+            ) -> Result<(), tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                let applied = tower_api_key::KeyStore::insert_within_limit(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    record,
+                    limit,
+                )
+                .await;
+                $crate::support::hooks::StoreHooks::after_write(self).await?;
+                applied
+            }
+            async fn find_by_prefix(
+                &self,
+                prefix: &tower_api_key::KeyPrefix,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::find_by_prefix(self, prefix).await
+            }
+            async fn get(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_read(self)?;
+                tower_api_key::KeyStore::get(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                    id,
+                )
+                .await
+            }
+            async fn list(
+                &self,
+                account: &tower_api_key::AccountId,
+            ) -> Result<Vec<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_read(self)?;
+                tower_api_key::KeyStore::list(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                )
+                .await
+            }
+            async fn set_status(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+                status: tower_api_key::KeyStatus,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                let applied = tower_api_key::KeyStore::set_status(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                    id,
+                    status,
+                )
+                .await;
+                $crate::support::hooks::StoreHooks::after_write(self).await?;
+                applied
+            }
+            async fn replace_key(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+                prefix: tower_api_key::KeyPrefix,
+                digest: tower_api_key::KeyDigest,
+            ) -> Result<Option<tower_api_key::store::Rotated>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                let applied = tower_api_key::KeyStore::replace_key(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                    id,
+                    prefix,
+                    digest,
+                )
+                .await;
+                $crate::support::hooks::StoreHooks::after_write(self).await?;
+                applied
+            }
+            async fn delete(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                let applied = tower_api_key::KeyStore::delete(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                    id,
+                )
+                .await;
+                $crate::support::hooks::StoreHooks::after_write(self).await?;
+                applied
+            }
+            async fn record_last_used(
+                &self,
+                uses: &[tower_api_key::store::KeyUse],
+            ) -> Result<(), tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::record_last_used(self, uses).await
+            }
+        }
+    };
+}
+pub(crate) use hooked_key_store;
