@@ -634,8 +634,8 @@ async fn grpc_health_check_shares_the_port_and_the_api_key_rules() {
 
 #[tokio::test]
 async fn sigterm_shuts_down_gracefully_flushing_last_used_and_exits_0() {
-    // A long flush interval: the flusher's first tick runs at startup, before any request,
-    // and the next is a minute away, so the use below is still pending when SIGTERM arrives.
+    // A long flush interval: the flusher's first flush is a minute after the server starts, so
+    // the use below is still pending when SIGTERM arrives.
     let server = Launch::new()
         .arg("--last-used-flush-ms")
         .arg("60000")
