@@ -723,10 +723,6 @@ mod tests {
             task.wait_for(Duration::from_secs(10), |s| s.outages >= 1)
                 .await
         );
-        assert!(
-            !bus.trusted() || task.status().subscribed,
-            "lost, or already resubscribed"
-        );
         task.shutdown().await;
     }
 
