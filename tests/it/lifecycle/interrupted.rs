@@ -86,6 +86,14 @@ impl Fixture {
         created
     }
 
+    /// Asserts that a request with `created`'s original key string is refused.
+    async fn assert_refused(&self, created: &tower_api_key::CreatedKey) {
+        assert_eq!(
+            self.status(created.key.expose_secret()).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
     fn after_write(&self, behaviour: u8) {
         self.store.after_write.store(behaviour, Ordering::SeqCst);
     }
@@ -107,10 +115,7 @@ async fn an_abandoned_revoke_that_reached_the_store_is_refused_at_once() {
     abandoned(&fixture, fixture.manager.revoke(&acme, created.info.id)).await;
     let stored = fixture.manager.get(&acme, created.info.id).await;
     assert_eq!(stored.expect("still there").status, KeyStatus::Inactive);
-    assert_eq!(
-        fixture.status(created.key.expose_secret()).await,
-        StatusCode::UNAUTHORIZED
-    );
+    fixture.assert_refused(&created).await;
 }
 
 #[tokio::test]
@@ -121,10 +126,7 @@ async fn an_abandoned_rotate_that_reached_the_store_refuses_the_old_key_at_once(
     abandoned(&fixture, fixture.manager.rotate(&acme, created.info.id)).await;
     let stored = fixture.manager.get(&acme, created.info.id).await;
     assert_ne!(stored.expect("still there").prefix, created.info.prefix);
-    assert_eq!(
-        fixture.status(created.key.expose_secret()).await,
-        StatusCode::UNAUTHORIZED
-    );
+    fixture.assert_refused(&created).await;
 }
 
 #[tokio::test]
@@ -134,10 +136,7 @@ async fn an_abandoned_delete_that_reached_the_store_is_refused_at_once() {
     let acme = account("acme");
     abandoned(&fixture, fixture.manager.delete(&acme, created.info.id)).await;
     assert!(fixture.manager.get(&acme, created.info.id).await.is_err());
-    assert_eq!(
-        fixture.status(created.key.expose_secret()).await,
-        StatusCode::UNAUTHORIZED
-    );
+    fixture.assert_refused(&created).await;
 }
 
 #[tokio::test]
@@ -171,10 +170,7 @@ async fn a_revoke_whose_reply_was_lost_after_commit_is_refused_at_once() {
     assert!(outcome.is_err(), "the store reported a failure");
     let stored = fixture.manager.get(&acme, created.info.id).await;
     assert_eq!(stored.expect("still there").status, KeyStatus::Inactive);
-    assert_eq!(
-        fixture.status(created.key.expose_secret()).await,
-        StatusCode::UNAUTHORIZED
-    );
+    fixture.assert_refused(&created).await;
 }
 
 #[tokio::test]
@@ -188,10 +184,7 @@ async fn a_rotate_whose_reply_was_lost_after_commit_refuses_the_old_key_at_once(
         .await;
     fixture.after_write(REPLY);
     assert!(outcome.is_err(), "the store reported a failure");
-    assert_eq!(
-        fixture.status(created.key.expose_secret()).await,
-        StatusCode::UNAUTHORIZED
-    );
+    fixture.assert_refused(&created).await;
 }
 
 #[tokio::test]
