@@ -870,7 +870,11 @@ impl OpenedStore {
     #[cfg(feature = "postgres")]
     async fn start_feed(&self, manager: &KeyManager) -> Option<tower_api_key::feed::FeedTask> {
         let store = self.postgres.as_ref()?;
-        let feed = tower_api_key::PgChangeFeed::new(store).spawn(manager.invalidations());
+        let feed = tower_api_key::feed::spawn(
+            tower_api_key::PgChangeFeed::new(store),
+            manager.invalidation_bus(),
+            tower_api_key::feed::FeedConfig::default(),
+        );
         if !feed.wait_subscribed(FEED_STARTUP_WAIT).await {
             tracing::warn!(
                 "not yet listening for other processes' key changes; every request is \

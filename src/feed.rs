@@ -86,7 +86,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let (sender, _) = broadcast::channel(1024);
-//! let bus = InvalidationBus::new(); // in a server: `manager.invalidations()`
+//! let bus = InvalidationBus::new(); // in a server: `manager.invalidation_bus()`
 //! let feed = BroadcastFeed { sender: sender.clone(), receiver: None };
 //! let task = feed::spawn(feed, &bus, FeedConfig::default());
 //! assert!(task.wait_subscribed(Duration::from_secs(1)).await);

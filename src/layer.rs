@@ -84,7 +84,7 @@ impl ApiKeyLayer<StoreResolver> {
             StoreResolver::new(Arc::clone(manager.store())),
             manager.pepper().clone(),
         )
-        .invalidated_by(manager.invalidations())
+        .invalidated_by(manager.invalidation_bus())
     }
 }
 

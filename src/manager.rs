@@ -151,7 +151,7 @@ impl From<RandomnessError> for ManagerError {
 /// Creates, rotates, revokes, reactivates and deletes keys, enforcing the per-account limit.
 ///
 /// Cloning is cheap and shares the store and the invalidation bus. Every change is published
-/// on [`invalidations`](Self::invalidations) before the method returns; a cache subscribed
+/// on [`invalidation_bus`](Self::invalidation_bus) before the method returns; a cache subscribed
 /// there refuses the old key from then on.
 ///
 /// **What if the call is abandoned or the store fails?** Once a change may have reached the
@@ -182,21 +182,26 @@ impl KeyManager {
 
     /// Sets how many keys (active or inactive) one account may hold.
     #[must_use]
-    pub fn max_keys_per_account(mut self, limit: usize) -> Self {
+    pub fn with_max_keys_per_account(mut self, limit: usize) -> Self {
         self.max_keys_per_account = limit;
         self
+    }
+
+    /// How many keys (active or inactive) one account may hold.
+    pub fn max_keys_per_account(&self) -> usize {
+        self.max_keys_per_account
     }
 
     /// Publishes into `bus` instead of the manager's own bus, for sharing one bus between
     /// several managers or with a cross-process channel.
     #[must_use]
-    pub fn invalidation_bus(mut self, bus: InvalidationBus) -> Self {
+    pub fn with_invalidation_bus(mut self, bus: InvalidationBus) -> Self {
         self.invalidations = bus;
         self
     }
 
     /// The bus every change is published on; subscribe caches here.
-    pub fn invalidations(&self) -> &InvalidationBus {
+    pub fn invalidation_bus(&self) -> &InvalidationBus {
         &self.invalidations
     }
 
@@ -208,11 +213,6 @@ impl KeyManager {
     /// The pepper keys are digested with.
     pub fn pepper(&self) -> &Pepper {
         &self.pepper
-    }
-
-    /// The per-account limit in force.
-    pub fn limit(&self) -> usize {
-        self.max_keys_per_account
     }
 
     /// Creates an active key for `account` and returns it with its plaintext, which is not

@@ -6,15 +6,15 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use super::{CHANNEL, PostgresStore};
-use crate::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage, FeedTask};
-use crate::invalidation::{Invalidation, InvalidationBus};
+use crate::feed::{ChangeFeed, FeedError, FeedMessage};
+use crate::invalidation::Invalidation;
 use crate::key::KeyDigest;
 
 /// How a heartbeat's payload starts; the rest is its nonce in hex.
 const HEARTBEAT: &str = "heartbeat:";
 
 /// Hears every key change committed to a [`PostgresStore`]'s database, by any process, and
-/// reports it as a [`ChangeFeed`]; [`spawn`](Self::spawn) it into the bus your layer listens
+/// reports it as a [`ChangeFeed`]; run it with [`feed::spawn`](crate::feed::spawn) into the bus your layer listens
 /// to (usually the [`KeyManager`](crate::KeyManager)'s).
 ///
 /// It `LISTEN`s on its own connection (outside the store's pool), named in
@@ -40,7 +40,6 @@ const HEARTBEAT: &str = "heartbeat:";
 /// schemas also hear each other's changes, which only costs a few needless invalidations.
 pub struct PgChangeFeed {
     options: PgConnectOptions,
-    config: FeedConfig,
     listener: Option<PgListener>,
 }
 
@@ -78,7 +77,6 @@ impl PgChangeFeed {
         let options = options.application_name(&name);
         Self {
             options,
-            config: FeedConfig::default(),
             listener: None,
         }
     }
@@ -89,31 +87,12 @@ impl PgChangeFeed {
         self.options = self.options.application_name(name);
         self
     }
-
-    /// Heartbeat, timeout and backoff settings for [`spawn`](Self::spawn).
-    #[must_use]
-    pub fn config(mut self, config: FeedConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Runs the feed in the background, publishing into `bus`; see [`feed::spawn`]. Caches
-    /// on `bus` fail closed from this call until the first `LISTEN` is in place.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn spawn(self, bus: &InvalidationBus) -> FeedTask {
-        let config = self.config.clone();
-        feed::spawn(self, bus, config)
-    }
 }
 
 impl fmt::Debug for PgChangeFeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgChangeFeed")
             .field("application_name", &self.options.get_application_name())
-            .field("config", &self.config)
             .field("subscribed", &self.listener.is_some())
             .finish()
     }

@@ -111,6 +111,7 @@ macro_rules! timestamp {
 ///
 /// ```no_run
 /// use std::sync::Arc;
+/// use tower_api_key::feed::{self, FeedConfig};
 /// use tower_api_key::store::{PgChangeFeed, PostgresStore};
 /// use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
 ///
@@ -120,7 +121,7 @@ macro_rules! timestamp {
 /// store.migrate().await?;
 /// let manager = KeyManager::new(Arc::new(store.clone()), Pepper::from_hex(&std::env::var("API_KEY_PEPPER")?)?);
 /// // Other processes' changes arrive on the manager's bus, which the layer listens to.
-/// let feed = PgChangeFeed::new(&store).spawn(manager.invalidations());
+/// let feed = feed::spawn(PgChangeFeed::new(&store), manager.invalidation_bus(), FeedConfig::default());
 /// let layer = ApiKeyLayer::for_manager(&manager).build();
 /// // ... serve with `layer`; on shutdown:
 /// feed.shutdown().await;

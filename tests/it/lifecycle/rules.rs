@@ -44,7 +44,7 @@ impl Heard {
 
 fn listen(manager: &KeyManager) -> Arc<Heard> {
     let heard = Arc::new(Heard::default());
-    manager.invalidations().subscribe(&heard);
+    manager.invalidation_bus().subscribe(&heard);
     heard
 }
 
@@ -165,8 +165,8 @@ async fn deleting_a_key_frees_a_slot() {
 
 #[tokio::test]
 async fn limit_is_configurable() {
-    let manager = manager().max_keys_per_account(1);
-    assert_eq!(manager.limit(), 1);
+    let manager = manager().with_max_keys_per_account(1);
+    assert_eq!(manager.max_keys_per_account(), 1);
     manager.create(&account("acme")).await.expect("first");
     assert!(matches!(
         manager.create(&account("acme")).await,

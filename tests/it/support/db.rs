@@ -279,10 +279,11 @@ pub(crate) mod stack {
                 ),
                 None => store.clone(),
             };
-            let feed = PgChangeFeed::new(&feed_source)
-                .application_name(&options.feed_name)
-                .config(options.feed)
-                .spawn(manager.invalidations());
+            let feed = tower_api_key::feed::spawn(
+                PgChangeFeed::new(&feed_source).application_name(&options.feed_name),
+                manager.invalidation_bus(),
+                options.feed,
+            );
             let layer = ApiKeyLayer::for_manager(&manager)
                 .cache_config(options.cache)
                 .build();

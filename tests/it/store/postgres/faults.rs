@@ -267,7 +267,7 @@ async fn deafenable_stack(schema: &Schema) -> (Stack, Arc<AtomicBool>) {
             inner: PgChangeFeed::new(&store).application_name(&feed_name),
             deaf: Arc::clone(&deaf),
         },
-        manager.invalidations(),
+        manager.invalidation_bus(),
         config,
     );
     assert!(feed.wait_subscribed(Duration::from_secs(10)).await);

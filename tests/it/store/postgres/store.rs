@@ -431,9 +431,11 @@ async fn connects_over_tls_with_sslmode_require() {
     assert_eq!(identity.key_id(), created.info.id);
 
     let name = format!("{} tls feed", schema.name);
-    let feed = PgChangeFeed::new(&store)
-        .application_name(&name)
-        .spawn(&InvalidationBus::new());
+    let feed = tower_api_key::feed::spawn(
+        PgChangeFeed::new(&store).application_name(&name),
+        &InvalidationBus::new(),
+        tower_api_key::feed::FeedConfig::default(),
+    );
     assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
     assert!(
         encrypted(store.pool(), Some(&name)).await,
