@@ -7,14 +7,16 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::cache::{Cached, CachedResolver, Lookup, Overloaded, PendingLookup};
 use crate::key::{ApiKey, Pepper};
 use crate::metrics::Metrics;
-use crate::rejection::{Rejection, RejectionContext};
+use crate::rejection::{self, Rejection, RejectionContext};
 use crate::resolver::Resolver;
 
 /// Whether requests without the header are let through.
@@ -28,9 +30,81 @@ pub(crate) enum Mode {
 pub(crate) type RejectionHook =
     Arc<dyn Fn(&RejectionContext<'_>) -> Response<Bytes> + Send + Sync + 'static>;
 
+/// Where keys may come from, and what the inner service sees of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Sources {
+    /// The key header (`x-api-key` unless configured).
+    pub(crate) header: HeaderName,
+    /// Also `Authorization: Bearer <key>` when the key header is absent.
+    pub(crate) bearer: bool,
+    /// Remove the key's header before calling the inner service.
+    pub(crate) strip: bool,
+    /// `WWW-Authenticate` of a 401: names the key header.
+    pub(crate) challenge: HeaderValue,
+}
+
+impl Sources {
+    pub(crate) fn new(header: HeaderName) -> Self {
+        Self {
+            challenge: rejection::challenge(&header),
+            header,
+            bearer: false,
+            strip: false,
+        }
+    }
+
+    /// The key's bytes, trimmed; `Ok(None)` when no source carries a key.
+    fn read<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h [u8]>, &'static str> {
+        let own = single(headers, &self.header)?.map(trim_blanks);
+        if !self.bearer {
+            return Ok(own);
+        }
+        let bearer = single(headers, &AUTHORIZATION)?.and_then(bearer_token);
+        match (own, bearer) {
+            (Some(own), Some(bearer)) if own != bearer => Err("two different keys"),
+            (Some(key), _) | (None, Some(key)) => Ok(Some(key)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Takes the key out of the request's headers before the inner service sees them.
+    pub(crate) fn strip(&self, headers: &mut HeaderMap) {
+        if !self.strip {
+            return;
+        }
+        headers.remove(&self.header);
+        let carries_bearer = self.bearer
+            && headers
+                .get(AUTHORIZATION)
+                .is_some_and(|value| bearer_token(value.as_bytes()).is_some());
+        if carries_bearer {
+            headers.remove(AUTHORIZATION);
+        }
+    }
+}
+
+/// The header's only value, if any; a repeated header is refused.
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h [u8]>, &'static str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err("repeated header");
+    }
+    Ok(first.map(HeaderValue::as_bytes))
+}
+
+/// The credentials of an `Authorization: Bearer …` value (the scheme is case-insensitive,
+/// RFC 9110 §11.1); `None` for any other scheme.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = trim_blanks(value);
+    let (scheme, rest) = value.split_at_checked(6)?;
+    (scheme.eq_ignore_ascii_case(b"bearer") && matches!(rest.first(), Some(b' ' | b'\t')))
+        .then(|| trim_blanks(rest))
+}
+
 /// Everything every clone of the service shares.
 pub(crate) struct Gatekeeper<R: Resolver> {
-    pub(crate) header: HeaderName,
+    pub(crate) sources: Sources,
     pub(crate) mode: Mode,
     pub(crate) pepper: Pepper,
     pub(crate) cache: CachedResolver<R>,
@@ -50,8 +124,11 @@ impl<R: Resolver> Gatekeeper<R> {
     /// Reads, parses and digests the key and consults the cache: everything that needs no
     /// `.await`.
     pub(crate) fn decide(&self, headers: &HeaderMap) -> Decision<R::Account> {
-        let mut values = headers.get_all(&self.header).iter();
-        let Some(value) = values.next() else {
+        let value = match self.sources.read(headers) {
+            Ok(value) => value,
+            Err(reason) => return self.malformed(reason),
+        };
+        let Some(value) = value else {
             return match self.mode {
                 Mode::Optional => {
                     self.metrics.anonymous();
@@ -64,18 +141,24 @@ impl<R: Resolver> Gatekeeper<R> {
                 }
             };
         };
-        if values.next().is_some() {
-            return self.malformed("repeated header");
-        }
-        let key = match ApiKey::parse(trim_blanks(value.as_bytes())) {
+        let key = match ApiKey::parse(value) {
             Ok(key) => key,
             Err(err) => return self.malformed(err),
         };
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("api_key.prefix", tracing::field::display(key.prefix()));
+        }
         let digest = self.pepper.digest(&key);
         match self.cache.cached(&digest) {
             Some(Cached::Valid(account)) => {
+                if self.expired(&account) {
+                    self.metrics.expired_cached();
+                    tracing::debug!(outcome = "expired", prefix = %key.prefix(), "api key rejected: expired (cached)");
+                    return Decision::Reject(Rejection::Expired);
+                }
                 self.metrics.accepted_cached();
-                self.cache.resolver().record_use(&account);
+                self.accepted(&account);
                 Decision::Accept(account)
             }
             Some(Cached::Invalid) => {
@@ -104,9 +187,14 @@ impl<R: Resolver> Gatekeeper<R> {
         lookup: Lookup<R::Account>,
     ) -> Result<Arc<R::Account>, Rejection> {
         match lookup {
+            Lookup::Found(account) if self.expired(&account) => {
+                self.metrics.expired_resolved();
+                tracing::debug!(outcome = "expired", "api key rejected: expired");
+                Err(Rejection::Expired)
+            }
             Lookup::Found(account) => {
                 self.metrics.accepted_resolved();
-                self.cache.resolver().record_use(&account);
+                self.accepted(&account);
                 Ok(account)
             }
             Lookup::NotFound => {
@@ -122,9 +210,32 @@ impl<R: Resolver> Gatekeeper<R> {
         }
     }
 
-    /// The answer to a refused request: the hook's, or the default.
+    /// Whether the account's key has expired: read from the account on every request, so
+    /// a cached entry never authenticates past its key's expiry. The clock is read only for
+    /// keys that expire.
+    fn expired(&self, account: &R::Account) -> bool {
+        self.cache
+            .resolver()
+            .expires_at(account)
+            .is_some_and(|at| SystemTime::now() >= at)
+    }
+
+    /// Bookkeeping of an accepted key: its use, and the account in the request's span.
+    fn accepted(&self, account: &R::Account) {
+        let resolver = self.cache.resolver();
+        resolver.record_use(account);
+        if let Some(id) = resolver.account_id(account) {
+            let span = tracing::Span::current();
+            if !span.is_disabled() {
+                span.record("api_key.account", id);
+            }
+        }
+    }
+
+    /// The answer to a refused request: the hook's, or the default. Every 401 carries the
+    /// challenge naming the key header.
     pub(crate) fn reject<B>(&self, rejection: Rejection, request: &Request<B>) -> Response<Bytes> {
-        match &self.hook {
+        let mut response = match &self.hook {
             Some(hook) => hook(&RejectionContext {
                 rejection,
                 method: request.method(),
@@ -132,7 +243,14 @@ impl<R: Resolver> Gatekeeper<R> {
                 headers: request.headers(),
             }),
             None => rejection.response_for(request.headers()),
+        };
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let headers = response.headers_mut();
+            if self.hook.is_none() || !headers.contains_key(WWW_AUTHENTICATE) {
+                headers.insert(WWW_AUTHENTICATE, self.sources.challenge.clone());
+            }
         }
+        response
     }
 
     /// Refuses a malformed header value; nothing of it is logged.
@@ -161,7 +279,7 @@ fn trim_blanks(mut value: &[u8]) -> &[u8] {
 impl<R: Resolver> fmt::Debug for Gatekeeper<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gatekeeper")
-            .field("header", &self.header)
+            .field("sources", &self.sources)
             .field("mode", &self.mode)
             .field("cache", &self.cache)
             .field("custom_rejection", &self.hook.is_some())
@@ -171,7 +289,17 @@ impl<R: Resolver> fmt::Debug for Gatekeeper<R> {
 
 #[cfg(test)]
 mod tests {
-    use super::trim_blanks;
+    use super::{bearer_token, trim_blanks};
+
+    #[test]
+    fn bearer_tokens_are_read_with_any_case_of_the_scheme() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"bearer   abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"BEARER\tabc"), Some(&b"abc"[..]));
+        for other in [&b"Basic abc"[..], b"Bearerabc", b"Bearer", b"", b"Bear abc"] {
+            assert_eq!(bearer_token(other), None, "{other:?}");
+        }
+    }
 
     #[test]
     fn only_spaces_and_tabs_at_the_ends_are_trimmed() {

@@ -30,7 +30,7 @@ use http::{HeaderName, Response};
 use tower_layer::Layer;
 
 use crate::cache::{CacheConfig, CachedResolver};
-use crate::gatekeeper::{Gatekeeper, Mode, RejectionHook};
+use crate::gatekeeper::{Gatekeeper, Mode, RejectionHook, Sources};
 use crate::invalidation::InvalidationBus;
 use crate::key::Pepper;
 use crate::last_used::LastUsedRecorder;
@@ -56,7 +56,7 @@ impl<R: Resolver> ApiKeyLayer<R> {
         ApiKeyLayerBuilder {
             resolver,
             pepper,
-            header: DEFAULT_HEADER,
+            sources: Sources::new(DEFAULT_HEADER),
             mode: Mode::Required,
             hook: None,
             cache: CacheConfig::default(),
@@ -117,7 +117,7 @@ impl<S, R: Resolver> Layer<S> for ApiKeyLayer<R> {
 pub struct ApiKeyLayerBuilder<R: Resolver> {
     resolver: R,
     pepper: Pepper,
-    header: HeaderName,
+    sources: Sources,
     mode: Mode,
     hook: Option<RejectionHook>,
     cache: CacheConfig,
@@ -129,7 +129,30 @@ pub struct ApiKeyLayerBuilder<R: Resolver> {
 impl<R: Resolver> ApiKeyLayerBuilder<R> {
     /// Reads the key from `header` instead of `x-api-key`.
     pub fn header_name(mut self, header: HeaderName) -> Self {
-        self.header = header;
+        let Sources { bearer, strip, .. } = self.sources;
+        self.sources = Sources {
+            bearer,
+            strip,
+            ..Sources::new(header)
+        };
+        self
+    }
+
+    /// Also accepts the key as `Authorization: Bearer <key>` when the key header is absent
+    /// (off by default). A request carrying both with different keys is refused 401.
+    ///
+    /// Keys in the query string are not supported, on purpose: URLs end up in access logs,
+    /// browser histories and `Referer` headers.
+    pub fn accept_bearer(mut self) -> Self {
+        self.sources.bearer = true;
+        self
+    }
+
+    /// Removes the key's header (and an `Authorization: Bearer` header, with
+    /// [`accept_bearer`](Self::accept_bearer)) before the inner service sees the request, so
+    /// that nothing behind the layer can log or forward the key (off by default).
+    pub fn strip_key_header(mut self) -> Self {
+        self.sources.strip = true;
         self
     }
 
@@ -182,7 +205,7 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
         );
         ApiKeyLayer {
             auth: Arc::new(Gatekeeper {
-                header: self.header,
+                sources: self.sources,
                 mode: self.mode,
                 pepper: self.pepper,
                 cache,
@@ -207,7 +230,7 @@ impl ApiKeyLayerBuilder<StoreResolver> {
 impl<R: Resolver> fmt::Debug for ApiKeyLayerBuilder<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeyLayerBuilder")
-            .field("header", &self.header)
+            .field("sources", &self.sources)
             .field("mode", &self.mode)
             .field("cache", &self.cache)
             .field("custom_rejection", &self.hook.is_some())

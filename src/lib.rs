@@ -15,8 +15,10 @@
 //! - [`resolver`]: the pluggable [`Resolver`] trait and the store-backed [`StoreResolver`].
 //! - [`key`]: generate, parse and digest keys.
 //! - [`store`]: the [`KeyStore`] trait and the embedded [`MemoryStore`].
+//! - [`require_scope`]: [`RequireScopeLayer`], 403 for a key without a route's scope.
 //! - [`manager`]: [`KeyManager`], the lifecycle rules (at most 3 keys per account; rotate,
-//!   revoke, reactivate, delete, each effective at once).
+//!   with or without a grace period, revoke, reactivate, delete, each effective at once).
+//! - [`policy`]: what a key may do and for how long: names, scopes, expiry, grace periods.
 //! - [`invalidation`]: how key changes reach caches before the change returns.
 //! - [`feed`]: how other processes' key changes reach this process's caches (the
 //!   [`ChangeFeed`](feed::ChangeFeed) trait and its fail-closed runner).
@@ -86,7 +88,9 @@ pub mod last_used;
 pub mod layer;
 pub mod manager;
 pub mod metrics;
+pub mod policy;
 pub mod rejection;
+pub mod require_scope;
 pub mod resolver;
 pub mod service;
 pub mod store;
@@ -95,13 +99,17 @@ pub use authenticated::Authenticated;
 pub use key::{ApiKey, KeyDigest, KeyPrefix, Pepper};
 pub use layer::{ApiKeyLayer, ApiKeyLayerBuilder};
 pub use manager::{CreatedKey, KeyInfo, KeyManager, ManagerError};
+pub use policy::{KeyName, KeyOptions, PolicyUpdate, RotateOptions, Scoped, Scopes};
 pub use rejection::Rejection;
+pub use require_scope::RequireScopeLayer;
 pub use resolver::{KeyIdentity, Resolver, StoreResolver};
 pub use service::ApiKeyService;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
-pub use store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, StoreError};
+pub use store::{
+    AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, PreviousKey, StoreError,
+};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PgChangeFeed, PostgresStore};

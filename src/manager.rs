@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key::{ApiKey, KeyPrefix, Pepper, RandomnessError};
+use crate::policy::{KeyName, KeyOptions, PolicyError, PolicyUpdate, RotateOptions, Scopes};
 use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, StoreError};
 
 /// The default limit of keys per account.
@@ -63,10 +64,22 @@ pub struct KeyInfo {
     pub created_at: SystemTime,
     /// When the key last authenticated a request, if ever since creation or rotation.
     pub last_used_at: Option<SystemTime>,
+    /// The key's label.
+    pub name: Option<KeyName>,
+    /// The scopes the key is restricted to; `None` is unrestricted.
+    pub scopes: Option<Scopes>,
+    /// When the key stops (or stopped) authenticating.
+    pub expires_at: Option<SystemTime>,
+    /// While the old key string of a rotation with a grace period still works: its prefix.
+    pub previous_prefix: Option<KeyPrefix>,
+    /// While the old key string of a rotation with a grace period still works: when it stops.
+    pub previous_expires_at: Option<SystemTime>,
 }
 
-impl From<KeyRecord> for KeyInfo {
-    fn from(record: KeyRecord) -> Self {
+impl KeyInfo {
+    /// What a caller may see of `record` at `now` (a grace key that has ended is left out).
+    pub fn from_record(record: KeyRecord, now: SystemTime) -> Self {
+        let grace = record.grace_key(now).map(|p| (p.prefix, p.expires_at));
         Self {
             id: record.id,
             account_id: record.account_id,
@@ -74,7 +87,24 @@ impl From<KeyRecord> for KeyInfo {
             status: record.status,
             created_at: record.created_at,
             last_used_at: record.last_used_at,
+            name: record.name,
+            scopes: record.scopes,
+            expires_at: record.expires_at,
+            previous_prefix: grace.map(|(prefix, _)| prefix),
+            previous_expires_at: grace.map(|(_, at)| at),
         }
+    }
+
+    /// Whether the key has expired at `now` (it still counts towards the limit until deleted).
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+impl From<KeyRecord> for KeyInfo {
+    /// As [`KeyInfo::from_record`] at the current time.
+    fn from(record: KeyRecord) -> Self {
+        Self::from_record(record, SystemTime::now())
     }
 }
 
@@ -107,6 +137,8 @@ pub enum ManagerError {
     Randomness(RandomnessError),
     /// Every attempt to find an unused prefix collided.
     PrefixExhausted,
+    /// A name, scope, expiry or grace period that the rules refuse; nothing changed.
+    Policy(PolicyError),
 }
 
 impl fmt::Display for ManagerError {
@@ -117,6 +149,7 @@ impl fmt::Display for ManagerError {
             Self::Store(err) => err.fmt(f),
             Self::Randomness(err) => err.fmt(f),
             Self::PrefixExhausted => f.write_str("no free key prefix found"),
+            Self::Policy(err) => err.fmt(f),
         }
     }
 }
@@ -126,6 +159,7 @@ impl std::error::Error for ManagerError {
         match self {
             Self::Store(err) => Some(err),
             Self::Randomness(err) => Some(err),
+            Self::Policy(err) => Some(err),
             _ => None,
         }
     }
@@ -137,6 +171,12 @@ impl From<StoreError> for ManagerError {
             StoreError::LimitReached { limit } => Self::LimitReached { limit },
             other => Self::Store(other),
         }
+    }
+}
+
+impl From<PolicyError> for ManagerError {
+    fn from(err: PolicyError) -> Self {
+        Self::Policy(err)
     }
 }
 
@@ -226,18 +266,56 @@ impl KeyManager {
     /// [`ManagerError::LimitReached`] if the account holds its limit of keys, active or not;
     /// a store failure otherwise.
     pub async fn create(&self, account: &AccountId) -> Result<CreatedKey, ManagerError> {
+        self.create_with(account, KeyOptions::new()).await
+    }
+
+    /// Creates an active key for `account` with a name, scopes or expiry; see
+    /// [`create`](Self::create).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
+    /// use tower_api_key::policy::{KeyOptions, Scopes};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let options = KeyOptions::new()
+    ///     .name("reporting".parse()?)
+    ///     .scopes(Scopes::new(["read"])?);
+    /// let created = manager.create_with(&"acme".parse()?, options).await?;
+    /// assert_eq!(created.info.name.as_ref().map(|n| n.as_str()), Some("reporting"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::Policy`] if the expiry is not in the future; otherwise as
+    /// [`create`](Self::create).
+    pub async fn create_with(
+        &self,
+        account: &AccountId,
+        options: KeyOptions,
+    ) -> Result<CreatedKey, ManagerError> {
         let id = KeyId::random();
         let created_at = now();
+        if options.expires_at.is_some_and(|at| at <= created_at) {
+            return Err(PolicyError::ExpiryInPast.into());
+        }
         for _ in 0..PREFIX_ATTEMPTS {
             let key = ApiKey::generate()?;
             let record = KeyRecord {
-                id,
-                account_id: account.clone(),
-                prefix: key.prefix(),
-                digest: self.pepper.digest(&key),
-                status: KeyStatus::Active,
-                created_at,
-                last_used_at: None,
+                name: options.name.clone(),
+                scopes: options.scopes.clone(),
+                expires_at: options.expires_at,
+                ..KeyRecord::new(
+                    id,
+                    account.clone(),
+                    key.prefix(),
+                    self.pepper.digest(&key),
+                    created_at,
+                )
             };
             match self
                 .store
@@ -278,32 +356,59 @@ impl KeyManager {
         record.map(KeyInfo::from).ok_or(ManagerError::NotFound)
     }
 
-    /// Gives the key a new prefix and secret, keeping its id, status and `created_at`, and
-    /// clearing `last_used_at`. The old key string is refused from the moment this returns.
+    /// Gives the key a new prefix and secret, keeping its id, status, `created_at`, name,
+    /// scopes and expiry, and clearing `last_used_at`. The old key string is refused from the
+    /// moment this returns, and so is the old key of an earlier rotation's grace period.
     ///
     /// # Errors
     ///
     /// [`ManagerError::NotFound`] if no such key belongs to the account.
     pub async fn rotate(&self, account: &AccountId, id: KeyId) -> Result<CreatedKey, ManagerError> {
+        self.rotate_with(account, id, RotateOptions::new()).await
+    }
+
+    /// Rotates the key like [`rotate`](Self::rotate), but with a grace period keeps the old
+    /// key string valid (with the key's status, scopes and expiry) until `now + grace`. The
+    /// key keeps one id and one slot under the limit; its record shows the old key as
+    /// [`KeyInfo::previous_prefix`] while it lives. Revoking or deleting the key refuses both
+    /// at once; rotating again ends the old key's grace at once.
+    ///
+    /// # Errors
+    ///
+    /// As [`rotate`](Self::rotate).
+    pub async fn rotate_with(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        options: RotateOptions,
+    ) -> Result<CreatedKey, ManagerError> {
+        if options.grace > crate::policy::MAX_GRACE {
+            return Err(PolicyError::GraceOutOfRange.into());
+        }
         for _ in 0..PREFIX_ATTEMPTS {
             let key = ApiKey::generate()?;
             let digest = self.pepper.digest(&key);
+            let grace_until = (!options.grace.is_zero()).then(|| now() + options.grace);
             let change = PendingChange::arm(&self.invalidations);
             let outcome = self
                 .store
-                .replace_key(account, id, key.prefix(), digest)
+                .replace_key(account, id, key.prefix(), digest, grace_until)
                 .await;
             change.replied(&outcome);
             match outcome {
                 Ok(Some(rotated)) => {
-                    self.invalidations
-                        .publish(Invalidation::Key(rotated.before.digest));
+                    // The old key (now refused, or a grace key whose cached entry must learn
+                    // its new deadline) and any earlier grace key.
+                    for old in rotated.before.digests() {
+                        self.invalidations.publish(Invalidation::Key(old));
+                    }
                     // A negative entry for the new key is all but impossible, but cheap to rule out.
                     self.invalidations.publish(Invalidation::Key(digest));
                     tracing::info!(
                         account = %account,
                         old_prefix = %rotated.before.prefix,
                         prefix = %rotated.after.prefix,
+                        grace_seconds = options.grace.as_secs(),
                         "api key rotated"
                     );
                     return Ok(CreatedKey {
@@ -354,9 +459,45 @@ impl KeyManager {
         let outcome = self.store.delete(account, id).await;
         change.replied(&outcome);
         let record = outcome?.ok_or(ManagerError::NotFound)?;
-        self.invalidations.publish(Invalidation::Key(record.digest));
+        self.publish_record(&record);
         tracing::info!(account = %account, prefix = %record.prefix, "api key deleted");
         Ok(())
+    }
+
+    /// Changes the key's name, scopes or expiry; in force from the moment this returns (a
+    /// narrower scope set or an earlier expiry refuses requests at once; a cleared or later
+    /// expiry revives an expired key at once).
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    pub async fn update(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        update: PolicyUpdate,
+    ) -> Result<KeyInfo, ManagerError> {
+        let change = PendingChange::arm(&self.invalidations);
+        let outcome = self.store.update_policy(account, id, &update).await;
+        change.replied(&outcome);
+        let record = outcome?.ok_or(ManagerError::NotFound)?;
+        self.publish_record(&record);
+        tracing::info!(
+            account = %account,
+            prefix = %record.prefix,
+            name = update.name.is_some(),
+            scopes = update.scopes.is_some(),
+            expiry = update.expires_at.is_some(),
+            "api key policy changed"
+        );
+        Ok(record.into())
+    }
+
+    /// Tells every subscribed cache that the record's keys (current and previous) changed.
+    fn publish_record(&self, record: &KeyRecord) {
+        for digest in record.digests() {
+            self.invalidations.publish(Invalidation::Key(digest));
+        }
     }
 
     async fn set_status(
@@ -369,7 +510,7 @@ impl KeyManager {
         let outcome = self.store.set_status(account, id, status).await;
         change.replied(&outcome);
         let record = outcome?.ok_or(ManagerError::NotFound)?;
-        self.invalidations.publish(Invalidation::Key(record.digest));
+        self.publish_record(&record);
         tracing::info!(account = %account, prefix = %record.prefix, status = %status, "api key status set");
         Ok(record.into())
     }

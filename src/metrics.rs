@@ -99,6 +99,8 @@ metrics_table! {
         Malformed => malformed,
         RefusedCached => refused_cached,
         RefusedResolved => refused_resolved,
+        ExpiredCached => expired_cached,
+        ExpiredResolved => expired_resolved,
         Unavailable => unavailable,
         CacheMisses => cache_misses,
         ResolverCalls => resolver_called,
@@ -118,13 +120,16 @@ metrics_table! {
             missing {"outcome" = "missing"} = Missing;
             /// Requests refused for a malformed, unknown, inactive or rotated-away key.
             invalid {"outcome" = "invalid"} = Malformed | RefusedCached | RefusedResolved;
+            /// Requests refused for an expired key (or the old key of a rotation after its
+            /// grace period).
+            expired {"outcome" = "expired"} = ExpiredCached | ExpiredResolved;
             /// Requests answered 503: the resolver failed, timed out or panicked, or was too
             /// busy.
             unavailable {"outcome" = "unavailable"} = Unavailable;
         }
         "api_key_cache_lookups_total" ("Cache lookups for well-formed keys, by result.") {
             /// Well-formed keys answered from the cache (accepted or refused).
-            cache_hits {"result" = "hit"} = AcceptedCached | RefusedCached;
+            cache_hits {"result" = "hit"} = AcceptedCached | RefusedCached | ExpiredCached;
             /// Well-formed keys not in the cache.
             cache_misses {"result" = "miss"} = CacheMisses;
         }

@@ -1,11 +1,17 @@
-//! The layer's own answers: 401 for a missing or invalid key, 503 when the lookup fails, as
-//! JSON for HTTP clients and as a Trailers-Only gRPC status for gRPC clients.
+//! The layer's own answers: 401 for a missing, invalid or expired key, 403 for a key without
+//! a route's scope, 503 when the lookup fails, as JSON for HTTP clients and as a
+//! Trailers-Only gRPC status for gRPC clients.
 //!
 //! | rejection | HTTP | gRPC (`content-type: application/grpc…`) |
 //! | --- | --- | --- |
 //! | [`Rejection::MissingKey`] | 401 `{"error":"missing API key"}` | `grpc-status: 16` |
 //! | [`Rejection::InvalidKey`] | 401 `{"error":"invalid API key"}` | `grpc-status: 16` |
+//! | [`Rejection::Expired`] | 401 `{"error":"expired API key"}` | `grpc-status: 16` |
+//! | [`Rejection::InsufficientScope`] | 403 `{"error":"insufficient scope"}` | `grpc-status: 7` |
 //! | [`Rejection::Unavailable`] | 503 with `Retry-After` | `grpc-status: 14` |
+//!
+//! Every 401 carries `WWW-Authenticate: ApiKey header="X-API-KEY"` (naming the layer's
+//! header), as HTTP requires of a 401.
 //!
 //! A gRPC answer is HTTP 200 with the status in headers: a plain 401 would make tonic
 //! clients report `Internal` instead of `Unauthenticated`.
@@ -25,7 +31,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 
 /// Why the layer answered a request itself.
@@ -39,6 +45,12 @@ pub enum Rejection {
     MissingKey,
     /// The request's API key is not valid now.
     InvalidKey,
+    /// The request's API key was valid but has expired (or is the old key of a rotation
+    /// whose grace period has ended).
+    Expired,
+    /// The request's key is valid but lacks the scope the route requires (answered by
+    /// [`RequireScopeLayer`](crate::RequireScopeLayer)).
+    InsufficientScope,
     /// The key could not be checked (the resolver failed, timed out or panicked, or too many
     /// lookups are running); the client may retry.
     Unavailable,
@@ -48,6 +60,18 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
+/// The challenge of a 401 for the default header.
+const DEFAULT_CHALLENGE: HeaderValue = HeaderValue::from_static(r#"ApiKey header="X-API-KEY""#);
+
+/// The `WWW-Authenticate` value of a 401 for keys sent in `header`.
+pub(crate) fn challenge(header: &http::HeaderName) -> HeaderValue {
+    if header == "x-api-key" {
+        return DEFAULT_CHALLENGE;
+    }
+    // Header names are tokens: no quote or backslash can end up inside the quoted string.
+    HeaderValue::try_from(format!(r#"ApiKey header="{}""#, header.as_str()))
+        .unwrap_or(DEFAULT_CHALLENGE)
+}
 
 /// Each rejection's text, written once: it is the message and, at compile time, the JSON
 /// body.
@@ -74,6 +98,8 @@ macro_rules! rejection_texts {
 rejection_texts! {
     MissingKey => "missing API key",
     InvalidKey => "invalid API key",
+    Expired => "expired API key",
+    InsufficientScope => "insufficient scope",
     Unavailable => "API key check unavailable, retry later",
 }
 
@@ -81,28 +107,37 @@ impl Rejection {
     /// The HTTP status of the JSON answer.
     pub const fn status(self) -> StatusCode {
         match self {
-            Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
+            Self::MissingKey | Self::InvalidKey | Self::Expired => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// The gRPC status code: 16 (`UNAUTHENTICATED`) or 14 (`UNAVAILABLE`).
+    /// The gRPC status code: 16 (`UNAUTHENTICATED`), 7 (`PERMISSION_DENIED`) or 14
+    /// (`UNAVAILABLE`).
     pub const fn grpc_code(self) -> u8 {
         match self {
-            Self::MissingKey | Self::InvalidKey => 16,
+            Self::MissingKey | Self::InvalidKey | Self::Expired => 16,
+            Self::InsufficientScope => 7,
             Self::Unavailable => 14,
         }
     }
 
-    /// The JSON answer: `{"error": message}` with `content-type: application/json`, and
-    /// `Retry-After` on a 503.
+    /// The JSON answer: `{"error": message}` with `content-type: application/json`,
+    /// `WWW-Authenticate: ApiKey header="X-API-KEY"` on a 401, and `Retry-After` on a 503.
     pub fn http_response(self) -> Response<Bytes> {
         let mut response = Response::new(Bytes::from_static(self.json().as_bytes()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, JSON);
-        if self == Self::Unavailable {
-            headers.insert(RETRY_AFTER, RETRY_AFTER_SECONDS);
+        match self.status() {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(WWW_AUTHENTICATE, DEFAULT_CHALLENGE);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(RETRY_AFTER, RETRY_AFTER_SECONDS);
+            }
+            _ => {}
         }
         response
     }
@@ -181,6 +216,8 @@ mod tests {
         for rejection in [
             Rejection::MissingKey,
             Rejection::InvalidKey,
+            Rejection::Expired,
+            Rejection::InsufficientScope,
             Rejection::Unavailable,
         ] {
             let expected = format!(r#"{{"error":"{}"}}"#, rejection.message());
@@ -202,6 +239,32 @@ mod tests {
                 .http_response()
                 .headers()
                 .contains_key(RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn every_401_and_only_401s_carry_a_challenge_naming_the_header() {
+        for rejection in [
+            Rejection::MissingKey,
+            Rejection::InvalidKey,
+            Rejection::Expired,
+        ] {
+            assert_eq!(
+                rejection.http_response().headers()[WWW_AUTHENTICATE],
+                r#"ApiKey header="X-API-KEY""#
+            );
+        }
+        for rejection in [Rejection::InsufficientScope, Rejection::Unavailable] {
+            let response = rejection.http_response();
+            assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
+        }
+        assert_eq!(
+            challenge(&http::HeaderName::from_static("x-custom-key")),
+            r#"ApiKey header="x-custom-key""#
+        );
+        assert_eq!(
+            Rejection::InsufficientScope.grpc_response().headers()["grpc-status"],
+            "7"
         );
     }
 

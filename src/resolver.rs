@@ -44,11 +44,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
 use crate::key::{ApiKey, KeyDigest, KeyPrefix};
 use crate::last_used::{LastUsedRecorder, UsageCell};
+use crate::policy::{Scoped, Scopes};
 use crate::store::{AccountId, KeyId, KeyStatus, KeyStore};
 
 /// Resolves a well-formed key to the account it authenticates.
@@ -77,6 +79,21 @@ pub trait Resolver: Send + Sync + 'static {
     fn record_use(&self, account: &Self::Account) {
         let _ = account;
     }
+
+    /// When `account`'s key stops authenticating, if it does. The layer checks this on every
+    /// request, cached or not, and answers 401 `expired API key` from that instant without
+    /// asking the resolver again. The default is `None` (never).
+    fn expires_at(&self, account: &Self::Account) -> Option<SystemTime> {
+        let _ = account;
+        None
+    }
+
+    /// The account's id for the request's tracing span (field `api_key.account`), if it has
+    /// one worth logging. The default is `None`.
+    fn account_id<'a>(&self, account: &'a Self::Account) -> Option<&'a str> {
+        let _ = account;
+        None
+    }
 }
 
 #[async_trait]
@@ -93,6 +110,14 @@ impl<R: Resolver + ?Sized> Resolver for Arc<R> {
 
     fn record_use(&self, account: &Self::Account) {
         (**self).record_use(account);
+    }
+
+    fn expires_at(&self, account: &Self::Account) -> Option<SystemTime> {
+        (**self).expires_at(account)
+    }
+
+    fn account_id<'a>(&self, account: &'a Self::Account) -> Option<&'a str> {
+        (**self).account_id(account)
     }
 }
 
@@ -124,16 +149,59 @@ impl std::error::Error for ResolveError {
 /// Who a request authenticated as, when keys are kept in a [`KeyStore`].
 ///
 /// This is the account type of [`StoreResolver`]; handlers receive it as
-/// `Authenticated<KeyIdentity>`.
+/// `Authenticated<KeyIdentity>`. To unit-test a handler without a layer, build one with
+/// [`new`](Self::new):
+///
+/// ```
+/// use tower_api_key::policy::Scopes;
+/// use tower_api_key::{Authenticated, KeyIdentity, KeyId};
+///
+/// let identity = KeyIdentity::new("acme".parse()?, KeyId::random(), "k3v9x0qa".parse()?)
+///     .with_scopes(Some(Scopes::new(["read"])?));
+/// let who = Authenticated::new(identity); // what a handler would extract
+/// assert_eq!(who.account_id().as_str(), "acme");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct KeyIdentity {
     account_id: AccountId,
     key_id: KeyId,
     prefix: KeyPrefix,
+    scopes: Option<Scopes>,
+    expires_at: Option<SystemTime>,
+    grace: bool,
     usage: Arc<UsageCell>,
 }
 
 impl KeyIdentity {
+    /// An identity for an unrestricted, never-expiring key: for tests and for middleware that
+    /// authenticates by itself.
+    pub fn new(account_id: AccountId, key_id: KeyId, prefix: KeyPrefix) -> Self {
+        Self {
+            usage: Arc::new(UsageCell::new(key_id, prefix)),
+            account_id,
+            key_id,
+            prefix,
+            scopes: None,
+            expires_at: None,
+            grace: false,
+        }
+    }
+
+    /// With the scopes the key is restricted to (`None`: unrestricted).
+    #[must_use]
+    pub fn with_scopes(mut self, scopes: Option<Scopes>) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// With the instant the key stops authenticating.
+    #[must_use]
+    pub fn with_expires_at(mut self, expires_at: Option<SystemTime>) -> Self {
+        self.expires_at = expires_at;
+        self
+    }
+
     /// The account the key belongs to.
     pub fn account_id(&self) -> &AccountId {
         &self.account_id
@@ -148,6 +216,28 @@ impl KeyIdentity {
     pub fn prefix(&self) -> KeyPrefix {
         self.prefix
     }
+
+    /// The scopes the key is restricted to; `None` is unrestricted.
+    pub fn scopes(&self) -> Option<&Scopes> {
+        self.scopes.as_ref()
+    }
+
+    /// When the key stops authenticating: its expiry or, for the old key of a rotation in its
+    /// grace period, the end of the grace period if that comes first.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// Whether the request used the old key of a rotation, in its grace period.
+    pub fn is_grace_key(&self) -> bool {
+        self.grace
+    }
+}
+
+impl Scoped for KeyIdentity {
+    fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.has_scope(scope)
+    }
 }
 
 impl fmt::Debug for KeyIdentity {
@@ -156,14 +246,30 @@ impl fmt::Debug for KeyIdentity {
             .field("account_id", &self.account_id)
             .field("key_id", &self.key_id)
             .field("prefix", &self.prefix)
+            .field("scopes", &self.scopes)
+            .field("expires_at", &self.expires_at)
+            .field("grace", &self.grace)
             .finish()
     }
 }
 
 impl PartialEq for KeyIdentity {
     fn eq(&self, other: &Self) -> bool {
-        (&self.account_id, self.key_id, self.prefix)
-            == (&other.account_id, other.key_id, other.prefix)
+        (
+            &self.account_id,
+            self.key_id,
+            self.prefix,
+            &self.scopes,
+            self.expires_at,
+            self.grace,
+        ) == (
+            &other.account_id,
+            other.key_id,
+            other.prefix,
+            &other.scopes,
+            other.expires_at,
+            other.grace,
+        )
     }
 }
 
@@ -172,7 +278,9 @@ impl Eq for KeyIdentity {}
 // ===== StoreResolver =====
 
 /// Resolves keys against a [`KeyStore`]: find the record by prefix, compare digests in
-/// constant time, accept only active keys.
+/// constant time, accept only active keys. The old key of a rotation with a grace period is
+/// found by its prefix too; its identity expires when the grace period ends. Expired keys are
+/// resolved with their expiry, and the layer answers them `expired API key`.
 ///
 /// With [`ApiKeyLayerBuilder::record_last_used`](crate::ApiKeyLayerBuilder::record_last_used),
 /// successful authentications update the keys' `last_used_at` in coalesced batches.
@@ -218,15 +326,33 @@ impl Resolver for StoreResolver {
             .find_by_prefix(&key.prefix())
             .await
             .map_err(ResolveError::new)?;
-        let stored = record.as_ref().map_or(&NO_DIGEST, |record| &record.digest);
+        let prefix = key.prefix();
+        // Which of the record's keys the prefix names: the current one, or the old one of a
+        // rotation with a grace period (with the earlier of the two deadlines).
+        let (stored, expires_at, grace) = match &record {
+            Some(record) if record.prefix == prefix => (&record.digest, record.expires_at, false),
+            Some(record) => match &record.previous {
+                Some(previous) if previous.prefix == prefix => {
+                    let ends = record
+                        .expires_at
+                        .map_or(previous.expires_at, |at| at.min(previous.expires_at));
+                    (&previous.digest, Some(ends), true)
+                }
+                _ => (&NO_DIGEST, None, false),
+            },
+            None => (&NO_DIGEST, None, false),
+        };
         let matches = stored.ct_eq(digest);
         Ok(record
             .filter(|record| matches && record.status == KeyStatus::Active)
             .map(|record| KeyIdentity {
-                usage: Arc::new(UsageCell::new(record.id, record.prefix)),
+                usage: Arc::new(UsageCell::new(record.id, prefix)),
                 account_id: record.account_id,
                 key_id: record.id,
-                prefix: record.prefix,
+                prefix,
+                scopes: record.scopes,
+                expires_at,
+                grace,
             }))
     }
 
@@ -234,6 +360,14 @@ impl Resolver for StoreResolver {
         if let Some(recorder) = &self.last_used {
             recorder.record(&identity.usage);
         }
+    }
+
+    fn expires_at(&self, identity: &KeyIdentity) -> Option<SystemTime> {
+        identity.expires_at
+    }
+
+    fn account_id<'a>(&self, identity: &'a KeyIdentity) -> Option<&'a str> {
+        Some(identity.account_id.as_str())
     }
 }
 

@@ -84,24 +84,29 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.gatekeeper.decide(request.headers()) {
             Decision::Accept(account) => {
+                self.gatekeeper.sources.strip(request.headers_mut());
                 request
                     .extensions_mut()
                     .insert(Authenticated::from_arc(account));
                 ResponseFuture::called(take_ready(&mut self.inner).call(request))
             }
             Decision::Anonymous => {
+                self.gatekeeper.sources.strip(request.headers_mut());
                 ResponseFuture::called(take_ready(&mut self.inner).call(request))
             }
             // The inner service stays ready for the next request: it was not called.
             Decision::Reject(rejection) => {
                 ResponseFuture::rejected(self.gatekeeper.reject(rejection, &request))
             }
-            Decision::Lookup(lookup) => ResponseFuture::resolving(
-                lookup,
-                take_ready(&mut self.inner),
-                request,
-                Arc::clone(&self.gatekeeper),
-            ),
+            Decision::Lookup(lookup) => {
+                self.gatekeeper.sources.strip(request.headers_mut());
+                ResponseFuture::resolving(
+                    lookup,
+                    take_ready(&mut self.inner),
+                    request,
+                    Arc::clone(&self.gatekeeper),
+                )
+            }
         }
     }
 }

@@ -5,8 +5,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
+use std::time::SystemTime;
+
+use super::{
+    AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, PreviousKey, Rotated, StoreError,
+};
 use crate::key::{KeyDigest, KeyPrefix};
+use crate::policy::PolicyUpdate;
 
 /// Keeps key records in process memory: the default store, and the one tests use.
 ///
@@ -35,6 +40,7 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Records {
     by_id: HashMap<KeyId, KeyRecord>,
+    /// Current and previous prefixes alike.
     by_prefix: HashMap<KeyPrefix, KeyId>,
     /// Each account's key ids, oldest first.
     by_account: HashMap<AccountId, Vec<KeyId>>,
@@ -71,10 +77,17 @@ impl KeyStore for MemoryStore {
         if held >= limit {
             return Err(StoreError::LimitReached { limit });
         }
-        if records.by_prefix.contains_key(&record.prefix) {
+        let prefixes =
+            std::iter::once(record.prefix).chain(record.previous.as_ref().map(|p| p.prefix));
+        if prefixes
+            .clone()
+            .any(|prefix| records.by_prefix.contains_key(&prefix))
+        {
             return Err(StoreError::PrefixTaken);
         }
-        records.by_prefix.insert(record.prefix, record.id);
+        for prefix in prefixes {
+            records.by_prefix.insert(prefix, record.id);
+        }
         records
             .by_account
             .entry(record.account_id.clone())
@@ -128,6 +141,7 @@ impl KeyStore for MemoryStore {
         id: KeyId,
         prefix: KeyPrefix,
         digest: KeyDigest,
+        grace_until: Option<SystemTime>,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut records = self.records();
         let Some(before) = records.owned_mut(account, id).map(|r| r.clone()) else {
@@ -136,16 +150,51 @@ impl KeyStore for MemoryStore {
         if records.by_prefix.contains_key(&prefix) {
             return Err(StoreError::PrefixTaken);
         }
-        records.by_prefix.remove(&before.prefix);
+        if let Some(previous) = &before.previous {
+            records.by_prefix.remove(&previous.prefix);
+        }
+        let previous = match grace_until {
+            Some(expires_at) => Some(PreviousKey {
+                prefix: before.prefix,
+                digest: before.digest,
+                expires_at,
+            }),
+            None => {
+                records.by_prefix.remove(&before.prefix);
+                None
+            }
+        };
         records.by_prefix.insert(prefix, id);
         let after = KeyRecord {
             prefix,
             digest,
             last_used_at: None,
+            previous,
             ..before.clone()
         };
         records.by_id.insert(id, after.clone());
         Ok(Some(Rotated { before, after }))
+    }
+
+    async fn update_policy(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        update: &PolicyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut records = self.records();
+        Ok(records.owned_mut(account, id).map(|record| {
+            if let Some(name) = &update.name {
+                record.name.clone_from(name);
+            }
+            if let Some(scopes) = &update.scopes {
+                record.scopes.clone_from(scopes);
+            }
+            if let Some(expires_at) = update.expires_at {
+                record.expires_at = expires_at;
+            }
+            record.clone()
+        }))
     }
 
     async fn delete(
@@ -160,6 +209,9 @@ impl KeyStore for MemoryStore {
         let removed = records.by_id.remove(&id);
         if let Some(record) = &removed {
             records.by_prefix.remove(&record.prefix);
+            if let Some(previous) = &record.previous {
+                records.by_prefix.remove(&previous.prefix);
+            }
             if let Some(ids) = records.by_account.get_mut(account) {
                 ids.retain(|kept| *kept != id);
                 if ids.is_empty() {

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::key::{KeyDigest, KeyPrefix};
+use crate::policy::{KeyName, PolicyUpdate, Scopes};
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -204,6 +205,74 @@ pub struct KeyRecord {
     pub created_at: SystemTime,
     /// When the key last authenticated a request, if ever since it was created or rotated.
     pub last_used_at: Option<SystemTime>,
+    /// The key's label.
+    pub name: Option<KeyName>,
+    /// The scopes the key is restricted to; `None` is unrestricted.
+    pub scopes: Option<Scopes>,
+    /// When the key stops authenticating, if it does.
+    pub expires_at: Option<SystemTime>,
+    /// The key string a rotation with a grace period replaced, while it may still be in its
+    /// grace period (check [`PreviousKey::expires_at`]).
+    pub previous: Option<PreviousKey>,
+}
+
+impl KeyRecord {
+    /// A new active key with no name, no scopes, no expiry and no previous key.
+    pub fn new(
+        id: KeyId,
+        account_id: AccountId,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+        created_at: SystemTime,
+    ) -> Self {
+        Self {
+            id,
+            account_id,
+            prefix,
+            digest,
+            status: KeyStatus::Active,
+            created_at,
+            last_used_at: None,
+            name: None,
+            scopes: None,
+            expires_at: None,
+            previous: None,
+        }
+    }
+
+    /// The previous key, if its grace period has not ended at `now`.
+    pub fn grace_key(&self, now: SystemTime) -> Option<&PreviousKey> {
+        self.previous
+            .as_ref()
+            .filter(|previous| previous.expires_at > now)
+    }
+
+    /// The digests a change to this record must invalidate: the current key's and, if there
+    /// is one, the previous key's.
+    pub fn digests(&self) -> impl Iterator<Item = KeyDigest> + '_ {
+        std::iter::once(self.digest).chain(self.previous.as_ref().map(|p| p.digest))
+    }
+}
+
+/// The key string a rotation with a grace period replaced: it keeps authenticating, with the
+/// record's status, scopes and expiry, until `expires_at`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviousKey {
+    /// The replaced key's prefix. Reserved like a current prefix while it is kept.
+    pub prefix: KeyPrefix,
+    /// The replaced key's digest.
+    pub digest: KeyDigest,
+    /// When its grace period ends.
+    pub expires_at: SystemTime,
+}
+
+impl fmt::Debug for PreviousKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreviousKey")
+            .field("prefix", &self.prefix)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for KeyRecord {
@@ -215,6 +284,10 @@ impl fmt::Debug for KeyRecord {
             .field("status", &self.status)
             .field("created_at", &self.created_at)
             .field("last_used_at", &self.last_used_at)
+            .field("name", &self.name)
+            .field("scopes", &self.scopes)
+            .field("expires_at", &self.expires_at)
+            .field("previous", &self.previous)
             .finish_non_exhaustive()
     }
 }
@@ -282,7 +355,7 @@ impl std::error::Error for StoreError {
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// Inserts `record` unless its account already holds `limit` keys (active or inactive)
-    /// or its prefix is taken. The count and the insert are one atomic step, so concurrent
+    /// or its prefix is taken (as another key's current or previous prefix). The count and the insert are one atomic step, so concurrent
     /// inserts can't exceed the limit.
     ///
     /// # Errors
@@ -290,7 +363,8 @@ pub trait KeyStore: Send + Sync + 'static {
     /// [`StoreError::LimitReached`], [`StoreError::PrefixTaken`], or a backend failure.
     async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError>;
 
-    /// The record whose current prefix is `prefix`.
+    /// The record whose current prefix, or previous prefix (see [`KeyRecord::previous`]), is
+    /// `prefix`. Prefixes are unique across both, so there is at most one.
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError>;
 
     /// One key of an account.
@@ -307,19 +381,32 @@ pub trait KeyStore: Send + Sync + 'static {
         status: KeyStatus,
     ) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Gives a key a new prefix and digest and clears `last_used_at`, keeping id, status and
-    /// `created_at`. Returns the record as it was before and as it is now.
+    /// Gives a key a new prefix and digest and clears `last_used_at`, keeping id, status,
+    /// `created_at`, name, scopes and expiry. With `grace_until`, the replaced prefix and
+    /// digest become the record's [`previous`](KeyRecord::previous) key until that instant;
+    /// without, any previous key is dropped. Returns the record as it was before and as it
+    /// is now.
     ///
     /// # Errors
     ///
-    /// [`StoreError::PrefixTaken`] if `prefix` belongs to another key; nothing changes then.
+    /// [`StoreError::PrefixTaken`] if `prefix` is another key's current or previous prefix;
+    /// nothing changes then.
     async fn replace_key(
         &self,
         account: &AccountId,
         id: KeyId,
         prefix: KeyPrefix,
         digest: KeyDigest,
+        grace_until: Option<SystemTime>,
     ) -> Result<Option<Rotated>, StoreError>;
+
+    /// Applies `update` to a key's name, scopes and expiry and returns the updated record.
+    async fn update_policy(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        update: &PolicyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Deletes a key and returns the record it had.
     async fn delete(&self, account: &AccountId, id: KeyId)
@@ -367,8 +454,19 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         id: KeyId,
         prefix: KeyPrefix,
         digest: KeyDigest,
+        grace_until: Option<SystemTime>,
     ) -> Result<Option<Rotated>, StoreError> {
-        (**self).replace_key(account, id, prefix, digest).await
+        (**self)
+            .replace_key(account, id, prefix, digest, grace_until)
+            .await
+    }
+    async fn update_policy(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        update: &PolicyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        (**self).update_policy(account, id, update).await
     }
     async fn delete(
         &self,

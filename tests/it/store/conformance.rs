@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::support::account;
 use tower_api_key::store::KeyUse;
 use tower_api_key::{
-    ApiKey, KeyId, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, StoreError,
+    ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, PolicyUpdate,
+    PreviousKey, Scopes, StoreError,
 };
 
 /// A whole-microsecond time, as every store keeps.
@@ -19,15 +20,13 @@ fn at(micros: u64) -> SystemTime {
 
 fn new_record(account_name: &str) -> (KeyRecord, ApiKey) {
     let key = ApiKey::generate().expect("randomness");
-    let record = KeyRecord {
-        id: KeyId::random(),
-        account_id: account(account_name),
-        prefix: key.prefix(),
-        digest: Pepper::from_bytes([1; 32]).digest(&key),
-        status: KeyStatus::Active,
-        created_at: at(0),
-        last_used_at: None,
-    };
+    let record = KeyRecord::new(
+        KeyId::random(),
+        account(account_name),
+        key.prefix(),
+        Pepper::from_bytes([1; 32]).digest(&key),
+        at(0),
+    );
     (record, key)
 }
 
@@ -165,7 +164,13 @@ async fn replace_key_swaps_prefix_and_digest_and_clears_last_used(store: Arc<dyn
         .expect("insert");
     let (fresh, _) = new_record("acme");
     let rotated = store
-        .replace_key(&account("acme"), record.id, fresh.prefix, fresh.digest)
+        .replace_key(
+            &account("acme"),
+            record.id,
+            fresh.prefix,
+            fresh.digest,
+            None,
+        )
         .await
         .expect("replace")
         .expect("found");
@@ -189,7 +194,13 @@ async fn replace_key_swaps_prefix_and_digest_and_clears_last_used(store: Arc<dyn
     );
     assert_eq!(
         store
-            .replace_key(&account("other"), record.id, record.prefix, record.digest)
+            .replace_key(
+                &account("other"),
+                record.id,
+                record.prefix,
+                record.digest,
+                None
+            )
             .await
             .expect("replace"),
         None
@@ -208,7 +219,7 @@ async fn replace_key_refuses_a_taken_prefix(store: Arc<dyn KeyStore>) {
         .await
         .expect("insert");
     let err = store
-        .replace_key(&account("acme"), a.id, b.prefix, b.digest)
+        .replace_key(&account("acme"), a.id, b.prefix, b.digest, None)
         .await
         .expect_err("taken");
     assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
@@ -302,7 +313,13 @@ async fn last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key(store: A
         .expect("insert");
     let (fresh, _) = new_record("acme");
     store
-        .replace_key(&account("acme"), record.id, fresh.prefix, fresh.digest)
+        .replace_key(
+            &account("acme"),
+            record.id,
+            fresh.prefix,
+            fresh.digest,
+            None,
+        )
         .await
         .expect("replace");
     let stale = KeyUse {
@@ -321,6 +338,288 @@ async fn last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key(store: A
         .expect("use");
     let now = store.get(&account("acme"), record.id).await.expect("get");
     assert_eq!(now.expect("found").last_used_at, None);
+}
+
+/// A record with every optional field set, as the policy features write them.
+fn full_record(account_name: &str) -> KeyRecord {
+    let (mut record, _) = new_record(account_name);
+    record.name = Some(KeyName::new("production ✓ «east»").expect("name"));
+    record.scopes = Some(Scopes::new(["write", "read", "deploy:staging"]).expect("scopes"));
+    record.expires_at = Some(at(1_000_000));
+    record.last_used_at = Some(at(7));
+    record
+}
+
+async fn policy_fields_round_trip(store: Arc<dyn KeyStore>) {
+    let record = full_record("acme");
+    let mut empty_scopes = new_record("acme").0;
+    empty_scopes.scopes = Some(Scopes::new(Vec::<&str>::new()).expect("empty"));
+    for record in [&record, &empty_scopes] {
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.get(&account("acme"), record.id).await.expect("get"),
+            Some(record.clone())
+        );
+        assert_eq!(
+            store.find_by_prefix(&record.prefix).await.expect("find"),
+            Some(record.clone())
+        );
+    }
+    assert_eq!(
+        store.list(&account("acme")).await.expect("list"),
+        [record, empty_scopes]
+    );
+}
+
+async fn update_policy_sets_and_clears_each_field_alone(store: Arc<dyn KeyStore>) {
+    let record = full_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let update = |u: PolicyUpdate| {
+        let store = store.clone();
+        let id = record.id;
+        async move {
+            store
+                .update_policy(&account("acme"), id, &u)
+                .await
+                .expect("update")
+                .expect("found")
+        }
+    };
+    let mut expected = record.clone();
+    assert_eq!(update(PolicyUpdate::new()).await, expected);
+
+    expected.name = None;
+    assert_eq!(update(PolicyUpdate::new().name(None)).await, expected);
+    expected.scopes = None;
+    assert_eq!(update(PolicyUpdate::new().scopes(None)).await, expected);
+    expected.expires_at = None;
+    assert_eq!(update(PolicyUpdate::new().expires_at(None)).await, expected);
+
+    expected.name = Some(KeyName::new("CI").expect("name"));
+    expected.scopes = Some(Scopes::new(["read"]).expect("scopes"));
+    expected.expires_at = Some(at(5));
+    let all = PolicyUpdate::new()
+        .name(expected.name.clone())
+        .scopes(expected.scopes.clone())
+        .expires_at(expected.expires_at);
+    assert_eq!(update(all).await, expected);
+    assert_eq!(
+        store.get(&account("acme"), record.id).await.expect("get"),
+        Some(expected)
+    );
+    for (owner, id) in [("other", record.id), ("acme", KeyId::random())] {
+        let missing = store
+            .update_policy(&account(owner), id, &PolicyUpdate::new().name(None))
+            .await
+            .expect("update");
+        assert_eq!(missing, None, "{owner} {id}");
+    }
+}
+
+async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn KeyStore>) {
+    let record = full_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let (second, _) = new_record("acme");
+    let rotated = store
+        .replace_key(
+            &account("acme"),
+            record.id,
+            second.prefix,
+            second.digest,
+            Some(at(60)),
+        )
+        .await
+        .expect("replace")
+        .expect("found");
+    let expected = KeyRecord {
+        prefix: second.prefix,
+        digest: second.digest,
+        last_used_at: None,
+        previous: Some(PreviousKey {
+            prefix: record.prefix,
+            digest: record.digest,
+            expires_at: at(60),
+        }),
+        ..record.clone()
+    };
+    assert_eq!(rotated.after, expected);
+    for prefix in [record.prefix, second.prefix] {
+        assert_eq!(
+            store.find_by_prefix(&prefix).await.expect("find"),
+            Some(expected.clone()),
+            "{prefix}"
+        );
+    }
+
+    // Rotating again with grace: the second key becomes the previous one, the first is gone.
+    let (third, _) = new_record("acme");
+    let again = store
+        .replace_key(
+            &account("acme"),
+            record.id,
+            third.prefix,
+            third.digest,
+            Some(at(90)),
+        )
+        .await
+        .expect("replace")
+        .expect("found");
+    assert_eq!(again.before, expected);
+    assert_eq!(
+        again.after.previous,
+        Some(PreviousKey {
+            prefix: second.prefix,
+            digest: second.digest,
+            expires_at: at(90),
+        })
+    );
+    assert_eq!(
+        store.find_by_prefix(&record.prefix).await.expect("find"),
+        None
+    );
+
+    // Without grace, the previous key is dropped too.
+    let (fourth, _) = new_record("acme");
+    let plain = store
+        .replace_key(
+            &account("acme"),
+            record.id,
+            fourth.prefix,
+            fourth.digest,
+            None,
+        )
+        .await
+        .expect("replace")
+        .expect("found");
+    assert_eq!(plain.after.previous, None);
+    for gone in [second.prefix, third.prefix] {
+        assert_eq!(
+            store.find_by_prefix(&gone).await.expect("find"),
+            None,
+            "{gone}"
+        );
+    }
+    assert_eq!(
+        store.get(&account("acme"), record.id).await.expect("get"),
+        Some(plain.after)
+    );
+}
+
+async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore>) {
+    let (a, _) = new_record("acme");
+    let (b, _) = new_record("acme");
+    store
+        .insert_within_limit(a.clone(), 3)
+        .await
+        .expect("insert");
+    store
+        .insert_within_limit(b.clone(), 3)
+        .await
+        .expect("insert");
+    let (fresh, _) = new_record("acme");
+    store
+        .replace_key(
+            &account("acme"),
+            a.id,
+            fresh.prefix,
+            fresh.digest,
+            Some(at(60)),
+        )
+        .await
+        .expect("replace")
+        .expect("found");
+    // a's old prefix is now its previous prefix: still taken, for inserts and rotations.
+    let mut clash = new_record("other").0;
+    clash.prefix = a.prefix;
+    let err = store
+        .insert_within_limit(clash, 3)
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
+    let err = store
+        .replace_key(&account("acme"), b.id, a.prefix, a.digest, None)
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
+    assert_eq!(
+        store.get(&account("acme"), b.id).await.expect("get"),
+        Some(b)
+    );
+}
+
+async fn delete_frees_the_previous_prefix(store: Arc<dyn KeyStore>) {
+    let (a, _) = new_record("acme");
+    store
+        .insert_within_limit(a.clone(), 3)
+        .await
+        .expect("insert");
+    let (fresh, _) = new_record("acme");
+    store
+        .replace_key(
+            &account("acme"),
+            a.id,
+            fresh.prefix,
+            fresh.digest,
+            Some(at(60)),
+        )
+        .await
+        .expect("replace")
+        .expect("found");
+    let removed = store.delete(&account("acme"), a.id).await.expect("delete");
+    assert_eq!(
+        removed.and_then(|r| r.previous).map(|p| p.prefix),
+        Some(a.prefix)
+    );
+    assert_eq!(store.find_by_prefix(&a.prefix).await.expect("find"), None);
+    let mut reuse = new_record("other").0;
+    reuse.prefix = a.prefix;
+    store
+        .insert_within_limit(reuse, 3)
+        .await
+        .expect("prefix is free again");
+}
+
+async fn status_and_last_used_changes_keep_the_policy(store: Arc<dyn KeyStore>) {
+    let record = full_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    store
+        .set_status(&account("acme"), record.id, KeyStatus::Inactive)
+        .await
+        .expect("set")
+        .expect("found");
+    store
+        .record_last_used(&[KeyUse {
+            id: record.id,
+            prefix: record.prefix,
+            at: at(99),
+        }])
+        .await
+        .expect("use");
+    let now = store
+        .get(&account("acme"), record.id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(
+        now,
+        KeyRecord {
+            status: KeyStatus::Inactive,
+            last_used_at: Some(at(99)),
+            ..record
+        }
+    );
 }
 
 async fn concurrent_inserts_respect_the_limit(store: Arc<dyn KeyStore>) {
@@ -360,6 +659,12 @@ macro_rules! conformance {
                 last_used_only_moves_forward,
                 last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key,
                 concurrent_inserts_respect_the_limit,
+                policy_fields_round_trip,
+                update_policy_sets_and_clears_each_field_alone,
+                replace_key_with_grace_keeps_the_old_key_as_previous,
+                prefixes_are_unique_across_current_and_previous,
+                delete_frees_the_previous_prefix,
+                status_and_last_used_changes_keep_the_policy,
             );
         }
     };

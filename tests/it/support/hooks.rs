@@ -112,6 +112,7 @@ macro_rules! hooked_key_store {
                 id: tower_api_key::KeyId,
                 prefix: tower_api_key::KeyPrefix,
                 digest: tower_api_key::KeyDigest,
+                grace_until: Option<std::time::SystemTime>,
             ) -> Result<Option<tower_api_key::store::Rotated>, tower_api_key::StoreError> {
                 $crate::support::hooks::StoreHooks::before_write(self)?;
                 let applied = tower_api_key::KeyStore::replace_key(
@@ -120,6 +121,24 @@ macro_rules! hooked_key_store {
                     id,
                     prefix,
                     digest,
+                    grace_until,
+                )
+                .await;
+                $crate::support::hooks::StoreHooks::after_write(self).await?;
+                applied
+            }
+            async fn update_policy(
+                &self,
+                account: &tower_api_key::AccountId,
+                id: tower_api_key::KeyId,
+                update: &tower_api_key::PolicyUpdate,
+            ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                let applied = tower_api_key::KeyStore::update_policy(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                    id,
+                    update,
                 )
                 .await;
                 $crate::support::hooks::StoreHooks::after_write(self).await?;

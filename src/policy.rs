@@ -1,0 +1,489 @@
+//! What a key may do and for how long: its [`KeyName`], its [`Scopes`], its expiry, and the
+//! grace period of a rotation.
+//!
+//! A key created with no options is what every key was before these existed: no name,
+//! unrestricted (no scopes), never expires. [`KeyOptions`] sets them at creation,
+//! [`PolicyUpdate`] changes them later, and [`RotateOptions`] keeps the old key string working
+//! for a while after a rotation.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_api_key::policy::{KeyOptions, Scopes};
+//!
+//! let options = KeyOptions::new()
+//!     .name("CI".parse()?)
+//!     .scopes(Scopes::new(["read", "deploy:staging"])?)
+//!     .expires_in(Duration::from_secs(90 * 24 * 3600))?;
+//! # let _ = options;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+// ===== KeyName =====
+
+/// A key's label, such as `"CI"` or `"production"`: 1 to 64 characters, none of them a
+/// control character. Not secret; shown in listings.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyName(Arc<str>);
+
+impl KeyName {
+    /// Longest accepted name, in characters.
+    pub const MAX_CHARS: usize = 64;
+
+    /// Checks and wraps a name.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::InvalidName`] if `name` is empty, longer than 64 characters, or holds a
+    /// control character.
+    pub fn new(name: &str) -> Result<Self, PolicyError> {
+        let chars = name.chars().count();
+        if (1..=Self::MAX_CHARS).contains(&chars) && !name.chars().any(char::is_control) {
+            Ok(Self(Arc::from(name)))
+        } else {
+            Err(PolicyError::InvalidName)
+        }
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for KeyName {
+    type Err = PolicyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+// ===== Scopes =====
+
+/// The set of scopes a restricted key holds: at most 16, each matching
+/// `^[a-z0-9][a-z0-9:._-]{0,63}$`. Kept sorted and without duplicates.
+///
+/// A key without `Scopes` (`None`) is unrestricted. A key with scopes passes only routes whose
+/// required scope it lists (see [`RequireScopeLayer`](crate::RequireScopeLayer)); an empty
+/// set passes no scoped route at all.
+///
+/// ```
+/// use tower_api_key::policy::Scopes;
+///
+/// let scopes = Scopes::new(["write", "read", "read"])?;
+/// assert!(scopes.contains("read"));
+/// assert_eq!(scopes.iter().collect::<Vec<_>>(), ["read", "write"]);
+/// assert!(Scopes::new(["Read"]).is_err());
+/// # Ok::<(), tower_api_key::policy::PolicyError>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Scopes(Arc<[Box<str>]>);
+
+impl Scopes {
+    /// Most scopes one key may hold.
+    pub const MAX_SCOPES: usize = 16;
+    /// Longest accepted scope, in bytes.
+    pub const MAX_SCOPE_LEN: usize = 64;
+
+    /// Checks and collects scopes; duplicates count once.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::InvalidScope`] naming the first scope that doesn't match the pattern,
+    /// or [`PolicyError::TooManyScopes`] for more than 16 distinct scopes.
+    pub fn new<I, S>(scopes: I) -> Result<Self, PolicyError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut set = BTreeSet::new();
+        for scope in scopes {
+            let scope = scope.as_ref();
+            if !is_scope(scope) {
+                return Err(PolicyError::InvalidScope(truncated(scope)));
+            }
+            if !set.contains(scope) {
+                set.insert(Box::<str>::from(scope));
+            }
+            if set.len() > Self::MAX_SCOPES {
+                return Err(PolicyError::TooManyScopes);
+            }
+        }
+        Ok(Self(set.into_iter().collect()))
+    }
+
+    /// Whether `scope` is in the set.
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.binary_search_by(|held| (**held).cmp(scope)).is_ok()
+    }
+
+    /// The scopes, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.0.iter().map(|scope| &**scope)
+    }
+
+    /// How many scopes the set holds.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty (a key that passes no scoped route).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// `^[a-z0-9][a-z0-9:._-]{0,63}$`, without a regex engine.
+fn is_scope(scope: &str) -> bool {
+    let bytes = scope.as_bytes();
+    let tail = |b: &u8| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b':' | b'.' | b'_' | b'-');
+    match bytes.split_first() {
+        Some((first, rest)) => {
+            bytes.len() <= Scopes::MAX_SCOPE_LEN
+                && matches!(first, b'a'..=b'z' | b'0'..=b'9')
+                && rest.iter().all(tail)
+        }
+        None => false,
+    }
+}
+
+/// At most 80 characters of a refused input, for an error message.
+fn truncated(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+// ===== limits =====
+
+/// Longest expiry [`KeyOptions::expires_in`] accepts: 315,360,000 s (ten 365-day years).
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(315_360_000);
+
+/// Longest grace period a rotation may give the old key: 7 days.
+pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+// ===== KeyOptions =====
+
+/// How a new key is set up, for [`KeyManager::create_with`](crate::KeyManager::create_with).
+/// The default is a key with no name, no scopes and no expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyOptions {
+    /// The key's label.
+    pub name: Option<KeyName>,
+    /// The scopes it is restricted to; `None` is unrestricted.
+    pub scopes: Option<Scopes>,
+    /// The instant it stops authenticating.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl KeyOptions {
+    /// No name, no scopes, no expiry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Labels the key.
+    #[must_use]
+    pub fn name(mut self, name: KeyName) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// Restricts the key to `scopes`.
+    #[must_use]
+    pub fn scopes(mut self, scopes: Scopes) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
+    /// Makes the key expire at `at`, which must be in the future when the key is created.
+    #[must_use]
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Makes the key expire `after` from now: 1 s to [`MAX_EXPIRES_IN`].
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::ExpiryOutOfRange`] outside that range.
+    pub fn expires_in(mut self, after: Duration) -> Result<Self, PolicyError> {
+        if after < Duration::from_secs(1) || after > MAX_EXPIRES_IN {
+            return Err(PolicyError::ExpiryOutOfRange);
+        }
+        self.expires_at = Some(SystemTime::now() + after);
+        Ok(self)
+    }
+}
+
+// ===== PolicyUpdate =====
+
+/// Changes to a key's name, scopes and expiry, for
+/// [`KeyManager::update`](crate::KeyManager::update). Each field left `None` is kept;
+/// `Some(None)` clears it. Takes effect at once, like a revoke: narrowing scopes or bringing
+/// the expiry forward is a security action.
+///
+/// ```
+/// use tower_api_key::policy::{PolicyUpdate, Scopes};
+///
+/// // Make the key read-only and never expiring; keep its name.
+/// let update = PolicyUpdate::new()
+///     .scopes(Some(Scopes::new(["read"])?))
+///     .expires_at(None);
+/// # let _ = update;
+/// # Ok::<(), tower_api_key::policy::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyUpdate {
+    /// The new name, `Some(None)` to clear it.
+    pub name: Option<Option<KeyName>>,
+    /// The new scopes, `Some(None)` to make the key unrestricted.
+    pub scopes: Option<Option<Scopes>>,
+    /// The new expiry, `Some(None)` to make the key never expire. An instant in the past
+    /// expires the key at once; clearing or extending the expiry revives an expired key.
+    pub expires_at: Option<Option<SystemTime>>,
+}
+
+impl PolicyUpdate {
+    /// Changes nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets (`Some`) or clears (`None`) the name.
+    #[must_use]
+    pub fn name(mut self, name: Option<KeyName>) -> Self {
+        self.name = Some(name);
+        self
+    }
+
+    /// Sets (`Some`) or clears (`None`, unrestricted) the scopes.
+    #[must_use]
+    pub fn scopes(mut self, scopes: Option<Scopes>) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
+    /// Sets (`Some`) or clears (`None`) the expiry.
+    #[must_use]
+    pub fn expires_at(mut self, at: Option<SystemTime>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.scopes.is_none() && self.expires_at.is_none()
+    }
+}
+
+// ===== RotateOptions =====
+
+/// How a rotation treats the old key string, for
+/// [`KeyManager::rotate_with`](crate::KeyManager::rotate_with).
+///
+/// With no grace (the default) the old key is refused the moment the rotation returns. With
+/// a grace period the old key keeps working, with the key's scopes and expiry, until
+/// `now + grace`, so clients can switch over without a same-second deploy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RotateOptions {
+    /// How long the old key string stays valid (at most [`MAX_GRACE`]).
+    pub grace: Duration,
+}
+
+impl RotateOptions {
+    /// No grace: the old key is refused at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps the old key valid for `grace`, at most [`MAX_GRACE`].
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::GraceOutOfRange`] above 7 days.
+    pub fn grace(mut self, grace: Duration) -> Result<Self, PolicyError> {
+        if grace > MAX_GRACE {
+            return Err(PolicyError::GraceOutOfRange);
+        }
+        self.grace = grace;
+        Ok(self)
+    }
+}
+
+// ===== PolicyError =====
+
+/// A name, scope, expiry or grace period that the rules refuse. The messages quote at most
+/// the offending scope, never a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// A name is empty, longer than 64 characters, or holds a control character.
+    InvalidName,
+    /// A scope doesn't match `^[a-z0-9][a-z0-9:._-]{0,63}$`.
+    InvalidScope(String),
+    /// More than 16 distinct scopes.
+    TooManyScopes,
+    /// An expiry given as a duration is not within 1 s and 315,360,000 s.
+    ExpiryOutOfRange,
+    /// A new key's expiry is not in the future.
+    ExpiryInPast,
+    /// A grace period is longer than 7 days.
+    GraceOutOfRange,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidName => {
+                f.write_str("name must be 1 to 64 characters without control characters")
+            }
+            Self::InvalidScope(scope) => write!(
+                f,
+                "scope {scope:?} must match ^[a-z0-9][a-z0-9:._-]{{0,63}}$"
+            ),
+            Self::TooManyScopes => write!(f, "at most {} scopes", Scopes::MAX_SCOPES),
+            Self::ExpiryOutOfRange => write!(
+                f,
+                "expiry must be 1 to {} seconds away",
+                MAX_EXPIRES_IN.as_secs()
+            ),
+            Self::ExpiryInPast => f.write_str("expiry must be in the future"),
+            Self::GraceOutOfRange => {
+                write!(
+                    f,
+                    "grace period must be at most {} seconds",
+                    MAX_GRACE.as_secs()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+// ===== Scoped =====
+
+/// What scopes an account type holds, for [`RequireScopeLayer`](crate::RequireScopeLayer).
+///
+/// Implemented for [`KeyIdentity`](crate::KeyIdentity); implement it for your own
+/// [`Resolver::Account`](crate::Resolver::Account) to put scoped routes behind your own
+/// accounts.
+///
+/// ```
+/// use tower_api_key::policy::Scoped;
+///
+/// struct Customer {
+///     read_only: bool,
+/// }
+///
+/// impl Scoped for Customer {
+///     fn has_scope(&self, scope: &str) -> bool {
+///         !self.read_only || scope == "read"
+///     }
+/// }
+/// # assert!(Customer { read_only: true }.has_scope("read"));
+/// ```
+pub trait Scoped {
+    /// Whether this account may use a route that requires `scope`.
+    fn has_scope(&self, scope: &str) -> bool;
+}
+
+impl Scoped for Option<Scopes> {
+    fn has_scope(&self, scope: &str) -> bool {
+        self.as_ref().is_none_or(|scopes| scopes.contains(scope))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_to_sixty_four_characters_without_controls() {
+        assert!(KeyName::new("CI").is_ok());
+        assert!(KeyName::new(&"é".repeat(64)).is_ok());
+        for bad in ["", "a\nb", "tab\there", "\u{7f}", &"x".repeat(65)] {
+            assert_eq!(KeyName::new(bad), Err(PolicyError::InvalidName), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scopes_follow_the_pattern_and_the_count() {
+        for good in ["read", "0", "deploy:staging", "a.b_c-d", &"a".repeat(64)] {
+            assert!(is_scope(good), "{good:?}");
+        }
+        for bad in ["", "Read", ":read", "-x", "a b", "é", &"a".repeat(65)] {
+            assert!(!is_scope(bad), "{bad:?}");
+        }
+        let sixteen: Vec<String> = (0..16).map(|i| format!("s{i}")).collect();
+        assert_eq!(Scopes::new(&sixteen).map(|s| s.len()), Ok(16));
+        let mut seventeen = sixteen.clone();
+        seventeen.push("s16".into());
+        assert_eq!(Scopes::new(&seventeen), Err(PolicyError::TooManyScopes));
+        // Duplicates count once.
+        let twice: Vec<&str> = sixteen.iter().chain(&sixteen).map(String::as_str).collect();
+        assert_eq!(Scopes::new(twice).map(|s| s.len()), Ok(16));
+    }
+
+    #[test]
+    fn unrestricted_holds_every_scope_and_empty_holds_none() {
+        assert!(None::<Scopes>.has_scope("write"));
+        assert!(!Some(Scopes::default()).has_scope("write"));
+        let read = Scopes::new(["read"]).expect("valid");
+        assert!(Some(read.clone()).has_scope("read"));
+        assert!(!Some(read).has_scope("write"));
+    }
+
+    #[test]
+    fn limits_are_checked_at_the_edges() {
+        assert!(KeyOptions::new().expires_in(Duration::from_secs(1)).is_ok());
+        assert!(KeyOptions::new().expires_in(MAX_EXPIRES_IN).is_ok());
+        assert_eq!(
+            KeyOptions::new().expires_in(Duration::from_millis(999)),
+            Err(PolicyError::ExpiryOutOfRange)
+        );
+        assert_eq!(
+            KeyOptions::new().expires_in(MAX_EXPIRES_IN + Duration::from_secs(1)),
+            Err(PolicyError::ExpiryOutOfRange)
+        );
+        assert!(RotateOptions::new().grace(MAX_GRACE).is_ok());
+        assert_eq!(
+            RotateOptions::new().grace(MAX_GRACE + Duration::from_secs(1)),
+            Err(PolicyError::GraceOutOfRange)
+        );
+    }
+
+    #[test]
+    fn error_messages_quote_at_most_a_truncated_scope() {
+        let long = "X".repeat(500);
+        let text = Scopes::new([long.as_str()]).unwrap_err().to_string();
+        assert!(text.len() < 200, "{text}");
+    }
+}
