@@ -98,6 +98,68 @@ pub(crate) fn pending<'a>(
     Ok(pending)
 }
 
+/// What running the migrations needs to know about one database.
+pub(crate) trait Dialect {
+    /// The database.
+    type Database: sqlx::Database;
+
+    /// Creates the bookkeeping table, `tower_api_keys_migrations`, if it's missing. Its
+    /// definition never changes: databases migrated by earlier versions keep working.
+    const CREATE_BOOKKEEPING: &'static str;
+
+    /// Records an applied migration: binds its version, description and checksum; the
+    /// statement stamps the time itself.
+    const RECORD_APPLIED: &'static str;
+
+    /// Starts the transaction the migrations run in, holding from its start a lock that
+    /// keeps every other `migrate` on the database waiting until it ends; refuses a server
+    /// the schema doesn't support.
+    async fn begin_exclusive(
+        pool: &sqlx::Pool<Self::Database>,
+    ) -> Result<sqlx::Transaction<'static, Self::Database>, MigrateError>;
+}
+
+/// Applies the migrations of `shipped` that the database lacks, oldest first, in one
+/// exclusive transaction opened by `D`: safe to run at every start, from any number of
+/// processes at once, and all or nothing.
+pub(crate) async fn migrate<D: Dialect>(
+    pool: &sqlx::Pool<D::Database>,
+    shipped: &[Migration],
+) -> Result<(), MigrateError>
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+    for<'q> <D::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Database>,
+    for<'q> i64: sqlx::Encode<'q, D::Database> + sqlx::Type<D::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, D::Database> + sqlx::Type<D::Database>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, D::Database> + sqlx::Type<D::Database>,
+    for<'r> (i64, Vec<u8>): sqlx::FromRow<'r, <D::Database as sqlx::Database>::Row>,
+{
+    let mut tx = D::begin_exclusive(pool).await?;
+    // Through `Executor::execute`: `RawSql::execute`'s future isn't `Send` here.
+    sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(D::CREATE_BOOKKEEPING)).await?;
+    let applied: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+    for migration in pending(shipped, &applied)? {
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(migration.sql)).await?;
+        sqlx::query(D::RECORD_APPLIED)
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(migration.checksum())
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(
+            version = migration.version,
+            description = migration.description,
+            "applied migration"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 // ===== conversions =====
 
 /// Microseconds since the Unix epoch, the precision every store keeps.

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Executor as _, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
 use super::sql::{self, MigrateError, Migration, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
@@ -134,41 +134,7 @@ impl SqliteStore {
     /// [`MigrateError::Modified`] if a migration was applied with other text, or a database
     /// failure (then nothing changed).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        (&mut *tx)
-            .execute(sqlx::raw_sql(
-                "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
-                version       INTEGER NOT NULL PRIMARY KEY,
-                description   TEXT    NOT NULL,
-                checksum      BLOB    NOT NULL,
-                applied_at_us INTEGER NOT NULL
-            ) STRICT",
-            ))
-            .await?;
-        let applied: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
-                .fetch_all(&mut *tx)
-                .await?;
-        for migration in sql::pending(MIGRATIONS, &applied)? {
-            (&mut *tx).execute(sqlx::raw_sql(migration.sql)).await?;
-            sqlx::query(
-                "INSERT INTO tower_api_keys_migrations
-                 (version, description, checksum, applied_at_us) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(migration.version)
-            .bind(migration.description)
-            .bind(migration.checksum())
-            .bind(sql::to_micros(std::time::SystemTime::now()).unwrap_or(0))
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(
-                version = migration.version,
-                description = migration.description,
-                "applied migration"
-            );
-        }
-        tx.commit().await?;
-        Ok(())
+        sql::migrate::<Self>(&self.pool, MIGRATIONS).await
     }
 
     /// A transaction that holds the write lock from its start, so that what it reads can't
@@ -178,6 +144,31 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::unavailable)
+    }
+}
+
+/// `BEGIN IMMEDIATE` takes the database's write lock at once, so a second `migrate` waits
+/// (up to the busy timeout) instead of reading the bookkeeping table in between.
+impl sql::Dialect for SqliteStore {
+    type Database = Sqlite;
+
+    const CREATE_BOOKKEEPING: &'static str =
+        "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+                version       INTEGER NOT NULL PRIMARY KEY,
+                description   TEXT    NOT NULL,
+                checksum      BLOB    NOT NULL,
+                applied_at_us INTEGER NOT NULL
+            ) STRICT";
+
+    // The bundled SQLite (3.46) has `unixepoch`'s `subsec` (3.42 on): millisecond precision.
+    const RECORD_APPLIED: &'static str = "INSERT INTO tower_api_keys_migrations
+        (version, description, checksum, applied_at_us)
+        VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000000 AS INTEGER))";
+
+    async fn begin_exclusive(
+        pool: &SqlitePool,
+    ) -> Result<Transaction<'static, Sqlite>, MigrateError> {
+        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 

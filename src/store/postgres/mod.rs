@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection as _, Executor as _, Postgres, Transaction};
+use sqlx::{Connection as _, Postgres, Transaction};
 
 use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
@@ -153,7 +153,35 @@ impl PostgresStore {
     /// [`MigrateError::UnsupportedServer`] before PostgreSQL 14, or a database failure (then
     /// nothing changed).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
-        let mut tx = self.pool.begin().await?;
+        sql::migrate::<Self>(&self.pool, MIGRATIONS).await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(StoreError::unavailable)
+    }
+}
+
+/// A plain transaction under a transaction advisory lock, which waits for any other
+/// `migrate` on the database to end.
+impl sql::Dialect for PostgresStore {
+    type Database = Postgres;
+
+    const CREATE_BOOKKEEPING: &'static str =
+        "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+                version     bigint      PRIMARY KEY,
+                description text        NOT NULL,
+                checksum    bytea       NOT NULL,
+                applied_at  timestamptz NOT NULL DEFAULT now()
+            )";
+
+    const RECORD_APPLIED: &'static str =
+        "INSERT INTO tower_api_keys_migrations (version, description, checksum)
+         VALUES ($1, $2, $3)";
+
+    async fn begin_exclusive(
+        pool: &PgPool,
+    ) -> Result<Transaction<'static, Postgres>, MigrateError> {
+        let mut tx = pool.begin().await?;
         let version: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
             .fetch_one(&mut *tx)
             .await?;
@@ -166,43 +194,7 @@ impl PostgresStore {
             .bind(LOCK_CLASS_MIGRATE)
             .execute(&mut *tx)
             .await?;
-        (&mut *tx)
-            .execute(sqlx::raw_sql(
-                "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
-                version     bigint      PRIMARY KEY,
-                description text        NOT NULL,
-                checksum    bytea       NOT NULL,
-                applied_at  timestamptz NOT NULL DEFAULT now()
-            )",
-            ))
-            .await?;
-        let applied: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
-                .fetch_all(&mut *tx)
-                .await?;
-        for migration in sql::pending(MIGRATIONS, &applied)? {
-            (&mut *tx).execute(sqlx::raw_sql(migration.sql)).await?;
-            sqlx::query(
-                "INSERT INTO tower_api_keys_migrations (version, description, checksum)
-                 VALUES ($1, $2, $3)",
-            )
-            .bind(migration.version)
-            .bind(migration.description)
-            .bind(migration.checksum())
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(
-                version = migration.version,
-                description = migration.description,
-                "applied migration"
-            );
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(StoreError::unavailable)
+        Ok(tx)
     }
 }
 
