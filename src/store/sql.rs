@@ -4,6 +4,9 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "postgres")]
+use sqlx::types::time::OffsetDateTime;
+
 use super::{AccountId, KeyRecord, KeyStatus, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 
@@ -95,6 +98,68 @@ pub(crate) fn pending<'a>(
     Ok(pending)
 }
 
+/// What running the migrations needs to know about one database.
+pub(crate) trait Dialect {
+    /// The database.
+    type Database: sqlx::Database;
+
+    /// Creates the bookkeeping table, `tower_api_keys_migrations`, if it's missing. Its
+    /// definition never changes: databases migrated by earlier versions keep working.
+    const CREATE_BOOKKEEPING: &'static str;
+
+    /// Records an applied migration: binds its version, description and checksum; the
+    /// statement stamps the time itself.
+    const RECORD_APPLIED: &'static str;
+
+    /// Starts the transaction the migrations run in, holding from its start a lock that
+    /// keeps every other `migrate` on the database waiting until it ends; refuses a server
+    /// the schema doesn't support.
+    async fn begin_exclusive(
+        pool: &sqlx::Pool<Self::Database>,
+    ) -> Result<sqlx::Transaction<'static, Self::Database>, MigrateError>;
+}
+
+/// Applies the migrations of `shipped` that the database lacks, oldest first, in one
+/// exclusive transaction opened by `D`: safe to run at every start, from any number of
+/// processes at once, and all or nothing.
+pub(crate) async fn migrate<D: Dialect>(
+    pool: &sqlx::Pool<D::Database>,
+    shipped: &[Migration],
+) -> Result<(), MigrateError>
+where
+    for<'c> &'c mut <D::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = D::Database>,
+    for<'q> <D::Database as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, D::Database>,
+    for<'q> i64: sqlx::Encode<'q, D::Database> + sqlx::Type<D::Database>,
+    for<'q> &'q str: sqlx::Encode<'q, D::Database> + sqlx::Type<D::Database>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, D::Database> + sqlx::Type<D::Database>,
+    for<'r> (i64, Vec<u8>): sqlx::FromRow<'r, <D::Database as sqlx::Database>::Row>,
+{
+    let mut tx = D::begin_exclusive(pool).await?;
+    // Through `Executor::execute`: `RawSql::execute`'s future isn't `Send` here.
+    sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(D::CREATE_BOOKKEEPING)).await?;
+    let applied: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
+            .fetch_all(&mut *tx)
+            .await?;
+    for migration in pending(shipped, &applied)? {
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(migration.sql)).await?;
+        sqlx::query(D::RECORD_APPLIED)
+            .bind(migration.version)
+            .bind(migration.description)
+            .bind(migration.checksum())
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(
+            version = migration.version,
+            description = migration.description,
+            "applied migration"
+        );
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 // ===== conversions =====
 
 /// Microseconds since the Unix epoch, the precision every store keeps.
@@ -117,23 +182,116 @@ pub(crate) fn from_micros(micros: i64) -> SystemTime {
     }
 }
 
-/// A record's columns as the database keeps them, checked on the way back in.
-pub(crate) struct RawRecord {
-    pub(crate) id: uuid::Uuid,
-    pub(crate) account_id: String,
-    pub(crate) prefix: String,
-    pub(crate) digest: Vec<u8>,
-    pub(crate) status: String,
-    pub(crate) created_at_us: i64,
-    pub(crate) last_used_at_us: Option<i64>,
+/// A PostgreSQL `timestamptz` as a time, exactly: both hold whole microseconds.
+#[cfg(feature = "postgres")]
+pub(crate) fn to_timestamp(time: SystemTime) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(to_micros(time)?) * 1000)
+        .map_err(|_| StoreError::unavailable("timestamp out of range"))
 }
 
-impl RawRecord {
+#[cfg(feature = "postgres")]
+pub(crate) fn from_timestamp(timestamp: OffsetDateTime) -> Result<SystemTime, StoreError> {
+    i64::try_from(timestamp.unix_timestamp_nanos() / 1000)
+        .map(from_micros)
+        .map_err(|_| StoreError::unavailable("timestamp out of range"))
+}
+
+/// A `timestamptz` column read through sqlx's `time` support, which panics on a value
+/// outside the `time` crate's years -9999 to 9999 (`infinity`, say, in a row edited by hand):
+/// such a value is a decoding error here, like any other unreadable column.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PgTimestamp(pub(crate) OffsetDateTime);
+
+#[cfg(feature = "postgres")]
+impl sqlx::Type<sqlx::Postgres> for PgTimestamp {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <OffsetDateTime as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <OffsetDateTime as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PgTimestamp {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        /// PostgreSQL's epoch, 2000-01-01, in microseconds since the Unix epoch.
+        const PG_EPOCH_US: i128 = 946_684_800_000_000;
+        if value.format() == sqlx::postgres::PgValueFormat::Binary {
+            // Microseconds since PostgreSQL's epoch; sqlx would add them unchecked.
+            let micros: i64 = sqlx::Decode::<sqlx::Postgres>::decode(value.clone())?;
+            OffsetDateTime::from_unix_timestamp_nanos((PG_EPOCH_US + i128::from(micros)) * 1000)?;
+        }
+        <OffsetDateTime as sqlx::Decode<sqlx::Postgres>>::decode(value).map(Self)
+    }
+}
+
+/// A time column as a store keeps it.
+pub(crate) trait StoredTime {
+    /// The time it stands for, or `None` if no `SystemTime` can hold it.
+    fn into_time(self) -> Option<SystemTime>;
+}
+
+/// SQLite: integer microseconds since the Unix epoch.
+impl StoredTime for i64 {
+    fn into_time(self) -> Option<SystemTime> {
+        Some(from_micros(self))
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl StoredTime for PgTimestamp {
+    fn into_time(self) -> Option<SystemTime> {
+        from_timestamp(self.0).ok()
+    }
+}
+
+/// A record's columns as the database keeps them (the id as `Id`, times as `Time`), checked
+/// on the way back in. Read with `query_as` from the columns `id`, `account_id`, `prefix`,
+/// `digest`, `status`, `created_at` and `last_used_at`.
+pub(crate) struct RawRecord<Id, Time> {
+    id: Id,
+    account_id: String,
+    prefix: String,
+    digest: Vec<u8>,
+    status: String,
+    created_at: Time,
+    last_used_at: Option<Time>,
+}
+
+/// Written once for every database whose driver decodes the column types: the per-database
+/// part is only which `Id` and `Time` a store names.
+impl<'r, R, Id, Time> sqlx::FromRow<'r, R> for RawRecord<Id, Time>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    Id: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Time: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            account_id: row.try_get("account_id")?,
+            prefix: row.try_get("prefix")?,
+            digest: row.try_get("digest")?,
+            status: row.try_get("status")?,
+            created_at: row.try_get("created_at")?,
+            last_used_at: row.try_get("last_used_at")?,
+        })
+    }
+}
+
+impl<Id: Into<uuid::Uuid>, Time: StoredTime> RawRecord<Id, Time> {
     /// The record, or an error naming the column that isn't what the store writes (a row
     /// edited by hand): a fault, never a silently wrong answer.
     pub(crate) fn into_record(self) -> Result<KeyRecord, StoreError> {
+        let id: uuid::Uuid = self.id.into();
         let corrupt = |column: &str| {
-            StoreError::unavailable(format!("stored key {} has an invalid {column}", self.id))
+            StoreError::unavailable(format!("stored key {id} has an invalid {column}"))
         };
         let account_id = AccountId::new(&self.account_id).map_err(|_| corrupt("account_id"))?;
         let prefix: KeyPrefix = self.prefix.parse().map_err(|_| corrupt("prefix"))?;
@@ -147,14 +305,22 @@ impl RawRecord {
             "inactive" => KeyStatus::Inactive,
             _ => return Err(corrupt("status")),
         };
+        let created_at = self
+            .created_at
+            .into_time()
+            .ok_or_else(|| corrupt("created_at"))?;
+        let last_used_at = match self.last_used_at {
+            Some(at) => Some(at.into_time().ok_or_else(|| corrupt("last_used_at"))?),
+            None => None,
+        };
         Ok(KeyRecord {
-            id: super::KeyId::from_uuid(self.id),
+            id: super::KeyId::from_uuid(id),
             account_id,
             prefix,
             digest: KeyDigest::from_bytes(digest),
             status,
-            created_at: from_micros(self.created_at_us),
-            last_used_at: self.last_used_at_us.map(from_micros),
+            created_at,
+            last_used_at,
         })
     }
 }
@@ -176,11 +342,35 @@ pub(crate) fn store_error(err: sqlx::Error, prefix_constraint: &str) -> StoreErr
 mod tests {
     use super::*;
 
+    const MICROS: [i64; 5] = [0, 1, -1, 1_700_000_000_123_456, -62_135_596_800_000_000];
+
     #[test]
     fn micros_round_trip_on_both_sides_of_the_epoch() {
-        for micros in [0, 1, -1, 1_700_000_000_123_456, -62_135_596_800_000_000] {
+        for micros in MICROS {
             assert_eq!(to_micros(from_micros(micros)).expect("in range"), micros);
         }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn timestamps_round_trip_on_both_sides_of_the_epoch() {
+        for micros in MICROS {
+            let time = from_micros(micros);
+            let timestamp = to_timestamp(time).expect("in range");
+            assert_eq!(timestamp.unix_timestamp_nanos(), i128::from(micros) * 1000);
+            assert_eq!(from_timestamp(timestamp).expect("in range"), time);
+        }
+        // Below a microsecond is cut off, toward the epoch, as `to_micros` does.
+        let late = UNIX_EPOCH + Duration::from_nanos(1_999);
+        assert_eq!(
+            from_timestamp(to_timestamp(late).expect("in range")).expect("back"),
+            from_micros(1)
+        );
+        let early = UNIX_EPOCH - Duration::from_nanos(1_999);
+        assert_eq!(
+            from_timestamp(to_timestamp(early).expect("in range")).expect("back"),
+            from_micros(-1)
+        );
     }
 
     #[test]

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Executor as _, Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
 use super::sql::{self, MigrateError, Migration, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
@@ -24,12 +23,24 @@ const MIGRATIONS: &[Migration] = &[Migration {
     sql: include_str!("../../migrations/sqlite/0001_tower_api_keys.sql"),
 }];
 
+/// A row as stored: the id as hyphenated text, times as integer microseconds.
+type Row = RawRecord<uuid::fmt::Hyphenated, i64>;
+
+/// A whole record's columns, under the names [`RawRecord`] reads (a macro, for `concat!`).
+macro_rules! columns {
+    () => {
+        "id, account_id, prefix, digest, status, \
+         created_at_us AS created_at, last_used_at_us AS last_used_at"
+    };
+}
+
 /// A `SELECT` of whole records with the given `WHERE` clause.
 macro_rules! select_where {
     ($condition:literal) => {
         concat!(
-            "SELECT id, account_id, prefix, digest, status, created_at_us, last_used_at_us ",
-            "FROM tower_api_keys WHERE ",
+            "SELECT ",
+            columns!(),
+            " FROM tower_api_keys WHERE ",
             $condition
         )
     };
@@ -123,41 +134,7 @@ impl SqliteStore {
     /// [`MigrateError::Modified`] if a migration was applied with other text, or a database
     /// failure (then nothing changed).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        (&mut *tx)
-            .execute(sqlx::raw_sql(
-                "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
-                version       INTEGER NOT NULL PRIMARY KEY,
-                description   TEXT    NOT NULL,
-                checksum      BLOB    NOT NULL,
-                applied_at_us INTEGER NOT NULL
-            ) STRICT",
-            ))
-            .await?;
-        let applied: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
-                .fetch_all(&mut *tx)
-                .await?;
-        for migration in sql::pending(MIGRATIONS, &applied)? {
-            (&mut *tx).execute(sqlx::raw_sql(migration.sql)).await?;
-            sqlx::query(
-                "INSERT INTO tower_api_keys_migrations
-                 (version, description, checksum, applied_at_us) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(migration.version)
-            .bind(migration.description)
-            .bind(migration.checksum())
-            .bind(sql::to_micros(std::time::SystemTime::now()).unwrap_or(0))
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(
-                version = migration.version,
-                description = migration.description,
-                "applied migration"
-            );
-        }
-        tx.commit().await?;
-        Ok(())
+        sql::migrate::<Self>(&self.pool, MIGRATIONS).await
     }
 
     /// A transaction that holds the write lock from its start, so that what it reads can't
@@ -170,27 +147,29 @@ impl SqliteStore {
     }
 }
 
-fn record(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-    let id: String = row.try_get("id").map_err(StoreError::unavailable)?;
-    let raw = RawRecord {
-        id: uuid::Uuid::parse_str(&id)
-            .map_err(|_| StoreError::unavailable(format!("stored key id {id:?} is no uuid")))?,
-        account_id: row.try_get("account_id").map_err(StoreError::unavailable)?,
-        prefix: row.try_get("prefix").map_err(StoreError::unavailable)?,
-        digest: row.try_get("digest").map_err(StoreError::unavailable)?,
-        status: row.try_get("status").map_err(StoreError::unavailable)?,
-        created_at_us: row
-            .try_get("created_at_us")
-            .map_err(StoreError::unavailable)?,
-        last_used_at_us: row
-            .try_get("last_used_at_us")
-            .map_err(StoreError::unavailable)?,
-    };
-    raw.into_record()
-}
+/// `BEGIN IMMEDIATE` takes the database's write lock at once, so a second `migrate` waits
+/// (up to the busy timeout) instead of reading the bookkeeping table in between.
+impl sql::Dialect for SqliteStore {
+    type Database = Sqlite;
 
-fn one(row: Option<SqliteRow>) -> Result<Option<KeyRecord>, StoreError> {
-    row.as_ref().map(record).transpose()
+    const CREATE_BOOKKEEPING: &'static str =
+        "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+                version       INTEGER NOT NULL PRIMARY KEY,
+                description   TEXT    NOT NULL,
+                checksum      BLOB    NOT NULL,
+                applied_at_us INTEGER NOT NULL
+            ) STRICT";
+
+    // The bundled SQLite (3.46) has `unixepoch`'s `subsec` (3.42 on): millisecond precision.
+    const RECORD_APPLIED: &'static str = "INSERT INTO tower_api_keys_migrations
+        (version, description, checksum, applied_at_us)
+        VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000000 AS INTEGER))";
+
+    async fn begin_exclusive(
+        pool: &SqlitePool,
+    ) -> Result<Transaction<'static, Sqlite>, MigrateError> {
+        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 fn failed(err: sqlx::Error) -> StoreError {
@@ -225,33 +204,33 @@ impl KeyStore for SqliteStore {
     }
 
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(select_where!("prefix = ?1"))
+        let row = sqlx::query_as::<_, Row>(select_where!("prefix = ?1"))
             .bind(prefix.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(select_where!("id = ?1 AND account_id = ?2"))
+        let row = sqlx::query_as::<_, Row>(select_where!("id = ?1 AND account_id = ?2"))
             .bind(id.to_string())
             .bind(account.as_str())
             .fetch_optional(&self.pool)
             .await
             .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(select_where!(
+        let rows = sqlx::query_as::<_, Row>(select_where!(
             "account_id = ?1 ORDER BY created_at_us, rowid"
         ))
         .bind(account.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(failed)?;
-        rows.iter().map(record).collect()
+        rows.into_iter().map(Row::into_record).collect()
     }
 
     async fn set_status(
@@ -260,17 +239,17 @@ impl KeyStore for SqliteStore {
         id: KeyId,
         status: KeyStatus,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "UPDATE tower_api_keys SET status = ?3 WHERE id = ?1 AND account_id = ?2
-             RETURNING id, account_id, prefix, digest, status, created_at_us, last_used_at_us",
-        )
+        let row = sqlx::query_as::<_, Row>(concat!(
+            "UPDATE tower_api_keys SET status = ?3 WHERE id = ?1 AND account_id = ?2 RETURNING ",
+            columns!()
+        ))
         .bind(id.to_string())
         .bind(account.as_str())
         .bind(status.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn replace_key(
@@ -281,27 +260,27 @@ impl KeyStore for SqliteStore {
         digest: KeyDigest,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin_immediate().await?;
-        let before = sqlx::query(select_where!("id = ?1 AND account_id = ?2"))
+        let before = sqlx::query_as::<_, Row>(select_where!("id = ?1 AND account_id = ?2"))
             .bind(id.to_string())
             .bind(account.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(failed)?;
-        let Some(before) = one(before)? else {
+        let Some(before) = before.map(Row::into_record).transpose()? else {
             return Ok(None);
         };
-        let after = sqlx::query(
-            "UPDATE tower_api_keys SET prefix = ?2, digest = ?3, last_used_at_us = NULL
-             WHERE id = ?1
-             RETURNING id, account_id, prefix, digest, status, created_at_us, last_used_at_us",
-        )
+        let after = sqlx::query_as::<_, Row>(concat!(
+            "UPDATE tower_api_keys SET prefix = ?2, digest = ?3, last_used_at_us = NULL ",
+            "WHERE id = ?1 RETURNING ",
+            columns!()
+        ))
         .bind(id.to_string())
         .bind(prefix.as_str())
         .bind(&digest.as_bytes()[..])
         .fetch_one(&mut *tx)
         .await
-        .map_err(failed)?;
-        let after = record(&after)?;
+        .map_err(failed)?
+        .into_record()?;
         tx.commit().await.map_err(failed)?;
         Ok(Some(Rotated { before, after }))
     }
@@ -311,16 +290,16 @@ impl KeyStore for SqliteStore {
         account: &AccountId,
         id: KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(
-            "DELETE FROM tower_api_keys WHERE id = ?1 AND account_id = ?2
-             RETURNING id, account_id, prefix, digest, status, created_at_us, last_used_at_us",
-        )
+        let row = sqlx::query_as::<_, Row>(concat!(
+            "DELETE FROM tower_api_keys WHERE id = ?1 AND account_id = ?2 RETURNING ",
+            columns!()
+        ))
         .bind(id.to_string())
         .bind(account.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {

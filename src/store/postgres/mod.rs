@@ -6,10 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Connection as _, Executor as _, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Postgres, Transaction};
 
-use super::sql::{self, MigrateError, Migration, RawRecord};
+use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 
@@ -39,44 +39,16 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// `extract(epoch …)` is exact (numeric) from PostgreSQL 14 on.
+/// The oldest PostgreSQL this crate supports (as documented on [`PostgresStore`]).
 const MIN_SERVER_VERSION: i32 = 140_000;
 
-/// The record's columns, with times as microseconds since the Unix epoch.
-macro_rules! columns {
-    ($table:literal) => {
-        concat!(
-            $table,
-            ".id, ",
-            $table,
-            ".account_id, ",
-            $table,
-            ".prefix, ",
-            $table,
-            ".digest, ",
-            $table,
-            ".status, ",
-            "(extract(epoch FROM ",
-            $table,
-            ".created_at) * 1000000)::bigint AS created_at_us, ",
-            "(extract(epoch FROM ",
-            $table,
-            ".last_used_at) * 1000000)::bigint AS last_used_at_us"
-        )
-    };
-}
+/// A row as stored: times as `timestamptz`, read and written through sqlx's `time` support.
+type Row = RawRecord<uuid::Uuid, PgTimestamp>;
 
-/// A `timestamptz` from a `bigint` of microseconds since the Unix epoch, exactly (whole
-/// seconds and the remainder apart, so no step rounds through a float).
-macro_rules! timestamp {
-    ($micros:literal) => {
-        concat!(
-            "(timestamptz 'epoch' + (",
-            $micros,
-            " / 1000000) * interval '1 second' + (",
-            $micros,
-            " % 1000000) * interval '1 microsecond')"
-        )
+/// A whole record's columns, under the names [`RawRecord`] reads (a macro, for `concat!`).
+macro_rules! columns {
+    () => {
+        "id, account_id, prefix, digest, status, created_at, last_used_at"
     };
 }
 
@@ -182,7 +154,35 @@ impl PostgresStore {
     /// [`MigrateError::UnsupportedServer`] before PostgreSQL 14, or a database failure (then
     /// nothing changed).
     pub async fn migrate(&self) -> Result<(), MigrateError> {
-        let mut tx = self.pool.begin().await?;
+        sql::migrate::<Self>(&self.pool, MIGRATIONS).await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(StoreError::unavailable)
+    }
+}
+
+/// A plain transaction under a transaction advisory lock, which waits for any other
+/// `migrate` on the database to end.
+impl sql::Dialect for PostgresStore {
+    type Database = Postgres;
+
+    const CREATE_BOOKKEEPING: &'static str =
+        "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
+                version     bigint      PRIMARY KEY,
+                description text        NOT NULL,
+                checksum    bytea       NOT NULL,
+                applied_at  timestamptz NOT NULL DEFAULT now()
+            )";
+
+    const RECORD_APPLIED: &'static str =
+        "INSERT INTO tower_api_keys_migrations (version, description, checksum)
+         VALUES ($1, $2, $3)";
+
+    async fn begin_exclusive(
+        pool: &PgPool,
+    ) -> Result<Transaction<'static, Postgres>, MigrateError> {
+        let mut tx = pool.begin().await?;
         let version: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
             .fetch_one(&mut *tx)
             .await?;
@@ -195,65 +195,8 @@ impl PostgresStore {
             .bind(LOCK_CLASS_MIGRATE)
             .execute(&mut *tx)
             .await?;
-        (&mut *tx)
-            .execute(sqlx::raw_sql(
-                "CREATE TABLE IF NOT EXISTS tower_api_keys_migrations (
-                version     bigint      PRIMARY KEY,
-                description text        NOT NULL,
-                checksum    bytea       NOT NULL,
-                applied_at  timestamptz NOT NULL DEFAULT now()
-            )",
-            ))
-            .await?;
-        let applied: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT version, checksum FROM tower_api_keys_migrations")
-                .fetch_all(&mut *tx)
-                .await?;
-        for migration in sql::pending(MIGRATIONS, &applied)? {
-            (&mut *tx).execute(sqlx::raw_sql(migration.sql)).await?;
-            sqlx::query(
-                "INSERT INTO tower_api_keys_migrations (version, description, checksum)
-                 VALUES ($1, $2, $3)",
-            )
-            .bind(migration.version)
-            .bind(migration.description)
-            .bind(migration.checksum())
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(
-                version = migration.version,
-                description = migration.description,
-                "applied migration"
-            );
-        }
-        tx.commit().await?;
-        Ok(())
+        Ok(tx)
     }
-
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(StoreError::unavailable)
-    }
-}
-
-fn record(row: &PgRow) -> Result<KeyRecord, StoreError> {
-    let raw = RawRecord {
-        id: row.try_get("id").map_err(StoreError::unavailable)?,
-        account_id: row.try_get("account_id").map_err(StoreError::unavailable)?,
-        prefix: row.try_get("prefix").map_err(StoreError::unavailable)?,
-        digest: row.try_get("digest").map_err(StoreError::unavailable)?,
-        status: row.try_get("status").map_err(StoreError::unavailable)?,
-        created_at_us: row
-            .try_get("created_at_us")
-            .map_err(StoreError::unavailable)?,
-        last_used_at_us: row
-            .try_get("last_used_at_us")
-            .map_err(StoreError::unavailable)?,
-    };
-    raw.into_record()
-}
-
-fn one(row: Option<PgRow>) -> Result<Option<KeyRecord>, StoreError> {
-    row.as_ref().map(record).transpose()
 }
 
 fn failed(err: sqlx::Error) -> StoreError {
@@ -274,22 +217,19 @@ impl KeyStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO tower_api_keys ",
-            "(id, account_id, prefix, digest, status, created_at, last_used_at) ",
-            "SELECT $1, $2, $3, $4, $5, ",
-            timestamp!("$6::bigint"),
-            ", CASE WHEN $7::bigint IS NULL THEN NULL ELSE ",
-            timestamp!("$7::bigint"),
-            " END WHERE (SELECT count(*) FROM tower_api_keys WHERE account_id = $2) < $8"
-        ))
+        let inserted = sqlx::query(
+            "INSERT INTO tower_api_keys
+             (id, account_id, prefix, digest, status, created_at, last_used_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7
+             WHERE (SELECT count(*) FROM tower_api_keys WHERE account_id = $2) < $8",
+        )
         .bind(record.id.as_uuid())
         .bind(record.account_id.as_str())
         .bind(record.prefix.as_str())
         .bind(&record.digest.as_bytes()[..])
         .bind(record.status.as_str())
-        .bind(sql::to_micros(record.created_at)?)
-        .bind(record.last_used_at.map(sql::to_micros).transpose()?)
+        .bind(sql::to_timestamp(record.created_at)?)
+        .bind(record.last_used_at.map(sql::to_timestamp).transpose()?)
         .bind(limit_sql)
         .execute(&mut *tx)
         .await
@@ -301,22 +241,22 @@ impl KeyStore for PostgresStore {
     }
 
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(concat!(
+        let row = sqlx::query_as::<_, Row>(concat!(
             "SELECT ",
-            columns!("tower_api_keys"),
+            columns!(),
             " FROM tower_api_keys WHERE prefix = $1"
         ))
         .bind(prefix.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(concat!(
+        let row = sqlx::query_as::<_, Row>(concat!(
             "SELECT ",
-            columns!("tower_api_keys"),
+            columns!(),
             " FROM tower_api_keys WHERE id = $1 AND account_id = $2"
         ))
         .bind(id.as_uuid())
@@ -324,20 +264,20 @@ impl KeyStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query(concat!(
+        let rows = sqlx::query_as::<_, Row>(concat!(
             "SELECT ",
-            columns!("tower_api_keys"),
+            columns!(),
             " FROM tower_api_keys WHERE account_id = $1 ORDER BY created_at, seq"
         ))
         .bind(account.as_str())
         .fetch_all(&self.pool)
         .await
         .map_err(failed)?;
-        rows.iter().map(record).collect()
+        rows.into_iter().map(Row::into_record).collect()
     }
 
     async fn set_status(
@@ -347,9 +287,9 @@ impl KeyStore for PostgresStore {
         status: KeyStatus,
     ) -> Result<Option<KeyRecord>, StoreError> {
         // One statement: the trigger's notification commits with it.
-        let row = sqlx::query(concat!(
+        let row = sqlx::query_as::<_, Row>(concat!(
             "UPDATE tower_api_keys SET status = $3 WHERE id = $1 AND account_id = $2 RETURNING ",
-            columns!("tower_api_keys")
+            columns!()
         ))
         .bind(id.as_uuid())
         .bind(account.as_str())
@@ -357,7 +297,7 @@ impl KeyStore for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn replace_key(
@@ -368,9 +308,9 @@ impl KeyStore for PostgresStore {
         digest: KeyDigest,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin().await?;
-        let before = sqlx::query(concat!(
+        let before = sqlx::query_as::<_, Row>(concat!(
             "SELECT ",
-            columns!("tower_api_keys"),
+            columns!(),
             " FROM tower_api_keys WHERE id = $1 AND account_id = $2 FOR UPDATE"
         ))
         .bind(id.as_uuid())
@@ -378,21 +318,21 @@ impl KeyStore for PostgresStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(failed)?;
-        let Some(before) = one(before)? else {
+        let Some(before) = before.map(Row::into_record).transpose()? else {
             return Ok(None);
         };
-        let after = sqlx::query(concat!(
+        let after = sqlx::query_as::<_, Row>(concat!(
             "UPDATE tower_api_keys SET prefix = $2, digest = $3, last_used_at = NULL ",
             "WHERE id = $1 RETURNING ",
-            columns!("tower_api_keys")
+            columns!()
         ))
         .bind(id.as_uuid())
         .bind(prefix.as_str())
         .bind(&digest.as_bytes()[..])
         .fetch_one(&mut *tx)
         .await
-        .map_err(failed)?;
-        let after = record(&after)?;
+        .map_err(failed)?
+        .into_record()?;
         tx.commit().await.map_err(failed)?;
         Ok(Some(Rotated { before, after }))
     }
@@ -402,16 +342,16 @@ impl KeyStore for PostgresStore {
         account: &AccountId,
         id: KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query(concat!(
+        let row = sqlx::query_as::<_, Row>(concat!(
             "DELETE FROM tower_api_keys WHERE id = $1 AND account_id = $2 RETURNING ",
-            columns!("tower_api_keys")
+            columns!()
         ))
         .bind(id.as_uuid())
         .bind(account.as_str())
         .fetch_optional(&self.pool)
         .await
         .map_err(failed)?;
-        one(row)
+        row.map(Row::into_record).transpose()
     }
 
     async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
@@ -420,35 +360,32 @@ impl KeyStore for PostgresStore {
         }
         let mut ids = Vec::with_capacity(uses.len());
         let mut prefixes = Vec::with_capacity(uses.len());
-        let mut micros = Vec::with_capacity(uses.len());
+        let mut ats = Vec::with_capacity(uses.len());
         for key_use in uses {
             ids.push(*key_use.id.as_uuid());
             prefixes.push(key_use.prefix.as_str().to_owned());
-            micros.push(sql::to_micros(key_use.at)?);
+            ats.push(sql::to_timestamp(key_use.at)?);
         }
         // One statement for the batch. Rows are locked in id order first, so two processes
         // flushing overlapping batches can't deadlock; a use only moves a time forward and is
         // dropped if the key's prefix changed (rotated) or the key is gone.
-        sqlx::query(concat!(
-            "WITH uses AS (",
-            "  SELECT id, prefix, max(at_us) AS at_us",
-            "  FROM unnest($1::uuid[], $2::text[], $3::bigint[]) AS u(id, prefix, at_us)",
-            "  GROUP BY id, prefix",
-            "), locked AS (",
-            "  SELECT k.id FROM tower_api_keys k JOIN uses u ON k.id = u.id AND k.prefix = u.prefix",
-            "  ORDER BY k.id FOR UPDATE OF k",
-            ") ",
-            "UPDATE tower_api_keys k SET last_used_at = ",
-            timestamp!("u.at_us"),
-            " FROM uses u",
-            " WHERE k.id = u.id AND k.prefix = u.prefix AND k.id IN (SELECT id FROM locked)",
-            " AND (k.last_used_at IS NULL OR k.last_used_at < ",
-            timestamp!("u.at_us"),
-            ")"
-        ))
+        sqlx::query(
+            "WITH uses AS (
+               SELECT id, prefix, max(at) AS at
+               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, prefix, at)
+               GROUP BY id, prefix
+             ), locked AS (
+               SELECT k.id FROM tower_api_keys k JOIN uses u ON k.id = u.id AND k.prefix = u.prefix
+               ORDER BY k.id FOR UPDATE OF k
+             )
+             UPDATE tower_api_keys k SET last_used_at = u.at
+             FROM uses u
+             WHERE k.id = u.id AND k.prefix = u.prefix AND k.id IN (SELECT id FROM locked)
+               AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+        )
         .bind(&ids)
         .bind(&prefixes)
-        .bind(&micros)
+        .bind(&ats)
         .execute(&self.pool)
         .await
         .map_err(failed)?;

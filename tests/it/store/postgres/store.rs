@@ -1,5 +1,5 @@
 //! What `PostgresStore` promises beyond the conformance suite: migrations, the limit across
-//! processes, database constraints, digests only, change notifications that go out with the
+//! processes, database constraints, unreadable rows edited by hand, digests only, change notifications that go out with the
 //! change's commit, and connections over TLS. Each test has a schema of its own; without `DATABASE_URL` each one
 //! says it was skipped.
 
@@ -12,7 +12,7 @@ use sqlx::Row as _;
 use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
-use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore};
+use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
 use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError};
 
 fn hex(bytes: &[u8]) -> String {
@@ -183,6 +183,31 @@ async fn times_round_trip_exactly_to_the_microsecond() {
             .expect("insert");
         let read = store.find_by_prefix(&record.prefix).await.expect("find");
         assert_eq!(read, Some(record), "{created} µs");
+    }
+}
+
+#[tokio::test]
+async fn a_time_out_of_range_edited_by_hand_is_a_store_failure_naming_the_column() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let manager = KeyManager::new(Arc::new(store.clone()), pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    for value in ["infinity", "-infinity", "10000-01-01 00:00:00+00"] {
+        sqlx::query("UPDATE tower_api_keys SET last_used_at = $1::timestamptz")
+            .bind(value)
+            .execute(&schema.pool())
+            .await
+            .expect("edit by hand");
+        let err = store
+            .find_by_prefix(&created.key.prefix())
+            .await
+            .expect_err("an unreadable row");
+        assert!(
+            matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains("last_used_at"),
+            "{value}: {err}"
+        );
     }
 }
 
