@@ -13,5 +13,6 @@ mod last_used;
 mod lifecycle;
 #[cfg(feature = "metrics")]
 mod metrics;
+mod policy;
 mod store;
 mod transport;
