@@ -10,28 +10,41 @@ use crate::support::exclusive::exclusive;
 use crate::support::service::{Stack, stack, status};
 use crate::support::stores::TestStore;
 use crate::support::{account, pepper};
-use http::StatusCode;
+use std::convert::Infallible;
+
+use http::{Request, Response, StatusCode};
+use tower::{Layer as _, Service};
 use tower_api_key::cache::CacheConfig;
-use tower_api_key::{ApiKeyLayer, KeyManager};
+use tower_api_key::{
+    ApiKeyLayer, KeyIdentity, KeyManager, PolicyUpdate, RequireScopeLayer, RotateOptions, Scopes,
+};
+
+fn short_lived_layer(manager: &KeyManager) -> ApiKeyLayer<tower_api_key::StoreResolver> {
+    // A short positive TTL keeps misses (and so in-flight lookups) frequent.
+    ApiKeyLayer::for_manager(manager)
+        .cache_config(CacheConfig::default().positive_ttl(Duration::from_millis(1)))
+        .build()
+}
 
 fn short_lived_stack(manager: &KeyManager) -> Stack {
-    // A short positive TTL keeps misses (and so in-flight lookups) frequent.
-    stack(
-        &ApiKeyLayer::for_manager(manager)
-            .cache_config(CacheConfig::default().positive_ttl(Duration::from_millis(1)))
-            .build(),
-    )
+    stack(&short_lived_layer(manager))
 }
 
 /// Runs `rounds` of: hammer `key` from many tasks, apply `change`, keep hammering; any
 /// request that *started* after `change` returned must get `expected_after`.
-async fn hammer_across_change<C, F>(
-    service: Stack,
+async fn hammer_across_change<S, B, C, F>(
+    service: S,
     key: String,
     expected_after: StatusCode,
     mut change: C,
 ) -> (usize, usize)
 where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
     C: FnMut() -> F,
     F: std::future::Future<Output = ()>,
 {
@@ -80,9 +93,16 @@ const ROUNDS: usize = 40;
 struct Race {
     manager: KeyManager,
     service: Stack,
+    /// The same layer around a route that requires scope `write`.
+    scoped: ApiKeyScoped,
     checked: usize,
     violations: usize,
 }
+
+type ApiKeyScoped = tower_api_key::ApiKeyService<
+    tower_api_key::require_scope::RequireScope<crate::support::service::Inner, KeyIdentity>,
+    tower_api_key::StoreResolver,
+>;
 
 impl Race {
     fn new() -> Self {
@@ -92,9 +112,14 @@ impl Race {
         store.max_delay_us.store(3_000, Ordering::Relaxed);
         let manager = KeyManager::new(store, pepper());
         let service = short_lived_stack(&manager);
+        let scoped = short_lived_layer(&manager).layer(
+            RequireScopeLayer::<KeyIdentity>::new("write")
+                .layer(tower::service_fn(crate::support::service::ok as fn(_) -> _)),
+        );
         Self {
             manager,
             service,
+            scoped,
             checked: 0,
             violations: 0,
         }
@@ -109,6 +134,18 @@ impl Race {
         let (checked, violations) =
             hammer_across_change(self.service.clone(), key.to_owned(), expected_after, change)
                 .await;
+        self.checked += checked;
+        self.violations += violations;
+    }
+
+    /// A round against the route that requires scope `write`.
+    async fn scoped_round<C, F>(&mut self, key: &str, expected_after: StatusCode, change: C)
+    where
+        C: FnMut() -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        let (checked, violations) =
+            hammer_across_change(self.scoped.clone(), key.to_owned(), expected_after, change).await;
         self.checked += checked;
         self.violations += violations;
     }
@@ -221,4 +258,66 @@ async fn deleted_key_is_rejected_immediately_under_load() {
         .await;
     }
     race.assert_held("deleted keys let in after delete returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn narrowed_scopes_refuse_immediately_under_load() {
+    let _exclusive = exclusive().await;
+    let mut race = Race::new();
+    let manager = race.manager.clone();
+    let created = manager.create(&account("acme")).await.expect("create");
+    let id = created.info.id;
+    for _ in 0..ROUNDS {
+        let widen = PolicyUpdate::new().scopes(None);
+        manager
+            .update(&account("acme"), id, widen)
+            .await
+            .expect("widen");
+        race.scoped_round(
+            created.key.expose_secret(),
+            StatusCode::FORBIDDEN,
+            || async {
+                let narrow =
+                    PolicyUpdate::new().scopes(Some(Scopes::new(["read"]).expect("scope")));
+                manager
+                    .update(&account("acme"), id, narrow)
+                    .await
+                    .expect("narrow");
+            },
+        )
+        .await;
+    }
+    race.assert_held("requests let through a scoped route after narrowing returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grace_keys_are_refused_from_the_end_of_the_grace_period_under_load() {
+    let _exclusive = exclusive().await;
+    let mut race = Race::new();
+    let manager = race.manager.clone();
+    let created = manager.create(&account("acme")).await.expect("create");
+    let mut current = created.key;
+    for _ in 0..ROUNDS {
+        let grace = RotateOptions::new()
+            .grace(Duration::from_millis(20))
+            .expect("short grace");
+        let rotated = manager
+            .rotate_with(&account("acme"), created.info.id, grace)
+            .await
+            .expect("rotate");
+        let ends = rotated.info.previous_expires_at.expect("grace key");
+        // The "change" is the clock passing the end of the grace period.
+        race.round(
+            current.expose_secret(),
+            StatusCode::UNAUTHORIZED,
+            || async {
+                while std::time::SystemTime::now() <= ends {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            },
+        )
+        .await;
+        current = rotated.key;
+    }
+    race.assert_held("old keys let in after their grace period ended");
 }

@@ -4,4 +4,5 @@
 mod bad_input;
 #[cfg(feature = "axum")]
 mod faults;
+mod policy_inputs;
 mod properties;
