@@ -12,10 +12,16 @@
 //! | route | access |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /metrics` (Prometheus text of the layer's counters) | open |
-//! | `GET /v1/ping`, `GET /v1/whoami`, gRPC `grpc.health.v1.Health/Check` and `/Watch` | `X-API-KEY: <key>` |
+//! | `GET /v1/ping`, `GET /v1/whoami`, gRPC `grpc.health.v1.Health/Check` and `/Watch` | `X-API-KEY: <key>` (or `Authorization: Bearer <key>`) |
+//! | `POST /v1/write` | a key that is unrestricted or holds the `write` scope (else 403) |
 //! | `POST` and `GET /admin/accounts/{account}/keys` | `Authorization: Bearer <ADMIN_TOKEN>` |
+//! | `GET`, `PATCH` and `DELETE /admin/accounts/{account}/keys/{id}` | admin |
 //! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
-//! | `DELETE /admin/accounts/{account}/keys/{id}` | admin |
+//!
+//! The admin routes are the crate's `tower_api_key::admin` router (feature `admin`; its
+//! rustdoc has the JSON contract): create takes an optional
+//! `{"name", "scopes", "expires_in_seconds" | "expires_at"}`, `PATCH` changes name, scopes or
+//! expiry (`null` clears), rotate takes an optional `{"grace_seconds": N}`.
 //!
 //! Configuration (a flag wins over its environment variable; an empty variable counts as
 //! unset):
@@ -62,10 +68,12 @@
 //! $ ADMIN_TOKEN=demo-admin-token-s3cret cargo run --release --example server
 //! listening on http://127.0.0.1:3000
 //! $ curl -s -X POST -H 'authorization: Bearer demo-admin-token-s3cret' \
-//!     localhost:3000/admin/accounts/acme/keys
-//! {"id":"…","account_id":"acme","prefix":"k3v9x0qa","key":"k3v9x0qa.…","status":"active",…}
+//!     -d '{"name": "CI", "scopes": ["read"]}' localhost:3000/admin/accounts/acme/keys
+//! {"id":"…","account_id":"acme","prefix":"k3v9x0qa","key":"k3v9x0qa.…","status":"active",…,"name":"CI","scopes":["read"],"expires_at":null}
 //! $ curl -s -H 'x-api-key: k3v9x0qa.…' localhost:3000/v1/whoami
 //! {"account_id":"acme","key_id":"…","prefix":"k3v9x0qa"}
+//! $ curl -s -X POST -H 'authorization: Bearer k3v9x0qa.…' localhost:3000/v1/write
+//! {"error":"insufficient scope"}
 //! ```
 
 use std::ffi::OsString;
@@ -76,17 +84,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use axum::extract::path::ErrorKind;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
-use axum::http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -94,17 +97,17 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
-use subtle::ConstantTimeEq as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_api_key::admin::{AdminRouter, AdminToken, AdminTokenError};
 use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::resolver::StoreResolver;
 use tower_api_key::{
-    AccountId, ApiKeyLayer, Authenticated, CreatedKey, KeyId, KeyIdentity, KeyInfo, KeyManager,
-    KeyStore, ManagerError, MemoryStore, Pepper,
+    ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, KeyStore, MemoryStore, Pepper,
+    RequireScopeLayer,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -317,11 +320,11 @@ impl Config {
             .map_err(|_| "MAX_CONNECTIONS is too large for this machine".to_owned())?,
         };
         let (admin_token, generated_admin_token) = match var("ADMIN_TOKEN")? {
-            Some((_, token)) => (AdminToken::parse(&token)?, None),
+            Some((_, token)) => (parse_admin_token(&token)?, None),
             None => {
                 let token = random_token()
                     .map_err(|err| format!("cannot generate an admin token: {err}"))?;
-                (AdminToken::new(&token), Some(token))
+                (parse_admin_token(&token)?, Some(token))
             }
         };
         let pepper = match var("API_KEY_PEPPER")? {
@@ -475,40 +478,17 @@ fn random_token() -> Result<String, getrandom::Error> {
 
 // ===== admin token =====
 
-/// The shortest `ADMIN_TOKEN` accepted.
-const MIN_ADMIN_TOKEN_LEN: usize = 16;
-
-/// The admin bearer token, kept as a digest: comparing two fixed-size digests in constant time
-/// reveals neither the token's bytes nor its length.
-#[derive(Clone)]
-struct AdminToken(blake3::Hash);
-
-impl AdminToken {
-    fn new(token: &str) -> Self {
-        Self(blake3::hash(token.as_bytes()))
-    }
-
-    /// A token from configuration: it travels in an `Authorization` header, so printable
-    /// ASCII without spaces, and it guards key creation, so not short enough to guess.
-    /// Neither message repeats the token.
-    fn parse(token: &str) -> Result<Self, String> {
-        if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
-            Err("ADMIN_TOKEN must be printable ASCII without spaces".to_owned())
-        } else if token.len() < MIN_ADMIN_TOKEN_LEN {
-            Err(format!(
-                "ADMIN_TOKEN is too short: it must be at least {MIN_ADMIN_TOKEN_LEN} \
-                 characters, e.g. the output of `openssl rand -hex 32` (or leave it unset \
-                 to have one generated)"
-            ))
-        } else {
-            Ok(Self::new(token))
-        }
-    }
-
-    fn matches(&self, presented: &str) -> bool {
-        let presented = blake3::hash(presented.as_bytes());
-        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
-    }
+/// `ADMIN_TOKEN`: it travels in an `Authorization` header, so printable ASCII without spaces,
+/// and it guards key creation, so not short enough to guess. Neither message repeats it.
+fn parse_admin_token(token: &str) -> Result<AdminToken, String> {
+    AdminToken::new(token).map_err(|err| match err {
+        AdminTokenError::TooShort => format!(
+            "ADMIN_TOKEN is too short: it must be at least {} characters, e.g. the output of \
+             `openssl rand -hex 32` (or leave it unset to have one generated)",
+            AdminToken::MIN_LEN
+        ),
+        _ => "ADMIN_TOKEN must be printable ASCII without spaces".to_owned(),
+    })
 }
 
 // ===== the server =====
@@ -551,6 +531,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let recorder = LastUsedRecorder::new(Arc::clone(&opened.store));
     let flusher = recorder.spawn_flusher(config.flush_interval);
     let api_keys = ApiKeyLayer::for_manager(&manager)
+        .accept_bearer()
         .record_last_used(recorder)
         .build();
     let feed = opened.start_feed(&manager).await;
@@ -952,33 +933,16 @@ fn app(state: AppState) -> (HealthReporter, Router) {
 
     // `route_layer`: only matched routes check keys, so an unknown path is a plain 404.
     let with_api_key = Router::new()
+        // Only keys that are unrestricted or list `write`; others get 403.
+        .route("/v1/write", post(write))
+        .route_layer(RequireScopeLayer::<KeyIdentity>::new("write"))
         .route("/v1/ping", get(ping))
         .route("/v1/whoami", get(whoami))
         .route_service("/grpc.health.v1.Health/{*method}", health_service)
         .route_layer(state.api_keys.clone());
 
-    let admin = Router::new()
-        .route(
-            "/admin/accounts/{account}/keys",
-            post(create_key).get(list_keys),
-        )
-        .route(
-            "/admin/accounts/{account}/keys/{id}",
-            axum::routing::delete(delete_key),
-        )
-        .route(
-            "/admin/accounts/{account}/keys/{id}/rotate",
-            post(rotate_key),
-        )
-        .route(
-            "/admin/accounts/{account}/keys/{id}/revoke",
-            post(revoke_key),
-        )
-        .route(
-            "/admin/accounts/{account}/keys/{id}/reactivate",
-            post(reactivate_key),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    // Every key lifecycle change is logged by the manager (account, prefix, action).
+    let admin = AdminRouter::new(state.manager.clone(), state.admin_token.clone()).into_router();
 
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -1006,14 +970,21 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not found")
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": "not found" })),
+    )
 }
 
 // ===== API-key routes =====
 
 async fn ping() -> &'static str {
     "pong"
+}
+
+async fn write() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "written": true }))
 }
 
 #[derive(Serialize)]
@@ -1031,232 +1002,4 @@ async fn whoami(Extension(who): Extension<Authenticated<KeyIdentity>>) -> Json<W
         key_id: who.key_id().to_string(),
         prefix: who.prefix().to_string(),
     })
-}
-
-// ===== admin routes =====
-
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    match presented {
-        Some(token) if state.admin_token.matches(token) => {
-            let mut response = next.run(request).await;
-            // Create and rotate answer with a plaintext key: no cache may keep it. Every admin
-            // answer gets it, so a route added later can't forget.
-            response
-                .headers_mut()
-                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Some(_) => admin_refused("invalid admin token"),
-        None => admin_refused("missing admin token"),
-    }
-}
-
-fn admin_refused(message: &'static str) -> Response {
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
-    response
-        .headers_mut()
-        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-/// A key as the admin API shows it; `key` (the plaintext) only right after create and rotate.
-#[derive(Serialize)]
-struct KeyView {
-    id: String,
-    account_id: String,
-    prefix: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key: Option<String>,
-    status: &'static str,
-    created_at: String,
-    last_used_at: Option<String>,
-}
-
-impl From<KeyInfo> for KeyView {
-    fn from(info: KeyInfo) -> Self {
-        Self {
-            id: info.id.to_string(),
-            account_id: info.account_id.to_string(),
-            prefix: info.prefix.to_string(),
-            key: None,
-            status: info.status.as_str(),
-            created_at: rfc3339(info.created_at),
-            last_used_at: info.last_used_at.map(rfc3339),
-        }
-    }
-}
-
-impl From<CreatedKey> for KeyView {
-    fn from(created: CreatedKey) -> Self {
-        Self {
-            key: Some(created.key.expose_secret().to_owned()),
-            ..Self::from(created.info)
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct KeyList {
-    keys: Vec<KeyView>,
-}
-
-fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_micros(time).to_string()
-}
-
-async fn create_key(
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<(StatusCode, Json<KeyView>), ApiError> {
-    let account = account(path)?;
-    let created = state.manager.create(&account).await?;
-    Ok((StatusCode::CREATED, Json(created.into())))
-}
-
-async fn list_keys(
-    State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<KeyList>, ApiError> {
-    let account = account(path)?;
-    let keys = state.manager.list(&account).await?;
-    Ok(Json(KeyList {
-        keys: keys.into_iter().map(KeyView::from).collect(),
-    }))
-}
-
-async fn rotate_key(
-    State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<KeyView>, ApiError> {
-    let (account, id) = account_and_key(path)?;
-    let rotated = state.manager.rotate(&account, id).await?;
-    Ok(Json(rotated.into()))
-}
-
-async fn revoke_key(
-    State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<KeyView>, ApiError> {
-    let (account, id) = account_and_key(path)?;
-    let revoked = state.manager.revoke(&account, id).await?;
-    Ok(Json(revoked.into()))
-}
-
-async fn reactivate_key(
-    State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<KeyView>, ApiError> {
-    let (account, id) = account_and_key(path)?;
-    let reactivated = state.manager.reactivate(&account, id).await?;
-    Ok(Json(reactivated.into()))
-}
-
-async fn delete_key(
-    State(state): State<AppState>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<StatusCode, ApiError> {
-    let (account, id) = account_and_key(path)?;
-    state.manager.delete(&account, id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// The `{account}` of the path: 400 unless it is a valid account id.
-fn account(path: Result<Path<String>, PathRejection>) -> Result<AccountId, ApiError> {
-    let Path(account) = path.map_err(|_| ApiError::bad_account())?;
-    AccountId::new(&account).map_err(|_| ApiError::bad_account())
-}
-
-/// The `{account}` (400 if invalid) and `{id}` (404 if not a UUID: no such key) of the path.
-fn account_and_key(
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<(AccountId, KeyId), ApiError> {
-    // A segment that isn't UTF-8 once percent-decoded fails the whole extraction; the
-    // rejection names the first such segment, and an id that isn't text is no key's id.
-    let Path((account, id)) = path.map_err(|rejection| match rejection {
-        PathRejection::FailedToDeserializePathParams(err)
-            if matches!(err.kind(), ErrorKind::InvalidUtf8InPathParam { key } if key == "id") =>
-        {
-            ApiError::key_not_found()
-        }
-        _ => ApiError::bad_account(),
-    })?;
-    let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
-    let id = id.parse::<KeyId>().map_err(|_| ApiError::key_not_found())?;
-    Ok((account, id))
-}
-
-// ===== errors =====
-
-/// A JSON error answer: `{"error": message}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn bad_account() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "account id must be 1 to 64 characters of [A-Za-z0-9_-]",
-        )
-    }
-
-    fn key_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, ManagerError::NotFound.to_string())
-    }
-}
-
-impl From<ManagerError> for ApiError {
-    fn from(err: ManagerError) -> Self {
-        match err {
-            ManagerError::LimitReached { .. } => Self::new(StatusCode::CONFLICT, err.to_string()),
-            ManagerError::NotFound => Self::new(StatusCode::NOT_FOUND, err.to_string()),
-            // The details (a backend's error text) go to the log, not to the client.
-            _ => {
-                tracing::warn!(error = %err, "key operation failed");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "key store unavailable, retry later",
-                )
-            }
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Body {
-            error: String,
-        }
-        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
-        let mut response = (
-            self.status,
-            Json(Body {
-                error: self.message,
-            }),
-        )
-            .into_response();
-        if retry {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
 }

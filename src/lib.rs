@@ -24,6 +24,8 @@
 //!   [`ChangeFeed`](feed::ChangeFeed) trait and its fail-closed runner).
 //! - [`last_used`]: `last_used_at`, recorded off the hot path in batches.
 //! - [`metrics`]: the layer's counters, renderable for Prometheus.
+//! - `admin` (feature `admin`): the key-management JSON API as an axum `Router`, behind a
+//!   pluggable authorizer.
 //! - `extract` (feature `axum`): `Authenticated<A>` and `Option<Authenticated<A>>` as axum
 //!   extractors.
 //!
@@ -34,6 +36,7 @@
 //! | `axum` | no | `FromRequestParts` / `OptionalFromRequestParts` for [`Authenticated`] (depends on `axum-core` only) |
 //! | `metrics` | no | the layer's counters also reported through the `metrics` facade crate |
 //! | `sqlite` | no | `SqliteStore`: keys in a SQLite file, one process (sqlx, bundled SQLite) |
+//! | `admin` | no | `admin::AdminRouter`: the key-management JSON API as an axum `Router`, with `AdminAuthorizer` and `AdminToken` (axum, serde, serde_json, time; implies `axum`) |
 //! | `postgres` | no | `PostgresStore` and `PgChangeFeed`: keys in PostgreSQL shared by many processes, changes relayed by `LISTEN`/`NOTIFY` (sqlx) |
 //!
 //! # Example
@@ -73,6 +76,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 mod authenticated;
 pub mod body;
 pub mod cache;
@@ -115,7 +121,7 @@ pub use store::{
 pub use store::{PgChangeFeed, PostgresStore};
 
 /// The README's Rust examples, compiled and run as doctests so they can't drift from the API.
-#[cfg(all(doctest, feature = "axum", feature = "postgres"))]
+#[cfg(all(doctest, feature = "axum", feature = "postgres", feature = "admin"))]
 #[doc(test(attr(allow(unused))))]
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;

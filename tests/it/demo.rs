@@ -331,9 +331,12 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
             [
                 "account_id",
                 "created_at",
+                "expires_at",
                 "id",
                 "last_used_at",
+                "name",
                 "prefix",
+                "scopes",
                 "status"
             ]
         );
@@ -351,6 +354,132 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
     for secret in [&key, &new_key] {
         assert!(!log.contains(&secret[9..]), "the log leaks a key:\n{log}");
     }
+}
+
+// ===== key policy: names, scopes, expiry, grace =====
+
+#[tokio::test]
+async fn create_with_a_body_patch_and_rotate_with_grace_over_http() {
+    let server = Launch::new().start().await;
+    let created = server
+        .admin_json(
+            Method::POST,
+            "/admin/accounts/acme/keys",
+            r#"{"name": "CI", "scopes": ["read"], "expires_in_seconds": 3600}"#,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    assert_eq!(
+        created
+            .headers
+            .get(CACHE_CONTROL)
+            .map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+    let created = created.json();
+    assert_eq!(created["name"], "CI");
+    assert_eq!(created["scopes"], json!(["read"]));
+    assert!(parse_time(str_field(&created, "expires_at")) > SystemTime::now());
+    let (id, key) = (str_field(&created, "id"), str_field(&created, "key"));
+    let path = format!("/admin/accounts/acme/keys/{id}");
+
+    // A refused body is 400 JSON and creates nothing.
+    let refused = server
+        .admin_json(
+            Method::POST,
+            "/admin/accounts/acme/keys",
+            r#"{"scopes": ["Bad"]}"#,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(refused.json()["error"].is_string());
+    assert_eq!(server.list_keys("acme").await.len(), 1);
+
+    // PATCH: null clears, absent keeps.
+    let patched = server
+        .admin_json(
+            Method::PATCH,
+            &path,
+            r#"{"expires_at": null, "name": "deploy"}"#,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
+    let patched = patched.json();
+    assert_eq!(patched["name"], "deploy");
+    assert_eq!(patched["scopes"], json!(["read"]));
+    assert!(patched["expires_at"].is_null());
+    let one = server.admin(Method::GET, &path).await;
+    assert_eq!(one.json(), patched);
+
+    // Rotate with a grace period: both keys work until it ends.
+    let rotated = server
+        .admin_json(
+            Method::POST,
+            &format!("{path}/rotate"),
+            r#"{"grace_seconds": 600}"#,
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
+    let rotated = rotated.json();
+    assert_eq!(rotated["previous_prefix"], created["prefix"]);
+    assert!(parse_time(str_field(&rotated, "previous_expires_at")) > SystemTime::now());
+    assert_accepted(&server, key).await;
+    assert_accepted(&server, str_field(&rotated, "key")).await;
+    let too_long = server
+        .admin_json(
+            Method::POST,
+            &format!("{path}/rotate"),
+            r#"{"grace_seconds": 604801}"#,
+        )
+        .await;
+    assert_eq!(too_long.status, StatusCode::BAD_REQUEST);
+    assert_accepted(&server, key).await;
+}
+
+#[tokio::test]
+async fn write_needs_the_write_scope_and_bearer_works_on_the_api() {
+    let server = Launch::new().start().await;
+    let create = |body: &'static str| {
+        let server = &server;
+        async move {
+            let reply = server
+                .admin_json(Method::POST, "/admin/accounts/acme/keys", body)
+                .await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+            str_field(&reply.json(), "key").to_owned()
+        }
+    };
+    let unrestricted = create("{}").await;
+    let writer = create(r#"{"scopes": ["read", "write"]}"#).await;
+    let reader = create(r#"{"scopes": ["read"]}"#).await;
+    for (key, status) in [
+        (&unrestricted, StatusCode::OK),
+        (&writer, StatusCode::OK),
+        (&reader, StatusCode::FORBIDDEN),
+    ] {
+        let reply = server
+            .request(Method::POST, "/v1/write", &[("x-api-key", key)])
+            .await;
+        assert_eq!(reply.status, status, "{}", reply.text());
+        if status == StatusCode::FORBIDDEN {
+            assert_eq!(reply.text(), r#"{"error":"insufficient scope"}"#);
+        }
+        // Every key passes the unscoped routes, as a Bearer token too.
+        let bearer = format!("Bearer {key}");
+        let ping = server
+            .request(Method::GET, "/v1/ping", &[("authorization", &bearer)])
+            .await;
+        assert_eq!(ping.status, StatusCode::OK, "{}", ping.text());
+        assert_eq!(ping.text(), "pong");
+    }
+    let reply = server.request(Method::POST, "/v1/write", &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.text(), MISSING_KEY);
+    let bearer = format!("Bearer {writer}");
+    let reply = server
+        .request(Method::POST, "/v1/write", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
 }
 
 // ===== admin rules =====

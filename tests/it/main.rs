@@ -5,6 +5,8 @@
 
 mod support;
 
+#[cfg(feature = "admin")]
+mod admin;
 mod cache;
 mod demo;
 mod hardening;

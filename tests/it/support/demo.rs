@@ -49,7 +49,8 @@ const SERVER_VARS: [&str; 8] = [
 // ===== building the example =====
 
 /// Path of the compiled example, built once per test run with the features this test was
-/// built with (`cargo test --all-features` → `cargo build --all-features`, no rebuild).
+/// built with (`cargo test --features axum,admin` → `cargo build --features axum,admin`, no
+/// rebuild).
 pub(crate) fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(build_server)
@@ -59,7 +60,13 @@ fn build_server() -> PathBuf {
     let mut cargo = std::process::Command::new(env!("CARGO"));
     cargo
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--example", "server", "--all-features"])
+        .args([
+            "build",
+            "--example",
+            "server",
+            "--features",
+            &features().join(","),
+        ])
         .args(["--message-format", "json-render-diagnostics"]);
     if !cfg!(debug_assertions) {
         cargo.arg("--release");
@@ -80,6 +87,20 @@ fn build_server() -> PathBuf {
         })
         .find_map(|message| message["executable"].as_str().map(PathBuf::from))
         .expect("cargo reports the example's executable")
+}
+
+/// The crate features this test binary was built with.
+fn features() -> Vec<&'static str> {
+    [
+        ("axum", cfg!(feature = "axum")),
+        ("metrics", cfg!(feature = "metrics")),
+        ("admin", cfg!(feature = "admin")),
+        ("sqlite", cfg!(feature = "sqlite")),
+        ("postgres", cfg!(feature = "postgres")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
 }
 
 // ===== running it =====
@@ -297,12 +318,23 @@ impl DemoServer {
         }
     }
 
-    /// Sends a request; `headers` are `(name, value)` pairs.
+    /// Sends a request without a body; `headers` are `(name, value)` pairs.
     pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
+    ) -> Reply {
+        self.request_with_body(method, path, headers, "").await
+    }
+
+    /// Sends a request with `body`; `headers` are `(name, value)` pairs.
+    pub(crate) async fn request_with_body(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
     ) -> Reply {
         let mut request = Request::builder()
             .method(method.clone())
@@ -310,7 +342,9 @@ impl DemoServer {
         for (name, value) in headers {
             request = request.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), *value);
         }
-        let request = request.body(Full::new(Bytes::new())).unwrap();
+        let request = request
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+            .unwrap();
         let exchange = async {
             let response = self.http.request(request).await.expect("send the request");
             let (parts, body) = response.into_parts();
@@ -341,6 +375,16 @@ impl DemoServer {
         let bearer = format!("Bearer {ADMIN_TOKEN}");
         self.request(method, path, &[(AUTHORIZATION.as_str(), &bearer)])
             .await
+    }
+
+    /// An admin request with the right token and a JSON body.
+    pub(crate) async fn admin_json(&self, method: Method, path: &str, body: &str) -> Reply {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let headers = [
+            (AUTHORIZATION.as_str(), bearer.as_str()),
+            (CONTENT_TYPE.as_str(), "application/json"),
+        ];
+        self.request_with_body(method, path, &headers, body).await
     }
 
     /// Creates a key for `account` and returns the created-key object (201 asserted).

@@ -1,0 +1,260 @@
+//! The admin API's JSON: key records as answered, and the request bodies of create, update
+//! and rotate, with their checks.
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest as _, Request};
+use serde::de::{DeserializeOwned, Deserializer};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+use super::error::ApiError;
+use crate::manager::{CreatedKey, KeyInfo};
+use crate::policy::{KeyName, KeyOptions, PolicyError, PolicyUpdate, RotateOptions, Scopes};
+
+// ===== answers =====
+
+/// A key as the admin API shows it; `key` (the plaintext) only right after create and
+/// rotate, the previous key's fields only while a rotation's grace period lasts.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyView {
+    id: String,
+    account_id: String,
+    prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+    status: &'static str,
+    created_at: String,
+    last_used_at: Option<String>,
+    name: Option<String>,
+    scopes: Option<Vec<String>>,
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_expires_at: Option<String>,
+}
+
+impl From<KeyInfo> for KeyView {
+    fn from(info: KeyInfo) -> Self {
+        Self {
+            id: info.id.to_string(),
+            account_id: info.account_id.to_string(),
+            prefix: info.prefix.to_string(),
+            key: None,
+            status: info.status.as_str(),
+            created_at: rfc3339(info.created_at),
+            last_used_at: info.last_used_at.map(rfc3339),
+            name: info.name.map(|name| name.as_str().to_owned()),
+            scopes: info
+                .scopes
+                .map(|scopes| scopes.iter().map(str::to_owned).collect()),
+            expires_at: info.expires_at.map(rfc3339),
+            previous_prefix: info.previous_prefix.map(|prefix| prefix.to_string()),
+            previous_expires_at: info.previous_expires_at.map(rfc3339),
+        }
+    }
+}
+
+impl From<CreatedKey> for KeyView {
+    fn from(created: CreatedKey) -> Self {
+        Self {
+            key: Some(created.key.expose_secret().to_owned()),
+            ..Self::from(created.info)
+        }
+    }
+}
+
+/// `{"keys": [...]}`, oldest first.
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyList {
+    pub(crate) keys: Vec<KeyView>,
+}
+
+/// UTC, microseconds, `Z`: `2025-01-02T03:04:05.678901Z`.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    OffsetDateTime::from(time)
+        .format(&format)
+        .unwrap_or_else(|_| "invalid time".to_owned())
+}
+
+/// An RFC 3339 time with any offset (`2030-01-01T00:00:00Z`, `…+02:00`).
+fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, ApiError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(SystemTime::from)
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "{field} must be an RFC 3339 time such as 2030-01-01T00:00:00Z"
+            ))
+        })
+}
+
+// ===== request bodies =====
+
+/// The body of `POST …/keys`; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateBody {
+    name: Option<String>,
+    expires_in_seconds: Option<i64>,
+    expires_at: Option<String>,
+    scopes: Option<Vec<String>>,
+}
+
+impl CreateBody {
+    pub(crate) fn into_options(self) -> Result<KeyOptions, ApiError> {
+        let mut options = KeyOptions::new();
+        if let Some(name) = self.name {
+            options = options.name(KeyName::new(&name)?);
+        }
+        if let Some(scopes) = self.scopes {
+            options = options.scopes(Scopes::new(scopes)?);
+        }
+        match (self.expires_in_seconds, self.expires_at) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "give expires_in_seconds or expires_at, not both",
+                ));
+            }
+            (Some(seconds), None) => {
+                let seconds = u64::try_from(seconds).map_err(|_| PolicyError::ExpiryOutOfRange)?;
+                options = options.expires_in(Duration::from_secs(seconds))?;
+            }
+            (None, Some(at)) => {
+                // Whether it is in the future is the manager's check, at creation time.
+                options = options.expires_at(parse_rfc3339("expires_at", &at)?);
+            }
+            (None, None) => {}
+        }
+        Ok(options)
+    }
+}
+
+/// The body of `PATCH …/keys/{id}`: an absent field is kept, `null` clears it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateBody {
+    #[serde(default, deserialize_with = "present")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    scopes: Option<Option<Vec<String>>>,
+}
+
+impl UpdateBody {
+    pub(crate) fn into_update(self) -> Result<PolicyUpdate, ApiError> {
+        let mut update = PolicyUpdate::new();
+        if let Some(name) = self.name {
+            update = update.name(name.as_deref().map(KeyName::new).transpose()?);
+        }
+        if let Some(scopes) = self.scopes {
+            update = update.scopes(scopes.map(Scopes::new).transpose()?);
+        }
+        if let Some(at) = self.expires_at {
+            // May be in the past: that expires the key at once.
+            let at = at
+                .as_deref()
+                .map(|text| parse_rfc3339("expires_at", text))
+                .transpose()?;
+            update = update.expires_at(at);
+        }
+        Ok(update)
+    }
+}
+
+/// A field that is present, `null` or not: `Some(None)` for `null`. With `#[serde(default)]`
+/// an absent field stays `None`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// The body of `POST …/keys/{id}/rotate`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateBody {
+    grace_seconds: Option<u64>,
+}
+
+impl RotateBody {
+    pub(crate) fn into_options(self) -> Result<RotateOptions, ApiError> {
+        let grace = Duration::from_secs(self.grace_seconds.unwrap_or(0));
+        Ok(RotateOptions::new().grace(grace)?)
+    }
+}
+
+/// Reads an optional JSON body: none, empty or only whitespace gives `T::default()`; the
+/// content type is not looked at. Too large is 413, anything unreadable or not matching `T`
+/// is 400, each as JSON.
+pub(crate) async fn optional_body<T>(request: Request) -> Result<T, ApiError>
+where
+    T: DeserializeOwned + Default,
+{
+    let bytes = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            let status = rejection.status();
+            if status == http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, "request body is too large")
+            } else {
+                ApiError::bad_request("cannot read the request body")
+            }
+        })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    // Parsed as a value first: serde would also read a struct from a JSON array.
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid_json)?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("request body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(invalid_json)
+}
+
+/// 400 naming what serde refused, cut to a sane length.
+fn invalid_json(err: serde_json::Error) -> ApiError {
+    let mut message = format!("invalid JSON body: {err}");
+    if message.len() > 300 {
+        let cut = (0..=300)
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        message.truncate(cut);
+        message.push('…');
+    }
+    ApiError::bad_request(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_written_in_utc_with_microseconds_and_read_with_any_offset() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_893_456_000_123_456);
+        assert_eq!(rfc3339(at), "2030-01-01T00:00:00.123456Z");
+        let parsed = parse_rfc3339("t", "2030-01-01T02:00:00.123456+02:00").expect("valid");
+        assert_eq!(parsed, at);
+        assert!(parse_rfc3339("t", "2030-01-01 00:00:00").is_err());
+        assert!(parse_rfc3339("t", "tomorrow").is_err());
+    }
+
+    #[test]
+    fn update_fields_tell_null_from_absent() {
+        let body: UpdateBody = serde_json::from_str(r#"{"name": null}"#).expect("valid");
+        assert_eq!(body.name, Some(None));
+        assert_eq!(body.scopes, None);
+        let body: UpdateBody = serde_json::from_str(r#"{"scopes": ["read"]}"#).expect("valid");
+        assert_eq!(body.scopes, Some(Some(vec!["read".to_owned()])));
+        assert!(serde_json::from_str::<UpdateBody>(r#"{"nme": "x"}"#).is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! The key-management JSON API as an axum [`Router`] (feature `admin`): list, create, read,
+//! update, rotate, revoke, reactivate and delete an account's keys through one
+//! [`KeyManager`], behind a pluggable [`AdminAuthorizer`].
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /admin/accounts/{account}/keys` | 200 `{"keys": [record, …]}`, oldest first |
+//! | `POST /admin/accounts/{account}/keys` | 201 record with `"key"` (the plaintext, shown once) |
+//! | `GET /admin/accounts/{account}/keys/{id}` | 200 record |
+//! | `PATCH /admin/accounts/{account}/keys/{id}` | 200 record |
+//! | `POST /admin/accounts/{account}/keys/{id}/rotate` | 200 record with `"key"` |
+//! | `POST /admin/accounts/{account}/keys/{id}/revoke`, `…/reactivate` | 200 record |
+//! | `DELETE /admin/accounts/{account}/keys/{id}` | 204 |
+//!
+//! A record is `{"id", "account_id", "prefix", "status" ("active" or "inactive"),
+//! "created_at", "last_used_at", "name", "scopes", "expires_at"}`, times in RFC 3339 (UTC,
+//! microseconds) or `null`, `name` a string or `null`, `scopes` a list or `null`
+//! (unrestricted); while the old key of a rotation with a grace period still works, also
+//! `"previous_prefix"` and `"previous_expires_at"`.
+//!
+//! Request bodies are JSON, optional (no body, an empty one, and any content type are
+//! accepted), and refuse unknown fields:
+//!
+//! - create: `{"name": str, "expires_in_seconds": 1..=315360000 | "expires_at": RFC 3339
+//!   in the future, "scopes": [str]}`, every field optional;
+//! - update (`PATCH`): any of `{"name", "expires_at", "scopes"}`; `null` clears a field and an
+//!   absent one is kept; an `expires_at` in the past expires the key at once;
+//! - rotate: `{"grace_seconds": 0..=604800}`, how long the old key keeps working.
+//!
+//! Errors are `{"error": message}`: 400 for a bad account id, a bad body or a value the
+//! [policy](crate::policy) refuses (nothing is changed); 401 (with `WWW-Authenticate:
+//! Bearer`) when the authorizer doesn't know the caller; 404 for an unknown or malformed key
+//! id, and for an account the caller may not manage; 405 for another method; 409 when the
+//! account holds its limit of keys; 413 for a body over the limit (16 KiB by default); 503
+//! (with `Retry-After`) when the store fails, without the store's details. Every answer
+//! carries `Cache-Control: no-store`: create and rotate answer with a plaintext key.
+//!
+//! Each change is logged once, by the manager (`tracing`, `info`, with account and prefix);
+//! [`AdminRouter::on_event`] adds a hook for an audit trail.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::Router;
+//! use axum::body::Body;
+//! use http::{Request, StatusCode};
+//! use tower::ServiceExt as _;
+//! use tower_api_key::{KeyManager, MemoryStore, Pepper};
+//! use tower_api_key::admin::{AdminRouter, AdminToken};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+//! let app: Router = AdminRouter::new(manager, AdminToken::new("operator-token-0123456789")?)
+//!     .on_event(|event| println!("{} {} {}", event.action, event.account, event.prefix))
+//!     .into_router();
+//!
+//! let request = Request::post("/admin/accounts/acme/keys")
+//!     .header("authorization", "Bearer operator-token-0123456789")
+//!     .body(Body::from(r#"{"name": "CI", "scopes": ["read"], "expires_in_seconds": 86400}"#))?;
+//! let response = app.oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::CREATED);
+//! assert_eq!(response.headers()["cache-control"], "no-store");
+//! # Ok(())
+//! # }
+//! ```
+
+mod authorize;
+mod error;
+mod event;
+mod handlers;
+mod json;
+
+use std::fmt;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::map_response;
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::HeaderValue;
+use http::header::CACHE_CONTROL;
+
+pub use authorize::{AdminAuthorizer, AdminDenied, AdminToken, AdminTokenError};
+pub use event::{AdminAction, AdminEvent};
+
+use crate::manager::KeyManager;
+use handlers::{Admin, EventHook};
+
+/// The largest request body accepted by default: 16 KiB.
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
+
+/// Builds the admin [`Router`] for one [`KeyManager`]; see the [module docs](self).
+#[must_use = "call .into_router() to get the router"]
+pub struct AdminRouter {
+    manager: KeyManager,
+    authorizer: Arc<dyn AdminAuthorizer>,
+    hook: Option<EventHook>,
+    body_limit: usize,
+}
+
+impl AdminRouter {
+    /// The admin API over `manager`, letting through whom `authorizer` allows.
+    pub fn new(manager: KeyManager, authorizer: impl AdminAuthorizer) -> Self {
+        Self {
+            manager,
+            authorizer: Arc::new(authorizer),
+            hook: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Calls `hook` after each change made through the router (create, update, rotate,
+    /// revoke, reactivate, delete), with the account, key id and prefix. The hook runs on
+    /// the request's task: keep it quick, hand slow work to a channel.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, Mutex};
+    /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
+    /// use tower_api_key::admin::{AdminEvent, AdminRouter, AdminToken};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let audit: Arc<Mutex<Vec<AdminEvent>>> = Arc::default();
+    /// let trail = Arc::clone(&audit);
+    /// let router: axum::Router = AdminRouter::new(manager, AdminToken::new("operator-token-0123456789")?)
+    ///     .on_event(move |event| trail.lock().unwrap().push(event.clone()))
+    ///     .into_router();
+    /// # let _ = router;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_event<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&AdminEvent) + Send + Sync + 'static,
+    {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+
+    /// The largest request body accepted, in bytes (default [`DEFAULT_BODY_LIMIT`]); a
+    /// larger one is answered 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// The router, ready to [`merge`](Router::merge) into an application of any state type
+    /// (its paths all start with `/admin/accounts/`). It has no fallback of its own.
+    pub fn into_router<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let admin = Arc::new(Admin {
+            manager: self.manager,
+            authorizer: self.authorizer,
+            hook: self.hook,
+        });
+        let keys = "/admin/accounts/{account}/keys";
+        let key = "/admin/accounts/{account}/keys/{id}";
+        Router::new()
+            .route(keys, get(handlers::list_keys).post(handlers::create_key))
+            .route(
+                key,
+                get(handlers::get_key)
+                    .patch(handlers::update_key)
+                    .delete(handlers::delete_key),
+            )
+            .route(&format!("{key}/rotate"), post(handlers::rotate_key))
+            .route(&format!("{key}/revoke"), post(handlers::revoke_key))
+            .route(&format!("{key}/reactivate"), post(handlers::reactivate_key))
+            .method_not_allowed_fallback(handlers::method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.body_limit))
+            // Create and rotate answer with a plaintext key: no cache may keep it. Every
+            // answer gets it, so a route added later can't forget.
+            .layer(map_response(no_store))
+            .with_state(admin)
+    }
+}
+
+/// Router for `manager` behind `authorizer`, with the defaults: shorthand for
+/// `AdminRouter::new(manager, authorizer).into_router()`.
+pub fn router(manager: KeyManager, authorizer: impl AdminAuthorizer) -> Router {
+    AdminRouter::new(manager, authorizer).into_router()
+}
+
+async fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl fmt::Debug for AdminRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminRouter")
+            .field("manager", &self.manager)
+            .field("on_event", &self.hook.is_some())
+            .field("body_limit", &self.body_limit)
+            .finish_non_exhaustive()
+    }
+}
