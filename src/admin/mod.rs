@@ -35,6 +35,14 @@
 //! (with `Retry-After`) when the store fails, without the store's details. Every answer
 //! carries `Cache-Control: no-store`: create and rotate answer with a plaintext key.
 //!
+//! The router also serves the **Integration page** at `GET /integration` ([`AdminRouter::page_path`]
+//! moves it, [`AdminRouter::without_page`] drops it): one self-contained page (its script and
+//! style sheet are embedded in the crate; no external resources, no inline script) where an
+//! account's keys are listed with when each was created and last used, and created (the
+//! secret shown once), rotated (with an optional grace period), revoked, reactivated and
+//! deleted, through the JSON API above. It is served with a strict `Content-Security-Policy`
+//! (`frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`.
+//!
 //! Each change is logged once, by the manager (`tracing`, `info`, with account and prefix);
 //! [`AdminRouter::on_event`] adds a hook for an audit trail.
 //!
@@ -69,6 +77,7 @@ mod error;
 mod event;
 mod handlers;
 mod json;
+mod page;
 
 use std::fmt;
 use std::sync::Arc;
@@ -86,6 +95,10 @@ pub use event::{AdminAction, AdminEvent};
 
 use crate::manager::KeyManager;
 use handlers::{Admin, EventHook};
+use page::PageConfig;
+
+/// Where the Integration page is served unless configured: `/integration`.
+pub const DEFAULT_PAGE_PATH: &str = "/integration";
 
 /// The largest request body accepted by default: 16 KiB.
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
@@ -97,6 +110,8 @@ pub struct AdminRouter {
     authorizer: Arc<dyn AdminAuthorizer>,
     hook: Option<EventHook>,
     body_limit: usize,
+    page: Option<String>,
+    token_input: bool,
 }
 
 impl AdminRouter {
@@ -107,7 +122,41 @@ impl AdminRouter {
             authorizer: Arc::new(authorizer),
             hook: None,
             body_limit: DEFAULT_BODY_LIMIT,
+            page: Some(DEFAULT_PAGE_PATH.to_owned()),
+            token_input: true,
         }
+    }
+
+    /// Serves the Integration page at `path` instead of [`DEFAULT_PAGE_PATH`] (a trailing
+    /// `/` is ignored). Its script and style sheet are served below it (`{path}/page.js`,
+    /// `{path}/page.css`).
+    ///
+    /// # Panics
+    ///
+    /// If `path` doesn't start with `/`, as axum's routes must.
+    pub fn page_path(mut self, path: &str) -> Self {
+        assert!(path.starts_with('/'), "the page's path must start with '/'");
+        let trimmed = path.trim_end_matches('/');
+        self.page = Some(if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        });
+        self
+    }
+
+    /// Leaves the Integration page out: the router serves the JSON API only.
+    pub fn without_page(mut self) -> Self {
+        self.page = None;
+        self
+    }
+
+    /// Hides the page's "Admin token" input, for an [`AdminAuthorizer`] that reads the
+    /// caller's own session cookie instead of a bearer token (the page's calls carry the
+    /// browser's cookies either way).
+    pub fn hide_token_input(mut self) -> Self {
+        self.token_input = false;
+        self
     }
 
     /// Calls `hook` after each change made through the router (create, update, rotate,
@@ -158,6 +207,14 @@ impl AdminRouter {
         });
         let keys = "/admin/accounts/{account}/keys";
         let key = "/admin/accounts/{account}/keys/{id}";
+        let page = match &self.page {
+            Some(path) => page::routes(&PageConfig {
+                path: path.clone(),
+                limit: admin.manager.max_keys_per_account(),
+                token_input: self.token_input,
+            }),
+            None => Router::new(),
+        };
         Router::new()
             .route(keys, get(handlers::list_keys).post(handlers::create_key))
             .route(
@@ -169,6 +226,7 @@ impl AdminRouter {
             .route(&format!("{key}/rotate"), post(handlers::rotate_key))
             .route(&format!("{key}/revoke"), post(handlers::revoke_key))
             .route(&format!("{key}/reactivate"), post(handlers::reactivate_key))
+            .merge(page)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.body_limit))
             // Create and rotate answer with a plaintext key: no cache may keep it. Every
@@ -197,6 +255,7 @@ impl fmt::Debug for AdminRouter {
             .field("manager", &self.manager)
             .field("on_event", &self.hook.is_some())
             .field("body_limit", &self.body_limit)
+            .field("page", &self.page)
             .finish_non_exhaustive()
     }
 }

@@ -3,6 +3,7 @@
 
 mod access;
 mod create;
+mod page;
 mod rotate;
 mod update;
 
@@ -20,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tower_api_key::admin::{AdminAuthorizer, AdminEvent, AdminRouter, AdminToken};
+use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore};
 
 use crate::support::http::serve;
@@ -37,6 +39,8 @@ pub(crate) struct Harness {
     client: Client<HttpConnector, Full<Bytes>>,
     pub(crate) manager: KeyManager,
     events: Arc<Mutex<Vec<AdminEvent>>>,
+    /// Writes the layer's recorded uses to the store every few milliseconds.
+    _flusher: tower_api_key::last_used::FlushTask,
 }
 
 /// An answer: status, headers, body.
@@ -86,9 +90,16 @@ impl Harness {
         let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper());
         let events = Arc::new(Mutex::new(Vec::new()));
         let trail = Arc::clone(&events);
+        let recorder = LastUsedRecorder::new(Arc::clone(manager.store()));
+        let flusher = recorder.spawn_flusher(Duration::from_millis(20));
         let app = Router::new()
             .route("/v1/ping", get(|| async { "pong" }))
-            .layer(ApiKeyLayer::for_manager(&manager).accept_bearer().build())
+            .layer(
+                ApiKeyLayer::for_manager(&manager)
+                    .accept_bearer()
+                    .record_last_used(recorder)
+                    .build(),
+            )
             .merge(
                 AdminRouter::new(manager.clone(), authorizer)
                     .on_event(move |event| trail.lock().expect("lock").push(event.clone()))
@@ -99,7 +110,29 @@ impl Harness {
             client: Client::builder(TokioExecutor::new()).build_http(),
             manager,
             events,
+            _flusher: flusher,
         }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits (bounded) until the store has a last-used time for key `id` of `account`.
+    pub(crate) async fn wait_until_used(&self, account: &str, id: &str) {
+        let account = crate::support::account(account);
+        let id = id.parse().expect("key id");
+        let recorded = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            loop {
+                let info = self.manager.get(&account, id).await.expect("get");
+                if info.last_used_at.is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(recorded.is_ok(), "the use was never recorded");
     }
 
     /// Sends a request with `headers` and, if given, `body` (no content type unless a header

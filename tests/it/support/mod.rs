@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests (`tests/serial` includes the modules it needs:
 //! `exclusive`, `hooks`, `keys`, `rng`, `service`).
 
+#[cfg(feature = "admin")]
+pub(crate) mod browser;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod db;
 pub(crate) mod demo;

@@ -1,0 +1,433 @@
+//! The Integration page in a real browser (headless Chromium over WebDriver): every step of a
+//! key's life driven through the page, and each checked against the JSON API and against
+//! `/v1/ping` with the key. Waits are for conditions (bounded by [`PATIENCE`]), never sleeps.
+
+use std::time::Duration;
+
+use fantoccini::Locator;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use super::{Harness, TOKEN};
+use crate::support::browser::{Browser, PATIENCE};
+
+/// The page in a browser, next to the server that serves it.
+struct Page {
+    browser: Browser,
+    harness: Harness,
+}
+
+impl Page {
+    async fn open(width: u32, height: u32) -> Option<Self> {
+        let browser = Browser::start(width, height).await?;
+        let harness = Harness::start().await;
+        let page = Self { browser, harness };
+        page.load().await;
+        Some(page)
+    }
+
+    async fn load(&self) {
+        let url = format!("http://{}/integration", self.harness.addr());
+        self.browser.client.goto(&url).await.expect("open the page");
+    }
+
+    /// What the page shows, read in one script: rows (id and cells by column), the count,
+    /// the alert, the new key, whether "Create key" is disabled.
+    async fn state(&self) -> Value {
+        const READ: &str = r##"
+            const visible = (el) => !el.hidden && !el.closest("[hidden]");
+            const rows = [...document.querySelectorAll("#rows tr")].map((tr) => ({
+                id: tr.dataset.keyId,
+                text: tr.innerText,
+                cells: Object.fromEntries([...tr.cells].map((td) => [td.dataset.label, td.innerText.trim()])),
+            }));
+            const error = document.getElementById("error");
+            const fresh = document.getElementById("new-key");
+            return {
+                rows,
+                count: visible(document.getElementById("keys")) ? document.getElementById("count").innerText : null,
+                error: visible(error) ? error.innerText : null,
+                newKey: visible(fresh) ? document.getElementById("new-key-value").innerText : null,
+                createDisabled: document.getElementById("create").disabled,
+            };
+        "##;
+        self.browser
+            .client
+            .execute(READ, vec![])
+            .await
+            .expect("read the page")
+    }
+
+    /// Waits until `ready` holds for the page's state, and returns that state.
+    async fn wait_for(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let state = self.state().await;
+            if ready(&state) {
+                return state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page never showed {what}; it shows {state:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let input = self.find(css).await;
+        input.clear().await.expect("clear");
+        input.send_keys(text).await.expect("type");
+    }
+
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.browser
+            .client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|err| panic!("no {css} on the page: {err}"))
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await.expect("click");
+    }
+
+    /// Clicks the button labelled `label` in the row of key `id`.
+    async fn click_in_row(&self, id: &str, label: &str) {
+        let xpath = format!("//tr[@data-key-id='{id}']//button[normalize-space()='{label}']");
+        self.browser
+            .client
+            .wait()
+            .at_most(PATIENCE)
+            .for_element(Locator::XPath(&xpath))
+            .await
+            .unwrap_or_else(|err| panic!("no {label} button for {id}: {err}"))
+            .click()
+            .await
+            .expect("click");
+    }
+
+    /// Answers the `window.confirm` the last click opened, after checking its question.
+    async fn confirm(&self, mentions: &str, accept: bool) {
+        let client = &self.browser.client;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let text = loop {
+            match client.get_alert_text().await {
+                Ok(text) => break text,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("no confirmation was asked: {err}"),
+            }
+        };
+        assert!(text.contains(mentions), "{text:?}");
+        if accept {
+            client.accept_alert().await.expect("accept");
+        } else {
+            client.dismiss_alert().await.expect("dismiss");
+        }
+    }
+
+    async fn show_keys(&self, token: &str) {
+        self.fill("#token", token).await;
+        self.fill("#account", "acme").await;
+        self.click("#show").await;
+    }
+
+    /// The status of `GET /v1/ping` with `key`.
+    async fn ping(&self, key: &str) -> StatusCode {
+        self.harness
+            .send(Method::GET, "/v1/ping", &[("x-api-key", key)], None)
+            .await
+            .status
+    }
+}
+
+fn rows(state: &Value) -> &Vec<Value> {
+    state["rows"].as_array().expect("rows")
+}
+
+fn row<'s>(state: &'s Value, id: &str) -> &'s Value {
+    rows(state)
+        .iter()
+        .find(|row| row["id"] == id)
+        .unwrap_or_else(|| panic!("no row for {id} in {state:#}"))
+}
+
+fn key_of(state: &Value) -> String {
+    state["newKey"].as_str().expect("a new key").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_whole_life_through_the_page() {
+    let Some(page) = Page::open(1280, 900).await else {
+        return;
+    };
+
+    // A wrong token: a readable error, and nothing else appears.
+    page.show_keys("not-the-operator-token").await;
+    let state = page.wait_for("an error", |s| s["error"].is_string()).await;
+    assert!(
+        state["error"].as_str().expect("text").contains("401"),
+        "{state:#}"
+    );
+    assert!(state["count"].is_null() && rows(&state).is_empty());
+
+    page.show_keys(TOKEN).await;
+    let state = page
+        .wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
+        .await;
+    assert!(state["error"].is_null(), "the error is cleared");
+
+    // Create, with a name: the key is shown once, the row never shows its secret.
+    page.fill("#name", "CI").await;
+    page.click("#create").await;
+    let state = page
+        .wait_for("a new key", |s| s["newKey"].is_string())
+        .await;
+    let first = key_of(&state);
+    let listed = page.harness.list("acme").await;
+    assert_eq!(listed.len(), 1);
+    let id = listed[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(listed[0]["name"], "CI");
+    assert_eq!(&first[..8], listed[0]["prefix"].as_str().expect("prefix"));
+    let cells = &row(&state, &id)["cells"];
+    assert_eq!(cells["Prefix"], &first[..8]);
+    assert_eq!(cells["Name"], "CI");
+    assert_eq!(cells["Status"], "Active");
+    assert_eq!(cells["Last used"], "Never");
+    assert!(
+        !row(&state, &id)["text"]
+            .as_str()
+            .expect("text")
+            .contains(&first[9..])
+    );
+    assert_eq!(state["count"], "1 of 3 keys");
+    assert_eq!(page.ping(&first).await, StatusCode::OK);
+
+    // The use shows up as "last used" once recorded.
+    page.harness.wait_until_used("acme", &id).await;
+    page.click("#show").await;
+    page.wait_for("a last-used time", |s| {
+        rows(s)
+            .first()
+            .is_some_and(|r| r["cells"]["Last used"] != "Never")
+    })
+    .await;
+
+    // A reload forgets the secret.
+    page.load().await;
+    let state = page
+        .wait_for("the reloaded page", |s| s["count"].is_null())
+        .await;
+    assert!(state["newKey"].is_null());
+    page.show_keys(TOKEN).await;
+    page.wait_for("the list", |s| s["count"] == "1 of 3 keys")
+        .await;
+
+    // Rotate: confirmed, the new key shown once, the old one refused at once.
+    page.click_in_row(&id, "Rotate").await;
+    page.confirm("Rotate", true).await;
+    let state = page
+        .wait_for("the rotated key", |s| {
+            s["newKey"].as_str().is_some_and(|k| k != first)
+        })
+        .await;
+    let second = key_of(&state);
+    assert_eq!(row(&state, &id)["cells"]["Prefix"], &second[..8]);
+    assert_eq!(page.ping(&first).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(page.ping(&second).await, StatusCode::OK);
+
+    // Rotate with a grace period: both keys work, and the row says so.
+    page.find(&format!("tr[data-key-id='{id}'] select"))
+        .await
+        .select_by_value("3600")
+        .await
+        .expect("choose a grace period");
+    page.click_in_row(&id, "Rotate").await;
+    page.confirm("grace period", true).await;
+    let state = page
+        .wait_for("the rotated key", |s| {
+            s["newKey"].as_str().is_some_and(|k| k != second)
+        })
+        .await;
+    let third = key_of(&state);
+    let status = row(&state, &id)["cells"]["Status"]
+        .as_str()
+        .expect("status")
+        .to_owned();
+    assert!(
+        status.contains("Grace") && status.contains(&second[..8]),
+        "{status}"
+    );
+    assert_eq!(page.ping(&second).await, StatusCode::OK);
+    assert_eq!(page.ping(&third).await, StatusCode::OK);
+
+    // Revoke and reactivate.
+    page.click_in_row(&id, "Revoke").await;
+    page.wait_for("an inactive key", |s| {
+        rows(s).iter().any(|r| {
+            r["cells"]["Status"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Inactive"))
+        })
+    })
+    .await;
+    assert_eq!(page.ping(&third).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(page.harness.list("acme").await[0]["status"], "inactive");
+    page.click_in_row(&id, "Reactivate").await;
+    page.wait_for("an active key", |s| {
+        rows(s).iter().any(|r| {
+            r["cells"]["Status"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Active"))
+        })
+    })
+    .await;
+    assert_eq!(page.ping(&third).await, StatusCode::OK);
+
+    // Up to the limit: "Create key" is disabled.
+    for n in 2..=3 {
+        page.click("#create").await;
+        page.wait_for("another key", |s| s["count"] == format!("{n} of 3 keys"))
+            .await;
+    }
+    let state = page
+        .wait_for("a full account", |s| s["createDisabled"] == true)
+        .await;
+    assert_eq!(state["count"], "3 of 3 keys");
+    // Tall enough for the whole page in the screenshot.
+    page.browser
+        .client
+        .set_window_size(1280, 1300)
+        .await
+        .expect("resize");
+    let png = page.browser.client.screenshot().await.expect("screenshot");
+    save_screenshot(&png);
+
+    // A failed call shows an error and changes nothing.
+    page.fill("#token", "not-the-operator-token").await;
+    page.click_in_row(&id, "Revoke").await;
+    let failed = page.wait_for("an error", |s| s["error"].is_string()).await;
+    assert_eq!(rows(&failed).len(), 3);
+    assert_eq!(page.harness.list("acme").await[0]["status"], "active");
+    page.fill("#token", TOKEN).await;
+
+    // Delete: cancelled changes nothing; confirmed removes the row and frees the slot.
+    page.click_in_row(&id, "Delete").await;
+    page.confirm("Delete", false).await;
+    assert_eq!(page.harness.list("acme").await.len(), 3);
+    page.click_in_row(&id, "Delete").await;
+    page.confirm("Delete", true).await;
+    let state = page
+        .wait_for("two keys", |s| s["count"] == "2 of 3 keys")
+        .await;
+    assert!(rows(&state).iter().all(|r| r["id"] != id.as_str()));
+    assert_eq!(state["createDisabled"], false);
+    assert_eq!(page.ping(&third).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(page.harness.list("acme").await.len(), 2);
+
+    page.browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_works_at_360_pixels_with_the_keyboard_alone() {
+    let Some(page) = Page::open(360, 740).await else {
+        return;
+    };
+    let client = &page.browser.client;
+    let focused = || async {
+        client
+            .execute("return document.activeElement.id", vec![])
+            .await
+            .expect("read focus")
+    };
+
+    // Type the token, Tab to the account, type it, Tab to "Show keys", press Enter.
+    page.find("#token").await.click().await.expect("focus");
+    page.find("#token")
+        .await
+        .send_keys(TOKEN)
+        .await
+        .expect("type");
+    client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys("\u{E004}acme\u{E004}")
+        .await
+        .expect("tab");
+    assert_eq!(focused().await, "show");
+    client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys("\u{E007}")
+        .await
+        .expect("enter");
+    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
+        .await;
+
+    // Create a key from the name field with Enter.
+    page.find("#name").await.click().await.expect("focus");
+    client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys("phone\u{E007}")
+        .await
+        .expect("type and submit");
+    let state = page
+        .wait_for("a new key", |s| s["newKey"].is_string())
+        .await;
+    assert_eq!(page.ping(&key_of(&state)).await, StatusCode::OK);
+
+    let overflow = client
+        .execute(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            vec![],
+        )
+        .await
+        .expect("measure");
+    assert!(
+        overflow.as_i64().is_some_and(|px| px <= 0),
+        "the page scrolls sideways at 360 px by {overflow}"
+    );
+    page.browser.finish().await;
+}
+
+/// Keeps the screenshot of a full account: always under `target/`, and in
+/// `docs/integration-page.png` when `UPDATE_SCREENSHOT=1`.
+fn save_screenshot(png: &[u8]) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = root.join("target/integration-page.png");
+    std::fs::write(&target, png).expect("write the screenshot");
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        std::fs::create_dir_all(root.join("docs")).expect("docs/");
+        std::fs::write(root.join("docs/integration-page.png"), png).expect("write docs/");
+    }
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_strict_headers_and_no_outside_resources() {
+    let harness = Harness::start().await;
+    let html = harness.send(Method::GET, "/integration", &[], None).await;
+    assert_eq!(html.status, StatusCode::OK);
+    let csp = html.header("content-security-policy").expect("a CSP");
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(html.header("x-content-type-options"), Some("nosniff"));
+    let text = html.text();
+    assert!(
+        !text.contains("http://") && !text.contains("https://"),
+        "no outside resources"
+    );
+    for asset in ["/integration/page.js", "/integration/page.css"] {
+        let reply = harness.send(Method::GET, asset, &[], None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{asset}");
+        assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+        assert!(!reply.text().contains("https://"), "{asset}");
+    }
+}
