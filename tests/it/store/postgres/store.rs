@@ -13,7 +13,7 @@ use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
-use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError};
+use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError, PreviousKey};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -168,14 +168,22 @@ async fn times_round_trip_exactly_to_the_microsecond() {
                 UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
             }
         };
+        let old = ApiKey::generate().expect("randomness");
         let record = KeyRecord {
-            id: KeyId::random(),
-            account_id: account(&format!("t{i}")),
-            prefix: key.prefix(),
-            digest: pepper().digest(&key),
-            status: KeyStatus::Active,
-            created_at: at(created),
             last_used_at: Some(at(created + 1)),
+            expires_at: Some(at(created + 2)),
+            previous: Some(PreviousKey {
+                prefix: old.prefix(),
+                digest: pepper().digest(&old),
+                expires_at: at(created + 3),
+            }),
+            ..KeyRecord::new(
+                KeyId::random(),
+                account(&format!("t{i}")),
+                key.prefix(),
+                pepper().digest(&key),
+                at(created),
+            )
         };
         store
             .insert_within_limit(record.clone(), 3)
