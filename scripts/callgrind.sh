@@ -3,6 +3,7 @@
 # the same binary and inputs give the same counts whatever else the machine does).
 #
 #   scripts/callgrind.sh [REQUESTS]        # default 2000 per route
+#   KEEP=/tmp/cg scripts/callgrind.sh      # also keeps the dumps, for callgrind_annotate
 #
 # Starts the demo server (release, as `cargo run --release --example server` builds it: in-memory store) under
 # `valgrind --tool=callgrind`, creates a key, warms both routes up, then for each route zeroes
@@ -23,7 +24,7 @@ cargo build --release --example server >&2
 binary=target/release/examples/server
 
 # --dump-instr=no --collect-systime=no: only the instruction totals are needed.
-ADMIN_TOKEN=$token RUST_LOG=off env -u DATABASE_URL valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
+ADMIN_TOKEN=$token RUST_LOG=${RUST_LOG:-off} env -u DATABASE_URL valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
   "$binary" --addr "127.0.0.1:$port" >"$work/server.log" 2>&1 &
 server_pid=$!
 
@@ -67,6 +68,10 @@ open=$(count "$work/open.cfg")
 protected=$(count "$work/protected.cfg")
 per_open=$((open / requests))
 per_protected=$((protected / requests))
+if [ -n "${KEEP:-}" ]; then
+  # The dumps, for `callgrind_annotate --inclusive=yes KEEP/cg.*`.
+  mkdir -p "$KEEP" && cp "$work"/cg.* "$KEEP"/
+fi
 printf '%-34s %12s\n' "route" "instr/request"
 printf '%-34s %12d\n' "/healthz (open)" "$per_open"
 printf '%-34s %12d\n' "/v1/ping (cached valid key)" "$per_protected"

@@ -45,6 +45,17 @@ impl<B> ResponseBody<B> {
     }
 }
 
+#[cfg(feature = "axum")]
+impl ResponseBody<axum_core::body::Body> {
+    /// The inner axum body as it is, or the rejection's bytes as an axum body: no boxing.
+    pub(crate) fn into_axum(self) -> axum_core::body::Body {
+        match self.kind {
+            Kind::Inner { body } => body,
+            Kind::Rejection { data } => axum_core::body::Body::from(data.unwrap_or_default()),
+        }
+    }
+}
+
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,

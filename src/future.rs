@@ -56,7 +56,9 @@ pin_project! {
         },
         Resolving {
             lookup: PendingLookup<R::Account>,
-            waiting: Option<(S, Request<B>)>,
+            // Boxed: a request is a few hundred bytes, and every future of this type (the
+            // hits' too) would be that much bigger to move around.
+            waiting: Option<Box<(S, Request<B>)>>,
             gatekeeper: Arc<Gatekeeper<R>>,
         },
     }
@@ -90,7 +92,7 @@ where
         Self {
             state: State::Resolving {
                 lookup,
-                waiting: Some((ready_inner, request)),
+                waiting: Some(Box::new((ready_inner, request))),
                 gatekeeper,
             },
         }
@@ -123,7 +125,7 @@ where
                     gatekeeper,
                 } => {
                     let outcome = ready!(lookup.poll_unpin(cx));
-                    let (mut inner, mut request) = waiting
+                    let (mut inner, mut request) = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
                     match gatekeeper.conclude(outcome) {

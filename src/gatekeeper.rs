@@ -55,11 +55,26 @@ impl Sources {
 
     /// The key's bytes, trimmed; `Ok(None)` when no source carries a key.
     fn read<'h>(&self, headers: &'h HeaderMap) -> Result<Option<&'h [u8]>, &'static str> {
-        let own = single(headers, &self.header)?.map(trim_blanks);
         if !self.bearer {
-            return Ok(own);
+            return Ok(single(headers, &self.header)?.map(trim_blanks));
         }
-        let bearer = single(headers, &AUTHORIZATION)?.and_then(bearer_token);
+        // Both headers in one pass: cheaper than two hashed look-ups for the handful of
+        // headers API clients send.
+        let (mut own, mut authorization) = (None, None);
+        for (name, value) in headers {
+            let slot = if *name == AUTHORIZATION {
+                &mut authorization
+            } else if *name == self.header {
+                &mut own
+            } else {
+                continue;
+            };
+            if slot.replace(value.as_bytes()).is_some() {
+                return Err("repeated header");
+            }
+        }
+        let own = own.map(trim_blanks);
+        let bearer = authorization.and_then(bearer_token);
         match (own, bearer) {
             (Some(own), Some(bearer)) if own != bearer => Err("two different keys"),
             (Some(key), _) | (None, Some(key)) => Ok(Some(key)),
@@ -141,14 +156,11 @@ impl<R: Resolver> Gatekeeper<R> {
                 }
             };
         };
-        let key = match ApiKey::parse(value) {
+        // The checksum waits for a cache miss: a cached digest is a key that had a valid one.
+        let key = match ApiKey::parse_shape(value) {
             Ok(key) => key,
             Err(err) => return self.malformed(err),
         };
-        let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record("api_key.prefix", tracing::field::display(key.prefix()));
-        }
         let digest = self.pepper.digest(&key);
         match self.cache.cached(&digest) {
             Some(Cached::Valid(account)) => {
@@ -158,7 +170,7 @@ impl<R: Resolver> Gatekeeper<R> {
                     return Decision::Reject(Rejection::Expired);
                 }
                 self.metrics.accepted_cached();
-                self.accepted(&account);
+                self.accepted(&account, Some(&key));
                 Decision::Accept(account)
             }
             Some(Cached::Invalid) => {
@@ -167,7 +179,12 @@ impl<R: Resolver> Gatekeeper<R> {
                 Decision::Reject(Rejection::InvalidKey)
             }
             None => {
+                if !key.has_valid_checksum() {
+                    return self.malformed(crate::key::ParseError::Checksum);
+                }
                 self.metrics.cache_misses();
+                // The prefix now, the account once the lookup accepts it.
+                record_in_span(Some(&key), None);
                 match self.cache.lookup(&key, digest) {
                     Ok(lookup) => Decision::Lookup(lookup),
                     Err(Overloaded) => {
@@ -194,7 +211,7 @@ impl<R: Resolver> Gatekeeper<R> {
             }
             Lookup::Found(account) => {
                 self.metrics.accepted_resolved();
-                self.accepted(&account);
+                self.accepted(&account, None);
                 Ok(account)
             }
             Lookup::NotFound => {
@@ -220,16 +237,11 @@ impl<R: Resolver> Gatekeeper<R> {
             .is_some_and(|at| SystemTime::now() >= at)
     }
 
-    /// Bookkeeping of an accepted key: its use, and the account in the request's span.
-    fn accepted(&self, account: &R::Account) {
+    /// Bookkeeping of an accepted key: its use, and the request's span.
+    fn accepted(&self, account: &R::Account, key: Option<&ApiKey>) {
         let resolver = self.cache.resolver();
         resolver.record_use(account);
-        if let Some(id) = resolver.account_id(account) {
-            let span = tracing::Span::current();
-            if !span.is_disabled() {
-                span.record("api_key.account", id);
-            }
-        }
+        record_in_span(key, resolver.account_id(account));
     }
 
     /// The answer to a refused request: the hook's, or the default. Every 401 carries the
@@ -258,6 +270,25 @@ impl<R: Resolver> Gatekeeper<R> {
         self.metrics.malformed();
         tracing::debug!(outcome = "invalid", %reason, "api key rejected");
         Decision::Reject(Rejection::InvalidKey)
+    }
+}
+
+/// Records the key's prefix and the account in the current span's `api_key.prefix` and
+/// `api_key.account` fields, if it declares them: one look-up of the span for both.
+fn record_in_span(key: Option<&ApiKey>, account: Option<&str>) {
+    // With every level off no span exists: skip the look-up (one atomic load).
+    if tracing::level_filters::LevelFilter::current() == tracing::level_filters::LevelFilter::OFF {
+        return;
+    }
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(key) = key {
+        span.record("api_key.prefix", tracing::field::display(key.prefix()));
+    }
+    if let Some(account) = account {
+        span.record("api_key.account", account);
     }
 }
 

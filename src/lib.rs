@@ -80,6 +80,9 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
 mod authenticated;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum_layer;
 pub mod body;
 pub mod cache;
 #[cfg(feature = "axum")]

@@ -88,11 +88,13 @@ where
                 request
                     .extensions_mut()
                     .insert(Authenticated::from_arc(account));
-                ResponseFuture::called(take_ready(&mut self.inner).call(request))
+                // Called now, before `call` returns: the service `poll_ready` prepared is
+                // the one called, with no clone needed.
+                ResponseFuture::called(self.inner.call(request))
             }
             Decision::Anonymous => {
                 self.gatekeeper.sources.strip(request.headers_mut());
-                ResponseFuture::called(take_ready(&mut self.inner).call(request))
+                ResponseFuture::called(self.inner.call(request))
             }
             // The inner service stays ready for the next request: it was not called.
             Decision::Reject(rejection) => {
@@ -111,8 +113,9 @@ where
     }
 }
 
-/// Takes the inner service that `poll_ready` prepared and leaves a clone in its place: the
-/// clone may not be ready, and calling it instead would break its backpressure.
+/// Takes the inner service that `poll_ready` prepared and leaves a clone in its place, for a
+/// call made later (after the lookup): the clone may not be ready, and calling it instead
+/// would break its backpressure.
 fn take_ready<S: Clone>(inner: &mut S) -> S {
     let clone = inner.clone();
     std::mem::replace(inner, clone)
