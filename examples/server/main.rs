@@ -94,7 +94,7 @@ use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Command, Config, Database, USAGE};
+use crate::config::{Config, Database};
 use crate::routes::{AppState, app};
 use crate::serve::serve_connections;
 use crate::shutdown::ShutdownSignals;
@@ -109,15 +109,16 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     init_tracing();
-    let config = match Config::load(std::env::args_os().skip(1), |name| std::env::var_os(name)) {
-        Ok(Command::Help) => {
-            let _ = writeln!(std::io::stdout(), "{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Ok(Command::Serve(config)) => *config,
-        Err(message) => {
-            eprintln!("error: {message}\n(run with --help for usage)");
-            return ExitCode::from(EXIT_USAGE);
+    let config = match Config::load() {
+        Ok(config) => config,
+        // `--help` on stdout (exit 0), or a configuration mistake on stderr (exit 2).
+        Err(answer) => {
+            let _ = answer.print();
+            return if answer.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
