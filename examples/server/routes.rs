@@ -5,7 +5,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
 use serde::Serialize;
 use tonic_health::server::HealthReporter;
 use tower_api_key::admin::{AdminRouter, AdminToken};
@@ -87,9 +87,9 @@ struct Whoami {
     prefix: String,
 }
 
-// `Extension` rather than the `Authenticated` extractor keeps the demo free of the crate's
-// `axum` feature, so the README's plain `cargo run --example server` works.
-async fn whoami(Extension(who): Extension<Authenticated<KeyIdentity>>) -> Json<Whoami> {
+/// The crate's `Authenticated` extractor (feature `axum`, which the crate's dev-dependency on
+/// itself turns on for examples, so no `--features` flag is needed).
+async fn whoami(who: Authenticated<KeyIdentity>) -> Json<Whoami> {
     Json(Whoami {
         account_id: who.account_id().to_string(),
         key_id: who.key_id().to_string(),
