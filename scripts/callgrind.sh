@@ -4,7 +4,7 @@
 #
 #   scripts/callgrind.sh [REQUESTS]        # default 2000 per route
 #
-# Starts `examples/server.rs` (release, all features, in-memory store) under
+# Starts `examples/server/` (release, all features, in-memory store) under
 # `valgrind --tool=callgrind`, creates a key, warms both routes up, then for each route zeroes
 # the counters, sends REQUESTS keep-alive HTTP/1.1 GETs over one connection (curl), dumps the
 # counters and divides. Prints the open route (`/healthz`), the protected one (`/v1/ping` with a

@@ -1,4 +1,4 @@
-//! The demo server (`examples/server.rs`) as its users meet it: the real binary, started on
+//! The demo server (`examples/server/`) as its users meet it: the real binary, started on
 //! `127.0.0.1:0`, driven over loopback with HTTP/1.1 and gRPC (h2c) on the same port.
 //!
 //! Each test starts its own server, so counters and key limits are its own. The example is
