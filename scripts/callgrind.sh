@@ -4,7 +4,7 @@
 #
 #   scripts/callgrind.sh [REQUESTS]        # default 2000 per route
 #
-# Starts `examples/server/` (release, all features, in-memory store) under
+# Starts the demo server, `examples/server/` (release, as `cargo run --release --example server` builds it: in-memory store) under
 # `valgrind --tool=callgrind`, creates a key, warms both routes up, then for each route zeroes
 # the counters, sends REQUESTS keep-alive HTTP/1.1 GETs over one connection (curl), dumps the
 # counters and divides. Prints the open route (`/healthz`), the protected one (`/v1/ping` with a
@@ -19,7 +19,7 @@ token=callgrind-admin-token-0123456789
 work=$(mktemp -d)
 trap 'kill "${server_pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-cargo build --release --example server --all-features >&2
+cargo build --release --example server >&2
 binary=target/release/examples/server
 
 # --dump-instr=no --collect-systime=no: only the instruction totals are needed.

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[cfg(feature = "postgres")]
 use sqlx::types::time::OffsetDateTime;
 
-use super::{AccountId, KeyRecord, KeyStatus, StoreError};
+use super::{AccountId, KeyRecord, KeyStatus, PreviousKey, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
+use crate::policy::{KeyName, PolicyUpdate, Scopes};
 
 // ===== migrations =====
 
@@ -162,6 +163,13 @@ where
 
 // ===== conversions =====
 
+/// The names of the unique constraints (PostgreSQL) and index (SQLite) on the current and
+/// the previous prefix; a violation of either means "prefix taken".
+const PREFIX_CONSTRAINTS: [&str; 2] = [
+    "tower_api_keys_prefix_key",
+    "tower_api_keys_previous_prefix_key",
+];
+
 /// Microseconds since the Unix epoch, the precision every store keeps.
 pub(crate) fn to_micros(time: SystemTime) -> Result<i64, StoreError> {
     let micros = match time.duration_since(UNIX_EPOCH) {
@@ -248,10 +256,40 @@ impl StoredTime for PgTimestamp {
     }
 }
 
-/// A record's columns as the database keeps them (the id as `Id`, times as `Time`), checked
-/// on the way back in. Read with `query_as` from the columns `id`, `account_id`, `prefix`,
-/// `digest`, `status`, `created_at` and `last_used_at`.
-pub(crate) struct RawRecord<Id, Time> {
+/// A scope list as a store keeps it.
+pub(crate) trait StoredScopes {
+    /// The scopes it stands for, or `None` if it isn't a valid scope list.
+    fn into_scopes(self) -> Option<Scopes>;
+}
+
+/// SQLite: the scopes joined by single spaces; `""` is the empty set.
+impl StoredScopes for String {
+    fn into_scopes(self) -> Option<Scopes> {
+        if self.is_empty() {
+            return Scopes::new(Vec::<&str>::new()).ok();
+        }
+        Scopes::new(self.split(' ')).ok()
+    }
+}
+
+/// PostgreSQL: a `text[]`.
+impl StoredScopes for Vec<String> {
+    fn into_scopes(self) -> Option<Scopes> {
+        Scopes::new(self).ok()
+    }
+}
+
+/// `scopes` as SQLite keeps them: joined by single spaces (a scope holds none).
+#[cfg(feature = "sqlite")]
+pub(crate) fn joined_scopes(scopes: &Scopes) -> String {
+    scopes.iter().collect::<Vec<_>>().join(" ")
+}
+
+/// A record's columns as the database keeps them (the id as `Id`, times as `Time`, the scope
+/// list as `ScopeList`), checked on the way back in. Read with `query_as` from the columns
+/// `id`, `account_id`, `prefix`, `digest`, `status`, `created_at`, `last_used_at`, `name`,
+/// `scopes`, `expires_at`, `previous_prefix`, `previous_digest` and `previous_expires_at`.
+pub(crate) struct RawRecord<Id, Time, ScopeList> {
     id: Id,
     account_id: String,
     prefix: String,
@@ -259,11 +297,17 @@ pub(crate) struct RawRecord<Id, Time> {
     status: String,
     created_at: Time,
     last_used_at: Option<Time>,
+    name: Option<String>,
+    scopes: Option<ScopeList>,
+    expires_at: Option<Time>,
+    previous_prefix: Option<String>,
+    previous_digest: Option<Vec<u8>>,
+    previous_expires_at: Option<Time>,
 }
 
 /// Written once for every database whose driver decodes the column types: the per-database
-/// part is only which `Id` and `Time` a store names.
-impl<'r, R, Id, Time> sqlx::FromRow<'r, R> for RawRecord<Id, Time>
+/// part is only which `Id`, `Time` and `ScopeList` a store names.
+impl<'r, R, Id, Time, ScopeList> sqlx::FromRow<'r, R> for RawRecord<Id, Time, ScopeList>
 where
     R: sqlx::Row,
     &'static str: sqlx::ColumnIndex<R>,
@@ -271,6 +315,7 @@ where
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Time: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    ScopeList: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         Ok(Self {
@@ -281,11 +326,19 @@ where
             status: row.try_get("status")?,
             created_at: row.try_get("created_at")?,
             last_used_at: row.try_get("last_used_at")?,
+            name: row.try_get("name")?,
+            scopes: row.try_get("scopes")?,
+            expires_at: row.try_get("expires_at")?,
+            previous_prefix: row.try_get("previous_prefix")?,
+            previous_digest: row.try_get("previous_digest")?,
+            previous_expires_at: row.try_get("previous_expires_at")?,
         })
     }
 }
 
-impl<Id: Into<uuid::Uuid>, Time: StoredTime> RawRecord<Id, Time> {
+impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes>
+    RawRecord<Id, Time, ScopeList>
+{
     /// The record, or an error naming the column that isn't what the store writes (a row
     /// edited by hand): a fault, never a silently wrong answer.
     pub(crate) fn into_record(self) -> Result<KeyRecord, StoreError> {
@@ -293,13 +346,17 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime> RawRecord<Id, Time> {
         let corrupt = |column: &str| {
             StoreError::unavailable(format!("stored key {id} has an invalid {column}"))
         };
+        let time = |at: Option<Time>, column: &str| match at {
+            Some(at) => at.into_time().map(Some).ok_or_else(|| corrupt(column)),
+            None => Ok(None),
+        };
+        let digest = |bytes: &[u8], column: &str| {
+            <[u8; 32]>::try_from(bytes)
+                .map(KeyDigest::from_bytes)
+                .map_err(|_| corrupt(column))
+        };
         let account_id = AccountId::new(&self.account_id).map_err(|_| corrupt("account_id"))?;
         let prefix: KeyPrefix = self.prefix.parse().map_err(|_| corrupt("prefix"))?;
-        let digest: [u8; 32] = self
-            .digest
-            .as_slice()
-            .try_into()
-            .map_err(|_| corrupt("digest"))?;
         let status = match self.status.as_str() {
             "active" => KeyStatus::Active,
             "inactive" => KeyStatus::Inactive,
@@ -309,28 +366,91 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime> RawRecord<Id, Time> {
             .created_at
             .into_time()
             .ok_or_else(|| corrupt("created_at"))?;
-        let last_used_at = match self.last_used_at {
-            Some(at) => Some(at.into_time().ok_or_else(|| corrupt("last_used_at"))?),
+        let name = match self.name {
+            Some(name) => Some(KeyName::new(&name).map_err(|_| corrupt("name"))?),
             None => None,
+        };
+        let scopes = match self.scopes {
+            Some(scopes) => Some(scopes.into_scopes().ok_or_else(|| corrupt("scopes"))?),
+            None => None,
+        };
+        let previous = match (
+            self.previous_prefix,
+            self.previous_digest,
+            self.previous_expires_at,
+        ) {
+            (None, None, None) => None,
+            (Some(prefix), Some(bytes), Some(expires_at)) => Some(PreviousKey {
+                prefix: prefix.parse().map_err(|_| corrupt("previous_prefix"))?,
+                digest: digest(&bytes, "previous_digest")?,
+                expires_at: expires_at
+                    .into_time()
+                    .ok_or_else(|| corrupt("previous_expires_at"))?,
+            }),
+            _ => {
+                return Err(corrupt(
+                    "previous key (previous_prefix, previous_digest and previous_expires_at \
+                     must be all set or all NULL)",
+                ));
+            }
         };
         Ok(KeyRecord {
             id: super::KeyId::from_uuid(id),
             account_id,
             prefix,
-            digest: KeyDigest::from_bytes(digest),
+            digest: digest(&self.digest, "digest")?,
             status,
             created_at,
-            last_used_at,
+            last_used_at: time(self.last_used_at, "last_used_at")?,
+            name,
+            scopes,
+            expires_at: time(self.expires_at, "expires_at")?,
+            previous,
         })
     }
 }
 
-/// A unique violation on the prefix becomes [`StoreError::PrefixTaken`]; every other failure
-/// is [`StoreError::Unavailable`].
-pub(crate) fn store_error(err: sqlx::Error, prefix_constraint: &str) -> StoreError {
+/// The binds of a policy update's `UPDATE`, after the statement's own `$1`/`$2`: for name,
+/// scopes and expiry in turn, whether to set the field, then its new value (`NULL` clears
+/// it). `scopes` and `time` say how this database keeps a scope list and a time.
+pub(crate) fn bind_policy<'q, DB, O, S, T>(
+    query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
+    update: &'q PolicyUpdate,
+    scopes: impl Fn(&Scopes) -> S,
+    time: impl Fn(SystemTime) -> Result<T, StoreError>,
+) -> Result<sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>, StoreError>
+where
+    DB: sqlx::Database,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<S>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<T>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    S: 'q,
+    T: 'q,
+{
+    let name = update.name.as_ref().and_then(|name| name.as_ref());
+    let new_scopes = update.scopes.as_ref().and_then(|s| s.as_ref().map(scopes));
+    Ok(query
+        .bind(update.name.is_some())
+        .bind(name.map(KeyName::as_str))
+        .bind(update.scopes.is_some())
+        .bind(new_scopes)
+        .bind(update.expires_at.is_some())
+        .bind(update.expires_at.flatten().map(time).transpose()?))
+}
+
+/// A unique violation on the current or the previous prefix becomes
+/// [`StoreError::PrefixTaken`]; every other failure is [`StoreError::Unavailable`]. The
+/// constraints are found by name where the database reports it (PostgreSQL), by the column
+/// in the message otherwise (SQLite).
+pub(crate) fn store_error(err: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &err {
-        let on_prefix = db.constraint() == Some(prefix_constraint)
-            || (db.constraint().is_none() && db.message().contains(".prefix"));
+        let on_prefix = match db.constraint() {
+            Some(constraint) => PREFIX_CONSTRAINTS.contains(&constraint),
+            None => [".prefix", ".previous_prefix"]
+                .iter()
+                .any(|column| db.message().contains(column)),
+        };
         if db.is_unique_violation() && on_prefix {
             return StoreError::PrefixTaken;
         }

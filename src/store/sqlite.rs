@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -13,24 +13,32 @@ use sqlx::{Sqlite, Transaction};
 use super::sql::{self, MigrateError, Migration, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
+use crate::policy::{KeyName, PolicyUpdate};
 
-/// The table's unique constraint on `prefix`; a violation means "prefix taken".
-const PREFIX_CONSTRAINT: &str = "tower_api_keys_prefix_key";
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "tower_api_keys table",
+        sql: include_str!("../../migrations/sqlite/0001_tower_api_keys.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "key policy: name, scopes, expiry, previous key",
+        sql: include_str!("../../migrations/sqlite/0002_key_policy.sql"),
+    },
+];
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "tower_api_keys table",
-    sql: include_str!("../../migrations/sqlite/0001_tower_api_keys.sql"),
-}];
-
-/// A row as stored: the id as hyphenated text, times as integer microseconds.
-type Row = RawRecord<uuid::fmt::Hyphenated, i64>;
+/// A row as stored: the id as hyphenated text, times as integer microseconds, scopes joined
+/// by spaces.
+type Row = RawRecord<uuid::fmt::Hyphenated, i64, String>;
 
 /// A whole record's columns, under the names [`RawRecord`] reads (a macro, for `concat!`).
 macro_rules! columns {
     () => {
         "id, account_id, prefix, digest, status, \
-         created_at_us AS created_at, last_used_at_us AS last_used_at"
+         created_at_us AS created_at, last_used_at_us AS last_used_at, \
+         name, scopes, expires_at_us AS expires_at, previous_prefix, previous_digest, \
+         previous_expires_at_us AS previous_expires_at"
     };
 }
 
@@ -50,8 +58,11 @@ macro_rules! select_where {
 ///
 /// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
 ///   implicitly). Keys are stored as keyed digests, never in plaintext; times as integer
-///   microseconds since the Unix epoch. Prefix uniqueness is the table's `UNIQUE`
-///   constraint.
+///   microseconds since the Unix epoch; scopes as one text column, joined by single spaces
+///   (`''` is the empty set, `NULL` unrestricted). A prefix is unique across the current
+///   (`prefix`) and previous (`previous_prefix`) prefixes of all keys: each column has a
+///   unique index, and writes check both columns inside their `BEGIN IMMEDIATE`
+///   transaction.
 /// - **Limit**: [`insert_within_limit`](KeyStore::insert_within_limit) counts and inserts in
 ///   one `BEGIN IMMEDIATE` transaction, which holds the database's write lock from its first
 ///   statement, so concurrent creates can't exceed the limit.
@@ -173,18 +184,54 @@ impl sql::Dialect for SqliteStore {
 }
 
 fn failed(err: sqlx::Error) -> StoreError {
-    sql::store_error(err, PREFIX_CONSTRAINT)
+    sql::store_error(err)
+}
+
+/// Whether `prefix` is any key's current or previous prefix, read inside the write
+/// transaction `tx`, so it can't be taken before `tx` writes.
+async fn prefix_taken(
+    tx: &mut Transaction<'static, Sqlite>,
+    prefix: &KeyPrefix,
+) -> Result<bool, StoreError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tower_api_keys WHERE prefix = ?1 OR previous_prefix = ?1)",
+    )
+    .bind(prefix.as_str())
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(failed)
+}
+
+/// An optional time as SQLite keeps it.
+fn micros(at: Option<SystemTime>) -> Result<Option<i64>, StoreError> {
+    at.map(sql::to_micros).transpose()
 }
 
 #[async_trait]
 impl KeyStore for SqliteStore {
     async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+        let previous = record.previous.as_ref();
         let mut tx = self.begin_immediate().await?;
-        let inserted = sqlx::query(
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tower_api_keys WHERE account_id = ?1")
+                .bind(record.account_id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(failed)?;
+        if count >= i64::try_from(limit).unwrap_or(i64::MAX) {
+            return Err(StoreError::LimitReached { limit });
+        }
+        for prefix in std::iter::once(&record.prefix).chain(previous.map(|p| &p.prefix)) {
+            if prefix_taken(&mut tx, prefix).await? {
+                return Err(StoreError::PrefixTaken);
+            }
+        }
+        sqlx::query(
             "INSERT INTO tower_api_keys
-             (id, account_id, prefix, digest, status, created_at_us, last_used_at_us)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
-             WHERE (SELECT count(*) FROM tower_api_keys WHERE account_id = ?2) < ?8",
+             (id, account_id, prefix, digest, status, created_at_us, last_used_at_us,
+              name, scopes, expires_at_us, previous_prefix, previous_digest,
+              previous_expires_at_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )
         .bind(record.id.to_string())
         .bind(record.account_id.as_str())
@@ -192,19 +239,21 @@ impl KeyStore for SqliteStore {
         .bind(&record.digest.as_bytes()[..])
         .bind(record.status.as_str())
         .bind(sql::to_micros(record.created_at)?)
-        .bind(record.last_used_at.map(sql::to_micros).transpose()?)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(micros(record.last_used_at)?)
+        .bind(record.name.as_ref().map(KeyName::as_str))
+        .bind(record.scopes.as_ref().map(sql::joined_scopes))
+        .bind(micros(record.expires_at)?)
+        .bind(previous.map(|p| p.prefix.as_str()))
+        .bind(previous.map(|p| &p.digest.as_bytes()[..]))
+        .bind(micros(previous.map(|p| p.expires_at))?)
         .execute(&mut *tx)
         .await
         .map_err(failed)?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::LimitReached { limit });
-        }
         tx.commit().await.map_err(failed)
     }
 
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query_as::<_, Row>(select_where!("prefix = ?1"))
+        let row = sqlx::query_as::<_, Row>(select_where!("prefix = ?1 OR previous_prefix = ?1"))
             .bind(prefix.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -258,6 +307,7 @@ impl KeyStore for SqliteStore {
         id: KeyId,
         prefix: KeyPrefix,
         digest: KeyDigest,
+        grace_until: Option<SystemTime>,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin_immediate().await?;
         let before = sqlx::query_as::<_, Row>(select_where!("id = ?1 AND account_id = ?2"))
@@ -269,20 +319,53 @@ impl KeyStore for SqliteStore {
         let Some(before) = before.map(Row::into_record).transpose()? else {
             return Ok(None);
         };
+        if prefix_taken(&mut tx, &prefix).await? {
+            return Err(StoreError::PrefixTaken);
+        }
+        // The right-hand sides see the row as it was: with a grace period, the replaced key
+        // becomes the previous one; without, any previous key goes.
         let after = sqlx::query_as::<_, Row>(concat!(
-            "UPDATE tower_api_keys SET prefix = ?2, digest = ?3, last_used_at_us = NULL ",
+            "UPDATE tower_api_keys SET prefix = ?2, digest = ?3, last_used_at_us = NULL, ",
+            "previous_prefix = CASE WHEN ?4 IS NULL THEN NULL ELSE prefix END, ",
+            "previous_digest = CASE WHEN ?4 IS NULL THEN NULL ELSE digest END, ",
+            "previous_expires_at_us = ?4 ",
             "WHERE id = ?1 RETURNING ",
             columns!()
         ))
         .bind(id.to_string())
         .bind(prefix.as_str())
         .bind(&digest.as_bytes()[..])
+        .bind(micros(grace_until)?)
         .fetch_one(&mut *tx)
         .await
         .map_err(failed)?
         .into_record()?;
         tx.commit().await.map_err(failed)?;
         Ok(Some(Rotated { before, after }))
+    }
+
+    async fn update_policy(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        update: &PolicyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // For each field: whether to set it, then its new value (NULL clears it).
+        let query = sqlx::query_as::<_, Row>(concat!(
+            "UPDATE tower_api_keys SET ",
+            "name = CASE WHEN ?3 THEN ?4 ELSE name END, ",
+            "scopes = CASE WHEN ?5 THEN ?6 ELSE scopes END, ",
+            "expires_at_us = CASE WHEN ?7 THEN ?8 ELSE expires_at_us END ",
+            "WHERE id = ?1 AND account_id = ?2 RETURNING ",
+            columns!()
+        ))
+        .bind(id.to_string())
+        .bind(account.as_str());
+        let row = sql::bind_policy(query, update, sql::joined_scopes, sql::to_micros)?
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+        row.map(Row::into_record).transpose()
     }
 
     async fn delete(

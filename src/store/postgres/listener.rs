@@ -216,6 +216,15 @@ mod tests {
             changes_of(&format!("{} {}", hex("AB"), hex("01"))),
             [key(a), key(b)]
         );
+        // A rotation with a grace period names up to four: old and new, current and previous.
+        let (c, d) = (
+            KeyDigest::from_bytes([0xcd; 32]),
+            KeyDigest::from_bytes([0x02; 32]),
+        );
+        assert_eq!(
+            changes_of(&[hex("ab"), hex("01"), hex("cd"), hex("02")].join(" ")),
+            [key(a), key(b), key(c), key(d)]
+        );
         for everything in [
             "*",
             "",

@@ -3,20 +3,19 @@
 mod listener;
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::types::time::OffsetDateTime;
 use sqlx::{Connection as _, Postgres, Transaction};
 
 use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
+use crate::policy::{KeyName, PolicyUpdate, Scopes};
 
 pub use listener::PgChangeFeed;
-
-/// The table's unique constraint on `prefix`; a violation means "prefix taken".
-const PREFIX_CONSTRAINT: &str = "tower_api_keys_prefix_key";
 
 /// The channel the table's trigger notifies on every change (see the migration).
 pub(crate) const CHANNEL: &str = "tower_api_keys";
@@ -25,6 +24,9 @@ pub(crate) const CHANNEL: &str = "tower_api_keys";
 /// collide with an application's own single-key advisory locks.
 const LOCK_CLASS_ACCOUNT: i32 = 0x7461_6b01;
 const LOCK_CLASS_MIGRATE: i32 = 0x7461_6b02;
+/// Held, keyed by `hashtext(prefix)`, by every write that gives a key a prefix, from before
+/// it checks that the prefix is free (as a current or previous prefix) until it commits.
+const LOCK_CLASS_PREFIX: i32 = 0x7461_6b03;
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -37,18 +39,24 @@ const MIGRATIONS: &[Migration] = &[
         description: "inserts no longer notify",
         sql: include_str!("../../../migrations/postgres/0002_no_notify_on_insert.sql"),
     },
+    Migration {
+        version: 3,
+        description: "key policy: name, scopes, expiry, previous key; notify their changes",
+        sql: include_str!("../../../migrations/postgres/0003_key_policy.sql"),
+    },
 ];
 
 /// The oldest PostgreSQL this crate supports (as documented on [`PostgresStore`]).
 const MIN_SERVER_VERSION: i32 = 140_000;
 
 /// A row as stored: times as `timestamptz`, read and written through sqlx's `time` support.
-type Row = RawRecord<uuid::Uuid, PgTimestamp>;
+type Row = RawRecord<uuid::Uuid, PgTimestamp, Vec<String>>;
 
 /// A whole record's columns, under the names [`RawRecord`] reads (a macro, for `concat!`).
 macro_rules! columns {
     () => {
-        "id, account_id, prefix, digest, status, created_at, last_used_at"
+        "id, account_id, prefix, digest, status, created_at, last_used_at, name, scopes, \
+         expires_at, previous_prefix, previous_digest, previous_expires_at"
     };
 }
 
@@ -56,14 +64,17 @@ macro_rules! columns {
 /// database.
 ///
 /// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
-///   implicitly). Keys are stored as keyed digests, never in plaintext. Prefix uniqueness is
-///   the table's `UNIQUE` constraint.
+///   implicitly). Keys are stored as keyed digests, never in plaintext. A prefix is unique
+///   across the current (`prefix`) and previous (`previous_prefix`) prefixes of all keys:
+///   each column has a `UNIQUE` constraint, and every write that gives out a prefix holds a
+///   transaction advisory lock on it while it checks both columns and writes.
 /// - **Limit**: [`insert_within_limit`](KeyStore::insert_within_limit) takes a transaction
 ///   advisory lock on the account (`pg_advisory_xact_lock`) before counting, so concurrent
 ///   creates from any number of processes can't exceed the limit, and creates for different
 ///   accounts don't wait for each other.
 /// - **Changes reach other processes**: a trigger on the table `NOTIFY`s channel
-///   `tower_api_keys` with the digests of the keys concerned, inside the changing
+///   `tower_api_keys` with the digests of the keys concerned (current and previous, before
+///   and after the change; name and `last_used_at` changes don't notify), inside the changing
 ///   transaction, so the notification goes out exactly when the change commits; run a
 ///   [`PgChangeFeed`] in every process to act on it.
 /// - **`last_used_at`**: one `UPDATE` per flush for the whole batch, moving times forward only.
@@ -199,8 +210,47 @@ impl sql::Dialect for PostgresStore {
     }
 }
 
+/// `scopes` as a `text[]`.
+fn scope_list(scopes: &Scopes) -> Vec<String> {
+    scopes.iter().map(str::to_owned).collect()
+}
+
 fn failed(err: sqlx::Error) -> StoreError {
-    sql::store_error(err, PREFIX_CONSTRAINT)
+    sql::store_error(err)
+}
+
+/// An optional time as PostgreSQL keeps it.
+fn timestamp(at: Option<SystemTime>) -> Result<Option<OffsetDateTime>, StoreError> {
+    at.map(sql::to_timestamp).transpose()
+}
+
+/// Locks `prefixes` for the rest of `tx` (in sorted order, so two writers can't deadlock),
+/// then tells whether any of them is a key's current or previous prefix. The locks are taken
+/// in statements of their own: in READ COMMITTED the check that follows sees every write of
+/// the locks' previous holders.
+async fn lock_and_check_prefixes(
+    tx: &mut Transaction<'static, Postgres>,
+    prefixes: &[&KeyPrefix],
+) -> Result<bool, StoreError> {
+    let mut prefixes: Vec<String> = prefixes.iter().map(|p| p.as_str().to_owned()).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    for prefix in &prefixes {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS_PREFIX)
+            .bind(prefix)
+            .execute(&mut **tx)
+            .await
+            .map_err(failed)?;
+    }
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tower_api_keys
+                        WHERE prefix = ANY($1) OR previous_prefix = ANY($1))",
+    )
+    .bind(&prefixes)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(failed)
 }
 
 #[async_trait]
@@ -217,11 +267,27 @@ impl KeyStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
-        let inserted = sqlx::query(
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tower_api_keys WHERE account_id = $1")
+                .bind(record.account_id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(failed)?;
+        if count >= limit_sql {
+            return Err(StoreError::LimitReached { limit });
+        }
+        let previous = record.previous.as_ref();
+        let prefixes: Vec<&KeyPrefix> = std::iter::once(&record.prefix)
+            .chain(previous.map(|p| &p.prefix))
+            .collect();
+        if lock_and_check_prefixes(&mut tx, &prefixes).await? {
+            return Err(StoreError::PrefixTaken);
+        }
+        sqlx::query(
             "INSERT INTO tower_api_keys
-             (id, account_id, prefix, digest, status, created_at, last_used_at)
-             SELECT $1, $2, $3, $4, $5, $6, $7
-             WHERE (SELECT count(*) FROM tower_api_keys WHERE account_id = $2) < $8",
+             (id, account_id, prefix, digest, status, created_at, last_used_at, name, scopes,
+              expires_at, previous_prefix, previous_digest, previous_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(record.id.as_uuid())
         .bind(record.account_id.as_str())
@@ -229,14 +295,16 @@ impl KeyStore for PostgresStore {
         .bind(&record.digest.as_bytes()[..])
         .bind(record.status.as_str())
         .bind(sql::to_timestamp(record.created_at)?)
-        .bind(record.last_used_at.map(sql::to_timestamp).transpose()?)
-        .bind(limit_sql)
+        .bind(timestamp(record.last_used_at)?)
+        .bind(record.name.as_ref().map(KeyName::as_str))
+        .bind(record.scopes.as_ref().map(scope_list))
+        .bind(timestamp(record.expires_at)?)
+        .bind(previous.map(|p| p.prefix.as_str()))
+        .bind(previous.map(|p| &p.digest.as_bytes()[..]))
+        .bind(timestamp(previous.map(|p| p.expires_at))?)
         .execute(&mut *tx)
         .await
         .map_err(failed)?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::LimitReached { limit });
-        }
         tx.commit().await.map_err(failed)
     }
 
@@ -244,7 +312,7 @@ impl KeyStore for PostgresStore {
         let row = sqlx::query_as::<_, Row>(concat!(
             "SELECT ",
             columns!(),
-            " FROM tower_api_keys WHERE prefix = $1"
+            " FROM tower_api_keys WHERE prefix = $1 OR previous_prefix = $1"
         ))
         .bind(prefix.as_str())
         .fetch_optional(&self.pool)
@@ -306,6 +374,7 @@ impl KeyStore for PostgresStore {
         id: KeyId,
         prefix: KeyPrefix,
         digest: KeyDigest,
+        grace_until: Option<SystemTime>,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin().await?;
         let before = sqlx::query_as::<_, Row>(concat!(
@@ -321,20 +390,54 @@ impl KeyStore for PostgresStore {
         let Some(before) = before.map(Row::into_record).transpose()? else {
             return Ok(None);
         };
+        if lock_and_check_prefixes(&mut tx, &[&prefix]).await? {
+            return Err(StoreError::PrefixTaken);
+        }
+        // The right-hand sides see the row as it was: with a grace period, the replaced key
+        // becomes the previous one; without, any previous key goes.
         let after = sqlx::query_as::<_, Row>(concat!(
-            "UPDATE tower_api_keys SET prefix = $2, digest = $3, last_used_at = NULL ",
+            "UPDATE tower_api_keys SET prefix = $2, digest = $3, last_used_at = NULL, ",
+            "previous_prefix = CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE prefix END, ",
+            "previous_digest = CASE WHEN $4::timestamptz IS NULL THEN NULL ELSE digest END, ",
+            "previous_expires_at = $4 ",
             "WHERE id = $1 RETURNING ",
             columns!()
         ))
         .bind(id.as_uuid())
         .bind(prefix.as_str())
         .bind(&digest.as_bytes()[..])
+        .bind(timestamp(grace_until)?)
         .fetch_one(&mut *tx)
         .await
         .map_err(failed)?
         .into_record()?;
         tx.commit().await.map_err(failed)?;
         Ok(Some(Rotated { before, after }))
+    }
+
+    async fn update_policy(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        update: &PolicyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        // For each field: whether to set it, then its new value (NULL clears it). One
+        // statement: the trigger's notification commits with it.
+        let query = sqlx::query_as::<_, Row>(concat!(
+            "UPDATE tower_api_keys SET ",
+            "name = CASE WHEN $3 THEN $4 ELSE name END, ",
+            "scopes = CASE WHEN $5 THEN $6 ELSE scopes END, ",
+            "expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END ",
+            "WHERE id = $1 AND account_id = $2 RETURNING ",
+            columns!()
+        ))
+        .bind(id.as_uuid())
+        .bind(account.as_str());
+        let row = sql::bind_policy(query, update, scope_list, sql::to_timestamp)?
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed)?;
+        row.map(Row::into_record).transpose()
     }
 
     async fn delete(

@@ -5,3 +5,102 @@ mod conformance;
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+
+/// What the SQL stores' own tests share: the records they write and the checks they make.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use crate::support::{account, pepper};
+    use tower_api_key::{
+        ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, PolicyUpdate, PreviousKey, Scopes,
+        StoreError,
+    };
+
+    /// A key as an earlier schema wrote it: inactive, created at 1,700,000,000.000001 s, no
+    /// policy columns. Its account is `acme`.
+    pub(crate) fn old_style_record() -> KeyRecord {
+        let key = ApiKey::generate().expect("randomness");
+        KeyRecord {
+            status: KeyStatus::Inactive,
+            ..KeyRecord::new(
+                KeyId::random(),
+                account("acme"),
+                key.prefix(),
+                pepper().digest(&key),
+                UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_001),
+            )
+        }
+    }
+
+    /// After an upgrade: `old` reads back unchanged (no name, unrestricted, never expiring,
+    /// no previous key), and its row takes the new fields.
+    pub(crate) async fn assert_upgraded(store: &dyn KeyStore, old: &KeyRecord) {
+        let read = store
+            .find_by_prefix(&old.prefix)
+            .await
+            .expect("find")
+            .expect("kept");
+        assert_eq!(read, *old);
+        assert_eq!(
+            (read.name, read.scopes, read.expires_at),
+            (None, None, None)
+        );
+        assert!(read.previous.is_none());
+        let updated = store
+            .update_policy(
+                &old.account_id,
+                old.id,
+                &PolicyUpdate::new().scopes(Some(Scopes::default())),
+            )
+            .await
+            .expect("update")
+            .expect("found");
+        assert_eq!(updated.scopes, Some(Scopes::default()));
+    }
+
+    /// A key of `account_name` with every column set, a previous key among them.
+    pub(crate) fn full_record(account_name: &str) -> KeyRecord {
+        let (key, old) = (
+            ApiKey::generate().expect("randomness"),
+            ApiKey::generate().expect("randomness"),
+        );
+        KeyRecord {
+            name: Some(KeyName::new("CI").expect("name")),
+            scopes: Some(Scopes::new(["read", "write"]).expect("scopes")),
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            previous: Some(PreviousKey {
+                prefix: old.prefix(),
+                digest: pepper().digest(&old),
+                expires_at: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            }),
+            ..KeyRecord::new(
+                KeyId::random(),
+                account(account_name),
+                key.prefix(),
+                pepper().digest(&key),
+                UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            )
+        }
+    }
+
+    /// Reading `record` back, by prefix and by id, fails with a store failure naming
+    /// `column` (`edit` says what was done to the row).
+    pub(crate) async fn assert_unreadable(
+        store: &dyn KeyStore,
+        record: &KeyRecord,
+        edit: &str,
+        column: &str,
+    ) {
+        for read in [
+            store.find_by_prefix(&record.prefix).await,
+            store.get(&record.account_id, record.id).await,
+        ] {
+            let err = read.expect_err("an unreadable row");
+            assert!(
+                matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains(column),
+                "{edit}: {err}"
+            );
+        }
+    }
+}

@@ -1,11 +1,14 @@
 //! What `SqliteStore` promises beyond the conformance suite: keys survive reopening the file,
-//! migrations are idempotent, the limit holds across connections, and only digests are kept.
+//! migrations are idempotent and upgrade a database in place, the limit holds across
+//! connections, only digests are kept, and a row edited by hand into something the store
+//! never writes is a store failure naming the column.
 
 use std::sync::Arc;
 
 use crate::support::{account, pepper};
+use sqlx::Connection as _;
 use tower_api_key::store::SqliteStore;
-use tower_api_key::{KeyManager, KeyStatus, KeyStore, ManagerError};
+use tower_api_key::{KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError};
 
 #[tokio::test]
 async fn keys_survive_reopening_the_file() {
@@ -52,7 +55,10 @@ async fn migrate_is_idempotent() {
         .fetch_one(store.pool())
         .await
         .expect("count");
-    assert_eq!(applied, 1);
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .expect("migrations folder")
+        .count();
+    assert_eq!(applied, i64::try_from(shipped).expect("count"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,4 +126,90 @@ async fn an_in_memory_database_lives_as_long_as_the_store() {
         manager.create(&account("acme")).await,
         Err(ManagerError::LimitReached { limit: 3 })
     ));
+}
+
+#[tokio::test]
+async fn a_database_of_the_first_schema_upgrades_in_place_and_its_keys_are_unrestricted() {
+    const V1: &str = include_str!("../../../migrations/sqlite/0001_tower_api_keys.sql");
+    let url = crate::support::db::sqlite::fresh_url();
+    let store = SqliteStore::connect(&url).await.expect("open");
+    // The database as the first release left it: its table, its bookkeeping, one key.
+    sqlx::raw_sql(V1).execute(store.pool()).await.expect("0001");
+    sqlx::raw_sql(
+        "CREATE TABLE tower_api_keys_migrations (
+             version       INTEGER NOT NULL PRIMARY KEY,
+             description   TEXT    NOT NULL,
+             checksum      BLOB    NOT NULL,
+             applied_at_us INTEGER NOT NULL
+         ) STRICT",
+    )
+    .execute(store.pool())
+    .await
+    .expect("bookkeeping");
+    sqlx::query("INSERT INTO tower_api_keys_migrations VALUES (1, 'tower_api_keys table', ?1, 0)")
+        .bind(blake3::hash(V1.as_bytes()).as_bytes().to_vec())
+        .execute(store.pool())
+        .await
+        .expect("record 0001");
+    let old = super::sql::old_style_record();
+    sqlx::query(
+        "INSERT INTO tower_api_keys
+         (id, account_id, prefix, digest, status, created_at_us, last_used_at_us)
+         VALUES (?1, 'acme', ?2, ?3, 'inactive', 1700000000000001, NULL)",
+    )
+    .bind(old.id.to_string())
+    .bind(old.prefix.as_str())
+    .bind(&old.digest.as_bytes()[..])
+    .execute(store.pool())
+    .await
+    .expect("an old-style key");
+
+    store.migrate().await.expect("upgrade");
+    store.migrate().await.expect("again");
+    super::sql::assert_upgraded(&store, &old).await;
+}
+
+/// A key with every column set, in a store of its own, and a connection to its file that
+/// ignores CHECK constraints, to edit rows into what the store never writes.
+async fn store_with_full_key() -> (SqliteStore, sqlx::SqliteConnection, KeyRecord) {
+    let url = crate::support::db::sqlite::fresh_url();
+    let store = crate::support::db::sqlite::store_at(&url).await;
+    let record = super::sql::full_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let mut editor = sqlx::SqliteConnection::connect(&url).await.expect("open");
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut editor)
+        .await
+        .expect("pragma");
+    (store, editor, record)
+}
+
+#[tokio::test]
+async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
+    let cases = [
+        ("name = ''", "name"),
+        ("name = 'tab\there'", "name"),
+        ("name = char(10)", "name"),
+        ("scopes = 'Read'", "scopes"),
+        ("scopes = 'read  write'", "scopes"),
+        ("scopes = ' '", "scopes"),
+        ("previous_prefix = 'NOT-OURS'", "previous_prefix"),
+        ("previous_digest = x'00'", "previous_digest"),
+        ("previous_prefix = NULL", "previous_prefix, previous_digest"),
+        (
+            "previous_digest = NULL, previous_expires_at_us = NULL",
+            "previous_prefix, previous_digest",
+        ),
+    ];
+    for (edit, column) in cases {
+        let (store, mut editor, record) = store_with_full_key().await;
+        sqlx::raw_sql(&format!("UPDATE tower_api_keys SET {edit}"))
+            .execute(&mut editor)
+            .await
+            .expect("edit by hand");
+        super::sql::assert_unreadable(&store, &record, edit, column).await;
+    }
 }

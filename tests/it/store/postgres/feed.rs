@@ -1,20 +1,26 @@
 //! Cross-process invalidation over PostgreSQL `LISTEN`/`NOTIFY`: two full stacks ("processes":
 //! each its own pool, change feed, manager and layer) on one database. A change made through
 //! one is in force in the other within milliseconds, and when the other's listening
-//! connection is killed it fails closed, so a change it missed is never served stale.
+//! connection is killed it fails closed, so a change it missed is never served stale. Policy
+//! and grace-key changes made by hand in SQL reach another process's bus as invalidations of
+//! every digest they concern; `last_used_at` updates don't.
 //!
 //! Run with `--nocapture` to see the measured lags. Without `DATABASE_URL`, each test says it
 //! was skipped.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::report_lags;
-use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::stack::{Stack, StackOptions};
 use crate::support::exclusive::exclusive;
+use crate::support::{account, pepper};
 use http::StatusCode;
-use tower_api_key::CreatedKey;
+use tower_api_key::feed::FeedConfig;
+use tower_api_key::invalidation::{Invalidation, InvalidationBus, InvalidationListener};
+use tower_api_key::store::{PgChangeFeed, PostgresStore};
+use tower_api_key::{ApiKey, CreatedKey, KeyDigest, KeyId, KeyRecord, KeyStore};
 
 async fn two_stacks(schema: &Schema, test: &str) -> (Stack, Stack) {
     schema.store().await; // migrated once
@@ -166,4 +172,163 @@ async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stal
         .await
         .expect("revoke");
     time_until(&b, &key, StatusCode::UNAUTHORIZED, Instant::now()).await;
+}
+
+/// Every invalidation one bus heard, in order.
+#[derive(Default)]
+struct Heard(std::sync::Mutex<Vec<Invalidation>>);
+
+impl InvalidationListener for Heard {
+    fn invalidate(&self, invalidation: &Invalidation) {
+        self.0.lock().expect("lock").push(*invalidation);
+    }
+}
+
+impl Heard {
+    /// Waits (up to 10 s) until the bus has heard of every one of `digests` after the first
+    /// `from` invalidations; returns how many it has heard by then.
+    async fn wait_for_keys(&self, from: usize, digests: &[KeyDigest]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let heard = self.0.lock().expect("lock");
+                let all = digests
+                    .iter()
+                    .all(|digest| heard[from..].contains(&Invalidation::Key(*digest)));
+                if all {
+                    return heard.len();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no invalidation of {digests:?} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether an invalidation in `range` (by position) names one of `digests`.
+    fn heard_any(&self, range: std::ops::Range<usize>, digests: &[KeyDigest]) -> bool {
+        self.0.lock().expect("lock")[range]
+            .iter()
+            .any(|heard| digests.iter().any(|d| *heard == Invalidation::Key(*d)))
+    }
+}
+
+/// Runs `sql` on the key whose current prefix is `key`'s (`$1`), as someone editing the
+/// table by hand would.
+async fn by_hand(store: &PostgresStore, sql: &str, key: &ApiKey) {
+    sqlx::query(sql)
+        .bind(key.prefix().as_str())
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|err| panic!("{sql}: {err}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_grace_changes_made_by_hand_reach_another_process_and_last_used_does_not() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    // The other process: its own feed into its own bus.
+    let bus = InvalidationBus::new();
+    let heard = Arc::new(Heard::default());
+    bus.subscribe(&heard);
+    let feed = tower_api_key::feed::spawn(
+        PgChangeFeed::new(&PostgresStore::from_pool(schema.pool()))
+            .application_name(&format!("{} policy feed", schema.name)),
+        &bus,
+        FeedConfig::default(),
+    );
+    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+
+    let digest_of = |key: &ApiKey| pepper().digest(key);
+    let (key, marker) = (
+        ApiKey::generate().expect("randomness"),
+        ApiKey::generate().expect("randomness"),
+    );
+    for (i, key) in [&key, &marker].into_iter().enumerate() {
+        let record = KeyRecord::new(
+            KeyId::random(),
+            account(&format!("acme{i}")),
+            key.prefix(),
+            digest_of(key),
+            SystemTime::now(),
+        );
+        store.insert_within_limit(record, 3).await.expect("insert");
+    }
+    let old = digest_of(&key);
+
+    // Heard after the subscription's own `Invalidation::All`: only what follows counts.
+    let start = heard.0.lock().expect("lock").len();
+    by_hand(
+        &store,
+        "UPDATE tower_api_keys SET scopes = '{read}' WHERE prefix = $1",
+        &key,
+    )
+    .await;
+    let seen = heard.wait_for_keys(start, &[old]).await;
+    by_hand(
+        &store,
+        "UPDATE tower_api_keys SET expires_at = now() + interval '1 day' WHERE prefix = $1",
+        &key,
+    )
+    .await;
+    let seen = heard.wait_for_keys(seen, &[old]).await;
+
+    // A rotation with a grace period: the old key becomes the previous one.
+    let new = ApiKey::generate().expect("randomness");
+    sqlx::query(
+        "UPDATE tower_api_keys SET prefix = $2, digest = $3, previous_prefix = prefix,
+             previous_digest = digest, previous_expires_at = now() + interval '1 hour'
+         WHERE prefix = $1",
+    )
+    .bind(key.prefix().as_str())
+    .bind(new.prefix().as_str())
+    .bind(&digest_of(&new).as_bytes()[..])
+    .execute(store.pool())
+    .await
+    .expect("rotate by hand");
+    let seen = heard.wait_for_keys(seen, &[old, digest_of(&new)]).await;
+    // A later scope change names the grace key too.
+    by_hand(
+        &store,
+        "UPDATE tower_api_keys SET scopes = '{}' WHERE prefix = $1",
+        &new,
+    )
+    .await;
+    let seen = heard.wait_for_keys(seen, &[old, digest_of(&new)]).await;
+
+    // A use, then a change to another key: notifications arrive in commit order, so once the
+    // marker's is heard, one about the use would have been heard before it.
+    by_hand(
+        &store,
+        "UPDATE tower_api_keys SET last_used_at = now() WHERE prefix = $1",
+        &new,
+    )
+    .await;
+    by_hand(
+        &store,
+        "UPDATE tower_api_keys SET status = 'inactive' WHERE prefix = $1",
+        &marker,
+    )
+    .await;
+    let after_marker = heard.wait_for_keys(seen, &[digest_of(&marker)]).await;
+    assert!(
+        !heard.heard_any(seen..after_marker, &[old, digest_of(&new)]),
+        "a last_used update was announced"
+    );
+
+    // A delete names the grace key too.
+    by_hand(&store, "DELETE FROM tower_api_keys WHERE prefix = $1", &new).await;
+    heard
+        .wait_for_keys(after_marker, &[old, digest_of(&new)])
+        .await;
+    assert_eq!(
+        feed.status().outages,
+        0,
+        "the feed never lost its subscription"
+    );
+    feed.shutdown().await;
 }

@@ -1,4 +1,5 @@
-//! What `PostgresStore` promises beyond the conformance suite: migrations, the limit across
+//! What `PostgresStore` promises beyond the conformance suite: migrations (upgrading a
+//! database in place), the limit across
 //! processes, database constraints, unreadable rows edited by hand, digests only, change notifications that go out with the
 //! change's commit, and connections over TLS. Each test has a schema of its own; without `DATABASE_URL` each one
 //! says it was skipped.
@@ -13,7 +14,7 @@ use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
-use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError};
+use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError, PreviousKey};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -168,14 +169,22 @@ async fn times_round_trip_exactly_to_the_microsecond() {
                 UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
             }
         };
+        let old = ApiKey::generate().expect("randomness");
         let record = KeyRecord {
-            id: KeyId::random(),
-            account_id: account(&format!("t{i}")),
-            prefix: key.prefix(),
-            digest: pepper().digest(&key),
-            status: KeyStatus::Active,
-            created_at: at(created),
             last_used_at: Some(at(created + 1)),
+            expires_at: Some(at(created + 2)),
+            previous: Some(PreviousKey {
+                prefix: old.prefix(),
+                digest: pepper().digest(&old),
+                expires_at: at(created + 3),
+            }),
+            ..KeyRecord::new(
+                KeyId::random(),
+                account(&format!("t{i}")),
+                key.prefix(),
+                pepper().digest(&key),
+                at(created),
+            )
         };
         store
             .insert_within_limit(record.clone(), 3)
@@ -208,6 +217,117 @@ async fn a_time_out_of_range_edited_by_hand_is_a_store_failure_naming_the_column
             matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains("last_used_at"),
             "{value}: {err}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_the_earlier_schema_upgrades_in_place_and_its_keys_are_unrestricted() {
+    const SHIPPED: [(i64, &str, &str); 2] = [
+        (
+            1,
+            "tower_api_keys table and its change notifications",
+            include_str!("../../../../migrations/postgres/0001_tower_api_keys.sql"),
+        ),
+        (
+            2,
+            "inserts no longer notify",
+            include_str!("../../../../migrations/postgres/0002_no_notify_on_insert.sql"),
+        ),
+    ];
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let pool = schema.pool();
+    // The database as the previous release left it: its table, its bookkeeping, one key.
+    sqlx::raw_sql(
+        "CREATE TABLE tower_api_keys_migrations (
+             version     bigint      PRIMARY KEY,
+             description text        NOT NULL,
+             checksum    bytea       NOT NULL,
+             applied_at  timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .execute(&pool)
+    .await
+    .expect("bookkeeping");
+    for (version, description, sql) in SHIPPED {
+        sqlx::raw_sql(sql).execute(&pool).await.expect("migration");
+        sqlx::query(
+            "INSERT INTO tower_api_keys_migrations (version, description, checksum)
+             VALUES ($1, $2, $3)",
+        )
+        .bind(version)
+        .bind(description)
+        .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
+        .execute(&pool)
+        .await
+        .expect("record it");
+    }
+    let old = super::super::sql::old_style_record();
+    sqlx::query(
+        "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at)
+         VALUES ($1, 'acme', $2, $3, 'inactive', to_timestamp(1700000000.000001))",
+    )
+    .bind(old.id.as_uuid())
+    .bind(old.prefix.as_str())
+    .bind(&old.digest.as_bytes()[..])
+    .execute(&pool)
+    .await
+    .expect("an old-style key");
+
+    let store = PostgresStore::from_pool(pool);
+    store.migrate().await.expect("upgrade");
+    store.migrate().await.expect("again");
+    super::super::sql::assert_upgraded(&store, &old).await;
+}
+
+#[tokio::test]
+async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    // This schema is the test's own: drop the checks that would refuse some of the edits.
+    sqlx::raw_sql(
+        "ALTER TABLE tower_api_keys
+             DROP CONSTRAINT tower_api_keys_previous_check,
+             DROP CONSTRAINT tower_api_keys_previous_prefix_check,
+             DROP CONSTRAINT tower_api_keys_previous_digest_check",
+    )
+    .execute(&schema.pool())
+    .await
+    .expect("drop checks");
+    let cases = [
+        ("name = 'tab' || chr(9) || 'here'", "name"),
+        ("scopes = '{Read}'", "scopes"),
+        ("scopes = '{read,NULL}'", "scopes"),
+        ("scopes = '{\"read write\"}'", "scopes"),
+        (
+            "scopes = (SELECT array_agg('s' || i) FROM generate_series(1, 17) AS i)",
+            "scopes",
+        ),
+        ("expires_at = 'infinity'", "expires_at"),
+        ("previous_expires_at = '-infinity'", "previous_expires_at"),
+        ("previous_prefix = 'NOT-OURS'", "previous_prefix"),
+        ("previous_digest = '\\x00'", "previous_digest"),
+        ("previous_prefix = NULL", "previous_prefix, previous_digest"),
+        (
+            "previous_digest = NULL, previous_expires_at = NULL",
+            "previous_prefix, previous_digest",
+        ),
+    ];
+    for (i, (edit, column)) in cases.into_iter().enumerate() {
+        let record = super::super::sql::full_record(&format!("acme{i}"));
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        sqlx::query(&format!("UPDATE tower_api_keys SET {edit} WHERE id = $1"))
+            .bind(record.id.as_uuid())
+            .execute(store.pool())
+            .await
+            .expect("edit by hand");
+        super::super::sql::assert_unreadable(&store, &record, edit, column).await;
     }
 }
 
