@@ -5,7 +5,7 @@
 #   scripts/callgrind.sh [REQUESTS]        # default 2000 per route
 #   KEEP=/tmp/cg scripts/callgrind.sh      # also keeps the dumps, for callgrind_annotate
 #
-# Starts the demo server (release, as `cargo run --release --example server` builds it: in-memory store) under
+# Starts the demo server, `examples/server/` (release, as `cargo run --release --example server` builds it: in-memory store) under
 # `valgrind --tool=callgrind`, creates a key, warms both routes up, then for each route zeroes
 # the counters, sends REQUESTS keep-alive HTTP/1.1 GETs over one connection (curl), dumps the
 # counters and divides. Prints the open route (`/healthz`), the protected one (`/v1/ping` with a

@@ -1,4 +1,4 @@
-//! The demo server (`examples/server.rs`) as its users meet it: the real binary, started on
+//! The demo server (`examples/server/`) as its users meet it: the real binary, started on
 //! `127.0.0.1:0`, driven over loopback with HTTP/1.1 and gRPC (h2c) on the same port.
 //!
 //! Each test starts its own server, so counters and key limits are its own. The example is
@@ -863,7 +863,10 @@ async fn invalid_pepper_exits_with_code_2_and_a_clear_message() {
 async fn bad_arguments_exit_with_code_2_and_a_clear_message() {
     let cases = [
         (Launch::new().arg("--bogus"), "--bogus"),
-        (Launch::new().arg("--last-used-flush-ms"), "needs a value"),
+        (
+            Launch::new().arg("--last-used-flush-ms"),
+            "a value is required",
+        ),
         (Launch::new().arg("--addr").arg("nonsense"), "HOST:PORT"),
         (Launch::new().arg("--addr=127.0.0.1:99999"), "HOST:PORT"),
         (

@@ -1,5 +1,5 @@
 //! The bad-input matrix (ARCHITECTURE.md, *Hardening*) against the real demo server
-//! (`examples/server.rs`), over raw HTTP/1.1 bytes and raw HTTP/2 gRPC calls, with its logs
+//! (`examples/server/`), over raw HTTP/1.1 bytes and raw HTTP/2 gRPC calls, with its logs
 //! captured at `RUST_LOG=trace` (every crate, the layer's rejection events included) and
 //! searched for every secret used.
 //!

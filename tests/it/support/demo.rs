@@ -1,4 +1,4 @@
-//! Harness for the `demo` tests (and two-process ones): builds `examples/server.rs` once, runs it as a child
+//! Harness for the `demo` tests (and two-process ones): builds `examples/server/` once, runs it as a child
 //! process on a loopback port, and talks to it over HTTP/1.1 and gRPC.
 
 use std::net::SocketAddr;
@@ -74,7 +74,7 @@ fn build_server() -> PathBuf {
     let output = cargo.output().expect("run cargo to build the example");
     assert!(
         output.status.success(),
-        "building examples/server.rs failed:\n{}",
+        "building examples/server/ failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout)

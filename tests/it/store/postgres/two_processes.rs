@@ -1,4 +1,4 @@
-//! Two demo server processes (`examples/server.rs`) on one PostgreSQL database, with the same
+//! Two demo server processes (`examples/server/`) on one PostgreSQL database, with the same
 //! pepper, behave as one service: a key made through one works at the other; a key revoked,
 //! rotated away or deleted through one is refused by the other within milliseconds (each
 //! server's change feed hears the other's changes), reactivation likewise; the 3-key limit

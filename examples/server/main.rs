@@ -1,0 +1,260 @@
+//! The demo server: API keys in front of an HTTP API and a gRPC service, on one port.
+//!
+//! ```text
+//! cargo run --release --example server -- \
+//!     [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL] \
+//!     [--header-read-timeout-ms N] [--max-connections N]
+//! ```
+//!
+//! One process serves HTTP/1.1 and gRPC (HTTP/2 cleartext) on one port, keeping keys in the
+//! embedded in-memory store, or in SQLite or PostgreSQL with `--database-url`:
+//!
+//! | route | access |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /metrics` (Prometheus text of the layer's counters) | open |
+//! | `GET /v1/ping`, `GET /v1/whoami`, gRPC `grpc.health.v1.Health/Check` and `/Watch` | `X-API-KEY: <key>` (or `Authorization: Bearer <key>`) |
+//! | `POST /v1/write` | a key that is unrestricted or holds the `write` scope (else 403) |
+//! | `POST` and `GET /admin/accounts/{account}/keys` | `Authorization: Bearer <ADMIN_TOKEN>` |
+//! | `GET`, `PATCH` and `DELETE /admin/accounts/{account}/keys/{id}` | admin |
+//! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
+//!
+//! The admin routes are the crate's `tower_api_key::admin` router (feature `admin`; its
+//! rustdoc has the JSON contract): create takes an optional
+//! `{"name", "scopes", "expires_in_seconds" | "expires_at"}`, `PATCH` changes name, scopes or
+//! expiry (`null` clears), rotate takes an optional `{"grace_seconds": N}`.
+//!
+//! Configuration (a flag wins over its environment variable; an empty variable counts as
+//! unset):
+//!
+//! - `--addr` / `ADDR`: where to listen, default `127.0.0.1:3000`; port 0 picks a free port.
+//! - `--last-used-flush-ms` / `LAST_USED_FLUSH_MS`: how often key uses are written to the
+//!   store, default 500 (keep it at most 1000 for `last_used_at` to show a use within 2 s).
+//! - `--database-url` / `DATABASE_URL`: where keys are kept. Unset: in memory, for this run
+//!   only. `sqlite://path/keys.db` (build with `--features sqlite`): a SQLite file, created if
+//!   missing, for one server process. `postgres://user:pass@host/db` (build with
+//!   `--features postgres`): PostgreSQL, shared by any number of server processes; each one
+//!   listens for the others' changes (`LISTEN`/`NOTIFY`), so a key revoked through one is
+//!   refused by all within milliseconds. The schema is migrated at start.
+//! - `--header-read-timeout-ms` / `HEADER_READ_TIMEOUT_MS`: how long a client may take to send
+//!   a request head, default 10000. A connection that sends fewer than 24 bytes in that time
+//!   (nothing, or part of the HTTP/2 preface) is closed too, and so is a kept-alive HTTP/1.1
+//!   connection that starts no new request in that time.
+//! - `--max-connections` / `MAX_CONNECTIONS`: connections open at once, default 10000. More
+//!   are accepted and closed at once, without an answer, not queued.
+//! - `ADMIN_TOKEN`: the admin bearer token, at least 16 characters; if unset, a random one is
+//!   generated and printed.
+//! - `API_KEY_PEPPER`: 64 hex characters keying every key digest; if unset, a random one is
+//!   used for this run only. Servers sharing a database need the same pepper, kept across
+//!   restarts, or their keys don't verify.
+//!
+//! Every admin answer, the create and rotate ones with a plaintext key among them, carries
+//! `Cache-Control: no-store`.
+//!
+//! HTTP/2 has no header timeout of its own: once a connection has sent its preface, a client
+//! that stalls in the middle of a request's headers holds its connection slot until it goes
+//! away (idle connections are pinged every 20 s and closed if the peer doesn't answer), so
+//! `--max-connections` bounds what such clients can hold. A server-streaming call such as
+//! `grpc.health.v1.Health/Watch` is checked once, when it starts: revoking its key doesn't end
+//! a stream already open.
+//!
+//! The server prints `listening on http://HOST:PORT` on stdout once it accepts connections.
+//! SIGTERM or Ctrl-C shuts it down gracefully: in-flight requests finish, pending last-used
+//! times are written, and it exits 0. Bad configuration exits 2. Logs go to stderr
+//! (`RUST_LOG`, default `info`) and never contain a key.
+//!
+//! A session:
+//!
+//! ```text
+//! $ ADMIN_TOKEN=demo-admin-token-s3cret cargo run --release --example server
+//! listening on http://127.0.0.1:3000
+//! $ curl -s -X POST -H 'authorization: Bearer demo-admin-token-s3cret' \
+//!     -d '{"name": "CI", "scopes": ["read"]}' localhost:3000/admin/accounts/acme/keys
+//! {"id":"…","account_id":"acme","prefix":"k3v9x0qa","key":"k3v9x0qa.…","status":"active",…,"name":"CI","scopes":["read"],"expires_at":null}
+//! $ curl -s -H 'x-api-key: k3v9x0qa.…' localhost:3000/v1/whoami
+//! {"account_id":"acme","key_id":"…","prefix":"k3v9x0qa"}
+//! $ curl -s -X POST -H 'authorization: Bearer k3v9x0qa.…' localhost:3000/v1/write
+//! {"error":"insufficient scope"}
+//! ```
+
+mod config;
+mod routes;
+mod serve;
+mod shutdown;
+mod store;
+
+use std::io::{IsTerminal as _, Write as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic_health::ServingStatus;
+use tower_api_key::last_used::LastUsedRecorder;
+use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, Database};
+use crate::routes::{AppState, app};
+use crate::serve::serve_connections;
+use crate::shutdown::ShutdownSignals;
+use crate::store::open_store;
+
+/// Above this, `last_used_at` may lag a use by more than the 2 s the demo promises.
+const PROMPT_FLUSH_MS: u64 = 1000;
+/// How long in-flight requests (and open gRPC streams) get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Exit code for a configuration mistake, as for a command-line usage error.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    init_tracing();
+    let config = match Config::load() {
+        Ok(config) => config,
+        // `--help` on stdout (exit 0), or a configuration mistake on stderr (exit 2).
+        Err(answer) => {
+            let _ = answer.print();
+            return if answer.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let pepper = match config.pepper {
+        Some(pepper) => pepper,
+        None => {
+            if matches!(config.database, Database::Memory) {
+                tracing::warn!(
+                    "API_KEY_PEPPER is not set: using a random pepper for this run, \
+                     so keys won't survive a restart"
+                );
+            } else {
+                tracing::warn!(
+                    "API_KEY_PEPPER is not set: using a random pepper for this run; keys \
+                     stored in the database won't verify after a restart or in other \
+                     server processes"
+                );
+            }
+            Pepper::random().map_err(|err| format!("cannot generate a pepper: {err}"))?
+        }
+    };
+    if config.flush_interval > Duration::from_millis(PROMPT_FLUSH_MS) {
+        tracing::warn!(
+            interval = ?config.flush_interval,
+            "last-used flush interval above 1 s: last_used_at may lag uses by more than 2 s"
+        );
+    }
+
+    let opened = open_store(&config.database).await?;
+    let manager = KeyManager::new(Arc::clone(&opened.store), pepper);
+    let recorder = LastUsedRecorder::new(Arc::clone(&opened.store));
+    let flusher = recorder.spawn_flusher(config.flush_interval);
+    let api_keys = ApiKeyLayer::for_manager(&manager)
+        .accept_bearer()
+        .record_last_used(recorder)
+        .build();
+    let feed = opened.start_feed(&manager).await;
+    let state = AppState {
+        manager,
+        api_keys,
+        admin_token: config.admin_token,
+    };
+    let (health, app) = app(state);
+
+    // Before announcing the address: a signal sent as soon as it is printed must already
+    // mean "shut down gracefully", not the default "die at once".
+    let mut signals = ShutdownSignals::install()
+        .map_err(|err| format!("cannot listen for shutdown signals: {err}"))?;
+    let listener = TcpListener::bind(config.addrs.as_slice())
+        .await
+        .map_err(|err| format!("cannot listen on {}: {err}", config.addr_text))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|err| format!("cannot read the listening address: {err}"))?;
+
+    // stdout carries only what a caller parses: the generated token and the address.
+    let mut stdout = std::io::stdout().lock();
+    if let Some(token) = &config.generated_admin_token {
+        tracing::warn!("ADMIN_TOKEN is not set: generated one for this run (printed on stdout)");
+        let _ = writeln!(stdout, "admin token: {token}");
+    }
+    let _ = writeln!(stdout, "listening on http://{local_addr}");
+    let _ = stdout.flush();
+    drop(stdout);
+    tracing::info!(%local_addr, "serving HTTP/1.1 and gRPC (h2c)");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(serve_connections(listener, app, config.limits, stopped));
+
+    tokio::select! {
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down: finishing in-flight requests");
+        }
+        ended = &mut server => {
+            return Err(match ended {
+                Ok(()) => "the server stopped unexpectedly".to_owned(),
+                Err(err) => format!("the server task failed: {err}"),
+            });
+        }
+    }
+
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    let _ = stop.send(());
+    // Open connections get a grace period; a second signal ends it early.
+    tokio::select! {
+        finished = tokio::time::timeout(SHUTDOWN_GRACE, &mut server) => match finished {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "server task failed while shutting down"),
+            Err(_) => {
+                tracing::warn!(
+                    grace = ?SHUTDOWN_GRACE,
+                    "connections still open after the grace period; closing them"
+                );
+                server.abort();
+            }
+        },
+        signal = signals.recv() => {
+            tracing::warn!(signal, "second signal: closing open connections now");
+            server.abort();
+        }
+    }
+
+    match flusher.shutdown().await {
+        Ok(keys) => tracing::info!(keys, "flushed pending last-used times"),
+        Err(err) => tracing::warn!(error = %err, "could not flush pending last-used times"),
+    }
+    if let Some(feed) = feed {
+        feed.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

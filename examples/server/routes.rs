@@ -1,0 +1,98 @@
+//! The application: open routes, API-key routes (HTTP and gRPC), the admin router.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use tonic_health::server::HealthReporter;
+use tower_api_key::admin::{AdminRouter, AdminToken};
+use tower_api_key::resolver::StoreResolver;
+use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, RequireScopeLayer};
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) manager: KeyManager,
+    pub(crate) api_keys: ApiKeyLayer<StoreResolver>,
+    pub(crate) admin_token: AdminToken,
+}
+
+/// The whole application: open routes, API-key routes (HTTP and gRPC), admin routes.
+/// Returns the health reporter too, to report NOT_SERVING during shutdown.
+pub(crate) fn app(state: AppState) -> (HealthReporter, Router) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+
+    // `route_layer`: only matched routes check keys, so an unknown path is a plain 404.
+    let with_api_key = Router::new()
+        // Only keys that are unrestricted or list `write`; others get 403.
+        .route("/v1/write", post(write))
+        .route_layer(RequireScopeLayer::<KeyIdentity>::new("write"))
+        .route("/v1/ping", get(ping))
+        .route("/v1/whoami", get(whoami))
+        .route_service("/grpc.health.v1.Health/{*method}", health_service)
+        .route_layer(state.api_keys.clone());
+
+    // Every key lifecycle change is logged by the manager (account, prefix, action).
+    let admin = AdminRouter::new(state.manager.clone(), state.admin_token.clone()).into_router();
+
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(with_api_key)
+        .merge(admin)
+        .fallback(not_found)
+        .with_state(state);
+    (health, app)
+}
+
+// ===== open routes =====
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.api_keys.metrics().to_prometheus(),
+    )
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": "not found" })),
+    )
+}
+
+// ===== API-key routes =====
+
+async fn ping() -> &'static str {
+    "pong"
+}
+
+async fn write() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "written": true }))
+}
+
+#[derive(Serialize)]
+struct Whoami {
+    account_id: String,
+    key_id: String,
+    prefix: String,
+}
+
+/// The crate's `Authenticated` extractor (feature `axum`, which the crate's dev-dependency on
+/// itself turns on for examples, so no `--features` flag is needed).
+async fn whoami(who: Authenticated<KeyIdentity>) -> Json<Whoami> {
+    Json(Whoami {
+        account_id: who.account_id().to_string(),
+        key_id: who.key_id().to_string(),
+        prefix: who.prefix().to_string(),
+    })
+}
