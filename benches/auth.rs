@@ -176,6 +176,7 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
 
     let layer = ApiKeyLayer::for_manager(&manager).build();
     let protected = layer.layer(router());
+    let protected_axum = layer.clone().for_axum().layer(router());
     let floor = Floor {
         pepper: pepper.clone(),
         accounts: Arc::new(HashMap::from([(
@@ -213,6 +214,11 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
     let cases: Vec<(&str, Call, StatusCode)> = vec![
         ("floor", call!(floor, Some(&valid)), StatusCode::OK),
         ("layer/hit", call!(protected, Some(&valid)), StatusCode::OK),
+        (
+            "layer/hit_for_axum",
+            call!(protected_axum, Some(&valid)),
+            StatusCode::OK,
+        ),
         (
             "layer/reject_malformed",
             call!(protected, Some(&malformed)),

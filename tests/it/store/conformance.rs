@@ -514,6 +514,22 @@ async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn Key
     );
 }
 
+/// Rotates `record` to a fresh key, keeping its old key as the previous one until `at(60)`.
+async fn rotate_with_grace(store: &Arc<dyn KeyStore>, record: &KeyRecord) {
+    let (fresh, _) = new_record(record.account_id.as_str());
+    store
+        .replace_key(
+            &record.account_id,
+            record.id,
+            fresh.prefix,
+            fresh.digest,
+            Some(at(60)),
+        )
+        .await
+        .expect("replace")
+        .expect("found");
+}
+
 async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore>) {
     let (a, _) = new_record("acme");
     let (b, _) = new_record("acme");
@@ -525,18 +541,7 @@ async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore
         .insert_within_limit(b.clone(), 3)
         .await
         .expect("insert");
-    let (fresh, _) = new_record("acme");
-    store
-        .replace_key(
-            &account("acme"),
-            a.id,
-            fresh.prefix,
-            fresh.digest,
-            Some(at(60)),
-        )
-        .await
-        .expect("replace")
-        .expect("found");
+    rotate_with_grace(&store, &a).await;
     // a's old prefix is now its previous prefix: still taken, for inserts and rotations.
     let mut clash = new_record("other").0;
     clash.prefix = a.prefix;
@@ -562,18 +567,7 @@ async fn delete_frees_the_previous_prefix(store: Arc<dyn KeyStore>) {
         .insert_within_limit(a.clone(), 3)
         .await
         .expect("insert");
-    let (fresh, _) = new_record("acme");
-    store
-        .replace_key(
-            &account("acme"),
-            a.id,
-            fresh.prefix,
-            fresh.digest,
-            Some(at(60)),
-        )
-        .await
-        .expect("replace")
-        .expect("found");
+    rotate_with_grace(&store, &a).await;
     let removed = store.delete(&account("acme"), a.id).await.expect("delete");
     assert_eq!(
         removed.and_then(|r| r.previous).map(|p| p.prefix),

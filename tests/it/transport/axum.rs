@@ -262,3 +262,30 @@ async fn counters_follow_outcomes_and_cache_use() {
             .contains("api_key_requests_total{outcome=\"accepted\"} 3")
     );
 }
+
+#[tokio::test]
+async fn for_axum_gives_the_same_answers_with_axums_own_body() {
+    let store = TestStore::new();
+    let manager = manager(&store);
+    let created = manager.create(&account("acme")).await.expect("create");
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let addr = serve(
+        Router::new()
+            .route("/whoami", route_get(whoami))
+            .route_layer(layer.clone().for_axum()),
+    )
+    .await;
+    let client = client();
+    let accepted = get(&client, addr, "/whoami", &[created.key.expose_secret()]).await;
+    assert_eq!(accepted.status, 200);
+    assert!(accepted.body.starts_with("acme "), "{}", accepted.body);
+    let missing = get(&client, addr, "/whoami", &[]).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.body, r#"{"error":"missing API key"}"#);
+    assert_eq!(missing.content_type(), Some("application/json"));
+    assert_eq!(
+        missing.headers["www-authenticate"],
+        r#"ApiKey header="X-API-KEY""#
+    );
+    assert_eq!(layer.metrics().accepted, 1, "one layer, shared counters");
+}
