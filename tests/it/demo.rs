@@ -723,6 +723,29 @@ async fn unknown_routes_are_404_with_or_without_a_key() {
     }
 }
 
+#[tokio::test]
+async fn the_integration_page_is_served_without_a_key_with_strict_headers() {
+    let server = Launch::new().start().await;
+    let page = server.get("/integration").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.content_type().starts_with("text/html"),
+        "{}",
+        page.content_type()
+    );
+    assert!(
+        page.text()
+            .contains(r#"<label for="token">Admin token</label>"#)
+    );
+    let csp = page.headers["content-security-policy"]
+        .to_str()
+        .expect("ascii");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    for asset in ["/integration/page.js", "/integration/page.css"] {
+        assert_eq!(server.get(asset).await.status, StatusCode::OK, "{asset}");
+    }
+}
+
 // ===== gRPC on the same port =====
 
 #[tokio::test]

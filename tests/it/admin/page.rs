@@ -431,3 +431,54 @@ async fn the_page_is_served_with_strict_headers_and_no_outside_resources() {
         assert!(!reply.text().contains("https://"), "{asset}");
     }
 }
+
+#[tokio::test]
+async fn the_page_can_move_be_nested_or_be_left_out() {
+    use axum::Router;
+    use tower::ServiceExt as _;
+    use tower_api_key::admin::{AdminRouter, AdminToken};
+
+    let manager = tower_api_key::KeyManager::new(
+        std::sync::Arc::new(tower_api_key::MemoryStore::new()),
+        crate::support::pepper(),
+    );
+    let token = || AdminToken::new(TOKEN).expect("long enough");
+    let status = |app: Router, path: &'static str| async move {
+        let request = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        app.oneshot(request).await.expect("infallible")
+    };
+
+    let moved: Router = Router::new().nest(
+        "/settings",
+        AdminRouter::new(manager.clone(), token())
+            .page_path("/api/keys/")
+            .hide_token_input()
+            .into_router(),
+    );
+    let page = status(moved.clone(), "/settings/api/keys").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = axum::body::to_bytes(page.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let html = String::from_utf8_lossy(&html);
+    // Relative URLs lead back to where the router is nested.
+    assert!(html.contains(r#"data-api-root="../""#), "{html}");
+    assert!(html.contains(r#"data-token-input="hidden""#));
+    assert!(html.contains(r#"src="keys/page.js""#));
+    let script = status(moved.clone(), "/settings/api/keys/page.js").await;
+    assert_eq!(script.status(), StatusCode::OK);
+    assert_eq!(
+        status(moved, "/settings/integration").await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let without: Router = AdminRouter::new(manager, token())
+        .without_page()
+        .into_router();
+    assert_eq!(
+        status(without, "/integration").await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
