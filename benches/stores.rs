@@ -24,6 +24,7 @@
 //! # one part, other sizes:
 //! ROWS=100000 SAMPLES=2000 SQLITE_SAMPLES=500 cargo bench --all-features --bench stores -- lookups
 //! KEYS=10000 ROUNDS=5 cargo bench --all-features --bench stores -- last-used
+//! PG_FILLFACTOR=80 cargo bench --all-features --bench stores -- last-used  # room for HOT updates
 //! ```
 
 use std::convert::Infallible;
@@ -521,6 +522,19 @@ async fn last_used_one(
     let started = Instant::now();
     match pg {
         Some(pool) => {
+            if let Some(fillfactor) = std::env::var("PG_FILLFACTOR")
+                .ok()
+                .filter(|f| !f.is_empty())
+            {
+                let fillfactor: u8 = fillfactor.parse().expect("PG_FILLFACTOR: 10 to 100");
+                sqlx::raw_sql(&format!(
+                    "ALTER TABLE tower_api_keys SET (fillfactor = {fillfactor})"
+                ))
+                .execute(pool)
+                .await
+                .expect("fillfactor");
+                println!("{name}: table fillfactor {fillfactor}");
+            }
             pg_bulk_insert(
                 pool,
                 generated.iter().enumerate().map(|(i, key)| {
@@ -626,6 +640,20 @@ async fn last_used_one(
         }
         // Times move forward at millisecond resolution: the next round's uses are later.
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if let Some(pool) = pg {
+        // Row versions written, and how many were HOT (no index entries): the statistics
+        // reach pg_stat_user_tables within a second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let (updated, hot): (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+             WHERE schemaname = $1 AND relname = 'tower_api_keys'",
+        )
+        .bind(SCHEMA)
+        .fetch_one(pool)
+        .await
+        .expect("table statistics");
+        println!("{name}: {updated} rows updated in all, {hot} of them HOT");
     }
     let (p50, _, _, max) = percentiles(&mut flushes);
     println!();
