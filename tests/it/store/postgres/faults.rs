@@ -349,3 +349,95 @@ async fn an_aborted_feed_runner_fails_closed() {
     assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
     assert_eq!(b.layer.metrics().resolver_calls, calls + 2);
 }
+
+/// `PostgresStore::connect` doesn't ping a connection before each use (that is one round trip
+/// less per cache miss). After the database ends the pool's connections (a restart, a
+/// failover, `pg_terminate_backend`), a request may draw a dead one: it is answered 503,
+/// never a wrong answer, at most once per connection the pool held, and the pool replaces
+/// its connections by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_store_survives_its_connections_being_ended_with_at_most_one_503_each() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let name = format!("{}-ended", schema.name);
+    let url = format!("{}&application_name={name}", schema.url_with_search_path());
+    let store = PostgresStore::connect(&url).await.expect("connect");
+    assert!(
+        !store.pool().options().get_test_before_acquire(),
+        "connect doesn't ping before each acquire"
+    );
+    store.migrate().await.expect("migrate");
+    let manager = KeyManager::new(Arc::new(store.clone()), crate::support::pepper());
+    let created = manager.create(&account("acme")).await.expect("create");
+    let key = created.key.expose_secret().to_owned();
+    // A layer of its own per request: nothing cached, every request is a store lookup.
+    let status = |key: String| {
+        let service = crate::support::service::stack(&ApiKeyLayer::for_manager(&manager).build());
+        async move { crate::support::service::status(&service, key).await }
+    };
+    // Concurrent lookups, so that the pool holds several connections.
+    let statuses = futures_util::future::join_all((0..8).map(|_| status(key.clone()))).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let held = store.pool().size() as usize;
+    assert!(held >= 1);
+
+    let admin = schema.pool();
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&name)
+            .fetch_all(&admin)
+            .await
+            .expect("find the pool's connections");
+    assert!(
+        !pids.is_empty(),
+        "the pool's connections were found by name"
+    );
+    for pid in &pids {
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&admin)
+            .await
+            .expect("end a connection of the pool");
+        assert!(ended, "connection {pid} ended");
+    }
+
+    // Valid and unknown keys alternately, until the pool has served a clean run longer than
+    // it held connections: each request is answered right or 503, never wrongly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut unavailable, mut clean_run, mut round) = (0, 0, 0usize);
+    while clean_run <= 2 * held + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no clean run after 30 s ({unavailable} × 503)"
+        );
+        round += 1;
+        let (sent, expected) = if round % 2 == 0 {
+            (key.clone(), StatusCode::OK)
+        } else {
+            (unknown(), StatusCode::UNAUTHORIZED)
+        };
+        let got = status(sent).await;
+        if got == StatusCode::SERVICE_UNAVAILABLE {
+            unavailable += 1;
+            clean_run = 0;
+        } else {
+            assert_eq!(
+                got, expected,
+                "round {round}: a dead connection never gives a wrong answer"
+            );
+            clean_run += 1;
+        }
+    }
+    assert!(
+        unavailable <= held,
+        "{unavailable} × 503 for {held} connections held when they were ended"
+    );
+    println!(
+        "{} connections ended, {held} held: {unavailable} × 503, then clean",
+        pids.len()
+    );
+}

@@ -1,0 +1,706 @@
+//! The stores at scale, in one process: cold lookups through each SQL store at 10^6 rows, and
+//! the last-used writes of 10^5 keys used every second. Not a criterion bench: each part
+//! prints a table of percentiles (or counts) from one run.
+//!
+//! - `lookups`: `KeyStore::find_by_prefix` (what `StoreResolver::resolve` asks the store on a
+//!   cache miss) for random existing prefixes and for unknown ones, one at a time, through a
+//!   SQLite file and through PostgreSQL, each with sqlx's `test_before_acquire` on (a ping
+//!   before every acquire: sqlx's default) and off. The configurations are interleaved sample
+//!   by sample, so the machine's drift hits them alike.
+//! - `last-used`: 10^5 keys, each sent once per round through a layer with
+//!   `record_last_used`, then one `LastUsedRecorder::flush` (a round stands for one flush
+//!   interval of 1 s); counts the store's `record_last_used` calls and rows through a wrapping
+//!   store, and times the flushes. Memory store, then PostgreSQL.
+//!
+//! The rows are what the stores write (`KeyRecord::new`: active, no policy), put in with bulk
+//! SQL for speed; the lookup rows' digests are not digests of real keys (a lookup by prefix
+//! doesn't compare them), the last-used keys are real.
+//!
+//! PostgreSQL parts need `DATABASE_URL` (they run in schema `tak_bench_stores`, created and
+//! dropped); without it they are skipped.
+//!
+//! ```sh
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo bench --all-features --bench stores
+//! # one part, other sizes:
+//! ROWS=100000 SAMPLES=2000 SQLITE_SAMPLES=500 cargo bench --all-features --bench stores -- lookups
+//! KEYS=10000 ROUNDS=5 cargo bench --all-features --bench stores -- last-used
+//! PG_FILLFACTOR=80 cargo bench --all-features --bench stores -- last-used  # room for HOT updates
+//! ```
+
+use std::convert::Infallible;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tower::{Layer, ServiceExt};
+use tower_api_key::cache::CacheConfig;
+use tower_api_key::last_used::LastUsedRecorder;
+use tower_api_key::policy::PolicyUpdate;
+use tower_api_key::store::{
+    AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError,
+};
+use tower_api_key::{
+    ApiKey, ApiKeyLayer, KeyDigest, KeyManager, KeyPrefix, MemoryStore, Pepper, PostgresStore,
+    SqliteStore,
+};
+
+const SCHEMA: &str = "tak_bench_stores";
+const WARM_UP: usize = 200;
+const SQLITE_WARM_UP: usize = 5;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small xorshift: reproducible picks without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// The `i`-th prefix: a bijection of `0..36^8` (multiplying by a number prime to 36), so
+/// `0..rows` are the stored prefixes and `rows..` are unknown ones.
+fn prefix_of(i: usize) -> String {
+    const SPACE: u64 = 36u64.pow(8);
+    let mut x = (i as u64).wrapping_mul(2_654_435_761) % SPACE;
+    let mut out = [b'0'; 8];
+    for slot in out.iter_mut().rev() {
+        *slot = b"0123456789abcdefghijklmnopqrstuvwxyz"[(x % 36) as usize];
+        x /= 36;
+    }
+    String::from_utf8(out.to_vec()).expect("ascii")
+}
+
+fn digest_of(i: usize) -> Vec<u8> {
+    blake3::hash(&(i as u64).to_le_bytes()).as_bytes().to_vec()
+}
+
+fn percentiles(samples: &mut [Duration]) -> (f64, f64, f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (
+        us(at(0.5)),
+        us(at(0.9)),
+        us(at(0.99)),
+        us(*samples.last().expect("samples")),
+    )
+}
+
+// ===== setup =====
+
+/// `DATABASE_URL`, unless unset or empty.
+fn database_url() -> Option<String> {
+    std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// `DATABASE_URL`'s options with the bench schema (fresh) as `search_path`.
+async fn pg_schema() -> Option<PgConnectOptions> {
+    let url = database_url()?;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("connect to DATABASE_URL");
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}"
+    ))
+    .execute(&admin)
+    .await
+    .expect("create the bench schema");
+    admin.close().await;
+    Some(
+        PgConnectOptions::from_str(&url)
+            .expect("DATABASE_URL parses")
+            .options([("search_path", SCHEMA)])
+            .application_name("tak_bench_stores"),
+    )
+}
+
+async fn pg_drop_schema() {
+    if let Some(url) = database_url() {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .expect("connect");
+        sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
+            .execute(&admin)
+            .await
+            .expect("drop the bench schema");
+    }
+}
+
+/// The pool `PostgresStore::connect` builds, with `test_before_acquire` as given.
+fn pg_pool(options: &PgConnectOptions, test_before_acquire: bool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(3))
+        .test_before_acquire(test_before_acquire)
+        .connect_lazy_with(options.clone())
+}
+
+/// Inserts `records` (id, account, prefix, digest) as `insert_within_limit` writes them:
+/// active, created now, everything else NULL. Batches of `unnest`ed arrays.
+async fn pg_bulk_insert(
+    pool: &PgPool,
+    records: impl Iterator<Item = (uuid::Uuid, String, String, Vec<u8>)>,
+) {
+    let mut batch = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut records = records.peekable();
+    while records.peek().is_some() {
+        for (id, account, prefix, digest) in records.by_ref().take(20_000) {
+            batch.0.push(id);
+            batch.1.push(account);
+            batch.2.push(prefix);
+            batch.3.push(digest);
+        }
+        sqlx::query(
+            "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at)
+             SELECT id, account_id, prefix, digest, 'active', now()
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[])
+                  AS r(id, account_id, prefix, digest)",
+        )
+        .bind(&batch.0)
+        .bind(&batch.1)
+        .bind(&batch.2)
+        .bind(&batch.3)
+        .execute(pool)
+        .await
+        .expect("bulk insert");
+        batch.0.clear();
+        batch.1.clear();
+        batch.2.clear();
+        batch.3.clear();
+    }
+    sqlx::query("ANALYZE tower_api_keys")
+        .execute(pool)
+        .await
+        .expect("analyze");
+}
+
+fn sqlite_options(path: &str) -> SqliteConnectOptions {
+    // What `SqliteStore::connect` sets.
+    SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+        .expect("sqlite url")
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+}
+
+async fn sqlite_store(path: &str, test_before_acquire: bool) -> SqliteStore {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(test_before_acquire)
+        .connect_with(sqlite_options(path))
+        .await
+        .expect("open sqlite");
+    SqliteStore::from_pool(pool)
+}
+
+// ===== lookups =====
+
+async fn lookups() {
+    let rows = env_usize("ROWS", 1_000_000);
+    let samples = env_usize("SAMPLES", 5_000);
+    let sqlite_samples = env_usize("SQLITE_SAMPLES", 100).min(samples);
+    let accounts = 1_000;
+    let account = |i: usize| format!("acct{}", i % accounts);
+    println!(
+        "## lookups: {rows} rows, {samples} samples per case after {WARM_UP} warm-up \
+         (SQLite: {sqlite_samples} after {SQLITE_WARM_UP})"
+    );
+
+    let mut stores: Vec<(String, Arc<dyn KeyStore>)> = Vec::new();
+
+    // SQLite file.
+    let path = std::env::temp_dir().join(format!("tak_bench_stores_{}.db", std::process::id()));
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    let started = Instant::now();
+    {
+        let store = sqlite_store(&path, true).await;
+        store.migrate().await.expect("migrate sqlite");
+        let mut tx = store.pool().begin().await.expect("begin");
+        let per = 1_000;
+        for chunk in (0..rows).collect::<Vec<_>>().chunks(per) {
+            let mut sql = String::from(
+                "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at_us) VALUES ",
+            );
+            for (n, _) in chunk.iter().enumerate() {
+                if n > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?, ?, ?, ?, 'active', ?)");
+            }
+            let now_us = i64::try_from(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_micros(),
+            )
+            .expect("fits");
+            let mut query = sqlx::query(&sql);
+            for &i in chunk {
+                query = query
+                    .bind(uuid::Uuid::new_v4().hyphenated().to_string())
+                    .bind(account(i))
+                    .bind(prefix_of(i))
+                    .bind(digest_of(i))
+                    .bind(now_us);
+            }
+            query.execute(&mut *tx).await.expect("bulk insert sqlite");
+        }
+        tx.commit().await.expect("commit");
+        sqlx::query("ANALYZE")
+            .execute(store.pool())
+            .await
+            .expect("analyze");
+        store.pool().close().await;
+    }
+    println!(
+        "sqlite: {rows} rows inserted in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for on in [true, false] {
+        stores.push((
+            format!(
+                "SQLite file, test_before_acquire {}",
+                if on { "on" } else { "off" }
+            ),
+            Arc::new(sqlite_store(&path, on).await),
+        ));
+    }
+
+    // PostgreSQL.
+    let pg = pg_schema().await;
+    if let Some(options) = &pg {
+        let store = PostgresStore::from_pool(pg_pool(options, true));
+        store.migrate().await.expect("migrate postgres");
+        let started = Instant::now();
+        pg_bulk_insert(
+            store.pool(),
+            (0..rows).map(|i| (uuid::Uuid::new_v4(), account(i), prefix_of(i), digest_of(i))),
+        )
+        .await;
+        println!(
+            "postgres: {rows} rows inserted in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        store.pool().close().await;
+        for on in [true, false] {
+            stores.push((
+                format!(
+                    "PostgreSQL, test_before_acquire {}",
+                    if on { "on" } else { "off" }
+                ),
+                Arc::new(PostgresStore::from_pool(pg_pool(options, on))),
+            ));
+        }
+    } else {
+        println!("postgres: skipped (DATABASE_URL not set)");
+    }
+
+    // Interleaved: every sample goes through every store, in an order that rotates.
+    let mut known: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
+    let mut unknown: Vec<Vec<Duration>> = vec![Vec::new(); stores.len()];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for sample in 0..samples + WARM_UP {
+        for k in 0..stores.len() {
+            let s = (k + sample) % stores.len();
+            let (name, store) = &stores[s];
+            // SQLite scans the table (see the plan printed at the end): fewer samples.
+            let sqlite = name.starts_with("SQLite");
+            if sqlite && sample >= sqlite_samples + SQLITE_WARM_UP {
+                continue;
+            }
+            let warm = if sqlite { SQLITE_WARM_UP } else { WARM_UP };
+            let hit = KeyPrefix::from_str(&prefix_of(rng.below(rows))).expect("prefix");
+            let miss = KeyPrefix::from_str(&prefix_of(rows + rng.below(rows))).expect("prefix");
+            let t = Instant::now();
+            let found = store.find_by_prefix(&hit).await.expect("lookup");
+            let hit_time = t.elapsed();
+            assert!(found.is_some(), "an existing prefix is found");
+            let t = Instant::now();
+            let found = store.find_by_prefix(&miss).await.expect("lookup");
+            let miss_time = t.elapsed();
+            assert!(found.is_none(), "an unknown prefix is not found");
+            if sample >= warm {
+                known[s].push(hit_time);
+                unknown[s].push(miss_time);
+            }
+        }
+    }
+    println!();
+    println!("| store | prefix | p50 µs | p90 µs | p99 µs | max µs |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    for (s, (name, _)) in stores.iter().enumerate() {
+        for (what, series) in [("existing", &mut known[s]), ("unknown", &mut unknown[s])] {
+            let (p50, p90, p99, max) = percentiles(series);
+            println!("| {name} | {what} | {p50:.0} | {p90:.0} | {p99:.0} | {max:.0} |");
+        }
+    }
+    drop(stores);
+    sqlite_plan_after_analyze(&path, rows).await;
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(format!("{path}-wal"));
+    let _ = std::fs::remove_file(format!("{path}-shm"));
+    if pg.is_some() {
+        pg_drop_schema().await;
+    }
+}
+
+/// SQLite's plan for the lookup before and after `ANALYZE` (which `PRAGMA optimize` runs too),
+/// and the median of 21 lookups of existing prefixes with each plan.
+async fn sqlite_plan_after_analyze(path: &str, rows: usize) {
+    let store = sqlite_store(path, false).await;
+    let mut rng = Rng(7);
+    for analyzed in [false, true] {
+        if analyzed {
+            sqlx::query("ANALYZE")
+                .execute(store.pool())
+                .await
+                .expect("analyze");
+        }
+        let plan_of = |sql: &'static str| async {
+            sqlx::query(sql)
+                .bind("abcdefgh")
+                .fetch_all(store.pool())
+                .await
+                .expect("plan")
+                .iter()
+                .map(|row| sqlx::Row::get::<String, _>(row, "detail"))
+                .collect::<Vec<String>>()
+        };
+        let plan = plan_of(
+            "EXPLAIN QUERY PLAN SELECT id FROM tower_api_keys WHERE prefix = ?1 OR previous_prefix = ?1",
+        )
+        .await;
+        // The same lookup as two equality searches, for comparison.
+        let union = plan_of(
+            "EXPLAIN QUERY PLAN SELECT id FROM tower_api_keys WHERE prefix = ?1 \
+             UNION ALL SELECT id FROM tower_api_keys WHERE previous_prefix = ?1 AND prefix <> ?1",
+        )
+        .await;
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            let prefix = KeyPrefix::from_str(&prefix_of(rng.below(rows))).expect("prefix");
+            let t = Instant::now();
+            store.find_by_prefix(&prefix).await.expect("lookup");
+            times.push(t.elapsed());
+        }
+        let (p50, ..) = percentiles(&mut times);
+        println!(
+            "SQLite {} ANALYZE: plan {plan:?}, lookup p50 {p50:.0} µs; as UNION ALL: {union:?}",
+            if analyzed { "after" } else { "before" }
+        );
+    }
+    store.pool().close().await;
+}
+
+// ===== last-used writes =====
+
+/// Counts and times `record_last_used`; everything else goes straight through.
+struct Counting {
+    inner: Arc<dyn KeyStore>,
+    calls: AtomicUsize,
+    rows: AtomicUsize,
+    times: Mutex<Vec<Duration>>,
+}
+
+#[async_trait]
+impl KeyStore for Counting {
+    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+        self.inner.insert_within_limit(record, limit).await
+    }
+    async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.find_by_prefix(prefix).await
+    }
+    async fn get(&self, account: &AccountId, id: KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(account, id).await
+    }
+    async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(account).await
+    }
+    async fn set_status(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        status: KeyStatus,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.set_status(account, id, status).await
+    }
+    async fn replace_key(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+        grace_until: Option<SystemTime>,
+    ) -> Result<Option<Rotated>, StoreError> {
+        self.inner
+            .replace_key(account, id, prefix, digest, grace_until)
+            .await
+    }
+    async fn update_policy(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        update: &PolicyUpdate,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.update_policy(account, id, update).await
+    }
+    async fn delete(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.delete(account, id).await
+    }
+    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let result = self.inner.record_last_used(uses).await;
+        self.times.lock().expect("lock").push(started.elapsed());
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(uses.len(), Ordering::Relaxed);
+        result
+    }
+}
+
+/// Resident set size and its peak since the last reset, in KiB (Linux).
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+async fn wal_lsn(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+        .fetch_one(pool)
+        .await
+        .expect("wal position")
+}
+
+async fn last_used_one(
+    name: &str,
+    inner: Arc<dyn KeyStore>,
+    pg: Option<&PgPool>,
+    keys: usize,
+    rounds: usize,
+) {
+    let pepper = Pepper::random().expect("randomness");
+    let generated: Vec<ApiKey> = (0..keys)
+        .map(|_| ApiKey::generate().expect("randomness"))
+        .collect();
+    let started = Instant::now();
+    match pg {
+        Some(pool) => {
+            if let Some(fillfactor) = std::env::var("PG_FILLFACTOR")
+                .ok()
+                .filter(|f| !f.is_empty())
+            {
+                let fillfactor: u8 = fillfactor.parse().expect("PG_FILLFACTOR: 10 to 100");
+                sqlx::raw_sql(&format!(
+                    "ALTER TABLE tower_api_keys SET (fillfactor = {fillfactor})"
+                ))
+                .execute(pool)
+                .await
+                .expect("fillfactor");
+                println!("{name}: table fillfactor {fillfactor}");
+            }
+            pg_bulk_insert(
+                pool,
+                generated.iter().enumerate().map(|(i, key)| {
+                    (
+                        uuid::Uuid::new_v4(),
+                        format!("acct{}", i % 1_000),
+                        key.prefix().as_str().to_owned(),
+                        pepper.digest(key).as_bytes().to_vec(),
+                    )
+                }),
+            )
+            .await;
+        }
+        None => {
+            for (i, key) in generated.iter().enumerate() {
+                let record = KeyRecord::new(
+                    KeyId::random(),
+                    AccountId::new(&format!("acct{}", i % 1_000)).expect("account"),
+                    key.prefix(),
+                    pepper.digest(key),
+                    SystemTime::now(),
+                );
+                inner
+                    .insert_within_limit(record, usize::MAX)
+                    .await
+                    .expect("insert");
+            }
+        }
+    }
+    let setup = started.elapsed();
+    let counting = Arc::new(Counting {
+        inner,
+        calls: AtomicUsize::new(0),
+        rows: AtomicUsize::new(0),
+        times: Mutex::new(Vec::new()),
+    });
+    let manager = KeyManager::new(counting.clone(), pepper);
+    let recorder = LastUsedRecorder::new(counting.clone());
+    let layer = ApiKeyLayer::for_manager(&manager)
+        .cache_config(
+            CacheConfig::default()
+                .positive_capacity(2 * keys as u64)
+                .positive_ttl(Duration::from_secs(3_600)),
+        )
+        .record_last_used(recorder.clone())
+        .build();
+    let service = layer.layer(tower::service_fn(|_request: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(()))
+    }));
+    let headers: Vec<http::HeaderValue> = generated
+        .iter()
+        .map(|key| http::HeaderValue::from_str(key.expose_secret()).expect("header"))
+        .collect();
+    println!("{name}: {keys} keys set up in {:.1} s", setup.as_secs_f64());
+    println!();
+    println!(
+        "| {name} round | requests s | pending before flush | flush ms | store calls | rows | RSS growth over round KiB | peak RSS over flush KiB | WAL per flush KiB |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut flushes = Vec::new();
+    for round in 0..rounds {
+        let (rss_before, _) = rss_kib();
+        let t = Instant::now();
+        for header in &headers {
+            let mut request = http::Request::new(());
+            request.headers_mut().insert("x-api-key", header.clone());
+            let response = service.clone().oneshot(request).await.expect("infallible");
+            assert_eq!(response.status(), http::StatusCode::OK);
+        }
+        let requests = t.elapsed();
+        let pending = recorder.pending_count();
+        let (rss_after, _) = rss_kib();
+        let calls = counting.calls.load(Ordering::Relaxed);
+        let rows = counting.rows.load(Ordering::Relaxed);
+        let wal = match pg {
+            Some(pool) => Some(wal_lsn(pool).await),
+            None => None,
+        };
+        reset_peak_rss();
+        let (base, _) = rss_kib();
+        let t = Instant::now();
+        let written = recorder.flush().await.expect("flush");
+        let flush = t.elapsed();
+        let (_, peak) = rss_kib();
+        let wal_kib = match (pg, wal) {
+            (Some(pool), Some(before)) => format!("{}", (wal_lsn(pool).await - before) / 1024),
+            _ => "–".to_owned(),
+        };
+        assert_eq!(written, keys, "every key written once");
+        let calls = counting.calls.load(Ordering::Relaxed) - calls;
+        let rows = counting.rows.load(Ordering::Relaxed) - rows;
+        // Round 0 fills the cache (a store lookup per key): its request time is the misses'.
+        println!(
+            "| {round}{} | {:.2} | {pending} | {:.1} | {calls} | {rows} | {} | {} | {wal_kib} |",
+            if round == 0 { " (cold)" } else { "" },
+            requests.as_secs_f64(),
+            flush.as_secs_f64() * 1e3,
+            rss_after as i64 - rss_before as i64,
+            peak.saturating_sub(base),
+        );
+        if round > 0 {
+            flushes.push(flush);
+        }
+        // Times move forward at millisecond resolution: the next round's uses are later.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if let Some(pool) = pg {
+        // Row versions written, and how many were HOT (no index entries): the statistics
+        // reach pg_stat_user_tables within a second.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let (updated, hot): (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+             WHERE schemaname = $1 AND relname = 'tower_api_keys'",
+        )
+        .bind(SCHEMA)
+        .fetch_one(pool)
+        .await
+        .expect("table statistics");
+        println!("{name}: {updated} rows updated in all, {hot} of them HOT");
+    }
+    let (p50, _, _, max) = percentiles(&mut flushes);
+    println!();
+    println!(
+        "{name}: flush p50 {:.1} ms, max {:.1} ms over {} warm rounds; store calls {} for {} rows in all",
+        p50 / 1e3,
+        max / 1e3,
+        flushes.len(),
+        counting.calls.load(Ordering::Relaxed),
+        counting.rows.load(Ordering::Relaxed),
+    );
+    println!();
+}
+
+async fn last_used() {
+    let keys = env_usize("KEYS", 100_000);
+    let rounds = env_usize("ROUNDS", 11);
+    println!("## last-used: {keys} keys, {rounds} rounds (each: every key once, then one flush)");
+    println!(
+        "size_of KeyUse {} bytes; a flush builds a HashMap<(KeyId, KeyPrefix), u64> and a Vec<KeyUse> of the pending keys",
+        std::mem::size_of::<KeyUse>()
+    );
+    last_used_one("memory", Arc::new(MemoryStore::new()), None, keys, rounds).await;
+    if let Some(options) = pg_schema().await {
+        let store = PostgresStore::from_pool(pg_pool(&options, true));
+        store.migrate().await.expect("migrate");
+        let pool = store.pool().clone();
+        last_used_one("postgres", Arc::new(store), Some(&pool), keys, rounds).await;
+        pool.close().await;
+        pg_drop_schema().await;
+    } else {
+        println!("postgres: skipped (DATABASE_URL not set)");
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    // `cargo bench` passes `--bench`; anything else names the parts to run.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if wants("lookups") {
+        lookups().await;
+    }
+    if wants("last-used") {
+        last_used().await;
+    }
+}

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# Several release demo servers on one PostgreSQL: how long after a revoke through one server
+# the others refuse the key, and what the idle servers' change feeds cost the database.
+#
+# For each server count (default 1 2 4 8): starts that many servers (same ADMIN_TOKEN and
+# API_KEY_PEPPER, one schema of their own in DATABASE_URL's database, each connection named
+# `tak_proc_<n>` and `tak_proc_<n> change feed`), creates a key, then REVOCATIONS times:
+# revokes it through server r mod N and polls /v1/ping with it on every *other* server (on
+# the one server when N = 1) until each answers 401 — the lag is from just before the revoke
+# request to that 401 — then reactivates it and waits until every server answers 200 again.
+# Polling runs in python3 over keep-alive connections, round-robin over the servers still
+# waiting, so a lag's resolution is about one loopback round trip per waiting server.
+#
+# Then, with the servers idle, over WINDOW seconds: connections by application_name and
+# state (pg_stat_activity), notifications a listener receives per second (psql LISTEN on the
+# feed's channel), committed transactions per second in the database (pg_stat_database), and
+# CPU time of the PostgreSQL processes (from /proc: the server must run on this machine).
+#
+# Needs: curl, python3, psql. It installs nothing. Run by hand, not in CI.
+# Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/test scripts/processes.sh [COUNTS...]
+#        REVOCATIONS=100 WINDOW=10 (defaults)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+counts=("$@")
+((${#counts[@]})) || counts=(1 2 4 8)
+revocations=${REVOCATIONS:-100}
+window=${WINDOW:-10}
+url=${DATABASE_URL:?set DATABASE_URL to a postgres:// URL}
+schema=tak_processes
+
+missing=()
+for tool in curl python3 psql; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  echo "processes.sh needs: ${missing[*]} (Debian: apt-get install curl python3 postgresql-client)" >&2
+  exit 1
+fi
+
+echo "building the demo server (release, postgres)..." >&2
+cargo build --release --example server --features postgres >&2
+
+export ADMIN_TOKEN=processes-bench-admin-token
+API_KEY_PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+export API_KEY_PEPPER
+separator='?'
+[[ $url == *\?* ]] && separator='&'
+
+work=$(mktemp -d)
+pids=()
+stop_servers() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  stop_servers
+  psql "$url" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for n in "${counts[@]}"; do
+  psql "$url" -qc "DROP SCHEMA IF EXISTS $schema CASCADE; CREATE SCHEMA $schema" >/dev/null 2>&1
+  ports=()
+  for i in $(seq 0 $((n - 1))); do
+    server_url="$url${separator}options=-c%20search_path%3D$schema&application_name=tak_proc_$i"
+    RUST_LOG=warn target/release/examples/server --addr 127.0.0.1:0 \
+      --database-url "$server_url" >"$work/out.$i" 2>"$work/err.$i" &
+    pids+=($!)
+  done
+  for i in $(seq 0 $((n - 1))); do
+    for _ in $(seq 200); do
+      grep -q "listening on" "$work/out.$i" && break
+      sleep 0.05
+    done
+    line=$(grep -m1 "listening on" "$work/out.$i") || {
+      cat "$work/err.$i" >&2
+      echo "server $i did not start" >&2
+      exit 1
+    }
+    ports+=("${line##*:}")
+  done
+  echo "== $n server(s) on ports ${ports[*]}" >&2
+
+  python3 - "$revocations" "$ADMIN_TOKEN" "${ports[@]}" <<'PY'
+import http.client, json, statistics, sys, time
+
+revocations, token, ports = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
+conns = {}
+
+def call(i, method, path, headers=None):
+    for attempt in range(3):
+        conn = conns.get(i) or http.client.HTTPConnection("127.0.0.1", ports[i], timeout=10)
+        conns[i] = conn
+        try:
+            conn.request(method, path, headers=headers or {})
+            response = conn.getresponse()
+            body = response.read()
+            return response.status, body
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conns.pop(i, None)
+    raise RuntimeError(f"server {i} does not answer")
+
+admin = {"authorization": f"Bearer {token}", "content-length": "0"}
+status, body = call(0, "POST", "/admin/accounts/procs/keys", admin)
+assert status in (200, 201), (status, body)
+created = json.loads(body)
+key, key_id = created["key"], created["id"]
+ping = {"x-api-key": key}
+key_path = f"/admin/accounts/procs/keys/{key_id}"
+
+def wait_all(servers, expected, started, bound=10.0):
+    """Polls `servers` round-robin until each answers `expected`; returns each one's lag."""
+    lags, waiting = {}, list(servers)
+    while waiting:
+        for i in list(waiting):
+            status, _ = call(i, "GET", "/v1/ping", ping)
+            if status == expected:
+                lags[i] = time.perf_counter() - started
+                waiting.remove(i)
+            elif status not in (200, 401):
+                raise RuntimeError(f"server {i} answered {status}")
+        if time.perf_counter() - started > bound:
+            raise RuntimeError(f"servers {waiting} still not {expected} after {bound} s")
+    return lags
+
+n = len(ports)
+wait_all(range(n), 200, time.perf_counter())
+revoke_lags, reactivate_lags, revoke_calls = [], [], []
+for r in range(revocations):
+    by = r % n
+    others = [i for i in range(n) if i != by] or [by]
+    started = time.perf_counter()
+    status, body = call(by, "POST", f"{key_path}/revoke", admin)
+    assert status == 200, (status, body)
+    revoke_calls.append(time.perf_counter() - started)
+    revoke_lags += wait_all(others, 401, started).values()
+    started = time.perf_counter()
+    status, body = call(by, "POST", f"{key_path}/reactivate", admin)
+    assert status == 200, (status, body)
+    reactivate_lags += wait_all(range(n), 200, started).values()
+
+def spread(values):
+    values = sorted(v * 1000 for v in values)
+    at = lambda q: values[round((len(values) - 1) * q)]
+    return f"n={len(values)} p50 {at(0.5):.2f} ms, p99 {at(0.99):.2f} ms, max {values[-1]:.2f} ms"
+
+print(f"servers={n} revocations={revocations}")
+print(f"  revoke request itself: {spread(revoke_calls)}")
+print(f"  revoked -> 401 on {'the other servers' if n > 1 else 'the same server'}: {spread(revoke_lags)}")
+print(f"  reactivated -> 200 on every server: {spread(reactivate_lags)}")
+PY
+
+  # Idle load: what the feeds cost the database with nothing happening.
+  sleep 2
+  psql "$url" -AtF ' ' -c "SELECT coalesce(nullif(application_name, ''), '(none)'), state, count(*)
+    FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tak_proc_%'
+    GROUP BY 1, 2 ORDER BY 1, 2" | sed 's/^/  connection: /'
+  xacts() { psql "$url" -Atc "SELECT pg_stat_clear_snapshot(); SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()" | tail -1; }
+  pg_cpu() { # clock ticks of every process named postgres
+    python3 -c '
+import os
+total = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+    if name == "postgres":
+        total += int(rest[11]) + int(rest[12])
+print(total)'
+  }
+  x0=$(xacts)
+  c0=$(pg_cpu)
+  notes=$(psql "$url" -c "LISTEN tower_api_keys" -c "SELECT pg_sleep($window)" -c "SELECT 1" 2>&1 |
+    grep -c 'Asynchronous notification' || true)
+  c1=$(pg_cpu)
+  x1=$(xacts)
+  ticks=$(getconf CLK_TCK)
+  python3 - "$n" "$window" "$notes" "$x0" "$x1" "$c0" "$c1" "$ticks" <<'PY'
+import sys
+n, window, notes, x0, x1, c0, c1, ticks = (float(v) for v in sys.argv[1:])
+print(f"  idle over {window:.0f} s: one listener receives {notes / window:.1f} notifications/s "
+      f"(so {n} feeds receive {n * notes / window:.0f}/s in all); "
+      f"{(x1 - x0) / window:.1f} commits/s in the whole database (every client of it, this probe included); "
+      f"PostgreSQL CPU {1000 * (c1 - c0) / ticks / window:.1f} ms/s")
+PY
+  stop_servers
+done
