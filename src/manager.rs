@@ -300,7 +300,15 @@ impl KeyManager {
     ) -> Result<CreatedKey, ManagerError> {
         let id = KeyId::random();
         let created_at = now();
-        if options.expires_at.is_some_and(|at| at <= created_at) {
+        let expires_at = match (options.expires_at, options.expires_in) {
+            (Some(at), _) => Some(at),
+            (None, Some(after)) if after <= crate::policy::MAX_EXPIRES_IN => {
+                Some(created_at + after)
+            }
+            (None, Some(_)) => return Err(PolicyError::ExpiryOutOfRange.into()),
+            (None, None) => None,
+        };
+        if expires_at.is_some_and(|at| at <= created_at) {
             return Err(PolicyError::ExpiryInPast.into());
         }
         for _ in 0..PREFIX_ATTEMPTS {
@@ -308,7 +316,7 @@ impl KeyManager {
             let record = KeyRecord {
                 name: options.name.clone(),
                 scopes: options.scopes.clone(),
-                expires_at: options.expires_at,
+                expires_at,
                 ..KeyRecord::new(
                     id,
                     account.clone(),

@@ -197,6 +197,9 @@ pub struct KeyOptions {
     pub scopes: Option<Scopes>,
     /// The instant it stops authenticating.
     pub expires_at: Option<SystemTime>,
+    /// How long after its creation it stops authenticating (used when `expires_at` is
+    /// `None`): the expiry is then exactly `created_at + expires_in`.
+    pub expires_in: Option<Duration>,
 }
 
 impl KeyOptions {
@@ -223,10 +226,12 @@ impl KeyOptions {
     #[must_use]
     pub fn expires_at(mut self, at: SystemTime) -> Self {
         self.expires_at = Some(at);
+        self.expires_in = None;
         self
     }
 
-    /// Makes the key expire `after` from now: 1 s to [`MAX_EXPIRES_IN`].
+    /// Makes the key expire `after` its creation (exactly `created_at + after`): 1 s to
+    /// [`MAX_EXPIRES_IN`].
     ///
     /// # Errors
     ///
@@ -235,7 +240,8 @@ impl KeyOptions {
         if after < Duration::from_secs(1) || after > MAX_EXPIRES_IN {
             return Err(PolicyError::ExpiryOutOfRange);
         }
-        self.expires_at = Some(SystemTime::now() + after);
+        self.expires_in = Some(after);
+        self.expires_at = None;
         Ok(self)
     }
 }

@@ -19,6 +19,11 @@ async fn an_expiring_key_is_refused_from_its_expiry_on_without_asking_the_store(
         .expect("create");
     let key = created.key.expose_secret();
     let expires_at = created.info.expires_at.expect("expiry set");
+    assert_eq!(
+        expires_at,
+        created.info.created_at + Duration::from_secs(2),
+        "a relative expiry counts from the creation, exactly"
+    );
 
     let answer = app.get("/v1/ping", key).await;
     // On a machine stalled for two seconds the key may already be past its expiry here; the
