@@ -107,6 +107,12 @@ async fn a_full_body_sets_name_scopes_and_expiry_and_get_shows_the_same_record()
         .duration_since(SystemTime::now())
         .expect("in the future");
     assert!(from_now > Duration::from_secs(3000) && from_now <= Duration::from_secs(3600));
+    let created_at = humantime::parse_rfc3339(text(&created, "created_at")).expect("RFC 3339");
+    assert_eq!(
+        expires,
+        created_at + Duration::from_secs(3600),
+        "counted from creation"
+    );
 
     let id = text(&created, "id");
     let one = admin.on_key(Method::GET, "acme", id, "", None).await;
