@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key::{ApiKey, KeyPrefix, Pepper, RandomnessError};
-use crate::policy::{KeyName, KeyOptions, PolicyError, PolicyUpdate, RotateOptions, Scopes};
+use crate::policy::{self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RotateOptions, Scopes};
 use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, StoreError};
 
 /// The default limit of keys per account.
@@ -302,10 +302,7 @@ impl KeyManager {
         let created_at = now();
         let expires_at = match (options.expires_at, options.expires_in) {
             (Some(at), _) => Some(at),
-            (None, Some(after)) if after <= crate::policy::MAX_EXPIRES_IN => {
-                Some(created_at + after)
-            }
-            (None, Some(_)) => return Err(PolicyError::ExpiryOutOfRange.into()),
+            (None, Some(after)) => Some(created_at + policy::check_expires_in(after)?),
             (None, None) => None,
         };
         if expires_at.is_some_and(|at| at <= created_at) {
@@ -390,9 +387,7 @@ impl KeyManager {
         id: KeyId,
         options: RotateOptions,
     ) -> Result<CreatedKey, ManagerError> {
-        if options.grace > crate::policy::MAX_GRACE {
-            return Err(PolicyError::GraceOutOfRange.into());
-        }
+        policy::check_grace(options.grace)?;
         for _ in 0..PREFIX_ATTEMPTS {
             let key = ApiKey::generate()?;
             let digest = self.pepper.digest(&key);

@@ -184,6 +184,24 @@ pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(315_360_000);
 /// Longest grace period a rotation may give the old key: 7 days.
 pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// `after` if it is a valid relative expiry (1 s to [`MAX_EXPIRES_IN`]). The one place the
+/// rule is written: the builder checks it, and so does the manager for options whose fields
+/// were set directly.
+pub(crate) fn check_expires_in(after: Duration) -> Result<Duration, PolicyError> {
+    if after < Duration::from_secs(1) || after > MAX_EXPIRES_IN {
+        return Err(PolicyError::ExpiryOutOfRange);
+    }
+    Ok(after)
+}
+
+/// `grace` if it is a valid grace period (at most [`MAX_GRACE`]); see [`check_expires_in`].
+pub(crate) fn check_grace(grace: Duration) -> Result<Duration, PolicyError> {
+    if grace > MAX_GRACE {
+        return Err(PolicyError::GraceOutOfRange);
+    }
+    Ok(grace)
+}
+
 // ===== KeyOptions =====
 
 /// How a new key is set up, for [`KeyManager::create_with`](crate::KeyManager::create_with).
@@ -237,10 +255,7 @@ impl KeyOptions {
     ///
     /// [`PolicyError::ExpiryOutOfRange`] outside that range.
     pub fn expires_in(mut self, after: Duration) -> Result<Self, PolicyError> {
-        if after < Duration::from_secs(1) || after > MAX_EXPIRES_IN {
-            return Err(PolicyError::ExpiryOutOfRange);
-        }
-        self.expires_in = Some(after);
+        self.expires_in = Some(check_expires_in(after)?);
         self.expires_at = None;
         Ok(self)
     }
@@ -335,10 +350,7 @@ impl RotateOptions {
     ///
     /// [`PolicyError::GraceOutOfRange`] above 7 days.
     pub fn grace(mut self, grace: Duration) -> Result<Self, PolicyError> {
-        if grace > MAX_GRACE {
-            return Err(PolicyError::GraceOutOfRange);
-        }
-        self.grace = grace;
+        self.grace = check_grace(grace)?;
         Ok(self)
     }
 }
