@@ -7,6 +7,7 @@
 //! never put the revoked key back (see [`CachedResolver`]).
 
 mod front;
+mod known;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +21,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::known::KnownKeys;
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener, Trust};
 use crate::key::{ApiKey, KeyDigest};
 use crate::metrics::Metrics;
@@ -224,7 +226,7 @@ struct CacheShared<R: Resolver> {
     known_key_permits: Arc<Semaphore>,
     /// Keys accepted within the known-key window (plus the positive TTL, during which their
     /// uses were cache hits): those may wait for `known_key_permits`.
-    known_keys: moka::sync::Cache<KeyDigest, (), DigestHasher>,
+    known_keys: KnownKeys,
     metrics: Arc<Metrics>,
 }
 
@@ -283,10 +285,10 @@ impl<R: Resolver> CachedResolver<R> {
             .max_capacity(config.negative_capacity)
             .time_to_live(config.negative_ttl)
             .build_with_hasher(DigestHasher::default());
-        let known_keys = moka::sync::Cache::builder()
-            .max_capacity(config.positive_capacity)
-            .time_to_live(config.known_key_window.saturating_add(config.positive_ttl))
-            .build_with_hasher(DigestHasher::default());
+        let known_keys = KnownKeys::new(
+            config.known_key_window.saturating_add(config.positive_ttl),
+            usize::try_from(config.positive_capacity).unwrap_or(usize::MAX),
+        );
         let cache = Self {
             shared: Arc::new(CacheShared {
                 resolver,
@@ -371,7 +373,7 @@ impl<R: Resolver> CachedResolver<R> {
             None => LookupPermit::Unlimited,
             Some(permits) => match Arc::clone(permits).try_acquire_owned() {
                 Ok(permit) => LookupPermit::Held(permit),
-                Err(_) if shared.known_keys.get(&digest).is_some() => {
+                Err(_) if shared.known_keys.contains(&digest) => {
                     LookupPermit::Queued(Arc::clone(&shared.known_key_permits))
                 }
                 Err(_) => return Err(Overloaded),
@@ -565,7 +567,7 @@ impl<R: Resolver> CacheShared<R> {
     ) {
         if let Lookup::Found(_) = lookup {
             // A claim on the known-key lookups, not an answer: kept whatever happened since.
-            self.known_keys.insert(digest, ());
+            self.known_keys.insert(&digest);
         }
         let epoch = read(&self.epoch);
         if *epoch == started_in && self.trusted() {
