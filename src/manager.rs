@@ -37,7 +37,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key::{ApiKey, KeyPrefix, Pepper, RandomnessError};
-use crate::policy::{self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RotateOptions, Scopes};
+use crate::policy::{
+    self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
+};
 use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, StoreError};
 
 /// The default limit of keys per account.
@@ -70,6 +72,8 @@ pub struct KeyInfo {
     pub scopes: Option<Scopes>,
     /// When the key stops (or stopped) authenticating.
     pub expires_at: Option<SystemTime>,
+    /// How often it may be used; `None` leaves it to the layer's default, if any.
+    pub rate_limit: Option<RateLimit>,
     /// While the old key string of a rotation with a grace period still works: its prefix.
     pub previous_prefix: Option<KeyPrefix>,
     /// While the old key string of a rotation with a grace period still works: when it stops.
@@ -90,6 +94,7 @@ impl KeyInfo {
             name: record.name,
             scopes: record.scopes,
             expires_at: record.expires_at,
+            rate_limit: record.rate_limit,
             previous_prefix: grace.map(|(prefix, _)| prefix),
             previous_expires_at: grace.map(|(_, at)| at),
         }
@@ -314,6 +319,7 @@ impl KeyManager {
                 name: options.name.clone(),
                 scopes: options.scopes.clone(),
                 expires_at,
+                rate_limit: options.rate_limit,
                 ..KeyRecord::new(
                     id,
                     account.clone(),

@@ -1,5 +1,5 @@
-//! What a key may do and for how long: its [`KeyName`], its [`Scopes`], its expiry, and the
-//! grace period of a rotation.
+//! What a key may do, how often and for how long: its [`KeyName`], its [`Scopes`], its
+//! [`RateLimit`], its expiry, and the grace period of a rotation.
 //!
 //! A key created with no options is what every key was before these existed: no name,
 //! unrestricted (no scopes), never expires. [`KeyOptions`] sets them at creation,
@@ -176,6 +176,66 @@ fn truncated(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
+// ===== RateLimit =====
+
+/// How many requests a key may make in any window of `per_seconds` seconds: at most
+/// `requests` in every such window, in bursts of up to `requests` (a sliding limit, not a
+/// fixed window that resets on the clock).
+///
+/// ```
+/// use tower_api_key::policy::RateLimit;
+///
+/// let limit = RateLimit::new(5, 2)?; // 5 requests in any 2 seconds
+/// assert_eq!(limit.requests(), 5);
+/// assert!(RateLimit::new(0, 2).is_err());
+/// # Ok::<(), tower_api_key::policy::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    requests: u32,
+    per_seconds: u32,
+}
+
+impl RateLimit {
+    /// Most requests a limit may allow per window.
+    pub const MAX_REQUESTS: u32 = 1_000_000;
+    /// Longest window, in seconds (one day).
+    pub const MAX_PER_SECONDS: u32 = 86_400;
+
+    /// `requests` (1 to 1,000,000) in any `per_seconds` (1 to 86,400).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::RateLimitOutOfRange`] outside those ranges.
+    pub fn new(requests: u32, per_seconds: u32) -> Result<Self, PolicyError> {
+        if (1..=Self::MAX_REQUESTS).contains(&requests)
+            && (1..=Self::MAX_PER_SECONDS).contains(&per_seconds)
+        {
+            Ok(Self {
+                requests,
+                per_seconds,
+            })
+        } else {
+            Err(PolicyError::RateLimitOutOfRange)
+        }
+    }
+
+    /// Requests allowed in any window.
+    pub fn requests(&self) -> u32 {
+        self.requests
+    }
+
+    /// The window's length in seconds.
+    pub fn per_seconds(&self) -> u32 {
+        self.per_seconds
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.per_seconds))
+    }
+}
+
 // ===== limits =====
 
 /// Longest expiry [`KeyOptions::expires_in`] accepts: 315,360,000 s (ten 365-day years).
@@ -218,6 +278,8 @@ pub struct KeyOptions {
     /// How long after its creation it stops authenticating (used when `expires_at` is
     /// `None`): the expiry is then exactly `created_at + expires_in`.
     pub expires_in: Option<Duration>,
+    /// How often it may be used; `None` leaves it to the layer's default, if any.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl KeyOptions {
@@ -237,6 +299,13 @@ impl KeyOptions {
     #[must_use]
     pub fn scopes(mut self, scopes: Scopes) -> Self {
         self.scopes = Some(scopes);
+        self
+    }
+
+    /// Limits how often the key may be used.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 
@@ -263,7 +332,7 @@ impl KeyOptions {
 
 // ===== PolicyUpdate =====
 
-/// Changes to a key's name, scopes and expiry, for
+/// Changes to a key's name, scopes, expiry and rate limit, for
 /// [`KeyManager::update`](crate::KeyManager::update). Each field left `None` is kept;
 /// `Some(None)` clears it. Takes effect at once, like a revoke: narrowing scopes or bringing
 /// the expiry forward is a security action.
@@ -288,6 +357,8 @@ pub struct PolicyUpdate {
     /// The new expiry, `Some(None)` to make the key never expire. An instant in the past
     /// expires the key at once; clearing or extending the expiry revives an expired key.
     pub expires_at: Option<Option<SystemTime>>,
+    /// The new rate limit, `Some(None)` to remove the key's own limit.
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 impl PolicyUpdate {
@@ -317,9 +388,19 @@ impl PolicyUpdate {
         self
     }
 
+    /// Sets (`Some`) or removes (`None`) the key's own rate limit.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
     /// Whether the update changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.scopes.is_none() && self.expires_at.is_none()
+        self.name.is_none()
+            && self.scopes.is_none()
+            && self.expires_at.is_none()
+            && self.rate_limit.is_none()
     }
 }
 
@@ -357,7 +438,7 @@ impl RotateOptions {
 
 // ===== PolicyError =====
 
-/// A name, scope, expiry or grace period that the rules refuse. The messages quote at most
+/// A name, scope, rate limit, expiry or grace period that the rules refuse. The messages quote at most
 /// the offending scope, never a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -374,6 +455,8 @@ pub enum PolicyError {
     ExpiryInPast,
     /// A grace period is longer than 7 days.
     GraceOutOfRange,
+    /// A rate limit is not 1 to 1,000,000 requests per 1 to 86,400 seconds.
+    RateLimitOutOfRange,
 }
 
 impl fmt::Display for PolicyError {
@@ -393,6 +476,12 @@ impl fmt::Display for PolicyError {
                 MAX_EXPIRES_IN.as_secs()
             ),
             Self::ExpiryInPast => f.write_str("expiry must be in the future"),
+            Self::RateLimitOutOfRange => write!(
+                f,
+                "rate limit must be 1 to {} requests per 1 to {} seconds",
+                RateLimit::MAX_REQUESTS,
+                RateLimit::MAX_PER_SECONDS
+            ),
             Self::GraceOutOfRange => {
                 write!(
                     f,

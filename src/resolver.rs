@@ -50,7 +50,7 @@ use async_trait::async_trait;
 
 use crate::key::{ApiKey, KeyDigest, KeyPrefix};
 use crate::last_used::{LastUsedRecorder, UsageCell};
-use crate::policy::{Scoped, Scopes};
+use crate::policy::{RateLimit, Scoped, Scopes};
 use crate::store::{AccountId, KeyId, KeyStatus, KeyStore};
 
 /// Resolves a well-formed key to the account it authenticates.
@@ -169,6 +169,7 @@ pub struct KeyIdentity {
     prefix: KeyPrefix,
     scopes: Option<Scopes>,
     expires_at: Option<SystemTime>,
+    rate_limit: Option<RateLimit>,
     grace: bool,
     usage: Arc<UsageCell>,
 }
@@ -184,6 +185,7 @@ impl KeyIdentity {
             prefix,
             scopes: None,
             expires_at: None,
+            rate_limit: None,
             grace: false,
         }
     }
@@ -199,6 +201,13 @@ impl KeyIdentity {
     #[must_use]
     pub fn with_expires_at(mut self, expires_at: Option<SystemTime>) -> Self {
         self.expires_at = expires_at;
+        self
+    }
+
+    /// With the key's own rate limit (`None`: the layer's default, if any).
+    #[must_use]
+    pub fn with_rate_limit(mut self, rate_limit: Option<RateLimit>) -> Self {
+        self.rate_limit = rate_limit;
         self
     }
 
@@ -228,6 +237,11 @@ impl KeyIdentity {
         self.expires_at
     }
 
+    /// The key's own rate limit; `None` leaves it to the layer's default, if any.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
     /// Whether the request used the old key of a rotation, in its grace period.
     pub fn is_grace_key(&self) -> bool {
         self.grace
@@ -248,6 +262,7 @@ impl fmt::Debug for KeyIdentity {
             .field("prefix", &self.prefix)
             .field("scopes", &self.scopes)
             .field("expires_at", &self.expires_at)
+            .field("rate_limit", &self.rate_limit)
             .field("grace", &self.grace)
             .finish()
     }
@@ -261,6 +276,7 @@ impl PartialEq for KeyIdentity {
             self.prefix,
             &self.scopes,
             self.expires_at,
+            self.rate_limit,
             self.grace,
         ) == (
             &other.account_id,
@@ -268,6 +284,7 @@ impl PartialEq for KeyIdentity {
             other.prefix,
             &other.scopes,
             other.expires_at,
+            other.rate_limit,
             other.grace,
         )
     }
@@ -352,6 +369,7 @@ impl Resolver for StoreResolver {
                 prefix,
                 scopes: record.scopes,
                 expires_at,
+                rate_limit: record.rate_limit,
                 grace,
             }))
     }

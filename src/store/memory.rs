@@ -193,6 +193,9 @@ impl KeyStore for MemoryStore {
             if let Some(expires_at) = update.expires_at {
                 record.expires_at = expires_at;
             }
+            if let Some(rate_limit) = update.rate_limit {
+                record.rate_limit = rate_limit;
+            }
             record.clone()
         }))
     }

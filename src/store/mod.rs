@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::key::{KeyDigest, KeyPrefix};
-use crate::policy::{KeyName, PolicyUpdate, Scopes};
+use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -211,13 +211,15 @@ pub struct KeyRecord {
     pub scopes: Option<Scopes>,
     /// When the key stops authenticating, if it does.
     pub expires_at: Option<SystemTime>,
+    /// How often it may be used; `None` leaves it to the layer's default, if any.
+    pub rate_limit: Option<RateLimit>,
     /// The key string a rotation with a grace period replaced, while it may still be in its
     /// grace period (check [`PreviousKey::expires_at`]).
     pub previous: Option<PreviousKey>,
 }
 
 impl KeyRecord {
-    /// A new active key with no name, no scopes, no expiry and no previous key.
+    /// A new active key with no name, no scopes, no expiry, no rate limit and no previous key.
     pub fn new(
         id: KeyId,
         account_id: AccountId,
@@ -236,6 +238,7 @@ impl KeyRecord {
             name: None,
             scopes: None,
             expires_at: None,
+            rate_limit: None,
             previous: None,
         }
     }
@@ -287,6 +290,7 @@ impl fmt::Debug for KeyRecord {
             .field("name", &self.name)
             .field("scopes", &self.scopes)
             .field("expires_at", &self.expires_at)
+            .field("rate_limit", &self.rate_limit)
             .field("previous", &self.previous)
             .finish_non_exhaustive()
     }
@@ -400,7 +404,8 @@ pub trait KeyStore: Send + Sync + 'static {
         grace_until: Option<SystemTime>,
     ) -> Result<Option<Rotated>, StoreError>;
 
-    /// Applies `update` to a key's name, scopes and expiry and returns the updated record.
+    /// Applies `update` to a key's name, scopes, expiry and rate limit and returns the updated
+    /// record.
     async fn update_policy(
         &self,
         account: &AccountId,

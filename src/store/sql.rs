@@ -405,6 +405,8 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes>
             name,
             scopes,
             expires_at: time(self.expires_at, "expires_at")?,
+            // TODO(rate limits): the SQL stores don't keep the column yet.
+            rate_limit: None,
             previous,
         })
     }
