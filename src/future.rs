@@ -5,8 +5,12 @@
 //! cache hit ───────────────────────────────► Called ──► inner response
 //! cache miss ──► Resolving ──(found)────────► Called
 //!                    └──────(refused/failed)─► Rejected ──► the layer's answer
-//! bad key ─────────────────────────────────► Rejected
+//! bad key, or over the rate limit ─────────► Rejected
+//! limit kept elsewhere ──► Throttling ──(allowed)──► Called
+//!                              └───(limited)──► Rejected
 //! ```
+//!
+//! A found key may also go through `Throttling` when its rate limit is kept elsewhere.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,7 +26,8 @@ use tower_service::Service;
 use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::cache::PendingLookup;
-use crate::gatekeeper::Gatekeeper;
+use crate::gatekeeper::{Decision, Gatekeeper};
+use crate::rate_limit::{self, Budget, PendingVerdict};
 use crate::resolver::Resolver;
 
 pin_project! {
@@ -50,6 +55,8 @@ pin_project! {
         Called {
             #[pin]
             future: S::Future,
+            // The key's rate-limit budget, for the response's header fields.
+            budget: Option<Budget>,
         },
         Rejected {
             response: Option<Response<Bytes>>,
@@ -61,6 +68,13 @@ pin_project! {
             waiting: Option<Box<(S, Request<B>)>>,
             gatekeeper: Arc<Gatekeeper<R>>,
         },
+        Throttling {
+            verdict: PendingVerdict,
+            account: Option<Arc<R::Account>>,
+            cached: bool,
+            waiting: Option<Box<(S, Request<B>)>>,
+            gatekeeper: Arc<Gatekeeper<R>>,
+        },
     }
 }
 
@@ -69,9 +83,9 @@ where
     S: Service<Request<B>>,
     R: Resolver,
 {
-    pub(crate) fn called(future: S::Future) -> Self {
+    pub(crate) fn called(future: S::Future, budget: Option<Budget>) -> Self {
         Self {
-            state: State::Called { future },
+            state: State::Called { future, budget },
         }
     }
 
@@ -83,16 +97,62 @@ where
         }
     }
 
-    pub(crate) fn resolving(
-        lookup: PendingLookup<R::Account>,
+    /// Carries out `decision` (one that has to wait: a lookup or a rate-limit verdict) with
+    /// the inner service `poll_ready` prepared.
+    pub(crate) fn waiting(
+        decision: Decision<R::Account>,
         ready_inner: S,
         request: Request<B>,
         gatekeeper: Arc<Gatekeeper<R>>,
     ) -> Self {
         Self {
-            state: State::Resolving {
+            state: State::after(decision, ready_inner, request, gatekeeper),
+        }
+    }
+}
+
+impl<S, B, R> State<S, B, R>
+where
+    S: Service<Request<B>>,
+    R: Resolver,
+{
+    /// The state that carries out `decision`, holding the ready inner service and the request.
+    fn after(
+        decision: Decision<R::Account>,
+        mut inner: S,
+        mut request: Request<B>,
+        gatekeeper: Arc<Gatekeeper<R>>,
+    ) -> Self {
+        match decision {
+            Decision::Accept(account, budget) => {
+                request
+                    .extensions_mut()
+                    .insert(Authenticated::from_arc(account));
+                State::Called {
+                    future: inner.call(request),
+                    budget,
+                }
+            }
+            Decision::Anonymous => State::Called {
+                future: inner.call(request),
+                budget: None,
+            },
+            Decision::Reject(rejection) => State::Rejected {
+                response: Some(gatekeeper.reject(rejection, &request)),
+            },
+            Decision::Limited(budget) => State::Rejected {
+                response: Some(gatekeeper.over_limit(&budget, &request)),
+            },
+            Decision::Lookup(lookup) => State::Resolving {
                 lookup,
-                waiting: Some(Box::new((ready_inner, request))),
+                waiting: Some(Box::new((inner, request))),
+                gatekeeper,
+            },
+            Decision::Throttle(account, verdict, cached) => State::Throttling {
+                verdict,
+                account: Some(account),
+                cached,
+                waiting: Some(Box::new((inner, request))),
                 gatekeeper,
             },
         }
@@ -109,8 +169,11 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future } => {
-                    let response = ready!(future.poll(cx))?;
+                StateProj::Called { future, budget } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(budget) = budget {
+                        rate_limit::insert_budget(response.headers_mut(), budget);
+                    }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Rejected { response } => {
@@ -125,22 +188,28 @@ where
                     gatekeeper,
                 } => {
                     let outcome = ready!(lookup.poll_unpin(cx));
-                    let (mut inner, mut request) = *waiting
+                    let (inner, request) = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match gatekeeper.conclude(outcome) {
-                        Ok(account) => {
-                            request
-                                .extensions_mut()
-                                .insert(Authenticated::from_arc(account));
-                            State::Called {
-                                future: inner.call(request),
-                            }
-                        }
-                        Err(rejection) => State::Rejected {
-                            response: Some(gatekeeper.reject(rejection, &request)),
-                        },
-                    }
+                    let decision = gatekeeper.conclude(outcome);
+                    State::after(decision, inner, request, Arc::clone(gatekeeper))
+                }
+                StateProj::Throttling {
+                    verdict,
+                    account,
+                    cached,
+                    waiting,
+                    gatekeeper,
+                } => {
+                    let verdict = ready!(verdict.as_mut().poll(cx));
+                    let (inner, request) = *waiting
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let account = account
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let decision = gatekeeper.judge(account, verdict, *cached);
+                    State::after(decision, inner, request, Arc::clone(gatekeeper))
                 }
             };
             self.as_mut().project().state.set(next);
@@ -158,6 +227,7 @@ where
             State::Called { .. } => "Called",
             State::Rejected { .. } => "Rejected",
             State::Resolving { .. } => "Resolving",
+            State::Throttling { .. } => "Throttling",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

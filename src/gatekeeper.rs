@@ -1,9 +1,10 @@
 //! The gatekeeper: what the layer decides for one request, apart from how tower drives it.
 //!
 //! [`Gatekeeper::decide`] does everything that needs no `.await` (read, trim and parse the
-//! header, digest the key, ask the cache) and returns a [`Decision`]; a cache miss comes back
-//! later through [`Gatekeeper::conclude`]. Everything here is shared by every clone of the
-//! service.
+//! header, digest the key, ask the cache, spend the key's rate-limit budget) and returns a
+//! [`Decision`]; a cache miss comes back later through [`Gatekeeper::conclude`], a rate limit
+//! kept elsewhere through [`Gatekeeper::judge`]. Everything here is shared by every clone of
+//! the service.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use crate::cache::{Cached, CachedResolver, Lookup, Overloaded, PendingLookup};
 use crate::key::{ApiKey, Pepper};
 use crate::metrics::Metrics;
+use crate::rate_limit::{self, Acquire, Budget, LimiterFailure, Limits, PendingVerdict, Verdict};
 use crate::rejection::{self, Rejection, RejectionContext};
 use crate::resolver::Resolver;
 
@@ -124,15 +126,22 @@ pub(crate) struct Gatekeeper<R: Resolver> {
     pub(crate) pepper: Pepper,
     pub(crate) cache: CachedResolver<R>,
     pub(crate) hook: Option<RejectionHook>,
+    pub(crate) limits: Limits,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 /// What to do with one request.
 pub(crate) enum Decision<A> {
-    Accept(Arc<A>),
+    /// Call the inner service as `A`; with a budget, the response carries it.
+    Accept(Arc<A>, Option<Budget>),
     Anonymous,
     Reject(Rejection),
+    /// A valid key over its rate limit: answer 429 with this budget.
+    Limited(Budget),
+    /// Wait for the key's cache miss.
     Lookup(PendingLookup<A>),
+    /// Wait for the rate limiter's verdict on `A` (`true` if `A` came from the cache).
+    Throttle(Arc<A>, PendingVerdict, bool),
 }
 
 impl<R: Resolver> Gatekeeper<R> {
@@ -169,9 +178,7 @@ impl<R: Resolver> Gatekeeper<R> {
                     tracing::debug!(outcome = "expired", prefix = %key.prefix(), "api key rejected: expired (cached)");
                     return Decision::Reject(Rejection::Expired);
                 }
-                self.metrics.accepted_cached();
-                self.accepted(&account, Some(&key));
-                Decision::Accept(account)
+                self.admit(account, Some(&key), true)
             }
             Some(Cached::Invalid) => {
                 self.metrics.refused_cached();
@@ -199,32 +206,105 @@ impl<R: Resolver> Gatekeeper<R> {
     }
 
     /// Turns a finished lookup into the account to let in, or the rejection.
-    pub(crate) fn conclude(
-        &self,
-        lookup: Lookup<R::Account>,
-    ) -> Result<Arc<R::Account>, Rejection> {
+    pub(crate) fn conclude(&self, lookup: Lookup<R::Account>) -> Decision<R::Account> {
         match lookup {
             Lookup::Found(account) if self.expired(&account) => {
                 self.metrics.expired_resolved();
                 tracing::debug!(outcome = "expired", "api key rejected: expired");
-                Err(Rejection::Expired)
+                Decision::Reject(Rejection::Expired)
             }
-            Lookup::Found(account) => {
-                self.metrics.accepted_resolved();
-                self.accepted(&account, None);
-                Ok(account)
-            }
+            Lookup::Found(account) => self.admit(account, None, false),
             Lookup::NotFound => {
                 self.metrics.refused_resolved();
                 tracing::debug!(outcome = "invalid", "api key rejected: refused by resolver");
-                Err(Rejection::InvalidKey)
+                Decision::Reject(Rejection::InvalidKey)
             }
             Lookup::Failed(failure) => {
                 self.metrics.unavailable();
                 tracing::debug!(outcome = "unavailable", ?failure, "api key check failed");
-                Err(Rejection::Unavailable)
+                Decision::Reject(Rejection::Unavailable)
             }
         }
+    }
+
+    /// Lets an authenticated account in if its rate limit allows: spends its budget, then
+    /// counts and records the use. `cached` says where the account came from (for the
+    /// metrics).
+    fn admit(
+        &self,
+        account: Arc<R::Account>,
+        key: Option<&ApiKey>,
+        cached: bool,
+    ) -> Decision<R::Account> {
+        let budget = match self.limits.acquire(self.cache.resolver(), &account) {
+            None => None,
+            Some(Acquire::Ready(verdict)) => match self.weigh(verdict, cached) {
+                Ok(budget) => budget,
+                Err(refusal) => return refusal,
+            },
+            Some(Acquire::Pending(verdict)) => {
+                return Decision::Throttle(account, verdict, cached);
+            }
+        };
+        self.let_in(&account, key, cached);
+        Decision::Accept(account, budget)
+    }
+
+    /// Finishes [`Decision::Throttle`] with the limiter's verdict.
+    pub(crate) fn judge(
+        &self,
+        account: Arc<R::Account>,
+        verdict: Verdict,
+        cached: bool,
+    ) -> Decision<R::Account> {
+        match self.weigh(verdict, cached) {
+            Ok(budget) => {
+                self.let_in(&account, None, cached);
+                Decision::Accept(account, budget)
+            }
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// The budget to report for an allowed request, or the refusal of one over its limit (or
+    /// of any, when the limiter failed and the policy refuses).
+    fn weigh(&self, verdict: Verdict, cached: bool) -> Result<Option<Budget>, Decision<R::Account>> {
+        match verdict {
+            Verdict::Allowed(budget) => Ok(Some(budget)),
+            Verdict::Limited(budget) => {
+                if cached {
+                    self.metrics.rate_limited_cached();
+                } else {
+                    self.metrics.rate_limited_resolved();
+                }
+                tracing::debug!(outcome = "rate_limited", "api key over its rate limit");
+                Err(Decision::Limited(budget))
+            }
+            Verdict::Unavailable => {
+                self.metrics.limiter_failed();
+                match self.limits.on_failure {
+                    LimiterFailure::Allow => {
+                        tracing::debug!("rate limiter unavailable: request let through");
+                        Ok(None)
+                    }
+                    LimiterFailure::Refuse => {
+                        self.metrics.unavailable();
+                        tracing::debug!(outcome = "unavailable", "rate limiter unavailable");
+                        Err(Decision::Reject(Rejection::Unavailable))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts an accepted request and records its use.
+    fn let_in(&self, account: &R::Account, key: Option<&ApiKey>, cached: bool) {
+        if cached {
+            self.metrics.accepted_cached();
+        } else {
+            self.metrics.accepted_resolved();
+        }
+        self.accepted(account, key);
     }
 
     /// Whether the account's key has expired: read from the account on every request, so
@@ -262,6 +342,16 @@ impl<R: Resolver> Gatekeeper<R> {
                 headers.insert(WWW_AUTHENTICATE, self.sources.challenge.clone());
             }
         }
+        response
+    }
+
+    /// The 429 of a key over its rate limit: the rejection's answer, with the key's budget and
+    /// when to retry.
+    pub(crate) fn over_limit<B>(&self, budget: &Budget, request: &Request<B>) -> Response<Bytes> {
+        let mut response = self.reject(Rejection::RateLimited, request);
+        let headers = response.headers_mut();
+        rate_limit::insert_budget(headers, budget);
+        rate_limit::insert_retry_after(headers, budget);
         response
     }
 
@@ -314,6 +404,7 @@ impl<R: Resolver> fmt::Debug for Gatekeeper<R> {
             .field("mode", &self.mode)
             .field("cache", &self.cache)
             .field("custom_rejection", &self.hook.is_some())
+            .field("rate_limits", &self.limits)
             .finish_non_exhaustive()
     }
 }

@@ -36,6 +36,8 @@ use crate::key::Pepper;
 use crate::last_used::LastUsedRecorder;
 use crate::manager::KeyManager;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::policy::RateLimit;
+use crate::rate_limit::{LimiterFailure, Limits, RateLimiter};
 use crate::rejection::RejectionContext;
 use crate::resolver::{Resolver, StoreResolver};
 use crate::service::ApiKeyService;
@@ -59,6 +61,7 @@ impl<R: Resolver> ApiKeyLayer<R> {
             sources: Sources::new(DEFAULT_HEADER),
             mode: Mode::Required,
             hook: None,
+            limits: Limits::default(),
             cache: CacheConfig::default(),
             buses: Vec::new(),
             last_used: None,
@@ -120,6 +123,7 @@ pub struct ApiKeyLayerBuilder<R: Resolver> {
     sources: Sources,
     mode: Mode,
     hook: Option<RejectionHook>,
+    limits: Limits,
     cache: CacheConfig,
     buses: Vec<InvalidationBus>,
     /// Counts its dropped uses in this layer's metrics.
@@ -191,6 +195,28 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
         self
     }
 
+    /// Keeps rate-limit budgets in `limiter` instead of the default, a [`LocalLimiter`](crate::rate_limit::LocalLimiter) of
+    /// this layer's own (see [`rate_limit`](crate::rate_limit)). Share one limiter (or one
+    /// Redis) between layers that should count against the same budgets.
+    pub fn rate_limiter(mut self, limiter: impl RateLimiter) -> Self {
+        self.limits.limiter = Arc::new(limiter);
+        self
+    }
+
+    /// Limits keys that have no rate limit of their own to `limit`. By default they are not
+    /// limited.
+    pub fn default_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.limits.default = Some(limit);
+        self
+    }
+
+    /// What to do when the rate limiter can't answer (default [`LimiterFailure::Allow`]: let
+    /// the request through and count the failure).
+    pub fn on_limiter_failure(mut self, policy: LimiterFailure) -> Self {
+        self.limits.on_failure = policy;
+        self
+    }
+
     /// Builds the layer.
     pub fn build(self) -> ApiKeyLayer<R> {
         let metrics = Arc::new(Metrics::default());
@@ -210,6 +236,7 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
                 pepper: self.pepper,
                 cache,
                 hook: self.hook,
+                limits: self.limits,
                 metrics,
             }),
         }
@@ -234,6 +261,7 @@ impl<R: Resolver> fmt::Debug for ApiKeyLayerBuilder<R> {
             .field("mode", &self.mode)
             .field("cache", &self.cache)
             .field("custom_rejection", &self.hook.is_some())
+            .field("rate_limits", &self.limits)
             .finish_non_exhaustive()
     }
 }

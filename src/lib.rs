@@ -98,6 +98,7 @@ pub mod layer;
 pub mod manager;
 pub mod metrics;
 pub mod policy;
+pub mod rate_limit;
 pub mod rejection;
 pub mod require_scope;
 pub mod resolver;

@@ -104,6 +104,9 @@ metrics_table! {
         ExpiredCached => expired_cached,
         ExpiredResolved => expired_resolved,
         Unavailable => unavailable,
+        RateLimitedCached => rate_limited_cached,
+        RateLimitedResolved => rate_limited_resolved,
+        LimiterFailures => limiter_failed,
         CacheMisses => cache_misses,
         ResolverCalls => resolver_called,
         ResolverFailures => resolver_failed,
@@ -128,10 +131,12 @@ metrics_table! {
             /// Requests answered 503: the resolver failed, timed out or panicked, or was too
             /// busy.
             unavailable {"outcome" = "unavailable"} = Unavailable;
+            /// Requests refused with a valid key over its rate limit.
+            rate_limited {"outcome" = "rate_limited"} = RateLimitedCached | RateLimitedResolved;
         }
         "api_key_cache_lookups_total" ("Cache lookups for well-formed keys, by result.") {
             /// Well-formed keys answered from the cache (accepted or refused).
-            cache_hits {"result" = "hit"} = AcceptedCached | RefusedCached | ExpiredCached;
+            cache_hits {"result" = "hit"} = AcceptedCached | RefusedCached | ExpiredCached | RateLimitedCached;
             /// Well-formed keys not in the cache.
             cache_misses {"result" = "miss"} = CacheMisses;
         }
@@ -154,6 +159,11 @@ metrics_table! {
         "api_key_invalidations_total" ("Cache invalidations received.") {
             /// Invalidations received.
             invalidations = Invalidations;
+        }
+        "api_key_rate_limiter_failures_total" ("Rate-limit checks the limiter could not answer (its backend unreachable or too slow).") {
+            /// Rate-limit checks the limiter could not answer; the layer let the request through
+            /// or answered 503, as its `LimiterFailure` policy says.
+            rate_limiter_failures = LimiterFailures;
         }
         "api_key_last_used_dropped_total" ("Key uses not recorded because the last-used queue was full.") {
             /// Key uses the last-used recorder dropped because its queue was full.

@@ -1,6 +1,6 @@
 //! The layer's own answers: 401 for a missing, invalid or expired key, 403 for a key without
-//! a route's scope, 503 when the lookup fails, as JSON for HTTP clients and as a
-//! Trailers-Only gRPC status for gRPC clients.
+//! a route's scope, 429 for a key over its rate limit, 503 when the lookup fails, as JSON for
+//! HTTP clients and as a Trailers-Only gRPC status for gRPC clients.
 //!
 //! | rejection | HTTP | gRPC (`content-type: application/grpc…`) |
 //! | --- | --- | --- |
@@ -8,6 +8,7 @@
 //! | [`Rejection::InvalidKey`] | 401 `{"error":"invalid API key"}` | `grpc-status: 16` |
 //! | [`Rejection::Expired`] | 401 `{"error":"expired API key"}` | `grpc-status: 16` |
 //! | [`Rejection::InsufficientScope`] | 403 `{"error":"insufficient scope"}` | `grpc-status: 7` |
+//! | [`Rejection::RateLimited`] | 429 `{"error":"rate limit exceeded"}` with `Retry-After` | `grpc-status: 8` |
 //! | [`Rejection::Unavailable`] | 503 with `Retry-After` | `grpc-status: 14` |
 //!
 //! Every 401 carries `WWW-Authenticate: ApiKey header="X-API-KEY"` (naming the layer's
@@ -51,6 +52,9 @@ pub enum Rejection {
     /// The request's key is valid but lacks the scope the route requires (answered by
     /// [`RequireScopeLayer`](crate::RequireScopeLayer)).
     InsufficientScope,
+    /// The key is valid but over its rate limit (see [`rate_limit`](crate::rate_limit)); the
+    /// layer's answer also carries the key's budget and when to retry.
+    RateLimited,
     /// The key could not be checked (the resolver failed, timed out or panicked, or too many
     /// lookups are running); the client may retry.
     Unavailable,
@@ -58,7 +62,7 @@ pub enum Rejection {
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
-/// Seconds a client should wait before retrying after a 503.
+/// Seconds a client should wait before retrying after a 503 (or a 429 with no budget known).
 const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
 /// The challenge of a 401 for the default header.
 const DEFAULT_CHALLENGE: HeaderValue = HeaderValue::from_static(r#"ApiKey header="X-API-KEY""#);
@@ -100,6 +104,7 @@ rejection_texts! {
     InvalidKey => "invalid API key",
     Expired => "expired API key",
     InsufficientScope => "insufficient scope",
+    RateLimited => "rate limit exceeded",
     Unavailable => "API key check unavailable, retry later",
 }
 
@@ -109,22 +114,25 @@ impl Rejection {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::Expired => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope => StatusCode::FORBIDDEN,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    /// The gRPC status code: 16 (`UNAUTHENTICATED`), 7 (`PERMISSION_DENIED`) or 14
-    /// (`UNAVAILABLE`).
+    /// The gRPC status code: 16 (`UNAUTHENTICATED`), 7 (`PERMISSION_DENIED`), 8
+    /// (`RESOURCE_EXHAUSTED`) or 14 (`UNAVAILABLE`).
     pub const fn grpc_code(self) -> u8 {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::Expired => 16,
             Self::InsufficientScope => 7,
+            Self::RateLimited => 8,
             Self::Unavailable => 14,
         }
     }
 
     /// The JSON answer: `{"error": message}` with `content-type: application/json`,
-    /// `WWW-Authenticate: ApiKey header="X-API-KEY"` on a 401, and `Retry-After` on a 503.
+    /// `WWW-Authenticate: ApiKey header="X-API-KEY"` on a 401, and `Retry-After` on a 429 or
+    /// a 503 (1 s; the layer's own 429 says when the key's budget allows the next request).
     pub fn http_response(self) -> Response<Bytes> {
         let mut response = Response::new(Bytes::from_static(self.json().as_bytes()));
         *response.status_mut() = self.status();
@@ -134,7 +142,7 @@ impl Rejection {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(WWW_AUTHENTICATE, DEFAULT_CHALLENGE);
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 headers.insert(RETRY_AFTER, RETRY_AFTER_SECONDS);
             }
             _ => {}
@@ -218,6 +226,7 @@ mod tests {
             Rejection::InvalidKey,
             Rejection::Expired,
             Rejection::InsufficientScope,
+            Rejection::RateLimited,
             Rejection::Unavailable,
         ] {
             let expected = format!(r#"{{"error":"{}"}}"#, rejection.message());

@@ -51,6 +51,7 @@ use async_trait::async_trait;
 use crate::key::{ApiKey, KeyDigest, KeyPrefix};
 use crate::last_used::{LastUsedRecorder, UsageCell};
 use crate::policy::{RateLimit, Scoped, Scopes};
+use crate::rate_limit::BudgetKey;
 use crate::store::{AccountId, KeyId, KeyStatus, KeyStore};
 
 /// Resolves a well-formed key to the account it authenticates.
@@ -94,6 +95,20 @@ pub trait Resolver: Send + Sync + 'static {
         let _ = account;
         None
     }
+
+    /// Whose rate-limit budget `account`'s requests spend (see
+    /// [`rate_limit`](crate::rate_limit)). `None`, the default, exempts them from rate limits.
+    fn budget_key(&self, account: &Self::Account) -> Option<BudgetKey> {
+        let _ = account;
+        None
+    }
+
+    /// `account`'s own rate limit. `None`, the default, leaves it to the layer's
+    /// [`default_rate_limit`](crate::ApiKeyLayerBuilder::default_rate_limit), if any.
+    fn rate_limit(&self, account: &Self::Account) -> Option<RateLimit> {
+        let _ = account;
+        None
+    }
 }
 
 #[async_trait]
@@ -118,6 +133,14 @@ impl<R: Resolver + ?Sized> Resolver for Arc<R> {
 
     fn account_id<'a>(&self, account: &'a Self::Account) -> Option<&'a str> {
         (**self).account_id(account)
+    }
+
+    fn budget_key(&self, account: &Self::Account) -> Option<BudgetKey> {
+        (**self).budget_key(account)
+    }
+
+    fn rate_limit(&self, account: &Self::Account) -> Option<RateLimit> {
+        (**self).rate_limit(account)
     }
 }
 
@@ -386,6 +409,15 @@ impl Resolver for StoreResolver {
 
     fn account_id<'a>(&self, identity: &'a KeyIdentity) -> Option<&'a str> {
         Some(identity.account_id.as_str())
+    }
+
+    /// The key's id: each key has a budget of its own, kept across rotations.
+    fn budget_key(&self, identity: &KeyIdentity) -> Option<BudgetKey> {
+        Some(identity.key_id.into())
+    }
+
+    fn rate_limit(&self, identity: &KeyIdentity) -> Option<RateLimit> {
+        identity.rate_limit
     }
 }
 

@@ -83,27 +83,30 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.gatekeeper.decide(request.headers()) {
-            Decision::Accept(account) => {
+            Decision::Accept(account, budget) => {
                 self.gatekeeper.sources.strip(request.headers_mut());
                 request
                     .extensions_mut()
                     .insert(Authenticated::from_arc(account));
                 // Called now, before `call` returns: the service `poll_ready` prepared is
                 // the one called, with no clone needed.
-                ResponseFuture::called(self.inner.call(request))
+                ResponseFuture::called(self.inner.call(request), budget)
             }
             Decision::Anonymous => {
                 self.gatekeeper.sources.strip(request.headers_mut());
-                ResponseFuture::called(self.inner.call(request))
+                ResponseFuture::called(self.inner.call(request), None)
             }
             // The inner service stays ready for the next request: it was not called.
             Decision::Reject(rejection) => {
                 ResponseFuture::rejected(self.gatekeeper.reject(rejection, &request))
             }
-            Decision::Lookup(lookup) => {
+            Decision::Limited(budget) => {
+                ResponseFuture::rejected(self.gatekeeper.over_limit(&budget, &request))
+            }
+            waiting @ (Decision::Lookup(_) | Decision::Throttle(..)) => {
                 self.gatekeeper.sources.strip(request.headers_mut());
-                ResponseFuture::resolving(
-                    lookup,
+                ResponseFuture::waiting(
+                    waiting,
                     take_ready(&mut self.inner),
                     request,
                     Arc::clone(&self.gatekeeper),

@@ -1,0 +1,192 @@
+//! [`LocalLimiter`]: budgets kept in this process, in 64 locked shards of one number each.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::gcra::{self, Spent};
+use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
+use crate::cache::DigestHasher;
+
+const SHARDS: usize = 64;
+/// A shard is swept of idle budgets when it grows past this many (and then past twice what
+/// the sweep left).
+const FIRST_SWEEP: usize = 1024;
+
+/// Budgets kept in this process's memory: the default [`RateLimiter`].
+///
+/// A check is one short lock on one of 64 shards and one hash-map look-up; no allocation
+/// once a key has a budget. Memory is bounded by the keys in use: a budget that has fully
+/// refilled is the same as none, so idle keys are swept out as the map grows. Clones share the
+/// budgets; separate `LocalLimiter`s (or processes) count separately, see
+/// [`RedisLimiter`](crate::rate_limit::redis::RedisLimiter) for a budget shared by a fleet.
+///
+/// ```
+/// use tower_api_key::policy::RateLimit;
+/// use tower_api_key::rate_limit::{Acquire, BudgetKey, LocalLimiter, RateLimiter, Verdict};
+///
+/// let limiter = LocalLimiter::new();
+/// let limit = RateLimit::new(2, 60)?;
+/// let key = BudgetKey::new(7);
+/// let allowed = |acquire| matches!(acquire, Acquire::Ready(Verdict::Allowed(_)));
+/// assert!(allowed(limiter.acquire(key, limit)));
+/// assert!(allowed(limiter.acquire(key, limit)));
+/// assert!(!allowed(limiter.acquire(key, limit)));
+/// # Ok::<(), tower_api_key::policy::PolicyError>(())
+/// ```
+#[derive(Clone)]
+pub struct LocalLimiter {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Times are nanoseconds since this instant.
+    origin: Instant,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Each budget's theoretical arrival time (see the `gcra` module).
+    tats: HashMap<BudgetKey, u64, DigestHasher>,
+    /// The size at which the next sweep runs.
+    sweep_at: usize,
+}
+
+impl LocalLimiter {
+    /// No budget spent yet.
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                origin: Instant::now(),
+                shards: (0..SHARDS)
+                    .map(|_| {
+                        Mutex::new(Shard {
+                            tats: HashMap::with_hasher(DigestHasher::default()),
+                            sweep_at: FIRST_SWEEP,
+                        })
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Budgets held now, idle ones not yet swept included.
+    pub fn budgets(&self) -> usize {
+        self.shared
+            .shards
+            .iter()
+            .map(|shard| lock(shard).tats.len())
+            .sum()
+    }
+
+    /// Spends one request of `key`'s budget at `now` (nanoseconds since `origin`).
+    fn spend(&self, key: BudgetKey, limit: RateLimit, now: u64) -> Verdict {
+        let mut shard = lock(&self.shared.shards[shard_of(key)]);
+        let tat = shard.tats.get(&key).copied().unwrap_or(0);
+        let (tat, verdict) = match gcra::spend(tat, now, limit, 1) {
+            Spent::Allowed { tat, budget } => (tat, Verdict::Allowed(budget)),
+            Spent::Limited { tat, budget } => (tat, Verdict::Limited(budget)),
+        };
+        if let Some(stored) = shard.tats.get_mut(&key) {
+            *stored = tat;
+        } else {
+            shard.insert(key, tat, now);
+        }
+        verdict
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.shared.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Shard {
+    /// Adds a budget, sweeping out the full (idle) ones first if the shard has grown.
+    fn insert(&mut self, key: BudgetKey, tat: u64, now: u64) {
+        if self.tats.len() >= self.sweep_at {
+            self.tats.retain(|_, tat| *tat > now);
+            self.sweep_at = (self.tats.len() * 2).max(FIRST_SWEEP);
+        }
+        self.tats.insert(key, tat);
+    }
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimiter for LocalLimiter {
+    fn acquire(&self, key: BudgetKey, limit: RateLimit) -> Acquire {
+        Acquire::Ready(self.spend(key, limit, self.now()))
+    }
+}
+
+impl fmt::Debug for LocalLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalLimiter")
+            .field("budgets", &self.budgets())
+            .finish()
+    }
+}
+
+fn shard_of(key: BudgetKey) -> usize {
+    // The top bits of the mixed id; the map's buckets use the low ones.
+    (key.mixed() >> 58) as usize % SHARDS
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn allowed(verdict: Verdict) -> bool {
+        matches!(verdict, Verdict::Allowed(_))
+    }
+
+    #[test]
+    fn keys_have_budgets_of_their_own() {
+        let limiter = LocalLimiter::new();
+        let limit = RateLimit::new(5, 2).unwrap();
+        let (a, b) = (BudgetKey::new(1), BudgetKey::new(2));
+        let spent_a = (0..12)
+            .filter(|_| allowed(limiter.spend(a, limit, SECOND)))
+            .count();
+        assert_eq!(spent_a, 5);
+        assert!(allowed(limiter.spend(b, limit, SECOND)));
+        // After the window, `a` has its whole budget again.
+        let later = (0..12)
+            .filter(|_| allowed(limiter.spend(a, limit, 3 * SECOND)))
+            .count();
+        assert_eq!(later, 5);
+    }
+
+    #[test]
+    fn idle_budgets_are_swept_as_the_map_grows() {
+        let limiter = LocalLimiter::new();
+        let limit = RateLimit::new(10, 1).unwrap();
+        // Generations of distinct keys, each used once, 10 s apart: by the time a generation
+        // comes, the earlier ones have refilled and are swept out as the shards grow, so the
+        // map holds about two generations, never all of them.
+        let generation = SHARDS * FIRST_SWEEP * 2;
+        for round in 0..6 {
+            let now = (1 + 10 * round as u64) * SECOND;
+            for id in round * generation..(round + 1) * generation {
+                limiter.spend(BudgetKey::new(id as u128), limit, now);
+            }
+        }
+        assert!(
+            limiter.budgets() <= 3 * generation,
+            "{} budgets held after 6 generations of {generation}",
+            limiter.budgets()
+        );
+    }
+}
