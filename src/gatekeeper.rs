@@ -268,7 +268,11 @@ impl<R: Resolver> Gatekeeper<R> {
 
     /// The budget to report for an allowed request, or the refusal of one over its limit (or
     /// of any, when the limiter failed and the policy refuses).
-    fn weigh(&self, verdict: Verdict, cached: bool) -> Result<Option<Budget>, Decision<R::Account>> {
+    fn weigh(
+        &self,
+        verdict: Verdict,
+        cached: bool,
+    ) -> Result<Option<Budget>, Decision<R::Account>> {
         match verdict {
             Verdict::Allowed(budget) => Ok(Some(budget)),
             Verdict::Limited(budget) => {

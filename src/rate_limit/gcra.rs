@@ -1,22 +1,34 @@
-//! The generic cell rate algorithm, as plain arithmetic on one number per budget: its
-//! *theoretical arrival time* (TAT), the instant at which the budget would be full again.
+//! The generic cell rate algorithm, as plain arithmetic on one [`Tat`] per budget: its
+//! *theoretical arrival time*, the instant at which the budget would be full again.
 //!
 //! With `n` requests per window `w`, each request moves the TAT one interval `w / n` later
 //! (from now, if the TAT is in the past). A request fits while the TAT it leaves is at most
 //! `w` ahead of now: `n` requests fit at once, then one per interval. Times are nanoseconds on
 //! any clock that only moves forward.
+//!
+//! The TAT keeps the interval it was counted in, so that when a key's limit changes, the
+//! requests it already spent count against the new limit one for one: a key that spent 1 of
+//! 1 per hour and is raised to 100 per hour has 99 left, not none.
 
 use std::time::Duration;
 
 use super::{Budget, RateLimit};
 
-/// The outcome of spending `cost` requests at `now`.
+/// A budget's stored state: its TAT and the interval it was counted in. The default (all
+/// zeros) is a budget never used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Tat {
+    pub(crate) at: u64,
+    pub(crate) interval: u64,
+}
+
+/// The outcome of spending `cost` requests at `now`; either way, store `tat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Spent {
-    /// It fits: store `tat`.
-    Allowed { tat: u64, budget: Budget },
-    /// It doesn't: store `tat` (the stored one, or less if it was left by a stricter limit).
-    Limited { tat: u64, budget: Budget },
+    /// It fits.
+    Allowed { tat: Tat, budget: Budget },
+    /// It doesn't (`tat` differs from the stored one only if the limit changed).
+    Limited { tat: Tat, budget: Budget },
 }
 
 /// One request's interval under `limit`, in nanoseconds (at least 1).
@@ -28,19 +40,30 @@ fn window(limit: RateLimit) -> u64 {
     u64::from(limit.per_seconds()) * 1_000_000_000
 }
 
-/// Spends `cost` (at least 1) requests of the budget whose stored TAT is `tat` (0 for a budget
-/// never used), at `now`.
-pub(crate) fn spend(tat: u64, now: u64, limit: RateLimit, cost: u32) -> Spent {
+/// The TAT `stored` stands for under an interval of `interval`: the requests it has spent, as
+/// of `now`, counted again one interval each.
+fn rescaled(stored: Tat, now: u64, interval: u64) -> u64 {
+    if stored.interval == interval || stored.interval == 0 || stored.at <= now {
+        return stored.at;
+    }
+    let spent = (stored.at - now).div_ceil(stored.interval);
+    now.saturating_add(spent.saturating_mul(interval))
+}
+
+/// Spends `cost` (at least 1) requests of the budget whose state is `stored`, at `now`.
+pub(crate) fn spend(stored: Tat, now: u64, limit: RateLimit, cost: u32) -> Spent {
     let interval = interval(limit);
     let capacity = interval * u64::from(limit.requests());
-    // A TAT left by an earlier, stricter limit counts as a budget spent under this one.
-    let start = tat.max(now).min(now.saturating_add(capacity));
+    // No more than the whole budget can have been spent, whatever the limit was.
+    let start = rescaled(stored, now, interval)
+        .max(now)
+        .min(now.saturating_add(capacity));
     let next = start.saturating_add(interval * u64::from(cost.max(1)));
     let ahead = next - now;
     if ahead <= capacity {
         let remaining = (capacity - ahead) / interval;
         Spent::Allowed {
-            tat: next,
+            tat: Tat { at: next, interval },
             budget: Budget::new(
                 limit,
                 u32::try_from(remaining).unwrap_or(u32::MAX),
@@ -50,7 +73,10 @@ pub(crate) fn spend(tat: u64, now: u64, limit: RateLimit, cost: u32) -> Spent {
         }
     } else {
         Spent::Limited {
-            tat: start,
+            tat: Tat {
+                at: start,
+                interval,
+            },
             budget: Budget::new(
                 limit,
                 u32::try_from(capacity.saturating_sub(start - now) / interval).unwrap_or(0),
@@ -72,7 +98,7 @@ mod tests {
     }
 
     /// Sends `count` requests at `now`, returning how many were allowed and the TAT left.
-    fn burst(mut tat: u64, now: u64, limit: RateLimit, count: u32) -> (u32, u64) {
+    fn burst(mut tat: Tat, now: u64, limit: RateLimit, count: u32) -> (u32, Tat) {
         let mut allowed = 0;
         for _ in 0..count {
             match spend(tat, now, limit, 1) {
@@ -89,7 +115,7 @@ mod tests {
     #[test]
     fn a_full_budget_is_spent_at_once_and_not_beyond() {
         let limit = limit(5, 2);
-        let (allowed, _) = burst(0, 10 * SECOND, limit, 12);
+        let (allowed, _) = burst(Tat::default(), 10 * SECOND, limit, 12);
         assert_eq!(allowed, 5);
     }
 
@@ -97,7 +123,7 @@ mod tests {
     fn the_budget_refills_one_interval_at_a_time_and_fully_after_the_window() {
         let limit = limit(5, 2);
         let now = 10 * SECOND;
-        let (_, tat) = burst(0, now, limit, 5);
+        let (_, tat) = burst(Tat::default(), now, limit, 5);
         // 0.4 s per request: nothing at 0.39 s, one at 0.4 s, all five after 2 s.
         assert_eq!(burst(tat, now + 390_000_000, limit, 5).0, 0);
         assert_eq!(burst(tat, now + 400_000_000, limit, 5).0, 1);
@@ -108,7 +134,7 @@ mod tests {
     fn remaining_counts_down_and_reset_grows() {
         let limit = limit(3, 3);
         let now = 5 * SECOND;
-        let mut tat = 0;
+        let mut tat = Tat::default();
         for expected in [2, 1, 0] {
             let Spent::Allowed { tat: next, budget } = spend(tat, now, limit, 1) else {
                 panic!("refused within the budget");
@@ -129,7 +155,7 @@ mod tests {
     fn a_cost_larger_than_one_spends_that_many_or_nothing() {
         let limit = limit(10, 1);
         let now = SECOND;
-        let Spent::Allowed { tat, budget } = spend(0, now, limit, 8) else {
+        let Spent::Allowed { tat, budget } = spend(Tat::default(), now, limit, 8) else {
             panic!("8 of 10 refused");
         };
         assert_eq!(budget.remaining(), 2);
@@ -138,21 +164,27 @@ mod tests {
     }
 
     #[test]
-    fn a_looser_limit_takes_effect_at_once() {
+    fn a_changed_limit_counts_what_was_spent_one_for_one() {
         let now = 10 * SECOND;
-        // A day's single request spent; then the key gets 10 per second.
-        let (_, tat) = burst(0, now, limit(1, 86_400), 1);
-        let looser = limit(10, 1);
-        let (allowed, tat) = burst(tat, now, looser, 1);
-        assert_eq!(allowed, 0, "what was spent stays spent");
-        // ... but only as a full budget under the new limit: one window of it, not a day.
-        assert_eq!(burst(tat, now + SECOND, looser, 20).0, 10);
+        // One request spent of 1 per day; then the key gets 10 per second: 9 left at once.
+        let (_, tat) = burst(Tat::default(), now, limit(1, 86_400), 1);
+        assert_eq!(burst(tat, now, limit(10, 1), 20).0, 9);
+        // Four of 10 per second spent; then the key gets 2 per hour: the whole budget is
+        // spent, and the next request fits after one interval of the new limit (30 min).
+        let (_, tat) = burst(Tat::default(), now, limit(10, 1), 4);
+        let (allowed, tat) = burst(tat, now, limit(2, 3600), 1);
+        assert_eq!(allowed, 0);
+        assert_eq!(burst(tat, now + 1800 * SECOND, limit(2, 3600), 2).0, 1);
     }
 
     #[test]
     fn extreme_limits_do_not_overflow() {
-        for limit in [limit(1_000_000, 1), limit(1, 86_400), limit(1_000_000, 86_400)] {
-            let (allowed, _) = burst(0, u64::MAX / 2, limit, 3);
+        for limit in [
+            limit(1_000_000, 1),
+            limit(1, 86_400),
+            limit(1_000_000, 86_400),
+        ] {
+            let (allowed, _) = burst(Tat::default(), u64::MAX / 2, limit, 3);
             assert_eq!(allowed, 3.min(limit.requests()));
         }
         assert!(interval(limit(1_000_000, 1)) >= 1);

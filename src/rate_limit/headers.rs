@@ -117,7 +117,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         insert_budget(&mut headers, &budget);
         insert_retry_after(&mut headers, &budget);
-        assert_eq!(headers["ratelimit-policy"], r#""api-key";q=1000000;w=86400"#);
+        assert_eq!(
+            headers["ratelimit-policy"],
+            r#""api-key";q=1000000;w=86400"#
+        );
         assert_eq!(headers["ratelimit"], r#""api-key";r=1000000;t=86400"#);
         assert_eq!(headers["retry-after"], "86400");
     }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::gcra::{self, Spent};
+use super::gcra::{self, Spent, Tat};
 use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
 use crate::cache::DigestHasher;
 
@@ -49,7 +49,7 @@ struct Shared {
 #[derive(Default)]
 struct Shard {
     /// Each budget's theoretical arrival time (see the `gcra` module).
-    tats: HashMap<BudgetKey, u64, DigestHasher>,
+    tats: HashMap<BudgetKey, Tat, DigestHasher>,
     /// The size at which the next sweep runs.
     sweep_at: usize,
 }
@@ -84,7 +84,7 @@ impl LocalLimiter {
     /// Spends one request of `key`'s budget at `now` (nanoseconds since `origin`).
     fn spend(&self, key: BudgetKey, limit: RateLimit, now: u64) -> Verdict {
         let mut shard = lock(&self.shared.shards[shard_of(key)]);
-        let tat = shard.tats.get(&key).copied().unwrap_or(0);
+        let tat = shard.tats.get(&key).copied().unwrap_or_default();
         let (tat, verdict) = match gcra::spend(tat, now, limit, 1) {
             Spent::Allowed { tat, budget } => (tat, Verdict::Allowed(budget)),
             Spent::Limited { tat, budget } => (tat, Verdict::Limited(budget)),
@@ -104,9 +104,9 @@ impl LocalLimiter {
 
 impl Shard {
     /// Adds a budget, sweeping out the full (idle) ones first if the shard has grown.
-    fn insert(&mut self, key: BudgetKey, tat: u64, now: u64) {
+    fn insert(&mut self, key: BudgetKey, tat: Tat, now: u64) {
         if self.tats.len() >= self.sweep_at {
-            self.tats.retain(|_, tat| *tat > now);
+            self.tats.retain(|_, tat| tat.at > now);
             self.sweep_at = (self.tats.len() * 2).max(FIRST_SWEEP);
         }
         self.tats.insert(key, tat);

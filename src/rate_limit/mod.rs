@@ -58,8 +58,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use self::local::LocalLimiter;
 pub(crate) use self::headers::{insert_budget, insert_retry_after};
+pub use self::local::LocalLimiter;
 pub use crate::policy::RateLimit;
 use crate::resolver::Resolver;
 use crate::store::KeyId;
@@ -233,7 +233,11 @@ impl Default for Limits {
 
 impl Limits {
     /// Spends one request of `account`'s budget; `None` if its requests are not limited.
-    pub(crate) fn acquire<R: Resolver>(&self, resolver: &R, account: &R::Account) -> Option<Acquire> {
+    pub(crate) fn acquire<R: Resolver>(
+        &self,
+        resolver: &R,
+        account: &R::Account,
+    ) -> Option<Acquire> {
         let limit = resolver.rate_limit(account).or(self.default)?;
         let key = resolver.budget_key(account)?;
         Some(self.limiter.acquire(key, limit))
