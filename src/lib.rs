@@ -109,7 +109,7 @@ pub use authenticated::Authenticated;
 pub use key::{ApiKey, KeyDigest, KeyPrefix, Pepper};
 pub use layer::{ApiKeyLayer, ApiKeyLayerBuilder};
 pub use manager::{CreatedKey, KeyInfo, KeyManager, ManagerError};
-pub use policy::{KeyName, KeyOptions, PolicyUpdate, RotateOptions, Scoped, Scopes};
+pub use policy::{KeyName, KeyOptions, PolicyUpdate, RateLimit, RotateOptions, Scoped, Scopes};
 pub use rejection::Rejection;
 pub use require_scope::RequireScopeLayer;
 pub use resolver::{KeyIdentity, Resolver, StoreResolver};

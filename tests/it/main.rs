@@ -16,5 +16,6 @@ mod lifecycle;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod policy;
+mod rate_limit;
 mod store;
 mod transport;

@@ -1,0 +1,194 @@
+//! Rate limits over HTTP, against a loopback axum server: the 429 answer and its fields, the
+//! budget on allowed answers, what a refused request doesn't do, and limits changed at once.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tower_api_key::PolicyUpdate;
+
+use super::app::{App, limit, remaining_and_reset};
+
+#[tokio::test]
+async fn twelve_requests_at_once_on_a_key_limited_to_5_per_2_seconds_get_5_answers_and_7_refusals()
+{
+    let app = App::start().await;
+    let key = app.key(Some(limit(5, 2))).await;
+    let other = app.key(Some(limit(5, 2))).await;
+
+    let started = Instant::now();
+    let answers = join_all((0..12).map(|_| app.ping(&key))).await;
+    let took = started.elapsed();
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!(ok + refused.len(), 12, "only 200s and 429s");
+    // The budget refills one request every 0.4 s: a burst slower than that (a stalled
+    // machine) may fit one more per 0.4 s it took, and no more.
+    let refills = usize::try_from(took.as_millis() / 400).expect("small");
+    assert!(
+        ok == 5 || (took >= Duration::from_millis(400) && (5..=5 + refills).contains(&ok)),
+        "{ok} allowed in {took:?}"
+    );
+    for answer in &refused {
+        assert_eq!(answer.body, r#"{"error":"rate limit exceeded"}"#);
+        assert_eq!(answer.content_type(), Some("application/json"));
+        let retry_after: u64 = answer.headers["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("whole seconds");
+        assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+        assert_eq!(answer.headers["ratelimit-policy"], r#""api-key";q=5;w=2"#);
+        assert_eq!(remaining_and_reset(answer).0, 0);
+    }
+    assert_eq!(app.served(), ok, "refused requests never reach the service");
+
+    // Another key of the same account has a budget of its own.
+    let answer = app.ping(&other).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(remaining_and_reset(&answer).0, 4);
+
+    // After the window the whole budget is back.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let answers = join_all((0..5).map(|_| app.ping(&key))).await;
+    assert!(answers.iter().all(|a| a.status == 200), "budget refilled");
+}
+
+#[tokio::test]
+async fn allowed_answers_carry_the_budget_counting_down() {
+    let app = App::start().await;
+    let key = app.key(Some(limit(3, 3600))).await;
+    for expected in [2, 1, 0] {
+        let answer = app.ping(&key).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "pong");
+        assert_eq!(
+            answer.headers["ratelimit-policy"],
+            r#""api-key";q=3;w=3600"#
+        );
+        let (remaining, reset) = remaining_and_reset(&answer);
+        assert_eq!(remaining, expected);
+        // Full again once the spent requests have refilled, 1,200 s each.
+        let spent = u64::from(3 - expected);
+        assert!(
+            (spent * 1200 - 1..=spent * 1200).contains(&reset),
+            "t={reset} after {spent} requests"
+        );
+    }
+    let refused = app.ping(&key).await;
+    assert_eq!(refused.status, 429);
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1199..=1200).contains(&retry_after), "{retry_after}");
+}
+
+#[tokio::test]
+async fn refused_requests_are_not_served_nor_recorded_as_uses() {
+    let app = App::start().await;
+    let key = app.key(Some(limit(2, 3600))).await;
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(app.ping(&key).await.status.as_u16());
+        }
+        statuses
+    };
+    assert_eq!(statuses, [200, 200, 429, 429, 429]);
+    assert_eq!(app.served(), 2);
+    assert_eq!(app.uses(), 2, "only allowed requests count as uses");
+    let metrics = app.layer.metrics();
+    assert_eq!(metrics.accepted, 2);
+    assert_eq!(metrics.rate_limited, 3);
+    assert_eq!(
+        metrics.cache_hits, 4,
+        "the refusals came from the cache too"
+    );
+}
+
+#[tokio::test]
+async fn keys_without_a_limit_are_not_limited_and_answers_carry_no_budget() {
+    let app = App::start().await;
+    let key = app.key(None).await;
+    for _ in 0..20 {
+        let answer = app.ping(&key).await;
+        assert_eq!(answer.status, 200);
+        assert!(!answer.headers.contains_key("ratelimit"));
+        assert!(!answer.headers.contains_key("ratelimit-policy"));
+    }
+}
+
+#[tokio::test]
+async fn the_layer_default_limits_keys_without_a_limit_of_their_own() {
+    let app = App::start_with(|builder| builder.default_rate_limit(limit(2, 3600))).await;
+    let plain = app.key(None).await;
+    let own = app.key(Some(limit(4, 3600))).await;
+    let allowed = |answers: Vec<crate::support::http::Answer>| {
+        answers.iter().filter(|a| a.status == 200).count()
+    };
+    let mut plain_answers = Vec::new();
+    let mut own_answers = Vec::new();
+    for _ in 0..6 {
+        plain_answers.push(app.ping(&plain).await);
+        own_answers.push(app.ping(&own).await);
+    }
+    assert_eq!(allowed(plain_answers), 2, "the default");
+    assert_eq!(allowed(own_answers), 4, "the key's own limit wins");
+}
+
+#[tokio::test]
+async fn a_limit_set_changed_or_cleared_through_the_manager_applies_at_once() {
+    let app = App::start().await;
+    let key = app.key(None).await;
+    let id = app.manager.list(&app.account).await.expect("list")[0].id;
+    assert_eq!(app.ping(&key).await.status, 200, "cached, unlimited");
+
+    let update = PolicyUpdate::new().rate_limit(Some(limit(1, 3600)));
+    let info = app
+        .manager
+        .update(&app.account, id, update)
+        .await
+        .expect("update");
+    assert_eq!(info.rate_limit, Some(limit(1, 3600)));
+    assert_eq!(app.ping(&key).await.status, 200);
+    assert_eq!(app.ping(&key).await.status, 429, "limited at once");
+
+    // Raised: the request already spent counts one for one against the new limit.
+    let update = PolicyUpdate::new().rate_limit(Some(limit(3, 3600)));
+    app.manager
+        .update(&app.account, id, update)
+        .await
+        .expect("update");
+    let answer = app.ping(&key).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(remaining_and_reset(&answer).0, 1);
+
+    let update = PolicyUpdate::new().rate_limit(None);
+    let info = app
+        .manager
+        .update(&app.account, id, update)
+        .await
+        .expect("update");
+    assert_eq!(info.rate_limit, None);
+    for _ in 0..5 {
+        let answer = app.ping(&key).await;
+        assert_eq!(answer.status, 200, "cleared at once");
+        assert!(!answer.headers.contains_key("ratelimit"));
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_key_keeps_its_budget() {
+    let app = App::start().await;
+    let key = app.key(Some(limit(2, 3600))).await;
+    let id = app.manager.list(&app.account).await.expect("list")[0].id;
+    assert_eq!(app.ping(&key).await.status, 200);
+    assert_eq!(app.ping(&key).await.status, 200);
+    let rotated = app.manager.rotate(&app.account, id).await.expect("rotate");
+    let answer = app.ping(rotated.key.expose_secret()).await;
+    assert_eq!(
+        answer.status, 429,
+        "the budget belongs to the key, not its string"
+    );
+}

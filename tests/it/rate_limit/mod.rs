@@ -1,0 +1,162 @@
+//! Per-key rate limits (mirrors `src/rate_limit/`): the budget checked after authentication,
+//! 429 with `Retry-After` and the RateLimit fields, gRPC `RESOURCE_EXHAUSTED`, limits set and
+//! changed through the manager, the limiter's failure policy; and, with the `redis` feature,
+//! budgets shared through a real Redis.
+
+mod grpc;
+#[cfg(feature = "axum")]
+mod http;
+#[cfg(feature = "axum")]
+mod limiter;
+
+#[cfg(feature = "axum")]
+mod app {
+    //! An app whose `/v1/ping` counts the requests that reach it, behind a layer whose
+    //! resolver counts the uses it records.
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use axum::Router;
+    use axum::routing::get;
+    use tower_api_key::rate_limit::BudgetKey;
+    use tower_api_key::resolver::ResolveError;
+    use tower_api_key::{
+        AccountId, ApiKey, ApiKeyLayer, ApiKeyLayerBuilder, KeyDigest, KeyIdentity, KeyManager,
+        KeyOptions, RateLimit, Resolver, StoreResolver,
+    };
+
+    use crate::support::http::{Answer, client, get_with, serve};
+    use crate::support::stores::TestStore;
+    use crate::support::{account, pepper};
+
+    /// [`StoreResolver`] that counts the uses the layer records.
+    pub(crate) struct CountingUses {
+        inner: StoreResolver,
+        pub(crate) uses: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Resolver for CountingUses {
+        type Account = KeyIdentity;
+
+        async fn resolve(
+            &self,
+            key: &ApiKey,
+            digest: &KeyDigest,
+        ) -> Result<Option<KeyIdentity>, ResolveError> {
+            self.inner.resolve(key, digest).await
+        }
+
+        fn record_use(&self, account: &KeyIdentity) {
+            self.uses.fetch_add(1, Ordering::SeqCst);
+            self.inner.record_use(account);
+        }
+
+        fn budget_key(&self, account: &KeyIdentity) -> Option<BudgetKey> {
+            self.inner.budget_key(account)
+        }
+
+        fn rate_limit(&self, account: &KeyIdentity) -> Option<RateLimit> {
+            self.inner.rate_limit(account)
+        }
+    }
+
+    pub(crate) struct App {
+        pub(crate) addr: SocketAddr,
+        pub(crate) manager: KeyManager,
+        pub(crate) layer: ApiKeyLayer<CountingUses>,
+        pub(crate) account: AccountId,
+        /// Requests that reached the inner service.
+        pub(crate) served: Arc<AtomicUsize>,
+        /// Uses the layer recorded.
+        pub(crate) uses: Arc<AtomicUsize>,
+    }
+
+    impl App {
+        pub(crate) async fn start() -> Self {
+            Self::start_with(|builder| builder).await
+        }
+
+        pub(crate) async fn start_with(
+            configure: impl FnOnce(ApiKeyLayerBuilder<CountingUses>) -> ApiKeyLayerBuilder<CountingUses>,
+        ) -> Self {
+            let store = TestStore::new();
+            let manager = KeyManager::new(store.clone(), pepper());
+            let uses = Arc::new(AtomicUsize::new(0));
+            let resolver = CountingUses {
+                inner: StoreResolver::new(store),
+                uses: Arc::clone(&uses),
+            };
+            let layer = configure(
+                ApiKeyLayer::builder(resolver, manager.pepper().clone())
+                    .invalidated_by(manager.invalidation_bus()),
+            )
+            .build();
+            let served = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&served);
+            let app = Router::new()
+                .route(
+                    "/v1/ping",
+                    get(move || {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async { "pong" }
+                    }),
+                )
+                .layer(layer.clone());
+            Self {
+                addr: serve(app).await,
+                manager,
+                layer,
+                account: account("acme"),
+                served,
+                uses,
+            }
+        }
+
+        /// A new key of the app's account, limited to `limit` if given; its string.
+        pub(crate) async fn key(&self, limit: Option<RateLimit>) -> String {
+            let options = match limit {
+                Some(limit) => KeyOptions::new().rate_limit(limit),
+                None => KeyOptions::new(),
+            };
+            let created = self
+                .manager
+                .create_with(&self.account, options)
+                .await
+                .expect("create");
+            created.key.expose_secret().to_owned()
+        }
+
+        pub(crate) async fn ping(&self, key: &str) -> Answer {
+            get_with(&client(), self.addr, "/v1/ping", &[("x-api-key", key)]).await
+        }
+
+        pub(crate) fn served(&self) -> usize {
+            self.served.load(Ordering::SeqCst)
+        }
+
+        pub(crate) fn uses(&self) -> usize {
+            self.uses.load(Ordering::SeqCst)
+        }
+    }
+
+    pub(crate) fn limit(requests: u32, per_seconds: u32) -> RateLimit {
+        RateLimit::new(requests, per_seconds).expect("limit in range")
+    }
+
+    /// `RateLimit`'s `r` and `t` parameters.
+    pub(crate) fn remaining_and_reset(answer: &Answer) -> (u32, u64) {
+        let value = answer.headers["ratelimit"].to_str().expect("ascii");
+        let param = |name: &str| -> u64 {
+            value
+                .split(';')
+                .find_map(|part| part.strip_prefix(name))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {value:?}"))
+        };
+        (u32::try_from(param("r=")).expect("small"), param("t="))
+    }
+}
