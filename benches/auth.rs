@@ -30,7 +30,8 @@ use http::{HeaderValue, Request, StatusCode};
 use tower::{Layer, ServiceExt};
 use tower_api_key::resolver::Resolver;
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyDigest, KeyIdentity, KeyManager, MemoryStore, Pepper, StoreResolver,
+    ApiKey, ApiKeyLayer, KeyDigest, KeyIdentity, KeyManager, KeyOptions, MemoryStore, Pepper,
+    RateLimit, StoreResolver,
 };
 
 fn router() -> Router {
@@ -170,6 +171,17 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
         .block_on(manager.create(&"bench".parse().expect("account")))
         .expect("create");
     let valid = HeaderValue::from_str(created.key.expose_secret()).expect("header");
+    // A key with a rate limit it never reaches here (the bench sends fewer than 10^6 a second
+    // to it), and one that has spent its budget for the day.
+    let create_limited = |limit| {
+        let options = KeyOptions::new().rate_limit(limit);
+        let created = runtime
+            .block_on(manager.create_with(&"bench".parse().expect("account"), options))
+            .expect("create");
+        HeaderValue::from_str(created.key.expose_secret()).expect("header")
+    };
+    let limited = create_limited(RateLimit::new(1_000_000, 1).expect("limit"));
+    let spent = create_limited(RateLimit::new(1, 86_400).expect("limit"));
     let unknown_key = ApiKey::generate().expect("randomness");
     let unknown = HeaderValue::from_str(unknown_key.expose_secret()).expect("header");
     let malformed = HeaderValue::from_static("not-a-key");
@@ -202,7 +214,7 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
 
     // Warm the cache with the valid and the unknown key.
     runtime.block_on(async {
-        for key in [&valid, &unknown] {
+        for key in [&valid, &unknown, &limited, &spent] {
             protected
                 .clone()
                 .oneshot(request(Some(key)))
@@ -218,6 +230,16 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
             "layer/hit_for_axum",
             call!(protected_axum, Some(&valid)),
             StatusCode::OK,
+        ),
+        (
+            "layer/hit_rate_limited",
+            call!(protected, Some(&limited)),
+            StatusCode::OK,
+        ),
+        (
+            "layer/reject_over_rate_limit",
+            call!(protected, Some(&spent)),
+            StatusCode::TOO_MANY_REQUESTS,
         ),
         (
             "layer/reject_malformed",

@@ -115,19 +115,22 @@ impl fmt::Debug for BudgetKey {
 pub struct Budget {
     limit: RateLimit,
     remaining: u32,
-    reset: Duration,
-    retry_after: Duration,
+    // Milliseconds, rounded up (at most a day each): the budget rides along with every
+    // allowed response, so it is kept small.
+    reset_ms: u32,
+    retry_after_ms: u32,
 }
 
 impl Budget {
     /// A budget under `limit` with `remaining` requests left, full again after `reset`; a
-    /// refused request may be retried after `retry_after` (zero for an allowed one).
+    /// refused request may be retried after `retry_after` (zero for an allowed one). Both
+    /// are kept to the millisecond, rounded up.
     pub fn new(limit: RateLimit, remaining: u32, reset: Duration, retry_after: Duration) -> Self {
         Self {
             limit,
             remaining: remaining.min(limit.requests()),
-            reset,
-            retry_after,
+            reset_ms: millis_up(reset),
+            retry_after_ms: millis_up(retry_after),
         }
     }
 
@@ -143,13 +146,19 @@ impl Budget {
 
     /// How long until the whole budget is available again.
     pub fn reset(&self) -> Duration {
-        self.reset
+        Duration::from_millis(u64::from(self.reset_ms))
     }
 
     /// For a refused request, how long until one request fits again; zero otherwise.
     pub fn retry_after(&self) -> Duration {
-        self.retry_after
+        Duration::from_millis(u64::from(self.retry_after_ms))
     }
+}
+
+/// `duration` in whole milliseconds, rounded up and capped at `u32::MAX` (49 days).
+fn millis_up(duration: Duration) -> u32 {
+    let millis = duration.as_millis() + u128::from(duration.subsec_nanos() % 1_000_000 > 0);
+    u32::try_from(millis).unwrap_or(u32::MAX)
 }
 
 /// A [`RateLimiter`]'s answer for one request.
