@@ -41,8 +41,9 @@
 //! moves it, [`AdminRouter::without_page`] drops it): one self-contained page (its script and
 //! style sheet are embedded in the crate; no external resources, no inline script) where an
 //! account's keys are listed with when each was created and last used and their rate limit,
-//! and created (the secret shown once; with an optional name, expiry, scopes and rate limit), rotated (with an optional grace period), revoked, reactivated and
-//! deleted, through the JSON API above. It is served with a strict `Content-Security-Policy`
+//! and created (the secret shown once; with an optional name, expiry, scopes and rate limit),
+//! rotated (with an optional grace period), revoked, reactivated and deleted, through the JSON
+//! API above. It is served with a strict `Content-Security-Policy`
 //! (`frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`.
 //!
 //! Each change is logged once, by the manager (`tracing`, `info`, with account and prefix);
