@@ -336,6 +336,7 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
                 "last_used_at",
                 "name",
                 "prefix",
+                "rate_limit",
                 "scopes",
                 "status"
             ]
