@@ -13,7 +13,9 @@ use time::macros::format_description;
 
 use super::error::ApiError;
 use crate::manager::{CreatedKey, KeyInfo};
-use crate::policy::{KeyName, KeyOptions, PolicyError, PolicyUpdate, RotateOptions, Scopes};
+use crate::policy::{
+    KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
+};
 
 // ===== answers =====
 
@@ -32,6 +34,7 @@ pub(crate) struct KeyView {
     name: Option<String>,
     scopes: Option<Vec<String>>,
     expires_at: Option<String>,
+    rate_limit: Option<RateLimitJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_prefix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +56,7 @@ impl From<KeyInfo> for KeyView {
                 .scopes
                 .map(|scopes| scopes.iter().map(str::to_owned).collect()),
             expires_at: info.expires_at.map(rfc3339),
+            rate_limit: info.rate_limit.map(RateLimitJson::from),
             previous_prefix: info.previous_prefix.map(|prefix| prefix.to_string()),
             previous_expires_at: info.previous_expires_at.map(rfc3339),
         }
@@ -94,6 +98,56 @@ fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, ApiError> {
         })
 }
 
+/// A rate limit as answered and read: `{"requests": 5, "per_seconds": 2}`. Both members are
+/// required and nothing else is allowed; they are read as any integer, so that a negative or
+/// too large one gets the rate limit's own message.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct RateLimitJson {
+    requests: i64,
+    per_seconds: i64,
+}
+
+impl<'de> Deserialize<'de> for RateLimitJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Members {
+            requests: i64,
+            per_seconds: i64,
+        }
+        // An object only: serde's derive would also read a struct from a JSON array.
+        let object = serde_json::Map::deserialize(deserializer)?;
+        let Members {
+            requests,
+            per_seconds,
+        } = serde_json::from_value(object.into()).map_err(serde::de::Error::custom)?;
+        Ok(Self {
+            requests,
+            per_seconds,
+        })
+    }
+}
+
+impl From<RateLimit> for RateLimitJson {
+    fn from(limit: RateLimit) -> Self {
+        Self {
+            requests: limit.requests().into(),
+            per_seconds: limit.per_seconds().into(),
+        }
+    }
+}
+
+impl RateLimitJson {
+    fn into_limit(self) -> Result<RateLimit, ApiError> {
+        let member =
+            |value: i64| u32::try_from(value).map_err(|_| PolicyError::RateLimitOutOfRange);
+        Ok(RateLimit::new(
+            member(self.requests)?,
+            member(self.per_seconds)?,
+        )?)
+    }
+}
+
 // ===== request bodies =====
 
 /// The body of `POST …/keys`; every field optional.
@@ -104,6 +158,7 @@ pub(crate) struct CreateBody {
     expires_in_seconds: Option<i64>,
     expires_at: Option<String>,
     scopes: Option<Vec<String>>,
+    rate_limit: Option<RateLimitJson>,
 }
 
 impl CreateBody {
@@ -114,6 +169,9 @@ impl CreateBody {
         }
         if let Some(scopes) = self.scopes {
             options = options.scopes(Scopes::new(scopes)?);
+        }
+        if let Some(limit) = self.rate_limit {
+            options = options.rate_limit(limit.into_limit()?);
         }
         match (self.expires_in_seconds, self.expires_at) {
             (Some(_), Some(_)) => {
@@ -145,6 +203,8 @@ pub(crate) struct UpdateBody {
     expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     scopes: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<RateLimitJson>>,
 }
 
 impl UpdateBody {
@@ -163,6 +223,9 @@ impl UpdateBody {
                 .map(|text| parse_rfc3339("expires_at", text))
                 .transpose()?;
             update = update.expires_at(at);
+        }
+        if let Some(limit) = self.rate_limit {
+            update = update.rate_limit(limit.map(RateLimitJson::into_limit).transpose()?);
         }
         Ok(update)
     }
@@ -256,5 +319,17 @@ mod tests {
         let body: UpdateBody = serde_json::from_str(r#"{"scopes": ["read"]}"#).expect("valid");
         assert_eq!(body.scopes, Some(Some(vec!["read".to_owned()])));
         assert!(serde_json::from_str::<UpdateBody>(r#"{"nme": "x"}"#).is_err());
+        let body: UpdateBody = serde_json::from_str(r#"{"rate_limit": null}"#).expect("valid");
+        assert_eq!(body.rate_limit, Some(None));
+        let body: UpdateBody =
+            serde_json::from_str(r#"{"rate_limit": {"requests": 5, "per_seconds": 2}}"#)
+                .expect("valid");
+        assert_eq!(
+            body.rate_limit,
+            Some(Some(RateLimitJson {
+                requests: 5,
+                per_seconds: 2
+            }))
+        );
     }
 }

@@ -13,18 +13,20 @@
 //! | `DELETE /admin/accounts/{account}/keys/{id}` | 204 |
 //!
 //! A record is `{"id", "account_id", "prefix", "status" ("active" or "inactive"),
-//! "created_at", "last_used_at", "name", "scopes", "expires_at"}`, times in RFC 3339 (UTC,
-//! microseconds) or `null`, `name` a string or `null`, `scopes` a list or `null`
-//! (unrestricted); while the old key of a rotation with a grace period still works, also
+//! "created_at", "last_used_at", "name", "scopes", "expires_at", "rate_limit"}`, times in
+//! RFC 3339 (UTC, microseconds) or `null`, `name` a string or `null`, `scopes` a list or
+//! `null` (unrestricted), `rate_limit` `{"requests": n, "per_seconds": s}` or `null` (none of
+//! the key's own); while the old key of a rotation with a grace period still works, also
 //! `"previous_prefix"` and `"previous_expires_at"`.
 //!
 //! Request bodies are JSON, optional (no body, an empty one, and any content type are
 //! accepted), and refuse unknown fields:
 //!
 //! - create: `{"name": str, "expires_in_seconds": 1..=315360000 | "expires_at": RFC 3339
-//!   in the future, "scopes": [str]}`, every field optional;
-//! - update (`PATCH`): any of `{"name", "expires_at", "scopes"}`; `null` clears a field and an
-//!   absent one is kept; an `expires_at` in the past expires the key at once;
+//!   in the future, "scopes": [str], "rate_limit": {"requests": 1..=1000000, "per_seconds":
+//!   1..=86400}}`, every field optional (both members of `rate_limit` required);
+//! - update (`PATCH`): any of `{"name", "expires_at", "scopes", "rate_limit"}`; `null` clears
+//!   a field and an absent one is kept; an `expires_at` in the past expires the key at once;
 //! - rotate: `{"grace_seconds": 0..=604800}`, how long the old key keeps working.
 //!
 //! Errors are `{"error": message}`: 400 for a bad account id, a bad body or a value the
@@ -38,9 +40,10 @@
 //! The router also serves the **Integration page** at `GET /integration` ([`AdminRouter::page_path`]
 //! moves it, [`AdminRouter::without_page`] drops it): one self-contained page (its script and
 //! style sheet are embedded in the crate; no external resources, no inline script) where an
-//! account's keys are listed with when each was created and last used, and created (the
-//! secret shown once), rotated (with an optional grace period), revoked, reactivated and
-//! deleted, through the JSON API above. It is served with a strict `Content-Security-Policy`
+//! account's keys are listed with when each was created and last used and their rate limit,
+//! and created (the secret shown once; with an optional name, expiry, scopes and rate limit),
+//! rotated (with an optional grace period), revoked, reactivated and deleted, through the JSON
+//! API above. It is served with a strict `Content-Security-Policy`
 //! (`frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`.
 //!
 //! Each change is logged once, by the manager (`tracing`, `info`, with account and prefix);

@@ -9,7 +9,7 @@ use sqlx::types::time::OffsetDateTime;
 
 use super::{AccountId, KeyRecord, KeyStatus, PreviousKey, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
-use crate::policy::{KeyName, PolicyUpdate, Scopes};
+use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
 
 // ===== migrations =====
 
@@ -285,11 +285,23 @@ pub(crate) fn joined_scopes(scopes: &Scopes) -> String {
     scopes.iter().collect::<Vec<_>>().join(" ")
 }
 
+/// A rate limit as the two columns `rate_limit_requests` and `rate_limit_per_seconds` keep
+/// it: both set, or both `NULL`. Bound as `i32`, which every database here can read back.
+pub(crate) fn rate_limit_columns(limit: Option<RateLimit>) -> (Option<i32>, Option<i32>) {
+    // Within `RateLimit`'s ranges, both fit an `i32`; the columns' checks refuse anything else.
+    let column = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+    (
+        limit.map(|limit| column(limit.requests())),
+        limit.map(|limit| column(limit.per_seconds())),
+    )
+}
+
 /// A record's columns as the database keeps them (the id as `Id`, times as `Time`, the scope
-/// list as `ScopeList`), checked on the way back in. Read with `query_as` from the columns
-/// `id`, `account_id`, `prefix`, `digest`, `status`, `created_at`, `last_used_at`, `name`,
-/// `scopes`, `expires_at`, `previous_prefix`, `previous_digest` and `previous_expires_at`.
-pub(crate) struct RawRecord<Id, Time, ScopeList> {
+/// list as `ScopeList`, the rate limit's integers as `Count`), checked on the way back in.
+/// Read with `query_as` from the columns `id`, `account_id`, `prefix`, `digest`, `status`,
+/// `created_at`, `last_used_at`, `name`, `scopes`, `expires_at`, `rate_limit_requests`,
+/// `rate_limit_per_seconds`, `previous_prefix`, `previous_digest` and `previous_expires_at`.
+pub(crate) struct RawRecord<Id, Time, ScopeList, Count> {
     id: Id,
     account_id: String,
     prefix: String,
@@ -300,14 +312,17 @@ pub(crate) struct RawRecord<Id, Time, ScopeList> {
     name: Option<String>,
     scopes: Option<ScopeList>,
     expires_at: Option<Time>,
+    rate_limit_requests: Option<Count>,
+    rate_limit_per_seconds: Option<Count>,
     previous_prefix: Option<String>,
     previous_digest: Option<Vec<u8>>,
     previous_expires_at: Option<Time>,
 }
 
 /// Written once for every database whose driver decodes the column types: the per-database
-/// part is only which `Id`, `Time` and `ScopeList` a store names.
-impl<'r, R, Id, Time, ScopeList> sqlx::FromRow<'r, R> for RawRecord<Id, Time, ScopeList>
+/// part is only which `Id`, `Time`, `ScopeList` and `Count` a store names.
+impl<'r, R, Id, Time, ScopeList, Count> sqlx::FromRow<'r, R>
+    for RawRecord<Id, Time, ScopeList, Count>
 where
     R: sqlx::Row,
     &'static str: sqlx::ColumnIndex<R>,
@@ -316,6 +331,7 @@ where
     Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Time: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     ScopeList: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Count: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         Ok(Self {
@@ -329,6 +345,8 @@ where
             name: row.try_get("name")?,
             scopes: row.try_get("scopes")?,
             expires_at: row.try_get("expires_at")?,
+            rate_limit_requests: row.try_get("rate_limit_requests")?,
+            rate_limit_per_seconds: row.try_get("rate_limit_per_seconds")?,
             previous_prefix: row.try_get("previous_prefix")?,
             previous_digest: row.try_get("previous_digest")?,
             previous_expires_at: row.try_get("previous_expires_at")?,
@@ -336,8 +354,8 @@ where
     }
 }
 
-impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes>
-    RawRecord<Id, Time, ScopeList>
+impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes, Count: Into<i64>>
+    RawRecord<Id, Time, ScopeList, Count>
 {
     /// The record, or an error naming the column that isn't what the store writes (a row
     /// edited by hand): a fault, never a silently wrong answer.
@@ -374,6 +392,34 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes>
             Some(scopes) => Some(scopes.into_scopes().ok_or_else(|| corrupt("scopes"))?),
             None => None,
         };
+        // 1 to `max`, or an error naming the column.
+        let count = |value: Count, max: u32, column: &str| {
+            u32::try_from(value.into())
+                .ok()
+                .filter(|value| (1..=max).contains(value))
+                .ok_or_else(|| corrupt(column))
+        };
+        let rate_limit = match (self.rate_limit_requests, self.rate_limit_per_seconds) {
+            (None, None) => None,
+            (Some(requests), Some(per_seconds)) => {
+                let requests = count(requests, RateLimit::MAX_REQUESTS, "rate_limit_requests")?;
+                let per_seconds = count(
+                    per_seconds,
+                    RateLimit::MAX_PER_SECONDS,
+                    "rate_limit_per_seconds",
+                )?;
+                Some(
+                    RateLimit::new(requests, per_seconds)
+                        .map_err(|_| corrupt("rate_limit_requests"))?,
+                )
+            }
+            _ => {
+                return Err(corrupt(
+                    "rate limit (rate_limit_requests and rate_limit_per_seconds must be both \
+                     set or both NULL)",
+                ));
+            }
+        };
         let previous = match (
             self.previous_prefix,
             self.previous_digest,
@@ -405,8 +451,7 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes>
             name,
             scopes,
             expires_at: time(self.expires_at, "expires_at")?,
-            // TODO(rate limits): the SQL stores don't keep the column yet.
-            rate_limit: None,
+            rate_limit,
             previous,
         })
     }
@@ -414,6 +459,7 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes>
 
 /// The binds of a policy update's `UPDATE`, after the statement's own `$1`/`$2`: for name,
 /// scopes and expiry in turn, whether to set the field, then its new value (`NULL` clears
+/// it); then whether to set the rate limit, and its requests and window (both `NULL` clear
 /// it). `scopes` and `time` say how this database keeps a scope list and a time.
 pub(crate) fn bind_policy<'q, DB, O, S, T>(
     query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
@@ -427,18 +473,23 @@ where
     Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<S>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<T>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i32>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     S: 'q,
     T: 'q,
 {
     let name = update.name.as_ref().and_then(|name| name.as_ref());
     let new_scopes = update.scopes.as_ref().and_then(|s| s.as_ref().map(scopes));
+    let (requests, per_seconds) = rate_limit_columns(update.rate_limit.flatten());
     Ok(query
         .bind(update.name.is_some())
         .bind(name.map(KeyName::as_str))
         .bind(update.scopes.is_some())
         .bind(new_scopes)
         .bind(update.expires_at.is_some())
-        .bind(update.expires_at.flatten().map(time).transpose()?))
+        .bind(update.expires_at.flatten().map(time).transpose()?)
+        .bind(update.rate_limit.is_some())
+        .bind(requests)
+        .bind(per_seconds))
 }
 
 /// A unique violation on the current or the previous prefix becomes

@@ -26,18 +26,24 @@ const MIGRATIONS: &[Migration] = &[
         description: "key policy: name, scopes, expiry, previous key",
         sql: include_str!("../../migrations/sqlite/0002_key_policy.sql"),
     },
+    Migration {
+        version: 3,
+        description: "key rate limit",
+        sql: include_str!("../../migrations/sqlite/0003_rate_limit.sql"),
+    },
 ];
 
 /// A row as stored: the id as hyphenated text, times as integer microseconds, scopes joined
-/// by spaces.
-type Row = RawRecord<uuid::fmt::Hyphenated, i64, String>;
+/// by spaces, the rate limit as two integers.
+type Row = RawRecord<uuid::fmt::Hyphenated, i64, String, i64>;
 
 /// A whole record's columns, under the names [`RawRecord`] reads (a macro, for `concat!`).
 macro_rules! columns {
     () => {
         "id, account_id, prefix, digest, status, \
          created_at_us AS created_at, last_used_at_us AS last_used_at, \
-         name, scopes, expires_at_us AS expires_at, previous_prefix, previous_digest, \
+         name, scopes, expires_at_us AS expires_at, rate_limit_requests, \
+         rate_limit_per_seconds, previous_prefix, previous_digest, \
          previous_expires_at_us AS previous_expires_at"
     };
 }
@@ -223,6 +229,7 @@ fn micros(at: Option<SystemTime>) -> Result<Option<i64>, StoreError> {
 impl KeyStore for SqliteStore {
     async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
         let previous = record.previous.as_ref();
+        let (requests, per_seconds) = sql::rate_limit_columns(record.rate_limit);
         let mut tx = self.begin_immediate().await?;
         let count: i64 =
             sqlx::query_scalar("SELECT count(*) FROM tower_api_keys WHERE account_id = ?1")
@@ -241,9 +248,9 @@ impl KeyStore for SqliteStore {
         sqlx::query(
             "INSERT INTO tower_api_keys
              (id, account_id, prefix, digest, status, created_at_us, last_used_at_us,
-              name, scopes, expires_at_us, previous_prefix, previous_digest,
-              previous_expires_at_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+              name, scopes, expires_at_us, rate_limit_requests, rate_limit_per_seconds,
+              previous_prefix, previous_digest, previous_expires_at_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .bind(record.id.to_string())
         .bind(record.account_id.as_str())
@@ -255,6 +262,8 @@ impl KeyStore for SqliteStore {
         .bind(record.name.as_ref().map(KeyName::as_str))
         .bind(record.scopes.as_ref().map(sql::joined_scopes))
         .bind(micros(record.expires_at)?)
+        .bind(requests)
+        .bind(per_seconds)
         .bind(previous.map(|p| p.prefix.as_str()))
         .bind(previous.map(|p| &p.digest.as_bytes()[..]))
         .bind(micros(previous.map(|p| p.expires_at))?)
@@ -367,7 +376,9 @@ impl KeyStore for SqliteStore {
             "UPDATE tower_api_keys SET ",
             "name = CASE WHEN ?3 THEN ?4 ELSE name END, ",
             "scopes = CASE WHEN ?5 THEN ?6 ELSE scopes END, ",
-            "expires_at_us = CASE WHEN ?7 THEN ?8 ELSE expires_at_us END ",
+            "expires_at_us = CASE WHEN ?7 THEN ?8 ELSE expires_at_us END, ",
+            "rate_limit_requests = CASE WHEN ?9 THEN ?10 ELSE rate_limit_requests END, ",
+            "rate_limit_per_seconds = CASE WHEN ?9 THEN ?11 ELSE rate_limit_per_seconds END ",
             "WHERE id = ?1 AND account_id = ?2 RETURNING ",
             columns!()
         ))

@@ -336,6 +336,7 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
                 "last_used_at",
                 "name",
                 "prefix",
+                "rate_limit",
                 "scopes",
                 "status"
             ]
@@ -356,7 +357,7 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
     }
 }
 
-// ===== key policy: names, scopes, expiry, grace =====
+// ===== key policy: names, scopes, expiry, grace, rate limits =====
 
 #[tokio::test]
 async fn create_with_a_body_patch_and_rotate_with_grace_over_http() {
@@ -434,6 +435,49 @@ async fn create_with_a_body_patch_and_rotate_with_grace_over_http() {
         .await;
     assert_eq!(too_long.status, StatusCode::BAD_REQUEST);
     assert_accepted(&server, key).await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_created_shown_and_cleared_over_http() {
+    let server = Launch::new().start().await;
+    let limit = json!({"requests": 5, "per_seconds": 2});
+    let created = server
+        .admin_json(
+            Method::POST,
+            "/admin/accounts/acme/keys",
+            &json!({ "rate_limit": limit }).to_string(),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let created = created.json();
+    assert_eq!(created["rate_limit"], limit);
+    let path = format!("/admin/accounts/acme/keys/{}", str_field(&created, "id"));
+    assert_eq!(server.list_keys("acme").await[0]["rate_limit"], limit);
+
+    // Out of range is 400 JSON, on create and on PATCH, and changes nothing.
+    let body = r#"{"rate_limit": {"requests": 5, "per_seconds": 86401}}"#;
+    for (method, path) in [
+        (Method::POST, "/admin/accounts/acme/keys"),
+        (Method::PATCH, path.as_str()),
+    ] {
+        let refused = server.admin_json(method.clone(), path, body).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{method}");
+        assert!(refused.json()["error"].is_string(), "{method}");
+    }
+    assert_eq!(server.list_keys("acme").await.len(), 1);
+    assert_eq!(
+        server.admin(Method::GET, &path).await.json()["rate_limit"],
+        limit
+    );
+
+    // PATCH with null clears it; the record shows null.
+    let patched = server
+        .admin_json(Method::PATCH, &path, r#"{"rate_limit": null}"#)
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text());
+    let patched = patched.json();
+    assert!(patched["rate_limit"].is_null(), "{patched}");
+    assert_eq!(server.admin(Method::GET, &path).await.json(), patched);
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@
     name: $("name"),
     expires: $("expires"),
     scopes: $("scopes"),
+    rateRequests: $("rate-requests"),
+    rateSeconds: $("rate-seconds"),
     rows: $("rows"),
     empty: $("empty"),
   };
@@ -112,6 +114,10 @@
     return date.toISOString().replace("T", " ").replace(/:\d\d(\.\d+)?Z$/, " UTC");
   }
 
+  function formatRateLimit(limit) {
+    return limit ? limit.requests + " / " + limit.per_seconds + " s" : "—";
+  }
+
   function statusOf(key, now) {
     const parts = [key.status === "active" ? "Active" : "Inactive"];
     if (key.expires_at && new Date(key.expires_at) <= now) {
@@ -162,6 +168,7 @@
     }
     tr.append(cell("Status", status));
     tr.append(cell("Scopes", Array.isArray(key.scopes) ? (key.scopes.join(" ") || "none") : "All"));
+    tr.append(cell("Rate limit", formatRateLimit(key.rate_limit)));
     tr.append(cell("Created", formatTime(key.created_at)));
     tr.append(cell("Last used", formatTime(key.last_used_at)));
     tr.append(cell("Expires", formatTime(key.expires_at)));
@@ -247,6 +254,18 @@
     const scopes = els.scopes.value.trim();
     if (scopes) {
       payload.scopes = scopes.split(/[\s,]+/).filter(Boolean);
+    }
+    // Both or neither: with one of them empty, the API says what is missing.
+    const requests = els.rateRequests.value.trim();
+    const perSeconds = els.rateSeconds.value.trim();
+    if (requests || perSeconds) {
+      payload.rate_limit = {};
+      if (requests) {
+        payload.rate_limit.requests = Number(requests);
+      }
+      if (perSeconds) {
+        payload.rate_limit.per_seconds = Number(perSeconds);
+      }
     }
     const account = shown;
     attempt(async () => {

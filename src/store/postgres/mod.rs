@@ -44,19 +44,26 @@ const MIGRATIONS: &[Migration] = &[
         description: "key policy: name, scopes, expiry, previous key; notify their changes",
         sql: include_str!("../../../migrations/postgres/0003_key_policy.sql"),
     },
+    Migration {
+        version: 4,
+        description: "key rate limit; notify its changes",
+        sql: include_str!("../../../migrations/postgres/0004_rate_limit.sql"),
+    },
 ];
 
 /// The oldest PostgreSQL this crate supports (as documented on [`PostgresStore`]).
 const MIN_SERVER_VERSION: i32 = 140_000;
 
-/// A row as stored: times as `timestamptz`, read and written through sqlx's `time` support.
-type Row = RawRecord<uuid::Uuid, PgTimestamp, Vec<String>>;
+/// A row as stored: times as `timestamptz`, read and written through sqlx's `time` support;
+/// the rate limit as two `integer`s.
+type Row = RawRecord<uuid::Uuid, PgTimestamp, Vec<String>, i32>;
 
 /// A whole record's columns, under the names [`RawRecord`] reads (a macro, for `concat!`).
 macro_rules! columns {
     () => {
         "id, account_id, prefix, digest, status, created_at, last_used_at, name, scopes, \
-         expires_at, previous_prefix, previous_digest, previous_expires_at"
+         expires_at, rate_limit_requests, rate_limit_per_seconds, previous_prefix, \
+         previous_digest, previous_expires_at"
     };
 }
 
@@ -286,6 +293,7 @@ impl KeyStore for PostgresStore {
             return Err(StoreError::LimitReached { limit });
         }
         let previous = record.previous.as_ref();
+        let (requests, per_seconds) = sql::rate_limit_columns(record.rate_limit);
         let prefixes: Vec<&KeyPrefix> = std::iter::once(&record.prefix)
             .chain(previous.map(|p| &p.prefix))
             .collect();
@@ -295,8 +303,9 @@ impl KeyStore for PostgresStore {
         sqlx::query(
             "INSERT INTO tower_api_keys
              (id, account_id, prefix, digest, status, created_at, last_used_at, name, scopes,
-              expires_at, previous_prefix, previous_digest, previous_expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+              expires_at, rate_limit_requests, rate_limit_per_seconds, previous_prefix,
+              previous_digest, previous_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(record.id.as_uuid())
         .bind(record.account_id.as_str())
@@ -308,6 +317,8 @@ impl KeyStore for PostgresStore {
         .bind(record.name.as_ref().map(KeyName::as_str))
         .bind(record.scopes.as_ref().map(scope_list))
         .bind(timestamp(record.expires_at)?)
+        .bind(requests)
+        .bind(per_seconds)
         .bind(previous.map(|p| p.prefix.as_str()))
         .bind(previous.map(|p| &p.digest.as_bytes()[..]))
         .bind(timestamp(previous.map(|p| p.expires_at))?)
@@ -436,7 +447,9 @@ impl KeyStore for PostgresStore {
             "UPDATE tower_api_keys SET ",
             "name = CASE WHEN $3 THEN $4 ELSE name END, ",
             "scopes = CASE WHEN $5 THEN $6 ELSE scopes END, ",
-            "expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END ",
+            "expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END, ",
+            "rate_limit_requests = CASE WHEN $9 THEN $10 ELSE rate_limit_requests END, ",
+            "rate_limit_per_seconds = CASE WHEN $9 THEN $11 ELSE rate_limit_per_seconds END ",
             "WHERE id = $1 AND account_id = $2 RETURNING ",
             columns!()
         ))

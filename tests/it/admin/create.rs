@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{Harness, TOKEN, text};
 
 /// The fields of a record without a grace key, sorted.
-pub(super) const RECORD_FIELDS: [&str; 9] = [
+pub(super) const RECORD_FIELDS: [&str; 10] = [
     "account_id",
     "created_at",
     "expires_at",
@@ -17,6 +17,7 @@ pub(super) const RECORD_FIELDS: [&str; 9] = [
     "last_used_at",
     "name",
     "prefix",
+    "rate_limit",
     "scopes",
     "status",
 ];
@@ -75,7 +76,7 @@ async fn no_body_empty_body_no_content_type_and_empty_object_all_create_a_plain_
         assert_eq!(fields(&record), expected, "{record}");
         assert_eq!(record["status"], "active");
         assert_eq!(record["account_id"], "acme");
-        for null in ["name", "scopes", "expires_at", "last_used_at"] {
+        for null in ["name", "scopes", "expires_at", "rate_limit", "last_used_at"] {
             assert!(record[null].is_null(), "{null}: {record}");
         }
         assert_eq!(admin.ping(text(&record, "key")).await, StatusCode::OK);
@@ -120,6 +121,72 @@ async fn a_full_body_sets_name_scopes_and_expiry_and_get_shows_the_same_record()
     let mut without_key = created.clone();
     without_key.as_object_mut().expect("object").remove("key");
     assert_eq!(one.json(), without_key);
+}
+
+#[tokio::test]
+async fn a_rate_limit_is_kept_and_every_record_shows_it() {
+    let admin = Harness::start().await;
+    let limit = json!({"requests": 5, "per_seconds": 2});
+    let created = admin
+        .create("acme", Some(&json!({ "rate_limit": limit }).to_string()))
+        .await;
+    assert_eq!(created["rate_limit"], limit);
+    let id = text(&created, "id");
+    let one = admin.on_key(Method::GET, "acme", id, "", None).await;
+    assert_eq!(one.json()["rate_limit"], limit);
+    assert_eq!(admin.list("acme").await[0]["rate_limit"], limit);
+    let info = admin
+        .manager
+        .get(&crate::support::account("acme"), id.parse().expect("id"))
+        .await
+        .expect("get");
+    assert_eq!(
+        info.rate_limit.map(|l| (l.requests(), l.per_seconds())),
+        Some((5, 2))
+    );
+    // The bounds, and `null` for none.
+    for limit in [
+        json!({"requests": 1, "per_seconds": 1}),
+        json!({"per_seconds": 86400, "requests": 1000000}),
+        json!(null),
+    ] {
+        let created = admin
+            .create("other", Some(&json!({ "rate_limit": limit }).to_string()))
+            .await;
+        assert_eq!(created["rate_limit"], limit);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_rate_limit_says_why() {
+    let admin = Harness::start().await;
+    for (limit, why) in [
+        (
+            r#"{"requests": 0, "per_seconds": 2}"#,
+            "rate limit must be 1 to 1000000 requests per 1 to 86400 seconds",
+        ),
+        (
+            r#"{"requests": 5, "per_seconds": -1}"#,
+            "rate limit must be",
+        ),
+        (r#"{"requests": 5}"#, "missing field `per_seconds`"),
+        (r#"{"requests": 5, "per_seconds": 2.5}"#, "floating point"),
+        (
+            r#"{"requests": 5, "per_seconds": 2, "burst": 9}"#,
+            "unknown field `burst`",
+        ),
+    ] {
+        let body = format!(r#"{{"rate_limit": {limit}}}"#);
+        let reply = admin
+            .admin(Method::POST, "/admin/accounts/acme/keys", Some(&body))
+            .await;
+        reply.assert_error(StatusCode::BAD_REQUEST, &body);
+        let error = reply.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(error.contains(why), "{body}: {error}");
+    }
 }
 
 #[tokio::test]
@@ -199,6 +266,25 @@ async fn every_refused_body_is_400_json_and_creates_nothing() {
         r#"{"scopes": ["a b"]}"#,
         &long_scope,
         &too_many,
+        // rate limits: out of range, missing members, not integers, unknown members
+        r#"{"rate_limit": {"requests": 0, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 1000001, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": 0}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": 86401}}"#,
+        r#"{"rate_limit": {"requests": -5, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 4294967301, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 18446744073709551616, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 5}}"#,
+        r#"{"rate_limit": {"per_seconds": 2}}"#,
+        r#"{"rate_limit": {}}"#,
+        r#"{"rate_limit": {"requests": 1.5, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": "5", "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": true}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": null}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": 2, "burst": 10}}"#,
+        r#"{"rate_limit": "5/2s"}"#,
+        r#"{"rate_limit": [5, 2]}"#,
+        r#"{"rate_limit": 5}"#,
     ];
     for body in cases {
         let reply = admin

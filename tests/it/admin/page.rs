@@ -333,6 +333,56 @@ async fn a_keys_whole_life_through_the_page() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_with_a_rate_limit_shows_it_in_the_list() {
+    let Some(page) = Page::open(1280, 900).await else {
+        return;
+    };
+    page.show_keys(TOKEN).await;
+    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
+        .await;
+
+    // Half a limit: the API's answer is the alert, and nothing is created.
+    page.fill("#rate-requests", "5").await;
+    page.click("#create").await;
+    let state = page.wait_for("an error", |s| s["error"].is_string()).await;
+    assert!(
+        state["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("per_seconds") && e.contains("400")),
+        "{state:#}"
+    );
+    assert!(page.harness.list("acme").await.is_empty());
+
+    // Both: the record and the row show it.
+    page.fill("#rate-seconds", "2").await;
+    page.click("#create").await;
+    let state = page
+        .wait_for("a new key", |s| s["newKey"].is_string())
+        .await;
+    assert!(state["error"].is_null(), "{state:#}");
+    let listed = page.harness.list("acme").await;
+    assert_eq!(
+        listed[0]["rate_limit"],
+        serde_json::json!({"requests": 5, "per_seconds": 2})
+    );
+    let id = listed[0]["id"].as_str().expect("id");
+    assert_eq!(row(&state, id)["cells"]["Rate limit"], "5 / 2 s");
+
+    // The form was reset: the next key has no limit of its own.
+    page.click("#create").await;
+    let state = page
+        .wait_for("two keys", |s| s["count"] == "2 of 3 keys")
+        .await;
+    let second = page.harness.list("acme").await[1]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(row(&state, &second)["cells"]["Rate limit"], "—");
+    assert_eq!(row(&state, id)["cells"]["Rate limit"], "5 / 2 s");
+    page.browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_works_at_360_pixels_with_the_keyboard_alone() {
     let Some(page) = Page::open(360, 740).await else {
         return;

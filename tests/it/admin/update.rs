@@ -37,6 +37,44 @@ async fn null_clears_a_field_and_an_absent_field_is_kept() {
 }
 
 #[tokio::test]
+async fn rate_limit_is_set_changed_and_cleared_by_null_and_kept_when_absent() {
+    let admin = Harness::start().await;
+    let created = admin.create("acme", Some(FULL)).await;
+    assert!(
+        created["rate_limit"].is_null(),
+        "none by default: {created}"
+    );
+    let id = text(&created, "id");
+
+    let five = json!({"requests": 5, "per_seconds": 2});
+    let record = admin
+        .patch("acme", id, &json!({ "rate_limit": five }).to_string())
+        .await;
+    assert_eq!(record["rate_limit"], five);
+    assert_eq!(record["name"], "CI", "the rest is kept");
+
+    let hundred = json!({"requests": 100, "per_seconds": 60});
+    let record = admin
+        .patch("acme", id, &json!({ "rate_limit": hundred }).to_string())
+        .await;
+    assert_eq!(record["rate_limit"], hundred);
+
+    let record = admin.patch("acme", id, r#"{"name": "renamed"}"#).await;
+    assert_eq!(record["rate_limit"], hundred, "absent keeps it");
+    assert_eq!(admin.list("acme").await, [record]);
+
+    let record = admin.patch("acme", id, r#"{"rate_limit": null}"#).await;
+    assert!(record["rate_limit"].is_null(), "{record}");
+    assert_eq!(record["name"], "renamed");
+    let info = admin
+        .manager
+        .get(&crate::support::account("acme"), id.parse().expect("id"))
+        .await
+        .expect("get");
+    assert_eq!(info.rate_limit, None);
+}
+
+#[tokio::test]
 async fn an_empty_object_or_no_body_changes_nothing_and_reports_nothing() {
     let admin = Harness::start().await;
     let created = admin.create("acme", Some(FULL)).await;
@@ -94,8 +132,16 @@ async fn every_refused_patch_is_400_json_and_changes_nothing() {
         r#"{"scopes": ["READ"]}"#,
         r#"{"expires_at": "soon"}"#,
         r#"{"expires_at": 0}"#,
+        r#"{"rate_limit": {"requests": 0, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": 86401}}"#,
+        r#"{"rate_limit": {"requests": -1, "per_seconds": 2}}"#,
+        r#"{"rate_limit": {"requests": 5}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": 2.0}}"#,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": 2, "window": 2}}"#,
+        r#"{"rate_limit": "5/2"}"#,
         // A valid field beside a refused one changes nothing either.
         r#"{"name": "new", "scopes": ["Bad"]}"#,
+        r#"{"name": "new", "rate_limit": {"requests": 5, "per_seconds": 0}}"#,
     ] {
         let reply = admin
             .on_key(Method::PATCH, "acme", id, "", Some(body))

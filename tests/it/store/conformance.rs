@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::account;
+use tower_api_key::policy::RateLimit;
 use tower_api_key::store::KeyUse;
 use tower_api_key::{
     ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, PolicyUpdate,
@@ -346,6 +347,7 @@ fn full_record(account_name: &str) -> KeyRecord {
     record.name = Some(KeyName::new("production ✓ «east»").expect("name"));
     record.scopes = Some(Scopes::new(["write", "read", "deploy:staging"]).expect("scopes"));
     record.expires_at = Some(at(1_000_000));
+    record.rate_limit = Some(RateLimit::new(5, 2).expect("rate limit"));
     record.last_used_at = Some(at(7));
     record
 }
@@ -400,14 +402,18 @@ async fn update_policy_sets_and_clears_each_field_alone(store: Arc<dyn KeyStore>
     assert_eq!(update(PolicyUpdate::new().scopes(None)).await, expected);
     expected.expires_at = None;
     assert_eq!(update(PolicyUpdate::new().expires_at(None)).await, expected);
+    expected.rate_limit = None;
+    assert_eq!(update(PolicyUpdate::new().rate_limit(None)).await, expected);
 
     expected.name = Some(KeyName::new("CI").expect("name"));
     expected.scopes = Some(Scopes::new(["read"]).expect("scopes"));
     expected.expires_at = Some(at(5));
+    expected.rate_limit = Some(RateLimit::new(1_000_000, 86_400).expect("rate limit"));
     let all = PolicyUpdate::new()
         .name(expected.name.clone())
         .scopes(expected.scopes.clone())
-        .expires_at(expected.expires_at);
+        .expires_at(expected.expires_at)
+        .rate_limit(expected.rate_limit);
     assert_eq!(update(all).await, expected);
     assert_eq!(
         store.get(&account("acme"), record.id).await.expect("get"),
@@ -420,6 +426,85 @@ async fn update_policy_sets_and_clears_each_field_alone(store: Arc<dyn KeyStore>
             .expect("update");
         assert_eq!(missing, None, "{owner} {id}");
     }
+}
+
+async fn rate_limit_is_kept_set_changed_cleared_and_kept_by_rotation(store: Arc<dyn KeyStore>) {
+    let limit = |requests, per_seconds| Some(RateLimit::new(requests, per_seconds).expect("limit"));
+    let (mut record, _) = new_record("acme");
+    record.rate_limit = limit(5, 2);
+    let (unlimited, _) = new_record("acme");
+    for record in [&record, &unlimited] {
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.find_by_prefix(&record.prefix).await.expect("find"),
+            Some(record.clone())
+        );
+    }
+    let listed = store.list(&account("acme")).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|r| r.rate_limit).collect::<Vec<_>>(),
+        [limit(5, 2), None]
+    );
+
+    let update = |id: KeyId, u: PolicyUpdate| {
+        let store = store.clone();
+        async move {
+            store
+                .update_policy(&account("acme"), id, &u)
+                .await
+                .expect("update")
+                .expect("found")
+                .rate_limit
+        }
+    };
+    // Set on a key without one, changed, kept by an update of another field, cleared.
+    assert_eq!(
+        update(unlimited.id, PolicyUpdate::new().rate_limit(limit(1, 1))).await,
+        limit(1, 1)
+    );
+    assert_eq!(
+        update(record.id, PolicyUpdate::new().rate_limit(limit(100, 60))).await,
+        limit(100, 60)
+    );
+    assert_eq!(
+        update(record.id, PolicyUpdate::new().name(None)).await,
+        limit(100, 60)
+    );
+    assert_eq!(
+        update(unlimited.id, PolicyUpdate::new().rate_limit(None)).await,
+        None
+    );
+
+    // Rotation, with a grace period and without, keeps the limit.
+    for grace in [Some(at(60)), None] {
+        let (fresh, _) = new_record("acme");
+        let rotated = store
+            .replace_key(
+                &account("acme"),
+                record.id,
+                fresh.prefix,
+                fresh.digest,
+                grace,
+            )
+            .await
+            .expect("replace")
+            .expect("found");
+        assert_eq!(rotated.after.rate_limit, limit(100, 60), "{grace:?}");
+        let found = store.find_by_prefix(&fresh.prefix).await.expect("find");
+        assert_eq!(
+            found.and_then(|r| r.rate_limit),
+            limit(100, 60),
+            "{grace:?}"
+        );
+    }
+    let unchanged = store
+        .get(&account("acme"), unlimited.id)
+        .await
+        .expect("get");
+    assert_eq!(unchanged.map(|r| r.rate_limit), Some(None));
 }
 
 async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn KeyStore>) {
@@ -655,6 +740,7 @@ macro_rules! conformance {
                 concurrent_inserts_respect_the_limit,
                 policy_fields_round_trip,
                 update_policy_sets_and_clears_each_field_alone,
+                rate_limit_is_kept_set_changed_cleared_and_kept_by_rotation,
                 replace_key_with_grace_keeps_the_old_key_as_previous,
                 prefixes_are_unique_across_current_and_previous,
                 delete_frees_the_previous_prefix,

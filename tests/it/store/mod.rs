@@ -12,6 +12,7 @@ mod sql {
     use std::time::{Duration, UNIX_EPOCH};
 
     use crate::support::{account, pepper};
+    use tower_api_key::policy::RateLimit;
     use tower_api_key::{
         ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, PolicyUpdate, PreviousKey, Scopes,
         StoreError,
@@ -34,7 +35,7 @@ mod sql {
     }
 
     /// After an upgrade: `old` reads back unchanged (no name, unrestricted, never expiring,
-    /// no previous key), and its row takes the new fields.
+    /// no rate limit, no previous key), and its row takes the new fields.
     pub(crate) async fn assert_upgraded(store: &dyn KeyStore, old: &KeyRecord) {
         let read = store
             .find_by_prefix(&old.prefix)
@@ -43,20 +44,26 @@ mod sql {
             .expect("kept");
         assert_eq!(read, *old);
         assert_eq!(
-            (read.name, read.scopes, read.expires_at),
-            (None, None, None)
+            (read.name, read.scopes, read.expires_at, read.rate_limit),
+            (None, None, None, None)
         );
         assert!(read.previous.is_none());
         let updated = store
             .update_policy(
                 &old.account_id,
                 old.id,
-                &PolicyUpdate::new().scopes(Some(Scopes::default())),
+                &PolicyUpdate::new()
+                    .scopes(Some(Scopes::default()))
+                    .rate_limit(Some(RateLimit::new(5, 2).expect("rate limit"))),
             )
             .await
             .expect("update")
             .expect("found");
         assert_eq!(updated.scopes, Some(Scopes::default()));
+        assert_eq!(
+            updated.rate_limit,
+            Some(RateLimit::new(5, 2).expect("limit"))
+        );
     }
 
     /// A key of `account_name` with every column set, a previous key among them.
@@ -69,6 +76,7 @@ mod sql {
             name: Some(KeyName::new("CI").expect("name")),
             scopes: Some(Scopes::new(["read", "write"]).expect("scopes")),
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
+            rate_limit: Some(RateLimit::new(5, 2).expect("rate limit")),
             previous: Some(PreviousKey {
                 prefix: old.prefix(),
                 digest: pepper().digest(&old),

@@ -203,6 +203,19 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
             "previous_digest = NULL, previous_expires_at_us = NULL",
             "previous_prefix, previous_digest",
         ),
+        (
+            "rate_limit_per_seconds = NULL",
+            "rate_limit_requests and rate_limit_per_seconds",
+        ),
+        (
+            "rate_limit_requests = NULL",
+            "rate_limit_requests and rate_limit_per_seconds",
+        ),
+        ("rate_limit_requests = 0", "rate_limit_requests"),
+        ("rate_limit_requests = 1000001", "rate_limit_requests"),
+        ("rate_limit_requests = 4294967301", "rate_limit_requests"),
+        ("rate_limit_per_seconds = -1", "rate_limit_per_seconds"),
+        ("rate_limit_per_seconds = 86401", "rate_limit_per_seconds"),
     ];
     for (edit, column) in cases {
         let (store, mut editor, record) = store_with_full_key().await;

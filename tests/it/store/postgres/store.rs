@@ -12,9 +12,12 @@ use crate::support::{account, pepper};
 use sqlx::Row as _;
 use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
+use tower_api_key::policy::RateLimit;
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
-use tower_api_key::{ApiKey, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError, PreviousKey};
+use tower_api_key::{
+    ApiKey, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError, PolicyUpdate, PreviousKey,
+};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
@@ -292,7 +295,10 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
         "ALTER TABLE tower_api_keys
              DROP CONSTRAINT tower_api_keys_previous_check,
              DROP CONSTRAINT tower_api_keys_previous_prefix_check,
-             DROP CONSTRAINT tower_api_keys_previous_digest_check",
+             DROP CONSTRAINT tower_api_keys_previous_digest_check,
+             DROP CONSTRAINT tower_api_keys_rate_limit_check,
+             DROP CONSTRAINT tower_api_keys_rate_limit_requests_check,
+             DROP CONSTRAINT tower_api_keys_rate_limit_per_seconds_check",
     )
     .execute(&schema.pool())
     .await
@@ -315,6 +321,12 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
             "previous_digest = NULL, previous_expires_at = NULL",
             "previous_prefix, previous_digest",
         ),
+        (
+            "rate_limit_per_seconds = NULL",
+            "rate_limit_requests and rate_limit_per_seconds",
+        ),
+        ("rate_limit_requests = 0", "rate_limit_requests"),
+        ("rate_limit_per_seconds = 86401", "rate_limit_per_seconds"),
     ];
     for (i, (edit, column)) in cases.into_iter().enumerate() {
         let record = super::super::sql::full_record(&format!("acme{i}"));
@@ -444,6 +456,18 @@ async fn every_change_notifies_the_digests_it_concerns() {
         .await
         .expect("reactivate");
     assert_eq!(next_about(&mut listener, &old).await, old, "reactivate");
+    // The rate limit travels with a cached key: setting and clearing it notify.
+    for limit in [Some(RateLimit::new(5, 2).expect("limit")), None] {
+        manager
+            .update(
+                &acme,
+                created.info.id,
+                PolicyUpdate::new().rate_limit(limit),
+            )
+            .await
+            .expect("update");
+        assert_eq!(next_about(&mut listener, &old).await, old, "{limit:?}");
+    }
 
     let rotated = manager
         .rotate(&acme, created.info.id)
