@@ -3,6 +3,7 @@
 //! changed through the manager, the limiter's failure policy; and, with the `redis` feature,
 //! budgets shared through a real Redis.
 
+mod demo;
 mod grpc;
 #[cfg(feature = "axum")]
 mod http;

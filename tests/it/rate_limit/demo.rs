@@ -1,0 +1,76 @@
+//! The demo server's rate-limit contract, over loopback HTTP against the real binary: a key
+//! limited to 5 per 2 s that sends 12 requests at once gets exactly 5 answers and 7 refusals;
+//! the other keys of its account go on; after the window it works again.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::demo::{DemoServer, Launch};
+
+/// Creates a key for `acme` with `body` (JSON) and returns its plaintext.
+async fn create(server: &DemoServer, body: &str) -> String {
+    let reply = server
+        .admin_json(Method::POST, "/admin/accounts/acme/keys", body)
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    match &reply.json()["key"] {
+        Value::String(key) => key.clone(),
+        other => panic!("no key in the answer: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_key_limited_to_5_per_2_seconds_gets_5_of_12_requests_at_once() {
+    let server = Launch::new().start().await;
+    let limited = create(
+        &server,
+        r#"{"rate_limit": {"requests": 5, "per_seconds": 2}}"#,
+    )
+    .await;
+    let other = create(&server, "{}").await;
+
+    let started = Instant::now();
+    let replies = join_all((0..12).map(|_| server.get_with_key("/v1/ping", &limited))).await;
+    let took = started.elapsed();
+    let ok = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::OK)
+        .count();
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(ok + refused.len(), 12, "only 200s and 429s");
+    // One request refills every 0.4 s: only a burst that took longer than that (a stalled
+    // machine) may fit more, one per 0.4 s it took.
+    let refills = usize::try_from(took.as_millis() / 400).expect("small");
+    assert!(
+        ok == 5 || (took >= Duration::from_millis(400) && (5..=5 + refills).contains(&ok)),
+        "{ok} allowed in {took:?}"
+    );
+    for reply in refused {
+        assert_eq!(reply.text(), r#"{"error":"rate limit exceeded"}"#);
+        assert_eq!(reply.content_type(), "application/json");
+        assert!(
+            reply.headers.contains_key("retry-after"),
+            "{:?}",
+            reply.headers
+        );
+        assert_eq!(reply.headers["ratelimit-policy"], r#""api-key";q=5;w=2"#);
+    }
+
+    // The account's other key is not affected.
+    for _ in 0..12 {
+        let reply = server.get_with_key("/v1/ping", &other).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+
+    // After the window, the limited key works again.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let reply = server.get_with_key("/v1/ping", &limited).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.text(), "pong");
+}
