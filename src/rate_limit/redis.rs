@@ -21,9 +21,13 @@
 //!
 //! Every call is bounded by [`RedisLimiterBuilder::timeout`] (100 ms by default). A call that
 //! fails or times out answers [`Verdict::Unavailable`], and the layer applies its
-//! [`LimiterFailure`](super::LimiterFailure) policy. The connection
+//! [`LimiterFailure`](super::LimiterFailure) policy. After 3 failures in a row the limiter
+//! fails fast: verdicts are `Unavailable` at once, without waiting for the timeout, for
+//! 250 ms; then one call tries Redis again, and the first success ends it. The connection
 //! (redis-rs's `ConnectionManager`, one multiplexed connection) reconnects by itself in the
-//! background: when Redis is back, verdicts are too, without rebuilding anything.
+//! background: when Redis is back, verdicts are too, without rebuilding anything. Failures
+//! are logged at `warn` at most once per 10 seconds (the others at `debug`), naming the
+//! server's `host:port`, never the URL (which may hold a password).
 //!
 //! ```no_run
 //! use tower_api_key::policy::RateLimit;
@@ -54,6 +58,7 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,6 +86,10 @@ pub const DEFAULT_MAX_LEASE: u32 = 10;
 
 /// Failures are logged at `warn` at most this often (the others at `debug`).
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// After this many failed calls in a row, verdicts are Unavailable at once (no wait)...
+const FAIL_FAST_AFTER: u32 = 3;
+/// ... for this long; then one call tries Redis again, and the first success ends it.
+const FAIL_FAST_FOR: Duration = Duration::from_millis(250);
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Local-first lease shards.
@@ -217,9 +226,10 @@ impl RedisLimiterBuilder {
     /// A lease is `max_lease` requests or a tenth of the key's limit, whichever is smaller,
     /// and at least one; when fewer are left, the lease takes what is left. A process asks
     /// again when its lease is spent or older than the time Redis takes to refill a lease
-    /// (at least one second, at most the window); concurrent requests for a key share one
-    /// request to Redis. A key Redis refused is refused locally until Redis said a request
-    /// would fit.
+    /// (at least one second, at most the window). Concurrent requests for a key share one
+    /// request to Redis, which asks for at least as many requests as are waiting (they spend
+    /// them at once), so a burst costs a round trip or two, not one per lease. A key Redis
+    /// refused is refused locally until Redis said a request would fit.
     ///
     /// The trade-off: leased requests are counted in Redis when leased, not when spent. A
     /// process may hold up to one lease per key that others can't use (a lease that ages out
@@ -296,6 +306,9 @@ impl RedisLimiterBuilder {
                 timeout: self.timeout,
                 leases: self.max_lease.map(Leases::new),
                 last_warning: Mutex::new(None),
+                failures: AtomicU32::new(0),
+                retry_at: AtomicU64::new(0),
+                origin: Instant::now(),
             }),
         }
     }
@@ -343,6 +356,11 @@ struct Inner {
     /// Local-first mode's leases; `None` in exact mode.
     leases: Option<Leases>,
     last_warning: Mutex<Option<Instant>>,
+    /// Failed calls in a row.
+    failures: AtomicU32,
+    /// While failing fast: until when, in nanoseconds since `origin` (0: not failing fast).
+    retry_at: AtomicU64,
+    origin: Instant,
 }
 
 impl RedisLimiter {
@@ -388,12 +406,16 @@ impl RateLimiter for RedisLimiter {
             }
             Some(leases) => {
                 let now = Instant::now();
-                match leases.take(&self.inner, key, limit, now) {
+                match leases.take(&self.inner, key, limit, now, false) {
                     Local::Decided(verdict) => Acquire::Ready(verdict),
                     Local::Wait(fetch) => {
-                        let inner = Arc::clone(&self.inner);
+                        // Counted as waiting by `take`; uncounted when this is dropped.
+                        let waiter = Waiter {
+                            inner: Arc::clone(&self.inner),
+                            key,
+                        };
                         let deadline = now + self.inner.timeout;
-                        Acquire::Pending(Box::pin(inner.wait(key, limit, fetch, deadline)))
+                        Acquire::Pending(Box::pin(waiter.wait(limit, fetch, deadline)))
                     }
                 }
             }
@@ -455,6 +477,9 @@ impl Inner {
     /// Spends up to `cost` requests of `key`'s budget in Redis; `None` (logged) if Redis
     /// didn't answer in time.
     async fn spend(&self, key: BudgetKey, limit: RateLimit, cost: u32) -> Option<Spent> {
+        if !self.may_call() {
+            return None;
+        }
         let window_us = u64::from(limit.per_seconds()) * 1_000_000;
         let interval_us = (window_us / u64::from(limit.requests())).max(1);
         let mut connection = self.connection.clone();
@@ -469,6 +494,7 @@ impl Inner {
             Ok(Err(error)) => return self.failed(&Failure::Redis(error)),
             Err(_) => return self.failed(&Failure::Timeout),
         };
+        self.succeeded();
         let (granted, remaining, reset, retry_after) = answer;
         let count = |value: i64| u32::try_from(value.max(0)).unwrap_or(u32::MAX);
         let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
@@ -484,8 +510,46 @@ impl Inner {
         format!("{}:{:032x}", self.namespace, key.get())
     }
 
-    /// Logs a failed call: at `warn` once per [`WARN_EVERY`], else at `debug`.
+    fn nanos(&self) -> u64 {
+        // + 1: zero means "not failing fast".
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// Whether to call Redis: not while failing fast, except for one call (the probe) once
+    /// the pause is over, which pushes the pause on by one timeout while it runs.
+    fn may_call(&self) -> bool {
+        let retry_at = self.retry_at.load(Ordering::Acquire);
+        if retry_at == 0 {
+            return true;
+        }
+        let now = self.nanos();
+        if now < retry_at {
+            return false;
+        }
+        let probe_until =
+            now.saturating_add(u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX));
+        self.retry_at
+            .compare_exchange(retry_at, probe_until, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            if self.retry_at.swap(0, Ordering::AcqRel) != 0 {
+                tracing::info!(redis = %self.endpoint, "redis rate limiter answers again");
+            }
+        }
+    }
+
+    /// Counts a failed call (failing fast after [`FAIL_FAST_AFTER`] in a row) and logs it: at
+    /// `warn` once per [`WARN_EVERY`], else at `debug`.
     fn failed(&self, failure: &Failure) -> Option<Spent> {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAIL_FAST_AFTER {
+            let pause = u64::try_from(FAIL_FAST_FOR.as_nanos()).unwrap_or(u64::MAX);
+            self.retry_at
+                .store(self.nanos().saturating_add(pause), Ordering::Release);
+        }
         let warn = {
             let mut last = lock(&self.last_warning);
             let due = last.is_none_or(|at| at.elapsed() >= WARN_EVERY);
@@ -505,17 +569,19 @@ impl Inner {
         }
         None
     }
+}
 
-    /// Local-first: waits for `fetch`, then spends from the lease it left (fetching again if
-    /// other requests spent it first) until `deadline`.
-    async fn wait(
-        self: Arc<Self>,
-        key: BudgetKey,
-        limit: RateLimit,
-        mut fetch: Fetch,
-        deadline: Instant,
-    ) -> Verdict {
-        let Some(leases) = &self.leases else {
+/// A request waiting for a lease, counted in its key's entry while it waits.
+struct Waiter {
+    inner: Arc<Inner>,
+    key: BudgetKey,
+}
+
+impl Waiter {
+    /// Waits for `fetch`, then spends from the lease it left (fetching again if other
+    /// requests spent it first) until `deadline`.
+    async fn wait(self, limit: RateLimit, mut fetch: Fetch, deadline: Instant) -> Verdict {
+        let Some(leases) = &self.inner.leases else {
             return Verdict::Unavailable;
         };
         loop {
@@ -523,13 +589,24 @@ impl Inner {
                 Ok(Fetched::Done) => {}
                 Ok(Fetched::Failed) => return Verdict::Unavailable,
                 Err(_) => {
-                    self.failed(&Failure::Timeout);
+                    // The lease request counts its own failure, if it fails.
+                    tracing::debug!(redis = %self.inner.endpoint, "timed out waiting for a lease");
                     return Verdict::Unavailable;
                 }
             }
-            match leases.take(&self, key, limit, Instant::now()) {
+            match leases.take(&self.inner, self.key, limit, Instant::now(), true) {
                 Local::Decided(verdict) => return verdict,
                 Local::Wait(next) => fetch = next,
+            }
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if let Some(leases) = &self.inner.leases {
+            if let Some(entry) = leases.shard(self.key).entries.get_mut(&self.key) {
+                entry.waiting = entry.waiting.saturating_sub(1);
             }
         }
     }
@@ -574,6 +651,8 @@ struct Entry {
     fetching: Option<(u64, Fetch)>,
     /// The number of the next lease request.
     next_fetch: u64,
+    /// Requests waiting for a lease: the next lease request asks for at least as many.
+    waiting: u32,
 }
 
 enum State {
@@ -598,6 +677,7 @@ enum State {
 impl Entry {
     fn idle(&self, now: Instant) -> bool {
         self.fetching.is_none()
+            && self.waiting == 0
             && match self.state {
                 State::Empty => true,
                 State::Leased {
@@ -634,10 +714,22 @@ impl Leases {
         (window / limit.requests() * size).clamp(Duration::from_secs(1), window)
     }
 
+    fn shard(&self, key: BudgetKey) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[(key.mixed() >> 60) as usize % SHARDS])
+    }
+
     /// Spends one request of `key`'s lease, or refuses it as Redis last said; else returns
-    /// the lease request to wait for (starting one if none is in flight).
-    fn take(&self, inner: &Arc<Inner>, key: BudgetKey, limit: RateLimit, now: Instant) -> Local {
-        let mut shard = lock(&self.shards[(key.mixed() >> 60) as usize % SHARDS]);
+    /// the lease request to wait for (starting one if none is in flight), counting the caller
+    /// as waiting unless it already is (`waiter`).
+    fn take(
+        &self,
+        inner: &Arc<Inner>,
+        key: BudgetKey,
+        limit: RateLimit,
+        now: Instant,
+        waiter: bool,
+    ) -> Local {
+        let mut shard = self.shard(key);
         if !shard.entries.contains_key(&key) && shard.entries.len() >= shard.sweep_at {
             shard.entries.retain(|_, entry| !entry.idle(now));
             shard.sweep_at = (shard.entries.len() * 2).max(FIRST_SWEEP);
@@ -647,6 +739,7 @@ impl Leases {
             state: State::Empty,
             fetching: None,
             next_fetch: 0,
+            waiting: 0,
         });
         if entry.limit != limit {
             entry.limit = limit;
@@ -676,13 +769,21 @@ impl Leases {
             }
             _ => entry.state = State::Empty,
         }
+        if !waiter {
+            entry.waiting = entry.waiting.saturating_add(1);
+        }
         if let Some((_, fetch)) = &entry.fetching {
             return Local::Wait(fetch.clone());
         }
         let number = entry.next_fetch;
         entry.next_fetch += 1;
+        // Enough for every request waiting now (they spend it at once), and a lease.
+        let cost = self
+            .lease_size(limit)
+            .max(entry.waiting)
+            .min(limit.requests());
         let fetch = Arc::clone(inner)
-            .fetch(key, limit, self.lease_size(limit), number)
+            .fetch(key, limit, cost, number)
             .boxed()
             .shared();
         entry.fetching = Some((number, fetch.clone()));
@@ -695,21 +796,21 @@ impl Leases {
 }
 
 impl Inner {
-    /// Lease request number `number`: leases `size` requests (or what is left) of `key`'s
+    /// Lease request number `number`: leases `cost` requests (or what is left) of `key`'s
     /// budget and puts the lease, or the refusal, in place.
     async fn fetch(
         self: Arc<Self>,
         key: BudgetKey,
         limit: RateLimit,
-        size: u32,
+        cost: u32,
         number: u64,
     ) -> Fetched {
-        let spent = self.spend(key, limit, size).await;
+        let spent = self.spend(key, limit, cost).await;
         let Some(leases) = &self.leases else {
             return Fetched::Failed;
         };
         let now = Instant::now();
-        let mut shard = lock(&leases.shards[(key.mixed() >> 60) as usize % SHARDS]);
+        let mut shard = leases.shard(key);
         let Some(entry) = shard.entries.get_mut(&key) else {
             return Fetched::Done;
         };
@@ -724,7 +825,7 @@ impl Inner {
         entry.state = if spent.granted > 0 {
             State::Leased {
                 tokens: spent.granted,
-                expires: now + Leases::lifetime(limit, size),
+                expires: now + Leases::lifetime(limit, leases.lease_size(limit)),
                 at: now,
                 remaining: spent.remaining,
                 reset: spent.reset,
