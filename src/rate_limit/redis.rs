@@ -256,13 +256,17 @@ impl RedisLimiterBuilder {
     /// [`connect_lazy`](Self::connect_lazy).
     pub async fn connect(self) -> Result<RedisLimiter, RedisLimiterError> {
         let (client, config) = self.client()?;
-        let connecting = ConnectionManager::new_with_config(client, config);
-        let mut connection = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| RedisLimiterError::Timeout)?
-            .map_err(|error| RedisLimiterError::Connect(error.into()))?;
         let script = Script::new(SCRIPT);
-        tokio::time::timeout(self.connect_timeout, script.load_async(&mut connection))
+        let connect_timeout = self.connect_timeout;
+        let connecting = async {
+            // One plain attempt first, so that a refused connection or bad credentials are
+            // reported at once (the manager would retry them until the timeout), and the
+            // script is loaded.
+            let mut first = client.get_multiplexed_async_connection().await?;
+            script.load_async(&mut first).await?;
+            ConnectionManager::new_with_config(client, config).await
+        };
+        let connection = tokio::time::timeout(connect_timeout, connecting)
             .await
             .map_err(|_| RedisLimiterError::Timeout)?
             .map_err(|error| RedisLimiterError::Connect(error.into()))?;
