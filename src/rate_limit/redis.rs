@@ -37,7 +37,8 @@
 //! # use std::sync::Arc;
 //! # use std::time::Duration;
 //!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
 //! let limiter = RedisLimiter::builder("redis://127.0.0.1:6379")
 //!     .namespace("my-api:rl")
