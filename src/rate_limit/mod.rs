@@ -51,6 +51,8 @@
 mod gcra;
 mod headers;
 mod local;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;

@@ -9,6 +9,8 @@ mod grpc;
 mod http;
 #[cfg(feature = "axum")]
 mod limiter;
+#[cfg(feature = "redis")]
+mod redis;
 
 #[cfg(feature = "axum")]
 mod app {
