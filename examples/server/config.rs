@@ -25,6 +25,7 @@ Environment:
 /// hour.
 const MAX_MS: u64 = 3_600_000;
 const MAX_CONNECTIONS: u64 = 1_000_000;
+const MAX_LEASE: u64 = 1_000;
 
 /// The demo server: API keys in front of an HTTP API and a gRPC service, on one port.
 ///
@@ -55,6 +56,18 @@ struct Flags {
     #[arg(long, env = "DATABASE_URL", value_name = "URL", value_parser = Setting(database))]
     database_url: Option<Database>,
 
+    /// Share each key's rate-limit budget with every server using this Redis (default: this
+    /// server counts alone): redis://[:PASSWORD@]HOST[:PORT][/DB]
+    ///
+    /// Needs --features redis.
+    #[arg(long, env = "REDIS_URL", value_name = "URL", value_parser = Setting(budgets))]
+    redis_url: Option<Budgets>,
+
+    /// With --redis-url: spend up to N requests of a key's budget between round trips to Redis
+    /// (1 to 1000; default: one round trip per request, exact)
+    #[arg(long, env = "REDIS_LEASE", value_name = "N", value_parser = lease())]
+    redis_lease: Option<u64>,
+
     /// How long a client may take to send a request head, in milliseconds (1 to 3600000)
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", value_name = "N")]
     #[arg(default_value_t = 10_000, value_parser = milliseconds())]
@@ -79,6 +92,8 @@ pub(crate) struct Config {
     /// `None` when `API_KEY_PEPPER` is unset: a random pepper is used for this run.
     pub(crate) pepper: Option<Pepper>,
     pub(crate) database: Database,
+    /// Where rate-limit budgets are kept.
+    pub(crate) budgets: Budgets,
 }
 
 impl Config {
@@ -125,6 +140,11 @@ impl Config {
             generated_admin_token,
             pepper,
             database: flags.database_url.unwrap_or(Database::Memory),
+            budgets: match (flags.redis_url, flags.redis_lease) {
+                (None, None) => Budgets::Local,
+                (None, Some(_)) => return Err("--redis-lease needs --redis-url".to_owned()),
+                (Some(budgets), lease) => budgets.with_lease(lease),
+            },
         })
     }
 }
@@ -244,6 +264,16 @@ fn database(source: &str, url: &str) -> Result<Database, String> {
     Database::from_url(source, url.trim())
 }
 
+/// Where budgets are kept, from `--redis-url` or `REDIS_URL`.
+fn budgets(source: &str, url: &str) -> Result<Budgets, String> {
+    Budgets::from_url(source, url.trim())
+}
+
+/// A lease of 1 to 1,000 requests.
+fn lease() -> Setting<impl Fn(&str, &str) -> Result<u64, String> + Clone + Send + Sync + 'static> {
+    Setting(|source: &str, text: &str| whole(source, text, "requests", MAX_LEASE))
+}
+
 /// A whole number of milliseconds, up to an hour.
 fn milliseconds()
 -> Setting<impl Fn(&str, &str) -> Result<u64, String> + Clone + Send + Sync + 'static> {
@@ -314,8 +344,57 @@ impl Database {
     }
 }
 
+/// Where rate-limit budgets are kept.
+#[derive(Clone)]
+pub(crate) enum Budgets {
+    /// In this process.
+    Local,
+    /// In Redis, shared with every server using it; with a lease, spent locally that many
+    /// requests at a time.
+    #[cfg(feature = "redis")]
+    Redis { url: String, lease: Option<u32> },
+}
+
+impl Budgets {
+    /// The Redis a URL names. The URL is never repeated in a message: it may hold a password.
+    fn from_url(source: &str, url: &str) -> Result<Self, String> {
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        match scheme.to_ascii_lowercase().as_str() {
+            "redis" => {
+                #[cfg(feature = "redis")]
+                return Ok(Self::Redis {
+                    url: url.to_owned(),
+                    lease: None,
+                });
+                #[cfg(not(feature = "redis"))]
+                return Err(built_without(source, "Redis", "redis"));
+            }
+            "rediss" => Err(format!(
+                "{source}: TLS to Redis (rediss://) is not supported by this server"
+            )),
+            _ => Err(format!("{source} must be a redis://… URL")),
+        }
+    }
+
+    fn with_lease(self, lease: Option<u64>) -> Self {
+        match self {
+            #[cfg(feature = "redis")]
+            Self::Redis { url, .. } => Self::Redis {
+                url,
+                // At most `MAX_LEASE`.
+                lease: lease.and_then(|n| u32::try_from(n).ok()),
+            },
+            // Only a Redis URL comes with a lease.
+            other => {
+                let _ = lease;
+                other
+            }
+        }
+    }
+}
+
 /// A URL of a kind this build can't open: it names the feature to build with.
-#[cfg(not(all(feature = "postgres", feature = "sqlite")))]
+#[cfg(not(all(feature = "postgres", feature = "sqlite", feature = "redis")))]
 fn built_without(source: &str, kind: &str, feature: &str) -> String {
     format!(
         "{source} is a {kind} URL, but this server was built without the `{feature}` feature; \

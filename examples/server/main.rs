@@ -76,6 +76,7 @@
 //! {"error":"insufficient scope"}
 //! ```
 
+mod budgets;
 mod config;
 mod routes;
 mod serve;
@@ -94,6 +95,7 @@ use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
 use tracing_subscriber::EnvFilter;
 
+use crate::budgets::with_budgets;
 use crate::config::{Config, Database};
 use crate::routes::{AppState, app};
 use crate::serve::serve_connections;
@@ -178,8 +180,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let flusher = recorder.spawn_flusher(config.flush_interval);
     let api_keys = ApiKeyLayer::for_manager(&manager)
         .accept_bearer()
-        .record_last_used(recorder)
-        .build();
+        .record_last_used(recorder);
+    let api_keys = with_budgets(api_keys, &config.budgets).await?.build();
     let feed = opened.start_feed(&manager).await;
     let state = AppState {
         manager,

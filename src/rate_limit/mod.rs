@@ -69,7 +69,7 @@ use crate::store::KeyId;
 // ===== BudgetKey =====
 
 /// Whose budget a request spends: a key's permanent id, or any other stable 128-bit id a
-/// custom [`Resolver`](crate::Resolver) chooses (an account's, to limit all its keys
+/// custom [`Resolver`] chooses (an account's, to limit all its keys
 /// together).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BudgetKey(u128);

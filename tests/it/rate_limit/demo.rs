@@ -1,6 +1,7 @@
 //! The demo server's rate-limit contract, over loopback HTTP against the real binary: a key
 //! limited to 5 per 2 s that sends 12 requests at once gets exactly 5 answers and 7 refusals;
-//! the other keys of its account go on; after the window it works again.
+//! the other keys of its account go on; after the window it works again. And two servers on
+//! one PostgreSQL given `--redis-url` share each key's budget.
 
 use std::time::{Duration, Instant};
 
@@ -73,4 +74,64 @@ async fn a_key_limited_to_5_per_2_seconds_gets_5_of_12_requests_at_once() {
     let reply = server.get_with_key("/v1/ping", &limited).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.text(), "pong");
+}
+
+/// Two demo servers on one PostgreSQL schema, both given `--redis-url`, count one budget per
+/// key: 10 requests an hour let through, whichever server answers.
+#[cfg(all(feature = "postgres", feature = "redis"))]
+#[tokio::test]
+async fn two_servers_given_one_redis_share_each_keys_budget() {
+    use crate::support::db::postgres::Schema;
+
+    let Some(schema) = Schema::create().await else {
+        return; // no PostgreSQL: `Schema::create` said why
+    };
+    if tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("REQUIRE_REDIS").is_none(),
+            "REQUIRE_REDIS is set but no Redis answers on 127.0.0.1:6379"
+        );
+        eprintln!("skipped: no Redis on 127.0.0.1:6379 (`bash .ci/run` starts one)");
+        return;
+    }
+    let start = || {
+        Launch::new()
+            .arg("--database-url")
+            .arg(&schema.url_with_search_path())
+            .arg("--redis-url")
+            .arg("redis://127.0.0.1:6379")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .start()
+    };
+    let a = start().await;
+    let b = start().await;
+    let key = create(
+        &a,
+        r#"{"rate_limit": {"requests": 10, "per_seconds": 3600}}"#,
+    )
+    .await;
+
+    let mut allowed = Vec::new();
+    for server in [&a, &b] {
+        let mut count = 0;
+        for _ in 0..8 {
+            let reply = server.get_with_key("/v1/ping", &key).await;
+            match reply.status {
+                StatusCode::OK => count += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert!(reply.headers.contains_key("retry-after"));
+                }
+                other => panic!("{other}: {}", reply.text()),
+            }
+        }
+        allowed.push(count);
+    }
+    assert_eq!(allowed, [8, 2], "one budget of 10 for both servers");
+    assert!(
+        a.log().contains("shared through Redis") && b.log().contains("shared through Redis"),
+        "both servers say where budgets are kept"
+    );
 }

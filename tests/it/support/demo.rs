@@ -97,6 +97,7 @@ fn features() -> Vec<&'static str> {
         ("admin", cfg!(feature = "admin")),
         ("sqlite", cfg!(feature = "sqlite")),
         ("postgres", cfg!(feature = "postgres")),
+        ("redis", cfg!(feature = "redis")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
