@@ -1,33 +1,62 @@
 //! A budget as HTTP header fields: `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-
 //! ratelimit-headers-10, one policy named `"api-key"`), and `Retry-After` on a refusal.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::Budget;
+use super::{Budget, RateLimit};
 
 /// `RateLimit-Policy`: the limit, `"api-key";q=<requests>;w=<seconds>`.
 pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// `RateLimit`: the budget left, `"api-key";r=<remaining>;t=<seconds until full>`.
 pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
+thread_local! {
+    /// The `RateLimit-Policy` value last written on this thread, and its limit: a key's
+    /// answers repeat it, and cloning a value costs no allocation.
+    static LAST_POLICY: RefCell<Option<(RateLimit, HeaderValue)>> = const { RefCell::new(None) };
+}
+
 /// Adds `RateLimit-Policy` and `RateLimit` for `budget`.
 pub(crate) fn insert_budget(headers: &mut HeaderMap, budget: &Budget) {
-    let limit = budget.limit();
-    let mut policy = Field::new();
-    policy.push(br#""api-key";q="#);
-    policy.number(u64::from(limit.requests()));
-    policy.push(b";w=");
-    policy.number(u64::from(limit.per_seconds()));
     let mut left = Field::new();
     left.push(br#""api-key";r="#);
     left.number(u64::from(budget.remaining()));
     left.push(b";t=");
     left.number(whole_seconds(budget.reset()));
-    headers.insert(RATELIMIT_POLICY.clone(), policy.value());
+    headers.reserve(2);
+    headers.insert(RATELIMIT_POLICY.clone(), policy_value(budget.limit()));
     headers.insert(RATELIMIT.clone(), left.value());
+}
+
+/// `"api-key";q=<requests>;w=<seconds>` for `limit`.
+fn policy_value(limit: RateLimit) -> HeaderValue {
+    let render = || {
+        let mut policy = Field::new();
+        policy.push(br#""api-key";q="#);
+        policy.number(u64::from(limit.requests()));
+        policy.push(b";w=");
+        policy.number(u64::from(limit.per_seconds()));
+        policy.value()
+    };
+    LAST_POLICY
+        .try_with(|last| {
+            let mut last = last.try_borrow_mut().ok()?;
+            match &*last {
+                Some((cached, value)) if *cached == limit => Some(value.clone()),
+                _ => {
+                    let value = render();
+                    *last = Some((limit, value.clone()));
+                    Some(value)
+                }
+            }
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(render)
 }
 
 /// Sets `Retry-After` to the seconds until a refused request would fit (at least 1).
@@ -88,7 +117,6 @@ impl Field {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::RateLimit;
 
     #[test]
     fn fields_follow_the_draft() {

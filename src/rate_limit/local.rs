@@ -84,16 +84,13 @@ impl LocalLimiter {
     /// Spends one request of `key`'s budget at `now` (nanoseconds since `origin`).
     fn spend(&self, key: BudgetKey, limit: RateLimit, now: u64) -> Verdict {
         let mut shard = lock(&self.shared.shards[shard_of(key)]);
-        let tat = shard.tats.get(&key).copied().unwrap_or_default();
-        let (tat, verdict) = match gcra::spend(tat, now, limit, 1) {
-            Spent::Allowed { tat, budget } => (tat, Verdict::Allowed(budget)),
-            Spent::Limited { tat, budget } => (tat, Verdict::Limited(budget)),
-        };
         if let Some(stored) = shard.tats.get_mut(&key) {
+            let (tat, verdict) = decide(*stored, now, limit);
             *stored = tat;
-        } else {
-            shard.insert(key, tat, now);
+            return verdict;
         }
+        let (tat, verdict) = decide(Tat::default(), now, limit);
+        shard.insert(key, tat, now);
         verdict
     }
 
@@ -130,6 +127,14 @@ impl fmt::Debug for LocalLimiter {
         f.debug_struct("LocalLimiter")
             .field("budgets", &self.budgets())
             .finish()
+    }
+}
+
+/// One request against the budget `tat`: what to store, and the verdict.
+fn decide(tat: Tat, now: u64, limit: RateLimit) -> (Tat, Verdict) {
+    match gcra::spend(tat, now, limit, 1) {
+        Spent::Allowed { tat, budget } => (tat, Verdict::Allowed(budget)),
+        Spent::Limited { tat, budget } => (tat, Verdict::Limited(budget)),
     }
 }
 
