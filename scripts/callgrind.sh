@@ -4,6 +4,8 @@
 #
 #   scripts/callgrind.sh [REQUESTS]        # default 2000 per route
 #   KEEP=/tmp/cg scripts/callgrind.sh      # also keeps the dumps, for callgrind_annotate
+#   LIMIT=1000000/1 scripts/callgrind.sh   # the key has a rate limit (requests/seconds)
+#   TOKIO_WORKER_THREADS=1 scripts/callgrind.sh   # one worker: less run-to-run scatter
 #
 # Starts the demo server, `examples/server/` (release, as `cargo run --release --example server` builds it: in-memory store) under
 # `valgrind --tool=callgrind`, creates a key, warms both routes up, then for each route zeroes
@@ -33,7 +35,11 @@ for _ in $(seq 600); do
   sleep 0.5
 done
 
-key=$(curl -fs -X POST -H "authorization: Bearer $token" \
+body='{}'
+if [ -n "${LIMIT:-}" ]; then
+  body="{\"rate_limit\":{\"requests\":${LIMIT%/*},\"per_seconds\":${LIMIT#*/}}}"
+fi
+key=$(curl -fs -X POST -H "authorization: Bearer $token" -d "$body" \
   "http://127.0.0.1:$port/admin/accounts/callgrind/keys" |
   sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
 [ -n "$key" ] || { echo "could not create a key" >&2; exit 1; }
