@@ -30,7 +30,8 @@ macro_rules! metrics_table {
             )*}
         )*],
     ) => {
-        /// What the layer counts. A cache hit bumps exactly one counter.
+        /// What the layer counts. A cache hit bumps exactly one outcome counter (and, if the
+        /// rate limiter failed on it, `LimiterFailures` too).
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[repr(usize)]
         enum Counter {
@@ -129,7 +130,7 @@ metrics_table! {
             /// grace period).
             expired {"outcome" = "expired"} = ExpiredCached | ExpiredResolved;
             /// Requests answered 503: the resolver failed, timed out or panicked, or was too
-            /// busy.
+            /// busy, or the rate limiter failed under `LimiterFailure::Refuse`.
             unavailable {"outcome" = "unavailable"} = Unavailable;
             /// Requests refused with a valid key over its rate limit.
             rate_limited {"outcome" = "rate_limited"} = RateLimitedCached | RateLimitedResolved;

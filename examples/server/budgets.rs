@@ -19,10 +19,14 @@ pub(crate) async fn with_budgets(
             Ok(layer)
         }
         #[cfg(feature = "redis")]
-        Budgets::Redis { url, lease } => {
+        Budgets::Redis {
+            url,
+            lease,
+            timeout,
+        } => {
             use tower_api_key::rate_limit::redis::RedisLimiter;
 
-            let builder = RedisLimiter::builder(url.as_str());
+            let builder = RedisLimiter::builder(url.as_str()).timeout(*timeout);
             let builder = match lease {
                 Some(lease) => builder.local_first(*lease),
                 None => builder.exact(),

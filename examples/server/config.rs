@@ -68,6 +68,12 @@ struct Flags {
     #[arg(long, env = "REDIS_LEASE", value_name = "N", value_parser = lease())]
     redis_lease: Option<u64>,
 
+    /// With --redis-url: how long a rate-limit check may wait for Redis before the request is
+    /// let through uncounted, in milliseconds (1 to 3600000)
+    #[arg(long, env = "REDIS_TIMEOUT_MS", value_name = "N")]
+    #[arg(default_value_t = 100, value_parser = milliseconds())]
+    redis_timeout_ms: u64,
+
     /// How long a client may take to send a request head, in milliseconds (1 to 3600000)
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", value_name = "N")]
     #[arg(default_value_t = 10_000, value_parser = milliseconds())]
@@ -143,7 +149,9 @@ impl Config {
             budgets: match (flags.redis_url, flags.redis_lease) {
                 (None, None) => Budgets::Local,
                 (None, Some(_)) => return Err("--redis-lease needs --redis-url".to_owned()),
-                (Some(budgets), lease) => budgets.with_lease(lease),
+                (Some(budgets), lease) => {
+                    budgets.with(lease, Duration::from_millis(flags.redis_timeout_ms))
+                }
             },
         })
     }
@@ -350,9 +358,13 @@ pub(crate) enum Budgets {
     /// In this process.
     Local,
     /// In Redis, shared with every server using it; with a lease, spent locally that many
-    /// requests at a time.
+    /// requests at a time; a check waits at most `timeout` for Redis.
     #[cfg(feature = "redis")]
-    Redis { url: String, lease: Option<u32> },
+    Redis {
+        url: String,
+        lease: Option<u32>,
+        timeout: Duration,
+    },
 }
 
 impl Budgets {
@@ -365,6 +377,7 @@ impl Budgets {
                 return Ok(Self::Redis {
                     url: url.to_owned(),
                     lease: None,
+                    timeout: Duration::from_millis(100),
                 });
                 #[cfg(not(feature = "redis"))]
                 return Err(built_without(source, "Redis", "redis"));
@@ -376,17 +389,19 @@ impl Budgets {
         }
     }
 
-    fn with_lease(self, lease: Option<u64>) -> Self {
+    /// With the lease and the timeout of the Redis settings.
+    fn with(self, lease: Option<u64>, timeout: Duration) -> Self {
         match self {
             #[cfg(feature = "redis")]
             Self::Redis { url, .. } => Self::Redis {
                 url,
                 // At most `MAX_LEASE`.
                 lease: lease.and_then(|n| u32::try_from(n).ok()),
+                timeout,
             },
-            // Only a Redis URL comes with a lease.
+            // Only a Redis URL comes with these.
             other => {
-                let _ = lease;
+                let _ = (lease, timeout);
                 other
             }
         }

@@ -22,13 +22,15 @@ pub(crate) struct Tat {
     pub(crate) interval: u64,
 }
 
-/// The outcome of spending `cost` requests at `now`; either way, store `tat`.
+/// The outcome of spending `cost` requests at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Spent {
-    /// It fits.
+    /// It fits: store `tat`.
     Allowed { tat: Tat, budget: Budget },
-    /// It doesn't (`tat` differs from the stored one only if the limit changed).
-    Limited { tat: Tat, budget: Budget },
+    /// It doesn't: keep what is stored. Only allowed requests move a budget, so two limits
+    /// counted against one budget (two keys sharing it, two layers with different defaults)
+    /// can't talk each other's spending down.
+    Limited(Budget),
 }
 
 /// One request's interval under `limit`, in nanoseconds (at least 1).
@@ -72,18 +74,12 @@ pub(crate) fn spend(stored: Tat, now: u64, limit: RateLimit, cost: u32) -> Spent
             ),
         }
     } else {
-        Spent::Limited {
-            tat: Tat {
-                at: start,
-                interval,
-            },
-            budget: Budget::new(
-                limit,
-                u32::try_from(capacity.saturating_sub(start - now) / interval).unwrap_or(0),
-                Duration::from_nanos(start - now),
-                Duration::from_nanos(ahead - capacity),
-            ),
-        }
+        Spent::Limited(Budget::new(
+            limit,
+            u32::try_from(capacity.saturating_sub(start - now) / interval).unwrap_or(0),
+            Duration::from_nanos(start - now),
+            Duration::from_nanos(ahead - capacity),
+        ))
     }
 }
 
@@ -106,7 +102,7 @@ mod tests {
                     tat = next;
                     allowed += 1;
                 }
-                Spent::Limited { tat: next, .. } => tat = next,
+                Spent::Limited(_) => {}
             }
         }
         (allowed, tat)
@@ -143,7 +139,7 @@ mod tests {
             assert_eq!(budget.reset(), Duration::from_secs(u64::from(3 - expected)));
             tat = next;
         }
-        let Spent::Limited { budget, .. } = spend(tat, now, limit, 1) else {
+        let Spent::Limited(budget) = spend(tat, now, limit, 1) else {
             panic!("allowed over the budget");
         };
         assert_eq!(budget.remaining(), 0);
@@ -159,7 +155,7 @@ mod tests {
             panic!("8 of 10 refused");
         };
         assert_eq!(budget.remaining(), 2);
-        assert!(matches!(spend(tat, now, limit, 3), Spent::Limited { .. }));
+        assert!(matches!(spend(tat, now, limit, 3), Spent::Limited(_)));
         assert!(matches!(spend(tat, now, limit, 2), Spent::Allowed { .. }));
     }
 
@@ -169,12 +165,35 @@ mod tests {
         // One request spent of 1 per day; then the key gets 10 per second: 9 left at once.
         let (_, tat) = burst(Tat::default(), now, limit(1, 86_400), 1);
         assert_eq!(burst(tat, now, limit(10, 1), 20).0, 9);
-        // Four of 10 per second spent; then the key gets 2 per hour: the whole budget is
-        // spent, and the next request fits after one interval of the new limit (30 min).
+        // Four of 10 per second spent; then the key gets 2 per hour: what the old limit still
+        // remembers of the four (all of them at once, two after 0.25 s, none after 0.4 s)
+        // counts against the new one.
         let (_, tat) = burst(Tat::default(), now, limit(10, 1), 4);
-        let (allowed, tat) = burst(tat, now, limit(2, 3600), 1);
-        assert_eq!(allowed, 0);
-        assert_eq!(burst(tat, now + 1800 * SECOND, limit(2, 3600), 2).0, 1);
+        assert_eq!(burst(tat, now, limit(2, 3600), 1).0, 0);
+        assert_eq!(burst(tat, now + 250_000_000, limit(2, 3600), 1).0, 0);
+        assert_eq!(burst(tat, now + 400_000_000, limit(2, 3600), 3).0, 2);
+    }
+
+    #[test]
+    fn two_limits_on_one_budget_cannot_talk_each_other_down() {
+        // Keys A (1 per hour) and B (100 per hour) share a budget; A's refusals must not
+        // shrink what B spent.
+        let (a, b) = (limit(1, 3600), limit(100, 3600));
+        let now = SECOND;
+        let (spent, mut tat) = burst(Tat::default(), now, b, 100);
+        assert_eq!(spent, 100);
+        let mut more = 0;
+        for _ in 0..10 {
+            let (_, next) = burst(tat, now, a, 1);
+            tat = next;
+            let (allowed, next) = burst(tat, now, b, 1);
+            tat = next;
+            more += allowed;
+        }
+        assert_eq!(
+            more, 0,
+            "B spent its budget; A's refusals gave none of it back"
+        );
     }
 
     #[test]

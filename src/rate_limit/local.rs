@@ -85,13 +85,21 @@ impl LocalLimiter {
     fn spend(&self, key: BudgetKey, limit: RateLimit, now: u64) -> Verdict {
         let mut shard = lock(&self.shared.shards[shard_of(key)]);
         if let Some(stored) = shard.tats.get_mut(&key) {
-            let (tat, verdict) = decide(*stored, now, limit);
-            *stored = tat;
-            return verdict;
+            return match gcra::spend(*stored, now, limit, 1) {
+                Spent::Allowed { tat, budget } => {
+                    *stored = tat;
+                    Verdict::Allowed(budget)
+                }
+                Spent::Limited(budget) => Verdict::Limited(budget),
+            };
         }
-        let (tat, verdict) = decide(Tat::default(), now, limit);
-        shard.insert(key, tat, now);
-        verdict
+        match gcra::spend(Tat::default(), now, limit, 1) {
+            Spent::Allowed { tat, budget } => {
+                shard.insert(key, tat, now);
+                Verdict::Allowed(budget)
+            }
+            Spent::Limited(budget) => Verdict::Limited(budget),
+        }
     }
 
     fn now(&self) -> u64 {
@@ -130,17 +138,10 @@ impl fmt::Debug for LocalLimiter {
     }
 }
 
-/// One request against the budget `tat`: what to store, and the verdict.
-fn decide(tat: Tat, now: u64, limit: RateLimit) -> (Tat, Verdict) {
-    match gcra::spend(tat, now, limit, 1) {
-        Spent::Allowed { tat, budget } => (tat, Verdict::Allowed(budget)),
-        Spent::Limited { tat, budget } => (tat, Verdict::Limited(budget)),
-    }
-}
-
 fn shard_of(key: BudgetKey) -> usize {
-    // The top bits of the mixed id; the map's buckets use the low ones.
-    (key.mixed() >> 58) as usize % SHARDS
+    // Middle bits of the mixed id: the map takes its buckets from the low ones and its
+    // control tags from the top seven.
+    (key.mixed() >> 32) as usize % SHARDS
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

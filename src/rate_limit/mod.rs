@@ -15,7 +15,8 @@
 //! `RESOURCE_EXHAUSTED`) by the layer, never reaches the inner service and is not recorded as
 //! a use of the key.
 //!
-//! Every answer to a limited key, allowed or refused, carries the budget in the header fields
+//! Every answer to a limited key, allowed or refused, carries the budget (when the limiter
+//! could tell it: not while it is unavailable) in the header fields
 //! of the IETF draft *RateLimit header fields for HTTP*
 //! (draft-ietf-httpapi-ratelimit-headers-10):
 //!

@@ -104,42 +104,43 @@ const FIRST_SWEEP: usize = 256;
 ///
 /// KEYS[1]: the budget, a string `"<TAT µs> <interval µs>"` (the interval the TAT was counted
 /// in, so a changed limit counts the requests already spent one for one).
-/// ARGV: interval (µs), requests per window, cost.
-/// Answers {granted, remaining, reset (µs), retry after (µs)}; granted 0 means refused.
-/// Lua numbers are doubles: every value stays far below 2^53 (now is ~2^51 µs).
+/// ARGV: window (µs), requests per window, cost.
+/// Answers {granted, remaining, reset (µs), retry after (µs)}; granted 0 means refused. A
+/// refusal writes nothing: what is stored only ever moves by requests allowed.
+/// Lua numbers are doubles: every value stays far below 2^53 (now is ~2^51 µs). The interval
+/// is the exact quotient, not rounded to a microsecond (a million a second would otherwise
+/// refill at a whole microsecond each); `EPSILON` absorbs the quotient's last-bit error when a
+/// count is taken from it.
 const SCRIPT: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
+local EPSILON = 1e-6
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local interval = tonumber(ARGV[1])
-local capacity = interval * tonumber(ARGV[2])
+local capacity = tonumber(ARGV[1])
+local interval = capacity / tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local stored = redis.call('GET', KEYS[1])
 local tat, counted = 0, 0
 if stored then
-  local at, per = string.match(stored, '^(%d+) (%d+)$')
+  local at, per = string.match(stored, '^(%S+) (%S+)$')
   tat, counted = tonumber(at) or 0, tonumber(per) or 0
 end
 local start = tat
 if counted ~= interval and counted > 0 and tat > now then
   -- Counted under another limit: the requests spent, one interval each under this one.
-  start = now + math.ceil((tat - now) / counted) * interval
+  start = now + math.ceil((tat - now) / counted - EPSILON) * interval
 end
 -- No more than the whole budget can have been spent, whatever the limit was.
 start = math.min(math.max(start, now), now + capacity)
-local fits = math.floor((capacity - (start - now)) / interval)
+local fits = math.floor((capacity - (start - now)) / interval + EPSILON)
 if fits >= 1 then
   local granted = math.min(cost, fits)
   local ahead = start + interval * granted - now
-  redis.call('SET', KEYS[1], string.format('%.0f %.0f', now + ahead, interval),
+  redis.call('SET', KEYS[1], string.format('%.17g %.17g', now + ahead, interval),
     'PX', math.max(1, math.ceil(ahead / 1000)))
-  return {granted, fits - granted, ahead, 0}
+  return {granted, fits - granted, math.ceil(ahead), 0}
 end
-if start ~= tat or counted ~= interval then
-  redis.call('SET', KEYS[1], string.format('%.0f %.0f', start, interval),
-    'PX', math.max(1, math.ceil((start - now) / 1000)))
-end
-return {0, 0, start - now, start + interval - now - capacity}
+return {0, 0, math.ceil(start - now), math.ceil(math.max(1, start + interval - now - capacity))}
 ";
 
 // ===== errors =====
@@ -238,8 +239,10 @@ impl RedisLimiterBuilder {
     /// in the next, so any window may let through up to one lease per process more than the
     /// limit. With the default (at most a tenth of the limit) and two processes hammering a
     /// key, the combined count stays within the limit over a long run and within a few
-    /// leases of it in any window; for small limits (under 10 requests) a lease is one
-    /// request and the mode is as exact as [`exact`](Self::exact).
+    /// leases of it in any window. For small limits (under 10 requests) a lease is one
+    /// request, but a burst of waiting requests still leases as many as are waiting: if they
+    /// give up (a client disconnects), what they leased stays with this process until the
+    /// lease ages out.
     pub fn local_first(mut self, max_lease: u32) -> Self {
         self.max_lease = Some(max_lease.max(1));
         self
@@ -419,7 +422,10 @@ impl RateLimiter for RedisLimiter {
                             inner: Arc::clone(&self.inner),
                             key,
                         };
-                        let deadline = now + self.inner.timeout;
+                        // A timeout too long to add means none: wait a year.
+                        let deadline = now
+                            .checked_add(self.inner.timeout)
+                            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
                         Acquire::Pending(Box::pin(waiter.wait(limit, fetch, deadline)))
                     }
                 }
@@ -486,11 +492,10 @@ impl Inner {
             return None;
         }
         let window_us = u64::from(limit.per_seconds()) * 1_000_000;
-        let interval_us = (window_us / u64::from(limit.requests())).max(1);
         let mut connection = self.connection.clone();
         let mut invocation = self.script.key(self.redis_key(key));
         invocation
-            .arg(interval_us)
+            .arg(window_us)
             .arg(limit.requests())
             .arg(cost.max(1));
         let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection);
@@ -720,7 +725,7 @@ impl Leases {
     }
 
     fn shard(&self, key: BudgetKey) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[(key.mixed() >> 60) as usize % SHARDS])
+        lock(&self.shards[(key.mixed() >> 32) as usize % SHARDS])
     }
 
     /// Spends one request of `key`'s lease, or refuses it as Redis last said; else returns

@@ -103,6 +103,9 @@ async fn two_servers_given_one_redis_share_each_keys_budget() {
             .arg(&schema.url_with_search_path())
             .arg("--redis-url")
             .arg("redis://127.0.0.1:6379")
+            // A slow answer on a loaded machine must not pass a request uncounted.
+            .arg("--redis-timeout-ms")
+            .arg("10000")
             .env("RUST_LOG", "info,sqlx=warn")
             .start()
     };

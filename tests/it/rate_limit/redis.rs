@@ -40,9 +40,12 @@ fn skip(why: &str) {
     eprintln!("skipped: {why} (set REQUIRE_REDIS=1 to fail instead; `bash .ci/run` starts one)");
 }
 
-/// A builder on `url` with a namespace no other test uses.
+/// A builder on `url` with a namespace no other test uses, and a timeout generous enough
+/// that a loaded machine's slow answer is never taken for an outage.
 fn builder(url: &str) -> RedisLimiterBuilder {
-    RedisLimiter::builder(url).namespace(format!("tak-test:{}", uuid::Uuid::new_v4().simple()))
+    RedisLimiter::builder(url)
+        .namespace(format!("tak-test:{}", uuid::Uuid::new_v4().simple()))
+        .timeout(Duration::from_secs(5))
 }
 
 /// Deletes a namespace's keys from the shared Redis when dropped (they would otherwise stay
