@@ -56,7 +56,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             // The key's rate-limit budget, for the response's header fields.
-            budget: Option<Budget>,
+            budget: Option<Box<Budget>>,
         },
         Rejected {
             response: Option<Response<Bytes>>,
@@ -69,13 +69,22 @@ pin_project! {
             gatekeeper: Arc<Gatekeeper<R>>,
         },
         Throttling {
-            verdict: PendingVerdict,
-            account: Option<Arc<R::Account>>,
-            cached: bool,
-            waiting: Option<Box<(S, Request<B>)>>,
+            // Boxed too: a state only keys with a remote limit reach shouldn't make every
+            // future bigger.
+            throttled: Option<Box<Throttled<S, B, R::Account>>>,
             gatekeeper: Arc<Gatekeeper<R>>,
         },
     }
+}
+
+/// A request waiting for the rate limiter's verdict on its account.
+struct Throttled<S, B, A> {
+    verdict: PendingVerdict,
+    account: Arc<A>,
+    /// Whether the account came from the cache (for the metrics).
+    cached: bool,
+    inner: S,
+    request: Request<B>,
 }
 
 impl<S, B, R> ResponseFuture<S, B, R>
@@ -83,7 +92,7 @@ where
     S: Service<Request<B>>,
     R: Resolver,
 {
-    pub(crate) fn called(future: S::Future, budget: Option<Budget>) -> Self {
+    pub(crate) fn called(future: S::Future, budget: Option<Box<Budget>>) -> Self {
         Self {
             state: State::Called { future, budget },
         }
@@ -149,10 +158,13 @@ where
                 gatekeeper,
             },
             Decision::Throttle(account, verdict, cached) => State::Throttling {
-                verdict,
-                account: Some(account),
-                cached,
-                waiting: Some(Box::new((inner, request))),
+                throttled: Some(Box::new(Throttled {
+                    verdict,
+                    account,
+                    cached,
+                    inner,
+                    request,
+                })),
                 gatekeeper,
             },
         }
@@ -195,20 +207,21 @@ where
                     State::after(decision, inner, request, Arc::clone(gatekeeper))
                 }
                 StateProj::Throttling {
-                    verdict,
-                    account,
-                    cached,
-                    waiting,
+                    throttled,
                     gatekeeper,
                 } => {
-                    let verdict = ready!(verdict.as_mut().poll(cx));
-                    let (inner, request) = *waiting
-                        .take()
+                    let waiting = throttled
+                        .as_mut()
                         .expect("ResponseFuture polled after completion");
-                    let account = account
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    let decision = gatekeeper.judge(account, verdict, *cached);
+                    let verdict = ready!(waiting.verdict.as_mut().poll(cx));
+                    let Throttled {
+                        account,
+                        cached,
+                        inner,
+                        request,
+                        ..
+                    } = *throttled.take().expect("checked above");
+                    let decision = gatekeeper.judge(account, verdict, cached);
                     State::after(decision, inner, request, Arc::clone(gatekeeper))
                 }
             };

@@ -132,8 +132,9 @@ pub(crate) struct Gatekeeper<R: Resolver> {
 
 /// What to do with one request.
 pub(crate) enum Decision<A> {
-    /// Call the inner service as `A`; with a budget, the response carries it.
-    Accept(Arc<A>, Option<Budget>),
+    /// Call the inner service as `A`; with a budget, the response carries it (boxed: most
+    /// keys have none, and every request's future would carry the room for one).
+    Accept(Arc<A>, Option<Box<Budget>>),
     Anonymous,
     Reject(Rejection),
     /// A valid key over its rate limit: answer 429 with this budget.
@@ -230,24 +231,41 @@ impl<R: Resolver> Gatekeeper<R> {
     /// Lets an authenticated account in if its rate limit allows: spends its budget, then
     /// counts and records the use. `cached` says where the account came from (for the
     /// metrics).
+    #[inline(always)]
     fn admit(
         &self,
         account: Arc<R::Account>,
         key: Option<&ApiKey>,
         cached: bool,
     ) -> Decision<R::Account> {
-        let budget = match self.limits.acquire(self.cache.resolver(), &account) {
-            None => None,
-            Some(Acquire::Ready(verdict)) => match self.weigh(verdict, cached) {
+        // The usual case, a key without a limit, pays one `Option` read here.
+        match self.limits.acquire(self.cache.resolver(), &account) {
+            None => {
+                self.let_in(&account, key, cached);
+                Decision::Accept(account, None)
+            }
+            Some(acquire) => self.admit_limited(account, key, cached, acquire),
+        }
+    }
+
+    /// [`admit`](Self::admit) for a key with a rate limit.
+    #[inline(never)]
+    fn admit_limited(
+        &self,
+        account: Arc<R::Account>,
+        key: Option<&ApiKey>,
+        cached: bool,
+        acquire: Acquire,
+    ) -> Decision<R::Account> {
+        let budget = match acquire {
+            Acquire::Ready(verdict) => match self.weigh(verdict, cached) {
                 Ok(budget) => budget,
                 Err(refusal) => return refusal,
             },
-            Some(Acquire::Pending(verdict)) => {
-                return Decision::Throttle(account, verdict, cached);
-            }
+            Acquire::Pending(verdict) => return Decision::Throttle(account, verdict, cached),
         };
         self.let_in(&account, key, cached);
-        Decision::Accept(account, budget)
+        Decision::Accept(account, budget.map(Box::new))
     }
 
     /// Finishes [`Decision::Throttle`] with the limiter's verdict.
@@ -260,7 +278,7 @@ impl<R: Resolver> Gatekeeper<R> {
         match self.weigh(verdict, cached) {
             Ok(budget) => {
                 self.let_in(&account, None, cached);
-                Decision::Accept(account, budget)
+                Decision::Accept(account, budget.map(Box::new))
             }
             Err(refusal) => refusal,
         }
@@ -302,6 +320,7 @@ impl<R: Resolver> Gatekeeper<R> {
     }
 
     /// Counts an accepted request and records its use.
+    #[inline]
     fn let_in(&self, account: &R::Account, key: Option<&ApiKey>, cached: bool) {
         if cached {
             self.metrics.accepted_cached();

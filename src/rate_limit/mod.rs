@@ -245,6 +245,7 @@ impl Default for Limits {
 
 impl Limits {
     /// Spends one request of `account`'s budget; `None` if its requests are not limited.
+    #[inline]
     pub(crate) fn acquire<R: Resolver>(
         &self,
         resolver: &R,
