@@ -56,7 +56,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             // The key's rate-limit budget, for the response's header fields.
-            budget: Option<Box<Budget>>,
+            budget: Option<Budget>,
         },
         Rejected {
             response: Option<Response<Bytes>>,
@@ -92,7 +92,7 @@ where
     S: Service<Request<B>>,
     R: Resolver,
 {
-    pub(crate) fn called(future: S::Future, budget: Option<Box<Budget>>) -> Self {
+    pub(crate) fn called(future: S::Future, budget: Option<Budget>) -> Self {
         Self {
             state: State::Called { future, budget },
         }

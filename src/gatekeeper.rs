@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -132,9 +132,8 @@ pub(crate) struct Gatekeeper<R: Resolver> {
 
 /// What to do with one request.
 pub(crate) enum Decision<A> {
-    /// Call the inner service as `A`; with a budget, the response carries it (boxed: most
-    /// keys have none, and every request's future would carry the room for one).
-    Accept(Arc<A>, Option<Box<Budget>>),
+    /// Call the inner service as `A`; with a budget, the response carries it.
+    Accept(Arc<A>, Option<Budget>),
     Anonymous,
     Reject(Rejection),
     /// A valid key over its rate limit: answer 429 with this budget.
@@ -172,14 +171,16 @@ impl<R: Resolver> Gatekeeper<R> {
             Err(err) => return self.malformed(err),
         };
         let digest = self.pepper.digest(&key);
-        match self.cache.cached(&digest) {
+        // One clock read per request: the cache's expiry and the use's time.
+        let now = Instant::now();
+        match self.cache.cached(&digest, now) {
             Some(Cached::Valid(account)) => {
                 if self.expired(&account) {
                     self.metrics.expired_cached();
                     tracing::debug!(outcome = "expired", prefix = %key.prefix(), "api key rejected: expired (cached)");
                     return Decision::Reject(Rejection::Expired);
                 }
-                self.admit(account, Some(&key), true)
+                self.admit(account, Some(&key), true, now)
             }
             Some(Cached::Invalid) => {
                 self.metrics.refused_cached();
@@ -214,7 +215,7 @@ impl<R: Resolver> Gatekeeper<R> {
                 tracing::debug!(outcome = "expired", "api key rejected: expired");
                 Decision::Reject(Rejection::Expired)
             }
-            Lookup::Found(account) => self.admit(account, None, false),
+            Lookup::Found(account) => self.admit(account, None, false, Instant::now()),
             Lookup::NotFound => {
                 self.metrics.refused_resolved();
                 tracing::debug!(outcome = "invalid", "api key rejected: refused by resolver");
@@ -237,14 +238,15 @@ impl<R: Resolver> Gatekeeper<R> {
         account: Arc<R::Account>,
         key: Option<&ApiKey>,
         cached: bool,
+        now: Instant,
     ) -> Decision<R::Account> {
         // The usual case, a key without a limit, pays one `Option` read here.
         match self.limits.acquire(self.cache.resolver(), &account) {
             None => {
-                self.let_in(&account, key, cached);
+                self.let_in(&account, key, cached, now);
                 Decision::Accept(account, None)
             }
-            Some(acquire) => self.admit_limited(account, key, cached, acquire),
+            Some(acquire) => self.admit_limited(account, key, cached, acquire, now),
         }
     }
 
@@ -256,6 +258,7 @@ impl<R: Resolver> Gatekeeper<R> {
         key: Option<&ApiKey>,
         cached: bool,
         acquire: Acquire,
+        now: Instant,
     ) -> Decision<R::Account> {
         let budget = match acquire {
             Acquire::Ready(verdict) => match self.weigh(verdict, cached) {
@@ -264,8 +267,8 @@ impl<R: Resolver> Gatekeeper<R> {
             },
             Acquire::Pending(verdict) => return Decision::Throttle(account, verdict, cached),
         };
-        self.let_in(&account, key, cached);
-        Decision::Accept(account, budget.map(Box::new))
+        self.let_in(&account, key, cached, now);
+        Decision::Accept(account, budget)
     }
 
     /// Finishes [`Decision::Throttle`] with the limiter's verdict.
@@ -277,8 +280,8 @@ impl<R: Resolver> Gatekeeper<R> {
     ) -> Decision<R::Account> {
         match self.weigh(verdict, cached) {
             Ok(budget) => {
-                self.let_in(&account, None, cached);
-                Decision::Accept(account, budget.map(Box::new))
+                self.let_in(&account, None, cached, Instant::now());
+                Decision::Accept(account, budget)
             }
             Err(refusal) => refusal,
         }
@@ -321,13 +324,13 @@ impl<R: Resolver> Gatekeeper<R> {
 
     /// Counts an accepted request and records its use.
     #[inline]
-    fn let_in(&self, account: &R::Account, key: Option<&ApiKey>, cached: bool) {
+    fn let_in(&self, account: &R::Account, key: Option<&ApiKey>, cached: bool, now: Instant) {
         if cached {
             self.metrics.accepted_cached();
         } else {
             self.metrics.accepted_resolved();
         }
-        self.accepted(account, key);
+        self.accepted(account, key, now);
     }
 
     /// Whether the account's key has expired: read from the account on every request, so
@@ -340,10 +343,10 @@ impl<R: Resolver> Gatekeeper<R> {
             .is_some_and(|at| SystemTime::now() >= at)
     }
 
-    /// Bookkeeping of an accepted key: its use, and the request's span.
-    fn accepted(&self, account: &R::Account, key: Option<&ApiKey>) {
+    /// Bookkeeping of an accepted key: its use (at `now`), and the request's span.
+    fn accepted(&self, account: &R::Account, key: Option<&ApiKey>, now: Instant) {
         let resolver = self.cache.resolver();
-        resolver.record_use(account);
+        resolver.record_use_at(account, now);
         record_in_span(key, resolver.account_id(account));
     }
 

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -90,6 +90,7 @@ pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
 struct Shared {
     store: Arc<dyn KeyStore>,
+    clock: WallClock,
     queue: Mutex<Queue>,
     max_pending: AtomicUsize,
     /// Where drops are counted: the first layer built with this recorder.
@@ -121,6 +122,7 @@ impl LastUsedRecorder {
         Self {
             shared: Arc::new(Shared {
                 store,
+                clock: WallClock::new(),
                 queue: Mutex::new(Queue::default()),
                 max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
                 metrics: OnceLock::new(),
@@ -143,9 +145,10 @@ impl LastUsedRecorder {
         let _ = self.shared.metrics.set(Arc::clone(metrics));
     }
 
-    /// Stamps a use now. Lock-free unless the cell is not yet queued for the next flush.
-    pub(crate) fn record(&self, cell: &Arc<UsageCell>) {
-        let now = millis_since_epoch(SystemTime::now());
+    /// Stamps a use made at `at`. Lock-free unless the cell is not yet queued for the next
+    /// flush.
+    pub(crate) fn record(&self, cell: &Arc<UsageCell>, at: Instant) {
+        let now = self.shared.clock.millis(at);
         // Write only when the millisecond changed: a hot key doesn't bounce its cache line.
         if cell.last_used_ms.load(Ordering::Relaxed) < now {
             cell.last_used_ms.fetch_max(now, Ordering::SeqCst);
@@ -192,6 +195,7 @@ impl LastUsedRecorder {
     /// queue, merged with any use made meanwhile, and the next flush tries them again; the
     /// same happens if this future is dropped before the store answers.
     pub async fn flush(&self) -> Result<usize, StoreError> {
+        self.shared.clock.resync();
         let (cells, given_back) = {
             let mut queue = self.queue();
             let cells = std::mem::take(&mut queue.cells);
@@ -334,7 +338,83 @@ impl FlushTask {
     }
 }
 
-fn millis_since_epoch(time: SystemTime) -> u64 {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    since.as_millis().try_into().unwrap_or(u64::MAX)
+/// Turns the instants uses are made at into Unix milliseconds without reading the wall clock
+/// per use: it keeps the wall-clock time of one fixed instant, read again at every flush, so
+/// that a change of the system clock reaches the stamps within a flush interval.
+struct WallClock {
+    origin: Instant,
+    /// Unix nanoseconds at `origin`, as of the last resync (a `u64` lasts until 2554).
+    origin_ns: AtomicU64,
+}
+
+impl WallClock {
+    fn new() -> Self {
+        let clock = Self {
+            origin: Instant::now(),
+            origin_ns: AtomicU64::new(0),
+        };
+        clock.resync();
+        clock
+    }
+
+    /// Unix milliseconds at `at` (at least 1: 0 means "never used").
+    fn millis(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.origin);
+        // Whole u64 arithmetic: `as_nanos` would go through u128.
+        let since_ns = since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()));
+        let unix_ns = self
+            .origin_ns
+            .load(Ordering::Relaxed)
+            .saturating_add(since_ns);
+        (unix_ns / 1_000_000).max(1)
+    }
+
+    /// Reads the wall clock again.
+    fn resync(&self) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let since = nanos(now.saturating_duration_since(self.origin));
+        let wall_ns = nanos(wall.duration_since(UNIX_EPOCH).unwrap_or_default());
+        self.origin_ns
+            .store(wall_ns.saturating_sub(since), Ordering::Relaxed);
+    }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix_millis() -> u64 {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970");
+        u64::try_from(since.as_millis()).expect("fits")
+    }
+
+    #[test]
+    fn the_wall_clock_turns_instants_into_unix_milliseconds() {
+        let clock = WallClock::new();
+        let before = unix_millis();
+        let stamp = clock.millis(Instant::now());
+        let after = unix_millis();
+        // Within a millisecond either way: the clock reads the two clocks one after the other.
+        assert!(
+            (before - 1..=after + 1).contains(&stamp),
+            "{before} <= {stamp} <= {after}"
+        );
+        // Later instants give later stamps; an instant before the clock existed gives its
+        // origin, never less.
+        let later = clock.millis(Instant::now() + Duration::from_secs(2));
+        assert!(later >= stamp + 1_999);
+        let earlier = Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or_else(Instant::now);
+        assert!(clock.millis(earlier) <= stamp);
+    }
 }

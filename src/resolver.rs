@@ -44,7 +44,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 
@@ -79,6 +79,14 @@ pub trait Resolver: Send + Sync + 'static {
     /// It must be cheap and must not block; the default does nothing.
     fn record_use(&self, account: &Self::Account) {
         let _ = account;
+    }
+
+    /// [`record_use`](Self::record_use), with the instant the layer let the request in (it
+    /// reads the clock once per request, for its cache): a resolver that stamps uses can take
+    /// the time from it instead of reading the clock again. The default calls `record_use`.
+    fn record_use_at(&self, account: &Self::Account, at: Instant) {
+        let _ = at;
+        self.record_use(account);
     }
 
     /// When `account`'s key stops authenticating, if it does. The layer checks this on every
@@ -125,6 +133,10 @@ impl<R: Resolver + ?Sized> Resolver for Arc<R> {
 
     fn record_use(&self, account: &Self::Account) {
         (**self).record_use(account);
+    }
+
+    fn record_use_at(&self, account: &Self::Account, at: Instant) {
+        (**self).record_use_at(account, at);
     }
 
     fn expires_at(&self, account: &Self::Account) -> Option<SystemTime> {
@@ -398,8 +410,12 @@ impl Resolver for StoreResolver {
     }
 
     fn record_use(&self, identity: &KeyIdentity) {
+        self.record_use_at(identity, Instant::now());
+    }
+
+    fn record_use_at(&self, identity: &KeyIdentity, at: Instant) {
         if let Some(recorder) = &self.last_used {
-            recorder.record(&identity.usage);
+            recorder.record(&identity.usage, at);
         }
     }
 

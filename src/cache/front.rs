@@ -34,11 +34,12 @@ fn index(owner: usize, digest: &KeyDigest) -> usize {
     (digest.hash_u64() as usize ^ owner) % SLOTS
 }
 
-/// What this thread cached for `digest` of cache `owner`, if still valid in `epoch`.
+/// What this thread cached for `digest` of cache `owner`, if still valid in `epoch` at `now`.
 pub(super) fn get<A: Send + Sync + 'static>(
     owner: usize,
     digest: &KeyDigest,
     epoch: u64,
+    now: Instant,
 ) -> Option<Cached<A>> {
     FRONT
         .try_with(|front| {
@@ -47,7 +48,7 @@ pub(super) fn get<A: Send + Sync + 'static>(
             if slot.owner != owner || slot.epoch != epoch || slot.digest != *digest {
                 return None;
             }
-            if Instant::now() >= slot.expires_at {
+            if now >= slot.expires_at {
                 return None;
             }
             match &slot.account {

@@ -322,8 +322,8 @@ impl<R: Resolver> CachedResolver<R> {
         &self.shared.resolver
     }
 
-    /// The cached answer for `digest`, if any: synchronous, allocation-free.
-    pub(crate) fn cached(&self, digest: &KeyDigest) -> Option<Cached<R::Account>> {
+    /// The cached answer for `digest` at `now`, if any: synchronous, allocation-free.
+    pub(crate) fn cached(&self, digest: &KeyDigest, now: Instant) -> Option<Cached<R::Account>> {
         let shared = &self.shared;
         if !shared.trusted() {
             return None;
@@ -331,7 +331,7 @@ impl<R: Resolver> CachedResolver<R> {
         // Read before the lookups: whatever they find is tagged with an epoch no newer than
         // itself, so the invalidation that removes an entry also retires its front copies.
         let epoch = shared.published_epoch.load(Ordering::Acquire);
-        if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch) {
+        if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch, now) {
             return Some(answer);
         }
         let (answer, expires_at) = shared.stored(digest)?;
@@ -702,7 +702,7 @@ mod tests {
         let (key, digest) = key();
         // The first request misses and starts the call, which finishes (caches its answer and
         // leaves the in-flight table).
-        assert!(cache.cached(&digest).is_none());
+        assert!(cache.cached(&digest, Instant::now()).is_none());
         let first = cache.lookup(&key, digest).expect("permit").await;
         assert!(matches!(first, Lookup::NotFound));
         // A second request had missed the cache before that, and only now asks for a call.
@@ -717,7 +717,10 @@ mod tests {
         let (key, digest) = key();
         let (_, other) = self::key();
         cache.lookup(&key, digest).expect("permit").await;
-        assert!(matches!(cache.cached(&digest), Some(Cached::Invalid)));
+        assert!(matches!(
+            cache.cached(&digest, Instant::now()),
+            Some(Cached::Invalid)
+        ));
         cache.invalidate(&Invalidation::All);
         // moka's `invalidate_all` keeps an entry written in the same clock tick as itself:
         // put one back as such a survivor would be, tagged with the epoch before the `All`.
@@ -729,7 +732,7 @@ mod tests {
         };
         shared.negative.insert(digest, survivor);
         shared.negative.insert(other, survivor);
-        assert!(cache.cached(&digest).is_none());
-        assert!(cache.cached(&other).is_none());
+        assert!(cache.cached(&digest, Instant::now()).is_none());
+        assert!(cache.cached(&other, Instant::now()).is_none());
     }
 }
