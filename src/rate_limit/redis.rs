@@ -475,6 +475,21 @@ enum Failure {
     Redis(RedisError),
 }
 
+impl Failure {
+    /// Whether the failure says Redis can't be reached (rather than refusing one call).
+    fn is_outage(&self) -> bool {
+        match self {
+            Self::Timeout => true,
+            Self::Redis(error) => {
+                error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.is_connection_refusal()
+            }
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -555,7 +570,11 @@ impl Inner {
     /// Counts a failed call (failing fast after [`FAIL_FAST_AFTER`] in a row) and logs it: at
     /// `warn` once per [`WARN_EVERY`], else at `debug`.
     fn failed(&self, failure: &Failure) -> Option<Spent> {
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAIL_FAST_AFTER {
+        // Only an unreachable Redis counts towards failing fast: an error about one key (a
+        // value of the wrong type under the namespace) must not stop the others.
+        if failure.is_outage()
+            && self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= FAIL_FAST_AFTER
+        {
             let pause = u64::try_from(FAIL_FAST_FOR.as_nanos()).unwrap_or(u64::MAX);
             self.retry_at
                 .store(self.nanos().saturating_add(pause), Ordering::Release);

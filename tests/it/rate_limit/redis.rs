@@ -395,6 +395,35 @@ async fn budget_keys_are_named_in_the_namespace() {
     );
 }
 
+#[tokio::test]
+async fn a_key_redis_refuses_fails_alone_without_stopping_the_others() {
+    let Some((limiter, _, cleanup)) = two_processes(None).await else {
+        return;
+    };
+    // A value of the wrong type where a budget should be: Redis refuses that key's script.
+    let broken = random_key();
+    {
+        use redis::Commands as _;
+        let mut connection = redis::Client::open(cleanup.url.as_str())
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(5)))
+            .expect("a connection");
+        let _: () = connection
+            .hset(limiter.redis_key(broken), "not", "a budget")
+            .expect("hset");
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            verdict(&limiter, broken, hundred_a_day()).await,
+            Verdict::Unavailable
+        );
+    }
+    // More refusals in a row than it takes to fail fast, yet the other keys are still asked.
+    assert!(matches!(
+        verdict(&limiter, random_key(), hundred_a_day()).await,
+        Verdict::Allowed(_)
+    ));
+}
+
 // ===== outages =====
 
 #[tokio::test]
