@@ -260,15 +260,10 @@ impl<R: Resolver> Gatekeeper<R> {
         acquire: Acquire,
         now: Instant,
     ) -> Decision<R::Account> {
-        let budget = match acquire {
-            Acquire::Ready(verdict) => match self.weigh(verdict, cached) {
-                Ok(budget) => budget,
-                Err(refusal) => return refusal,
-            },
-            Acquire::Pending(verdict) => return Decision::Throttle(account, verdict, cached),
-        };
-        self.let_in(&account, key, cached, now);
-        Decision::Accept(account, budget)
+        match acquire {
+            Acquire::Ready(verdict) => self.settle(account, verdict, key, cached, now),
+            Acquire::Pending(verdict) => Decision::Throttle(account, verdict, cached),
+        }
     }
 
     /// Finishes [`Decision::Throttle`] with the limiter's verdict.
@@ -278,9 +273,21 @@ impl<R: Resolver> Gatekeeper<R> {
         verdict: Verdict,
         cached: bool,
     ) -> Decision<R::Account> {
+        self.settle(account, verdict, None, cached, Instant::now())
+    }
+
+    /// Lets the account in with its budget, or refuses it, as the limiter's verdict says.
+    fn settle(
+        &self,
+        account: Arc<R::Account>,
+        verdict: Verdict,
+        key: Option<&ApiKey>,
+        cached: bool,
+        now: Instant,
+    ) -> Decision<R::Account> {
         match self.weigh(verdict, cached) {
             Ok(budget) => {
-                self.let_in(&account, None, cached, Instant::now());
+                self.let_in(&account, key, cached, now);
                 Decision::Accept(account, budget)
             }
             Err(refusal) => refusal,
@@ -322,7 +329,7 @@ impl<R: Resolver> Gatekeeper<R> {
         }
     }
 
-    /// Counts an accepted request and records its use.
+    /// Bookkeeping of an accepted key: the count, its use (at `now`), and the request's span.
     #[inline]
     fn let_in(&self, account: &R::Account, key: Option<&ApiKey>, cached: bool, now: Instant) {
         if cached {
@@ -330,7 +337,9 @@ impl<R: Resolver> Gatekeeper<R> {
         } else {
             self.metrics.accepted_resolved();
         }
-        self.accepted(account, key, now);
+        let resolver = self.cache.resolver();
+        resolver.record_use_at(account, now);
+        record_in_span(key, resolver.account_id(account));
     }
 
     /// Whether the account's key has expired: read from the account on every request, so
@@ -341,13 +350,6 @@ impl<R: Resolver> Gatekeeper<R> {
             .resolver()
             .expires_at(account)
             .is_some_and(|at| SystemTime::now() >= at)
-    }
-
-    /// Bookkeeping of an accepted key: its use (at `now`), and the request's span.
-    fn accepted(&self, account: &R::Account, key: Option<&ApiKey>, now: Instant) {
-        let resolver = self.cache.resolver();
-        resolver.record_use_at(account, now);
-        record_in_span(key, resolver.account_id(account));
     }
 
     /// The answer to a refused request: the hook's, or the default. Every 401 carries the

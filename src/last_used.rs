@@ -359,16 +359,8 @@ impl WallClock {
 
     /// Unix milliseconds at `at` (at least 1: 0 means "never used").
     fn millis(&self, at: Instant) -> u64 {
-        let since = at.saturating_duration_since(self.origin);
-        // Whole u64 arithmetic: `as_nanos` would go through u128.
-        let since_ns = since
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(since.subsec_nanos()));
-        let unix_ns = self
-            .origin_ns
-            .load(Ordering::Relaxed)
-            .saturating_add(since_ns);
+        let since = nanos(at.saturating_duration_since(self.origin));
+        let unix_ns = self.origin_ns.load(Ordering::Relaxed).saturating_add(since);
         (unix_ns / 1_000_000).max(1)
     }
 
@@ -382,8 +374,13 @@ impl WallClock {
     }
 }
 
+/// `duration` in nanoseconds, saturating; whole `u64` arithmetic (`as_nanos` goes through
+/// `u128`, and this runs on every accepted request).
 fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+    duration
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(duration.subsec_nanos()))
 }
 
 #[cfg(test)]

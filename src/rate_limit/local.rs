@@ -84,18 +84,18 @@ impl LocalLimiter {
     /// Spends one request of `key`'s budget at `now` (nanoseconds since `origin`).
     fn spend(&self, key: BudgetKey, limit: RateLimit, now: u64) -> Verdict {
         let mut shard = lock(&self.shared.shards[shard_of(key)]);
-        if let Some(stored) = shard.tats.get_mut(&key) {
-            return match gcra::spend(*stored, now, limit, 1) {
-                Spent::Allowed { tat, budget } => {
-                    *stored = tat;
-                    Verdict::Allowed(budget)
-                }
-                Spent::Limited(budget) => Verdict::Limited(budget),
-            };
-        }
-        match gcra::spend(Tat::default(), now, limit, 1) {
+        let stored = shard.tats.get_mut(&key);
+        match gcra::spend(
+            stored.as_deref().copied().unwrap_or_default(),
+            now,
+            limit,
+            1,
+        ) {
             Spent::Allowed { tat, budget } => {
-                shard.insert(key, tat, now);
+                match stored {
+                    Some(stored) => *stored = tat,
+                    None => shard.insert(key, tat, now),
+                }
                 Verdict::Allowed(budget)
             }
             Spent::Limited(budget) => Verdict::Limited(budget),
