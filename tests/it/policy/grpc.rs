@@ -14,6 +14,7 @@ use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tower_api_key::{ApiKeyLayer, KeyIdentity, KeyManager, KeyOptions, RequireScopeLayer, Scopes};
 
+use crate::support::demo::with_key;
 use crate::support::stores::TestStore;
 use crate::support::{account, pepper};
 
@@ -41,12 +42,7 @@ async fn check(addr: SocketAddr, key: &str) -> Result<WireStatus, Status> {
         .connect()
         .await
         .expect("connect");
-    let mut request = tonic::Request::new(HealthCheckRequest {
-        service: String::new(),
-    });
-    request
-        .metadata_mut()
-        .insert("x-api-key", key.parse().expect("ascii"));
+    let request = with_key(HealthCheckRequest::default(), Some(key));
     let response = HealthClient::new(channel).check(request).await?;
     Ok(response.into_inner().status())
 }

@@ -7,6 +7,7 @@ pub(crate) mod browser;
 pub(crate) mod db;
 pub(crate) mod demo;
 pub(crate) mod exclusive;
+pub(crate) mod grpc;
 pub(crate) mod hooks;
 pub(crate) mod http;
 pub(crate) mod keys;

@@ -2,90 +2,14 @@
 //! answers*: `grpc-status` 16 or 14 in an HTTP 200): tonic-health behind `ApiKeyLayer` on
 //! loopback, called by tonic's generated client with `x-api-key` metadata.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
+use crate::support::grpc::Harness;
 use crate::support::keys::unknown;
-use crate::support::pepper;
-use crate::support::stores::TestStore;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
+use tokio::net::TcpStream;
 use tonic::{Code, Status};
-use tonic_health::ServingStatus;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tower_api_key::{AccountId, ApiKeyLayer, KeyId, KeyManager};
-
-// ===== the server =====
-
-/// A tonic server with tonic-health behind the layer, and the handles a test needs.
-struct Harness {
-    addr: SocketAddr,
-    manager: KeyManager,
-    store: Arc<TestStore>,
-    account: AccountId,
-}
-
-impl Harness {
-    async fn start() -> Self {
-        let store = Arc::new(TestStore::default());
-        let manager = KeyManager::new(store.clone(), pepper());
-        let layer = ApiKeyLayer::for_manager(&manager).build();
-
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(
-            Server::builder()
-                .layer(layer)
-                .add_service(health)
-                .serve_with_incoming(TcpIncoming::from(listener)),
-        );
-
-        Self {
-            addr,
-            manager,
-            store,
-            account: "acme".parse().expect("valid account id"),
-        }
-    }
-
-    async fn create_key(&self) -> (KeyId, String) {
-        let created = self.manager.create(&self.account).await.expect("create");
-        (created.info.id, created.key.expose_secret().to_owned())
-    }
-
-    async fn client(&self) -> HealthClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .expect("valid uri")
-            .connect()
-            .await
-            .expect("connect");
-        HealthClient::new(channel)
-    }
-
-    /// One `Health/Check` call, with `key` as `x-api-key` metadata if given.
-    async fn check(&self, key: Option<&str>) -> Result<WireStatus, Status> {
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
-        });
-        if let Some(key) = key {
-            let value = key.parse().expect("ascii metadata value");
-            request.metadata_mut().insert("x-api-key", value);
-        }
-        let response = self.client().await.check(request).await?;
-        Ok(response.into_inner().status())
-    }
-}
 
 fn code(outcome: Result<WireStatus, Status>) -> Code {
     match outcome {
