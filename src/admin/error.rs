@@ -44,7 +44,7 @@ impl From<ManagerError> for ApiError {
         match err {
             ManagerError::LimitReached { .. } => Self::new(StatusCode::CONFLICT, err.to_string()),
             ManagerError::NotFound => Self::key_not_found(),
-            ManagerError::Policy(policy) => Self::bad_request(policy.to_string()),
+            ManagerError::Policy(policy) => policy.into(),
             // The details (a backend's error text) go to the log, not to the client.
             _ => {
                 tracing::warn!(error = %err, "key operation failed");

@@ -392,26 +392,23 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes, Count: Int
             Some(scopes) => Some(scopes.into_scopes().ok_or_else(|| corrupt("scopes"))?),
             None => None,
         };
-        // 1 to `max`, or an error naming the column.
-        let count = |value: Count, max: u32, column: &str| {
-            u32::try_from(value.into())
-                .ok()
-                .filter(|value| (1..=max).contains(value))
-                .ok_or_else(|| corrupt(column))
-        };
+        // A `u32`, or an error naming the column; the ranges are `RateLimit::new`'s.
+        let count =
+            |value: Count, column: &str| u32::try_from(value.into()).map_err(|_| corrupt(column));
         let rate_limit = match (self.rate_limit_requests, self.rate_limit_per_seconds) {
             (None, None) => None,
             (Some(requests), Some(per_seconds)) => {
-                let requests = count(requests, RateLimit::MAX_REQUESTS, "rate_limit_requests")?;
-                let per_seconds = count(
-                    per_seconds,
-                    RateLimit::MAX_PER_SECONDS,
-                    "rate_limit_per_seconds",
-                )?;
-                Some(
-                    RateLimit::new(requests, per_seconds)
-                        .map_err(|_| corrupt("rate_limit_requests"))?,
-                )
+                let requests = count(requests, "rate_limit_requests")?;
+                let per_seconds = count(per_seconds, "rate_limit_per_seconds")?;
+                let limit = RateLimit::new(requests, per_seconds).map_err(|_| {
+                    // The requests, unless they would pass with any valid window.
+                    corrupt(if RateLimit::new(requests, 1).is_ok() {
+                        "rate_limit_per_seconds"
+                    } else {
+                        "rate_limit_requests"
+                    })
+                })?;
+                Some(limit)
             }
             _ => {
                 return Err(corrupt(
