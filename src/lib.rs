@@ -124,6 +124,14 @@ pub use store::{
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PgChangeFeed, PostgresStore};
 
+/// Locks `mutex`, going on with its data if another thread panicked while holding it: every
+/// lock in the crate guards state that stays consistent between statements.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The README's Rust examples, compiled and run as doctests so they can't drift from the API.
 #[cfg(all(doctest, feature = "axum", feature = "postgres", feature = "admin"))]
 #[doc(test(attr(allow(unused))))]

@@ -12,8 +12,9 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{DigestHasher, lock};
+use super::DigestHasher;
 use crate::key::KeyDigest;
+use crate::lock;
 
 pub(super) struct KnownKeys {
     lifetime: Duration,

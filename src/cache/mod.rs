@@ -14,7 +14,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use self::known::KnownKeys;
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener, Trust};
 use crate::key::{ApiKey, KeyDigest};
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::resolver::Resolver;
 
@@ -620,10 +621,6 @@ fn next_id() -> usize {
 fn next_ticket() -> u64 {
     static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     TICKETS.fetch_add(1, Ordering::Relaxed)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -2,12 +2,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::gcra::{self, Spent, Tat};
 use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
 use crate::cache::DigestHasher;
+use crate::lock;
 
 const SHARDS: usize = 64;
 /// A shard is swept of idle budgets when it grows past this many (and then past twice what
@@ -83,7 +84,7 @@ impl LocalLimiter {
 
     /// Spends one request of `key`'s budget at `now` (nanoseconds since `origin`).
     fn spend(&self, key: BudgetKey, limit: RateLimit, now: u64) -> Verdict {
-        let mut shard = lock(&self.shared.shards[shard_of(key)]);
+        let mut shard = lock(&self.shared.shards[key.shard(SHARDS)]);
         let stored = shard.tats.get_mut(&key);
         match gcra::spend(
             stored.as_deref().copied().unwrap_or_default(),
@@ -136,16 +137,6 @@ impl fmt::Debug for LocalLimiter {
             .field("budgets", &self.budgets())
             .finish()
     }
-}
-
-fn shard_of(key: BudgetKey) -> usize {
-    // Middle bits of the mixed id: the map takes its buckets from the low ones and its
-    // control tags from the top seven.
-    (key.mixed() >> 32) as usize % SHARDS
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

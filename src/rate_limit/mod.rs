@@ -92,6 +92,12 @@ impl BudgetKey {
         self.0
     }
 
+    /// Which of `count` shards holds this budget: middle bits of [`mixed`](Self::mixed),
+    /// since a hash map takes its buckets from the low ones and its control tags from the top.
+    pub(crate) fn shard(self, count: usize) -> usize {
+        (self.mixed() >> 32) as usize % count
+    }
+
     /// The id's 128 bits folded into 64 well-spread ones, also for small sequential ids.
     pub(crate) fn mixed(self) -> u64 {
         let folded = (self.0 as u64) ^ ((self.0 >> 64) as u64);

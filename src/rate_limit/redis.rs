@@ -60,7 +60,7 @@ use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -70,6 +70,7 @@ use futures_util::future::{BoxFuture, Shared as SharedFuture};
 
 use super::{Acquire, Budget, BudgetKey, RateLimit, RateLimiter, Verdict};
 use crate::cache::DigestHasher;
+use crate::lock;
 
 #[cfg(doc)]
 use super::LocalLimiter;
@@ -516,8 +517,14 @@ impl Inner {
         let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection);
         let answer = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return self.failed(&Failure::Redis(error)),
-            Err(_) => return self.failed(&Failure::Timeout),
+            Ok(Err(error)) => {
+                self.failed(&Failure::Redis(error));
+                return None;
+            }
+            Err(_) => {
+                self.failed(&Failure::Timeout);
+                return None;
+            }
         };
         self.succeeded();
         let (granted, remaining, reset, retry_after) = answer;
@@ -569,7 +576,7 @@ impl Inner {
 
     /// Counts a failed call (failing fast after [`FAIL_FAST_AFTER`] in a row) and logs it: at
     /// `warn` once per [`WARN_EVERY`], else at `debug`.
-    fn failed(&self, failure: &Failure) -> Option<Spent> {
+    fn failed(&self, failure: &Failure) {
         // Only an unreachable Redis counts towards failing fast: an error about one key (a
         // value of the wrong type under the namespace) must not stop the others.
         if failure.is_outage()
@@ -596,7 +603,6 @@ impl Inner {
         } else {
             tracing::debug!(redis = %self.endpoint, error = %failure, "redis rate limiter call failed");
         }
-        None
     }
 }
 
@@ -744,7 +750,7 @@ impl Leases {
     }
 
     fn shard(&self, key: BudgetKey) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[(key.mixed() >> 32) as usize % SHARDS])
+        lock(&self.shards[key.shard(SHARDS)])
     }
 
     /// Spends one request of `key`'s lease, or refuses it as Redis last said; else returns
@@ -868,10 +874,6 @@ impl Inner {
         };
         Fetched::Done
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
