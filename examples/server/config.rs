@@ -60,13 +60,13 @@ struct Flags {
     /// server counts alone): redis://[:PASSWORD@]HOST[:PORT][/DB]
     ///
     /// Needs --features redis.
-    #[arg(long, env = "REDIS_URL", value_name = "URL", value_parser = Setting(budgets))]
-    redis_url: Option<Budgets>,
+    #[arg(long, env = "REDIS_URL", value_name = "URL", value_parser = Setting(redis_url))]
+    redis_url: Option<String>,
 
     /// With --redis-url: spend up to N requests of a key's budget between round trips to Redis
     /// (1 to 1000; default: one round trip per request, exact)
     #[arg(long, env = "REDIS_LEASE", value_name = "N", value_parser = lease())]
-    redis_lease: Option<u64>,
+    redis_lease: Option<u32>,
 
     /// With --redis-url: how long a rate-limit check may wait for Redis before the request is
     /// let through uncounted, in milliseconds (1 to 3600000)
@@ -146,12 +146,19 @@ impl Config {
             generated_admin_token,
             pepper,
             database: flags.database_url.unwrap_or(Database::Memory),
-            budgets: match (flags.redis_url, flags.redis_lease) {
-                (None, None) => Budgets::Local,
-                (None, Some(_)) => return Err("--redis-lease needs --redis-url".to_owned()),
-                (Some(budgets), lease) => {
-                    budgets.with(lease, Duration::from_millis(flags.redis_timeout_ms))
+            budgets: match flags.redis_url {
+                None if flags.redis_lease.is_some() => {
+                    return Err("--redis-lease needs --redis-url".to_owned());
                 }
+                None => Budgets::Local,
+                #[cfg(feature = "redis")]
+                Some(url) => Budgets::Redis {
+                    url,
+                    lease: flags.redis_lease,
+                    timeout: Duration::from_millis(flags.redis_timeout_ms),
+                },
+                #[cfg(not(feature = "redis"))]
+                Some(_) => unreachable!("without the feature, `redis_url` refuses every URL"),
             },
         })
     }
@@ -272,14 +279,27 @@ fn database(source: &str, url: &str) -> Result<Database, String> {
     Database::from_url(source, url.trim())
 }
 
-/// Where budgets are kept, from `--redis-url` or `REDIS_URL`.
-fn budgets(source: &str, url: &str) -> Result<Budgets, String> {
-    Budgets::from_url(source, url.trim())
+/// A `redis://` URL, from `--redis-url` or `REDIS_URL`. The URL is never repeated in a
+/// message: it may hold a password.
+fn redis_url(source: &str, url: &str) -> Result<String, String> {
+    let url = url.trim();
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme.to_ascii_lowercase().as_str() {
+        "redis" if cfg!(feature = "redis") => Ok(url.to_owned()),
+        "redis" => Err(built_without(source, "Redis", "redis")),
+        "rediss" => Err(format!(
+            "{source}: TLS to Redis (rediss://) is not supported by this server"
+        )),
+        _ => Err(format!("{source} must be a redis://… URL")),
+    }
 }
 
 /// A lease of 1 to 1,000 requests.
-fn lease() -> Setting<impl Fn(&str, &str) -> Result<u64, String> + Clone + Send + Sync + 'static> {
-    Setting(|source: &str, text: &str| whole(source, text, "requests", MAX_LEASE))
+fn lease() -> Setting<impl Fn(&str, &str) -> Result<u32, String> + Clone + Send + Sync + 'static> {
+    Setting(|source: &str, text: &str| {
+        // At most `MAX_LEASE`, which fits a `u32`.
+        whole(source, text, "requests", MAX_LEASE).map(|n| n as u32)
+    })
 }
 
 /// A whole number of milliseconds, up to an hour.
@@ -367,49 +387,7 @@ pub(crate) enum Budgets {
     },
 }
 
-impl Budgets {
-    /// The Redis a URL names. The URL is never repeated in a message: it may hold a password.
-    fn from_url(source: &str, url: &str) -> Result<Self, String> {
-        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
-        match scheme.to_ascii_lowercase().as_str() {
-            "redis" => {
-                #[cfg(feature = "redis")]
-                return Ok(Self::Redis {
-                    url: url.to_owned(),
-                    lease: None,
-                    timeout: Duration::from_millis(100),
-                });
-                #[cfg(not(feature = "redis"))]
-                return Err(built_without(source, "Redis", "redis"));
-            }
-            "rediss" => Err(format!(
-                "{source}: TLS to Redis (rediss://) is not supported by this server"
-            )),
-            _ => Err(format!("{source} must be a redis://… URL")),
-        }
-    }
-
-    /// With the lease and the timeout of the Redis settings.
-    fn with(self, lease: Option<u64>, timeout: Duration) -> Self {
-        match self {
-            #[cfg(feature = "redis")]
-            Self::Redis { url, .. } => Self::Redis {
-                url,
-                // At most `MAX_LEASE`.
-                lease: lease.and_then(|n| u32::try_from(n).ok()),
-                timeout,
-            },
-            // Only a Redis URL comes with these.
-            other => {
-                let _ = (lease, timeout);
-                other
-            }
-        }
-    }
-}
-
 /// A URL of a kind this build can't open: it names the feature to build with.
-#[cfg(not(all(feature = "postgres", feature = "sqlite", feature = "redis")))]
 fn built_without(source: &str, kind: &str, feature: &str) -> String {
     format!(
         "{source} is a {kind} URL, but this server was built without the `{feature}` feature; \

@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example server -- \
 //!     [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL] \
-//!     [--header-read-timeout-ms N] [--max-connections N]
+//!     [--header-read-timeout-ms N] [--max-connections N] \
+//!     [--redis-url URL [--redis-lease N] [--redis-timeout-ms N]]
 //! ```
 //!
 //! One process serves HTTP/1.1 and gRPC (HTTP/2 cleartext) on one port, keeping keys in the
@@ -41,6 +42,12 @@
 //!   connection that starts no new request in that time.
 //! - `--max-connections` / `MAX_CONNECTIONS`: connections open at once, default 10000. More
 //!   are accepted and closed at once, without an answer, not queued.
+//! - `--redis-url` / `REDIS_URL` (build with `--features redis`): keys' rate-limit budgets are
+//!   shared through this Redis by every server using it; unset, each server counts alone.
+//!   `--redis-lease` / `REDIS_LEASE` (1 to 1000) spends that many requests of a budget
+//!   between round trips; `--redis-timeout-ms` / `REDIS_TIMEOUT_MS` (default 100) is how long
+//!   a check waits before the request is let through uncounted. Redis unreachable at start
+//!   stops the server.
 //! - `ADMIN_TOKEN`: the admin bearer token, at least 16 characters; if unset, a random one is
 //!   generated and printed.
 //! - `API_KEY_PEPPER`: 64 hex characters keying every key digest; if unset, a random one is
