@@ -442,14 +442,8 @@ async fn a_rate_limit_is_created_shown_and_cleared_over_http() {
     let server = Launch::new().start().await;
     let limit = json!({"requests": 5, "per_seconds": 2});
     let created = server
-        .admin_json(
-            Method::POST,
-            "/admin/accounts/acme/keys",
-            &json!({ "rate_limit": limit }).to_string(),
-        )
+        .create_key_with("acme", &json!({ "rate_limit": limit }).to_string())
         .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
-    let created = created.json();
     assert_eq!(created["rate_limit"], limit);
     let path = format!("/admin/accounts/acme/keys/{}", str_field(&created, "id"));
     assert_eq!(server.list_keys("acme").await[0]["rate_limit"], limit);
@@ -485,13 +479,7 @@ async fn write_needs_the_write_scope_and_bearer_works_on_the_api() {
     let server = Launch::new().start().await;
     let create = |body: &'static str| {
         let server = &server;
-        async move {
-            let reply = server
-                .admin_json(Method::POST, "/admin/accounts/acme/keys", body)
-                .await;
-            assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-            str_field(&reply.json(), "key").to_owned()
-        }
+        async move { str_field(&server.create_key_with("acme", body).await, "key").to_owned() }
     };
     let unrestricted = create("{}").await;
     let writer = create(r#"{"scopes": ["read", "write"]}"#).await;

@@ -397,6 +397,20 @@ impl DemoServer {
         reply.json()
     }
 
+    /// Creates a key for `account` with the JSON `body` and returns the created-key object
+    /// (201 asserted).
+    pub(crate) async fn create_key_with(&self, account: &str, body: &str) -> Value {
+        let reply = self
+            .admin_json(
+                Method::POST,
+                &format!("/admin/accounts/{account}/keys"),
+                body,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()
+    }
+
     /// `POST /admin/accounts/{account}/keys/{id}/{action}`.
     pub(crate) async fn key_action(&self, account: &str, id: &str, action: &str) -> Reply {
         self.admin(
