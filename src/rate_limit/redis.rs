@@ -423,11 +423,17 @@ impl RateLimiter for RedisLimiter {
                             inner: Arc::clone(&self.inner),
                             key,
                         };
-                        // A timeout too long to add means none: wait a year.
-                        let deadline = now
-                            .checked_add(self.inner.timeout)
-                            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
-                        Acquire::Pending(Box::pin(waiter.wait(limit, fetch, deadline)))
+                        let inner = Arc::clone(&self.inner);
+                        Acquire::Pending(Box::pin(async move {
+                            let wait = waiter.wait(limit, fetch);
+                            tokio::time::timeout(inner.timeout, wait)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    // The lease request counts its own failure, if it fails.
+                                    tracing::debug!(redis = %inner.endpoint, "timed out waiting for a lease");
+                                    Verdict::Unavailable
+                                })
+                        }))
                     }
                 }
             }
@@ -614,20 +620,14 @@ struct Waiter {
 
 impl Waiter {
     /// Waits for `fetch`, then spends from the lease it left (fetching again if other
-    /// requests spent it first) until `deadline`.
-    async fn wait(self, limit: RateLimit, mut fetch: Fetch, deadline: Instant) -> Verdict {
+    /// requests spent it first). The caller bounds it with the limiter's timeout.
+    async fn wait(self, limit: RateLimit, mut fetch: Fetch) -> Verdict {
         let Some(leases) = &self.inner.leases else {
             return Verdict::Unavailable;
         };
         loop {
-            match tokio::time::timeout_at(deadline.into(), fetch).await {
-                Ok(Fetched::Done) => {}
-                Ok(Fetched::Failed) => return Verdict::Unavailable,
-                Err(_) => {
-                    // The lease request counts its own failure, if it fails.
-                    tracing::debug!(redis = %self.inner.endpoint, "timed out waiting for a lease");
-                    return Verdict::Unavailable;
-                }
+            if fetch.await == Fetched::Failed {
+                return Verdict::Unavailable;
             }
             match leases.take(&self.inner, self.key, limit, Instant::now(), true) {
                 Local::Decided(verdict) => return verdict,
