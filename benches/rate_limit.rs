@@ -35,7 +35,7 @@ struct Case {
     key: HeaderValue,
     /// Requests per round: fewer for cases that wait for Redis.
     chunk: usize,
-    layer: Option<ApiKeyLayer<tower_api_key::StoreResolver>>,
+    layer: ApiKeyLayer<tower_api_key::StoreResolver>,
     time: Duration,
     base: Duration,
     n: usize,
@@ -105,7 +105,7 @@ async fn case(
         service,
         key,
         chunk,
-        layer: Some(layer),
+        layer,
         time: Duration::ZERO,
         base: Duration::ZERO,
         n: 0,
@@ -162,19 +162,17 @@ async fn run() {
             "| {} | {:.0} ({:.0}) | +{:.0} ns | {share} |",
             case.name, time, base, added
         );
-        if let Some(layer) = &case.layer {
-            let metrics = layer.metrics();
-            assert_eq!(
-                metrics.rate_limited, 0,
-                "{}: a request was refused",
-                case.name
-            );
-            assert_eq!(
-                metrics.rate_limiter_failures, 0,
-                "{}: the limiter failed",
-                case.name
-            );
-        }
+        let metrics = case.layer.metrics();
+        assert_eq!(
+            metrics.rate_limited, 0,
+            "{}: a request was refused",
+            case.name
+        );
+        assert_eq!(
+            metrics.rate_limiter_failures, 0,
+            "{}: the limiter failed",
+            case.name
+        );
     }
 }
 

@@ -85,7 +85,7 @@ for n in "${counts[@]}"; do
   echo "== $n server(s) on ports ${ports[*]}" >&2
 
   python3 - "$revocations" "$ADMIN_TOKEN" "${ports[@]}" <<'PY'
-import http.client, json, statistics, sys, time
+import http.client, json, sys, time
 
 revocations, token, ports = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
 conns = {}
