@@ -255,6 +255,12 @@ impl KeyRecord {
     pub fn digests(&self) -> impl Iterator<Item = KeyDigest> + '_ {
         std::iter::once(self.digest).chain(self.previous.as_ref().map(|p| p.digest))
     }
+
+    /// The prefixes this record reserves: the current key's and, if there is one, the
+    /// previous key's.
+    pub(crate) fn prefixes(&self) -> impl Iterator<Item = &KeyPrefix> + '_ {
+        std::iter::once(&self.prefix).chain(self.previous.as_ref().map(|p| &p.prefix))
+    }
 }
 
 /// The key string a rotation with a grace period replaced: it keeps authenticating, with the

@@ -203,10 +203,6 @@ impl sql::Dialect for SqliteStore {
     }
 }
 
-fn failed(err: sqlx::Error) -> StoreError {
-    sql::store_error(err)
-}
-
 /// Whether `prefix` is any key's current or previous prefix, read inside the write
 /// transaction `tx`, so it can't be taken before `tx` writes.
 async fn prefix_taken(
@@ -217,7 +213,7 @@ async fn prefix_taken(
         .bind(prefix.as_str())
         .fetch_one(&mut **tx)
         .await
-        .map_err(failed)
+        .map_err(sql::store_error)
 }
 
 /// An optional time as SQLite keeps it.
@@ -236,11 +232,11 @@ impl KeyStore for SqliteStore {
                 .bind(record.account_id.as_str())
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(failed)?;
+                .map_err(sql::store_error)?;
         if count >= i64::try_from(limit).unwrap_or(i64::MAX) {
             return Err(StoreError::LimitReached { limit });
         }
-        for prefix in std::iter::once(&record.prefix).chain(previous.map(|p| &p.prefix)) {
+        for prefix in record.prefixes() {
             if prefix_taken(&mut tx, prefix).await? {
                 return Err(StoreError::PrefixTaken);
             }
@@ -269,8 +265,8 @@ impl KeyStore for SqliteStore {
         .bind(micros(previous.map(|p| p.expires_at))?)
         .execute(&mut *tx)
         .await
-        .map_err(failed)?;
-        tx.commit().await.map_err(failed)
+        .map_err(sql::store_error)?;
+        tx.commit().await.map_err(sql::store_error)
     }
 
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
@@ -278,7 +274,7 @@ impl KeyStore for SqliteStore {
             .bind(prefix.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -288,7 +284,7 @@ impl KeyStore for SqliteStore {
             .bind(account.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -299,7 +295,7 @@ impl KeyStore for SqliteStore {
         .bind(account.as_str())
         .fetch_all(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         rows.into_iter().map(Row::into_record).collect()
     }
 
@@ -318,7 +314,7 @@ impl KeyStore for SqliteStore {
         .bind(status.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -336,7 +332,7 @@ impl KeyStore for SqliteStore {
             .bind(account.as_str())
             .fetch_optional(&mut *tx)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
         let Some(before) = before.map(Row::into_record).transpose()? else {
             return Ok(None);
         };
@@ -359,9 +355,9 @@ impl KeyStore for SqliteStore {
         .bind(micros(grace_until)?)
         .fetch_one(&mut *tx)
         .await
-        .map_err(failed)?
+        .map_err(sql::store_error)?
         .into_record()?;
-        tx.commit().await.map_err(failed)?;
+        tx.commit().await.map_err(sql::store_error)?;
         Ok(Some(Rotated { before, after }))
     }
 
@@ -387,7 +383,7 @@ impl KeyStore for SqliteStore {
         let row = sql::bind_policy(query, update, sql::joined_scopes, sql::to_micros)?
             .fetch_optional(&self.pool)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -404,7 +400,7 @@ impl KeyStore for SqliteStore {
         .bind(account.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -433,9 +429,9 @@ impl KeyStore for SqliteStore {
             .bind(at)
             .execute(&mut *tx)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
         }
-        tx.commit().await.map_err(failed)
+        tx.commit().await.map_err(sql::store_error)
     }
 }
 

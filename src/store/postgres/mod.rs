@@ -231,10 +231,6 @@ fn scope_list(scopes: &Scopes) -> Vec<String> {
     scopes.iter().map(str::to_owned).collect()
 }
 
-fn failed(err: sqlx::Error) -> StoreError {
-    sql::store_error(err)
-}
-
 /// An optional time as PostgreSQL keeps it.
 fn timestamp(at: Option<SystemTime>) -> Result<Option<OffsetDateTime>, StoreError> {
     at.map(sql::to_timestamp).transpose()
@@ -257,7 +253,7 @@ async fn lock_and_check_prefixes(
             .bind(prefix)
             .execute(&mut **tx)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
     }
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM tower_api_keys
@@ -266,7 +262,7 @@ async fn lock_and_check_prefixes(
     .bind(&prefixes)
     .fetch_one(&mut **tx)
     .await
-    .map_err(failed)
+    .map_err(sql::store_error)
 }
 
 #[async_trait]
@@ -282,21 +278,19 @@ impl KeyStore for PostgresStore {
             .bind(record.account_id.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
         let count: i64 =
             sqlx::query_scalar("SELECT count(*) FROM tower_api_keys WHERE account_id = $1")
                 .bind(record.account_id.as_str())
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(failed)?;
+                .map_err(sql::store_error)?;
         if count >= limit_sql {
             return Err(StoreError::LimitReached { limit });
         }
         let previous = record.previous.as_ref();
         let (requests, per_seconds) = sql::rate_limit_columns(record.rate_limit);
-        let prefixes: Vec<&KeyPrefix> = std::iter::once(&record.prefix)
-            .chain(previous.map(|p| &p.prefix))
-            .collect();
+        let prefixes: Vec<&KeyPrefix> = record.prefixes().collect();
         if lock_and_check_prefixes(&mut tx, &prefixes).await? {
             return Err(StoreError::PrefixTaken);
         }
@@ -324,8 +318,8 @@ impl KeyStore for PostgresStore {
         .bind(timestamp(previous.map(|p| p.expires_at))?)
         .execute(&mut *tx)
         .await
-        .map_err(failed)?;
-        tx.commit().await.map_err(failed)
+        .map_err(sql::store_error)?;
+        tx.commit().await.map_err(sql::store_error)
     }
 
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
@@ -337,7 +331,7 @@ impl KeyStore for PostgresStore {
         .bind(prefix.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -351,7 +345,7 @@ impl KeyStore for PostgresStore {
         .bind(account.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -364,7 +358,7 @@ impl KeyStore for PostgresStore {
         .bind(account.as_str())
         .fetch_all(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         rows.into_iter().map(Row::into_record).collect()
     }
 
@@ -384,7 +378,7 @@ impl KeyStore for PostgresStore {
         .bind(status.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -406,7 +400,7 @@ impl KeyStore for PostgresStore {
         .bind(account.as_str())
         .fetch_optional(&mut *tx)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         let Some(before) = before.map(Row::into_record).transpose()? else {
             return Ok(None);
         };
@@ -429,9 +423,9 @@ impl KeyStore for PostgresStore {
         .bind(timestamp(grace_until)?)
         .fetch_one(&mut *tx)
         .await
-        .map_err(failed)?
+        .map_err(sql::store_error)?
         .into_record()?;
-        tx.commit().await.map_err(failed)?;
+        tx.commit().await.map_err(sql::store_error)?;
         Ok(Some(Rotated { before, after }))
     }
 
@@ -458,7 +452,7 @@ impl KeyStore for PostgresStore {
         let row = sql::bind_policy(query, update, scope_list, sql::to_timestamp)?
             .fetch_optional(&self.pool)
             .await
-            .map_err(failed)?;
+            .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -475,7 +469,7 @@ impl KeyStore for PostgresStore {
         .bind(account.as_str())
         .fetch_optional(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -513,7 +507,7 @@ impl KeyStore for PostgresStore {
         .bind(&ats)
         .execute(&self.pool)
         .await
-        .map_err(failed)?;
+        .map_err(sql::store_error)?;
         Ok(())
     }
 }
