@@ -48,7 +48,12 @@ impl Admin {
             Ok(Path(account)) => account,
             Err(_) => return Err(ApiError::bad_account()),
         };
-        let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
+        self.authorized(parts, &account).await
+    }
+
+    /// The account `raw` names (400 if invalid), once the caller may manage it.
+    async fn authorized(&self, parts: &Parts, raw: &str) -> Result<AccountId, ApiError> {
+        let account = AccountId::new(raw).map_err(|_| ApiError::bad_account())?;
         self.authorizer.authorize(parts, &account).await?;
         Ok(account)
     }
@@ -69,8 +74,7 @@ impl Admin {
             }
             Err(_) => return Err(ApiError::bad_account()),
         };
-        let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
-        self.authorizer.authorize(parts, &account).await?;
+        let account = self.authorized(parts, &account).await?;
         let id = id.parse::<KeyId>().map_err(|_| ApiError::key_not_found())?;
         Ok((account, id))
     }

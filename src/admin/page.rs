@@ -11,6 +11,8 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::policy::RateLimit;
+
 const HTML: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/page.js");
 const STYLE: &str = include_str!("page/page.css");
@@ -64,6 +66,11 @@ fn render(config: &PageConfig) -> String {
     HTML.replace("{{API_ROOT}}", &api_root)
         .replace("{{ASSETS}}", &assets)
         .replace("{{LIMIT}}", &config.limit.to_string())
+        .replace("{{MAX_REQUESTS}}", &RateLimit::MAX_REQUESTS.to_string())
+        .replace(
+            "{{MAX_PER_SECONDS}}",
+            &RateLimit::MAX_PER_SECONDS.to_string(),
+        )
         .replace(
             "{{TOKEN_INPUT}}",
             if config.token_input {
