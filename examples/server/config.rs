@@ -8,16 +8,16 @@ use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{Arg, CommandFactory as _, FromArgMatches as _, Parser};
-use tower_api_key::Pepper;
-use tower_api_key::admin::{AdminToken, AdminTokenError};
+use tower_api_key::admin::{AdminToken, AdminTokenError, AdminTokens};
+use tower_api_key::{AccountId, Pepper};
 
 use crate::serve::ConnectionLimits;
 
 /// The variables read from the environment only, listed under the flags in `--help`.
 const ENVIRONMENT: &str = "\
 Environment:
-  ADMIN_TOKEN     bearer token of the /admin routes, at least 16 characters
-                  (default: generated and printed)
+  ADMIN_TOKEN     the operator's bearer token of the /admin routes (every account),
+                  at least 16 characters (default: generated and printed)
   API_KEY_PEPPER  64 hex characters keying key digests (default: random for this run)
   RUST_LOG        log filter for stderr (default: info)";
 
@@ -83,6 +83,17 @@ struct Flags {
     #[arg(long, env = "MAX_CONNECTIONS", value_name = "N")]
     #[arg(default_value_t = 10_000, value_parser = connections())]
     max_connections: u64,
+
+    /// A bearer token for one account's own users (repeatable; the variable is a comma-separated
+    /// list, e.g. acme=tok1,globex=tok2): that account's /admin routes only, narrowing keys but
+    /// never widening them. Tokens are at least 16 characters.
+    #[arg(
+        long = "tenant-token",
+        env = "TENANT_TOKENS",
+        value_name = "ACCOUNT=TOKEN"
+    )]
+    #[arg(value_delimiter = ',', value_parser = Setting(tenant_token))]
+    tenant_tokens: Vec<TenantToken>,
 }
 
 /// What the server runs with.
@@ -92,7 +103,8 @@ pub(crate) struct Config {
     pub(crate) addr_text: String,
     pub(crate) flush_interval: Duration,
     pub(crate) limits: ConnectionLimits,
-    pub(crate) admin_token: AdminToken,
+    /// The operator's token and the tenants'.
+    pub(crate) admin_tokens: AdminTokens,
     /// The generated admin token, to print once; `None` when it came from `ADMIN_TOKEN`.
     pub(crate) generated_admin_token: Option<String>,
     /// `None` when `API_KEY_PEPPER` is unset: a random pepper is used for this run.
@@ -132,6 +144,10 @@ impl Config {
             })?),
             None => None,
         };
+        let admin_tokens = flags.tenant_tokens.into_iter().fold(
+            AdminTokens::new().operator(admin_token),
+            |tokens, tenant| tokens.tenant(tenant.account, tenant.token),
+        );
         Ok(Self {
             addrs: flags.addr.addrs,
             addr_text: flags.addr.text,
@@ -142,7 +158,7 @@ impl Config {
                 max_connections: usize::try_from(flags.max_connections)
                     .map_err(|_| "MAX_CONNECTIONS is too large for this machine".to_owned())?,
             },
-            admin_token,
+            admin_tokens,
             generated_admin_token,
             pepper,
             database: flags.database_url.unwrap_or(Database::Memory),
@@ -400,6 +416,34 @@ fn random_token() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)?;
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+// ===== admin and tenant tokens =====
+
+/// One `--tenant-token ACCOUNT=TOKEN`.
+#[derive(Clone)]
+struct TenantToken {
+    account: AccountId,
+    token: AdminToken,
+}
+
+/// `ACCOUNT=TOKEN`; neither message repeats the token.
+fn tenant_token(source: &str, text: &str) -> Result<TenantToken, String> {
+    let (account, token) = text
+        .trim()
+        .split_once('=')
+        .ok_or_else(|| format!("{source} must be ACCOUNT=TOKEN"))?;
+    let account = account.parse::<AccountId>().map_err(|_| {
+        format!("{source}: the account must be 1 to 64 characters of [A-Za-z0-9_-]")
+    })?;
+    let token = AdminToken::new(token).map_err(|err| match err {
+        AdminTokenError::TooShort => format!(
+            "{source}: the token of {account} is too short: it must be at least {} characters",
+            AdminToken::MIN_LEN
+        ),
+        _ => format!("{source}: the token of {account} must be printable ASCII without spaces"),
+    })?;
+    Ok(TenantToken { account, token })
 }
 
 // ===== admin token =====

@@ -193,7 +193,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let state = AppState {
         manager,
         api_keys,
-        admin_token: config.admin_token,
+        admin_tokens: config.admin_tokens,
     };
     let (health, app) = app(state);
 

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tonic_health::server::HealthReporter;
 use tower::Layer as _;
-use tower_api_key::admin::{AdminRouter, AdminToken};
+use tower_api_key::admin::{AdminRouter, AdminTokens};
 use tower_api_key::resolver::StoreResolver;
 use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, RequireScopeLayer};
 
@@ -18,7 +18,8 @@ use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, Require
 pub(crate) struct AppState {
     pub(crate) manager: KeyManager,
     pub(crate) api_keys: ApiKeyLayer<StoreResolver>,
-    pub(crate) admin_token: AdminToken,
+    /// The operator's token and the tenants' (`--tenant-token`).
+    pub(crate) admin_tokens: AdminTokens,
 }
 
 /// The whole application: open routes, API-key routes (HTTP and gRPC), admin routes.
@@ -48,8 +49,9 @@ pub(crate) fn app(state: AppState) -> (HealthReporter, Router) {
             state.api_keys.layer(health_service),
         );
 
-    // Every key lifecycle change is logged by the manager (account, prefix, action).
-    let admin = AdminRouter::new(state.manager.clone(), state.admin_token.clone()).into_router();
+    // Every key lifecycle change is logged by the manager (account, prefix, action). The
+    // operator manages every account; a tenant its own, narrowing keys only.
+    let admin = AdminRouter::new(state.manager.clone(), state.admin_tokens.clone()).into_router();
 
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -1,87 +1,174 @@
-//! Who may manage which account's keys: the [`AdminAuthorizer`] trait, its answer
-//! [`AdminDenied`], and the built-in [`AdminToken`].
+//! Who may do what to which account's keys: the [`AdminAuthorizer`] trait, the caller it
+//! identifies ([`AdminCaller`]), what the caller attempts ([`AdminAttempt`],
+//! [`AdminOperation`]), and its refusals ([`AdminDenied`]).
 
 use std::borrow::Cow;
 use std::fmt;
 
 use async_trait::async_trait;
-use http::header::AUTHORIZATION;
 use http::request::Parts;
-use subtle::ConstantTimeEq as _;
 
-use crate::store::AccountId;
+use super::self_service::SelfService;
+use crate::manager::KeyInfo;
+use crate::policy::{KeyOptions, PolicyUpdate, RotateOptions};
+use crate::store::{AccountId, KeyId};
 
-/// Decides whether a request may manage an account's keys.
+/// Decides who is calling the admin API and what they may do.
 ///
 /// The router asks [`authenticate`](Self::authenticate) first, for every request (before the
-/// path is even looked at), then [`authorize`](Self::authorize) with the account the path
-/// names. A denial is answered by the router:
+/// path or the body is looked at), then [`authorize`](Self::authorize) with the account, the
+/// operation and, for create and update, the policy asked for, right before it changes
+/// anything. A denial is answered by the router:
 ///
 /// | denial | answer |
 /// | --- | --- |
 /// | [`AdminDenied::Unauthenticated`] | 401 `{"error": message}` with `WWW-Authenticate: Bearer` |
-/// | [`AdminDenied::NotThisAccount`] | 404 `{"error":"key not found"}`, as for a key that doesn't exist, so a caller can't learn which accounts exist |
+/// | [`AdminDenied::NotThisAccount`] | 404 `{"error":"key not found"}`, byte for byte the answer for a key that doesn't exist, so a caller can't learn which accounts or keys exist |
+/// | [`AdminDenied::NotAllowed`] | 403 `{"error":"not allowed for this caller"}` |
+///
+/// Only `authenticate` is required. The default `authorize` is [`SelfService::new`]: an
+/// [`AdminCaller::Operator`] may do anything; an [`AdminCaller::Tenant`] manages its own
+/// account only and may narrow its keys but never widen them. Override it to add a ceiling
+/// for new keys ([`SelfService::ceiling`]) or rules of your own.
+///
+/// **What if it panics?** The router answers 500 `{"error":"internal error"}` and logs the
+/// route; the connection stays usable.
 ///
 /// ```
 /// use async_trait::async_trait;
 /// use http::request::Parts;
-/// use tower_api_key::AccountId;
-/// use tower_api_key::admin::{AdminAuthorizer, AdminDenied};
+/// use tower_api_key::admin::{AdminAuthorizer, AdminCaller, AdminDenied};
 ///
-/// /// Each tenant manages its own keys: `x-tenant` must name the account (a real
-/// /// application would verify a session or a signed token here).
-/// struct SameTenant;
+/// /// Each customer manages its own keys: `x-customer` stands in for a real session check.
+/// struct Customers;
 ///
 /// #[async_trait]
-/// impl AdminAuthorizer for SameTenant {
-///     async fn authenticate(&self, request: &Parts) -> Result<(), AdminDenied> {
-///         match request.headers.get("x-tenant") {
-///             Some(_) => Ok(()),
-///             None => Err(AdminDenied::unauthenticated("who are you?")),
+/// impl AdminAuthorizer for Customers {
+///     async fn authenticate(&self, request: &Parts) -> Result<AdminCaller, AdminDenied> {
+///         let customer = request.headers.get("x-customer").and_then(|v| v.to_str().ok());
+///         match customer.map(str::parse) {
+///             Some(Ok(account)) => Ok(AdminCaller::Tenant(account)),
+///             _ => Err(AdminDenied::unauthenticated("sign in first")),
 ///         }
 ///     }
-///
-///     async fn authorize(&self, request: &Parts, account: &AccountId) -> Result<(), AdminDenied> {
-///         let tenant = request.headers.get("x-tenant").and_then(|v| v.to_str().ok());
-///         if tenant == Some(account.as_str()) {
-///             Ok(())
-///         } else {
-///             Err(AdminDenied::NotThisAccount)
-///         }
-///     }
+///     // `authorize` is left to the default: own account only, narrowing only.
 /// }
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # use std::sync::Arc;
 /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
 /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
-/// let admin: axum::Router = tower_api_key::admin::router(manager, SameTenant);
+/// let admin: axum::Router = tower_api_key::admin::router(manager, Customers);
 /// # let _ = admin;
 /// # Ok(())
 /// # }
 /// ```
 #[async_trait]
 pub trait AdminAuthorizer: Send + Sync + 'static {
-    /// Whether the request comes from anyone allowed to use the admin API at all. Called for
-    /// every request before the path is parsed; the default lets everyone through and
-    /// leaves the decision to [`authorize`](Self::authorize) (a request whose path names an
-    /// invalid account id is then answered 400 without asking `authorize`).
+    /// Who the request comes from.
     ///
     /// # Errors
     ///
-    /// [`AdminDenied`] to refuse the request.
-    async fn authenticate(&self, request: &Parts) -> Result<(), AdminDenied> {
-        let _ = request;
-        Ok(())
+    /// [`AdminDenied`] to refuse the request, usually
+    /// [`Unauthenticated`](AdminDenied::Unauthenticated).
+    async fn authenticate(&self, request: &Parts) -> Result<AdminCaller, AdminDenied>;
+
+    /// Whether the caller may make `attempt`. The default is [`SelfService::new`]'s rules.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminDenied`] to refuse the attempt; nothing has changed yet.
+    async fn authorize(&self, attempt: &AdminAttempt<'_>) -> Result<(), AdminDenied> {
+        SelfService::new().authorize(attempt)
+    }
+}
+
+// ===== AdminCaller =====
+
+/// Who is calling the admin API, as [`AdminAuthorizer::authenticate`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AdminCaller {
+    /// The operator: manages every account's keys, without limits.
+    Operator,
+    /// A user of one account: may manage that account's keys only, and (under
+    /// [`SelfService`]) only narrow what they can do.
+    Tenant(AccountId),
+}
+
+// ===== AdminAttempt =====
+
+/// What a caller is about to do, for [`AdminAuthorizer::authorize`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AdminAttempt<'a> {
+    /// The request's head (method, path, headers, extensions).
+    pub request: &'a Parts,
+    /// Who is calling.
+    pub caller: &'a AdminCaller,
+    /// The account the path names.
+    pub account: &'a AccountId,
+    /// What the caller asks for.
+    pub operation: AdminOperation<'a>,
+}
+
+/// An operation of the admin API, with what it asks for.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum AdminOperation<'a> {
+    /// `GET …/keys`: the account's keys.
+    List,
+    /// `GET …/keys/{id}`: one key.
+    Get(KeyId),
+    /// `POST …/keys`: a new key with these options (already checked by the policy's own
+    /// rules).
+    Create(&'a KeyOptions),
+    /// `PATCH …/keys/{id}`: a change to `key`'s policy. `key` is the record as read just
+    /// before the change.
+    Update {
+        /// The key as it is now.
+        key: &'a KeyInfo,
+        /// What would change.
+        update: &'a PolicyUpdate,
+    },
+    /// `POST …/keys/{id}/rotate`.
+    Rotate {
+        /// The key.
+        id: KeyId,
+        /// The grace period asked for.
+        options: &'a RotateOptions,
+    },
+    /// `POST …/keys/{id}/revoke`.
+    Revoke(KeyId),
+    /// `POST …/keys/{id}/reactivate`.
+    Reactivate(KeyId),
+    /// `DELETE …/keys/{id}`.
+    Delete(KeyId),
+}
+
+impl AdminOperation<'_> {
+    /// `"list"`, `"get"`, `"create"`, `"update"`, `"rotate"`, `"revoke"`, `"reactivate"` or
+    /// `"delete"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::List => "list",
+            Self::Get(_) => "get",
+            Self::Create(_) => "create",
+            Self::Update { .. } => "update",
+            Self::Rotate { .. } => "rotate",
+            Self::Revoke(_) => "revoke",
+            Self::Reactivate(_) => "reactivate",
+            Self::Delete(_) => "delete",
+        }
     }
 
-    /// Whether the request may manage the keys of `account`.
-    ///
-    /// # Errors
-    ///
-    /// [`AdminDenied`] to refuse the request.
-    async fn authorize(&self, request: &Parts, account: &AccountId) -> Result<(), AdminDenied>;
+    /// Whether the operation changes anything (all but list and get).
+    pub fn is_change(&self) -> bool {
+        !matches!(self, Self::List | Self::Get(_))
+    }
 }
+
+// ===== AdminDenied =====
 
 /// Why an [`AdminAuthorizer`] refused a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +180,9 @@ pub enum AdminDenied {
     /// The caller is known but may not manage this account: 404, the answer of a key that
     /// doesn't exist, so that whether the account exists doesn't leak.
     NotThisAccount,
+    /// The caller may manage the account but not do this (widen a key, say): 403
+    /// `{"error":"not allowed for this caller"}`.
+    NotAllowed,
 }
 
 impl AdminDenied {
@@ -107,111 +197,9 @@ impl fmt::Display for AdminDenied {
         match self {
             Self::Unauthenticated(message) => f.write_str(message),
             Self::NotThisAccount => f.write_str("not allowed to manage this account"),
+            Self::NotAllowed => f.write_str("not allowed for this caller"),
         }
     }
 }
 
 impl std::error::Error for AdminDenied {}
-
-// ===== AdminToken =====
-
-/// One operator token that manages every account, presented as
-/// `Authorization: Bearer <token>` (the scheme in any case).
-///
-/// The token is kept only as a blake3 digest, and a presented token is digested and compared
-/// in constant time: the comparison reveals neither the token's bytes nor its length.
-/// `Debug` shows nothing of it.
-///
-/// ```
-/// use tower_api_key::admin::{AdminToken, AdminTokenError};
-///
-/// let token = AdminToken::new("an-operator-token-of-some-length")?;
-/// assert!(token.matches("an-operator-token-of-some-length"));
-/// assert!(!token.matches("an-operator-token-of-some-lengtH"));
-/// assert_eq!(AdminToken::new("too-short").unwrap_err(), AdminTokenError::TooShort);
-/// # Ok::<(), AdminTokenError>(())
-/// ```
-#[derive(Clone)]
-pub struct AdminToken(blake3::Hash);
-
-impl AdminToken {
-    /// The shortest token accepted, in characters.
-    pub const MIN_LEN: usize = 16;
-
-    /// A token of at least [`MIN_LEN`](Self::MIN_LEN) printable ASCII characters without
-    /// spaces (it travels in an HTTP header).
-    ///
-    /// # Errors
-    ///
-    /// [`AdminTokenError`] otherwise; the error never repeats the token.
-    pub fn new(token: &str) -> Result<Self, AdminTokenError> {
-        if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
-            Err(AdminTokenError::NotPrintable)
-        } else if token.len() < Self::MIN_LEN {
-            Err(AdminTokenError::TooShort)
-        } else {
-            Ok(Self(blake3::hash(token.as_bytes())))
-        }
-    }
-
-    /// Whether `presented` is the token, compared in constant time.
-    pub fn matches(&self, presented: &str) -> bool {
-        let presented = blake3::hash(presented.as_bytes());
-        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(..)")
-    }
-}
-
-#[async_trait]
-impl AdminAuthorizer for AdminToken {
-    /// 401 "missing admin token" without a bearer token, "invalid admin token" with another.
-    async fn authenticate(&self, request: &Parts) -> Result<(), AdminDenied> {
-        let presented = request
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        match presented {
-            Some(token) if self.matches(token) => Ok(()),
-            Some(_) => Err(AdminDenied::unauthenticated("invalid admin token")),
-            None => Err(AdminDenied::unauthenticated("missing admin token")),
-        }
-    }
-
-    /// The operator manages every account.
-    async fn authorize(&self, _request: &Parts, _account: &AccountId) -> Result<(), AdminDenied> {
-        Ok(())
-    }
-}
-
-/// Why [`AdminToken::new`] refused a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AdminTokenError {
-    /// It holds a space, a control character or a non-ASCII character.
-    NotPrintable,
-    /// It is shorter than [`AdminToken::MIN_LEN`].
-    TooShort,
-}
-
-impl fmt::Display for AdminTokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NotPrintable => f.write_str("admin token must be printable ASCII without spaces"),
-            Self::TooShort => write!(
-                f,
-                "admin token is too short: it must be at least {} characters",
-                AdminToken::MIN_LEN
-            ),
-        }
-    }
-}
-
-impl std::error::Error for AdminTokenError {}

@@ -1,7 +1,11 @@
 //! The admin router's error answers: `{"error": message}` with the right status, built in one
-//! place from every way a request can fail.
+//! place from every way a request can fail, a panic included.
+
+use std::any::Any;
 
 use axum::Json;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
@@ -64,6 +68,7 @@ impl From<AdminDenied> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, message.into_owned())
             }
             AdminDenied::NotThisAccount => Self::key_not_found(),
+            AdminDenied::NotAllowed => Self::new(StatusCode::FORBIDDEN, denied.to_string()),
         }
     }
 }
@@ -97,4 +102,34 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+// ===== panics =====
+
+/// Marks the answer to a request whose handler panicked, for [`log_panics`].
+#[derive(Debug, Clone, Copy)]
+struct Panicked;
+
+/// The answer to a panic caught by tower-http's `CatchPanicLayer`: 500
+/// `{"error":"internal error"}`. The payload is not looked at: its text may quote anything.
+pub(crate) fn panic_answer(_payload: Box<dyn Any + Send + 'static>) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+    response.extensions_mut().insert(Panicked);
+    response
+}
+
+/// Logs a caught panic with the method and the route it happened on (the route's pattern,
+/// not the path: no account ids), never the request's body or headers.
+pub(crate) async fn log_panics(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(unmatched)".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    if response.extensions().get::<Panicked>().is_some() {
+        tracing::error!(%method, %route, "admin handler panicked; answered 500");
+    }
+    response
 }

@@ -1,10 +1,11 @@
-//! The admin routes' handlers: admit the request (authenticate, read the path, authorize),
-//! read its body, call the [`KeyManager`], answer.
+//! The admin routes' handlers: identify the caller, read the path and the body, ask the
+//! authorizer about the attempt, call the [`KeyManager`], answer.
 
 use std::fmt;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts as _, Path, Request, State};
@@ -12,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
-use super::authorize::AdminAuthorizer;
+use super::authorize::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminOperation};
 use super::error::ApiError;
 use super::event::{AdminAction, AdminEvent};
-use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, optional_body};
+use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, json_body};
 use crate::manager::{KeyInfo, KeyManager};
 use crate::store::{AccountId, KeyId};
 
@@ -40,30 +41,35 @@ impl fmt::Debug for Admin {
 
 pub(crate) type Shared = State<Arc<Admin>>;
 
+/// A request whose caller is known and whose path names a valid account.
+struct Admitted {
+    parts: Parts,
+    caller: AdminCaller,
+    account: AccountId,
+}
+
 impl Admin {
-    /// Authenticates, reads `{account}` (400 if invalid) and authorizes the account.
-    async fn admit(&self, parts: &mut Parts) -> Result<AccountId, ApiError> {
-        self.authorizer.authenticate(parts).await?;
-        let account = match Path::<String>::from_request_parts(parts, &()).await {
+    /// Authenticates the caller, then reads `{account}` (400 if invalid).
+    async fn admit(&self, mut parts: Parts) -> Result<Admitted, ApiError> {
+        let caller = self.authorizer.authenticate(&parts).await?;
+        let account = match Path::<String>::from_request_parts(&mut parts, &()).await {
             Ok(Path(account)) => account,
             Err(_) => return Err(ApiError::bad_account()),
         };
-        self.authorized(parts, &account).await
-    }
-
-    /// The account `raw` names (400 if invalid), once the caller may manage it.
-    async fn authorized(&self, parts: &Parts, raw: &str) -> Result<AccountId, ApiError> {
-        let account = AccountId::new(raw).map_err(|_| ApiError::bad_account())?;
-        self.authorizer.authorize(parts, &account).await?;
-        Ok(account)
+        let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
+        Ok(Admitted {
+            parts,
+            caller,
+            account,
+        })
     }
 
     /// As [`admit`](Self::admit), and reads `{id}` (404 if it is no key id).
-    async fn admit_key(&self, parts: &mut Parts) -> Result<(AccountId, KeyId), ApiError> {
-        self.authorizer.authenticate(parts).await?;
+    async fn admit_key(&self, mut parts: Parts) -> Result<(Admitted, KeyId), ApiError> {
+        let caller = self.authorizer.authenticate(&parts).await?;
         // A segment that isn't UTF-8 once percent-decoded fails the whole extraction; the
         // rejection names the first such segment, and an id that isn't text is no key's id.
-        let path = Path::<(String, String)>::from_request_parts(parts, &()).await;
+        let path = Path::<(String, String)>::from_request_parts(&mut parts, &()).await;
         let (account, id) = match path {
             Ok(Path(pair)) => pair,
             // No key has that id, whichever account it is asked of: the same 404 as an
@@ -74,9 +80,29 @@ impl Admin {
             }
             Err(_) => return Err(ApiError::bad_account()),
         };
-        let account = self.authorized(parts, &account).await?;
+        let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
         let id = id.parse::<KeyId>().map_err(|_| ApiError::key_not_found())?;
-        Ok((account, id))
+        let admitted = Admitted {
+            parts,
+            caller,
+            account,
+        };
+        Ok((admitted, id))
+    }
+
+    /// Asks the authorizer whether the admitted caller may do `operation`.
+    async fn authorize(
+        &self,
+        admitted: &Admitted,
+        operation: AdminOperation<'_>,
+    ) -> Result<(), ApiError> {
+        let attempt = AdminAttempt {
+            request: &admitted.parts,
+            caller: &admitted.caller,
+            account: &admitted.account,
+            operation,
+        };
+        Ok(self.authorizer.authorize(&attempt).await?)
     }
 
     /// Tells the hook, if any, about a change.
@@ -96,9 +122,10 @@ pub(crate) async fn list_keys(
     State(admin): Shared,
     request: Request,
 ) -> Result<Json<KeyList>, ApiError> {
-    let (mut parts, _) = request.into_parts();
-    let account = admin.admit(&mut parts).await?;
-    let keys = admin.manager.list(&account).await?;
+    let (parts, _) = request.into_parts();
+    let admitted = admin.admit(parts).await?;
+    admin.authorize(&admitted, AdminOperation::List).await?;
+    let keys = admin.manager.list(&admitted.account).await?;
     Ok(Json(KeyList {
         keys: keys.into_iter().map(KeyView::from).collect(),
     }))
@@ -108,11 +135,17 @@ pub(crate) async fn create_key(
     State(admin): Shared,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (mut parts, body) = request.into_parts();
-    let account = admin.admit(&mut parts).await?;
-    let body: CreateBody = optional_body(Request::from_parts(parts, body)).await?;
+    let (parts, body) = request.into_parts();
+    let admitted = admin.admit(parts).await?;
+    let body: CreateBody = read(&admitted, body).await?;
     let options = body.into_options()?;
-    let created = admin.manager.create_with(&account, options).await?;
+    admin
+        .authorize(&admitted, AdminOperation::Create(&options))
+        .await?;
+    let created = admin
+        .manager
+        .create_with(&admitted.account, options)
+        .await?;
     admin.emit(AdminAction::Created, &created.info);
     Ok((StatusCode::CREATED, Json(KeyView::from(created))).into_response())
 }
@@ -121,24 +154,34 @@ pub(crate) async fn get_key(
     State(admin): Shared,
     request: Request,
 ) -> Result<Json<KeyView>, ApiError> {
-    let (mut parts, _) = request.into_parts();
-    let (account, id) = admin.admit_key(&mut parts).await?;
-    Ok(Json(admin.manager.get(&account, id).await?.into()))
+    let (parts, _) = request.into_parts();
+    let (admitted, id) = admin.admit_key(parts).await?;
+    admin.authorize(&admitted, AdminOperation::Get(id)).await?;
+    Ok(Json(admin.manager.get(&admitted.account, id).await?.into()))
 }
 
 pub(crate) async fn update_key(
     State(admin): Shared,
     request: Request,
 ) -> Result<Json<KeyView>, ApiError> {
-    let (mut parts, body) = request.into_parts();
-    let (account, id) = admin.admit_key(&mut parts).await?;
-    let body: UpdateBody = optional_body(Request::from_parts(parts, body)).await?;
+    let (parts, body) = request.into_parts();
+    let (admitted, id) = admin.admit_key(parts).await?;
+    let body: UpdateBody = read(&admitted, body).await?;
     let update = body.into_update()?;
+    let account = &admitted.account;
     if update.is_empty() {
-        // Nothing to change, nothing to log or report.
-        return Ok(Json(admin.manager.get(&account, id).await?.into()));
+        // Nothing to change: a read, with nothing to log or report.
+        admin.authorize(&admitted, AdminOperation::Get(id)).await?;
+        return Ok(Json(admin.manager.get(account, id).await?.into()));
     }
-    let updated = admin.manager.update(&account, id, update).await?;
+    // The authorizer judges the change against the key as it is.
+    let key = admin.manager.get(account, id).await?;
+    let operation = AdminOperation::Update {
+        key: &key,
+        update: &update,
+    };
+    admin.authorize(&admitted, operation).await?;
+    let updated = admin.manager.update(account, id, update).await?;
     admin.emit(AdminAction::Updated, &updated);
     Ok(Json(updated.into()))
 }
@@ -147,11 +190,19 @@ pub(crate) async fn rotate_key(
     State(admin): Shared,
     request: Request,
 ) -> Result<Json<KeyView>, ApiError> {
-    let (mut parts, body) = request.into_parts();
-    let (account, id) = admin.admit_key(&mut parts).await?;
-    let body: RotateBody = optional_body(Request::from_parts(parts, body)).await?;
+    let (parts, body) = request.into_parts();
+    let (admitted, id) = admin.admit_key(parts).await?;
+    let body: RotateBody = read(&admitted, body).await?;
     let options = body.into_options()?;
-    let rotated = admin.manager.rotate_with(&account, id, options).await?;
+    let operation = AdminOperation::Rotate {
+        id,
+        options: &options,
+    };
+    admin.authorize(&admitted, operation).await?;
+    let rotated = admin
+        .manager
+        .rotate_with(&admitted.account, id, options)
+        .await?;
     admin.emit(AdminAction::Rotated, &rotated.info);
     Ok(Json(rotated.into()))
 }
@@ -173,12 +224,19 @@ async fn set_status(
     request: Request,
     action: AdminAction,
 ) -> Result<Json<KeyView>, ApiError> {
-    let (mut parts, _) = request.into_parts();
-    let (account, id) = admin.admit_key(&mut parts).await?;
+    let (parts, _) = request.into_parts();
+    let (admitted, id) = admin.admit_key(parts).await?;
+    let account = &admitted.account;
     let info = if action == AdminAction::Revoked {
-        admin.manager.revoke(&account, id).await?
+        admin
+            .authorize(&admitted, AdminOperation::Revoke(id))
+            .await?;
+        admin.manager.revoke(account, id).await?
     } else {
-        admin.manager.reactivate(&account, id).await?
+        admin
+            .authorize(&admitted, AdminOperation::Reactivate(id))
+            .await?;
+        admin.manager.reactivate(account, id).await?
     };
     admin.emit(action, &info);
     Ok(Json(info.into()))
@@ -188,18 +246,30 @@ pub(crate) async fn delete_key(
     State(admin): Shared,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
-    let (mut parts, _) = request.into_parts();
-    let (account, id) = admin.admit_key(&mut parts).await?;
+    let (parts, _) = request.into_parts();
+    let (admitted, id) = admin.admit_key(parts).await?;
+    admin
+        .authorize(&admitted, AdminOperation::Delete(id))
+        .await?;
+    let account = &admitted.account;
     // Read first, for the event's prefix (the delete itself returns nothing).
     let before = match &admin.hook {
-        Some(_) => Some(admin.manager.get(&account, id).await?),
+        Some(_) => Some(admin.manager.get(account, id).await?),
         None => None,
     };
-    admin.manager.delete(&account, id).await?;
+    admin.manager.delete(account, id).await?;
     if let Some(before) = before {
         admin.emit(AdminAction::Deleted, &before);
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The admitted request's body as `T`, within the router's body limit.
+async fn read<T>(admitted: &Admitted, body: Body) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Default,
+{
+    json_body(Request::from_parts(admitted.parts.clone(), body)).await
 }
 
 /// Any other method on an admin path.

@@ -1,20 +1,23 @@
 //! The admin API's JSON: key records as answered, and the request bodies of create, update
 //! and rotate, with their checks.
 
-use std::time::{Duration, SystemTime};
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest as _, Request};
-use serde::de::{DeserializeOwned, Deserializer};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::error::ApiError;
 use crate::manager::{CreatedKey, KeyInfo};
 use crate::policy::{
-    KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
+    self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
 };
 
 // ===== answers =====
@@ -78,24 +81,45 @@ pub(crate) struct KeyList {
     pub(crate) keys: Vec<KeyView>,
 }
 
-/// UTC, microseconds, `Z`: `2025-01-02T03:04:05.678901Z`.
+/// UTC, microseconds, `Z`: `2025-01-02T03:04:05.678901Z`. Never panics: a time outside
+/// the years -9999 to 9999 (which the API refuses to take, but a store edited by hand may
+/// hold) is written as the nearest of those bounds.
 pub(crate) fn rfc3339(time: SystemTime) -> String {
     let format =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    OffsetDateTime::from(time)
-        .format(&format)
+    let utc = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => time::Duration::try_from(after)
+            .ok()
+            .and_then(|after| OffsetDateTime::UNIX_EPOCH.checked_add(after))
+            .unwrap_or(PrimitiveDateTime::MAX.assume_utc()),
+        Err(before) => time::Duration::try_from(before.duration())
+            .ok()
+            .and_then(|before| OffsetDateTime::UNIX_EPOCH.checked_sub(before))
+            .unwrap_or(PrimitiveDateTime::MIN.assume_utc()),
+    };
+    utc.format(&format)
         .unwrap_or_else(|_| "invalid time".to_owned())
 }
 
-/// An RFC 3339 time with any offset (`2030-01-01T00:00:00Z`, `…+02:00`).
+/// An RFC 3339 time with any offset (`2030-01-01T00:00:00Z`, `…+02:00`), which must lie
+/// between 1970 and 9999 once in UTC.
 fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, ApiError> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(SystemTime::from)
-        .map_err(|_| {
-            ApiError::bad_request(format!(
-                "{field} must be an RFC 3339 time such as 2030-01-01T00:00:00Z"
-            ))
+    let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        ApiError::bad_request(format!(
+            "{field} must be an RFC 3339 time such as 2030-01-01T00:00:00Z"
+        ))
+    })?;
+    // The offset is applied in integers: converting to UTC first could leave the calendar.
+    let nanos = parsed.unix_timestamp_nanos();
+    let at = u64::try_from(nanos.div_euclid(1_000_000_000))
+        .ok()
+        .map(|seconds| {
+            let subsec = u32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0);
+            Duration::new(seconds, subsec)
         })
+        .and_then(|since| UNIX_EPOCH.checked_add(since))
+        .ok_or(PolicyError::TimeOutOfRange)?;
+    Ok(policy::check_time(at)?)
 }
 
 /// A rate limit as answered and read: `{"requests": 5, "per_seconds": 2}`. Both members are
@@ -115,12 +139,10 @@ impl<'de> Deserialize<'de> for RateLimitJson {
             requests: i64,
             per_seconds: i64,
         }
-        // An object only: serde's derive would also read a struct from a JSON array.
-        let object = serde_json::Map::deserialize(deserializer)?;
-        let Members {
+        let JsonObject(Members {
             requests,
             per_seconds,
-        } = serde_json::from_value(object.into()).map_err(serde::de::Error::custom)?;
+        }) = JsonObject::deserialize(deserializer)?;
         Ok(Self {
             requests,
             per_seconds,
@@ -255,10 +277,11 @@ impl RotateBody {
     }
 }
 
-/// Reads an optional JSON body: none, empty or only whitespace gives `T::default()`; the
-/// content type is not looked at. Too large is 413, anything unreadable or not matching `T`
-/// is 400, each as JSON.
-pub(crate) async fn optional_body<T>(request: Request) -> Result<T, ApiError>
+/// Reads an optional JSON body: none, empty or only whitespace gives `T::default()`. Too
+/// large is 413; anything unreadable, not an object, or not matching `T` (an unknown member,
+/// a member given twice) is 400, each as JSON. The content type was checked before the
+/// handler ran (see `cross_site`).
+pub(crate) async fn json_body<T>(request: Request) -> Result<T, ApiError>
 where
     T: DeserializeOwned + Default,
 {
@@ -275,12 +298,35 @@ where
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    // Parsed as a value first: serde would also read a struct from a JSON array.
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(invalid_json)?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request("request body must be a JSON object"));
+    let JsonObject(body) = serde_json::from_slice(&bytes).map_err(invalid_json)?;
+    Ok(body)
+}
+
+/// A JSON object read straight into `T` by `T`'s own derive, which refuses a member given
+/// twice (and, with `deny_unknown_fields`, an unknown one). Only an object: serde's derive
+/// would also read a struct from an array.
+struct JsonObject<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for JsonObject<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Object<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer
+            .deserialize_map(Object(PhantomData))
+            .map(JsonObject)
     }
-    serde_json::from_value(value).map_err(invalid_json)
 }
 
 /// 400 naming what serde refused, cut to a sane length.
@@ -309,6 +355,34 @@ mod tests {
         assert_eq!(parsed, at);
         assert!(parse_rfc3339("t", "2030-01-01 00:00:00").is_err());
         assert!(parse_rfc3339("t", "tomorrow").is_err());
+    }
+
+    #[test]
+    fn times_are_taken_between_1970_and_9999_in_utc_and_written_without_panicking() {
+        assert!(parse_rfc3339("t", "9999-12-31T23:59:59Z").is_ok());
+        assert!(parse_rfc3339("t", "9999-12-31T23:59:59-23:59").is_err());
+        assert!(parse_rfc3339("t", "1970-01-01T00:00:00Z").is_ok());
+        assert!(parse_rfc3339("t", "1970-01-01T00:59:59+01:00").is_err());
+        let year_10000 = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        assert_eq!(rfc3339(year_10000), "9999-12-31T23:59:59.999999Z");
+        let far = UNIX_EPOCH + Duration::from_secs(u64::MAX / 4);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59.999999Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339(before), "1969-12-31T23:59:59.000000Z");
+    }
+
+    #[test]
+    fn a_body_is_one_object_whose_members_appear_once() {
+        let read = |text: &str| serde_json::from_str::<JsonObject<UpdateBody>>(text).map(|o| o.0);
+        assert!(read(r#"{"name":"a"}"#).is_ok());
+        let twice = read(r#"{"scopes":["read"],"scopes":null}"#).unwrap_err();
+        assert!(
+            twice.to_string().contains("duplicate field `scopes`"),
+            "{twice}"
+        );
+        assert!(read(r#"["a"]"#).is_err());
+        assert!(read(r#"{"rate_limit":[5,2]}"#).is_err());
+        assert!(read(r#"{"rate_limit":{"requests":5,"per_seconds":2,"requests":6}}"#).is_err());
     }
 
     #[test]

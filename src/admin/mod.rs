@@ -19,8 +19,9 @@
 //! the key's own); while the old key of a rotation with a grace period still works, also
 //! `"previous_prefix"` and `"previous_expires_at"`.
 //!
-//! Request bodies are JSON, optional (no body, an empty one, and any content type are
-//! accepted), and refuse unknown fields:
+//! Request bodies are optional (no body and an empty one are the same); one that is present
+//! must say `Content-Type: application/json` (parameters allowed) and be one JSON object
+//! with no unknown member and no member given twice:
 //!
 //! - create: `{"name": str, "expires_in_seconds": 1..=315360000 | "expires_at": RFC 3339
 //!   in the future, "scopes": [str], "rate_limit": {"requests": 1..=1000000, "per_seconds":
@@ -29,13 +30,35 @@
 //!   a field and an absent one is kept; an `expires_at` in the past expires the key at once;
 //! - rotate: `{"grace_seconds": 0..=604800}`, how long the old key keeps working.
 //!
-//! Errors are `{"error": message}`: 400 for a bad account id, a bad body or a value the
-//! [policy](crate::policy) refuses (nothing is changed); 401 (with `WWW-Authenticate:
-//! Bearer`) when the authorizer doesn't know the caller; 404 for an unknown or malformed key
-//! id, and for an account the caller may not manage; 405 for another method; 409 when the
-//! account holds its limit of keys; 413 for a body over the limit (16 KiB by default); 503
-//! (with `Retry-After`) when the store fails, without the store's details. Every answer
-//! carries `Cache-Control: no-store`: create and rotate answer with a plaintext key.
+//! Times are RFC 3339 with any offset and must lie between 1970-01-01T00:00:00Z and
+//! 9999-12-31T23:59:59Z once in UTC.
+//!
+//! Errors are `{"error": message}`, and nothing is changed by a request that gets one
+//! (except a 500 from the event hook, which runs after the change):
+//!
+//! | status | when |
+//! | --- | --- |
+//! | 400 | a bad account id, a bad body, or a value the [policy](crate::policy) refuses, named |
+//! | 401 | the authorizer doesn't know the caller (with `WWW-Authenticate: Bearer`) |
+//! | 403 `cross-site request refused` | a change a browser sent from another site: an `Origin` that is neither the request's own nor [allowed](AdminRouter::allowed_origins), or none and `Sec-Fetch-Site: cross-site` / `same-site` |
+//! | 403 `not allowed for this caller` | the caller may manage the account but not do this (a tenant widening a key; see [`SelfService`]) |
+//! | 404 | an unknown or malformed key id, and an account the caller may not manage (byte for byte the same answer) |
+//! | 405 | another method |
+//! | 409 | the account holds its limit of keys |
+//! | 413 | a body over the limit (16 KiB by default) |
+//! | 415 | a change with a body that isn't `application/json` |
+//! | 500 `internal error` | a handler, the authorizer or the event hook panicked; logged with the route, the connection stays usable |
+//! | 503 | the store failed (with `Retry-After`), without the store's details |
+//!
+//! Every answer carries `Cache-Control: no-store`: create and rotate answer with a plaintext
+//! key.
+//!
+//! **Who may do what** is the [`AdminAuthorizer`]'s to decide: it names the caller
+//! ([`AdminCaller::Operator`] or [`AdminCaller::Tenant`]) and is asked about each
+//! [`AdminAttempt`] (the account, the operation and, for create and update, the policy asked
+//! for). [`AdminToken`] is one operator token; [`AdminTokens`] adds a token per tenant; the
+//! default rules ([`SelfService`]) let a tenant manage its own account and narrow its keys,
+//! never widen them.
 //!
 //! The router also serves the **Integration page** at `GET /integration` ([`AdminRouter::page_path`]
 //! moves it, [`AdminRouter::without_page`] drops it): one self-contained page (its script and
@@ -67,6 +90,7 @@
 //!
 //! let request = Request::post("/admin/accounts/acme/keys")
 //!     .header("authorization", "Bearer operator-token-0123456789")
+//!     .header("content-type", "application/json")
 //!     .body(Body::from(r#"{"name": "CI", "scopes": ["read"], "expires_in_seconds": 86400}"#))?;
 //! let response = app.oneshot(request).await?;
 //! assert_eq!(response.status(), StatusCode::CREATED);
@@ -76,27 +100,34 @@
 //! ```
 
 mod authorize;
+mod cross_site;
 mod error;
 mod event;
 mod handlers;
 mod json;
 mod page;
+mod self_service;
+mod tokens;
 
 use std::fmt;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::map_response;
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
 use axum::response::Response;
 use axum::routing::{get, post};
 use http::HeaderValue;
 use http::header::CACHE_CONTROL;
+use tower_http::catch_panic::CatchPanicLayer;
 
-pub use authorize::{AdminAuthorizer, AdminDenied, AdminToken, AdminTokenError};
+pub use authorize::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, AdminOperation};
 pub use event::{AdminAction, AdminEvent};
+pub use self_service::{KeyCeiling, SelfService};
+pub use tokens::{AdminToken, AdminTokenError, AdminTokens};
 
 use crate::manager::KeyManager;
+use cross_site::AllowedOrigins;
 use handlers::{Admin, EventHook};
 use page::PageConfig;
 
@@ -115,6 +146,7 @@ pub struct AdminRouter {
     body_limit: usize,
     page: Option<String>,
     token_input: bool,
+    origins: AllowedOrigins,
 }
 
 impl AdminRouter {
@@ -127,6 +159,7 @@ impl AdminRouter {
             body_limit: DEFAULT_BODY_LIMIT,
             page: Some(DEFAULT_PAGE_PATH.to_owned()),
             token_input: true,
+            origins: AllowedOrigins::default(),
         }
     }
 
@@ -190,6 +223,44 @@ impl AdminRouter {
         self
     }
 
+    /// Lets browsers on `origins` (each `scheme://host[:port]`, e.g.
+    /// `https://console.example.com`) make changes, besides pages of the router's own
+    /// origin. A state-changing request (POST, PATCH, DELETE) whose `Origin` is neither is
+    /// refused with 403 `{"error":"cross-site request refused"}`, as is one without an
+    /// `Origin` whose `Sec-Fetch-Site` says `cross-site` or `same-site`; requests carrying
+    /// neither header (curl, SDKs, servers) are unaffected.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
+    /// use tower_api_key::admin::{AdminRouter, AdminToken};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// // The API on api.example.com, the console that calls it on console.example.com.
+    /// let router: axum::Router = AdminRouter::new(manager, AdminToken::new("operator-token-0123456789")?)
+    ///     .allowed_origins(["https://console.example.com"])
+    ///     .into_router();
+    /// # let _ = router;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If an origin is not of the form `scheme://host[:port]` (a path, a user or a query is
+    /// no part of an origin).
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        for origin in origins {
+            self.origins.allow(origin.as_ref());
+        }
+        self
+    }
+
     /// The largest request body accepted, in bytes (default [`DEFAULT_BODY_LIMIT`]); a
     /// larger one is answered 413.
     pub fn body_limit(mut self, bytes: usize) -> Self {
@@ -232,6 +303,14 @@ impl AdminRouter {
             .merge(page)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.body_limit))
+            .layer(from_fn_with_state(
+                Arc::new(self.origins),
+                cross_site::refuse_cross_site,
+            ))
+            // A panic anywhere inside (a handler, the authorizer, the event hook) is a 500
+            // on a connection that stays open, logged with its route.
+            .layer(CatchPanicLayer::custom(error::panic_answer))
+            .layer(from_fn(error::log_panics))
             // Create and rotate answer with a plaintext key: no cache may keep it. Every
             // answer gets it, so a route added later can't forget.
             .layer(map_response(no_store))
@@ -259,6 +338,7 @@ impl fmt::Debug for AdminRouter {
             .field("on_event", &self.hook.is_some())
             .field("body_limit", &self.body_limit)
             .field("page", &self.page)
+            .field("allowed_origins", &self.origins)
             .finish_non_exhaustive()
     }
 }

@@ -4,9 +4,8 @@
 use async_trait::async_trait;
 use http::request::Parts;
 use http::{Method, StatusCode};
-use tower_api_key::AccountId;
 use tower_api_key::admin::{
-    AdminAction, AdminAuthorizer, AdminDenied, AdminToken, AdminTokenError,
+    AdminAction, AdminAuthorizer, AdminCaller, AdminDenied, AdminToken, AdminTokenError,
 };
 
 use super::{Harness, TOKEN, text};
@@ -46,8 +45,10 @@ async fn without_or_with_a_wrong_token_every_route_is_401_json_and_nothing_chang
         &[("x-api-key", TOKEN)][..],
     ] {
         for (method, path) in routes(id) {
+            let mut headers = headers.to_vec();
+            headers.push(("content-type", "application/json"));
             let reply = admin
-                .send(method.clone(), &path, headers, Some(b"{}"))
+                .send(method.clone(), &path, &headers, Some(b"{}"))
                 .await;
             let what = format!("{method} {path} with {headers:?}");
             reply.assert_error(StatusCode::UNAUTHORIZED, &what);
@@ -107,23 +108,14 @@ struct SameTenant;
 
 #[async_trait]
 impl AdminAuthorizer for SameTenant {
-    async fn authenticate(&self, request: &Parts) -> Result<(), AdminDenied> {
-        if request.headers.contains_key("x-tenant") {
-            Ok(())
-        } else {
-            Err(AdminDenied::unauthenticated("no tenant"))
-        }
-    }
-
-    async fn authorize(&self, request: &Parts, account: &AccountId) -> Result<(), AdminDenied> {
+    async fn authenticate(&self, request: &Parts) -> Result<AdminCaller, AdminDenied> {
         let tenant = request
             .headers
             .get("x-tenant")
             .and_then(|v| v.to_str().ok());
-        if tenant == Some(account.as_str()) {
-            Ok(())
-        } else {
-            Err(AdminDenied::NotThisAccount)
+        match tenant.map(str::parse) {
+            Some(Ok(account)) => Ok(AdminCaller::Tenant(account)),
+            _ => Err(AdminDenied::unauthenticated("no tenant")),
         }
     }
 }

@@ -38,7 +38,7 @@ fn plain_record_fields() -> Vec<&'static str> {
 }
 
 #[tokio::test]
-async fn no_body_empty_body_no_content_type_and_empty_object_all_create_a_plain_key() {
+async fn no_body_an_empty_body_and_an_empty_object_all_create_a_plain_key() {
     let admin = Harness::start().await;
     let bearer = format!("Bearer {TOKEN}");
     let path = "/admin/accounts/acme/keys";
@@ -61,8 +61,11 @@ async fn no_body_empty_body_no_content_type_and_empty_object_all_create_a_plain_
             .send(
                 Method::POST,
                 path,
-                &[("authorization", &bearer)],
-                Some(b"{}"),
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json; charset=utf-8"),
+                ],
+                Some(b" {} "),
             )
             .await,
     ];

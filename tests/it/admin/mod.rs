@@ -2,9 +2,14 @@
 //! over HTTP/1.1: the JSON contract, the body rules, access control and audit events.
 
 mod access;
+mod bodies;
 mod create;
+mod cross_site;
+mod demo;
 mod page;
+mod panics;
 mod rotate;
+mod self_service;
 mod update;
 
 use std::net::SocketAddr;
@@ -87,6 +92,12 @@ impl Harness {
     }
 
     pub(crate) async fn with_authorizer(authorizer: impl AdminAuthorizer) -> Self {
+        Self::with(|manager| AdminRouter::new(manager, authorizer)).await
+    }
+
+    /// The router `configure` builds over the harness's manager (the harness adds its event
+    /// hook).
+    pub(crate) async fn with(configure: impl FnOnce(KeyManager) -> AdminRouter) -> Self {
         let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper());
         let events = Arc::new(Mutex::new(Vec::new()));
         let trail = Arc::clone(&events);
@@ -101,7 +112,7 @@ impl Harness {
                     .build(),
             )
             .merge(
-                AdminRouter::new(manager.clone(), authorizer)
+                configure(manager.clone())
                     .on_event(move |event| trail.lock().expect("lock").push(event.clone()))
                     .into_router(),
             );

@@ -1,0 +1,229 @@
+//! Least privilege for an account's own users: [`SelfService`] lets a tenant do everything
+//! that narrows what its keys can do and refuses what widens it; [`KeyCeiling`] bounds the
+//! keys it creates.
+
+use std::time::{Duration, SystemTime};
+
+use super::authorize::{AdminAttempt, AdminCaller, AdminDenied, AdminOperation};
+use crate::manager::KeyInfo;
+use crate::policy::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
+
+/// The built-in authorization rules for an operator and self-service tenants; the default
+/// [`AdminAuthorizer::authorize`](super::AdminAuthorizer::authorize).
+///
+/// - An [`AdminCaller::Operator`] may do anything.
+/// - An [`AdminCaller::Tenant`] of another account gets [`AdminDenied::NotThisAccount`] (404,
+///   as for a missing key).
+/// - An [`AdminCaller::Tenant`] of the account may list, read, rotate (with or without a grace
+///   period), revoke, reactivate and delete; create within the [`KeyCeiling`] (none by
+///   default); update only to narrow: rename, restrict scopes (an unrestricted key to any
+///   set, a restricted one to a subset), lower a rate limit (no more requests per window
+///   and no faster a rate) or add one, bring an expiry forward or add one. Anything that
+///   widens (scopes broader or removed, a rate limit raised or removed, an expiry extended or
+///   removed) is [`AdminDenied::NotAllowed`] (403), even beside a narrowing.
+///
+/// A key without a rate limit of its own counts as unlimited here. If your layer sets a
+/// default limit ([`ApiKeyLayerBuilder::default_rate_limit`](crate::ApiKeyLayerBuilder::default_rate_limit)),
+/// give the ceiling the same limit, so a tenant can't create a key with a looser one.
+///
+/// Checks compare with the key as read just before the change: a concurrent change by
+/// someone else (an operator tightening the same key) can land between the read and the
+/// tenant's update.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::admin::{AdminToken, AdminTokens, KeyCeiling, SelfService};
+/// use tower_api_key::{RateLimit, Scopes};
+///
+/// // Tenants create read-only keys, at most 10 requests a second, living 90 days at most.
+/// let ceiling = KeyCeiling::new()
+///     .scopes(Scopes::new(["read"])?)
+///     .rate_limit(RateLimit::new(10, 1)?)
+///     .lifetime(Duration::from_secs(90 * 86_400));
+/// let tokens = AdminTokens::new()
+///     .tenant("acme".parse()?, AdminToken::new("acme-token-0123456789")?)
+///     .self_service(SelfService::new().ceiling(ceiling));
+/// # let _ = tokens;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SelfService {
+    ceiling: KeyCeiling,
+}
+
+impl SelfService {
+    /// The rules above, with no ceiling on new keys.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tenants create keys within `ceiling` only.
+    pub fn ceiling(mut self, ceiling: KeyCeiling) -> Self {
+        self.ceiling = ceiling;
+        self
+    }
+
+    /// Whether `attempt` is allowed; see the [type's docs](Self).
+    ///
+    /// # Errors
+    ///
+    /// [`AdminDenied::NotThisAccount`] for another account's tenant,
+    /// [`AdminDenied::NotAllowed`] for a tenant's widening or a new key above the ceiling.
+    pub fn authorize(&self, attempt: &AdminAttempt<'_>) -> Result<(), AdminDenied> {
+        let own = match attempt.caller {
+            AdminCaller::Operator => return Ok(()),
+            AdminCaller::Tenant(own) => own,
+        };
+        if own != attempt.account {
+            return Err(AdminDenied::NotThisAccount);
+        }
+        let allowed = match attempt.operation {
+            AdminOperation::Create(options) => self.ceiling.admits(options, SystemTime::now()),
+            AdminOperation::Update { key, update } => narrows(key, update),
+            _ => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(AdminDenied::NotAllowed)
+        }
+    }
+}
+
+/// Whether `update` only narrows `key` (or renames it).
+fn narrows(key: &KeyInfo, update: &PolicyUpdate) -> bool {
+    let scopes = update
+        .scopes
+        .as_ref()
+        .is_none_or(|scopes| match (scopes, &key.scopes) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(new), Some(held)) => is_subset(new, held),
+        });
+    let rate_limit = update
+        .rate_limit
+        .is_none_or(|limit| match (limit, key.rate_limit) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(new), Some(held)) => no_looser(new, held),
+        });
+    let expiry = update
+        .expires_at
+        .is_none_or(|at| match (at, key.expires_at) {
+            (_, None) => true,
+            (None, Some(_)) => false,
+            (Some(new), Some(held)) => new <= held,
+        });
+    scopes && rate_limit && expiry
+}
+
+fn is_subset(new: &Scopes, held: &Scopes) -> bool {
+    new.iter().all(|scope| held.contains(scope))
+}
+
+/// Whether `new` allows no larger a burst and no faster a sustained rate than `held`.
+fn no_looser(new: RateLimit, held: RateLimit) -> bool {
+    let burst = new.requests() <= held.requests();
+    // new.requests / new.per_seconds <= held.requests / held.per_seconds, without division.
+    let rate = u64::from(new.requests()) * u64::from(held.per_seconds())
+        <= u64::from(held.requests()) * u64::from(new.per_seconds());
+    burst && rate
+}
+
+// ===== KeyCeiling =====
+
+/// The most a tenant's new key may do, for [`SelfService::ceiling`]. Each bound is optional;
+/// [`KeyCeiling::new`] bounds nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyCeiling {
+    scopes: Option<Scopes>,
+    rate_limit: Option<RateLimit>,
+    lifetime: Option<Duration>,
+}
+
+impl KeyCeiling {
+    /// No bounds: a tenant may create any key the policy's own rules accept.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// New keys must be restricted to scopes within `scopes` (an unrestricted key is refused).
+    #[must_use]
+    pub fn scopes(mut self, scopes: Scopes) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
+    /// New keys must carry a rate limit no looser than `limit`: no more requests per window
+    /// and no faster a rate.
+    #[must_use]
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// New keys must expire within `lifetime` of their creation.
+    #[must_use]
+    pub fn lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = Some(lifetime);
+        self
+    }
+
+    /// Whether a key created with `options` at `now` stays within the ceiling.
+    fn admits(&self, options: &KeyOptions, now: SystemTime) -> bool {
+        let scopes = self.scopes.as_ref().is_none_or(|ceiling| {
+            options
+                .scopes
+                .as_ref()
+                .is_some_and(|asked| is_subset(asked, ceiling))
+        });
+        let rate_limit = self.rate_limit.is_none_or(|ceiling| {
+            options
+                .rate_limit
+                .is_some_and(|asked| no_looser(asked, ceiling))
+        });
+        let lifetime =
+            self.lifetime
+                .is_none_or(|lifetime| match (options.expires_at, options.expires_in) {
+                    (Some(at), _) => now.checked_add(lifetime).is_some_and(|latest| at <= latest),
+                    (None, Some(after)) => after <= lifetime,
+                    (None, None) => false,
+                });
+        scopes && rate_limit && lifetime
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(requests: u32, per_seconds: u32) -> RateLimit {
+        RateLimit::new(requests, per_seconds).expect("valid")
+    }
+
+    #[test]
+    fn a_rate_limit_is_no_looser_with_no_larger_burst_and_no_faster_rate() {
+        let held = limit(100, 60);
+        assert!(no_looser(limit(100, 60), held));
+        assert!(no_looser(limit(100, 61), held));
+        assert!(no_looser(limit(1, 1), held));
+        assert!(!no_looser(limit(101, 3600), held), "a larger burst");
+        assert!(!no_looser(limit(2, 1), held), "a faster rate");
+        // The largest values don't overflow.
+        let max = limit(RateLimit::MAX_REQUESTS, RateLimit::MAX_PER_SECONDS);
+        assert!(no_looser(max, max));
+    }
+
+    #[test]
+    fn a_ceiling_needs_what_it_bounds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86_400);
+        let ceiling = KeyCeiling::new().lifetime(day);
+        assert!(!ceiling.admits(&KeyOptions::new(), now), "no expiry");
+        assert!(ceiling.admits(&KeyOptions::new().expires_at(now + day), now));
+        assert!(!ceiling.admits(&KeyOptions::new().expires_at(now + day * 2), now));
+        let within = KeyOptions::new().expires_in(day).expect("valid");
+        assert!(ceiling.admits(&within, now));
+        assert!(KeyCeiling::new().admits(&KeyOptions::new(), now));
+    }
+}

@@ -1,0 +1,201 @@
+//! The demo server's admin surface against hostile tenants, browsers and inputs: tenant
+//! tokens (`--tenant-token`, `TENANT_TOKENS`) under the self-service rules, cross-site
+//! requests, and a time it could not write back.
+
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::support::demo::{DemoServer, Launch};
+
+const ACME: &str = "acme-tenant-token-0123456789";
+const GLOBEX: &str = "globex-tenant-token-0123456789";
+const INITECH: &str = "initech-tenant-token-0123456789";
+
+async fn as_tenant(
+    server: &DemoServer,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+) -> crate::support::demo::Reply {
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![(AUTHORIZATION.as_str(), bearer.as_str())];
+    if body.is_some() {
+        headers.push((CONTENT_TYPE.as_str(), "application/json"));
+    }
+    server
+        .request_with_body(method, path, &headers, body.unwrap_or(""))
+        .await
+}
+
+#[tokio::test]
+async fn tenant_tokens_manage_their_own_account_and_only_narrow() {
+    let server = Launch::new()
+        .arg("--tenant-token")
+        .arg(&format!("acme={ACME}"))
+        .arg("--tenant-token")
+        .arg(&format!("globex={GLOBEX}"))
+        .start()
+        .await;
+    let keys = "/admin/accounts/acme/keys";
+    let created = as_tenant(
+        &server,
+        ACME,
+        Method::POST,
+        keys,
+        Some(r#"{"scopes":["read"]}"#),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let created: Value = created.json();
+    let id = created["id"].as_str().expect("id");
+    let key = format!("{keys}/{id}");
+
+    // Narrowing is fine, widening is 403, and another account's key is the missing key's 404.
+    let narrowed = as_tenant(&server, ACME, Method::PATCH, &key, Some(r#"{"scopes":[]}"#)).await;
+    assert_eq!(narrowed.status, StatusCode::OK, "{}", narrowed.text());
+    let widened = as_tenant(
+        &server,
+        ACME,
+        Method::PATCH,
+        &key,
+        Some(r#"{"scopes":null}"#),
+    )
+    .await;
+    assert_eq!(widened.status, StatusCode::FORBIDDEN, "{}", widened.text());
+    assert_eq!(widened.text(), r#"{"error":"not allowed for this caller"}"#);
+    let theirs = as_tenant(
+        &server,
+        GLOBEX,
+        Method::POST,
+        &format!("{key}/revoke"),
+        None,
+    )
+    .await;
+    let missing = as_tenant(
+        &server,
+        GLOBEX,
+        Method::GET,
+        "/admin/accounts/globex/keys/00000000-0000-4000-8000-000000000000",
+        None,
+    )
+    .await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.text(), missing.text());
+
+    let listed = server.list_keys("acme").await;
+    assert_eq!(listed[0]["scopes"], serde_json::json!([]));
+    assert_eq!(listed[0]["status"], "active");
+    // The operator has no such limits.
+    let reply = server
+        .admin_json(Method::PATCH, &key, r#"{"scopes":null}"#)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn tenant_tokens_come_from_the_environment_too() {
+    let server = Launch::new()
+        .env(
+            "TENANT_TOKENS",
+            &format!("globex={GLOBEX},initech={INITECH}"),
+        )
+        .start()
+        .await;
+    for (token, account) in [(GLOBEX, "globex"), (INITECH, "initech")] {
+        let path = format!("/admin/accounts/{account}/keys");
+        let reply = as_tenant(&server, token, Method::POST, &path, None).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "{account}: {}",
+            reply.text()
+        );
+    }
+    let reply = as_tenant(
+        &server,
+        GLOBEX,
+        Method::GET,
+        "/admin/accounts/initech/keys",
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_short_or_malformed_tenant_token_exits_2_without_repeating_it() {
+    let short = "acme=sh0rt-t0ken-15c";
+    for (flag, value) in [
+        (Some("--tenant-token"), short),
+        (None, short),
+        (Some("--tenant-token"), "no-account-given-0123456789"),
+        (Some("--tenant-token"), "bad.account=long-enough-token-0123"),
+    ] {
+        let launch = match flag {
+            Some(flag) => Launch::new().arg(flag).arg(value),
+            None => Launch::new().env("TENANT_TOKENS", value),
+        };
+        let output = launch.run_to_exit().await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
+        let secret = value.split_once('=').map_or(value, |(_, token)| token);
+        assert!(!stderr.contains(secret), "{value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(output.stdout.is_empty(), "it never listened");
+    }
+}
+
+#[tokio::test]
+async fn the_demo_refuses_cross_site_changes_and_times_it_cannot_write() {
+    let server = Launch::new().start().await;
+    let keys = "/admin/accounts/acme/keys";
+    let bearer = format!("Bearer {}", crate::support::demo::ADMIN_TOKEN);
+    // A text/plain body is a "simple" request a page on any site can send.
+    let reply = server
+        .request_with_body(
+            Method::POST,
+            keys,
+            &[
+                (AUTHORIZATION.as_str(), &bearer),
+                (CONTENT_TYPE.as_str(), "text/plain"),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{}",
+        reply.text()
+    );
+    let created = server.create_key("acme").await;
+    let id = created["id"].as_str().expect("id");
+    let reply = server
+        .request(
+            Method::POST,
+            &format!("{keys}/{id}/revoke"),
+            &[
+                (AUTHORIZATION.as_str(), &bearer),
+                ("origin", "https://evil.example"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert_eq!(reply.text(), r#"{"error":"cross-site request refused"}"#);
+
+    // Year 10000 in UTC: refused, and the account's list still answers.
+    let reply = server
+        .admin_json(
+            Method::POST,
+            keys,
+            r#"{"expires_at":"9999-12-31T23:59:59-23:59"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert!(reply.text().contains("expires_at"), "{}", reply.text());
+    let listed = server.list_keys("acme").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["status"], "active");
+}
