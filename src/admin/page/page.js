@@ -15,12 +15,14 @@
     account: $("account"),
     error: $("error"),
     keys: $("keys"),
+    keysTitle: $("keys-title"),
     accountName: $("account-name"),
     count: $("count"),
     newKey: $("new-key"),
     newKeyValue: $("new-key-value"),
     copy: $("copy"),
     copied: $("copied"),
+    done: $("done"),
     createForm: $("create-form"),
     create: $("create"),
     name: $("name"),
@@ -38,6 +40,10 @@
 
   // The account whose keys are shown; set only by a successful "Show keys".
   let shown = null;
+
+  // Counts "Show keys": a call that started before the latest one may not draw its list or
+  // show a new key over the list that one asked for.
+  let view = 0;
 
   // ===== talking to the API =====
 
@@ -98,9 +104,20 @@
     els.newKey.focus();
   }
 
+  // Takes a new key off the page: its text out of the DOM (not just hidden), out of any
+  // selection, with the copy's note. Focus in the panel moves to the keys' heading.
   function forgetNewKey() {
-    els.newKeyValue.textContent = "";
+    const hadFocus = els.newKey.contains(document.activeElement);
+    const selection = window.getSelection();
+    if (selection && selection.rangeCount > 0 && selection.containsNode(els.newKey, true)) {
+      selection.removeAllRanges();
+    }
+    els.newKeyValue.replaceChildren();
+    els.copied.textContent = "";
     els.newKey.hidden = true;
+    if (hadFocus) {
+      els.keysTitle.focus();
+    }
   }
 
   function formatTime(text) {
@@ -210,12 +227,28 @@
     els.keys.hidden = false;
   }
 
-  async function reload(account) {
-    const data = await call("GET", keysPath(account));
+  // Redraws `account`'s list after an action begun when `view` was `since`, and says whether
+  // it did: not when "Show keys" was pressed meanwhile. A list that fails to load takes a new
+  // key with it.
+  async function reload(account, since) {
+    let data;
+    try {
+      data = await call("GET", keysPath(account));
+    } catch (err) {
+      if (since === view) {
+        forgetNewKey();
+      }
+      throw err;
+    }
+    if (since !== view) {
+      return false;
+    }
     render(account, data.keys);
+    return true;
   }
 
-  // Runs an action; on failure shows why and changes nothing else.
+  // Runs an action; on failure shows why and changes nothing else (but a list that fails to
+  // load takes a new key with it: see `reload`).
   async function attempt(action) {
     clearError();
     try {
@@ -230,10 +263,16 @@
   els.accountForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const account = els.account.value.trim();
+    // A new key lives only as long as the list it was shown with: whether this list (of this
+    // account or another) loads or not, the key goes now.
+    view += 1;
+    const since = view;
+    forgetNewKey();
     attempt(async () => {
       const data = await call("GET", keysPath(account));
-      forgetNewKey();
-      render(account, data.keys);
+      if (since === view) {
+        render(account, data.keys);
+      }
     });
   });
 
@@ -268,11 +307,13 @@
       }
     }
     const account = shown;
+    const since = view;
     attempt(async () => {
       const created = await call("POST", keysPath(account), payload);
       els.createForm.reset();
-      await reload(account);
-      showNewKey(created.key);
+      if (await reload(account, since)) {
+        showNewKey(created.key);
+      }
     });
   });
 
@@ -284,19 +325,22 @@
       return;
     }
     const account = shown;
+    const since = view;
     attempt(async () => {
       const payload = graceSeconds > 0 ? { grace_seconds: graceSeconds } : undefined;
       const rotated = await call("POST", keyPath(account, key.id) + "/rotate", payload);
-      await reload(account);
-      showNewKey(rotated.key);
+      if (await reload(account, since)) {
+        showNewKey(rotated.key);
+      }
     });
   }
 
   function change(key, action) {
     const account = shown;
+    const since = view;
     attempt(async () => {
       await call("POST", keyPath(account, key.id) + "/" + action);
-      await reload(account);
+      await reload(account, since);
     });
   }
 
@@ -305,18 +349,26 @@
       return;
     }
     const account = shown;
+    const since = view;
     attempt(async () => {
       await call("DELETE", keyPath(account, key.id));
-      await reload(account);
+      await reload(account, since);
     });
   }
 
   els.copy.addEventListener("click", async () => {
     const text = els.newKeyValue.textContent;
+    // The clipboard answers later: by then the key may be gone ("Done", another list).
+    const stillShown = () => !els.newKey.hidden && els.newKeyValue.textContent === text;
     try {
       await navigator.clipboard.writeText(text);
-      els.copied.textContent = "Copied.";
+      if (stillShown()) {
+        els.copied.textContent = "Copied.";
+      }
     } catch (_) {
+      if (!stillShown()) {
+        return;
+      }
       const range = document.createRange();
       range.selectNodeContents(els.newKeyValue);
       const selection = window.getSelection();
@@ -325,4 +377,9 @@
       els.copied.textContent = "Selected: press Ctrl+C to copy.";
     }
   });
+
+  els.done.addEventListener("click", forgetNewKey);
+
+  // Leaving the page (which a back-forward cache may keep) doesn't keep the key either.
+  window.addEventListener("pagehide", forgetNewKey);
 })();

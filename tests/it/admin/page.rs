@@ -136,6 +136,65 @@ impl Page {
         self.click("#show").await;
     }
 
+    /// Where the page still holds `key` (whole, or its part after the prefix): the DOM's
+    /// markup, an input's value, the selection, the page's text. Empty once it is forgotten.
+    async fn places_holding(&self, key: &str) -> Vec<String> {
+        const FIND: &str = r##"
+            const needles = [arguments[0], arguments[1]];
+            const holds = (text) => needles.some((needle) => String(text).includes(needle));
+            const places = [];
+            if (holds(document.documentElement.outerHTML)) {
+                places.push("the DOM");
+            }
+            for (const el of document.querySelectorAll("input, textarea, select")) {
+                if (holds(el.value)) {
+                    places.push("the value of #" + el.id);
+                }
+            }
+            if (holds(window.getSelection())) {
+                places.push("the selection");
+            }
+            if (holds(document.body.innerText)) {
+                places.push("the page's text");
+            }
+            return places;
+        "##;
+        let args = vec![Value::from(key), Value::from(&key[9..])];
+        let places = self
+            .browser
+            .client
+            .execute(FIND, args)
+            .await
+            .expect("search the page");
+        serde_json::from_value(places).expect("a list of places")
+    }
+
+    /// Waits until the page holds `key` nowhere (see [`places_holding`](Self::places_holding)).
+    async fn wait_until_forgotten(&self, key: &str, after: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let places = self.places_holding(key).await;
+            if places.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "after {after}, the page still holds the new key in {places:?}; it shows {:#}",
+                self.state().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The id of the focused element.
+    async fn focused(&self) -> Value {
+        self.browser
+            .client
+            .execute("return document.activeElement.id", vec![])
+            .await
+            .expect("read focus")
+    }
+
     /// The status of `GET /v1/ping` with `key`.
     async fn ping(&self, key: &str) -> StatusCode {
         self.harness
@@ -432,7 +491,8 @@ async fn the_page_works_at_360_pixels_with_the_keyboard_alone() {
     let state = page
         .wait_for("a new key", |s| s["newKey"].is_string())
         .await;
-    assert_eq!(page.ping(&key_of(&state)).await, StatusCode::OK);
+    let key = key_of(&state);
+    assert_eq!(page.ping(&key).await, StatusCode::OK);
 
     let overflow = client
         .execute(
@@ -445,6 +505,168 @@ async fn the_page_works_at_360_pixels_with_the_keyboard_alone() {
         overflow.as_i64().is_some_and(|px| px <= 0),
         "the page scrolls sideways at 360 px by {overflow}"
     );
+
+    // From the shown key, Tab past "Copy" to "Done" and press Enter: the key goes, and
+    // focus lands on the keys' heading rather than on nothing.
+    assert_eq!(focused().await, "new-key");
+    client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys("\u{E004}\u{E004}")
+        .await
+        .expect("tab");
+    assert_eq!(focused().await, "done");
+    client
+        .active_element()
+        .await
+        .expect("focus")
+        .send_keys("\u{E007}")
+        .await
+        .expect("enter");
+    page.wait_until_forgotten(&key, "Done").await;
+    assert_eq!(focused().await, "keys-title");
+    page.browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn done_removes_a_new_key_from_the_page() {
+    let Some(page) = Page::open(1280, 900).await else {
+        return;
+    };
+    page.show_keys(TOKEN).await;
+    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
+        .await;
+    page.click("#create").await;
+    let state = page
+        .wait_for("a new key", |s| s["newKey"].is_string())
+        .await;
+    let key = key_of(&state);
+    assert!(
+        page.places_holding(&key)
+            .await
+            .contains(&"the DOM".to_owned()),
+        "the search finds the key while it is shown"
+    );
+
+    // Copied or selected (whichever the headless browser allows), then done with.
+    page.click("#copy").await;
+    let copied = page
+        .browser
+        .client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::XPath("//*[@id='copied'][normalize-space()!='']"))
+        .await;
+    assert!(copied.is_ok(), "the copy said nothing: {copied:?}");
+    // As a user would with the mouse, whatever the clipboard did.
+    const SELECT: &str = r#"
+        const range = document.createRange();
+        range.selectNodeContents(document.getElementById("new-key-value"));
+        window.getSelection().removeAllRanges();
+        window.getSelection().addRange(range);
+    "#;
+    page.browser
+        .client
+        .execute(SELECT, vec![])
+        .await
+        .expect("select the key");
+    assert!(
+        page.places_holding(&key)
+            .await
+            .contains(&"the selection".to_owned())
+    );
+    page.click("#done").await;
+    page.wait_until_forgotten(&key, "Done").await;
+    let state = page
+        .wait_for("the list without the key", |s| s["newKey"].is_null())
+        .await;
+    assert_eq!(state["count"], "1 of 3 keys", "the list stays");
+    assert!(state["error"].is_null(), "{state:#}");
+    let copied = page.find("#copied").await.text().await.expect("text");
+    assert_eq!(copied, "", "the copy's note goes with the key");
+    assert_eq!(
+        page.focused().await,
+        "keys-title",
+        "focus moves to the keys"
+    );
+    assert_eq!(
+        page.ping(&key).await,
+        StatusCode::OK,
+        "the key itself stays"
+    );
+
+    // The next key is shown as usual.
+    page.click("#create").await;
+    let state = page
+        .wait_for("another new key", |s| s["newKey"].is_string())
+        .await;
+    assert_ne!(key_of(&state), key);
+    assert_eq!(state["count"], "2 of 3 keys");
+    page.browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_or_a_failed_load_removes_a_new_key_from_the_page() {
+    let Some(page) = Page::open(1280, 900).await else {
+        return;
+    };
+    page.show_keys(TOKEN).await;
+    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
+        .await;
+
+    // Another account's keys: the key created for acme goes.
+    page.click("#create").await;
+    let first = key_of(
+        &page
+            .wait_for("a new key", |s| s["newKey"].is_string())
+            .await,
+    );
+    page.fill("#account", "globex").await;
+    page.click("#show").await;
+    page.wait_for("globex's empty list", |s| s["count"] == "0 of 3 keys")
+        .await;
+    page.wait_until_forgotten(&first, "showing another account")
+        .await;
+
+    // A "Show keys" that fails (a wrong token: 401) takes the key with it, even for the same
+    // account, and the alert says why.
+    page.show_keys(TOKEN).await;
+    page.wait_for("acme's list", |s| s["count"] == "1 of 3 keys")
+        .await;
+    page.click("#create").await;
+    let second = key_of(
+        &page
+            .wait_for("a new key", |s| s["newKey"].is_string())
+            .await,
+    );
+    page.show_keys("not-the-operator-token").await;
+    let state = page.wait_for("an error", |s| s["error"].is_string()).await;
+    assert!(
+        state["error"].as_str().expect("text").contains("401"),
+        "{state:#}"
+    );
+    page.wait_until_forgotten(&second, "a failed load").await;
+
+    // So does one for another account.
+    page.show_keys(TOKEN).await;
+    page.wait_for("acme's list", |s| {
+        s["count"] == "2 of 3 keys" && s["error"].is_null()
+    })
+    .await;
+    page.click("#create").await;
+    let third = key_of(
+        &page
+            .wait_for("a new key", |s| s["newKey"].is_string())
+            .await,
+    );
+    page.fill("#token", "not-the-operator-token").await;
+    page.fill("#account", "globex").await;
+    page.click("#show").await;
+    page.wait_for("an error", |s| s["error"].is_string()).await;
+    page.wait_until_forgotten(&third, "a failed load of another account")
+        .await;
+    assert_eq!(page.harness.list("acme").await.len(), 3);
     page.browser.finish().await;
 }
 
