@@ -19,8 +19,17 @@ struct Page {
 
 impl Page {
     async fn open(width: u32, height: u32) -> Option<Self> {
+        Self::open_on(width, height, Harness::start()).await
+    }
+
+    /// The page served by the harness `start` makes.
+    async fn open_on(
+        width: u32,
+        height: u32,
+        start: impl std::future::Future<Output = Harness>,
+    ) -> Option<Self> {
         let browser = Browser::start(width, height).await?;
-        let harness = Harness::start().await;
+        let harness = start.await;
         let page = Self { browser, harness };
         page.load().await;
         Some(page)
@@ -753,4 +762,56 @@ async fn the_page_can_move_be_nested_or_be_left_out() {
         status(without, "/integration").await.status(),
         StatusCode::NOT_FOUND
     );
+}
+
+/// A tenant signs in to the page with its own token: it manages its account's keys through
+/// the page (whose same-origin requests pass the cross-site guard), and another account is
+/// the missing key's 404.
+#[tokio::test]
+async fn a_tenant_token_manages_its_own_account_through_the_page() {
+    use tower_api_key::admin::{AdminToken, AdminTokens};
+
+    const ACME: &str = "acme-tenant-token-for-the-page";
+    let tokens = AdminTokens::new()
+        .operator(AdminToken::new(TOKEN).expect("token"))
+        .tenant(
+            crate::support::account("acme"),
+            AdminToken::new(ACME).expect("token"),
+        );
+    let Some(page) = Page::open_on(1280, 900, Harness::with_authorizer(tokens)).await else {
+        return;
+    };
+    page.show_keys(ACME).await;
+    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
+        .await;
+    page.click("#create").await;
+    let state = page
+        .wait_for("a new key", |s| s["newKey"].is_string())
+        .await;
+    let key = key_of(&state);
+    assert_eq!(page.ping(&key).await, StatusCode::OK);
+    let id = page.harness.list("acme").await[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    page.click_in_row(&id, "Revoke").await;
+    page.wait_for("an inactive key", |s| {
+        rows(s).iter().any(|r| {
+            r["cells"]["Status"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Inactive"))
+        })
+    })
+    .await;
+    assert_eq!(page.ping(&key).await, StatusCode::UNAUTHORIZED);
+    assert!(page.state().await["error"].is_null());
+
+    page.fill("#account", "globex").await;
+    page.click("#show").await;
+    let state = page.wait_for("an error", |s| s["error"].is_string()).await;
+    assert!(
+        state["error"].as_str().expect("text").contains("404"),
+        "{state:#}"
+    );
+    page.browser.finish().await;
 }
