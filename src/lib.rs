@@ -36,7 +36,7 @@
 //! | `axum` | no | `FromRequestParts` / `OptionalFromRequestParts` for [`Authenticated`] (depends on `axum-core` only) |
 //! | `metrics` | no | the layer's counters also reported through the `metrics` facade crate |
 //! | `sqlite` | no | `SqliteStore`: keys in a SQLite file, one process (sqlx, bundled SQLite) |
-//! | `admin` | no | `admin::AdminRouter`: the key-management JSON API as an axum `Router`, with `AdminAuthorizer` and `AdminToken` (axum, serde, serde_json, time; implies `axum`) |
+//! | `admin` | no | `admin::AdminRouter`: the key-management JSON API as an axum `Router`, with `AdminAuthorizer`, `AdminToken`, `AdminTokens` and the `SelfService` rules (axum, serde, serde_json, time, tower-http; implies `axum`) |
 //! | `postgres` | no | `PostgresStore` and `PgChangeFeed`: keys in PostgreSQL shared by many processes, changes relayed by `LISTEN`/`NOTIFY` (sqlx) |
 //!
 //! # Example

@@ -81,9 +81,10 @@ impl fmt::Debug for KeyName {
 /// The set of scopes a restricted key holds: at most 16, each matching
 /// `^[a-z0-9][a-z0-9:._-]{0,63}$`. Kept sorted and without duplicates.
 ///
-/// A key without `Scopes` (`None`) is unrestricted. A key with scopes passes only routes whose
-/// required scope it lists (see [`RequireScopeLayer`](crate::RequireScopeLayer)); an empty
-/// set passes no scoped route at all.
+/// A key without `Scopes` (`None`) is unrestricted. A key with scopes passes only those
+/// scoped routes (behind [`RequireScopeLayer`](crate::RequireScopeLayer)) whose required
+/// scope it lists; an empty set passes no scoped route at all. Routes without
+/// `RequireScopeLayer` accept every valid key, whatever its scopes.
 ///
 /// ```
 /// use tower_api_key::policy::Scopes;

@@ -10,6 +10,11 @@
 //! | account lacks it | 403 `{"error":"insufficient scope"}` | `grpc-status: 7` |
 //! | no authenticated account (optional mode, no key) | 401 `{"error":"missing API key"}` | `grpc-status: 16` |
 //!
+//! Scopes restrict only the routes behind this layer: a route without it accepts every valid
+//! key, whatever the key's scopes (a key restricted to `read` still gets `GET /v1/ping`
+//! below). A key with an empty scope set passes no route behind this layer at all; a key
+//! without scopes (unrestricted) passes every one.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use axum::{Router, routing::{get, post}};
