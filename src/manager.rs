@@ -307,8 +307,10 @@ impl KeyManager {
     ///
     /// # Errors
     ///
-    /// [`ManagerError::Policy`] if the expiry is not in the future; otherwise as
-    /// [`create`](Self::create).
+    /// [`ManagerError::Policy`] if the expiry is not in the future
+    /// ([`PolicyError::ExpiryInPast`]) or not between 1970-01-01T00:00:00Z and
+    /// 9999-12-31T23:59:59Z ([`PolicyError::TimeOutOfRange`]); nothing is created then.
+    /// Otherwise as [`create`](Self::create).
     pub async fn create_with(
         &self,
         account: &AccountId,
@@ -321,6 +323,7 @@ impl KeyManager {
             (None, Some(after)) => Some(created_at + policy::check_expires_in(after)?),
             (None, None) => None,
         };
+        let expires_at = expires_at.map(policy::check_time).transpose()?;
         if expires_at.is_some_and(|at| at <= created_at) {
             return Err(PolicyError::ExpiryInPast.into());
         }
@@ -501,13 +504,18 @@ impl KeyManager {
     ///
     /// # Errors
     ///
-    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    /// [`ManagerError::NotFound`] if no such key belongs to the account;
+    /// [`ManagerError::Policy`] ([`PolicyError::TimeOutOfRange`]) for an expiry not between
+    /// 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z, and nothing changes then.
     pub async fn update(
         &self,
         account: &AccountId,
         id: KeyId,
         update: PolicyUpdate,
     ) -> Result<KeyInfo, ManagerError> {
+        if let Some(Some(at)) = update.expires_at {
+            policy::check_time(at)?;
+        }
         let owner = account.clone();
         let (name, scopes, expiry) = (
             update.name.is_some(),
