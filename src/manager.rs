@@ -32,15 +32,20 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::FutureExt as _;
+use tracing::Instrument as _;
+
 use crate::invalidation::{Invalidation, InvalidationBus};
-use crate::key::{ApiKey, KeyPrefix, Pepper, RandomnessError};
+use crate::key::{ApiKey, KeyDigest, KeyPrefix, Pepper, RandomnessError};
 use crate::policy::{
     self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
 };
-use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, StoreError};
+use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 
 /// The default limit of keys per account.
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 3;
@@ -199,12 +204,18 @@ impl From<RandomnessError> for ManagerError {
 /// on [`invalidation_bus`](Self::invalidation_bus) before the method returns; a cache subscribed
 /// there refuses the old key from then on.
 ///
-/// **What if the call is abandoned or the store fails?** Once a change may have reached the
-/// store, it is published whatever becomes of the caller: if the method's future is dropped
-/// before the store replies (a timeout, a client that went away), or the store reports a
-/// failure that may have been applied (a reply lost after commit), every cache subscribed to
-/// the bus forgets everything ([`Invalidation::All`]), since the key the change touched is
-/// not known for sure.
+/// **What if the call is abandoned or the store fails?** Rotate, revoke, reactivate, delete
+/// and update run their store call in a task of their own, which the method awaits: if the
+/// method's future is dropped (a timeout, a client that went away), the store call still runs
+/// to its end, and its change is published when the store answers, not when the caller left
+/// (a SQL write can still commit after that, and a lookup in between would cache the old row).
+/// So an abandoned change is in force in every cache once the store has answered. If the store
+/// reports a failure that may have been applied (a reply lost after commit), or panics, or the
+/// task is cancelled (the runtime shutting down), every cache subscribed to the bus forgets
+/// everything ([`Invalidation::All`]) after the failure, since the key the change touched is
+/// not known for sure; a panic is answered as [`ManagerError::Store`]. Outside a Tokio runtime
+/// the store call runs in the method's own future, and dropping that future publishes
+/// [`Invalidation::All`] at once.
 #[derive(Clone)]
 pub struct KeyManager {
     store: Arc<dyn KeyStore>,
@@ -296,8 +307,10 @@ impl KeyManager {
     ///
     /// # Errors
     ///
-    /// [`ManagerError::Policy`] if the expiry is not in the future; otherwise as
-    /// [`create`](Self::create).
+    /// [`ManagerError::Policy`] if the expiry is not in the future
+    /// ([`PolicyError::ExpiryInPast`]) or not between 1970-01-01T00:00:00Z and
+    /// 9999-12-31T23:59:59Z ([`PolicyError::TimeOutOfRange`]); nothing is created then.
+    /// Otherwise as [`create`](Self::create).
     pub async fn create_with(
         &self,
         account: &AccountId,
@@ -310,6 +323,7 @@ impl KeyManager {
             (None, Some(after)) => Some(created_at + policy::check_expires_in(after)?),
             (None, None) => None,
         };
+        let expires_at = expires_at.map(policy::check_time).transpose()?;
         if expires_at.is_some_and(|at| at <= created_at) {
             return Err(PolicyError::ExpiryInPast.into());
         }
@@ -398,28 +412,34 @@ impl KeyManager {
             let key = ApiKey::generate()?;
             let digest = self.pepper.digest(&key);
             let grace_until = (!options.grace.is_zero()).then(|| now() + options.grace);
-            let change = PendingChange::arm(&self.invalidations);
+            let (owner, prefix, grace) = (account.clone(), key.prefix(), options.grace);
             let outcome = self
-                .store
-                .replace_key(account, id, key.prefix(), digest, grace_until)
+                .change(
+                    move |store| async move {
+                        store
+                            .replace_key(&owner, id, prefix, digest, grace_until)
+                            .await
+                    },
+                    move |rotated: &Option<Rotated>| {
+                        let Some(rotated) = rotated else {
+                            return Vec::new();
+                        };
+                        tracing::info!(
+                            account = %rotated.after.account_id,
+                            old_prefix = %rotated.before.prefix,
+                            prefix = %rotated.after.prefix,
+                            grace_seconds = grace.as_secs(),
+                            "api key rotated"
+                        );
+                        // The old key (now refused, or a grace key whose cached entry must
+                        // learn its new deadline) and any earlier grace key; and the new key:
+                        // a negative entry for it is all but impossible, but cheap to rule out.
+                        rotated.before.digests().chain([digest]).collect()
+                    },
+                )
                 .await;
-            change.replied(&outcome);
             match outcome {
                 Ok(Some(rotated)) => {
-                    // The old key (now refused, or a grace key whose cached entry must learn
-                    // its new deadline) and any earlier grace key.
-                    for old in rotated.before.digests() {
-                        self.invalidations.publish(Invalidation::Key(old));
-                    }
-                    // A negative entry for the new key is all but impossible, but cheap to rule out.
-                    self.invalidations.publish(Invalidation::Key(digest));
-                    tracing::info!(
-                        account = %account,
-                        old_prefix = %rotated.before.prefix,
-                        prefix = %rotated.after.prefix,
-                        grace_seconds = options.grace.as_secs(),
-                        "api key rotated"
-                    );
                     return Ok(CreatedKey {
                         info: rotated.after.into(),
                         key,
@@ -464,12 +484,17 @@ impl KeyManager {
     ///
     /// [`ManagerError::NotFound`] if no such key belongs to the account.
     pub async fn delete(&self, account: &AccountId, id: KeyId) -> Result<(), ManagerError> {
-        let change = PendingChange::arm(&self.invalidations);
-        let outcome = self.store.delete(account, id).await;
-        change.replied(&outcome);
-        let record = outcome?.ok_or(ManagerError::NotFound)?;
-        self.publish_record(&record);
-        tracing::info!(account = %account, prefix = %record.prefix, "api key deleted");
+        let owner = account.clone();
+        self.change(
+            move |store| async move { store.delete(&owner, id).await },
+            |record: &Option<KeyRecord>| {
+                changed(record, |record| {
+                    tracing::info!(account = %record.account_id, prefix = %record.prefix, "api key deleted");
+                })
+            },
+        )
+        .await?
+        .ok_or(ManagerError::NotFound)?;
         Ok(())
     }
 
@@ -479,34 +504,43 @@ impl KeyManager {
     ///
     /// # Errors
     ///
-    /// [`ManagerError::NotFound`] if no such key belongs to the account.
+    /// [`ManagerError::NotFound`] if no such key belongs to the account;
+    /// [`ManagerError::Policy`] ([`PolicyError::TimeOutOfRange`]) for an expiry not between
+    /// 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z, and nothing changes then.
     pub async fn update(
         &self,
         account: &AccountId,
         id: KeyId,
         update: PolicyUpdate,
     ) -> Result<KeyInfo, ManagerError> {
-        let change = PendingChange::arm(&self.invalidations);
-        let outcome = self.store.update_policy(account, id, &update).await;
-        change.replied(&outcome);
-        let record = outcome?.ok_or(ManagerError::NotFound)?;
-        self.publish_record(&record);
-        tracing::info!(
-            account = %account,
-            prefix = %record.prefix,
-            name = update.name.is_some(),
-            scopes = update.scopes.is_some(),
-            expiry = update.expires_at.is_some(),
-            "api key policy changed"
-        );
-        Ok(record.into())
-    }
-
-    /// Tells every subscribed cache that the record's keys (current and previous) changed.
-    fn publish_record(&self, record: &KeyRecord) {
-        for digest in record.digests() {
-            self.invalidations.publish(Invalidation::Key(digest));
+        if let Some(Some(at)) = update.expires_at {
+            policy::check_time(at)?;
         }
+        let owner = account.clone();
+        let (name, scopes, expiry) = (
+            update.name.is_some(),
+            update.scopes.is_some(),
+            update.expires_at.is_some(),
+        );
+        let record = self
+            .change(
+                move |store| async move { store.update_policy(&owner, id, &update).await },
+                move |record: &Option<KeyRecord>| {
+                    changed(record, |record| {
+                        tracing::info!(
+                            account = %record.account_id,
+                            prefix = %record.prefix,
+                            name,
+                            scopes,
+                            expiry,
+                            "api key policy changed"
+                        );
+                    })
+                },
+            )
+            .await?
+            .ok_or(ManagerError::NotFound)?;
+        Ok(record.into())
     }
 
     async fn set_status(
@@ -515,14 +549,82 @@ impl KeyManager {
         id: KeyId,
         status: KeyStatus,
     ) -> Result<KeyInfo, ManagerError> {
-        let change = PendingChange::arm(&self.invalidations);
-        let outcome = self.store.set_status(account, id, status).await;
-        change.replied(&outcome);
-        let record = outcome?.ok_or(ManagerError::NotFound)?;
-        self.publish_record(&record);
-        tracing::info!(account = %account, prefix = %record.prefix, status = %status, "api key status set");
+        let owner = account.clone();
+        let record = self
+            .change(
+                move |store| async move { store.set_status(&owner, id, status).await },
+                move |record: &Option<KeyRecord>| {
+                    changed(record, |record| {
+                        tracing::info!(account = %record.account_id, prefix = %record.prefix, status = %status, "api key status set");
+                    })
+                },
+            )
+            .await?
+            .ok_or(ManagerError::NotFound)?;
         Ok(record.into())
     }
+
+    /// Runs one change of the store to its end and publishes what it changed.
+    ///
+    /// `call` runs in a task of its own, which the caller awaits: a caller that goes away (a
+    /// timeout, a client that disconnects) leaves it running, and its change is published
+    /// when the store answers. Publishing when the caller leaves would be too early: the
+    /// store may still commit afterwards, and a lookup in between would read the old row and
+    /// cache it with nothing left to invalidate it. On success `applied` logs the change and
+    /// names the digests to invalidate; a failure that may have applied invalidates
+    /// everything; a panic in the store is answered as [`StoreError::Unavailable`].
+    ///
+    /// Outside a Tokio runtime `call` runs in the caller's future, whose drop invalidates
+    /// everything ([`PendingChange`]).
+    async fn change<T, F, Fut, A>(&self, call: F, applied: A) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<dyn KeyStore>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+        A: FnOnce(&T) -> Vec<KeyDigest> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = Arc::clone(&self.store);
+        let invalidations = self.invalidations.clone();
+        let change = async move {
+            // Armed when the task first runs, before the store call starts: a task cancelled
+            // before that changed nothing.
+            let pending = PendingChange::arm(invalidations);
+            let outcome = AssertUnwindSafe(async move { call(store).await })
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_panic| {
+                    // The payload may quote anything; it stays out of the error.
+                    tracing::error!("api key store panicked during a change");
+                    Err(StoreError::unavailable(
+                        "the store panicked during the change",
+                    ))
+                });
+            pending.replied(&outcome, applied);
+            outcome
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime
+                .spawn(change.in_current_span())
+                .await
+                .unwrap_or_else(|ended| {
+                    Err(StoreError::unavailable(if ended.is_panic() {
+                        "the change panicked"
+                    } else {
+                        "the change was cancelled by the runtime shutting down"
+                    }))
+                }),
+            Err(_) => change.await,
+        }
+    }
+}
+
+/// The digests of `record`'s keys (current and previous), after `log` has logged the change;
+/// none if there was no such key.
+fn changed(record: &Option<KeyRecord>, log: impl FnOnce(&KeyRecord)) -> Vec<KeyDigest> {
+    record.as_ref().map_or_else(Vec::new, |record| {
+        log(record);
+        record.digests().collect()
+    })
 }
 
 impl fmt::Debug for KeyManager {
@@ -536,37 +638,55 @@ impl fmt::Debug for KeyManager {
 
 // ===== PendingChange =====
 
-/// A change that may reach the store while its outcome is unknown.
+/// A change that may reach the store while its outcome is unknown. It lives in the change's
+/// own task (see [`KeyManager::change`]), so the caller going away doesn't end it.
 ///
-/// The caller's future can be dropped mid-change (a timeout, a client that disconnects) and a
-/// store can commit and then fail to reply; either way the change may be in force while
-/// nothing names the key it touched. Dropped before [`replied`](Self::replied), or replied to with
-/// a failure that may have applied, this invalidates everything: a cache-wide miss is cheap
-/// next to a revoked key that keeps working.
-struct PendingChange<'a> {
-    invalidations: Option<&'a InvalidationBus>,
+/// A store can commit and then fail to reply; the task can panic or be cancelled (the runtime
+/// shutting down); without a runtime, the caller's future, which then runs the change, can be
+/// dropped. Either way the change may be in force while nothing names the key it touched.
+/// Dropped before [`replied`](Self::replied), or replied to with a failure that may have
+/// applied, this invalidates everything: a cache-wide miss is cheap next to a revoked key that
+/// keeps working.
+struct PendingChange {
+    invalidations: Option<InvalidationBus>,
 }
 
-impl<'a> PendingChange<'a> {
-    fn arm(invalidations: &'a InvalidationBus) -> Self {
+impl PendingChange {
+    /// From now on, ending without [`replied`](Self::replied) invalidates everything.
+    fn arm(invalidations: InvalidationBus) -> Self {
         Self {
             invalidations: Some(invalidations),
         }
     }
 
-    /// The store answered: on success the caller publishes the keys it changed; a refusal
-    /// that changed nothing publishes nothing; any other failure is left to `Drop`.
-    fn replied<T>(mut self, outcome: &Result<T, StoreError>) {
-        match outcome {
-            Ok(_) | Err(StoreError::PrefixTaken | StoreError::LimitReached { .. }) => {
-                self.invalidations = None;
+    /// The store answered: on success publishes the digests `applied` names; a refusal that
+    /// changed nothing publishes nothing; any other failure may have applied, and invalidates
+    /// everything.
+    fn replied<T>(
+        mut self,
+        outcome: &Result<T, StoreError>,
+        applied: impl FnOnce(&T) -> Vec<KeyDigest>,
+    ) {
+        let invalidations: Vec<Invalidation> = match outcome {
+            Ok(value) => applied(value).into_iter().map(Invalidation::Key).collect(),
+            Err(StoreError::PrefixTaken | StoreError::LimitReached { .. }) => Vec::new(),
+            Err(err) => {
+                tracing::warn!(
+                    error = %err,
+                    "api key change failed and may have applied; invalidating every cached key"
+                );
+                vec![Invalidation::All]
             }
-            Err(_) => {}
+        };
+        if let Some(bus) = self.invalidations.take() {
+            for invalidation in invalidations {
+                bus.publish(invalidation);
+            }
         }
     }
 }
 
-impl Drop for PendingChange<'_> {
+impl Drop for PendingChange {
     fn drop(&mut self) {
         if let Some(invalidations) = self.invalidations.take() {
             tracing::warn!(

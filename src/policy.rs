@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // ===== KeyName =====
 
@@ -274,6 +274,30 @@ pub(crate) fn check_grace(grace: Duration) -> Result<Duration, PolicyError> {
     Ok(grace)
 }
 
+// ===== times =====
+
+/// The earliest instant the API takes, in seconds since the Unix epoch:
+/// 1970-01-01T00:00:00Z (the epoch itself).
+pub const EARLIEST_TIME_SECS: u64 = 0;
+
+/// The latest instant the API takes, in seconds since the Unix epoch:
+/// 9999-12-31T23:59:59Z (the last second with a four-digit year).
+pub const LATEST_TIME_SECS: u64 = 253_402_300_799;
+
+/// `at` if it lies between [`EARLIEST_TIME_SECS`] and [`LATEST_TIME_SECS`], both included
+/// (an instant within the last second's fraction, after 9999-12-31T23:59:59Z, is outside).
+/// The one place the rule is written: the manager checks every time it is given, and so does
+/// the admin API.
+pub(crate) fn check_time(at: SystemTime) -> Result<SystemTime, PolicyError> {
+    let earliest = UNIX_EPOCH + Duration::from_secs(EARLIEST_TIME_SECS);
+    let latest = UNIX_EPOCH + Duration::from_secs(LATEST_TIME_SECS);
+    if (earliest..=latest).contains(&at) {
+        Ok(at)
+    } else {
+        Err(PolicyError::TimeOutOfRange)
+    }
+}
+
 // ===== KeyOptions =====
 
 /// How a new key is set up, for [`KeyManager::create_with`](crate::KeyManager::create_with).
@@ -285,7 +309,10 @@ pub struct KeyOptions {
     pub name: Option<KeyName>,
     /// The scopes it is restricted to; `None` is unrestricted.
     pub scopes: Option<Scopes>,
-    /// The instant it stops authenticating.
+    /// The instant it stops authenticating: in the future when the key is created, and
+    /// between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z ([`EARLIEST_TIME_SECS`],
+    /// [`LATEST_TIME_SECS`]); [`KeyManager::create_with`](crate::KeyManager::create_with)
+    /// refuses any other with [`PolicyError::TimeOutOfRange`] or [`PolicyError::ExpiryInPast`].
     pub expires_at: Option<SystemTime>,
     /// How long after its creation it stops authenticating (used when `expires_at` is
     /// `None`): the expiry is then exactly `created_at + expires_in`.
@@ -321,7 +348,8 @@ impl KeyOptions {
         self
     }
 
-    /// Makes the key expire at `at`, which must be in the future when the key is created.
+    /// Makes the key expire at `at`, which must be in the future when the key is created and
+    /// no later than 9999-12-31T23:59:59Z (see [`KeyOptions::expires_at`]).
     #[must_use]
     pub fn expires_at(mut self, at: SystemTime) -> Self {
         self.expires_at = Some(at);
@@ -367,7 +395,11 @@ pub struct PolicyUpdate {
     /// The new scopes, `Some(None)` to make the key unrestricted.
     pub scopes: Option<Option<Scopes>>,
     /// The new expiry, `Some(None)` to make the key never expire. An instant in the past
-    /// expires the key at once; clearing or extending the expiry revives an expired key.
+    /// expires the key at once; clearing or extending the expiry revives an expired key. The
+    /// instant must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z
+    /// ([`EARLIEST_TIME_SECS`], [`LATEST_TIME_SECS`]);
+    /// [`KeyManager::update`](crate::KeyManager::update) refuses any other with
+    /// [`PolicyError::TimeOutOfRange`] and changes nothing.
     pub expires_at: Option<Option<SystemTime>>,
     /// The new rate limit, `Some(None)` to remove the key's own limit.
     pub rate_limit: Option<Option<RateLimit>>,
@@ -393,7 +425,8 @@ impl PolicyUpdate {
         self
     }
 
-    /// Sets (`Some`) or clears (`None`) the expiry.
+    /// Sets (`Some`) or clears (`None`) the expiry; see [`PolicyUpdate::expires_at`] for the
+    /// instants accepted.
     #[must_use]
     pub fn expires_at(mut self, at: Option<SystemTime>) -> Self {
         self.expires_at = Some(at);
@@ -465,6 +498,9 @@ pub enum PolicyError {
     ExpiryOutOfRange,
     /// A new key's expiry is not in the future.
     ExpiryInPast,
+    /// An `expires_at` is not between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z
+    /// ([`EARLIEST_TIME_SECS`], [`LATEST_TIME_SECS`]).
+    TimeOutOfRange,
     /// A grace period is longer than 7 days.
     GraceOutOfRange,
     /// A rate limit is not 1 to 1,000,000 requests per 1 to 86,400 seconds.
@@ -490,6 +526,9 @@ impl fmt::Display for PolicyError {
                 MAX_EXPIRES_IN.as_secs()
             ),
             Self::ExpiryInPast => f.write_str("expiry must be in the future"),
+            Self::TimeOutOfRange => f.write_str(
+                "expires_at must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+            ),
             Self::RateLimitOutOfRange => write!(
                 f,
                 "rate limit must be 1 to {} requests per 1 to {} seconds",
@@ -601,6 +640,48 @@ mod tests {
         assert_eq!(
             RotateOptions::new().grace(MAX_GRACE + Duration::from_secs(1)),
             Err(PolicyError::GraceOutOfRange)
+        );
+    }
+
+    #[test]
+    fn times_lie_between_1970_and_9999() {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        for good in [
+            UNIX_EPOCH,
+            at(1),
+            at(1_700_000_000),
+            at(LATEST_TIME_SECS),
+            at(LATEST_TIME_SECS - 1) + Duration::from_micros(999_999),
+        ] {
+            assert_eq!(check_time(good), Ok(good), "{good:?}");
+        }
+        for bad in [
+            UNIX_EPOCH - Duration::from_nanos(1),
+            UNIX_EPOCH - Duration::from_secs(86_400),
+            at(LATEST_TIME_SECS) + Duration::from_nanos(1),
+            at(LATEST_TIME_SECS + 1),
+            at(u64::from(u32::MAX) * 100),
+        ] {
+            assert_eq!(check_time(bad), Err(PolicyError::TimeOutOfRange), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_bounds_are_the_first_and_last_second_of_years_1970_and_9999() {
+        let leap = |year: u64| (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+        let days: u64 = (1970..10_000)
+            .map(|year| if leap(year) { 366 } else { 365 })
+            .sum();
+        assert_eq!(EARLIEST_TIME_SECS, 0);
+        // The last second before 10000-01-01T00:00:00Z.
+        assert_eq!(LATEST_TIME_SECS + 1, days * 86_400);
+    }
+
+    #[test]
+    fn an_out_of_range_time_names_the_field_and_the_bounds() {
+        assert_eq!(
+            PolicyError::TimeOutOfRange.to_string(),
+            "expires_at must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
         );
     }
 

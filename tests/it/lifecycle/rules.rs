@@ -3,11 +3,12 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::stores::TestStore;
 use crate::support::{account, pepper};
 use tower_api_key::invalidation::{Invalidation, InvalidationListener};
+use tower_api_key::policy::{KeyOptions, LATEST_TIME_SECS, PolicyError, PolicyUpdate};
 use tower_api_key::store::KeyUse;
 use tower_api_key::{
     ApiKey, KeyDigest, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError,
@@ -534,6 +535,65 @@ async fn concurrent_rotate_and_revoke_leave_a_consistent_record() {
         "every rotation made a new prefix"
     );
     assert_eq!(manager.list(&account("acme")).await.expect("list").len(), 1);
+}
+
+// ===== times =====
+
+/// 10000-01-01T00:00:00Z, the first second after the latest time the API takes.
+fn year_10000() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(LATEST_TIME_SECS + 1)
+}
+
+/// 1969-12-31T23:59:59Z.
+fn year_1969() -> SystemTime {
+    UNIX_EPOCH - Duration::from_secs(1)
+}
+
+fn out_of_range(outcome: Result<impl std::fmt::Debug, ManagerError>) {
+    match outcome {
+        Err(ManagerError::Policy(err @ PolicyError::TimeOutOfRange)) => assert_eq!(
+            ManagerError::Policy(err).to_string(),
+            "expires_at must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+        ),
+        other => panic!("expected TimeOutOfRange, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_create_with_an_expiry_outside_1970_to_9999_is_refused_and_creates_nothing() {
+    let manager = manager();
+    let acme = account("acme");
+    for at in [year_10000(), year_1969()] {
+        let options = KeyOptions::new().expires_at(at);
+        out_of_range(manager.create_with(&acme, options).await);
+    }
+    assert!(manager.list(&acme).await.expect("list").is_empty());
+    // The last second of 9999 is taken.
+    let latest = UNIX_EPOCH + Duration::from_secs(LATEST_TIME_SECS);
+    let options = KeyOptions::new().expires_at(latest);
+    let created = manager.create_with(&acme, options).await.expect("create");
+    assert_eq!(created.info.expires_at, Some(latest));
+}
+
+#[tokio::test]
+async fn an_update_to_an_expiry_outside_1970_to_9999_is_refused_and_changes_nothing() {
+    let manager = manager();
+    let acme = account("acme");
+    let created = manager.create(&acme).await.expect("create");
+    let heard = listen(&manager);
+    for at in [year_10000(), year_1969()] {
+        let update = PolicyUpdate::new()
+            .name(Some("renamed".parse().expect("name")))
+            .expires_at(Some(at));
+        out_of_range(manager.update(&acme, created.info.id, update).await);
+    }
+    let stored = manager.get(&acme, created.info.id).await.expect("get");
+    assert_eq!(stored, created.info, "nothing changed");
+    assert_eq!(heard.0.lock().expect("lock").len(), 0, "nothing published");
+    // The epoch itself is taken (and expires the key at once).
+    let update = PolicyUpdate::new().expires_at(Some(UNIX_EPOCH));
+    let updated = manager.update(&acme, created.info.id, update).await;
+    assert_eq!(updated.expect("update").expires_at, Some(UNIX_EPOCH));
 }
 
 // ===== store failures =====
