@@ -255,17 +255,6 @@ pub(crate) fn check_expires_in(after: Duration) -> Result<Duration, PolicyError>
     Ok(after)
 }
 
-/// `at` if it lies between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
-pub(crate) fn check_time(at: SystemTime) -> Result<SystemTime, PolicyError> {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_err(|_| PolicyError::TimeOutOfRange)?;
-    if since.as_secs() > 253_402_300_799 {
-        return Err(PolicyError::TimeOutOfRange);
-    }
-    Ok(at)
-}
-
 /// `grace` if it is a valid grace period (at most [`MAX_GRACE`]); see [`check_expires_in`].
 pub(crate) fn check_grace(grace: Duration) -> Result<Duration, PolicyError> {
     if grace > MAX_GRACE {
@@ -505,8 +494,6 @@ pub enum PolicyError {
     GraceOutOfRange,
     /// A rate limit is not 1 to 1,000,000 requests per 1 to 86,400 seconds.
     RateLimitOutOfRange,
-    /// A time is before 1970-01-01T00:00:00Z or after 9999-12-31T23:59:59Z.
-    TimeOutOfRange,
 }
 
 impl fmt::Display for PolicyError {
@@ -534,9 +521,6 @@ impl fmt::Display for PolicyError {
                 "rate limit must be 1 to {} requests per 1 to {} seconds",
                 RateLimit::MAX_REQUESTS,
                 RateLimit::MAX_PER_SECONDS
-            ),
-            Self::TimeOutOfRange => f.write_str(
-                "expires_at must lie between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
             ),
             Self::GraceOutOfRange => {
                 write!(
