@@ -103,6 +103,33 @@ impl Page {
         self.find(css).await.click().await.expect("click");
     }
 
+    /// Clicks "Create key" and returns the new key the page then shows.
+    async fn create_shown(&self) -> String {
+        self.click("#create").await;
+        key_of(
+            &self
+                .wait_for("a new key", |s| s["newKey"].is_string())
+                .await,
+        )
+    }
+
+    /// Waits until the list's count reads `count` ("1 of 3 keys").
+    async fn wait_for_count(&self, count: &str) -> Value {
+        self.wait_for(count, |s| s["count"] == count).await
+    }
+
+    /// Types `keys` (WebDriver key codes allowed) into whatever has the focus.
+    async fn press(&self, keys: &str) {
+        self.browser
+            .client
+            .active_element()
+            .await
+            .expect("a focused element")
+            .send_keys(keys)
+            .await
+            .expect("type");
+    }
+
     /// Clicks the button labelled `label` in the row of key `id`.
     async fn click_in_row(&self, id: &str, label: &str) {
         let xpath = format!("//tr[@data-key-id='{id}']//button[normalize-space()='{label}']");
@@ -406,8 +433,7 @@ async fn a_key_created_with_a_rate_limit_shows_it_in_the_list() {
         return;
     };
     page.show_keys(TOKEN).await;
-    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
-        .await;
+    page.wait_for_count("0 of 3 keys").await;
 
     // Half a limit: the API's answer is the alert, and nothing is created.
     page.fill("#rate-requests", "5").await;
@@ -470,33 +496,15 @@ async fn the_page_works_at_360_pixels_with_the_keyboard_alone() {
         .send_keys(TOKEN)
         .await
         .expect("type");
-    client
-        .active_element()
-        .await
-        .expect("focus")
-        .send_keys("\u{E004}acme\u{E004}")
-        .await
-        .expect("tab");
+    page.press("\u{E004}acme\u{E004}").await;
     assert_eq!(focused().await, "show");
-    client
-        .active_element()
-        .await
-        .expect("focus")
-        .send_keys("\u{E007}")
-        .await
-        .expect("enter");
+    page.press("\u{E007}").await;
     page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
         .await;
 
     // Create a key from the name field with Enter.
     page.find("#name").await.click().await.expect("focus");
-    client
-        .active_element()
-        .await
-        .expect("focus")
-        .send_keys("phone\u{E007}")
-        .await
-        .expect("type and submit");
+    page.press("phone\u{E007}").await;
     let state = page
         .wait_for("a new key", |s| s["newKey"].is_string())
         .await;
@@ -518,21 +526,9 @@ async fn the_page_works_at_360_pixels_with_the_keyboard_alone() {
     // From the shown key, Tab past "Copy" to "Done" and press Enter: the key goes, and
     // focus lands on the keys' heading rather than on nothing.
     assert_eq!(focused().await, "new-key");
-    client
-        .active_element()
-        .await
-        .expect("focus")
-        .send_keys("\u{E004}\u{E004}")
-        .await
-        .expect("tab");
+    page.press("\u{E004}\u{E004}").await;
     assert_eq!(focused().await, "done");
-    client
-        .active_element()
-        .await
-        .expect("focus")
-        .send_keys("\u{E007}")
-        .await
-        .expect("enter");
+    page.press("\u{E007}").await;
     page.wait_until_forgotten(&key, "Done").await;
     assert_eq!(focused().await, "keys-title");
     page.browser.finish().await;
@@ -544,8 +540,7 @@ async fn done_removes_a_new_key_from_the_page() {
         return;
     };
     page.show_keys(TOKEN).await;
-    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
-        .await;
+    page.wait_for_count("0 of 3 keys").await;
     page.click("#create").await;
     let state = page
         .wait_for("a new key", |s| s["newKey"].is_string())
@@ -621,16 +616,10 @@ async fn another_account_or_a_failed_load_removes_a_new_key_from_the_page() {
         return;
     };
     page.show_keys(TOKEN).await;
-    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
-        .await;
+    page.wait_for_count("0 of 3 keys").await;
 
     // Another account's keys: the key created for acme goes.
-    page.click("#create").await;
-    let first = key_of(
-        &page
-            .wait_for("a new key", |s| s["newKey"].is_string())
-            .await,
-    );
+    let first = page.create_shown().await;
     page.fill("#account", "globex").await;
     page.click("#show").await;
     page.wait_for("globex's empty list", |s| s["count"] == "0 of 3 keys")
@@ -643,12 +632,7 @@ async fn another_account_or_a_failed_load_removes_a_new_key_from_the_page() {
     page.show_keys(TOKEN).await;
     page.wait_for("acme's list", |s| s["count"] == "1 of 3 keys")
         .await;
-    page.click("#create").await;
-    let second = key_of(
-        &page
-            .wait_for("a new key", |s| s["newKey"].is_string())
-            .await,
-    );
+    let second = page.create_shown().await;
     page.show_keys("not-the-operator-token").await;
     let state = page.wait_for("an error", |s| s["error"].is_string()).await;
     assert!(
@@ -663,12 +647,7 @@ async fn another_account_or_a_failed_load_removes_a_new_key_from_the_page() {
         s["count"] == "2 of 3 keys" && s["error"].is_null()
     })
     .await;
-    page.click("#create").await;
-    let third = key_of(
-        &page
-            .wait_for("a new key", |s| s["newKey"].is_string())
-            .await,
-    );
+    let third = page.create_shown().await;
     page.fill("#token", "not-the-operator-token").await;
     page.fill("#account", "globex").await;
     page.click("#show").await;
@@ -782,8 +761,7 @@ async fn a_tenant_token_manages_its_own_account_through_the_page() {
         return;
     };
     page.show_keys(ACME).await;
-    page.wait_for("the empty list", |s| s["count"] == "0 of 3 keys")
-        .await;
+    page.wait_for_count("0 of 3 keys").await;
     page.click("#create").await;
     let state = page
         .wait_for("a new key", |s| s["newKey"].is_string())
