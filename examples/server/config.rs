@@ -144,10 +144,17 @@ impl Config {
             })?),
             None => None,
         };
-        let admin_tokens = flags.tenant_tokens.into_iter().fold(
-            AdminTokens::new().operator(admin_token),
-            |tokens, tenant| tokens.tenant(tenant.account, tenant.token),
-        );
+        let mut admin_tokens = AdminTokens::new().operator(admin_token);
+        for tenant in flags.tenant_tokens {
+            if admin_tokens.knows(&tenant.token) {
+                return Err(format!(
+                    "the token of tenant {} is given to another tenant or is ADMIN_TOKEN: \
+                     each caller needs a token of its own",
+                    tenant.account
+                ));
+            }
+            admin_tokens = admin_tokens.tenant(tenant.account, tenant.token);
+        }
         Ok(Self {
             addrs: flags.addr.addrs,
             addr_text: flags.addr.text,

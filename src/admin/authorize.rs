@@ -99,7 +99,9 @@ pub enum AdminCaller {
 // ===== AdminAttempt =====
 
 /// What a caller is about to do, for [`AdminAuthorizer::authorize`].
-#[derive(Debug)]
+///
+/// `Debug` shows the request's method and path only: its headers carry the caller's
+/// credentials.
 #[non_exhaustive]
 pub struct AdminAttempt<'a> {
     /// The request's head (method, path, headers, extensions).
@@ -112,13 +114,43 @@ pub struct AdminAttempt<'a> {
     pub operation: AdminOperation<'a>,
 }
 
+impl<'a> AdminAttempt<'a> {
+    /// An attempt, for unit tests of an authorizer (the router builds them itself).
+    pub fn new(
+        request: &'a Parts,
+        caller: &'a AdminCaller,
+        account: &'a AccountId,
+        operation: AdminOperation<'a>,
+    ) -> Self {
+        Self {
+            request,
+            caller,
+            account,
+            operation,
+        }
+    }
+}
+
+impl fmt::Debug for AdminAttempt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminAttempt")
+            .field("method", &self.request.method)
+            .field("path", &self.request.uri.path())
+            .field("caller", &self.caller)
+            .field("account", &self.account)
+            .field("operation", &self.operation)
+            .finish()
+    }
+}
+
 /// An operation of the admin API, with what it asks for.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum AdminOperation<'a> {
     /// `GET …/keys`: the account's keys.
     List,
-    /// `GET …/keys/{id}`: one key.
+    /// `GET …/keys/{id}`: one key; also a `PATCH` whose body changes nothing (it answers the
+    /// record as it is).
     Get(KeyId),
     /// `POST …/keys`: a new key with these options (already checked by the policy's own
     /// rules).
@@ -203,3 +235,31 @@ impl fmt::Display for AdminDenied {
 }
 
 impl std::error::Error for AdminDenied {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempts_debug_shows_no_header() {
+        let (parts, ()) = http::Request::post("/admin/accounts/acme/keys")
+            .header("authorization", "Bearer operator-token-0123456789")
+            .header("cookie", "session=s3cret")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let account: AccountId = "acme".parse().expect("account");
+        let attempt = AdminAttempt::new(
+            &parts,
+            &AdminCaller::Operator,
+            &account,
+            AdminOperation::List,
+        );
+        let shown = format!("{attempt:?}");
+        assert!(shown.contains("/admin/accounts/acme/keys"), "{shown}");
+        assert!(
+            !shown.contains("operator-token") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! What a browser could be made to send from another site is refused before any handler
 //! runs: state-changing requests (POST, PATCH, DELETE) from a foreign `Origin` or, without
-//! one, a `Sec-Fetch-Site` of `cross-site` or `same-site` (403), and bodies that aren't
-//! `application/json` (415), which a page can send without a CORS preflight.
+//! one, a `Sec-Fetch-Site` of `cross-site` or `same-site` (403), and bodies or content types
+//! that aren't `application/json` (415), which a page or a form can send without a CORS
+//! preflight.
 //!
 //! Requests that carry neither header (curl, SDKs, other servers) are unaffected: forging
 //! requests is an attack on browsers' ambient credentials (cookies), and browsers send them.
@@ -51,7 +52,11 @@ pub(crate) async fn refuse_cross_site(
             return ApiError::new(StatusCode::FORBIDDEN, "cross-site request refused")
                 .into_response();
         }
-        if has_body(&request) && !is_json(request.headers().get(CONTENT_TYPE)) {
+        // A content type that isn't JSON is refused even on an empty body: that is what an
+        // HTML form sends, and old browsers send forms without `Origin`.
+        let content_type = request.headers().get(CONTENT_TYPE);
+        let declared_other = content_type.is_some() && !is_json(content_type);
+        if declared_other || (has_body(&request) && content_type.is_none()) {
             return ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "content-type must be application/json",

@@ -2,6 +2,7 @@
 //! authorizer about the attempt, call the [`KeyManager`], answer.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Json;
@@ -13,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::request::Parts;
 
-use super::authorize::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminOperation};
+use super::authorize::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, AdminOperation};
 use super::error::ApiError;
 use super::event::{AdminAction, AdminEvent};
 use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, json_body};
-use crate::manager::{KeyInfo, KeyManager};
-use crate::store::{AccountId, KeyId};
+use crate::manager::{KeyInfo, KeyManager, ManagerError};
+use crate::store::{AccountId, KeyId, StoreError};
 
 /// The hook of [`AdminRouter::on_event`](super::AdminRouter::on_event).
 pub(crate) type EventHook = Arc<dyn Fn(&AdminEvent) + Send + Sync>;
@@ -48,6 +49,23 @@ struct Admitted {
     account: AccountId,
 }
 
+impl Admitted {
+    /// A tenant names its own account or gets the missing key's 404 here, whatever the
+    /// authorizer: before its body is read or another account's key is looked at.
+    fn new(parts: Parts, caller: AdminCaller, account: AccountId) -> Result<Self, ApiError> {
+        if let AdminCaller::Tenant(own) = &caller
+            && *own != account
+        {
+            return Err(AdminDenied::NotThisAccount.into());
+        }
+        Ok(Self {
+            parts,
+            caller,
+            account,
+        })
+    }
+}
+
 impl Admin {
     /// Authenticates the caller, then reads `{account}` (400 if invalid).
     async fn admit(&self, mut parts: Parts) -> Result<Admitted, ApiError> {
@@ -57,11 +75,7 @@ impl Admin {
             Err(_) => return Err(ApiError::bad_account()),
         };
         let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
-        Ok(Admitted {
-            parts,
-            caller,
-            account,
-        })
+        Admitted::new(parts, caller, account)
     }
 
     /// As [`admit`](Self::admit), and reads `{id}` (404 if it is no key id).
@@ -81,12 +95,8 @@ impl Admin {
             Err(_) => return Err(ApiError::bad_account()),
         };
         let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
+        let admitted = Admitted::new(parts, caller, account)?;
         let id = id.parse::<KeyId>().map_err(|_| ApiError::key_not_found())?;
-        let admitted = Admitted {
-            parts,
-            caller,
-            account,
-        };
         Ok((admitted, id))
     }
 
@@ -103,6 +113,37 @@ impl Admin {
             operation,
         };
         Ok(self.authorizer.authorize(&attempt).await?)
+    }
+
+    /// Runs `change` and then tells the hook about it (the record `info` picks from its
+    /// outcome), to the end even if the caller goes
+    /// away (a client that disconnects, a timeout): a change made is a change reported. A
+    /// panic of the hook is the caller's panic (and so a 500).
+    async fn change<T, F>(
+        self: &Arc<Self>,
+        action: AdminAction,
+        change: impl FnOnce(KeyManager) -> F,
+        info: impl FnOnce(&T) -> Option<&KeyInfo> + Send + 'static,
+    ) -> Result<T, ApiError>
+    where
+        F: Future<Output = Result<T, ManagerError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let admin = Arc::clone(self);
+        let change = change(self.manager.clone());
+        let task = tokio::spawn(async move {
+            let done = change.await?;
+            if let Some(info) = info(&done) {
+                admin.emit(action, info);
+            }
+            Ok::<T, ManagerError>(done)
+        });
+        match task.await {
+            Ok(outcome) => outcome.map_err(ApiError::from),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // Only a runtime shutting down cancels it.
+            Err(_) => Err(ManagerError::Store(StoreError::unavailable("shutting down")).into()),
+        }
     }
 
     /// Tells the hook, if any, about a change.
@@ -142,11 +183,14 @@ pub(crate) async fn create_key(
     admin
         .authorize(&admitted, AdminOperation::Create(&options))
         .await?;
+    let account = admitted.account.clone();
     let created = admin
-        .manager
-        .create_with(&admitted.account, options)
+        .change(
+            AdminAction::Created,
+            |manager| async move { manager.create_with(&account, options).await },
+            |created| Some(&created.info),
+        )
         .await?;
-    admin.emit(AdminAction::Created, &created.info);
     Ok((StatusCode::CREATED, Json(KeyView::from(created))).into_response())
 }
 
@@ -181,8 +225,14 @@ pub(crate) async fn update_key(
         update: &update,
     };
     admin.authorize(&admitted, operation).await?;
-    let updated = admin.manager.update(account, id, update).await?;
-    admin.emit(AdminAction::Updated, &updated);
+    let account = account.clone();
+    let updated = admin
+        .change(
+            AdminAction::Updated,
+            |manager| async move { manager.update(&account, id, update).await },
+            |updated| Some(updated),
+        )
+        .await?;
     Ok(Json(updated.into()))
 }
 
@@ -199,11 +249,14 @@ pub(crate) async fn rotate_key(
         options: &options,
     };
     admin.authorize(&admitted, operation).await?;
+    let account = admitted.account.clone();
     let rotated = admin
-        .manager
-        .rotate_with(&admitted.account, id, options)
+        .change(
+            AdminAction::Rotated,
+            |manager| async move { manager.rotate_with(&account, id, options).await },
+            |rotated| Some(&rotated.info),
+        )
         .await?;
-    admin.emit(AdminAction::Rotated, &rotated.info);
     Ok(Json(rotated.into()))
 }
 
@@ -226,19 +279,27 @@ async fn set_status(
 ) -> Result<Json<KeyView>, ApiError> {
     let (parts, _) = request.into_parts();
     let (admitted, id) = admin.admit_key(parts).await?;
-    let account = &admitted.account;
-    let info = if action == AdminAction::Revoked {
-        admin
-            .authorize(&admitted, AdminOperation::Revoke(id))
-            .await?;
-        admin.manager.revoke(account, id).await?
+    let revoke = action == AdminAction::Revoked;
+    let operation = if revoke {
+        AdminOperation::Revoke(id)
     } else {
-        admin
-            .authorize(&admitted, AdminOperation::Reactivate(id))
-            .await?;
-        admin.manager.reactivate(account, id).await?
+        AdminOperation::Reactivate(id)
     };
-    admin.emit(action, &info);
+    admin.authorize(&admitted, operation).await?;
+    let account = admitted.account.clone();
+    let info = admin
+        .change(
+            action,
+            |manager| async move {
+                if revoke {
+                    manager.revoke(&account, id).await
+                } else {
+                    manager.reactivate(&account, id).await
+                }
+            },
+            |info| Some(info),
+        )
+        .await?;
     Ok(Json(info.into()))
 }
 
@@ -251,16 +312,24 @@ pub(crate) async fn delete_key(
     admin
         .authorize(&admitted, AdminOperation::Delete(id))
         .await?;
-    let account = &admitted.account;
-    // Read first, for the event's prefix (the delete itself returns nothing).
-    let before = match &admin.hook {
-        Some(_) => Some(admin.manager.get(account, id).await?),
-        None => None,
-    };
-    admin.manager.delete(account, id).await?;
-    if let Some(before) = before {
-        admin.emit(AdminAction::Deleted, &before);
-    }
+    let account = admitted.account.clone();
+    let reported = admin.hook.is_some();
+    admin
+        .change(
+            AdminAction::Deleted,
+            |manager| async move {
+                // Read first, for the event's prefix (the delete itself returns nothing).
+                let before = if reported {
+                    Some(manager.get(&account, id).await?)
+                } else {
+                    None
+                };
+                manager.delete(&account, id).await?;
+                Ok(before)
+            },
+            Option::as_ref,
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -23,8 +23,9 @@ use crate::policy::{
 // ===== answers =====
 
 /// A key as the admin API shows it; `key` (the plaintext) only right after create and
-/// rotate, the previous key's fields only while a rotation's grace period lasts.
-#[derive(Debug, Serialize)]
+/// rotate, the previous key's fields only while a rotation's grace period lasts. No `Debug`:
+/// it may hold a plaintext key.
+#[derive(Serialize)]
 pub(crate) struct KeyView {
     id: String,
     account_id: String,
@@ -76,7 +77,7 @@ impl From<CreatedKey> for KeyView {
 }
 
 /// `{"keys": [...]}`, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 pub(crate) struct KeyList {
     pub(crate) keys: Vec<KeyView>,
 }

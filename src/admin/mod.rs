@@ -47,7 +47,7 @@
 //! | 409 | the account holds its limit of keys |
 //! | 413 | a body over the limit (16 KiB by default) |
 //! | 415 | a change with a body that isn't `application/json` |
-//! | 500 `internal error` | a handler, the authorizer or the event hook panicked; logged with the route, the connection stays usable |
+//! | 500 `internal error` | a handler, the authorizer or the event hook panicked; logged with the route (never the body; the process's panic hook still prints the panic's own message), the connection stays usable |
 //! | 503 | the store failed (with `Retry-After`), without the store's details |
 //!
 //! Every answer carries `Cache-Control: no-store`: create and rotate answer with a plaintext
@@ -230,6 +230,12 @@ impl AdminRouter {
     /// `Origin` whose `Sec-Fetch-Site` says `cross-site` or `same-site`; requests carrying
     /// neither header (curl, SDKs, servers) are unaffected.
     ///
+    /// The request's own origin is its `Host` (or HTTP/2 `:authority`): behind a proxy that
+    /// rewrites `Host`, allow the public origin here, or the Integration page's own changes
+    /// are refused too. A console on another origin also needs CORS for its preflight
+    /// (`Authorization` and JSON bodies are not "simple"), e.g. tower-http's `CorsLayer`
+    /// around the router: this only stops the router from refusing it.
+    ///
     /// ```
     /// # use std::sync::Arc;
     /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
@@ -308,7 +314,8 @@ impl AdminRouter {
                 cross_site::refuse_cross_site,
             ))
             // A panic anywhere inside (a handler, the authorizer, the event hook) is a 500
-            // on a connection that stays open, logged with its route.
+            // on a connection that stays open, logged with its route. (The process's panic
+            // hook still prints the panic's own message to stderr, as for any panic.)
             .layer(CatchPanicLayer::custom(error::panic_answer))
             .layer(from_fn(error::log_panics))
             // Create and rotate answer with a plaintext key: no cache may keep it. Every

@@ -22,9 +22,17 @@ use crate::policy::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
 ///   widens (scopes broader or removed, a rate limit raised or removed, an expiry extended or
 ///   removed) is [`AdminDenied::NotAllowed`] (403), even beside a narrowing.
 ///
-/// A key without a rate limit of its own counts as unlimited here. If your layer sets a
-/// default limit ([`ApiKeyLayerBuilder::default_rate_limit`](crate::ApiKeyLayerBuilder::default_rate_limit)),
-/// give the ceiling the same limit, so a tenant can't create a key with a looser one.
+/// **Without a ceiling a tenant may create an unrestricted key**, the account-level key of
+/// the basic model: restrictions an operator puts on existing keys then bind a tenant only
+/// as long as it keeps those keys. To make them bind, give a [`KeyCeiling`].
+///
+/// A key without a rate limit of its own counts as unlimited here, unless you tell the rules
+/// the layer's default ([`SelfService::default_rate_limit`]).
+///
+/// A tenant may reactivate a key an operator revoked: revoking and reactivating are the
+/// account's own switches. An authorizer that wants revocations to stick overrides
+/// [`authorize`](super::AdminAuthorizer::authorize) for
+/// [`AdminOperation::Reactivate`].
 ///
 /// Checks compare with the key as read just before the change: a concurrent change by
 /// someone else (an operator tightening the same key) can land between the read and the
@@ -49,6 +57,7 @@ use crate::policy::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
 #[derive(Debug, Clone, Default)]
 pub struct SelfService {
     ceiling: KeyCeiling,
+    default_rate_limit: Option<RateLimit>,
 }
 
 impl SelfService {
@@ -60,6 +69,14 @@ impl SelfService {
     /// Tenants create keys within `ceiling` only.
     pub fn ceiling(mut self, ceiling: KeyCeiling) -> Self {
         self.ceiling = ceiling;
+        self
+    }
+
+    /// The layer's [default rate limit](crate::ApiKeyLayerBuilder::default_rate_limit): a key
+    /// without a limit of its own counts as limited by it, so a tenant can't give a key a
+    /// looser one, at create or later.
+    pub fn default_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.default_rate_limit = Some(limit);
         self
     }
 
@@ -78,8 +95,14 @@ impl SelfService {
             return Err(AdminDenied::NotThisAccount);
         }
         let allowed = match attempt.operation {
-            AdminOperation::Create(options) => self.ceiling.admits(options, SystemTime::now()),
-            AdminOperation::Update { key, update } => narrows(key, update),
+            AdminOperation::Create(options) => {
+                self.ceiling.admits(options, SystemTime::now())
+                    && options.rate_limit.is_none_or(|asked| {
+                        self.default_rate_limit
+                            .is_none_or(|default| no_looser(asked, default))
+                    })
+            }
+            AdminOperation::Update { key, update } => narrows(key, update, self.default_rate_limit),
             _ => true,
         };
         if allowed {
@@ -90,8 +113,9 @@ impl SelfService {
     }
 }
 
-/// Whether `update` only narrows `key` (or renames it).
-fn narrows(key: &KeyInfo, update: &PolicyUpdate) -> bool {
+/// Whether `update` only narrows `key` (or renames it); a key without a rate limit of its own
+/// is limited by `default_rate_limit`, if any.
+fn narrows(key: &KeyInfo, update: &PolicyUpdate, default_rate_limit: Option<RateLimit>) -> bool {
     let scopes = update
         .scopes
         .as_ref()
@@ -100,13 +124,13 @@ fn narrows(key: &KeyInfo, update: &PolicyUpdate) -> bool {
             (None, Some(_)) => false,
             (Some(new), Some(held)) => is_subset(new, held),
         });
-    let rate_limit = update
-        .rate_limit
-        .is_none_or(|limit| match (limit, key.rate_limit) {
-            (_, None) => true,
-            (None, Some(_)) => false,
-            (Some(new), Some(held)) => no_looser(new, held),
-        });
+    let held = key.rate_limit.or(default_rate_limit);
+    let rate_limit = update.rate_limit.is_none_or(|limit| match (limit, held) {
+        (_, None) => true,
+        // Back to the default: no looser only if the key had no limit of its own.
+        (None, Some(_)) => key.rate_limit.is_none(),
+        (Some(new), Some(held)) => no_looser(new, held),
+    });
     let expiry = update
         .expires_at
         .is_none_or(|at| match (at, key.expires_at) {
@@ -212,6 +236,31 @@ mod tests {
         // The largest values don't overflow.
         let max = limit(RateLimit::MAX_REQUESTS, RateLimit::MAX_PER_SECONDS);
         assert!(no_looser(max, max));
+    }
+
+    #[test]
+    fn a_key_without_its_own_limit_is_held_to_the_default() {
+        let key = KeyInfo::from_record(
+            crate::store::KeyRecord::new(
+                crate::store::KeyId::random(),
+                "acme".parse().expect("account"),
+                "abcd1234".parse().expect("prefix"),
+                crate::key::Pepper::from_bytes([7; 32])
+                    .digest(&crate::key::ApiKey::generate().expect("randomness")),
+                SystemTime::UNIX_EPOCH,
+            ),
+            SystemTime::UNIX_EPOCH,
+        );
+        let raise = PolicyUpdate::new().rate_limit(Some(limit(1_000_000, 1)));
+        assert!(narrows(&key, &raise, None), "no default: unlimited");
+        assert!(!narrows(&key, &raise, Some(limit(10, 1))));
+        let lower = PolicyUpdate::new().rate_limit(Some(limit(5, 1)));
+        assert!(narrows(&key, &lower, Some(limit(10, 1))));
+        let back = PolicyUpdate::new().rate_limit(None);
+        assert!(
+            narrows(&key, &back, Some(limit(10, 1))),
+            "already the default"
+        );
     }
 
     #[test]

@@ -123,8 +123,9 @@ impl std::error::Error for AdminTokenError {}
 /// manages its own account only and may narrow its keys, never widen them).
 ///
 /// Tokens are kept as blake3 digests and looked up by digest, so neither a token nor its
-/// length can be learnt from how long a refusal takes. A token given twice names the caller
-/// it was given for last.
+/// length can be learnt from how long a refusal takes. One token names one caller: giving it
+/// twice is a mistake (an operator's token that silently became a tenant's, or the
+/// reverse), and panics; [`knows`](Self::knows) checks first.
 ///
 /// ```
 /// use tower_api_key::admin::{AdminToken, AdminTokens};
@@ -149,16 +150,34 @@ impl AdminTokens {
     }
 
     /// `token` is the operator's: every account, no limits.
-    pub fn operator(mut self, token: AdminToken) -> Self {
-        self.callers
-            .insert(*token.0.as_bytes(), AdminCaller::Operator);
-        self
+    ///
+    /// # Panics
+    ///
+    /// If `token` was given already.
+    pub fn operator(self, token: AdminToken) -> Self {
+        self.given(token, AdminCaller::Operator)
     }
 
     /// `token` is a user of `account`: that account only, under the self-service policy.
-    pub fn tenant(mut self, account: AccountId, token: AdminToken) -> Self {
-        self.callers
-            .insert(*token.0.as_bytes(), AdminCaller::Tenant(account));
+    ///
+    /// # Panics
+    ///
+    /// If `token` was given already.
+    pub fn tenant(self, account: AccountId, token: AdminToken) -> Self {
+        self.given(token, AdminCaller::Tenant(account))
+    }
+
+    /// Whether `token` was given to a caller already.
+    pub fn knows(&self, token: &AdminToken) -> bool {
+        self.callers.contains_key(token.0.as_bytes())
+    }
+
+    fn given(mut self, token: AdminToken, caller: AdminCaller) -> Self {
+        let previous = self.callers.insert(*token.0.as_bytes(), caller);
+        assert!(
+            previous.is_none(),
+            "an admin token was given to two callers"
+        );
         self
     }
 

@@ -318,3 +318,83 @@ async fn each_change_reports_one_event_with_account_id_and_prefix() {
         assert_eq!(event.prefix.to_string(), prefix.as_str().expect("prefix"));
     }
 }
+
+/// A store that, while `hold` is set, commits a change and then waits for the test before it
+/// answers.
+#[derive(Default)]
+struct AnswersLate {
+    records: tower_api_key::MemoryStore,
+    hold: std::sync::atomic::AtomicBool,
+    committed: tokio::sync::Notify,
+    answer: tokio::sync::Notify,
+}
+
+impl crate::support::hooks::StoreHooks for AnswersLate {
+    fn records(&self) -> &tower_api_key::MemoryStore {
+        &self.records
+    }
+
+    async fn after_write(&self) -> Result<(), tower_api_key::StoreError> {
+        if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            self.committed.notify_one();
+            self.answer.notified().await;
+        }
+        Ok(())
+    }
+}
+
+crate::support::hooks::hooked_key_store!(AnswersLate);
+
+#[tokio::test]
+async fn a_change_whose_caller_went_away_is_still_reported() {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    use tower::ServiceExt as _;
+
+    let store = Arc::new(AnswersLate::default());
+    let manager = tower_api_key::KeyManager::new(store.clone(), crate::support::pepper());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let trail = Arc::clone(&events);
+    let app: axum::Router = tower_api_key::admin::AdminRouter::new(
+        manager.clone(),
+        AdminToken::new(TOKEN).expect("token"),
+    )
+    .on_event(move |event| trail.lock().expect("lock").push(event.action))
+    .into_router();
+    let created = manager
+        .create(&crate::support::account("acme"))
+        .await
+        .expect("create");
+
+    store.hold.store(true, Ordering::SeqCst);
+    let request = http::Request::post(format!(
+        "/admin/accounts/acme/keys/{}/revoke",
+        created.info.id
+    ))
+    .header("authorization", format!("Bearer {TOKEN}"))
+    .body(axum::body::Body::empty())
+    .expect("request");
+    let caller = tokio::spawn(app.oneshot(request));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.committed.notified(),
+    )
+    .await
+    .expect("the revoke reaches the store");
+    // The client goes away while the store has committed but not answered.
+    caller.abort();
+    assert!(caller.await.is_err_and(|err| err.is_cancelled()));
+    store.answer.notify_one();
+
+    let reported = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            if !events.lock().expect("lock").is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(reported.is_ok(), "the revoke was never reported");
+    assert_eq!(*events.lock().expect("lock"), [AdminAction::Revoked]);
+}

@@ -214,6 +214,26 @@ async fn a_body_that_is_not_json_is_415_on_every_change_and_nothing_changes() {
 }
 
 #[tokio::test]
+async fn a_form_or_text_content_type_is_415_even_without_a_body() {
+    let admin = Harness::start().await;
+    let (id, before) = one_key(&admin).await;
+    let bearer = format!("Bearer {TOKEN}");
+    // What an HTML form on another site posts, from a browser too old to send `Origin`.
+    for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
+        for (method, path, _) in changes(&id) {
+            let headers = [
+                ("authorization", bearer.as_str()),
+                ("content-type", content_type),
+            ];
+            let reply = admin.send(method.clone(), &path, &headers, None).await;
+            let what = format!("{method} {path} {content_type}");
+            reply.assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &what);
+        }
+    }
+    assert_eq!(admin.list("acme").await, vec![before]);
+}
+
+#[tokio::test]
 async fn json_with_parameters_and_body_less_changes_are_accepted() {
     let admin = Harness::start().await;
     let bearer = format!("Bearer {TOKEN}");

@@ -132,6 +132,12 @@ async fn a_short_or_malformed_tenant_token_exits_2_without_repeating_it() {
         (None, short),
         (Some("--tenant-token"), "no-account-given-0123456789"),
         (Some("--tenant-token"), "bad.account=long-enough-token-0123"),
+        // One token for two callers: the operator's, or another tenant's.
+        (None, "acme=demo-admin-token-for-tests"),
+        (
+            None,
+            "acme=same-token-for-both-0123,globex=same-token-for-both-0123",
+        ),
     ] {
         let launch = match flag {
             Some(flag) => Launch::new().arg(flag).arg(value),

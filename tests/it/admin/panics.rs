@@ -152,6 +152,9 @@ async fn a_panic_is_logged_with_the_route_and_without_the_body() {
         .with_writer(move || writer.clone())
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
+    // Another test's thread may have registered the log's callsite while this subscriber
+    // was being set: ask every callsite again, now that it is.
+    tracing::callsite::rebuild_interest_cache();
 
     let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper());
     let app = AdminRouter::new(manager, PanicsOnBoom).into_router::<()>();

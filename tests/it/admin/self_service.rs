@@ -269,16 +269,18 @@ async fn a_ceiling_bounds_what_a_tenant_creates_but_not_the_operator() {
     admin.create("acme", None).await;
 }
 
-/// Records every attempt it is asked about, and lets everything through.
+/// Records every attempt it is asked about, and lets everything through; every request
+/// comes from `caller` (the operator by default).
 #[derive(Default, Clone)]
 struct Recording {
     seen: Arc<Mutex<Vec<String>>>,
+    caller: Option<AdminCaller>,
 }
 
 #[async_trait]
 impl AdminAuthorizer for Recording {
     async fn authenticate(&self, _request: &Parts) -> Result<AdminCaller, AdminDenied> {
-        Ok(AdminCaller::Operator)
+        Ok(self.caller.clone().unwrap_or(AdminCaller::Operator))
     }
 
     async fn authorize(&self, attempt: &AdminAttempt<'_>) -> Result<(), AdminDenied> {
@@ -335,14 +337,39 @@ async fn the_authorizer_sees_the_action_and_the_requested_policy() {
     );
 }
 
-#[tokio::test]
-async fn a_tenant_token_shorter_than_16_characters_is_refused() {
+#[test]
+fn a_token_names_one_caller() {
     assert!(AdminToken::new("short-tenant").is_err());
-    // The same token for two callers keeps the last one named.
-    let tokens = AdminTokens::new()
-        .tenant(account("acme"), AdminToken::new(ACME).expect("token"))
-        .tenant(account("globex"), AdminToken::new(ACME).expect("token"));
-    let admin = Harness::with_authorizer(tokens).await;
-    let reply = as_caller(&admin, ACME, Method::GET, "/admin/accounts/acme/keys", None).await;
-    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let tokens = AdminTokens::new().tenant(account("acme"), AdminToken::new(ACME).expect("token"));
+    assert!(tokens.knows(&AdminToken::new(ACME).expect("token")));
+    assert!(!tokens.knows(&AdminToken::new(GLOBEX).expect("token")));
+    let twice = std::panic::catch_unwind(|| tokens.operator(AdminToken::new(ACME).expect("token")));
+    assert!(
+        twice.is_err(),
+        "a tenant's token can't silently become the operator's"
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_naming_another_account_is_404_before_the_authorizer_or_the_store() {
+    let recording = Recording {
+        caller: Some(AdminCaller::Tenant(account("globex"))),
+        ..Recording::default()
+    };
+    let admin = Harness::with_authorizer(recording.clone()).await;
+    let created = admin
+        .manager
+        .create(&account("acme"))
+        .await
+        .expect("create");
+    let path = key_path(&created.info.id.to_string());
+    for (method, path, body) in [
+        (Method::PATCH, path.clone(), Some(r#"{"name":"mine"}"#)),
+        (Method::PATCH, path.clone(), Some(r#"{"name":1}"#)),
+        (Method::POST, format!("{path}/revoke"), None),
+    ] {
+        let reply = as_caller(&admin, "any", method.clone(), &path, body).await;
+        reply.assert_error(StatusCode::NOT_FOUND, &format!("{method} {path} {body:?}"));
+    }
+    assert!(recording.seen.lock().expect("lock").is_empty());
 }
