@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use axum::Router;
 use axum::routing::get;
 use tower_api_key::resolver::ResolveError;
-use tower_api_key::{ApiKey, ApiKeyLayer, Authenticated, KeyDigest, KeyPrefix, Pepper, Resolver};
+use tower_api_key::{
+    Account, ApiKey, ApiKeyLayer, Authenticated, KeyDigest, KeyPrefix, Pepper, Resolver,
+};
 
 #[derive(Debug, Clone)]
 struct Customer {
@@ -35,6 +37,14 @@ impl fmt::Display for Plan {
             Self::Free => "free",
             Self::Pro => "pro",
         })
+    }
+}
+
+/// The layer's questions about a customer (expiry, rate limit, uses) all have defaults: a
+/// customer's key never expires and isn't rate limited. Its name goes in the request's span.
+impl Account for Customer {
+    fn label(&self) -> Option<&str> {
+        Some(&self.name)
     }
 }
 

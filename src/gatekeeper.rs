@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
+use crate::account::Account as _;
 use crate::cache::{Cached, CachedResolver, Lookup, Overloaded, PendingLookup};
 use crate::key::{ApiKey, Pepper};
 use crate::metrics::Metrics;
@@ -241,7 +242,7 @@ impl<R: Resolver> Gatekeeper<R> {
         now: Instant,
     ) -> Decision<R::Account> {
         // The usual case, a key without a limit, pays one `Option` read here.
-        match self.limits.acquire(self.cache.resolver(), &account) {
+        match self.limits.acquire(&*account) {
             None => {
                 self.let_in(&account, key, cached, now);
                 Decision::Accept(account, None)
@@ -337,18 +338,16 @@ impl<R: Resolver> Gatekeeper<R> {
         } else {
             self.metrics.accepted_resolved();
         }
-        let resolver = self.cache.resolver();
-        resolver.record_use_at(account, now);
-        record_in_span(key, resolver.account_id(account));
+        account.record_use(now);
+        record_in_span(key, account.label());
     }
 
     /// Whether the account's key has expired: read from the account on every request, so
     /// a cached entry never authenticates past its key's expiry. The clock is read only for
     /// keys that expire.
     fn expired(&self, account: &R::Account) -> bool {
-        self.cache
-            .resolver()
-            .expires_at(account)
+        account
+            .expires_at()
             .is_some_and(|at| SystemTime::now() >= at)
     }
 

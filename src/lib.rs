@@ -78,6 +78,7 @@
 
 #[cfg(feature = "admin")]
 #[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+mod account;
 pub mod admin;
 mod authenticated;
 #[cfg(feature = "axum")]
@@ -105,6 +106,7 @@ pub mod resolver;
 pub mod service;
 pub mod store;
 
+pub use account::Account;
 pub use authenticated::Authenticated;
 pub use key::{ApiKey, KeyDigest, KeyPrefix, Pepper};
 pub use layer::{ApiKeyLayer, ApiKeyLayerBuilder};

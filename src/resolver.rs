@@ -9,11 +9,19 @@
 //! use async_trait::async_trait;
 //! use tower_api_key::key::{ApiKey, KeyDigest};
 //! use tower_api_key::resolver::{ResolveError, Resolver};
+//! use tower_api_key::Account;
 //!
 //! #[derive(Debug)]
 //! struct Customer {
 //!     name: String,
 //!     plan: &'static str,
+//! }
+//!
+//! // What the layer reads from a customer: here, only its name, for the request's span.
+//! impl Account for Customer {
+//!     fn label(&self) -> Option<&str> {
+//!         Some(&self.name)
+//!     }
 //! }
 //!
 //! struct Customers; // for example a database pool
@@ -48,6 +56,7 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 
+use crate::account::Account;
 use crate::key::{ApiKey, KeyDigest, KeyPrefix};
 use crate::last_used::{LastUsedRecorder, UsageCell};
 use crate::policy::{RateLimit, Scoped, Scopes};
@@ -62,8 +71,9 @@ use crate::store::{AccountId, KeyId, KeyStatus, KeyStore};
 #[async_trait]
 pub trait Resolver: Send + Sync + 'static {
     /// What an authenticated request carries into the inner service, as
-    /// [`Authenticated<Self::Account>`](crate::Authenticated).
-    type Account: Send + Sync + 'static;
+    /// [`Authenticated<Self::Account>`](crate::Authenticated). What the layer reads from it
+    /// (expiry, rate limit, uses) is its [`Account`] implementation.
+    type Account: Account + Send + Sync + 'static;
 
     /// Looks a key up. `digest` is the key's keyed digest under the layer's pepper.
     ///
@@ -74,49 +84,6 @@ pub trait Resolver: Send + Sync + 'static {
         key: &ApiKey,
         digest: &KeyDigest,
     ) -> Result<Option<Self::Account>, ResolveError>;
-
-    /// Called on the request path after every successful authentication, cached or not.
-    /// It must be cheap and must not block; the default does nothing.
-    fn record_use(&self, account: &Self::Account) {
-        let _ = account;
-    }
-
-    /// [`record_use`](Self::record_use), with the instant the layer let the request in (it
-    /// reads the clock once per request, for its cache): a resolver that stamps uses can take
-    /// the time from it instead of reading the clock again. The default calls `record_use`.
-    fn record_use_at(&self, account: &Self::Account, at: Instant) {
-        let _ = at;
-        self.record_use(account);
-    }
-
-    /// When `account`'s key stops authenticating, if it does. The layer checks this on every
-    /// request, cached or not, and answers 401 `expired API key` from that instant without
-    /// asking the resolver again. The default is `None` (never).
-    fn expires_at(&self, account: &Self::Account) -> Option<SystemTime> {
-        let _ = account;
-        None
-    }
-
-    /// The account's id for the request's tracing span (field `api_key.account`), if it has
-    /// one worth logging. The default is `None`.
-    fn account_id<'a>(&self, account: &'a Self::Account) -> Option<&'a str> {
-        let _ = account;
-        None
-    }
-
-    /// Whose rate-limit budget `account`'s requests spend (see
-    /// [`rate_limit`](crate::rate_limit)). `None`, the default, exempts them from rate limits.
-    fn budget_key(&self, account: &Self::Account) -> Option<BudgetKey> {
-        let _ = account;
-        None
-    }
-
-    /// `account`'s own rate limit. `None`, the default, leaves it to the layer's
-    /// [`default_rate_limit`](crate::ApiKeyLayerBuilder::default_rate_limit), if any.
-    fn rate_limit(&self, account: &Self::Account) -> Option<RateLimit> {
-        let _ = account;
-        None
-    }
 }
 
 #[async_trait]
@@ -129,30 +96,6 @@ impl<R: Resolver + ?Sized> Resolver for Arc<R> {
         digest: &KeyDigest,
     ) -> Result<Option<Self::Account>, ResolveError> {
         (**self).resolve(key, digest).await
-    }
-
-    fn record_use(&self, account: &Self::Account) {
-        (**self).record_use(account);
-    }
-
-    fn record_use_at(&self, account: &Self::Account, at: Instant) {
-        (**self).record_use_at(account, at);
-    }
-
-    fn expires_at(&self, account: &Self::Account) -> Option<SystemTime> {
-        (**self).expires_at(account)
-    }
-
-    fn account_id<'a>(&self, account: &'a Self::Account) -> Option<&'a str> {
-        (**self).account_id(account)
-    }
-
-    fn budget_key(&self, account: &Self::Account) -> Option<BudgetKey> {
-        (**self).budget_key(account)
-    }
-
-    fn rate_limit(&self, account: &Self::Account) -> Option<RateLimit> {
-        (**self).rate_limit(account)
     }
 }
 
@@ -207,6 +150,8 @@ pub struct KeyIdentity {
     rate_limit: Option<RateLimit>,
     grace: bool,
     usage: Arc<UsageCell>,
+    /// Where uses are recorded, if they are.
+    recorder: Option<LastUsedRecorder>,
 }
 
 impl KeyIdentity {
@@ -222,6 +167,7 @@ impl KeyIdentity {
             expires_at: None,
             rate_limit: None,
             grace: false,
+            recorder: None,
         }
     }
 
@@ -280,6 +226,31 @@ impl KeyIdentity {
     /// Whether the request used the old key of a rotation, in its grace period.
     pub fn is_grace_key(&self) -> bool {
         self.grace
+    }
+}
+
+impl Account for KeyIdentity {
+    fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    fn label(&self) -> Option<&str> {
+        Some(self.account_id.as_str())
+    }
+
+    /// The key's id: each key has a budget of its own, kept across rotations.
+    fn budget_key(&self) -> Option<BudgetKey> {
+        Some(self.key_id.into())
+    }
+
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
+    fn record_use(&self, at: Instant) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(&self.usage, at);
+        }
     }
 }
 
@@ -406,34 +377,8 @@ impl Resolver for StoreResolver {
                 expires_at,
                 rate_limit: record.rate_limit,
                 grace,
+                recorder: self.last_used.clone(),
             }))
-    }
-
-    fn record_use(&self, identity: &KeyIdentity) {
-        self.record_use_at(identity, Instant::now());
-    }
-
-    fn record_use_at(&self, identity: &KeyIdentity, at: Instant) {
-        if let Some(recorder) = &self.last_used {
-            recorder.record(&identity.usage, at);
-        }
-    }
-
-    fn expires_at(&self, identity: &KeyIdentity) -> Option<SystemTime> {
-        identity.expires_at
-    }
-
-    fn account_id<'a>(&self, identity: &'a KeyIdentity) -> Option<&'a str> {
-        Some(identity.account_id.as_str())
-    }
-
-    /// The key's id: each key has a budget of its own, kept across rotations.
-    fn budget_key(&self, identity: &KeyIdentity) -> Option<BudgetKey> {
-        Some(identity.key_id.into())
-    }
-
-    fn rate_limit(&self, identity: &KeyIdentity) -> Option<RateLimit> {
-        identity.rate_limit
     }
 }
 

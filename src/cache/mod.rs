@@ -319,6 +319,7 @@ impl<R: Resolver> CachedResolver<R> {
     }
 
     /// The wrapped resolver.
+    #[cfg(test)]
     pub(crate) fn resolver(&self) -> &R {
         &self.shared.resolver
     }
@@ -672,11 +673,16 @@ mod tests {
     #[derive(Default)]
     struct Counting(AtomicUsize);
 
+    /// The account `Counting` never finds.
+    struct Nobody;
+
+    impl crate::Account for Nobody {}
+
     #[async_trait]
     impl Resolver for Counting {
-        type Account = ();
+        type Account = Nobody;
 
-        async fn resolve(&self, _: &ApiKey, _: &KeyDigest) -> Result<Option<()>, ResolveError> {
+        async fn resolve(&self, _: &ApiKey, _: &KeyDigest) -> Result<Option<Nobody>, ResolveError> {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(None)
         }

@@ -63,8 +63,8 @@ use std::time::Duration;
 
 pub(crate) use self::headers::{insert_budget, insert_retry_after};
 pub use self::local::LocalLimiter;
+use crate::account::Account;
 pub use crate::policy::RateLimit;
-use crate::resolver::Resolver;
 use crate::store::KeyId;
 
 // ===== BudgetKey =====
@@ -252,13 +252,9 @@ impl Default for Limits {
 impl Limits {
     /// Spends one request of `account`'s budget; `None` if its requests are not limited.
     #[inline]
-    pub(crate) fn acquire<R: Resolver>(
-        &self,
-        resolver: &R,
-        account: &R::Account,
-    ) -> Option<Acquire> {
-        let limit = resolver.rate_limit(account).or(self.default)?;
-        let key = resolver.budget_key(account)?;
+    pub(crate) fn acquire(&self, account: &impl Account) -> Option<Acquire> {
+        let limit = account.rate_limit().or(self.default)?;
+        let key = account.budget_key()?;
         Some(self.limiter.acquire(key, limit))
     }
 }

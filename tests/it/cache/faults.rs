@@ -53,16 +53,22 @@ impl ScriptedResolver {
     }
 }
 
+/// The account the scripted resolver accepts: the key's prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Prefix(String);
+
+impl tower_api_key::Account for Prefix {}
+
 #[async_trait]
 impl Resolver for ScriptedResolver {
-    type Account = String;
+    type Account = Prefix;
 
-    async fn resolve(&self, key: &ApiKey, _: &KeyDigest) -> Result<Option<String>, ResolveError> {
+    async fn resolve(&self, key: &ApiKey, _: &KeyDigest) -> Result<Option<Prefix>, ResolveError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
         let behaviour = *self.behaviour.lock().expect("lock");
         match behaviour {
-            Behaviour::Accept => Ok(Some(key.prefix().to_string())),
+            Behaviour::Accept => Ok(Some(Prefix(key.prefix().to_string()))),
             Behaviour::Refuse => Ok(None),
             Behaviour::Fail => Err(ResolveError::new("database is down")),
             Behaviour::Panic => panic!("resolver bug"),
@@ -84,7 +90,7 @@ fn service(resolver: &Arc<ScriptedResolver>, config: CacheConfig) -> Service {
         assert!(
             request
                 .extensions()
-                .get::<Authenticated<String>>()
+                .get::<Authenticated<Prefix>>()
                 .is_some()
         );
         Ok::<_, Infallible>(Response::new(Empty::new()))

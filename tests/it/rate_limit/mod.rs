@@ -27,76 +27,31 @@ pub(crate) fn assert_five_of_twelve(allowed: usize, took: std::time::Duration) {
 
 #[cfg(feature = "axum")]
 mod app {
-    //! An app whose `/v1/ping` counts the requests that reach it, behind a layer whose
-    //! resolver counts the uses it records.
+    //! An app whose `/v1/ping` counts the requests that reach it, behind a layer that counts
+    //! the uses it records.
 
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use async_trait::async_trait;
     use axum::Router;
     use axum::routing::get;
-    use tower_api_key::rate_limit::BudgetKey;
-    use tower_api_key::resolver::ResolveError;
     use tower_api_key::{
-        AccountId, ApiKey, ApiKeyLayer, ApiKeyLayerBuilder, KeyDigest, KeyIdentity, KeyManager,
-        KeyOptions, RateLimit, Resolver, StoreResolver,
+        AccountId, ApiKeyLayer, ApiKeyLayerBuilder, KeyManager, KeyOptions, RateLimit,
+        StoreResolver,
     };
 
     use crate::support::http::{Answer, client, get_with, serve};
     use crate::support::stores::TestStore;
     use crate::support::{account, pepper};
 
-    /// [`StoreResolver`] that counts the uses the layer records.
-    pub(crate) struct CountingUses {
-        inner: StoreResolver,
-        pub(crate) uses: Arc<AtomicUsize>,
-    }
-
-    #[async_trait]
-    impl Resolver for CountingUses {
-        type Account = KeyIdentity;
-
-        async fn resolve(
-            &self,
-            key: &ApiKey,
-            digest: &KeyDigest,
-        ) -> Result<Option<KeyIdentity>, ResolveError> {
-            self.inner.resolve(key, digest).await
-        }
-
-        fn record_use(&self, account: &KeyIdentity) {
-            self.uses.fetch_add(1, Ordering::SeqCst);
-            self.inner.record_use(account);
-        }
-
-        fn expires_at(&self, account: &KeyIdentity) -> Option<std::time::SystemTime> {
-            self.inner.expires_at(account)
-        }
-
-        fn account_id<'a>(&self, account: &'a KeyIdentity) -> Option<&'a str> {
-            self.inner.account_id(account)
-        }
-
-        fn budget_key(&self, account: &KeyIdentity) -> Option<BudgetKey> {
-            self.inner.budget_key(account)
-        }
-
-        fn rate_limit(&self, account: &KeyIdentity) -> Option<RateLimit> {
-            self.inner.rate_limit(account)
-        }
-    }
-
     pub(crate) struct App {
         pub(crate) addr: SocketAddr,
         pub(crate) manager: KeyManager,
-        pub(crate) layer: ApiKeyLayer<CountingUses>,
+        pub(crate) layer: ApiKeyLayer<StoreResolver>,
         pub(crate) account: AccountId,
         /// Requests that reached the inner service.
         pub(crate) served: Arc<AtomicUsize>,
-        /// Uses the layer recorded.
-        pub(crate) uses: Arc<AtomicUsize>,
     }
 
     impl App {
@@ -105,15 +60,13 @@ mod app {
         }
 
         pub(crate) async fn start_with(
-            configure: impl FnOnce(ApiKeyLayerBuilder<CountingUses>) -> ApiKeyLayerBuilder<CountingUses>,
+            configure: impl FnOnce(
+                ApiKeyLayerBuilder<StoreResolver>,
+            ) -> ApiKeyLayerBuilder<StoreResolver>,
         ) -> Self {
             let store = TestStore::new();
             let manager = KeyManager::new(store.clone(), pepper());
-            let uses = Arc::new(AtomicUsize::new(0));
-            let resolver = CountingUses {
-                inner: StoreResolver::new(store),
-                uses: Arc::clone(&uses),
-            };
+            let resolver = StoreResolver::new(store);
             let layer = configure(
                 ApiKeyLayer::builder(resolver, manager.pepper().clone())
                     .invalidated_by(manager.invalidation_bus()),
@@ -136,7 +89,6 @@ mod app {
                 layer,
                 account: account("acme"),
                 served,
-                uses,
             }
         }
 
@@ -162,8 +114,9 @@ mod app {
             self.served.load(Ordering::SeqCst)
         }
 
-        pub(crate) fn uses(&self) -> usize {
-            self.uses.load(Ordering::SeqCst)
+        /// Uses the layer recorded: it records one with every request it counts as accepted.
+        pub(crate) fn uses(&self) -> u64 {
+            self.layer.metrics().accepted
         }
     }
 
