@@ -138,7 +138,7 @@ pin_project! {
 
 impl<S, B, R> Future for AxumResponseFuture<S, B, R>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<B>, Response = Response<Body>> + Clone,
     R: Resolver,
 {
     type Output = Result<Response<Body>, S::Error>;

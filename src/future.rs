@@ -11,11 +11,16 @@
 //! ```
 //!
 //! A found key may also go through `Throttling` when its rate limit is kept elsewhere.
+//!
+//! Every state is entered from a gatekeeper decision through one function, `State::start`:
+//! the service's `call` starts the future from its decision, and a finished lookup or
+//! verdict starts the next state from the decision it leads to.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -26,7 +31,7 @@ use tower_service::Service;
 use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::cache::PendingLookup;
-use crate::gatekeeper::{Decision, Gatekeeper};
+use crate::gatekeeper::{Decision, Gatekeeper, Origin};
 use crate::rate_limit::{self, Budget, PendingVerdict};
 use crate::resolver::Resolver;
 
@@ -81,99 +86,126 @@ pin_project! {
 struct Throttled<S, B, A> {
     verdict: PendingVerdict,
     account: Arc<A>,
-    /// Whether the account came from the cache (for the metrics).
-    cached: bool,
+    origin: Origin,
     inner: S,
     request: Request<B>,
 }
 
+/// The inner service that `poll_ready` prepared: still in the service (a decision made in
+/// `call`), or held by the future (a decision made after waiting).
+pub(crate) enum Ready<'a, S> {
+    InService(&'a mut S),
+    Held(S),
+}
+
+impl<S: Clone> Ready<'_, S> {
+    fn call<B>(self, request: Request<B>) -> S::Future
+    where
+        S: Service<Request<B>>,
+    {
+        match self {
+            Self::InService(inner) => inner.call(request),
+            Self::Held(mut inner) => inner.call(request),
+        }
+    }
+
+    /// The ready service, to call later. Taken out of the service, a clone left in its
+    /// place: the clone may not be ready, and calling it instead would break its
+    /// backpressure.
+    fn hold(self) -> S {
+        match self {
+            Self::InService(inner) => {
+                let clone = inner.clone();
+                std::mem::replace(inner, clone)
+            }
+            Self::Held(inner) => inner,
+        }
+    }
+}
+
 impl<S, B, R> ResponseFuture<S, B, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + Clone,
     R: Resolver,
 {
-    pub(crate) fn called(future: S::Future, budget: Option<Budget>) -> Self {
-        Self {
-            state: State::Called { future, budget },
-        }
-    }
-
-    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected {
-                response: Some(response),
-            },
-        }
-    }
-
-    /// Carries out `decision` (one that has to wait: a lookup or a rate-limit verdict) with
-    /// the inner service `poll_ready` prepared.
-    pub(crate) fn waiting(
+    /// The future that carries out `decision` with the `ready` inner service.
+    pub(crate) fn start(
         decision: Decision<R::Account>,
-        ready_inner: S,
+        ready: Ready<'_, S>,
         request: Request<B>,
-        gatekeeper: Arc<Gatekeeper<R>>,
+        gatekeeper: &Arc<Gatekeeper<R>>,
     ) -> Self {
         Self {
-            state: State::after(decision, ready_inner, request, gatekeeper),
+            state: State::start(decision, ready, request, gatekeeper),
         }
     }
 }
 
 impl<S, B, R> State<S, B, R>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + Clone,
     R: Resolver,
 {
-    /// The state that carries out `decision`, holding the ready inner service and the request.
-    fn after(
+    /// The one place a decision becomes a state.
+    fn start(
         decision: Decision<R::Account>,
-        mut inner: S,
+        ready: Ready<'_, S>,
         mut request: Request<B>,
-        gatekeeper: Arc<Gatekeeper<R>>,
+        gatekeeper: &Arc<Gatekeeper<R>>,
     ) -> Self {
         match decision {
             Decision::Accept(account, budget) => {
+                gatekeeper.sources.strip(request.headers_mut());
                 request
                     .extensions_mut()
                     .insert(Authenticated::from_arc(account));
                 State::Called {
-                    future: inner.call(request),
+                    future: ready.call(request),
                     budget,
                 }
             }
-            Decision::Anonymous => State::Called {
-                future: inner.call(request),
-                budget: None,
-            },
+            Decision::Anonymous => {
+                gatekeeper.sources.strip(request.headers_mut());
+                State::Called {
+                    future: ready.call(request),
+                    budget: None,
+                }
+            }
+            // The inner service stays ready for the next request: it was not called.
             Decision::Reject(rejection) => State::Rejected {
                 response: Some(gatekeeper.reject(rejection, &request)),
             },
-            Decision::Limited(budget) => State::Rejected {
+            Decision::OverLimit(budget) => State::Rejected {
                 response: Some(gatekeeper.over_limit(&budget, &request)),
             },
-            Decision::Lookup(lookup) => State::Resolving {
-                lookup,
-                waiting: Some(Box::new((inner, request))),
-                gatekeeper,
-            },
-            Decision::Throttle(account, verdict, cached) => State::Throttling {
-                throttled: Some(Box::new(Throttled {
-                    verdict,
-                    account,
-                    cached,
-                    inner,
-                    request,
-                })),
-                gatekeeper,
-            },
+            Decision::Resolve(lookup) => {
+                gatekeeper.sources.strip(request.headers_mut());
+                State::Resolving {
+                    lookup,
+                    waiting: Some(Box::new((ready.hold(), request))),
+                    gatekeeper: Arc::clone(gatekeeper),
+                }
+            }
+            Decision::Throttle(account, verdict, origin) => {
+                gatekeeper.sources.strip(request.headers_mut());
+                State::Throttling {
+                    throttled: Some(Box::new(Throttled {
+                        verdict,
+                        account,
+                        origin,
+                        inner: ready.hold(),
+                        request,
+                    })),
+                    gatekeeper: Arc::clone(gatekeeper),
+                }
+            }
         }
     }
 }
 
 impl<S, B, R, ResBody> Future for ResponseFuture<S, B, R>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     R: Resolver,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
@@ -204,7 +236,7 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     let decision = gatekeeper.conclude(outcome);
-                    State::after(decision, inner, request, Arc::clone(gatekeeper))
+                    State::start(decision, Ready::Held(inner), request, gatekeeper)
                 }
                 StateProj::Throttling {
                     throttled,
@@ -216,13 +248,13 @@ where
                     let verdict = ready!(waiting.verdict.as_mut().poll(cx));
                     let Throttled {
                         account,
-                        cached,
+                        origin,
                         inner,
                         request,
                         ..
                     } = *throttled.take().expect("checked above");
-                    let decision = gatekeeper.judge(account, verdict, cached);
-                    State::after(decision, inner, request, Arc::clone(gatekeeper))
+                    let decision = gatekeeper.apply(verdict, account, origin, Instant::now());
+                    State::start(decision, Ready::Held(inner), request, gatekeeper)
                 }
             };
             self.as_mut().project().state.set(next);

@@ -3,8 +3,8 @@
 //! [`Gatekeeper::decide`] does everything that needs no `.await` (read, trim and parse the
 //! header, digest the key, ask the cache, spend the key's rate-limit budget) and returns a
 //! [`Decision`]; a cache miss comes back later through [`Gatekeeper::conclude`], a rate limit
-//! kept elsewhere through [`Gatekeeper::judge`]. Everything here is shared by every clone of
-//! the service.
+//! kept elsewhere through [`Gatekeeper::apply`]. Admission is `admit` → `apply` (only for a
+//! limited key) → `let_in`. Everything here is shared by every clone of the service.
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::account::Account as _;
 use crate::cache::{Cached, CachedResolver, Lookup, Overloaded, PendingLookup};
-use crate::key::{ApiKey, Pepper};
+use crate::key::{ApiKey, KeyPrefix, Pepper};
 use crate::metrics::Metrics;
 use crate::rate_limit::{self, Acquire, Budget, LimiterFailure, Limits, PendingVerdict, Verdict};
 use crate::rejection::{self, Rejection, RejectionContext};
@@ -131,18 +131,29 @@ pub(crate) struct Gatekeeper<R: Resolver> {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-/// What to do with one request.
+/// What to do with one request; [`ResponseFuture::start`](crate::future::ResponseFuture)
+/// turns it into the future's state, in one place.
 pub(crate) enum Decision<A> {
     /// Call the inner service as `A`; with a budget, the response carries it.
     Accept(Arc<A>, Option<Budget>),
+    /// Call the inner service without an account (optional mode, no key).
     Anonymous,
+    /// Answer for the layer.
     Reject(Rejection),
     /// A valid key over its rate limit: answer 429 with this budget.
-    Limited(Budget),
-    /// Wait for the key's cache miss.
-    Lookup(PendingLookup<A>),
-    /// Wait for the rate limiter's verdict on `A` (`true` if `A` came from the cache).
-    Throttle(Arc<A>, PendingVerdict, bool),
+    OverLimit(Budget),
+    /// Wait for the resolver's answer on the key (a cache miss).
+    Resolve(PendingLookup<A>),
+    /// Wait for the rate limiter's verdict on `A`.
+    Throttle(Arc<A>, PendingVerdict, Origin),
+}
+
+/// Where an accepted account came from: the cache (with the prefix, for the request's span)
+/// or the resolver (whose miss already put the prefix in the span). The metrics count each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin {
+    Cache(KeyPrefix),
+    Resolver,
 }
 
 impl<R: Resolver> Gatekeeper<R> {
@@ -181,7 +192,7 @@ impl<R: Resolver> Gatekeeper<R> {
                     tracing::debug!(outcome = "expired", prefix = %key.prefix(), "api key rejected: expired (cached)");
                     return Decision::Reject(Rejection::Expired);
                 }
-                self.admit(account, Some(&key), true, now)
+                self.admit(account, Origin::Cache(key.prefix()), now)
             }
             Some(Cached::Invalid) => {
                 self.metrics.refused_cached();
@@ -194,9 +205,9 @@ impl<R: Resolver> Gatekeeper<R> {
                 }
                 self.metrics.cache_misses();
                 // The prefix now, the account once the lookup accepts it.
-                record_in_span(Some(&key), None);
+                record_in_span(Some(key.prefix()), None);
                 match self.cache.lookup(&key, digest) {
-                    Ok(lookup) => Decision::Lookup(lookup),
+                    Ok(lookup) => Decision::Resolve(lookup),
                     Err(Overloaded) => {
                         self.metrics.unavailable();
                         self.metrics.lookups_shed();
@@ -216,7 +227,7 @@ impl<R: Resolver> Gatekeeper<R> {
                 tracing::debug!(outcome = "expired", "api key rejected: expired");
                 Decision::Reject(Rejection::Expired)
             }
-            Lookup::Found(account) => self.admit(account, None, false, Instant::now()),
+            Lookup::Found(account) => self.admit(account, Origin::Resolver, Instant::now()),
             Lookup::NotFound => {
                 self.metrics.refused_resolved();
                 tracing::debug!(outcome = "invalid", "api key rejected: refused by resolver");
@@ -230,116 +241,83 @@ impl<R: Resolver> Gatekeeper<R> {
         }
     }
 
-    /// Lets an authenticated account in if its rate limit allows: spends its budget, then
-    /// counts and records the use. `cached` says where the account came from (for the
-    /// metrics).
+    /// Lets an authenticated account in if its rate limit allows; a limit kept elsewhere
+    /// sends it to wait for the verdict.
     #[inline(always)]
     fn admit(
         &self,
         account: Arc<R::Account>,
-        key: Option<&ApiKey>,
-        cached: bool,
+        origin: Origin,
         now: Instant,
     ) -> Decision<R::Account> {
         // The usual case, a key without a limit, pays one `Option` read here.
         match self.limits.acquire(&*account) {
-            None => {
-                self.let_in(&account, key, cached, now);
-                Decision::Accept(account, None)
-            }
-            Some(acquire) => self.admit_limited(account, key, cached, acquire, now),
+            None => self.let_in(account, None, origin, now),
+            Some(Acquire::Ready(verdict)) => self.apply(verdict, account, origin, now),
+            Some(Acquire::Pending(verdict)) => Decision::Throttle(account, verdict, origin),
         }
     }
 
-    /// [`admit`](Self::admit) for a key with a rate limit.
+    /// Lets the account in with its budget, or refuses it, as the rate limiter's verdict
+    /// says; also finishes [`Decision::Throttle`].
     #[inline(never)]
-    fn admit_limited(
+    pub(crate) fn apply(
         &self,
+        verdict: Verdict,
         account: Arc<R::Account>,
-        key: Option<&ApiKey>,
-        cached: bool,
-        acquire: Acquire,
+        origin: Origin,
         now: Instant,
     ) -> Decision<R::Account> {
-        match acquire {
-            Acquire::Ready(verdict) => self.settle(account, verdict, key, cached, now),
-            Acquire::Pending(verdict) => Decision::Throttle(account, verdict, cached),
-        }
-    }
-
-    /// Finishes [`Decision::Throttle`] with the limiter's verdict.
-    pub(crate) fn judge(
-        &self,
-        account: Arc<R::Account>,
-        verdict: Verdict,
-        cached: bool,
-    ) -> Decision<R::Account> {
-        self.settle(account, verdict, None, cached, Instant::now())
-    }
-
-    /// Lets the account in with its budget, or refuses it, as the limiter's verdict says.
-    fn settle(
-        &self,
-        account: Arc<R::Account>,
-        verdict: Verdict,
-        key: Option<&ApiKey>,
-        cached: bool,
-        now: Instant,
-    ) -> Decision<R::Account> {
-        match self.weigh(verdict, cached) {
-            Ok(budget) => {
-                self.let_in(&account, key, cached, now);
-                Decision::Accept(account, budget)
-            }
-            Err(refusal) => refusal,
-        }
-    }
-
-    /// The budget to report for an allowed request, or the refusal of one over its limit (or
-    /// of any, when the limiter failed and the policy refuses).
-    fn weigh(
-        &self,
-        verdict: Verdict,
-        cached: bool,
-    ) -> Result<Option<Budget>, Decision<R::Account>> {
         match verdict {
-            Verdict::Allowed(budget) => Ok(Some(budget)),
+            Verdict::Allowed(budget) => self.let_in(account, Some(budget), origin, now),
             Verdict::Limited(budget) => {
-                if cached {
-                    self.metrics.rate_limited_cached();
-                } else {
-                    self.metrics.rate_limited_resolved();
+                match origin {
+                    Origin::Cache(_) => self.metrics.rate_limited_cached(),
+                    Origin::Resolver => self.metrics.rate_limited_resolved(),
                 }
                 tracing::debug!(outcome = "rate_limited", "api key over its rate limit");
-                Err(Decision::Limited(budget))
+                Decision::OverLimit(budget)
             }
             Verdict::Unavailable => {
                 self.metrics.limiter_failed();
                 match self.limits.on_failure {
                     LimiterFailure::Allow => {
                         tracing::debug!("rate limiter unavailable: request let through");
-                        Ok(None)
+                        self.let_in(account, None, origin, now)
                     }
                     LimiterFailure::Refuse => {
                         self.metrics.unavailable();
                         tracing::debug!(outcome = "unavailable", "rate limiter unavailable");
-                        Err(Decision::Reject(Rejection::Unavailable))
+                        Decision::Reject(Rejection::Unavailable)
                     }
                 }
             }
         }
     }
 
-    /// Bookkeeping of an accepted key: the count, its use (at `now`), and the request's span.
+    /// Accepts the account: counts it, records its use (at `now`) and names it in the
+    /// request's span.
     #[inline]
-    fn let_in(&self, account: &R::Account, key: Option<&ApiKey>, cached: bool, now: Instant) {
-        if cached {
-            self.metrics.accepted_cached();
-        } else {
-            self.metrics.accepted_resolved();
-        }
+    fn let_in(
+        &self,
+        account: Arc<R::Account>,
+        budget: Option<Budget>,
+        origin: Origin,
+        now: Instant,
+    ) -> Decision<R::Account> {
+        let prefix = match origin {
+            Origin::Cache(prefix) => {
+                self.metrics.accepted_cached();
+                Some(prefix)
+            }
+            Origin::Resolver => {
+                self.metrics.accepted_resolved();
+                None
+            }
+        };
         account.record_use(now);
-        record_in_span(key, account.label());
+        record_in_span(prefix, account.label());
+        Decision::Accept(account, budget)
     }
 
     /// Whether the account's key has expired: read from the account on every request, so
@@ -392,7 +370,7 @@ impl<R: Resolver> Gatekeeper<R> {
 
 /// Records the key's prefix and the account in the current span's `api_key.prefix` and
 /// `api_key.account` fields, if it declares them: one look-up of the span for both.
-fn record_in_span(key: Option<&ApiKey>, account: Option<&str>) {
+fn record_in_span(prefix: Option<KeyPrefix>, account: Option<&str>) {
     // With every level off no span exists: skip the look-up (one atomic load).
     if tracing::level_filters::LevelFilter::current() == tracing::level_filters::LevelFilter::OFF {
         return;
@@ -401,8 +379,8 @@ fn record_in_span(key: Option<&ApiKey>, account: Option<&str>) {
     if span.is_disabled() {
         return;
     }
-    if let Some(key) = key {
-        span.record("api_key.prefix", tracing::field::display(key.prefix()));
+    if let Some(prefix) = prefix {
+        span.record("api_key.prefix", tracing::field::display(prefix));
     }
     if let Some(account) = account {
         span.record("api_key.account", account);

@@ -48,7 +48,7 @@ pub const DEFAULT_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 /// Applies [`ApiKeyService`] to a service. Cloning shares the cache and the counters: every
 /// service made from one layer sees the same invalidations.
 pub struct ApiKeyLayer<R: Resolver> {
-    auth: Arc<Gatekeeper<R>>,
+    gatekeeper: Arc<Gatekeeper<R>>,
 }
 
 impl<R: Resolver> ApiKeyLayer<R> {
@@ -70,12 +70,12 @@ impl<R: Resolver> ApiKeyLayer<R> {
 
     /// A snapshot of the layer's counters.
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.auth.metrics.snapshot()
+        self.gatekeeper.metrics.snapshot()
     }
 
     /// The layer's cache, for inspection and manual invalidation.
     pub fn cache(&self) -> &CachedResolver<R> {
-        &self.auth.cache
+        &self.gatekeeper.cache
     }
 }
 
@@ -94,7 +94,7 @@ impl ApiKeyLayer<StoreResolver> {
 impl<R: Resolver> Clone for ApiKeyLayer<R> {
     fn clone(&self) -> Self {
         Self {
-            auth: Arc::clone(&self.auth),
+            gatekeeper: Arc::clone(&self.gatekeeper),
         }
     }
 }
@@ -102,7 +102,7 @@ impl<R: Resolver> Clone for ApiKeyLayer<R> {
 impl<R: Resolver> fmt::Debug for ApiKeyLayer<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeyLayer")
-            .field("auth", &self.auth)
+            .field("gatekeeper", &self.gatekeeper)
             .finish()
     }
 }
@@ -111,7 +111,7 @@ impl<S, R: Resolver> Layer<S> for ApiKeyLayer<R> {
     type Service = ApiKeyService<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiKeyService::new(inner, Arc::clone(&self.auth))
+        ApiKeyService::new(inner, Arc::clone(&self.gatekeeper))
     }
 }
 
@@ -230,7 +230,7 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
             &self.buses,
         );
         ApiKeyLayer {
-            auth: Arc::new(Gatekeeper {
+            gatekeeper: Arc::new(Gatekeeper {
                 sources: self.sources,
                 mode: self.mode,
                 pepper: self.pepper,

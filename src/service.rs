@@ -1,5 +1,6 @@
 //! [`ApiKeyService`]: the middleware itself. What it decides for each request is worked out
-//! by the crate's private gatekeeper; this module only wires that decision into tower.
+//! by the crate's private gatekeeper, and [`ResponseFuture`] carries the decision out; this
+//! module only wires the two into tower.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,10 +9,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
-use crate::future::ResponseFuture;
-use crate::gatekeeper::{Decision, Gatekeeper};
+use crate::future::{Ready, ResponseFuture};
+use crate::gatekeeper::Gatekeeper;
 use crate::resolver::Resolver;
 
 /// Authenticates every request by its API-key header before calling the inner service.
@@ -81,45 +81,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.gatekeeper.decide(request.headers()) {
-            Decision::Accept(account, budget) => {
-                self.gatekeeper.sources.strip(request.headers_mut());
-                request
-                    .extensions_mut()
-                    .insert(Authenticated::from_arc(account));
-                // Called now, before `call` returns: the service `poll_ready` prepared is
-                // the one called, with no clone needed.
-                ResponseFuture::called(self.inner.call(request), budget)
-            }
-            Decision::Anonymous => {
-                self.gatekeeper.sources.strip(request.headers_mut());
-                ResponseFuture::called(self.inner.call(request), None)
-            }
-            // The inner service stays ready for the next request: it was not called.
-            Decision::Reject(rejection) => {
-                ResponseFuture::rejected(self.gatekeeper.reject(rejection, &request))
-            }
-            Decision::Limited(budget) => {
-                ResponseFuture::rejected(self.gatekeeper.over_limit(&budget, &request))
-            }
-            waiting @ (Decision::Lookup(_) | Decision::Throttle(..)) => {
-                self.gatekeeper.sources.strip(request.headers_mut());
-                ResponseFuture::waiting(
-                    waiting,
-                    take_ready(&mut self.inner),
-                    request,
-                    Arc::clone(&self.gatekeeper),
-                )
-            }
-        }
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let decision = self.gatekeeper.decide(request.headers());
+        // Called now or later, the inner service is the one `poll_ready` prepared.
+        ResponseFuture::start(
+            decision,
+            Ready::InService(&mut self.inner),
+            request,
+            &self.gatekeeper,
+        )
     }
-}
-
-/// Takes the inner service that `poll_ready` prepared and leaves a clone in its place, for a
-/// call made later (after the lookup): the clone may not be ready, and calling it instead
-/// would break its backpressure.
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
 }
