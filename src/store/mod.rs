@@ -257,7 +257,8 @@ impl KeyRecord {
     }
 
     /// The prefixes this record reserves: the current key's and, if there is one, the
-    /// previous key's.
+    /// previous key's. (The SQL stores check them; the memory store keeps a map.)
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn prefixes(&self) -> impl Iterator<Item = &KeyPrefix> + '_ {
         std::iter::once(&self.prefix).chain(self.previous.as_ref().map(|p| &p.prefix))
     }
