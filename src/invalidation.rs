@@ -30,10 +30,11 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::Instant;
 
 use crate::key::KeyDigest;
+use crate::sync::{lock, read, write};
 
 /// What a cache must forget.
 ///
@@ -80,31 +81,20 @@ impl InvalidationBus {
     /// Subscribes `listener` until it is dropped.
     pub fn subscribe<L: InvalidationListener>(&self, listener: &Arc<L>) {
         let weak: Weak<L> = Arc::downgrade(listener);
-        self.listeners
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(weak);
+        write(&self.listeners).push(weak);
     }
 
     /// Delivers `invalidation` to every live listener before returning.
     pub fn publish(&self, invalidation: Invalidation) {
         let mut dead = false;
-        for listener in self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for listener in read(&self.listeners).iter() {
             match listener.upgrade() {
                 Some(listener) => listener.invalidate(&invalidation),
                 None => dead = true,
             }
         }
         if dead {
-            self.listeners
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|listener| listener.strong_count() > 0);
+            write(&self.listeners).retain(|listener| listener.strong_count() > 0);
         }
     }
 
@@ -139,9 +129,7 @@ impl InvalidationBus {
     /// How many listeners are subscribed and alive.
     #[doc(hidden)]
     pub fn listener_count(&self) -> usize {
-        self.listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        read(&self.listeners)
             .iter()
             .filter(|listener| listener.strong_count() > 0)
             .count()
@@ -197,7 +185,7 @@ impl Trust {
     }
 
     fn states(&self) -> MutexGuard<'_, Vec<ChannelState>> {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.channels)
     }
 
     fn recompute(&self, states: &[ChannelState]) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::DigestHasher;
 use crate::key::KeyDigest;
-use crate::lock;
+use crate::sync::lock;
 
 pub(super) struct KnownKeys {
     lifetime: Duration,

@@ -14,7 +14,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -24,9 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use self::known::KnownKeys;
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener, Trust};
 use crate::key::{ApiKey, KeyDigest};
-use crate::lock;
 use crate::metrics::Metrics;
 use crate::resolver::Resolver;
+use crate::sync::{lock, read, write};
 
 // ===== CacheConfig =====
 
@@ -429,7 +429,7 @@ impl<R: Resolver> fmt::Debug for CachedResolver<R> {
 
 impl<R: Resolver> InvalidationListener for CacheShared<R> {
     fn invalidate(&self, invalidation: &Invalidation) {
-        let mut epoch = self.epoch.write().unwrap_or_else(PoisonError::into_inner);
+        let mut epoch = write(&self.epoch);
         *epoch += 1;
         match invalidation {
             Invalidation::Key(digest) => {
@@ -621,10 +621,6 @@ fn next_id() -> usize {
 fn next_ticket() -> u64 {
     static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     TICKETS.fetch_add(1, Ordering::Relaxed)
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 // ===== DigestHasher =====

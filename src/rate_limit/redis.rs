@@ -70,7 +70,7 @@ use futures_util::future::{BoxFuture, Shared as SharedFuture};
 
 use super::{Acquire, Budget, BudgetKey, RateLimit, RateLimiter, Verdict};
 use crate::cache::DigestHasher;
-use crate::lock;
+use crate::sync::lock;
 
 #[cfg(doc)]
 use super::LocalLimiter;
