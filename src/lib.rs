@@ -91,6 +91,7 @@ pub mod extract;
 pub mod feed;
 pub mod future;
 mod gatekeeper;
+mod hashing;
 pub mod invalidation;
 pub mod key;
 pub mod last_used;

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::DigestHasher;
+use crate::hashing::DigestHasher;
 use crate::key::KeyDigest;
 use crate::sync::lock;
 

@@ -11,7 +11,6 @@ mod known;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +21,7 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::known::KnownKeys;
+use crate::hashing::DigestHasher;
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener, Trust};
 use crate::key::{ApiKey, KeyDigest};
 use crate::metrics::Metrics;
@@ -621,40 +621,6 @@ fn next_id() -> usize {
 fn next_ticket() -> u64 {
     static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     TICKETS.fetch_add(1, Ordering::Relaxed)
-}
-
-// ===== DigestHasher =====
-
-/// Hashes a [`KeyDigest`] by taking the `u64` its `Hash` writes: the digest is already
-/// uniform and keyed by the secret pepper, so re-hashing it would only cost time.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct DigestHasher {
-    state: u64,
-}
-
-impl BuildHasher for DigestHasher {
-    type Hasher = Self;
-
-    fn build_hasher(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.state
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for digests; fold anything else in so the hasher stays correct.
-        for &byte in bytes {
-            self.state = self.state.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.state ^= value;
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::gcra::{self, Spent, Tat};
 use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
-use crate::cache::DigestHasher;
+use crate::hashing::DigestHasher;
 use crate::sync::lock;
 
 const SHARDS: usize = 64;

@@ -69,7 +69,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared as SharedFuture};
 
 use super::{Acquire, Budget, BudgetKey, RateLimit, RateLimiter, Verdict};
-use crate::cache::DigestHasher;
+use crate::hashing::DigestHasher;
 use crate::sync::lock;
 
 #[cfg(doc)]
