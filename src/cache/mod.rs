@@ -21,8 +21,9 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::known::KnownKeys;
+use crate::feed::Trust;
 use crate::hashing::DigestHasher;
-use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener, Trust};
+use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener};
 use crate::key::{ApiKey, KeyDigest};
 use crate::metrics::Metrics;
 use crate::resolver::Resolver;
