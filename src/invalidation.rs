@@ -29,11 +29,11 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
-use std::time::Instant;
+use std::sync::{Arc, RwLock, Weak};
 
+use crate::feed::Trust;
 use crate::key::KeyDigest;
+use crate::sync::{read, write};
 
 /// What a cache must forget.
 ///
@@ -80,31 +80,20 @@ impl InvalidationBus {
     /// Subscribes `listener` until it is dropped.
     pub fn subscribe<L: InvalidationListener>(&self, listener: &Arc<L>) {
         let weak: Weak<L> = Arc::downgrade(listener);
-        self.listeners
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(weak);
+        write(&self.listeners).push(weak);
     }
 
     /// Delivers `invalidation` to every live listener before returning.
     pub fn publish(&self, invalidation: Invalidation) {
         let mut dead = false;
-        for listener in self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
+        for listener in read(&self.listeners).iter() {
             match listener.upgrade() {
                 Some(listener) => listener.invalidate(&invalidation),
                 None => dead = true,
             }
         }
         if dead {
-            self.listeners
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|listener| listener.strong_count() > 0);
+            write(&self.listeners).retain(|listener| listener.strong_count() > 0);
         }
     }
 
@@ -115,33 +104,16 @@ impl InvalidationBus {
         self.trust.trusted()
     }
 
-    /// The bus's trust state, for caches to read on every lookup.
+    /// The bus's trust state: caches read it on every lookup, and only a feed's channel (see
+    /// [`feed`](crate::feed)) changes it.
     pub(crate) fn trust(&self) -> Arc<Trust> {
         Arc::clone(&self.trust)
-    }
-
-    /// A new cross-process channel publishing into this bus, lost until the feed behind it
-    /// subscribes. Only the feed runner opens channels, so only it can restore trust.
-    pub(crate) fn open_channel(&self) -> Channel {
-        let index = {
-            let mut states = self.trust.states();
-            states.push(ChannelState::Lost);
-            self.trust.recompute(&states);
-            states.len() - 1
-        };
-        self.publish(Invalidation::All);
-        Channel {
-            bus: self.clone(),
-            index,
-        }
     }
 
     /// How many listeners are subscribed and alive.
     #[doc(hidden)]
     pub fn listener_count(&self) -> usize {
-        self.listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        read(&self.listeners)
             .iter()
             .filter(|listener| listener.strong_count() > 0)
             .count()
@@ -154,134 +126,6 @@ impl fmt::Debug for InvalidationBus {
             .field("listeners", &self.listener_count())
             .field("trusted", &self.trusted())
             .finish()
-    }
-}
-
-// ===== Trust =====
-
-/// Whether the channels feeding one bus can be trusted, readable with one atomic load.
-pub(crate) struct Trust {
-    channels: Mutex<Vec<ChannelState>>,
-    /// Ticks of [`clock`] until which every channel is trusted: [`LOST`] while any channel is
-    /// lost, [`FOREVER`] while none has a deadline (no feed at all). Written under `channels`.
-    until: AtomicU64,
-}
-
-impl Default for Trust {
-    fn default() -> Self {
-        Self {
-            channels: Mutex::new(Vec::new()),
-            until: AtomicU64::new(FOREVER),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChannelState {
-    Lost,
-    TrustedUntil(u64),
-}
-
-const LOST: u64 = 0;
-const FOREVER: u64 = u64::MAX;
-
-impl Trust {
-    /// Whether entries may be served now. One atomic load when no feed runs.
-    #[inline]
-    pub(crate) fn trusted(&self) -> bool {
-        match self.until.load(Ordering::Acquire) {
-            FOREVER => true,
-            LOST => false,
-            until => clock() < until,
-        }
-    }
-
-    fn states(&self) -> MutexGuard<'_, Vec<ChannelState>> {
-        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn recompute(&self, states: &[ChannelState]) {
-        let until = states.iter().try_fold(FOREVER, |until, state| match state {
-            ChannelState::Lost => None,
-            ChannelState::TrustedUntil(deadline) => Some(until.min(*deadline)),
-        });
-        self.until.store(until.unwrap_or(LOST), Ordering::Release);
-    }
-
-    fn set(&self, index: usize, state: ChannelState) {
-        let mut states = self.states();
-        states[index] = state;
-        self.recompute(&states);
-    }
-}
-
-impl fmt::Debug for Trust {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Trust")
-            .field("trusted", &self.trusted())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Now, in nanoseconds since the first call: a monotonic clock that fits an atomic. Never
-/// [`LOST`] (it starts at 1).
-pub(crate) fn clock() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_nanos())
-        .unwrap_or(FOREVER - 1)
-        .saturating_add(1)
-}
-
-// ===== Channel =====
-
-/// One change feed's say in its bus's trust, held by the feed's runner.
-///
-/// Dropping it (the runner stopped, panicked or was aborted) leaves the channel lost for good:
-/// changes from other processes can no longer arrive, so caches must not trust their entries.
-pub(crate) struct Channel {
-    bus: InvalidationBus,
-    index: usize,
-}
-
-impl Channel {
-    /// Changes may be missed from now on: stop trusting, then forget everything.
-    pub(crate) fn lost(&self) {
-        self.bus.trust.set(self.index, ChannelState::Lost);
-        self.bus.publish(Invalidation::All);
-    }
-
-    /// Subscribed again: forget everything (what changed while lost was missed), then trust
-    /// entries until `deadline` (a [`clock`] value).
-    pub(crate) fn restored(&self, deadline: u64) {
-        self.bus.publish(Invalidation::All);
-        self.bus
-            .trust
-            .set(self.index, ChannelState::TrustedUntil(deadline));
-    }
-
-    /// The channel proved that every change up to a recent moment has been delivered: trust
-    /// entries until `deadline`. Does nothing while the channel is lost.
-    pub(crate) fn extend(&self, deadline: u64) {
-        let mut states = self.bus.trust.states();
-        if let ChannelState::TrustedUntil(until) = &mut states[self.index] {
-            *until = (*until).max(deadline);
-            self.bus.trust.recompute(&states);
-        }
-    }
-}
-
-impl Drop for Channel {
-    fn drop(&mut self) {
-        self.lost();
-    }
-}
-
-impl fmt::Debug for Channel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Channel")
-            .field("index", &self.index)
-            .finish_non_exhaustive()
     }
 }
 
@@ -321,39 +165,6 @@ mod tests {
     #[test]
     fn a_bus_without_channels_is_trusted() {
         assert!(InvalidationBus::new().trusted());
-    }
-
-    #[test]
-    fn a_channel_is_lost_until_restored_and_trusted_only_until_its_deadline() {
-        let bus = InvalidationBus::new();
-        let seen = Arc::new(Seen::default());
-        bus.subscribe(&seen);
-        let channel = bus.open_channel();
-        assert!(!bus.trusted(), "lost until the feed subscribes");
-        channel.restored(clock() + 60_000_000_000);
-        assert!(bus.trusted());
-        channel.lost();
-        assert!(!bus.trusted());
-        channel.extend(FOREVER - 1);
-        assert!(!bus.trusted(), "a heartbeat can't end a loss");
-        channel.restored(clock());
-        assert!(!bus.trusted(), "the deadline has passed");
-        channel.extend(clock() + 60_000_000_000);
-        assert!(bus.trusted());
-        // Opened, restored, lost, restored: each forgot everything.
-        assert_eq!(*seen.0.lock().expect("lock"), [Invalidation::All; 4]);
-    }
-
-    #[test]
-    fn every_channel_must_be_trusted_and_a_dropped_one_stays_lost() {
-        let bus = InvalidationBus::new();
-        let (a, b) = (bus.open_channel(), bus.open_channel());
-        a.restored(FOREVER - 1);
-        assert!(!bus.trusted(), "b is still lost");
-        b.restored(FOREVER - 1);
-        assert!(bus.trusted());
-        drop(b);
-        assert!(!bus.trusted(), "a dropped channel's runner is gone");
     }
 
     #[test]

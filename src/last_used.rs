@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 use crate::key::KeyPrefix;
 use crate::metrics::Metrics;
 use crate::store::{KeyId, KeyStore, KeyUse, StoreError};
+use crate::sync::lock;
 
 /// The last use of one cached identity, stamped lock-free by requests.
 pub(crate) struct UsageCell {
@@ -265,10 +266,7 @@ impl LastUsedRecorder {
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shared.queue)
     }
 }
 

@@ -93,6 +93,7 @@ pub mod extract;
 pub mod feed;
 pub mod future;
 mod gatekeeper;
+mod hashing;
 pub mod invalidation;
 pub mod key;
 pub mod last_used;
@@ -106,6 +107,7 @@ pub mod require_scope;
 pub mod resolver;
 pub mod service;
 pub mod store;
+mod sync;
 
 pub use account::Account;
 pub use authenticated::Authenticated;
@@ -126,14 +128,6 @@ pub use store::{
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PgChangeFeed, PostgresStore};
-
-/// Locks `mutex`, going on with its data if another thread panicked while holding it: every
-/// lock in the crate guards state that stays consistent between statements.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The README's Rust examples, compiled and run as doctests so they can't drift from the API.
 #[cfg(all(doctest, feature = "axum", feature = "postgres", feature = "admin"))]

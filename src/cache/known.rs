@@ -12,9 +12,9 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::DigestHasher;
+use crate::hashing::DigestHasher;
 use crate::key::KeyDigest;
-use crate::lock;
+use crate::sync::lock;
 
 pub(super) struct KnownKeys {
     lifetime: Duration,

@@ -11,10 +11,9 @@ mod known;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -22,11 +21,13 @@ use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::known::KnownKeys;
-use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener, Trust};
+use crate::feed::Trust;
+use crate::hashing::DigestHasher;
+use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener};
 use crate::key::{ApiKey, KeyDigest};
-use crate::lock;
 use crate::metrics::Metrics;
 use crate::resolver::Resolver;
+use crate::sync::{lock, read, write};
 
 // ===== CacheConfig =====
 
@@ -430,7 +431,7 @@ impl<R: Resolver> fmt::Debug for CachedResolver<R> {
 
 impl<R: Resolver> InvalidationListener for CacheShared<R> {
     fn invalidate(&self, invalidation: &Invalidation) {
-        let mut epoch = self.epoch.write().unwrap_or_else(PoisonError::into_inner);
+        let mut epoch = write(&self.epoch);
         *epoch += 1;
         match invalidation {
             Invalidation::Key(digest) => {
@@ -622,44 +623,6 @@ fn next_id() -> usize {
 fn next_ticket() -> u64 {
     static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     TICKETS.fetch_add(1, Ordering::Relaxed)
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-// ===== DigestHasher =====
-
-/// Hashes a [`KeyDigest`] by taking the `u64` its `Hash` writes: the digest is already
-/// uniform and keyed by the secret pepper, so re-hashing it would only cost time.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct DigestHasher {
-    state: u64,
-}
-
-impl BuildHasher for DigestHasher {
-    type Hasher = Self;
-
-    fn build_hasher(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.state
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for digests; fold anything else in so the hasher stays correct.
-        for &byte in bytes {
-            self.state = self.state.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.state ^= value;
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::gcra::{self, Spent, Tat};
 use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
-use crate::cache::DigestHasher;
-use crate::lock;
+use crate::hashing::DigestHasher;
+use crate::sync::lock;
 
 const SHARDS: usize = 64;
 /// A shard is swept of idle budgets when it grows past this many (and then past twice what

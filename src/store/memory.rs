@@ -1,7 +1,7 @@
 //! The embedded in-memory store.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
@@ -12,6 +12,7 @@ use super::{
 };
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::PolicyUpdate;
+use crate::sync::lock;
 
 /// Keeps key records in process memory: the default store, and the one tests use.
 ///
@@ -54,7 +55,7 @@ impl MemoryStore {
 
     fn records(&self) -> MutexGuard<'_, Records> {
         // No method can leave the records half-changed, so a poisoned lock is still sound.
-        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.records)
     }
 }
 

@@ -97,6 +97,9 @@
 //! # }
 //! ```
 
+mod channel;
+mod trust;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -104,7 +107,10 @@ use async_trait::async_trait;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::invalidation::{Channel, Invalidation, InvalidationBus, clock};
+use self::channel::Channel;
+pub(crate) use self::trust::Trust;
+use self::trust::clock;
+use crate::invalidation::{Invalidation, InvalidationBus};
 
 // ===== ChangeFeed =====
 
@@ -267,7 +273,7 @@ pub struct FeedStatus {
 ///
 /// Outside a tokio runtime, like [`tokio::spawn`].
 pub fn spawn<F: ChangeFeed>(feed: F, bus: &InvalidationBus, config: FeedConfig) -> FeedTask {
-    let channel = bus.open_channel();
+    let channel = Channel::open(bus);
     let (status_tx, status) = watch::channel(FeedStatus::default());
     let (stop, stopped) = oneshot::channel();
     let runner = Runner {
@@ -524,7 +530,7 @@ mod tests {
     use crate::key::KeyDigest;
 
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Invalidation>>);
+    pub(super) struct Recorder(Mutex<Vec<Invalidation>>);
 
     impl InvalidationListener for Recorder {
         fn invalidate(&self, invalidation: &Invalidation) {
@@ -533,7 +539,7 @@ mod tests {
     }
 
     impl Recorder {
-        fn seen(&self) -> Vec<Invalidation> {
+        pub(super) fn seen(&self) -> Vec<Invalidation> {
             self.0.lock().expect("lock").clone()
         }
     }
