@@ -111,8 +111,15 @@ impl InvalidationBus {
     }
 
     /// How many listeners are subscribed and alive.
-    #[doc(hidden)]
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn listener_count(&self) -> usize {
+        self.live_listeners()
+    }
+
+    fn live_listeners(&self) -> usize {
         read(&self.listeners)
             .iter()
             .filter(|listener| listener.strong_count() > 0)
@@ -123,7 +130,7 @@ impl InvalidationBus {
 impl fmt::Debug for InvalidationBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InvalidationBus")
-            .field("listeners", &self.listener_count())
+            .field("listeners", &self.live_listeners())
             .field("trusted", &self.trusted())
             .finish()
     }

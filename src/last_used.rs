@@ -180,8 +180,15 @@ impl LastUsedRecorder {
     }
 
     /// How many identities have uses waiting for the next flush.
-    #[doc(hidden)]
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn pending_count(&self) -> usize {
+        self.pending()
+    }
+
+    fn pending(&self) -> usize {
         let queue = self.queue();
         queue.cells.len() + queue.given_back.len()
     }
@@ -303,7 +310,7 @@ fn merge_latest(latest: &mut HashMap<(KeyId, KeyPrefix), u64>, key: (KeyId, KeyP
 impl fmt::Debug for LastUsedRecorder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LastUsedRecorder")
-            .field("pending", &self.pending_count())
+            .field("pending", &self.pending())
             .field(
                 "max_pending",
                 &self.shared.max_pending.load(Ordering::Relaxed),

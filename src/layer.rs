@@ -47,6 +47,30 @@ pub const DEFAULT_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Applies [`ApiKeyService`] to a service. Cloning shares the cache and the counters: every
 /// service made from one layer sees the same invalidations.
+///
+/// Build it from a [`KeyManager`] with [`for_manager`](Self::for_manager) (its store, pepper
+/// and invalidations), or from any [`Resolver`] with [`builder`](Self::builder).
+///
+/// ```
+/// use std::sync::Arc;
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt as _};
+/// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, Pepper};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+/// let layer = ApiKeyLayer::for_manager(&manager).accept_bearer().build();
+/// let service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service_fn(|_: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(())) });
+///
+/// // No key: the layer answers 401 itself, and the inner service is never called.
+/// let response = service.oneshot(Request::get("/").body(())?).await?;
+/// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+/// # Ok(())
+/// # }
+/// ```
 pub struct ApiKeyLayer<R: Resolver> {
     gatekeeper: Arc<Gatekeeper<R>>,
 }

@@ -216,6 +216,27 @@ impl From<RandomnessError> for ManagerError {
 /// not known for sure; a panic is answered as [`ManagerError::Store`]. Outside a Tokio runtime
 /// the store call runs in the method's own future, and dropping that future publishes
 /// [`Invalidation::All`] at once.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use tower_api_key::{KeyManager, KeyStatus, MemoryStore, Pepper, RotateOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+/// let acme = "acme".parse()?;
+/// let key = manager.create(&acme).await?;
+/// // A new secret, the old one still good for an hour while clients switch over.
+/// let grace = RotateOptions::new().grace(Duration::from_secs(3600))?;
+/// let rotated = manager.rotate_with(&acme, key.info.id, grace).await?;
+/// assert_eq!(rotated.info.id, key.info.id);
+/// assert_eq!(rotated.info.previous_prefix, Some(key.info.prefix));
+/// let revoked = manager.revoke(&acme, key.info.id).await?; // both strings refused now
+/// assert_eq!(revoked.status, KeyStatus::Inactive);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct KeyManager {
     store: Arc<dyn KeyStore>,

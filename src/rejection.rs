@@ -183,7 +183,7 @@ impl fmt::Display for Rejection {
 }
 
 /// Whether a request is a gRPC call: its `content-type` starts with `application/grpc`.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))

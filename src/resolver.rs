@@ -68,6 +68,40 @@ use crate::store::{AccountId, KeyId, KeyStatus, KeyStore};
 /// Return `Ok(None)` for every key that must be refused (unknown, inactive, wrong secret):
 /// the layer answers all of them with the same 401 and caches the answer briefly. Return
 /// `Err` only for faults (the database is down): the layer answers 503 and caches nothing.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use async_trait::async_trait;
+/// use tower_api_key::resolver::ResolveError;
+/// use tower_api_key::{Account, ApiKey, KeyDigest, KeyPrefix, Resolver};
+///
+/// /// A team, found by its key's prefix; the table holds digests, never keys.
+/// #[derive(Clone)]
+/// struct Team(String);
+///
+/// // Named in the request's span; never expires, not rate limited (the defaults).
+/// impl Account for Team {
+///     fn label(&self) -> Option<&str> {
+///         Some(&self.0)
+///     }
+/// }
+///
+/// struct Teams(HashMap<KeyPrefix, (KeyDigest, Team)>);
+///
+/// #[async_trait]
+/// impl Resolver for Teams {
+///     type Account = Team;
+///
+///     async fn resolve(&self, key: &ApiKey, digest: &KeyDigest) -> Result<Option<Team>, ResolveError> {
+///         Ok(self
+///             .0
+///             .get(&key.prefix())
+///             .filter(|(stored, _)| stored.ct_eq(digest)) // constant time
+///             .map(|(_, team)| team.clone()))
+///     }
+/// }
+/// # let _ = Teams(HashMap::new());
+/// ```
 #[async_trait]
 pub trait Resolver: Send + Sync + 'static {
     /// What an authenticated request carries into the inner service, as

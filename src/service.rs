@@ -17,7 +17,7 @@ use crate::resolver::Resolver;
 /// Authenticates every request by its API-key header before calling the inner service.
 ///
 /// Built by [`ApiKeyLayer`](crate::ApiKeyLayer). An accepted request reaches the inner
-/// service with [`Authenticated<R::Account>`](Authenticated) in its extensions; a refused one
+/// service with [`Authenticated<R::Account>`](crate::Authenticated) in its extensions; a refused one
 /// is answered by the layer (see [`Rejection`](crate::Rejection)) and never reaches it. The error type is the
 /// inner service's: refusals are responses, not errors.
 ///

@@ -409,7 +409,10 @@ impl<R: Resolver> CachedResolver<R> {
 
     /// Entries cached now: `(accepted keys, refused keys)`. Approximate while writes are
     /// pending inside moka.
-    #[doc(hidden)]
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn entry_counts(&self) -> (u64, u64) {
         (
             self.shared.positive.entry_count(),
@@ -420,10 +423,9 @@ impl<R: Resolver> CachedResolver<R> {
 
 impl<R: Resolver> fmt::Debug for CachedResolver<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (positive, negative) = self.entry_counts();
         f.debug_struct("CachedResolver")
-            .field("positive_entries", &positive)
-            .field("negative_entries", &negative)
+            .field("positive_entries", &self.shared.positive.entry_count())
+            .field("negative_entries", &self.shared.negative.entry_count())
             .field("lookup_timeout", &self.shared.lookup_timeout)
             .finish_non_exhaustive()
     }

@@ -312,13 +312,24 @@ impl FeedTask {
     /// Waits until the feed is subscribed (at once if it is); `false` if `within` passed
     /// first or the feed stopped.
     pub async fn wait_subscribed(&self, within: Duration) -> bool {
-        self.wait_for(within, |status| status.subscribed).await
+        self.wait_until(within, |status| status.subscribed).await
     }
 
     /// Waits until `condition` holds for the feed's status; `false` if `within` passed first
     /// or the feed stopped.
-    #[doc(hidden)]
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub async fn wait_for(
+        &self,
+        within: Duration,
+        condition: impl FnMut(&FeedStatus) -> bool,
+    ) -> bool {
+        self.wait_until(within, condition).await
+    }
+
+    async fn wait_until(
         &self,
         within: Duration,
         mut condition: impl FnMut(&FeedStatus) -> bool,
@@ -341,7 +352,10 @@ impl FeedTask {
     }
 
     /// Ends the runner task abruptly, as a panic would, without the orderly shutdown.
-    #[doc(hidden)]
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn abort(&self) {
         if let Some(handle) = &self.handle {
             handle.abort();

@@ -64,13 +64,13 @@ use std::time::Duration;
 pub(crate) use self::headers::{insert_budget, insert_retry_after};
 pub use self::local::LocalLimiter;
 use crate::account::Account;
-pub use crate::policy::RateLimit;
+use crate::policy::RateLimit;
 use crate::store::KeyId;
 
 // ===== BudgetKey =====
 
 /// Whose budget a request spends: a key's permanent id, or any other stable 128-bit id a
-/// custom [`Resolver`] chooses (an account's, to limit all its keys
+/// custom [`Account`] chooses (an account's, to limit all its keys
 /// together).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BudgetKey(u128);
