@@ -30,7 +30,7 @@ use tower_service::Service;
 
 use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
-use crate::cache::PendingLookup;
+use crate::cache::PendingResolution;
 use crate::gatekeeper::{Decision, Gatekeeper, Origin};
 use crate::rate_limit::{self, Budget, PendingVerdict};
 use crate::resolver::Resolver;
@@ -67,7 +67,7 @@ pin_project! {
             response: Option<Response<Bytes>>,
         },
         Resolving {
-            lookup: PendingLookup<R::Account>,
+            lookup: PendingResolution<R::Account>,
             // Boxed: a request is a few hundred bytes, and every future of this type (the
             // hits' too) would be that much bigger to move around.
             waiting: Option<Box<(S, Request<B>)>>,

@@ -15,7 +15,7 @@ use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::account::Account as _;
-use crate::cache::{Cached, CachedResolver, Lookup, Overloaded, PendingLookup};
+use crate::cache::{Cached, CachedResolver, Overloaded, PendingResolution, Resolution};
 use crate::key::{ApiKey, KeyPrefix, Pepper};
 use crate::metrics::Metrics;
 use crate::rate_limit::{self, Acquire, Budget, LimiterFailure, Limits, PendingVerdict, Verdict};
@@ -143,7 +143,7 @@ pub(crate) enum Decision<A> {
     /// A valid key over its rate limit: answer 429 with this budget.
     OverLimit(Budget),
     /// Wait for the resolver's answer on the key (a cache miss).
-    Resolve(PendingLookup<A>),
+    Resolve(PendingResolution<A>),
     /// Wait for the rate limiter's verdict on `A`.
     Throttle(Arc<A>, PendingVerdict, Origin),
 }
@@ -194,7 +194,7 @@ impl<R: Resolver> Gatekeeper<R> {
                 }
                 self.admit(account, Origin::Cache(key.prefix()), now)
             }
-            Some(Cached::Invalid) => {
+            Some(Cached::Refused) => {
                 self.metrics.refused_cached();
                 tracing::debug!(outcome = "invalid", prefix = %key.prefix(), "api key rejected: refused (cached)");
                 Decision::Reject(Rejection::InvalidKey)
@@ -206,7 +206,7 @@ impl<R: Resolver> Gatekeeper<R> {
                 self.metrics.cache_misses();
                 // The prefix now, the account once the lookup accepts it.
                 record_in_span(Some(key.prefix()), None);
-                match self.cache.lookup(&key, digest) {
+                match self.cache.resolve(&key, digest) {
                     Ok(lookup) => Decision::Resolve(lookup),
                     Err(Overloaded) => {
                         self.metrics.unavailable();
@@ -220,20 +220,20 @@ impl<R: Resolver> Gatekeeper<R> {
     }
 
     /// Turns a finished lookup into the account to let in, or the rejection.
-    pub(crate) fn conclude(&self, lookup: Lookup<R::Account>) -> Decision<R::Account> {
+    pub(crate) fn conclude(&self, lookup: Resolution<R::Account>) -> Decision<R::Account> {
         match lookup {
-            Lookup::Found(account) if self.expired(&account) => {
+            Resolution::Found(account) if self.expired(&account) => {
                 self.metrics.expired_resolved();
                 tracing::debug!(outcome = "expired", "api key rejected: expired");
                 Decision::Reject(Rejection::Expired)
             }
-            Lookup::Found(account) => self.admit(account, Origin::Resolver, Instant::now()),
-            Lookup::NotFound => {
+            Resolution::Found(account) => self.admit(account, Origin::Resolver, Instant::now()),
+            Resolution::Refused => {
                 self.metrics.refused_resolved();
                 tracing::debug!(outcome = "invalid", "api key rejected: refused by resolver");
                 Decision::Reject(Rejection::InvalidKey)
             }
-            Lookup::Failed(failure) => {
+            Resolution::Failed(failure) => {
                 self.metrics.unavailable();
                 tracing::debug!(outcome = "unavailable", ?failure, "api key check failed");
                 Decision::Reject(Rejection::Unavailable)

@@ -211,7 +211,7 @@ impl LastUsedRecorder {
             queue.in_flight += cells.len() + given_back.len();
             (cells, given_back)
         };
-        let mut batch = InFlight {
+        let mut batch = FlushBatch {
             recorder: self,
             taken: cells.len() + given_back.len(),
             latest: given_back,
@@ -279,13 +279,13 @@ impl LastUsedRecorder {
 
 /// The batch of a running flush. Dropped without being cleared (the store failed, or the
 /// flush was cancelled), it gives its uses back to the queue.
-struct InFlight<'a> {
+struct FlushBatch<'a> {
     recorder: &'a LastUsedRecorder,
     taken: usize,
     latest: HashMap<(KeyId, KeyPrefix), u64>,
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for FlushBatch<'_> {
     fn drop(&mut self) {
         let mut queue = self.recorder.queue();
         queue.in_flight -= self.taken;

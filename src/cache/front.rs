@@ -20,7 +20,7 @@ struct Slot {
     owner: usize,
     digest: KeyDigest,
     epoch: u64,
-    expires_at: Instant,
+    fresh_until: Instant,
     /// `None` for a refused key.
     account: Option<Arc<dyn Any + Send + Sync>>,
 }
@@ -48,12 +48,12 @@ pub(super) fn get<A: Send + Sync + 'static>(
             if slot.owner != owner || slot.epoch != epoch || slot.digest != *digest {
                 return None;
             }
-            if now >= slot.expires_at {
+            if now >= slot.fresh_until {
                 return None;
             }
             match &slot.account {
                 Some(account) => Arc::clone(account).downcast::<A>().ok().map(Cached::Valid),
-                None => Some(Cached::Invalid),
+                None => Some(Cached::Refused),
             }
         })
         .ok()
@@ -61,12 +61,12 @@ pub(super) fn get<A: Send + Sync + 'static>(
 }
 
 /// Remembers the answer for `digest` of cache `owner` (`None`: refused), valid in `epoch`
-/// until `expires_at`.
+/// until `fresh_until`.
 pub(super) fn put<A: Send + Sync + 'static>(
     owner: usize,
     digest: KeyDigest,
     epoch: u64,
-    expires_at: Instant,
+    fresh_until: Instant,
     account: Option<&Arc<A>>,
 ) {
     let account = account.map(|account| Arc::clone(account) as Arc<dyn Any + Send + Sync>);
@@ -79,7 +79,7 @@ pub(super) fn put<A: Send + Sync + 'static>(
                 owner,
                 digest,
                 epoch,
-                expires_at,
+                fresh_until,
                 account,
             });
         }

@@ -144,22 +144,22 @@ impl CacheConfig {
 /// A cached answer.
 pub(crate) enum Cached<A> {
     Valid(Arc<A>),
-    Invalid,
+    Refused,
 }
 
 /// The answer of one resolver call, shared by every request that waited for it.
 #[derive(Debug)]
-pub(crate) enum Lookup<A> {
+pub(crate) enum Resolution<A> {
     Found(Arc<A>),
-    NotFound,
-    Failed(LookupFailure),
+    Refused,
+    Failed(ResolveFailure),
 }
 
-impl<A> Clone for Lookup<A> {
+impl<A> Clone for Resolution<A> {
     fn clone(&self) -> Self {
         match self {
             Self::Found(account) => Self::Found(Arc::clone(account)),
-            Self::NotFound => Self::NotFound,
+            Self::Refused => Self::Refused,
             Self::Failed(failure) => Self::Failed(*failure),
         }
     }
@@ -167,14 +167,14 @@ impl<A> Clone for Lookup<A> {
 
 /// Why a resolver call gave no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LookupFailure {
+pub(crate) enum ResolveFailure {
     Error,
     TimedOut,
     Panicked,
 }
 
 /// A resolver call in progress; cloning it joins the call.
-pub(crate) type PendingLookup<A> = Shared<BoxFuture<'static, Lookup<A>>>;
+pub(crate) type PendingResolution<A> = Shared<BoxFuture<'static, Resolution<A>>>;
 
 // ===== CachedResolver =====
 
@@ -236,7 +236,7 @@ struct CacheShared<R: Resolver> {
 /// cached in.
 struct Positive<A> {
     account: Arc<A>,
-    expires_at: Instant,
+    fresh_until: Instant,
     epoch: u64,
 }
 
@@ -244,7 +244,7 @@ impl<A> Clone for Positive<A> {
     fn clone(&self) -> Self {
         Self {
             account: Arc::clone(&self.account),
-            expires_at: self.expires_at,
+            fresh_until: self.fresh_until,
             epoch: self.epoch,
         }
     }
@@ -253,13 +253,13 @@ impl<A> Clone for Positive<A> {
 /// A refused key's cache entry: when it expires, and the epoch it was cached in.
 #[derive(Clone, Copy)]
 struct Negative {
-    expires_at: Instant,
+    fresh_until: Instant,
     epoch: u64,
 }
 
 struct InFlight<A> {
     ticket: u64,
-    lookup: PendingLookup<A>,
+    lookup: PendingResolution<A>,
 }
 
 impl<R: Resolver> Clone for CachedResolver<R> {
@@ -337,12 +337,12 @@ impl<R: Resolver> CachedResolver<R> {
         if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch, now) {
             return Some(answer);
         }
-        let (answer, expires_at) = shared.stored(digest)?;
+        let (answer, fresh_until) = shared.stored(digest)?;
         let account = match &answer {
             Cached::Valid(account) => Some(account),
-            Cached::Invalid => None,
+            Cached::Refused => None,
         };
-        front::put(shared.id, *digest, epoch, expires_at, account);
+        front::put(shared.id, *digest, epoch, fresh_until, account);
         Some(answer)
     }
 
@@ -351,11 +351,11 @@ impl<R: Resolver> CachedResolver<R> {
     /// # Errors
     ///
     /// [`Overloaded`] if a new call is needed and `max_concurrent_lookups` are running.
-    pub(crate) fn lookup(
+    pub(crate) fn resolve(
         &self,
         key: &ApiKey,
         digest: KeyDigest,
-    ) -> Result<PendingLookup<R::Account>, Overloaded> {
+    ) -> Result<PendingResolution<R::Account>, Overloaded> {
         let shared = &self.shared;
         // Lock order everywhere: epoch, then in_flight.
         let epoch = read(&shared.epoch);
@@ -474,7 +474,7 @@ fn start_lookup<R: Resolver>(
     started_in: u64,
     ticket: u64,
     permit: LookupPermit,
-) -> PendingLookup<R::Account> {
+) -> PendingResolution<R::Account> {
     shared.metrics.resolver_called();
     let runtime = tokio::runtime::Handle::try_current().ok();
     // A timeout needs tokio's timer; without a runtime the call runs inline and unbounded.
@@ -496,19 +496,19 @@ fn start_lookup<R: Resolver>(
             None => Some(resolved.await),
         };
         let lookup = match answer {
-            Some(Ok(Ok(Some(account)))) => Lookup::Found(Arc::new(account)),
-            Some(Ok(Ok(None))) => Lookup::NotFound,
+            Some(Ok(Ok(Some(account)))) => Resolution::Found(Arc::new(account)),
+            Some(Ok(Ok(None))) => Resolution::Refused,
             Some(Ok(Err(err))) => {
                 tracing::warn!(prefix = %key.prefix(), error = %err, "api key lookup failed");
-                Lookup::Failed(LookupFailure::Error)
+                Resolution::Failed(ResolveFailure::Error)
             }
             Some(Err(_panic)) => {
                 tracing::error!(prefix = %key.prefix(), "api key resolver panicked");
-                Lookup::Failed(LookupFailure::Panicked)
+                Resolution::Failed(ResolveFailure::Panicked)
             }
             None => {
                 tracing::warn!(prefix = %key.prefix(), "api key lookup timed out");
-                Lookup::Failed(LookupFailure::TimedOut)
+                Resolution::Failed(ResolveFailure::TimedOut)
             }
         };
         shared.finish_call(digest, started_in, ticket, &lookup);
@@ -516,13 +516,13 @@ fn start_lookup<R: Resolver>(
     };
     // Run the call as its own task so that it completes, and leaves the in-flight table,
     // even when every request waiting for it goes away.
-    let joined: BoxFuture<'static, Lookup<R::Account>> = match runtime {
+    let joined: BoxFuture<'static, Resolution<R::Account>> = match runtime {
         Some(runtime) => {
             let task = runtime.spawn(call);
             async move {
                 // Only a runtime shutting down cancels the task.
                 task.await
-                    .unwrap_or(Lookup::Failed(LookupFailure::Panicked))
+                    .unwrap_or(Resolution::Failed(ResolveFailure::Panicked))
             }
             .boxed()
         }
@@ -544,13 +544,13 @@ impl<R: Resolver> CacheShared<R> {
         let cleared = self.cleared_epoch.load(Ordering::Acquire);
         if let Some(entry) = self.positive.get(digest) {
             if entry.epoch >= cleared {
-                return Some((Cached::Valid(entry.account), entry.expires_at));
+                return Some((Cached::Valid(entry.account), entry.fresh_until));
             }
         }
         // `get`, not `contains_key`: only reads teach moka's admission policy that a refused
         // key comes back, so a retried key keeps its entry while a flood of one-off keys churns.
         let entry = self.negative.get(digest)?;
-        (entry.epoch >= cleared).then_some((Cached::Invalid, entry.expires_at))
+        (entry.epoch >= cleared).then_some((Cached::Refused, entry.fresh_until))
     }
 
     /// Drops every entry and detaches every call in progress. Called with the epoch's write
@@ -568,33 +568,33 @@ impl<R: Resolver> CacheShared<R> {
         digest: KeyDigest,
         started_in: u64,
         ticket: u64,
-        lookup: &Lookup<R::Account>,
+        lookup: &Resolution<R::Account>,
     ) {
-        if let Lookup::Found(_) = lookup {
+        if let Resolution::Found(_) = lookup {
             // A claim on the known-key lookups, not an answer: kept whatever happened since.
             self.known_keys.insert(&digest);
         }
         let epoch = read(&self.epoch);
         if *epoch == started_in && self.trusted() {
             match lookup {
-                Lookup::Found(account) => self.positive.insert(
+                Resolution::Found(account) => self.positive.insert(
                     digest,
                     Positive {
                         account: Arc::clone(account),
-                        expires_at: Instant::now() + self.positive_ttl,
+                        fresh_until: Instant::now() + self.positive_ttl,
                         epoch: started_in,
                     },
                 ),
-                Lookup::NotFound => self.negative.insert(
+                Resolution::Refused => self.negative.insert(
                     digest,
                     Negative {
-                        expires_at: Instant::now() + self.negative_ttl,
+                        fresh_until: Instant::now() + self.negative_ttl,
                         epoch: started_in,
                     },
                 ),
-                Lookup::Failed(_) => self.metrics.resolver_failed(),
+                Resolution::Failed(_) => self.metrics.resolver_failed(),
             }
-        } else if let Lookup::Failed(_) = lookup {
+        } else if let Resolution::Failed(_) = lookup {
             self.metrics.resolver_failed();
         }
         let mut in_flight = lock(&self.in_flight);
@@ -608,12 +608,12 @@ impl<R: Resolver> CacheShared<R> {
 }
 
 /// An answer already known, in the shape of a call in progress.
-fn known_answer<A: Send + Sync + 'static>(answer: Cached<A>) -> PendingLookup<A> {
+fn known_answer<A: Send + Sync + 'static>(answer: Cached<A>) -> PendingResolution<A> {
     let lookup = match answer {
-        Cached::Valid(account) => Lookup::Found(account),
-        Cached::Invalid => Lookup::NotFound,
+        Cached::Valid(account) => Resolution::Found(account),
+        Cached::Refused => Resolution::Refused,
     };
-    let ready: BoxFuture<'static, Lookup<A>> = std::future::ready(lookup).boxed();
+    let ready: BoxFuture<'static, Resolution<A>> = std::future::ready(lookup).boxed();
     ready.shared()
 }
 
@@ -671,11 +671,11 @@ mod tests {
         // The first request misses and starts the call, which finishes (caches its answer and
         // leaves the in-flight table).
         assert!(cache.cached(&digest, Instant::now()).is_none());
-        let first = cache.lookup(&key, digest).expect("permit").await;
-        assert!(matches!(first, Lookup::NotFound));
+        let first = cache.resolve(&key, digest).expect("permit").await;
+        assert!(matches!(first, Resolution::Refused));
         // A second request had missed the cache before that, and only now asks for a call.
-        let second = cache.lookup(&key, digest).expect("permit").await;
-        assert!(matches!(second, Lookup::NotFound));
+        let second = cache.resolve(&key, digest).expect("permit").await;
+        assert!(matches!(second, Resolution::Refused));
         assert_eq!(cache.resolver().0.load(Ordering::SeqCst), 1);
     }
 
@@ -684,10 +684,10 @@ mod tests {
         let cache = cache();
         let (key, digest) = key();
         let (_, other) = self::key();
-        cache.lookup(&key, digest).expect("permit").await;
+        cache.resolve(&key, digest).expect("permit").await;
         assert!(matches!(
             cache.cached(&digest, Instant::now()),
-            Some(Cached::Invalid)
+            Some(Cached::Refused)
         ));
         cache.invalidate(&Invalidation::All);
         // moka's `invalidate_all` keeps an entry written in the same clock tick as itself:
@@ -695,7 +695,7 @@ mod tests {
         let shared = &cache.shared;
         let before = *read(&shared.epoch) - 1;
         let survivor = Negative {
-            expires_at: Instant::now() + Duration::from_secs(60),
+            fresh_until: Instant::now() + Duration::from_secs(60),
             epoch: before,
         };
         shared.negative.insert(digest, survivor);
