@@ -58,7 +58,7 @@ use crate::store::{AccountId, KeyId};
 /// # use std::sync::Arc;
 /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
 /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
-/// let admin: axum::Router = tower_api_key::admin::router(manager, Customers);
+/// let admin: axum::Router = tower_api_key::admin::AdminRouter::new(manager, Customers).into_router();
 /// # let _ = admin;
 /// # Ok(())
 /// # }

@@ -325,12 +325,6 @@ impl AdminRouter {
     }
 }
 
-/// Router for `manager` behind `authorizer`, with the defaults: shorthand for
-/// `AdminRouter::new(manager, authorizer).into_router()`.
-pub fn router(manager: KeyManager, authorizer: impl AdminAuthorizer) -> Router {
-    AdminRouter::new(manager, authorizer).into_router()
-}
-
 async fn no_store(mut response: Response) -> Response {
     response
         .headers_mut()
