@@ -39,7 +39,7 @@ body='{}'
 if [ -n "${LIMIT:-}" ]; then
   body="{\"rate_limit\":{\"requests\":${LIMIT%/*},\"per_seconds\":${LIMIT#*/}}}"
 fi
-key=$(curl -fs -X POST -H "authorization: Bearer $token" -d "$body" \
+key=$(curl -fs -X POST -H "authorization: Bearer $token" -H "content-type: application/json" -d "$body" \
   "http://127.0.0.1:$port/admin/accounts/callgrind/keys" |
   sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
 [ -n "$key" ] || { echo "could not create a key" >&2; exit 1; }
