@@ -190,12 +190,8 @@ async fn serve(config: Config) -> Result<(), String> {
         .record_last_used(recorder);
     let api_keys = with_budgets(api_keys, &config.budgets).await?.build();
     let feed = opened.start_feed(&manager).await;
-    let state = AppState {
-        manager,
-        api_keys,
-        admin_tokens: config.admin_tokens,
-    };
-    let (health, app) = app(state);
+    let state = AppState { manager, api_keys };
+    let (health, app) = app(state, config.admin_tokens);
 
     // Before announcing the address: a signal sent as soon as it is printed must already
     // mean "shut down gracefully", not the default "die at once".

@@ -18,13 +18,13 @@ use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, Require
 pub(crate) struct AppState {
     pub(crate) manager: KeyManager,
     pub(crate) api_keys: ApiKeyLayer<StoreResolver>,
-    /// The operator's token and the tenants' (`--tenant-token`).
-    pub(crate) admin_tokens: AdminTokens,
 }
 
 /// The whole application: open routes, API-key routes (HTTP and gRPC), admin routes.
 /// Returns the health reporter too, to report NOT_SERVING during shutdown.
-pub(crate) fn app(state: AppState) -> (HealthReporter, Router) {
+/// `admin_tokens` are the operator's and the tenants' (`--tenant-token`). They stay out of
+/// [`AppState`], which axum clones for every request.
+pub(crate) fn app(state: AppState, admin_tokens: AdminTokens) -> (HealthReporter, Router) {
     let (health, health_service) = tonic_health::server::health_reporter();
 
     // Each API route's handler (or service) is wrapped in the layer itself: only matched
@@ -51,7 +51,7 @@ pub(crate) fn app(state: AppState) -> (HealthReporter, Router) {
 
     // Every key lifecycle change is logged by the manager (account, prefix, action). The
     // operator manages every account; a tenant its own, narrowing keys only.
-    let admin = AdminRouter::new(state.manager.clone(), state.admin_tokens.clone()).into_router();
+    let admin = AdminRouter::new(state.manager.clone(), admin_tokens).into_router();
 
     let app = Router::new()
         .route("/healthz", get(healthz))

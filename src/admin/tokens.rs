@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::header::AUTHORIZATION;
@@ -139,7 +140,8 @@ impl std::error::Error for AdminTokenError {}
 /// ```
 #[derive(Clone, Default)]
 pub struct AdminTokens {
-    callers: HashMap<[u8; 32], AdminCaller>,
+    // Shared: cloning the authorizer (axum state, say) copies no table.
+    callers: Arc<HashMap<[u8; 32], AdminCaller>>,
     policy: SelfService,
 }
 
@@ -173,7 +175,7 @@ impl AdminTokens {
     }
 
     fn given(mut self, token: AdminToken, caller: AdminCaller) -> Self {
-        let previous = self.callers.insert(*token.0.as_bytes(), caller);
+        let previous = Arc::make_mut(&mut self.callers).insert(*token.0.as_bytes(), caller);
         assert!(
             previous.is_none(),
             "an admin token was given to two callers"
