@@ -99,6 +99,7 @@ pub(crate) enum Ready<'a, S> {
 }
 
 impl<S: Clone> Ready<'_, S> {
+    #[inline]
     fn call<B>(self, request: Request<B>) -> S::Future
     where
         S: Service<Request<B>>,
@@ -129,6 +130,7 @@ where
     R: Resolver,
 {
     /// The future that carries out `decision` with the `ready` inner service.
+    #[inline]
     pub(crate) fn start(
         decision: Decision<R::Account>,
         ready: Ready<'_, S>,
@@ -147,6 +149,7 @@ where
     R: Resolver,
 {
     /// The one place a decision becomes a state.
+    #[inline]
     fn start(
         decision: Decision<R::Account>,
         ready: Ready<'_, S>,
