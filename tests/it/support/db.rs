@@ -220,6 +220,7 @@ pub(crate) mod stack {
     use tower_api_key::{ApiKeyLayer, KeyManager};
 
     use crate::support::pepper;
+    use crate::support::wait::PATIENCE;
 
     /// One "process": its own pool, manager, change feed and layer, as a separate server
     /// would have, on a shared database.
@@ -288,7 +289,7 @@ pub(crate) mod stack {
                 .cache_config(options.cache)
                 .build();
             assert!(
-                feed.wait_subscribed(Duration::from_secs(10)).await,
+                feed.wait_subscribed(PATIENCE).await,
                 "the change feed did not subscribe"
             );
             Self {

@@ -13,13 +13,22 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// Checks `condition` every 10 ms until it holds; fails the test, naming `what`, if it still
 /// doesn't after [`PATIENCE`].
-pub(crate) async fn until<F>(what: &str, mut condition: impl FnMut() -> F)
+pub(crate) async fn until<F>(what: &str, condition: impl FnMut() -> F)
 where
     F: Future<Output = bool>,
 {
-    let deadline = Instant::now() + PATIENCE;
+    until_within(PATIENCE, what, condition).await;
+}
+
+/// [`until`] with a bound of its own, for a test whose bound means something (shorter than a
+/// cache entry's life, say).
+pub(crate) async fn until_within<F>(bound: Duration, what: &str, mut condition: impl FnMut() -> F)
+where
+    F: Future<Output = bool>,
+{
+    let deadline = Instant::now() + bound;
     while !condition().await {
-        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {what}");
+        assert!(Instant::now() < deadline, "waited {bound:?} for {what}");
         tokio::time::sleep(POLL).await;
     }
 }
