@@ -63,16 +63,13 @@ async fn resolver_calls(server: &DemoServer) -> u64 {
 
 /// Asserts that `server` answers `key` with `expected`, and soon from its cache.
 async fn assert_cached(server: &DemoServer, key: &str, expected: StatusCode) {
-    for _ in 0..100 {
+    until(&format!("{expected} served from the cache"), || async {
         assert_eq!(status(server, key).await, expected);
         let before = resolver_calls(server).await;
         assert_eq!(status(server, key).await, expected);
-        if resolver_calls(server).await == before {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{expected} is never served from the cache");
+        resolver_calls(server).await == before
+    })
+    .await;
 }
 
 /// How long a change through one server may take to be in force at the other. Generous (the
