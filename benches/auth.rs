@@ -17,8 +17,10 @@
 //! Among the cases, `layer/reject_shed`: a miss answered 503 because every lookup the layer may
 //! start is taken (by one that never ends). And a group of its own, `refusal`: what a guesser
 //! could time, a fresh well-formed key each request (so each misses the cache and reaches the
-//! store), either an unknown prefix or a known prefix with a wrong body; the two kinds are sent
-//! alternately, each request timed alone, so drift hits both alike. Their medians should match.
+//! store), either an unknown prefix or a known prefix with a wrong body. Each case sends both
+//! kinds alternately and times each request alone; criterion reports the case's own kind, and
+//! `target/criterion/refusal/paired.json` (also printed) the medians of both kinds over every
+//! request of both cases, side by side, which should match.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -431,12 +433,16 @@ fn write_paired_results() {
 
 // ===== refusals a guesser could time =====
 
-/// Which refusal a `refusal` case times.
+/// Which refusal a `refusal` case times (and its place in [`GUESSES`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Guess {
-    UnknownPrefix,
-    KnownPrefixWrongBody,
+    UnknownPrefix = 0,
+    KnownPrefixWrongBody = 1,
 }
+
+/// Every request's time in nanoseconds, by kind, over every run of either case: each run times
+/// both kinds alike, so these compare them within the same minutes of the machine's drift.
+static GUESSES: Mutex<[Vec<u32>; 2]> = Mutex::new([Vec::new(), Vec::new()]);
 
 /// Sends `iters` fresh keys of each kind, alternately (which kind goes first alternates too),
 /// timing each request alone; returns the time of `timed`'s requests. Every key is made before
@@ -456,7 +462,11 @@ async fn guesses(
         })
         .collect();
     let calls = layer.metrics().resolver_calls;
-    let mut took = Duration::ZERO;
+    let mut took = [Duration::ZERO; 2];
+    let mut samples: [Vec<u32>; 2] = [
+        Vec::with_capacity(pairs.len()),
+        Vec::with_capacity(pairs.len()),
+    ];
     for (i, (unknown, known)) in pairs.iter().enumerate() {
         let (first, second) = if i % 2 == 0 {
             (
@@ -475,9 +485,8 @@ async fn guesses(
             let response = service.clone().oneshot(request).await.expect("ok");
             let elapsed = started.elapsed();
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-            if kind == timed {
-                took += elapsed;
-            }
+            took[kind as usize] += elapsed;
+            samples[kind as usize].push(u32::try_from(elapsed.as_nanos()).unwrap_or(u32::MAX));
         }
     }
     assert_eq!(
@@ -485,7 +494,11 @@ async fn guesses(
         2 * iters,
         "every guess reached the store"
     );
-    took
+    let mut all = GUESSES.lock().expect("lock");
+    for (all, samples) in all.iter_mut().zip(samples) {
+        all.extend(samples);
+    }
+    took[timed as usize]
 }
 
 fn refusals_a_guesser_could_time(c: &mut Criterion) {
@@ -515,6 +528,28 @@ fn refusals_a_guesser_could_time(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Both kinds as measured side by side, in every run of either case: medians.
+    let mut all = std::mem::take(&mut *GUESSES.lock().expect("lock"));
+    let [unknown, known] = [0, 1].map(|kind| {
+        let samples = &mut all[kind];
+        samples.sort_unstable();
+        samples.get(samples.len() / 2).copied().unwrap_or(0)
+    });
+    let summary = format!(
+        "{{\"requests_each\": {}, \"unknown_prefix_median_ns\": {unknown}, \
+         \"known_prefix_wrong_body_median_ns\": {known}, \"difference_percent\": {:.2}}}\n",
+        all[0].len(),
+        100.0 * (f64::from(known) - f64::from(unknown)) / f64::from(unknown.max(1))
+    );
+    print!("refusal, both kinds side by side: {summary}");
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned()),
+    )
+    .join("criterion/refusal");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("paired.json"), summary);
+    }
 }
 
 criterion_group!(benches, layer_on_a_cache_hit, refusals_a_guesser_could_time);
