@@ -13,6 +13,14 @@
 //!
 //! Run: `cargo bench --all-features --bench auth`, then `python3 scripts/bench_table.py` for
 //! added nanoseconds over the paired baseline and ratios to `floor`.
+//!
+//! Among the cases, `layer/reject_shed`: a miss answered 503 because every lookup the layer may
+//! start is taken (by one that never ends). And a group of its own, `refusal`: what a guesser
+//! could time, a fresh well-formed key each request (so each misses the cache and reaches the
+//! store), either an unknown prefix or a known prefix with a wrong body. Each case sends both
+//! kinds alternately and times each request alone; criterion reports the case's own kind, and
+//! `target/criterion/refusal/paired.json` (also printed) the medians of both kinds over every
+//! request of both cases, side by side, which should match.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,11 +36,16 @@ use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, StatusCode};
 use tower::{Layer, ServiceExt};
-use tower_api_key::resolver::Resolver;
+use tower_api_key::cache::CacheConfig;
+use tower_api_key::resolver::{ResolveError, Resolver};
 use tower_api_key::{
     ApiKey, ApiKeyLayer, KeyDigest, KeyIdentity, KeyManager, KeyOptions, MemoryStore, Pepper,
     RateLimit, StoreResolver,
 };
+
+/// Fresh unknown keys, and well-formed keys forged from a known prefix and another key's body.
+#[path = "../tests/it/support/keys.rs"]
+mod keys;
 
 fn router() -> Router {
     Router::new().route("/v1/ping", get(|| async { "pong" }))
@@ -160,6 +173,23 @@ impl tower_http::auth::AsyncAuthorizeRequest<axum::body::Body> for TowerHttpPeer
     }
 }
 
+/// A resolver whose calls never end: the lookups it is given keep their permits.
+struct Stalled;
+
+/// The account `Stalled` never finds.
+struct Nobody;
+
+impl tower_api_key::Account for Nobody {}
+
+#[async_trait::async_trait]
+impl Resolver for Stalled {
+    type Account = Nobody;
+
+    async fn resolve(&self, _: &ApiKey, _: &KeyDigest) -> Result<Option<Nobody>, ResolveError> {
+        std::future::pending().await
+    }
+}
+
 fn layer_on_a_cache_hit(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -211,6 +241,22 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
     let tower_http =
         tower_http::auth::AsyncRequireAuthorizationLayer::new(TowerHttpPeer(peer_state.clone()))
             .layer(router());
+    // One lookup at a time, taken for good by a call that never ends: every miss is shed.
+    let shedding = ApiKeyLayer::builder(Stalled, pepper.clone())
+        .cache_config(
+            CacheConfig::default()
+                .max_concurrent_lookups(Some(1))
+                .lookup_timeout(None),
+        )
+        .build()
+        .layer(router());
+    runtime.block_on(async {
+        let held = HeaderValue::from_str(&keys::unknown()).expect("header");
+        // The request goes; its lookup runs on as a task of its own, keeping the permit.
+        let request = shedding.clone().oneshot(request(Some(&held)));
+        let gone = tokio::time::timeout(Duration::from_millis(100), request).await;
+        assert!(gone.is_err(), "a stalled lookup never answers");
+    });
 
     // Warm the cache with the valid and the unknown key.
     runtime.block_on(async {
@@ -255,6 +301,11 @@ fn layer_on_a_cache_hit(c: &mut Criterion) {
             "layer/reject_missing",
             call!(protected, None),
             StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "layer/reject_shed",
+            call!(shedding, Some(&unknown)),
+            StatusCode::SERVICE_UNAVAILABLE,
         ),
         (
             "peer/from_fn_moka_future/hit",
@@ -385,5 +436,126 @@ fn write_paired_results() {
     }
 }
 
-criterion_group!(benches, layer_on_a_cache_hit);
+// ===== refusals a guesser could time =====
+
+/// Which refusal a `refusal` case times (and its place in [`GUESSES`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Guess {
+    UnknownPrefix = 0,
+    KnownPrefixWrongBody = 1,
+}
+
+/// Every request's time in nanoseconds, by kind, over every run of either case: each run times
+/// both kinds alike, so these compare them within the same minutes of the machine's drift.
+static GUESSES: Mutex<[Vec<u32>; 2]> = Mutex::new([Vec::new(), Vec::new()]);
+
+/// Sends `iters` fresh keys of each kind, alternately (which kind goes first alternates too),
+/// timing each request alone; returns the time of `timed`'s requests. Every key is made before
+/// the timing starts, and each reaches the store.
+async fn guesses(
+    service: &tower_api_key::ApiKeyService<Router, StoreResolver>,
+    layer: &ApiKeyLayer<StoreResolver>,
+    prefixes: &[String],
+    iters: u64,
+    timed: Guess,
+) -> Duration {
+    let header = |key: String| HeaderValue::from_str(&key).expect("header");
+    let pairs: Vec<_> = (0..iters as usize)
+        .map(|i| {
+            let known = keys::forge(&prefixes[i % prefixes.len()], &keys::unknown());
+            (header(keys::unknown()), header(known))
+        })
+        .collect();
+    let calls = layer.metrics().resolver_calls;
+    let mut took = [Duration::ZERO; 2];
+    let mut samples: [Vec<u32>; 2] = [
+        Vec::with_capacity(pairs.len()),
+        Vec::with_capacity(pairs.len()),
+    ];
+    for (i, (unknown, known)) in pairs.iter().enumerate() {
+        let (first, second) = if i % 2 == 0 {
+            (
+                (Guess::UnknownPrefix, unknown),
+                (Guess::KnownPrefixWrongBody, known),
+            )
+        } else {
+            (
+                (Guess::KnownPrefixWrongBody, known),
+                (Guess::UnknownPrefix, unknown),
+            )
+        };
+        for (kind, key) in [first, second] {
+            let request = request(Some(key));
+            let started = Instant::now();
+            let response = service.clone().oneshot(request).await.expect("ok");
+            let elapsed = started.elapsed();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            took[kind as usize] += elapsed;
+            samples[kind as usize].push(u32::try_from(elapsed.as_nanos()).unwrap_or(u32::MAX));
+        }
+    }
+    assert_eq!(
+        layer.metrics().resolver_calls - calls,
+        2 * iters,
+        "every guess reached the store"
+    );
+    let mut all = GUESSES.lock().expect("lock");
+    for (all, samples) in all.iter_mut().zip(samples) {
+        all.extend(samples);
+    }
+    took[timed as usize]
+}
+
+fn refusals_a_guesser_could_time(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([6; 32]));
+    let prefixes: Vec<String> = (0..16)
+        .map(|n| {
+            let owner = format!("account-{n}").parse().expect("account");
+            let created = runtime.block_on(manager.create(&owner)).expect("create");
+            created.key.prefix().to_string()
+        })
+        .collect();
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let service = layer.layer(router());
+
+    let mut group = c.benchmark_group("refusal");
+    for (name, timed) in [
+        ("unknown_prefix", Guess::UnknownPrefix),
+        ("known_prefix_wrong_body", Guess::KnownPrefixWrongBody),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime)
+                .iter_custom(|iters| guesses(&service, &layer, &prefixes, iters, timed))
+        });
+    }
+    group.finish();
+
+    // Both kinds as measured side by side, in every run of either case: medians.
+    let mut all = std::mem::take(&mut *GUESSES.lock().expect("lock"));
+    let [unknown, known] = [0, 1].map(|kind| {
+        let samples = &mut all[kind];
+        samples.sort_unstable();
+        samples.get(samples.len() / 2).copied().unwrap_or(0)
+    });
+    let summary = format!(
+        "{{\"requests_each\": {}, \"unknown_prefix_median_ns\": {unknown}, \
+         \"known_prefix_wrong_body_median_ns\": {known}, \"difference_percent\": {:.2}}}\n",
+        all[0].len(),
+        100.0 * (f64::from(known) - f64::from(unknown)) / f64::from(unknown.max(1))
+    );
+    print!("refusal, both kinds side by side: {summary}");
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned()),
+    )
+    .join("criterion/refusal");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join("paired.json"), summary);
+    }
+}
+
+criterion_group!(benches, layer_on_a_cache_hit, refusals_a_guesser_could_time);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
-//! The stores at scale, in one process: cold lookups through each SQL store at 10^6 rows, and
-//! the last-used writes of 10^5 keys used every second. Not a criterion bench: each part
-//! prints a table of percentiles (or counts) from one run.
+//! The stores at scale, in one process: cold lookups through each SQL store at 10^6 rows, the
+//! last-used writes of 10^5 keys used every second, and how long a change takes to reach
+//! another process through PostgreSQL's change feed. Not a criterion bench: each part prints a
+//! table of percentiles (or counts) from one run.
 //!
 //! - `lookups`: `KeyStore::find_by_prefix` (what `StoreResolver::resolve` asks the store on a
 //!   cache miss) for random existing prefixes and for unknown ones, one at a time, through a
@@ -11,6 +12,11 @@
 //!   `record_last_used`, then one `LastUsedRecorder::flush` (a round stands for one flush
 //!   interval of 1 s); counts the store's `record_last_used` calls and rows through a wrapping
 //!   store, and times the flushes. Memory store, then PostgreSQL.
+//! - `feed`: two "processes" in this one (each its own pool, `PgChangeFeed`, manager and layer,
+//!   cache entries living an hour, on a runtime of two workers) on one database. For each of
+//!   `TRIES` keys (default 100), a change made through A (revoke, reactivate, rotate, delete),
+//!   and how long from its return until B, polled back to back, answers accordingly; B had
+//!   the key's previous answer cached each time.
 //!
 //! The rows are what the stores write (`KeyRecord::new`: active, no policy), put in with bulk
 //! SQL for speed; the lookup rows' digests are not digests of real keys (a lookup by prefix
@@ -24,6 +30,7 @@
 //! # one part, other sizes:
 //! ROWS=100000 SAMPLES=2000 SQLITE_SAMPLES=500 cargo bench --all-features --bench stores -- lookups
 //! KEYS=10000 ROUNDS=5 cargo bench --all-features --bench stores -- last-used
+//! TRIES=1000 cargo bench --all-features --bench stores -- feed
 //! PG_FILLFACTOR=80 cargo bench --all-features --bench stores -- last-used  # room for HOT updates
 //! ```
 
@@ -38,14 +45,15 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tower::{Layer, ServiceExt};
 use tower_api_key::cache::CacheConfig;
+use tower_api_key::feed::{FeedConfig, FeedTask};
 use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::policy::PolicyUpdate;
 use tower_api_key::store::{
     AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError,
 };
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyDigest, KeyManager, KeyPrefix, MemoryStore, Pepper, PostgresStore,
-    SqliteStore,
+    ApiKey, ApiKeyLayer, KeyDigest, KeyManager, KeyPrefix, MemoryStore, Pepper, PgChangeFeed,
+    PostgresStore, SqliteStore, StoreResolver,
 };
 
 const SCHEMA: &str = "tak_bench_stores";
@@ -689,6 +697,143 @@ async fn last_used() {
     }
 }
 
+// ===== feed =====
+
+/// One "process": its own pool, change feed, manager and layer. Entries live an hour, so only
+/// an invalidation ends one.
+struct Process {
+    manager: KeyManager,
+    layer: ApiKeyLayer<StoreResolver>,
+    feed: FeedTask,
+}
+
+impl Process {
+    async fn start(options: &PgConnectOptions, name: &str) -> Self {
+        let store = PostgresStore::from_pool(
+            PgPoolOptions::new()
+                .max_connections(5)
+                .connect_lazy_with(options.clone()),
+        );
+        let manager = KeyManager::new(Arc::new(store.clone()), Pepper::from_bytes([9; 32]));
+        let feed = tower_api_key::feed::spawn(
+            PgChangeFeed::new(&store).application_name(name),
+            manager.invalidation_bus(),
+            FeedConfig::default(),
+        );
+        let hour = Duration::from_secs(3600);
+        let layer = ApiKeyLayer::for_manager(&manager)
+            .cache_config(CacheConfig::default().positive_ttl(hour).negative_ttl(hour))
+            .build();
+        assert!(
+            feed.wait_subscribed(Duration::from_secs(30)).await,
+            "{name}: the change feed did not subscribe"
+        );
+        Self {
+            manager,
+            layer,
+            feed,
+        }
+    }
+
+    async fn status(&self, key: &str) -> http::StatusCode {
+        let service = self
+            .layer
+            .layer(tower::service_fn(|_: http::Request<()>| async {
+                Ok::<_, Infallible>(http::Response::new(()))
+            }));
+        let request = http::Request::get("/")
+            .header("x-api-key", key)
+            .body(())
+            .expect("request");
+        service.oneshot(request).await.expect("infallible").status()
+    }
+
+    /// Returns once `key` gets `expected` from the cache (the notification of the key's own
+    /// creation may still be on its way and empty the entry once more).
+    async fn cached(&self, key: &str, expected: http::StatusCode) {
+        loop {
+            assert_eq!(self.status(key).await, expected);
+            let before = self.layer.metrics().resolver_calls;
+            assert_eq!(self.status(key).await, expected);
+            if self.layer.metrics().resolver_calls == before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Polls `key` back to back until it gets `expected`; the time since `since`.
+    async fn lag(&self, key: &str, expected: http::StatusCode, since: Instant) -> Duration {
+        while self.status(key).await != expected {
+            tokio::task::yield_now().await;
+        }
+        since.elapsed()
+    }
+}
+
+async fn feed() {
+    use http::StatusCode;
+    let tries = env_usize("TRIES", 100);
+    println!("## feed: a change in process A, in force in process B, {tries} tries per change");
+    let Some(options) = pg_schema().await else {
+        println!("feed: skipped (DATABASE_URL not set)");
+        return;
+    };
+    PostgresStore::from_pool(pg_pool(&options, true))
+        .migrate()
+        .await
+        .expect("migrate");
+    let a = Process::start(&options, "tak_bench_feed_a").await;
+    let b = Process::start(&options, "tak_bench_feed_b").await;
+    let acme: AccountId = "acme".parse().expect("account");
+    let (mut revoke, mut reactivate, mut rotate, mut delete) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..tries {
+        let created = a.manager.create(&acme).await.expect("create");
+        let (id, key) = (created.info.id, created.key.expose_secret().to_owned());
+
+        b.cached(&key, StatusCode::OK).await;
+        a.manager.revoke(&acme, id).await.expect("revoke");
+        revoke.push(b.lag(&key, StatusCode::UNAUTHORIZED, Instant::now()).await);
+
+        b.cached(&key, StatusCode::UNAUTHORIZED).await;
+        a.manager.reactivate(&acme, id).await.expect("reactivate");
+        reactivate.push(b.lag(&key, StatusCode::OK, Instant::now()).await);
+
+        b.cached(&key, StatusCode::OK).await;
+        let rotated = a.manager.rotate(&acme, id).await.expect("rotate");
+        rotate.push(b.lag(&key, StatusCode::UNAUTHORIZED, Instant::now()).await);
+        let new_key = rotated.key.expose_secret().to_owned();
+
+        b.cached(&new_key, StatusCode::OK).await;
+        a.manager.delete(&acme, id).await.expect("delete");
+        delete.push(
+            b.lag(&new_key, StatusCode::UNAUTHORIZED, Instant::now())
+                .await,
+        );
+    }
+    println!("| change at A | in force at B: p50 µs | p90 µs | p99 µs | max µs |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (change, lags) in [
+        ("revoke → 401", &mut revoke),
+        ("reactivate → 200", &mut reactivate),
+        ("rotate → old key 401", &mut rotate),
+        ("delete → 401", &mut delete),
+    ] {
+        let (p50, p90, p99, max) = percentiles(lags);
+        println!("| {change} | {p50:.0} | {p90:.0} | {p99:.0} | {max:.0} |");
+    }
+    let outages = b.feed.status().outages;
+    if outages > 0 {
+        // B failed closed meanwhile: some changes were in force without the feed.
+        println!("B's feed lost its subscription {outages} times: the figures are void");
+    }
+    a.feed.shutdown().await;
+    b.feed.shutdown().await;
+    pg_drop_schema().await;
+    println!();
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     // `cargo bench` passes `--bench`; anything else names the parts to run.
@@ -702,5 +847,18 @@ async fn main() {
     }
     if wants("last-used") {
         last_used().await;
+    }
+    if wants("feed") {
+        // Two workers, as two processes' feeds and requests would have.
+        tokio::task::spawn_blocking(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(feed())
+        })
+        .await
+        .expect("the feed part");
     }
 }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
+#[cfg(feature = "test-util")]
+use std::time::Duration;
 use std::time::Instant;
 
 use super::gcra::{self, Spent, Tat};
@@ -42,9 +44,28 @@ pub struct LocalLimiter {
 }
 
 struct Shared {
-    /// Times are nanoseconds since this instant.
-    origin: Instant,
+    clock: Clock,
     shards: Box<[Mutex<Shard>]>,
+}
+
+/// Where the limiter reads the time: nanoseconds since its origin.
+enum Clock {
+    /// The monotonic clock, counted from this instant.
+    Monotonic(Instant),
+    /// The time since any fixed origin, as a test sets it ([`LocalLimiter::with_clock`]).
+    #[cfg(feature = "test-util")]
+    Given(Box<dyn Fn() -> Duration + Send + Sync>),
+}
+
+impl Clock {
+    fn now(&self) -> u64 {
+        let since = match self {
+            Self::Monotonic(origin) => origin.elapsed(),
+            #[cfg(feature = "test-util")]
+            Self::Given(now) => now(),
+        };
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 #[derive(Default)]
@@ -58,9 +79,43 @@ struct Shard {
 impl LocalLimiter {
     /// No budget spent yet.
     pub fn new() -> Self {
+        Self::reading(Clock::Monotonic(Instant::now()))
+    }
+
+    /// No budget spent yet, on a clock the caller moves: `now` gives the time since any fixed
+    /// origin, and must never go backwards. A test moves it past a window instead of sleeping
+    /// through it.
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::time::Duration;
+    /// use tower_api_key::policy::RateLimit;
+    /// use tower_api_key::rate_limit::{Acquire, BudgetKey, LocalLimiter, RateLimiter, Verdict};
+    ///
+    /// let seconds = Arc::new(AtomicU64::new(0));
+    /// let read = Arc::clone(&seconds);
+    /// let limiter = LocalLimiter::with_clock(move || Duration::from_secs(read.load(Ordering::SeqCst)));
+    /// let (key, limit) = (BudgetKey::new(7), RateLimit::new(1, 60)?);
+    /// let allowed = |acquire| matches!(acquire, Acquire::Ready(Verdict::Allowed(_)));
+    /// assert!(allowed(limiter.acquire(key, limit)));
+    /// assert!(!allowed(limiter.acquire(key, limit)));
+    /// seconds.store(60, Ordering::SeqCst); // a minute later, at once
+    /// assert!(allowed(limiter.acquire(key, limit)));
+    /// # Ok::<(), tower_api_key::policy::PolicyError>(())
+    /// ```
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn with_clock(now: impl Fn() -> Duration + Send + Sync + 'static) -> Self {
+        Self::reading(Clock::Given(Box::new(now)))
+    }
+
+    fn reading(clock: Clock) -> Self {
         Self {
             shared: Arc::new(Shared {
-                origin: Instant::now(),
+                clock,
                 shards: (0..SHARDS)
                     .map(|_| {
                         Mutex::new(Shard {
@@ -82,7 +137,7 @@ impl LocalLimiter {
             .sum()
     }
 
-    /// Spends one request of `key`'s budget at `now` (nanoseconds since `origin`).
+    /// Spends one request of `key`'s budget at `now` (nanoseconds since the clock's origin).
     fn spend(&self, key: BudgetKey, limit: RateLimit, now: u64) -> Verdict {
         let mut shard = lock(&self.shared.shards[key.shard(SHARDS)]);
         let stored = shard.tats.get_mut(&key);
@@ -104,7 +159,7 @@ impl LocalLimiter {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.shared.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.shared.clock.now()
     }
 }
 

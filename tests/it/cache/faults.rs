@@ -4,14 +4,15 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::support::exclusive::exclusive;
 use crate::support::pepper;
 use crate::support::service::status;
+use crate::support::wait::{PATIENCE, until};
 use async_trait::async_trait;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
+use tokio::sync::Semaphore;
 use tower::{Layer, service_fn};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::feed::{ChangeFeed, FeedError, FeedMessage};
@@ -27,12 +28,15 @@ enum Behaviour {
     Fail,
     Panic,
     Hang,
+    /// Refuse, once [`ScriptedResolver::release`] is called.
+    RefuseWhenReleased,
 }
 
 struct ScriptedResolver {
     calls: AtomicUsize,
     delay: Duration,
     behaviour: std::sync::Mutex<Behaviour>,
+    released: Semaphore,
 }
 
 impl ScriptedResolver {
@@ -41,7 +45,13 @@ impl ScriptedResolver {
             calls: AtomicUsize::new(0),
             delay,
             behaviour: std::sync::Mutex::new(behaviour),
+            released: Semaphore::new(0),
         })
+    }
+
+    /// Lets every call held by [`Behaviour::RefuseWhenReleased`] go on, now and later.
+    fn release(&self) {
+        self.released.add_permits(Semaphore::MAX_PERMITS / 2);
     }
 
     fn set(&self, behaviour: Behaviour) {
@@ -73,6 +83,10 @@ impl Resolver for ScriptedResolver {
             Behaviour::Fail => Err(ResolveError::new("database is down")),
             Behaviour::Panic => panic!("resolver bug"),
             Behaviour::Hang => std::future::pending().await,
+            Behaviour::RefuseWhenReleased => {
+                let _released = self.released.acquire().await.expect("never closed");
+                Ok(None)
+            }
         }
     }
 }
@@ -83,6 +97,14 @@ type Service = tower_api_key::ApiKeyService<
 >;
 
 fn service(resolver: &Arc<ScriptedResolver>, config: CacheConfig) -> Service {
+    service_and_layer(resolver, config).0
+}
+
+/// The service, and the layer it was made with (for its metrics).
+fn service_and_layer(
+    resolver: &Arc<ScriptedResolver>,
+    config: CacheConfig,
+) -> (Service, ApiKeyLayer<Arc<ScriptedResolver>>) {
     let layer = ApiKeyLayer::builder(resolver.clone(), pepper())
         .cache_config(config)
         .build();
@@ -95,7 +117,8 @@ fn service(resolver: &Arc<ScriptedResolver>, config: CacheConfig) -> Service {
         );
         Ok::<_, Infallible>(Response::new(Empty::new()))
     });
-    layer.layer(tower::util::BoxCloneSyncService::new(inner))
+    let service = layer.layer(tower::util::BoxCloneSyncService::new(inner));
+    (service, layer)
 }
 
 async fn concurrently(service: &Service, key: &ApiKey, n: usize) -> Vec<StatusCode> {
@@ -144,26 +167,37 @@ async fn concurrent_requests_with_one_valid_key_make_one_resolver_call() {
 
 #[tokio::test]
 async fn negative_entries_expire_after_their_ttl() {
+    const TTL: Duration = Duration::from_millis(50);
     let resolver = ScriptedResolver::new(Behaviour::Refuse, Duration::ZERO);
-    let config = CacheConfig::default().negative_ttl(Duration::from_millis(50));
-    let service = service(&resolver, config);
+    let service = service(&resolver, CacheConfig::default().negative_ttl(TTL));
     let unknown = key();
-    assert_eq!(
-        status(&service, unknown.expose_secret()).await,
-        StatusCode::UNAUTHORIZED
-    );
+    // The entry is made after this: it lives at least until then.
+    let lives_until = Instant::now() + TTL;
     assert_eq!(
         status(&service, unknown.expose_secret()).await,
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(resolver.calls(), 1);
-    tokio::time::sleep(Duration::from_millis(120)).await;
+
+    // From now on the resolver lets the key in: a refusal can only come from the entry.
     resolver.set(Behaviour::Accept);
+    let answers = std::sync::Mutex::new(Vec::new());
+    until("the negative entry to expire", || async {
+        let answer = status(&service, unknown.expose_secret()).await;
+        answers.lock().expect("lock").push((answer, Instant::now()));
+        answer == StatusCode::OK
+    })
+    .await;
     assert_eq!(
-        status(&service, unknown.expose_secret()).await,
-        StatusCode::OK
+        resolver.calls(),
+        2,
+        "every refusal came from the entry, and one call let the key in"
     );
-    assert_eq!(resolver.calls(), 2);
+    for (answer, answered) in answers.into_inner().expect("lock") {
+        if answered < lives_until {
+            assert_eq!(answer, StatusCode::UNAUTHORIZED, "answered within the TTL");
+        }
+    }
 }
 
 #[tokio::test]
@@ -209,12 +243,10 @@ async fn a_hanging_resolver_is_503_after_the_lookup_timeout() {
     let config = CacheConfig::default().lookup_timeout(Some(Duration::from_millis(50)));
     let service = service(&resolver, config);
     let valid = key();
-    let started = tokio::time::Instant::now();
-    assert_eq!(
-        status(&service, valid.expose_secret()).await,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let answer = tokio::time::timeout(PATIENCE, status(&service, valid.expose_secret()))
+        .await
+        .expect("answered when the lookup timed out, not left hanging");
+    assert_eq!(answer, StatusCode::SERVICE_UNAVAILABLE);
     resolver.set(Behaviour::Accept);
     assert_eq!(
         status(&service, valid.expose_secret()).await,
@@ -225,7 +257,7 @@ async fn a_hanging_resolver_is_503_after_the_lookup_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_abandoned_by_its_requests_still_completes_and_is_cached() {
     let resolver = ScriptedResolver::new(Behaviour::Accept, Duration::from_millis(50));
-    let service = service(&resolver, CacheConfig::default());
+    let (service, layer) = service_and_layer(&resolver, CacheConfig::default());
     let valid = key();
     let abandoned = tokio::time::timeout(
         Duration::from_millis(5),
@@ -233,11 +265,15 @@ async fn a_lookup_abandoned_by_its_requests_still_completes_and_is_cached() {
     )
     .await;
     assert!(abandoned.is_err(), "the request was dropped mid-lookup");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(
-        status(&service, valid.expose_secret()).await,
-        StatusCode::OK
-    );
+    // Until the lookup ends, later requests join it; after, the cache answers them.
+    until("a request answered from the cache", || async {
+        assert_eq!(
+            status(&service, valid.expose_secret()).await,
+            StatusCode::OK
+        );
+        layer.metrics().cache_hits == 1
+    })
+    .await;
     assert_eq!(
         resolver.calls(),
         1,
@@ -348,36 +384,40 @@ async fn while_a_change_channel_is_lost_nothing_is_served_from_the_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lookups_beyond_the_limit_are_shed_with_503_at_once() {
-    let _exclusive = exclusive().await;
-    let resolver = ScriptedResolver::new(Behaviour::Refuse, Duration::from_millis(300));
-    let config = CacheConfig::default().max_concurrent_lookups(Some(2));
-    let service = service(&resolver, config);
-    let started = tokio::time::Instant::now();
-    let tasks: Vec<_> = (0..10)
+async fn lookups_beyond_the_limit_are_shed_with_503_while_the_running_ones_are_held() {
+    let resolver = ScriptedResolver::new(Behaviour::RefuseWhenReleased, Duration::ZERO);
+    // No timeout: the two running lookups keep their permits until released.
+    let config = CacheConfig::default()
+        .max_concurrent_lookups(Some(2))
+        .lookup_timeout(None);
+    let (service, layer) = service_and_layer(&resolver, config);
+    let held: Vec<_> = (0..2)
         .map(|_| {
             let service = service.clone();
-            tokio::spawn(async move {
-                let status = status(&service, key().expose_secret()).await;
-                (status, started.elapsed())
-            })
+            tokio::spawn(async move { status(&service, key().expose_secret()).await })
         })
         .collect();
-    let mut shed = 0;
-    for task in tasks {
-        let (status, elapsed) = task.await.expect("task");
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            shed += 1;
-            assert!(elapsed < Duration::from_millis(300), "shed without waiting");
-        } else {
-            assert_eq!(status, StatusCode::UNAUTHORIZED);
-        }
+    until("two lookups to run", || async { resolver.calls() == 2 }).await;
+
+    // Every other key is answered 503 while both lookups are still held: at once, without
+    // waiting for a permit.
+    for _ in 0..8 {
+        assert_eq!(
+            status(&service, key().expose_secret()).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
-    assert_eq!(shed, 8);
-    assert_eq!(resolver.calls(), 2);
+    assert_eq!(resolver.calls(), 2, "shed keys never reach the resolver");
+    assert_eq!(layer.metrics().lookups_shed, 8);
+
+    resolver.release();
+    for request in held {
+        assert_eq!(request.await.expect("task"), StatusCode::UNAUTHORIZED);
+    }
     // Permits come back when lookups finish.
     assert_eq!(
         status(&service, key().expose_secret()).await,
         StatusCode::UNAUTHORIZED
     );
+    assert_eq!(resolver.calls(), 3);
 }

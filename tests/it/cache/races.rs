@@ -9,8 +9,10 @@ use std::time::Duration;
 use crate::support::exclusive::exclusive;
 use crate::support::service::{Stack, stack, status};
 use crate::support::stores::TestStore;
+use crate::support::wait::until;
 use crate::support::{account, pepper};
 use std::convert::Infallible;
+use std::future::ready;
 
 use http::{Request, Response, StatusCode};
 use tower::{Layer as _, Service};
@@ -30,8 +32,13 @@ fn short_lived_stack(manager: &KeyManager) -> Stack {
     stack(&short_lived_layer(manager))
 }
 
-/// Runs `rounds` of: hammer `key` from many tasks, apply `change`, keep hammering; any
-/// request that *started* after `change` returned must get `expected_after`.
+/// Requests each side of a change, per round: enough that every round races the change, counted
+/// rather than timed so that a slow machine only makes the round longer.
+const REQUESTS_EACH_SIDE: usize = 16;
+
+/// Hammers `key` from many tasks, applies `change` once they are under way, and keeps
+/// hammering until [`REQUESTS_EACH_SIDE`] requests started after `change` returned: each of
+/// those must get `expected_after`.
 async fn hammer_across_change<S, B, C, F>(
     service: S,
     key: String,
@@ -50,13 +57,15 @@ where
 {
     let changed = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let before = Arc::new(AtomicUsize::new(0));
     let checked = Arc::new(AtomicUsize::new(0));
     let violations = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..8)
         .map(|_| {
             let (service, key) = (service.clone(), key.clone());
             let (changed, stop) = (changed.clone(), stop.clone());
-            let (checked, violations) = (checked.clone(), violations.clone());
+            let (before, checked, violations) =
+                (before.clone(), checked.clone(), violations.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     let started_after_change = changed.load(Ordering::SeqCst);
@@ -66,16 +75,19 @@ where
                         if status != expected_after {
                             violations.fetch_add(1, Ordering::SeqCst);
                         }
+                    } else {
+                        before.fetch_add(1, Ordering::SeqCst);
                     }
                     tokio::task::yield_now().await;
                 }
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(3)).await;
+    let enough = |count: &AtomicUsize| count.load(Ordering::SeqCst) >= REQUESTS_EACH_SIDE;
+    until("requests before the change", || ready(enough(&before))).await;
     change().await;
     changed.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    until("requests after the change", || ready(enough(&checked))).await;
     stop.store(true, Ordering::SeqCst);
     for worker in workers {
         worker.await.expect("worker");
@@ -151,11 +163,7 @@ impl Race {
     }
 
     fn assert_held(&self, what: &str) {
-        assert!(
-            self.checked > ROUNDS,
-            "the race was exercised ({} checks)",
-            self.checked
-        );
+        assert!(self.checked >= ROUNDS * REQUESTS_EACH_SIDE);
         assert_eq!(self.violations, 0, "{what}");
     }
 }

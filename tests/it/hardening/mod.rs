@@ -1,8 +1,9 @@
-//! Hostile and faulty conditions: bad input, arbitrary requests, store faults. (Floods, churn
-//! and timing are in `tests/serial/`.)
+//! Hostile and faulty conditions: bad input, guessed keys, arbitrary requests, store faults.
+//! (Floods and churn are in `tests/serial/`.)
 
 mod bad_input;
 #[cfg(feature = "axum")]
 mod faults;
+mod guesses;
 mod policy_inputs;
 mod properties;

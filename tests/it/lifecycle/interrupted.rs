@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::support::hooks::{StoreHooks, hooked_key_store};
 use crate::support::service::{Stack, stack, status};
+use crate::support::wait::{PATIENCE, until};
 use crate::support::{account, pepper};
 use http::StatusCode;
 use tokio::sync::Notify;
@@ -501,30 +502,19 @@ impl Change {
     }
 }
 
-/// Waits for `signal`, failing the test after a generous 10 s.
+/// Waits for `signal`, failing the test after [`PATIENCE`].
 async fn within(signal: impl Future, what: &str) {
-    if tokio::time::timeout(Duration::from_secs(10), signal)
-        .await
-        .is_err()
-    {
-        panic!("waited 10 s for {what}");
+    if tokio::time::timeout(PATIENCE, signal).await.is_err() {
+        panic!("waited {PATIENCE:?} for {what}");
     }
 }
 
-/// Asks `service` with `key` until it answers `expected`, failing the test after 10 s.
+/// Asks `service` with `key` until it answers `expected`.
 async fn eventually(service: &Stack, key: &str, expected: StatusCode, why: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer = status(service, key).await;
-        if answer == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still {answer} instead of {expected} 10 s after {why}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    until(&format!("{expected} after {why}"), || async {
+        status(service, key).await == expected
+    })
+    .await;
 }
 
 /// The caller gives up after 10 ms while the store holds the write; a request then reads the

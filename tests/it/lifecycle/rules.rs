@@ -197,24 +197,36 @@ async fn fifty_concurrent_creates_leave_exactly_three_keys() {
     assert_eq!(manager.list(&account("acme")).await.expect("list").len(), 3);
 }
 
-/// A store whose first inserts and replacements report a taken prefix.
+/// A store whose next writes report a taken prefix, as many as it is told; it counts every
+/// write it is asked for.
 struct CollidingStore {
     inner: MemoryStore,
     collisions_left: AtomicUsize,
+    writes: AtomicUsize,
 }
 
 impl CollidingStore {
-    fn new(collisions: usize) -> Self {
-        Self {
+    fn new(collisions: usize) -> Arc<Self> {
+        Arc::new(Self {
             inner: MemoryStore::new(),
             collisions_left: AtomicUsize::new(collisions),
-        }
+            writes: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next `collisions` writes report a taken prefix.
+    fn collide_next(&self, collisions: usize) {
+        self.collisions_left.store(collisions, Ordering::SeqCst);
     }
 
     fn collide(&self) -> bool {
         self.collisions_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+
+    fn writes(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
     }
 }
 
@@ -224,6 +236,7 @@ impl crate::support::hooks::StoreHooks for CollidingStore {
     }
     // The tests below only insert and replace keys, the two writes that pick a prefix.
     fn before_write(&self) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
         if self.collide() {
             Err(StoreError::PrefixTaken)
         } else {
@@ -235,24 +248,43 @@ impl crate::support::hooks::StoreHooks for CollidingStore {
 crate::support::hooks::hooked_key_store!(CollidingStore);
 
 #[tokio::test]
-async fn prefix_collisions_are_retried_not_surfaced() {
-    let manager = KeyManager::new(Arc::new(CollidingStore::new(3)), pepper());
+async fn prefix_collisions_on_create_are_retried_not_surfaced() {
+    let store = CollidingStore::new(3);
+    let manager = KeyManager::new(store.clone(), pepper());
     let created = manager.create(&account("acme")).await.expect("retried");
-    manager
-        .rotate(&account("acme"), created.info.id)
-        .await
-        .expect("rotate");
-    let manager = KeyManager::new(Arc::new(CollidingStore::new(3)), pepper());
+    assert_eq!(store.writes(), 4, "three taken prefixes, then the insert");
+    let listed = manager.list(&account("acme")).await.expect("list");
+    assert_eq!(listed.len(), 1, "one key, whatever the attempts");
+    assert_eq!(listed[0].prefix, created.key.prefix());
+}
+
+#[tokio::test]
+async fn prefix_collisions_on_rotate_are_retried_not_surfaced() {
+    let store = CollidingStore::new(0);
+    let manager = KeyManager::new(store.clone(), pepper());
     let created = manager.create(&account("acme")).await.expect("create");
-    manager
+    store.collide_next(3);
+    let writes = store.writes();
+    let rotated = manager
         .rotate(&account("acme"), created.info.id)
         .await
         .expect("rotate retried");
+    assert_eq!(
+        store.writes() - writes,
+        4,
+        "three taken prefixes, then the replacement"
+    );
+    let info = manager
+        .get(&account("acme"), created.info.id)
+        .await
+        .expect("get");
+    assert_eq!(info.prefix, rotated.key.prefix(), "the key that was stored");
+    assert_ne!(info.prefix, created.key.prefix());
 }
 
 #[tokio::test]
 async fn endless_prefix_collisions_end_in_a_clear_error() {
-    let manager = KeyManager::new(Arc::new(CollidingStore::new(usize::MAX)), pepper());
+    let manager = KeyManager::new(CollidingStore::new(usize::MAX), pepper());
     let err = manager
         .create(&account("acme"))
         .await

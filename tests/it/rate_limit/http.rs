@@ -1,64 +1,68 @@
 //! Rate limits over HTTP, against a loopback axum server: the 429 answer and its fields, the
 //! budget on allowed answers, what a refused request doesn't do, and limits changed at once.
+//! The limits that refill run on a [`TestClock`]: the test moves time, it never sleeps.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use tower_api_key::PolicyUpdate;
 
-use super::app::{App, limit, remaining_and_reset};
-use super::assert_five_of_twelve;
+use super::app::{App, TestClock, limit, remaining_and_reset};
+use crate::support::http::Answer;
 
 #[tokio::test]
 async fn twelve_requests_at_once_on_a_key_limited_to_5_per_2_seconds_get_5_answers_and_7_refusals()
 {
-    let app = App::start().await;
+    let clock = TestClock::default();
+    let app = App::start_with(|builder| builder.rate_limiter(clock.limiter())).await;
     let key = app.key(Some(limit(5, 2))).await;
     let other = app.key(Some(limit(5, 2))).await;
 
-    let started = Instant::now();
     let answers = join_all((0..12).map(|_| app.ping(&key))).await;
-    let took = started.elapsed();
     let ok = answers.iter().filter(|a| a.status == 200).count();
     let refused: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
-    assert_eq!(ok + refused.len(), 12, "only 200s and 429s");
-    assert_five_of_twelve(ok, took);
+    assert_eq!((ok, refused.len()), (5, 7));
     for answer in &refused {
         assert_eq!(answer.body, r#"{"error":"rate limit exceeded"}"#);
         assert_eq!(answer.content_type(), Some("application/json"));
-        let retry_after: u64 = answer.headers["retry-after"]
-            .to_str()
-            .expect("ascii")
-            .parse()
-            .expect("whole seconds");
-        assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+        // The next request fits 0.4 s from now: whole seconds, rounded up.
+        assert_eq!(answer.headers["retry-after"], "1");
         assert_eq!(answer.headers["ratelimit-policy"], r#""api-key";q=5;w=2"#);
-        assert_eq!(remaining_and_reset(answer).0, 0);
+        assert_eq!(remaining_and_reset(answer), (0, 2));
     }
-    assert_eq!(app.served(), ok, "refused requests never reach the service");
+    assert_eq!(app.served(), 5, "refused requests never reach the service");
 
     // Another key of the same account has a budget of its own.
     let answer = app.ping(&other).await;
     assert_eq!(answer.status, 200);
     assert_eq!(remaining_and_reset(&answer).0, 4);
+}
 
-    // After the window the whole budget is back.
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-    let answers = join_all((0..5).map(|_| app.ping(&key))).await;
-    assert!(answers.iter().all(|a| a.status == 200), "budget refilled");
+#[tokio::test]
+async fn a_spent_budget_refills_one_request_per_interval_and_wholly_after_the_window() {
+    let clock = TestClock::default();
+    let app = App::start_with(|builder| builder.rate_limiter(clock.limiter())).await;
+    let key = app.key(Some(limit(5, 2))).await;
+    let allowed = |answers: Vec<Answer>| answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(allowed(join_all((0..6).map(|_| app.ping(&key))).await), 5);
+
+    // 5 per 2 s: one request back every 0.4 s.
+    clock.advance(Duration::from_millis(399));
+    assert_eq!(app.ping(&key).await.status, 429, "not before its interval");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(allowed(join_all((0..3).map(|_| app.ping(&key))).await), 1);
+
+    // After the window the whole budget is back, and no more.
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(allowed(join_all((0..8).map(|_| app.ping(&key))).await), 5);
 }
 
 #[tokio::test]
 async fn allowed_answers_carry_the_budget_counting_down() {
-    let app = App::start().await;
+    let clock = TestClock::default();
+    let app = App::start_with(|builder| builder.rate_limiter(clock.limiter())).await;
     let key = app.key(Some(limit(3, 3600))).await;
-    let started = Instant::now();
-    // Each spent request takes 1,200 s to refill; time passing between the requests (a
-    // stalled machine) brings `t` down by as much, never up.
-    let bounds = |spent: u64| {
-        let passed = started.elapsed().as_secs() + 1;
-        (spent * 1200).saturating_sub(passed)..=spent * 1200
-    };
+    // Each spent request takes 1,200 s to refill.
     for expected in [2, 1, 0] {
         let answer = app.ping(&key).await;
         assert_eq!(answer.status, 200);
@@ -67,25 +71,17 @@ async fn allowed_answers_carry_the_budget_counting_down() {
             answer.headers["ratelimit-policy"],
             r#""api-key";q=3;w=3600"#
         );
-        let (remaining, reset) = remaining_and_reset(&answer);
-        assert_eq!(remaining, expected);
         let spent = u64::from(3 - expected);
-        assert!(
-            bounds(spent).contains(&reset),
-            "t={reset} after {spent} requests"
-        );
+        assert_eq!(remaining_and_reset(&answer), (expected, spent * 1200));
     }
     let refused = app.ping(&key).await;
     assert_eq!(refused.status, 429);
-    let retry_after: u64 = refused.headers["retry-after"]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("seconds");
-    assert!(
-        bounds(1).contains(&retry_after),
-        "Retry-After {retry_after}"
-    );
+    assert_eq!(refused.headers["retry-after"], "1200");
+    // Time passing brings `t` down by as much.
+    clock.advance(Duration::from_secs(200));
+    let refused = app.ping(&key).await;
+    assert_eq!(refused.headers["retry-after"], "1000");
+    assert_eq!(remaining_and_reset(&refused), (0, 3400));
 }
 
 #[tokio::test]
@@ -128,9 +124,7 @@ async fn the_layer_default_limits_keys_without_a_limit_of_their_own() {
     let app = App::start_with(|builder| builder.default_rate_limit(limit(2, 3600))).await;
     let plain = app.key(None).await;
     let own = app.key(Some(limit(4, 3600))).await;
-    let allowed = |answers: Vec<crate::support::http::Answer>| {
-        answers.iter().filter(|a| a.status == 200).count()
-    };
+    let allowed = |answers: Vec<Answer>| answers.iter().filter(|a| a.status == 200).count();
     let mut plain_answers = Vec::new();
     let mut own_answers = Vec::new();
     for _ in 0..6 {

@@ -220,6 +220,7 @@ pub(crate) mod stack {
     use tower_api_key::{ApiKeyLayer, KeyManager};
 
     use crate::support::pepper;
+    use crate::support::wait::{PATIENCE, until};
 
     /// One "process": its own pool, manager, change feed and layer, as a separate server
     /// would have, on a shared database.
@@ -288,7 +289,7 @@ pub(crate) mod stack {
                 .cache_config(options.cache)
                 .build();
             assert!(
-                feed.wait_subscribed(Duration::from_secs(10)).await,
+                feed.wait_subscribed(PATIENCE).await,
                 "the change feed did not subscribe"
             );
             Self {
@@ -303,16 +304,13 @@ pub(crate) mod stack {
         /// store lookup). "Soon": the notification of the key's own creation may still be on
         /// its way and empty the entry once more.
         pub(crate) async fn assert_cached(&self, key: &str, expected: StatusCode) {
-            for _ in 0..100 {
+            until("the answer to be served from the cache", || async {
                 assert_eq!(self.status(key).await, expected);
                 let before = self.layer.metrics().resolver_calls;
                 assert_eq!(self.status(key).await, expected);
-                if self.layer.metrics().resolver_calls == before {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            panic!("the answer is never served from the cache");
+                self.layer.metrics().resolver_calls == before
+            })
+            .await;
         }
 
         /// The status of a request with `key` (HTTP).

@@ -1,10 +1,11 @@
 //! One lock for the tests that must not run beside each other.
 //!
-//! libtest runs as many tests at once as there are cores. A test that bounds a latency (a
-//! change reaching another process within a second, a shed request answered within 300 ms)
-//! can miss its bound when a test that keeps every core busy runs beside it: the bound then
-//! fails by scheduling alone. So each test of either kind holds [`exclusive`] throughout: none
-//! of them overlaps another of them. Tests of neither kind still run beside them. In
+//! libtest runs as many tests at once as there are cores. A test that keeps every core busy
+//! (the cache races, the property tests) slows whatever runs beside it, and two of them at once
+//! slow each other most. No test asserts a duration (a bound on a latency can fail by
+//! scheduling alone: tests count, and wait for conditions within generous bounds), so this is
+//! about the suite's pace, not its verdicts: each such test holds [`exclusive`] throughout, and
+//! none of them overlaps another. Tests that don't take it still run beside them. In
 //! `tests/serial`, every test holds it.
 
 use tokio::sync::{Mutex, MutexGuard};

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests (`tests/serial` includes the modules it needs:
-//! `exclusive`, `hooks`, `keys`, `rng`, `service`).
+//! `exclusive`, `hooks`, `keys`, `rng`, `service`, `wait`).
 
 #[cfg(feature = "admin")]
 pub(crate) mod browser;
@@ -14,6 +14,7 @@ pub(crate) mod keys;
 pub(crate) mod rng;
 pub(crate) mod service;
 pub(crate) mod stores;
+pub(crate) mod wait;
 
 use tower_api_key::{AccountId, Pepper};
 

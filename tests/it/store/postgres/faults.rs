@@ -20,8 +20,8 @@ use crate::support::account;
 use crate::support::db::postgres::Schema;
 use crate::support::db::proxy::{self, Proxy};
 use crate::support::db::stack::{Stack, StackOptions};
-use crate::support::exclusive::exclusive;
 use crate::support::keys::unknown;
+use crate::support::wait::{PATIENCE, until};
 use http::StatusCode;
 use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
 use tower_api_key::{ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
@@ -48,20 +48,13 @@ fn via(schema: &Schema, proxy: &Proxy) -> sqlx::postgres::PgConnectOptions {
         .port(proxy.addr.port())
 }
 
-/// Waits up to `within` for `key` to get `expected` from `stack`.
-async fn eventually(stack: &Stack, key: &str, expected: StatusCode, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let status = stack.status(key).await;
-        if status == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {status} instead of {expected} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Waits for `key` to get `expected` from `stack` (its entries live an hour: nothing but an
+/// invalidation, or failing closed, ends them meanwhile).
+async fn eventually(stack: &Stack, key: &str, expected: StatusCode) {
+    until(&format!("{expected}"), || async {
+        stack.status(key).await == expected
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,9 +78,7 @@ async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_
 
     proxy.cut();
     assert!(
-        b.feed
-            .wait_for(Duration::from_secs(5), |s| !s.subscribed)
-            .await,
+        b.feed.wait_for(PATIENCE, |s| !s.subscribed).await,
         "B's feed noticed the cut"
     );
     // Meanwhile A, still connected, revokes a key B had cached.
@@ -120,19 +111,13 @@ async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_
     assert_eq!(after.resolver_failures - before.resolver_failures, 21);
 
     proxy.restore();
-    eventually(&b, &kept_key, StatusCode::OK, Duration::from_secs(10)).await;
-    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    eventually(&b, &kept_key, StatusCode::OK).await;
+    assert!(b.feed.wait_subscribed(PATIENCE).await);
     assert_eq!(b.status(&revoked_key).await, StatusCode::UNAUTHORIZED);
     b.assert_cached(&kept_key, StatusCode::OK).await;
     // And B hears A's changes again.
     a.manager.revoke(&acme, kept.info.id).await.expect("revoke");
-    eventually(
-        &b,
-        &kept_key,
-        StatusCode::UNAUTHORIZED,
-        Duration::from_secs(5),
-    )
-    .await;
+    eventually(&b, &kept_key, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +137,7 @@ async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
     proxy.cut();
     assert!(
         b.feed
-            .wait_for(Duration::from_secs(5), |s| !s.subscribed && s.outages == 1)
+            .wait_for(PATIENCE, |s| !s.subscribed && s.outages == 1)
             .await
     );
     // Not from the cache: each request is a store lookup, and all succeed.
@@ -169,19 +154,18 @@ async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
     assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
 
     proxy.restore();
-    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(b.feed.wait_subscribed(PATIENCE).await);
     b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
     a.manager
         .reactivate(&acme, created.info.id)
         .await
         .expect("reactivate");
-    eventually(&b, &key, StatusCode::OK, Duration::from_secs(5)).await;
+    eventually(&b, &key, StatusCode::OK).await;
     b.assert_cached(&key, StatusCode::OK).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
-    let _exclusive = exclusive().await;
     let Some((schema, a, proxy)) = setup("frozen").await else {
         return;
     };
@@ -198,18 +182,12 @@ async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
     let key = created.key.expose_secret().to_owned();
     b.assert_cached(&key, StatusCode::OK).await;
 
-    // No reset, no end of stream: only the heartbeat can tell.
+    // No reset, no end of stream: only the heartbeat can tell (TCP's own keepalive would take
+    // hours).
     proxy.freeze();
-    let frozen = Instant::now();
     assert!(
-        feed.wait_for(Duration::from_secs(5), |s| !s.subscribed)
-            .await,
+        feed.wait_for(PATIENCE, |s| !s.subscribed).await,
         "the frozen connection was never noticed"
-    );
-    let noticed = frozen.elapsed();
-    assert!(
-        noticed < Duration::from_secs(2),
-        "noticed after {noticed:?}"
     );
     a.manager
         .revoke(&account("acme"), created.info.id)
@@ -218,7 +196,7 @@ async fn a_silently_dead_feed_connection_is_noticed_by_its_heartbeat() {
     assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
 
     proxy.restore();
-    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(feed.wait_subscribed(PATIENCE).await);
     b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
 }
 
@@ -270,7 +248,7 @@ async fn deafenable_stack(schema: &Schema) -> (Stack, Arc<AtomicBool>) {
         manager.invalidation_bus(),
         config,
     );
-    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(feed.wait_subscribed(PATIENCE).await);
     let layer = ApiKeyLayer::for_manager(&manager)
         .cache_config(options.cache)
         .build();
@@ -302,7 +280,7 @@ async fn a_subscription_that_stops_delivering_while_its_connection_answers_fails
         .expect("revoke");
     let revoked = Instant::now();
     // The entry lives an hour and no notification comes: only the heartbeat can end it.
-    eventually(&b, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(10)).await;
+    eventually(&b, &key, StatusCode::UNAUTHORIZED).await;
     println!(
         "deaf subscription: revoked key refused elsewhere after {:?} (heartbeat bound 600 ms)",
         revoked.elapsed()
@@ -310,14 +288,12 @@ async fn a_subscription_that_stops_delivering_while_its_connection_answers_fails
     // The trust deadline or the overdue heartbeat, whichever comes first, made B refuse; the
     // overdue heartbeat is reported as a loss at about the same moment.
     assert!(
-        b.feed
-            .wait_for(Duration::from_secs(10), |s| s.outages >= 1)
-            .await,
+        b.feed.wait_for(PATIENCE, |s| s.outages >= 1).await,
         "the heartbeat reported the loss"
     );
 
     deaf.store(false, Ordering::SeqCst);
-    assert!(b.feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(b.feed.wait_subscribed(PATIENCE).await);
     b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
 }
 
@@ -342,7 +318,7 @@ async fn an_aborted_feed_runner_fails_closed() {
         .revoke(&acme, created.info.id)
         .await
         .expect("revoke");
-    eventually(&b, &key, StatusCode::UNAUTHORIZED, Duration::from_secs(10)).await;
+    eventually(&b, &key, StatusCode::UNAUTHORIZED).await;
     // And nothing is cached any more: every request asks the store.
     let calls = b.layer.metrics().resolver_calls;
     assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);

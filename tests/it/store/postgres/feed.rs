@@ -1,20 +1,20 @@
 //! Cross-process invalidation over PostgreSQL `LISTEN`/`NOTIFY`: two full stacks ("processes":
 //! each its own pool, change feed, manager and layer) on one database. A change made through
-//! one is in force in the other within milliseconds, and when the other's listening
-//! connection is killed it fails closed, so a change it missed is never served stale. Policy
-//! and grace-key changes made by hand in SQL reach another process's bus as invalidations of
-//! every digest they concern; `last_used_at` updates don't.
+//! one is in force in the other through its change feed (cache entries live an hour: nothing
+//! else can end them), and when the other's listening connection is killed it fails closed,
+//! so a change it missed is never served stale. Policy and grace-key changes made by hand in
+//! SQL reach another process's bus as invalidations of every digest they concern;
+//! `last_used_at` updates don't.
 //!
-//! Run with `--nocapture` to see the measured lags. Without `DATABASE_URL`, each test says it
-//! was skipped.
+//! How long a change takes to reach the other process is measured by `benches/stores.rs`
+//! (part `feed`), not here. Without `DATABASE_URL`, each test says it was skipped.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use super::report_lags;
 use crate::support::db::postgres::Schema;
 use crate::support::db::stack::{Stack, StackOptions};
-use crate::support::exclusive::exclusive;
+use crate::support::wait::{PATIENCE, until};
 use crate::support::{account, pepper};
 use http::StatusCode;
 use tower_api_key::feed::FeedConfig;
@@ -22,48 +22,47 @@ use tower_api_key::invalidation::{Invalidation, InvalidationBus, InvalidationLis
 use tower_api_key::store::{PgChangeFeed, PostgresStore};
 use tower_api_key::{ApiKey, CreatedKey, KeyDigest, KeyId, KeyRecord, KeyStore};
 
-async fn two_stacks(schema: &Schema, test: &str) -> (Stack, Stack) {
+/// Stacks A and B on `schema`, B's options as `configure_b` leaves them.
+async fn two_stacks(
+    schema: &Schema,
+    test: &str,
+    configure_b: impl FnOnce(&mut StackOptions),
+) -> (Stack, Stack) {
     schema.store().await; // migrated once
     let a = Stack::start(StackOptions::new(
         schema.options(),
         &format!("{}-{test}-a", schema.name),
     ))
     .await;
-    let b = Stack::start(StackOptions::new(
-        schema.options(),
-        &format!("{}-{test}-b", schema.name),
-    ))
-    .await;
+    let mut b = StackOptions::new(schema.options(), &format!("{}-{test}-b", schema.name));
+    configure_b(&mut b);
+    let b = Stack::start(b).await;
     (a, b)
 }
 
-/// Polls `stack` with `key` until it answers `expected`; returns how long that took.
-async fn time_until(stack: &Stack, key: &str, expected: StatusCode, since: Instant) -> Duration {
-    let deadline = since + Duration::from_secs(5);
-    loop {
-        if stack.status(key).await == expected {
-            return since.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still not {expected} after 5 s in the other process"
-        );
-        tokio::task::yield_now().await;
-    }
+/// Polls `stack` with `key` until it answers `expected` (its entries live an hour: only an
+/// invalidation, or failing closed, can change its answer meanwhile).
+async fn in_force(stack: &Stack, key: &str, expected: StatusCode) {
+    until(&format!("{expected} in the other process"), || async {
+        stack.status(key).await == expected
+    })
+    .await;
 }
 
 const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_change_in_one_process_is_in_force_in_the_other_within_milliseconds() {
-    let _exclusive = exclusive().await;
+async fn every_change_in_one_process_is_in_force_in_the_other_through_its_change_feed() {
     let Some(schema) = Schema::create().await else {
         return;
     };
-    let (a, b) = two_stacks(&schema, "lag").await;
+    // Heartbeats no loaded machine can miss: a loss would make B fail closed, and then the
+    // changes below would be in force without the feed having delivered them.
+    let (a, b) = two_stacks(&schema, "feed", |b| {
+        b.feed = FeedConfig::default().heartbeat(Duration::from_millis(200), PATIENCE);
+    })
+    .await;
     let acme = account("acme");
-    let (mut revoke, mut rotate, mut delete, mut reactivate) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..TRIES {
         let CreatedKey { info, key } = a.manager.create(&acme).await.expect("create");
         let key = key.expose_secret().to_owned();
@@ -71,8 +70,7 @@ async fn every_change_in_one_process_is_in_force_in_the_other_within_millisecond
         // revoke: B served the key from its cache until A's change.
         b.assert_cached(&key, StatusCode::OK).await;
         a.manager.revoke(&acme, info.id).await.expect("revoke");
-        let since = Instant::now();
-        revoke.push(time_until(&b, &key, StatusCode::UNAUTHORIZED, since).await);
+        in_force(&b, &key, StatusCode::UNAUTHORIZED).await;
 
         // reactivate: B had cached the refusal.
         b.assert_cached(&key, StatusCode::UNAUTHORIZED).await;
@@ -80,33 +78,22 @@ async fn every_change_in_one_process_is_in_force_in_the_other_within_millisecond
             .reactivate(&acme, info.id)
             .await
             .expect("reactivate");
-        let since = Instant::now();
-        reactivate.push(time_until(&b, &key, StatusCode::OK, since).await);
+        in_force(&b, &key, StatusCode::OK).await;
 
         // rotate: the old key, cached in B, is refused; the new one works.
         b.assert_cached(&key, StatusCode::OK).await;
         let rotated = a.manager.rotate(&acme, info.id).await.expect("rotate");
-        let since = Instant::now();
-        rotate.push(time_until(&b, &key, StatusCode::UNAUTHORIZED, since).await);
+        in_force(&b, &key, StatusCode::UNAUTHORIZED).await;
         let new_key = rotated.key.expose_secret().to_owned();
         assert_eq!(b.status(&new_key).await, StatusCode::OK);
 
         // delete
         b.assert_cached(&new_key, StatusCode::OK).await;
         a.manager.delete(&acme, info.id).await.expect("delete");
-        let since = Instant::now();
-        delete.push(time_until(&b, &new_key, StatusCode::UNAUTHORIZED, since).await);
+        in_force(&b, &new_key, StatusCode::UNAUTHORIZED).await;
     }
-    let worst = [
-        report_lags("in-process stacks, revoke → 401 elsewhere", revoke),
-        report_lags("in-process stacks, rotate → old key 401 elsewhere", rotate),
-        report_lags("in-process stacks, delete → 401 elsewhere", delete),
-        report_lags("in-process stacks, reactivate → 200 elsewhere", reactivate),
-    ];
-    for max in worst {
-        assert!(max < Duration::from_secs(1), "a change took {max:?}");
-    }
-    // Nothing was missed: the feeds never lost their subscription.
+    // Nothing was missed: B's feed never lost its subscription, so the feed delivered each
+    // change.
     assert_eq!(b.feed.status().outages, 0);
 }
 
@@ -126,11 +113,10 @@ async fn kill_listener(schema: &Schema, stack: &Stack) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stale_cache() {
-    let _exclusive = exclusive().await;
     let Some(schema) = Schema::create().await else {
         return;
     };
-    let (a, b) = two_stacks(&schema, "kill").await;
+    let (a, b) = two_stacks(&schema, "kill", |_| {}).await;
     let acme = account("acme");
     for round in 0..10u64 {
         let created = a.manager.create(&acme).await.expect("create");
@@ -147,12 +133,10 @@ async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stal
             .await
             .expect("revoke");
         // With hour-long cache entries, only failing closed can make this 401.
-        let since = Instant::now();
-        time_until(&b, &key, StatusCode::UNAUTHORIZED, since).await;
+        in_force(&b, &key, StatusCode::UNAUTHORIZED).await;
         assert!(
             b.feed
-                .wait_for(Duration::from_secs(5), |s| s.outages > outages
-                    && s.subscribed)
+                .wait_for(PATIENCE, |s| s.outages > outages && s.subscribed)
                 .await,
             "B noticed the loss and subscribed again"
         );
@@ -171,7 +155,7 @@ async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stal
         .revoke(&acme, created.info.id)
         .await
         .expect("revoke");
-    time_until(&b, &key, StatusCode::UNAUTHORIZED, Instant::now()).await;
+    in_force(&b, &key, StatusCode::UNAUTHORIZED).await;
 }
 
 /// Every invalidation one bus heard, in order.
@@ -185,26 +169,22 @@ impl InvalidationListener for Heard {
 }
 
 impl Heard {
-    /// Waits (up to 10 s) until the bus has heard of every one of `digests` after the first
-    /// `from` invalidations; returns how many it has heard by then.
+    /// Waits until the bus has heard of every one of `digests` after the first `from`
+    /// invalidations; returns how many it has heard by then.
     async fn wait_for_keys(&self, from: usize, digests: &[KeyDigest]) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            {
-                let heard = self.0.lock().expect("lock");
-                let all = digests
-                    .iter()
-                    .all(|digest| heard[from..].contains(&Invalidation::Key(*digest)));
-                if all {
-                    return heard.len();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no invalidation of {digests:?} within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let heard_by_then = std::cell::Cell::new(0);
+        let heard_all = || {
+            let heard = self.0.lock().expect("lock");
+            heard_by_then.set(heard.len());
+            digests
+                .iter()
+                .all(|digest| heard[from..].contains(&Invalidation::Key(*digest)))
+        };
+        until(&format!("invalidations of {digests:?}"), || {
+            std::future::ready(heard_all())
+        })
+        .await;
+        heard_by_then.get()
     }
 
     /// Whether an invalidation in `range` (by position) names one of `digests`.
@@ -241,7 +221,7 @@ async fn policy_and_grace_changes_made_by_hand_reach_another_process_and_last_us
         &bus,
         FeedConfig::default(),
     );
-    assert!(feed.wait_subscribed(Duration::from_secs(10)).await);
+    assert!(feed.wait_subscribed(PATIENCE).await);
 
     let digest_of = |key: &ApiKey| pepper().digest(key);
     let (key, marker) = (

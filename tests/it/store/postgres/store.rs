@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::db::postgres::Schema;
+use crate::support::wait::PATIENCE;
 use crate::support::{account, pepper};
 use sqlx::Row as _;
 use sqlx::postgres::PgListener;
@@ -395,7 +396,7 @@ async fn listen(schema: &Schema) -> PgListener {
 
 /// The next notification whose payload mentions `digest` (other tests share the channel).
 async fn next_about(listener: &mut PgListener, digest: &str) -> String {
-    tokio::time::timeout(Duration::from_secs(5), async {
+    tokio::time::timeout(PATIENCE, async {
         loop {
             let notification = listener.recv().await.expect("notification");
             if notification.payload().contains(digest) {
@@ -404,7 +405,7 @@ async fn next_about(listener: &mut PgListener, digest: &str) -> String {
         }
     })
     .await
-    .expect("a notification within 5 s")
+    .expect("a notification")
 }
 
 #[tokio::test]
@@ -424,7 +425,7 @@ async fn every_change_notifies_the_digests_it_concerns() {
         .execute(store.pool())
         .await
         .expect("marker");
-    let before_marker = tokio::time::timeout(Duration::from_secs(5), async {
+    let before_marker = tokio::time::timeout(PATIENCE, async {
         let mut heard = Vec::new();
         loop {
             let payload = listener
@@ -440,7 +441,7 @@ async fn every_change_notifies_the_digests_it_concerns() {
         }
     })
     .await
-    .expect("the marker within 5 s");
+    .expect("the marker");
     assert!(
         !before_marker.iter().any(|payload| payload.contains(&old)),
         "create is silent"

@@ -1,21 +1,21 @@
 //! Two demo server processes (`examples/server/`) on one PostgreSQL database, with the same
 //! pepper, behave as one service: a key made through one works at the other; a key revoked,
-//! rotated away or deleted through one is refused by the other within milliseconds (each
-//! server's change feed hears the other's changes), reactivation likewise; the 3-key limit
-//! holds when creates alternate between them; and killing one server's listening connection
-//! while requests flow never lets a key revoked meanwhile in.
+//! rotated away or deleted through one is refused by the other long before its cache entry
+//! would expire (each server's change feed hears the other's changes), reactivation likewise;
+//! the 3-key limit holds when creates alternate between them; and killing one server's
+//! listening connection while requests flow never lets a key revoked meanwhile in.
 //!
-//! Run with `--nocapture` to see the measured lags. Without `DATABASE_URL`, each test says it
-//! was skipped.
+//! How long a change takes to reach the other servers is measured by `scripts/processes.sh`
+//! (BENCHMARKS.md, "Processes on one PostgreSQL"), not here. Without `DATABASE_URL`, each test
+//! says it was skipped.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::report_lags;
 use crate::support::db::postgres::Schema;
 use crate::support::demo::{DemoServer, Launch};
-use crate::support::exclusive::exclusive;
+use crate::support::wait::{until, until_within};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
@@ -63,42 +63,39 @@ async fn resolver_calls(server: &DemoServer) -> u64 {
 
 /// Asserts that `server` answers `key` with `expected`, and soon from its cache.
 async fn assert_cached(server: &DemoServer, key: &str, expected: StatusCode) {
-    for _ in 0..100 {
+    until(&format!("{expected} served from the cache"), || async {
         assert_eq!(status(server, key).await, expected);
         let before = resolver_calls(server).await;
         assert_eq!(status(server, key).await, expected);
-        if resolver_calls(server).await == before {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{expected} is never served from the cache");
+        resolver_calls(server).await == before
+    })
+    .await;
 }
 
-/// Polls `server` with `key` back to back until it answers `expected`; how long it took.
-async fn time_until(server: &DemoServer, key: &str, expected: StatusCode) -> Duration {
-    let since = Instant::now();
-    loop {
-        if status(server, key).await == expected {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(5),
-            "still not {expected} after 5 s at the other server"
-        );
-    }
+/// How long a change through one server may take to be in force at the other. Generous (the
+/// change feed takes milliseconds), and shorter than the 30 s the demo server caches an
+/// accepted key for, so an entry that goes within it was ended by the change feed. (A refusal
+/// is cached for 5 s: the bound can't tell the feed from that expiry, which is why the
+/// in-process test, `feed.rs`, runs with hour-long entries.)
+const IN_FORCE_WITHIN: Duration = Duration::from_secs(20);
+
+/// Polls `server` with `key` until it answers `expected`, for at most [`IN_FORCE_WITHIN`].
+async fn in_force(server: &DemoServer, key: &str, expected: StatusCode) {
+    until_within(
+        IN_FORCE_WITHIN,
+        &format!("{expected} at the other server"),
+        || async { status(server, key).await == expected },
+    )
+    .await;
 }
 
 const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_through_one_server_is_in_force_at_the_other_within_milliseconds() {
-    let _exclusive = exclusive().await;
+async fn a_change_through_one_server_is_in_force_at_the_other_before_its_cache_expires() {
     let Some((_schema, a, b)) = two_servers("lag").await else {
         return;
     };
-    let (mut revoke, mut rotate, mut delete, mut reactivate) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..TRIES {
         let created = a.create_key("acme").await;
         let (id, key) = (field(&created, "id"), field(&created, "key"));
@@ -111,17 +108,17 @@ async fn a_change_through_one_server_is_in_force_at_the_other_within_millisecond
             a.key_action("acme", id, "revoke").await.status,
             StatusCode::OK
         );
-        revoke.push(time_until(&b, key, StatusCode::UNAUTHORIZED).await);
+        in_force(&b, key, StatusCode::UNAUTHORIZED).await;
 
         assert_cached(&b, key, StatusCode::UNAUTHORIZED).await;
         let reply = a.key_action("acme", id, "reactivate").await;
         assert_eq!(reply.status, StatusCode::OK);
-        reactivate.push(time_until(&b, key, StatusCode::OK).await);
+        in_force(&b, key, StatusCode::OK).await;
 
         assert_cached(&b, key, StatusCode::OK).await;
         let rotated = a.key_action("acme", id, "rotate").await;
         assert_eq!(rotated.status, StatusCode::OK);
-        rotate.push(time_until(&b, key, StatusCode::UNAUTHORIZED).await);
+        in_force(&b, key, StatusCode::UNAUTHORIZED).await;
         let rotated = rotated.json();
         let new_key = field(&rotated, "key");
         assert_eq!(status(&b, new_key).await, StatusCode::OK);
@@ -132,19 +129,7 @@ async fn a_change_through_one_server_is_in_force_at_the_other_within_millisecond
             a.admin(Method::DELETE, &path).await.status,
             StatusCode::NO_CONTENT
         );
-        delete.push(time_until(&b, new_key, StatusCode::UNAUTHORIZED).await);
-    }
-    let worst = [
-        report_lags("two demo servers, revoke at A → 401 at B", revoke),
-        report_lags("two demo servers, rotate at A → old key 401 at B", rotate),
-        report_lags("two demo servers, delete at A → 401 at B", delete),
-        report_lags("two demo servers, reactivate at A → 200 at B", reactivate),
-    ];
-    for max in worst {
-        assert!(
-            max < Duration::from_secs(1),
-            "a change took {max:?} to reach B"
-        );
+        in_force(&b, new_key, StatusCode::UNAUTHORIZED).await;
     }
 }
 
@@ -196,9 +181,11 @@ struct Sample {
     status: StatusCode,
 }
 
+/// Refusals after the revoke that end a round's flow of requests.
+const REFUSALS: usize = 20;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_servers_listener_while_requests_flow_never_lets_a_revoked_key_in() {
-    let _exclusive = exclusive().await;
     let Some((schema, a, b)) = two_servers("kill").await else {
         return;
     };
@@ -213,21 +200,42 @@ async fn killing_a_servers_listener_while_requests_flow_never_lets_a_revoked_key
         );
         assert_cached(&b, &key, StatusCode::OK).await;
 
-        // Requests flow to B throughout.
-        let running = Arc::new(AtomicBool::new(true));
+        // Requests flow to B throughout: until B has refused the key `REFUSALS` times after
+        // the revoke returned, or (a failure) B still lets it in `IN_FORCE_WITHIN` after it.
+        let revoked = Arc::new(OnceLock::<Instant>::new());
+        let sent = Arc::new(AtomicUsize::new(0));
         let flow = tokio::spawn({
-            let (b, key, running) = (Arc::clone(&b), key.clone(), Arc::clone(&running));
+            let (b, key) = (Arc::clone(&b), key.clone());
+            let (revoked, sent) = (Arc::clone(&revoked), Arc::clone(&sent));
             async move {
                 let mut samples = Vec::new();
-                while running.load(Ordering::SeqCst) {
-                    let sent = Instant::now();
-                    let status = status(&b, &key).await;
-                    samples.push(Sample { sent, status });
+                let mut refusals = 0;
+                while refusals < REFUSALS {
+                    let sample = Sample {
+                        sent: Instant::now(),
+                        status: status(&b, &key).await,
+                    };
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if let Some(revoked) = revoked.get() {
+                        if sample.sent >= *revoked && sample.status == StatusCode::UNAUTHORIZED {
+                            refusals += 1;
+                        }
+                        assert!(
+                            refusals > 0
+                                || sample.sent.saturating_duration_since(*revoked)
+                                    < IN_FORCE_WITHIN,
+                            "B still let the revoked key in {IN_FORCE_WITHIN:?} after the revoke"
+                        );
+                    }
+                    samples.push(sample);
                 }
                 samples
             }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until("requests to flow to B", || async {
+            sent.load(Ordering::SeqCst) >= 5
+        })
+        .await;
 
         let killed: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -238,26 +246,20 @@ async fn killing_a_servers_listener_while_requests_flow_never_lets_a_revoked_key
         .await
         .expect("terminate B's listener");
         assert_eq!(killed, 1, "B's listening connection");
+        // The revoke lands at different points of B's reconnection, round by round.
         tokio::time::sleep(Duration::from_millis(round * 2)).await;
         let reply = a.key_action("acme", &id, "revoke").await;
         assert_eq!(reply.status, StatusCode::OK);
-        let revoked = Instant::now();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        running.store(false, Ordering::SeqCst);
+        revoked.set(Instant::now()).expect("revoked once");
         let samples = flow.await.expect("requests");
 
-        // Every request that started once B first refused the key was refused too, and B
-        // refused it within a moment of the revoke (its cache keeps entries for 30 s).
+        // Every request that started once B first refused the key was refused too (its cache
+        // keeps entries for 30 s).
         let first_refusal = samples
             .iter()
-            .find(|s| s.sent >= revoked && s.status == StatusCode::UNAUTHORIZED)
+            .find(|s| s.status == StatusCode::UNAUTHORIZED)
             .map(|s| s.sent)
             .expect("B refused the revoked key");
-        assert!(
-            first_refusal - revoked < Duration::from_secs(1),
-            "B refused only after {:?}",
-            first_refusal - revoked
-        );
         for sample in samples.iter().filter(|s| s.sent >= first_refusal) {
             assert_eq!(sample.status, StatusCode::UNAUTHORIZED, "round {round}");
         }
