@@ -3,7 +3,10 @@
 //!
 //! - `floods` asserts bounds on this process's resident memory (`/proc/self/status`), which
 //!   any other test allocating beside it would move;
-//! - `churn` keeps both cores busy for seconds.
+//! - `churn` keeps both cores busy for seconds;
+//! - `logs` reads what the admin router logs, through a subscriber: tracing caches per
+//!   process whether anyone listens to a log line, which a test installing its subscriber
+//!   beside others can lose.
 //!
 //! None of them asserts a duration: each counts, and waits for conditions (what they once
 //! timed is measured by the benches, see BENCHMARKS.md). `cargo test` runs test binaries one
@@ -27,3 +30,4 @@ mod support {
 
 mod churn;
 mod floods;
+mod logs;
