@@ -18,6 +18,7 @@ use tower_api_key::{KeyManager, MemoryStore};
 
 use super::{Harness, TOKEN};
 use crate::support::pepper;
+use crate::support::wait::until;
 
 /// Lets everyone in, and panics when asked about the account `boom`.
 struct PanicsOnBoom;
@@ -152,23 +153,28 @@ async fn a_panic_is_logged_with_the_route_and_without_the_body() {
         .with_writer(move || writer.clone())
         .finish();
     let _default = tracing::subscriber::set_default(subscriber);
-    // Another test's thread may have registered the log's callsite while this subscriber
-    // was being set: ask every callsite again, now that it is.
-    tracing::callsite::rebuild_interest_cache();
 
     let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper());
     let app = AdminRouter::new(manager, PanicsOnBoom).into_router::<()>();
     let secret = "a-body-that-must-not-be-logged";
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri("/admin/accounts/boom/keys")
-        .header("content-type", "application/json")
-        .body(Body::from(format!(r#"{{"name":"{secret}"}}"#)))
-        .expect("request");
-    let response = app.oneshot(request).await.expect("infallible");
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
-    assert!(log.contains("panicked"), "{log}");
+    let log = || String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    // The log's callsite is shared with the other panic tests, on other threads: one of them
+    // may be registering it, without this thread's subscriber, just as this test asks every
+    // callsite again. Asked once that registration is over, the callsite logs here too.
+    until("the panic to be logged here", || async {
+        tracing::callsite::rebuild_interest_cache();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/admin/accounts/boom/keys")
+            .header("content-type", "application/json")
+            .body(Body::from(format!(r#"{{"name":"{secret}"}}"#)))
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        log().contains("panicked")
+    })
+    .await;
+    let log = log();
     assert!(log.contains("/admin/accounts/{account}/keys"), "{log}");
     assert!(log.contains("POST"), "{log}");
     assert!(!log.contains(secret), "{log}");
