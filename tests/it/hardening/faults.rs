@@ -170,6 +170,30 @@ async fn at_once(server: &Server, keys: Vec<String>) -> Vec<StatusCode> {
     answers
 }
 
+fn assert_all_unavailable(answers: &[StatusCode]) {
+    assert!(
+        answers
+            .iter()
+            .all(|status| *status == StatusCode::SERVICE_UNAVAILABLE),
+        "{answers:?}"
+    );
+}
+
+const LIMITED: usize = 4;
+
+/// A server whose layer starts at most `LIMITED` lookups at once, each given `timeout`; and a
+/// valid key.
+async fn limited(timeout: Option<Duration>) -> (Server, String) {
+    let server = start(
+        CacheConfig::default()
+            .max_concurrent_lookups(Some(LIMITED))
+            .lookup_timeout(timeout),
+    )
+    .await;
+    let (_, valid) = server.create("acme").await;
+    (server, valid)
+}
+
 /// Valid keys work again and no lookup permit was lost: more unknown keys in a row than
 /// the limit are all answered 401, not 503.
 async fn assert_recovered(server: &Server, valid: &str, limit: usize) {
@@ -192,12 +216,7 @@ async fn a_panicking_store_is_503_and_the_server_keeps_serving_without_losing_pe
     keys.push(valid.clone());
     let answers = at_once(&server, keys).await;
     // Each lookup's panic is caught: its requests get 503 (so do those shed meanwhile).
-    assert!(
-        answers
-            .iter()
-            .all(|status| *status == StatusCode::SERVICE_UNAVAILABLE),
-        "{answers:?}"
-    );
+    assert_all_unavailable(&answers);
     assert!(server.store.lookups() >= 1);
     assert_eq!(
         get(&client(), server.addr, "/healthz", &[&valid])
@@ -220,25 +239,13 @@ async fn a_panicking_store_is_503_and_the_server_keeps_serving_without_losing_pe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_store_is_503_after_the_lookup_timeout_and_recovers_without_losing_permits() {
-    const LIMIT: usize = 4;
-    let server = start(
-        CacheConfig::default()
-            .max_concurrent_lookups(Some(LIMIT))
-            .lookup_timeout(Some(Duration::from_millis(200))),
-    )
-    .await;
-    let (_, valid) = server.create("acme").await;
+    let (server, valid) = limited(Some(Duration::from_millis(200))).await;
 
     server.store.set(Reads::Hang);
     let answers = at_once(&server, (0..24).map(|_| unknown()).collect()).await;
     // Every request is answered, none waits forever: a lookup gives up at the timeout, and
     // one that can't start is shed (how many of each depends on how fast the flood went out).
-    assert!(
-        answers
-            .iter()
-            .all(|status| *status == StatusCode::SERVICE_UNAVAILABLE),
-        "{answers:?}"
-    );
+    assert_all_unavailable(&answers);
     let metrics = server.layer.metrics();
     let lookups = server.store.lookups() as u64;
     assert_eq!(
@@ -249,39 +256,27 @@ async fn a_hanging_store_is_503_after_the_lookup_timeout_and_recovers_without_lo
     assert_eq!(metrics.resolver_failures, lookups, "each lookup timed out");
 
     server.store.set(Reads::Work);
-    assert_recovered(&server, &valid, LIMIT).await;
+    assert_recovered(&server, &valid, LIMITED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_beyond_the_limit_are_shed_while_the_store_holds_the_running_ones() {
-    const LIMIT: usize = 4;
     // No timeout: the running lookups keep their permits until the store answers.
-    let server = start(
-        CacheConfig::default()
-            .max_concurrent_lookups(Some(LIMIT))
-            .lookup_timeout(None),
-    )
-    .await;
-    let (_, valid) = server.create("acme").await;
+    let (server, valid) = limited(None).await;
 
     server.store.set(Reads::ReadThenWait);
     let addr = server.addr;
-    let running: Vec<_> = (0..LIMIT)
+    let running: Vec<_> = (0..LIMITED)
         .map(|_| {
             let key = unknown();
             tokio::spawn(async move { get(&client(), addr, "/whoami", &[&key]).await.status })
         })
         .collect();
-    wait_for(|| server.store.lookups() == LIMIT).await;
+    wait_for(|| server.store.lookups() == LIMITED).await;
 
     let answers = at_once(&server, (0..20).map(|_| unknown()).collect()).await;
-    assert!(
-        answers
-            .iter()
-            .all(|status| *status == StatusCode::SERVICE_UNAVAILABLE),
-        "{answers:?}"
-    );
-    assert_eq!(server.store.lookups(), LIMIT, "the store saw no more");
+    assert_all_unavailable(&answers);
+    assert_eq!(server.store.lookups(), LIMITED, "the store saw no more");
     assert_eq!(server.layer.metrics().lookups_shed, 20);
 
     server.store.open_gate();
@@ -289,7 +284,7 @@ async fn lookups_beyond_the_limit_are_shed_while_the_store_holds_the_running_one
         assert_eq!(request.await.expect("request"), StatusCode::UNAUTHORIZED);
     }
     server.store.set(Reads::Work);
-    assert_recovered(&server, &valid, LIMIT).await;
+    assert_recovered(&server, &valid, LIMITED).await;
 }
 
 // ===== outages and revocation =====

@@ -313,6 +313,15 @@ pub(crate) mod stack {
             .await;
         }
 
+        /// Polls this stack with `key` until it answers `expected` (its entries live an hour:
+        /// only an invalidation, or failing closed, changes its answer meanwhile).
+        pub(crate) async fn eventually(&self, key: &str, expected: StatusCode) {
+            until(&format!("{expected} from {}", self.feed_name), || async {
+                self.status(key).await == expected
+            })
+            .await;
+        }
+
         /// The status of a request with `key` (HTTP).
         pub(crate) async fn status(&self, key: &str) -> StatusCode {
             self.request(key, false).await.status()

@@ -21,7 +21,7 @@ use crate::support::db::postgres::Schema;
 use crate::support::db::proxy::{self, Proxy};
 use crate::support::db::stack::{Stack, StackOptions};
 use crate::support::keys::unknown;
-use crate::support::wait::{PATIENCE, until};
+use crate::support::wait::PATIENCE;
 use http::StatusCode;
 use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
 use tower_api_key::{ApiKeyLayer, KeyManager, PgChangeFeed, PostgresStore};
@@ -46,15 +46,6 @@ fn via(schema: &Schema, proxy: &Proxy) -> sqlx::postgres::PgConnectOptions {
         .options()
         .host(&proxy.addr.ip().to_string())
         .port(proxy.addr.port())
-}
-
-/// Waits for `key` to get `expected` from `stack` (its entries live an hour: nothing but an
-/// invalidation, or failing closed, ends them meanwhile).
-async fn eventually(stack: &Stack, key: &str, expected: StatusCode) {
-    until(&format!("{expected}"), || async {
-        stack.status(key).await == expected
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,13 +102,13 @@ async fn an_unreachable_store_is_503_caches_nothing_and_service_resumes_when_it_
     assert_eq!(after.resolver_failures - before.resolver_failures, 21);
 
     proxy.restore();
-    eventually(&b, &kept_key, StatusCode::OK).await;
+    b.eventually(&kept_key, StatusCode::OK).await;
     assert!(b.feed.wait_subscribed(PATIENCE).await);
     assert_eq!(b.status(&revoked_key).await, StatusCode::UNAUTHORIZED);
     b.assert_cached(&kept_key, StatusCode::OK).await;
     // And B hears A's changes again.
     a.manager.revoke(&acme, kept.info.id).await.expect("revoke");
-    eventually(&b, &kept_key, StatusCode::UNAUTHORIZED).await;
+    b.eventually(&kept_key, StatusCode::UNAUTHORIZED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +151,7 @@ async fn while_the_feed_is_cut_every_request_is_resolved_from_the_store() {
         .reactivate(&acme, created.info.id)
         .await
         .expect("reactivate");
-    eventually(&b, &key, StatusCode::OK).await;
+    b.eventually(&key, StatusCode::OK).await;
     b.assert_cached(&key, StatusCode::OK).await;
 }
 
@@ -280,7 +271,7 @@ async fn a_subscription_that_stops_delivering_while_its_connection_answers_fails
         .expect("revoke");
     let revoked = Instant::now();
     // The entry lives an hour and no notification comes: only the heartbeat can end it.
-    eventually(&b, &key, StatusCode::UNAUTHORIZED).await;
+    b.eventually(&key, StatusCode::UNAUTHORIZED).await;
     println!(
         "deaf subscription: revoked key refused elsewhere after {:?} (heartbeat bound 600 ms)",
         revoked.elapsed()
@@ -318,7 +309,7 @@ async fn an_aborted_feed_runner_fails_closed() {
         .revoke(&acme, created.info.id)
         .await
         .expect("revoke");
-    eventually(&b, &key, StatusCode::UNAUTHORIZED).await;
+    b.eventually(&key, StatusCode::UNAUTHORIZED).await;
     // And nothing is cached any more: every request asks the store.
     let calls = b.layer.metrics().resolver_calls;
     assert_eq!(b.status(&key).await, StatusCode::UNAUTHORIZED);
