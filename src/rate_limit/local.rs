@@ -23,7 +23,7 @@ const FIRST_SWEEP: usize = 1024;
 /// once a key has a budget. Memory is bounded by the keys in use: a budget that has fully
 /// refilled is the same as none, so idle keys are swept out as the map grows. Clones share the
 /// budgets; separate `LocalLimiter`s (or processes) count separately, see
-/// [`RedisLimiter`](crate::rate_limit::redis::RedisLimiter) for a budget shared by a fleet.
+/// `rate_limit::redis::RedisLimiter` (feature `redis`) for a budget shared by a fleet.
 ///
 /// ```
 /// use tower_api_key::policy::RateLimit;

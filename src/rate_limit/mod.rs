@@ -28,7 +28,7 @@
 //!
 //! Where the budgets are kept is a [`RateLimiter`]: [`LocalLimiter`] (the default) keeps them
 //! in this process; with the `redis` feature,
-//! [`RedisLimiter`](crate::rate_limit::redis::RedisLimiter) shares them between every process
+//! `redis::RedisLimiter` shares them between every process
 //! using the same Redis.
 //!
 //! ```
