@@ -156,9 +156,13 @@ where
         mut request: Request<B>,
         gatekeeper: &Arc<Gatekeeper<R>>,
     ) -> Self {
+        // Whatever lets the request go on (now or after waiting) hides the key from the
+        // inner service first; a refusal is answered from the headers as they came.
+        if !matches!(decision, Decision::Reject(_) | Decision::OverLimit(_)) {
+            gatekeeper.sources.strip(request.headers_mut());
+        }
         match decision {
             Decision::Accept(account, budget) => {
-                gatekeeper.sources.strip(request.headers_mut());
                 request
                     .extensions_mut()
                     .insert(Authenticated::from_arc(account));
@@ -167,13 +171,10 @@ where
                     budget,
                 }
             }
-            Decision::Anonymous => {
-                gatekeeper.sources.strip(request.headers_mut());
-                State::Called {
-                    future: ready.call(request),
-                    budget: None,
-                }
-            }
+            Decision::Anonymous => State::Called {
+                future: ready.call(request),
+                budget: None,
+            },
             // The inner service stays ready for the next request: it was not called.
             Decision::Reject(rejection) => State::Rejected {
                 response: Some(gatekeeper.reject(rejection, &request)),
@@ -181,27 +182,21 @@ where
             Decision::OverLimit(budget) => State::Rejected {
                 response: Some(gatekeeper.over_limit(&budget, &request)),
             },
-            Decision::Resolve(lookup) => {
-                gatekeeper.sources.strip(request.headers_mut());
-                State::Resolving {
-                    lookup,
-                    waiting: Some(Box::new((ready.hold(), request))),
-                    gatekeeper: Arc::clone(gatekeeper),
-                }
-            }
-            Decision::Throttle(account, verdict, origin) => {
-                gatekeeper.sources.strip(request.headers_mut());
-                State::Throttling {
-                    throttled: Some(Box::new(Throttled {
-                        verdict,
-                        account,
-                        origin,
-                        inner: ready.hold(),
-                        request,
-                    })),
-                    gatekeeper: Arc::clone(gatekeeper),
-                }
-            }
+            Decision::Resolve(lookup) => State::Resolving {
+                lookup,
+                waiting: Some(Box::new((ready.hold(), request))),
+                gatekeeper: Arc::clone(gatekeeper),
+            },
+            Decision::Throttle(account, verdict, origin) => State::Throttling {
+                throttled: Some(Box::new(Throttled {
+                    verdict,
+                    account,
+                    origin,
+                    inner: ready.hold(),
+                    request,
+                })),
+                gatekeeper: Arc::clone(gatekeeper),
+            },
         }
     }
 }

@@ -193,11 +193,6 @@ impl AdminOperation<'_> {
             Self::Delete(_) => "delete",
         }
     }
-
-    /// Whether the operation changes anything (all but list and get).
-    pub fn is_change(&self) -> bool {
-        !matches!(self, Self::List | Self::Get(_))
-    }
 }
 
 // ===== AdminDenied =====

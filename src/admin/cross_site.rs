@@ -34,6 +34,31 @@ impl AllowedOrigins {
         });
         self.0.push(normalized);
     }
+
+    /// Whether the request may be a change: its `Origin` is its own or an allowed one, or it
+    /// has none and doesn't say it comes from another site.
+    fn same_site(&self, request: &Request) -> bool {
+        let mut origins = request.headers().get_all(ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, _) => !matches!(
+                request
+                    .headers()
+                    .get("sec-fetch-site")
+                    .map(HeaderValue::as_bytes),
+                Some(b"cross-site" | b"same-site")
+            ),
+            (Some(origin), None) => {
+                let Some(origin) = origin.to_str().ok().and_then(normalize) else {
+                    // `null` (a sandboxed frame, a redirect across sites) and anything
+                    // unreadable.
+                    return false;
+                };
+                self.0.contains(&origin) || own_origin(request, &origin)
+            }
+            // Browsers send one Origin.
+            (Some(_), Some(_)) => false,
+        }
+    }
 }
 
 /// The middleware: refuses a state-changing request a browser sent cross-site, or with a
@@ -65,33 +90,6 @@ pub(crate) async fn refuse_cross_site(
         }
     }
     next.run(request).await
-}
-
-impl AllowedOrigins {
-    /// Whether the request may be a change: its `Origin` is its own or an allowed one, or it
-    /// has none and doesn't say it comes from another site.
-    fn same_site(&self, request: &Request) -> bool {
-        let mut origins = request.headers().get_all(ORIGIN).iter();
-        match (origins.next(), origins.next()) {
-            (None, _) => !matches!(
-                request
-                    .headers()
-                    .get("sec-fetch-site")
-                    .map(HeaderValue::as_bytes),
-                Some(b"cross-site" | b"same-site")
-            ),
-            (Some(origin), None) => {
-                let Some(origin) = origin.to_str().ok().and_then(normalize) else {
-                    // `null` (a sandboxed frame, a redirect across sites) and anything
-                    // unreadable.
-                    return false;
-                };
-                self.0.contains(&origin) || own_origin(request, &origin)
-            }
-            // Browsers send one Origin.
-            (Some(_), Some(_)) => false,
-        }
-    }
 }
 
 /// Whether `origin` (normalized) names the host the request was sent to: its `:authority`

@@ -50,9 +50,11 @@ struct Admitted {
 }
 
 impl Admitted {
-    /// A tenant names its own account or gets the missing key's 404 here, whatever the
-    /// authorizer: before its body is read or another account's key is looked at.
-    fn new(parts: Parts, caller: AdminCaller, account: AccountId) -> Result<Self, ApiError> {
+    /// The account `account` names (400 if invalid). A tenant names its own account or
+    /// gets the missing key's 404 here, whatever the authorizer: before its body is read or
+    /// another account's key is looked at.
+    fn new(parts: Parts, caller: AdminCaller, account: &str) -> Result<Self, ApiError> {
+        let account = AccountId::new(account).map_err(|_| ApiError::bad_account())?;
         if let AdminCaller::Tenant(own) = &caller
             && *own != account
         {
@@ -74,8 +76,7 @@ impl Admin {
             Ok(Path(account)) => account,
             Err(_) => return Err(ApiError::bad_account()),
         };
-        let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
-        Admitted::new(parts, caller, account)
+        Admitted::new(parts, caller, &account)
     }
 
     /// As [`admit`](Self::admit), and reads `{id}` (404 if it is no key id).
@@ -94,8 +95,7 @@ impl Admin {
             }
             Err(_) => return Err(ApiError::bad_account()),
         };
-        let account = AccountId::new(&account).map_err(|_| ApiError::bad_account())?;
-        let admitted = Admitted::new(parts, caller, account)?;
+        let admitted = Admitted::new(parts, caller, &account)?;
         let id = id.parse::<KeyId>().map_err(|_| ApiError::key_not_found())?;
         Ok((admitted, id))
     }
