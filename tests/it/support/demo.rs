@@ -59,6 +59,26 @@ pub(crate) fn server_binary() -> &'static Path {
 
 fn build_server() -> PathBuf {
     let mut cargo = std::process::Command::new(env!("CARGO"));
+    // `cargo test` runs this binary with variables describing the package (CARGO_MANIFEST_DIR,
+    // CARGO_PKG_NAME, ...). Build scripts that watch them (ring's does) would see them change
+    // and rebuild their crate and everything above it: ~12 s, and again at the next `cargo
+    // test`. Without them, the nested build finds what `cargo test` built and does nothing.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cargo.env_remove(name.as_ref());
+        }
+    }
     cargo
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
