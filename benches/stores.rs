@@ -9,7 +9,7 @@
 //!   before every acquire: sqlx's default) and off. The configurations are interleaved sample
 //!   by sample, so the machine's drift hits them alike.
 //! - `last-used`: 10^5 keys, each sent once per round through a layer with
-//!   `record_last_used`, then one `LastUsedRecorder::flush` (a round stands for one flush
+//!   `record_last_used`, then one `UsageRecorder::flush` (a round stands for one flush
 //!   interval of 1 s); counts the store's `record_last_used` calls and rows through a wrapping
 //!   store, and times the flushes. Memory store, then PostgreSQL.
 //! - `feed`: two "processes" in this one (each its own pool, `PgChangeFeed`, manager and layer,
@@ -46,11 +46,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tower::{Layer, ServiceExt};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::feed::{FeedConfig, FeedTask};
-use tower_api_key::last_used::LastUsedRecorder;
 use tower_api_key::policy::PolicyUpdate;
 use tower_api_key::store::{
     AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError,
 };
+use tower_api_key::usage::UsageRecorder;
+use tower_api_key::usage::{Hour, UsageBatch, UsageRow};
 use tower_api_key::{
     ApiKey, ApiKeyLayer, KeyDigest, KeyManager, KeyPrefix, MemoryStore, Pepper, PgChangeFeed,
     PostgresStore, SqliteStore, StoreResolver,
@@ -481,13 +482,26 @@ impl KeyStore for Counting {
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.delete(account, id).await
     }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         let started = Instant::now();
-        let result = self.inner.record_last_used(uses).await;
+        let result = self.inner.record_usage(batch).await;
         self.times.lock().expect("lock").push(started.elapsed());
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.rows.fetch_add(uses.len(), Ordering::Relaxed);
+        self.rows
+            .fetch_add(batch.last_used.len(), Ordering::Relaxed);
         result
+    }
+    async fn usage(
+        &self,
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.inner.usage(account, key, from, to).await
+    }
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
+        self.inner.prune_usage(before).await
     }
 }
 
@@ -580,14 +594,14 @@ async fn last_used_one(
         times: Mutex::new(Vec::new()),
     });
     let manager = KeyManager::new(counting.clone(), pepper);
-    let recorder = LastUsedRecorder::new(counting.clone());
+    let recorder = UsageRecorder::new(counting.clone());
     let layer = ApiKeyLayer::for_manager(&manager)
         .cache_config(
             CacheConfig::default()
                 .positive_capacity(2 * keys as u64)
                 .positive_ttl(Duration::from_secs(3_600)),
         )
-        .record_last_used(recorder.clone())
+        .record_usage(recorder.clone())
         .build();
     let service = layer.layer(tower::service_fn(|_request: http::Request<()>| async {
         Ok::<_, Infallible>(http::Response::new(()))

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::policy::RateLimit;
 use crate::rate_limit::BudgetKey;
+use crate::usage::UseOutcome;
 
 /// What the layer reads from an authenticated account on every request, cached or not.
 ///
@@ -63,10 +64,12 @@ pub trait Account {
         None
     }
 
-    /// Called on the request path after every successful authentication, cached or not, with
-    /// the instant the layer let the request in (read once per request, for its cache). It
-    /// must be cheap and must not block; the default does nothing.
-    fn record_use(&self, at: Instant) {
-        let _ = at;
+    /// Called on the request path for every request the layer decided for this account,
+    /// cached or not, with the instant of the decision (read once per request, for its cache)
+    /// and what was decided: let in, over its rate limit, refused for its expiry, or refused
+    /// by [`RequireScopeLayer`](crate::RequireScopeLayer) after being let in. It must be
+    /// cheap and must not block; the default does nothing.
+    fn record_use(&self, at: Instant, outcome: UseOutcome) {
+        let _ = (at, outcome);
     }
 }

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::rate_limit::{self, Acquire, Budget, LimiterFailure, Limits, PendingVerdict, Verdict};
 use crate::rejection::{self, Rejection, RejectionContext};
 use crate::resolver::Resolver;
+use crate::usage::UseOutcome;
 
 /// Whether requests without the header are let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +190,7 @@ impl<R: Resolver> Gatekeeper<R> {
             Some(Cached::Valid(account)) => {
                 if self.expired(&account) {
                     self.metrics.expired_cached();
+                    account.record_use(now, UseOutcome::Refused);
                     tracing::debug!(outcome = "expired", prefix = %key.prefix(), "api key rejected: expired (cached)");
                     return Decision::Reject(Rejection::Expired);
                 }
@@ -224,6 +226,7 @@ impl<R: Resolver> Gatekeeper<R> {
         match lookup {
             Resolution::Found(account) if self.expired(&account) => {
                 self.metrics.expired_resolved();
+                account.record_use(Instant::now(), UseOutcome::Refused);
                 tracing::debug!(outcome = "expired", "api key rejected: expired");
                 Decision::Reject(Rejection::Expired)
             }
@@ -271,6 +274,7 @@ impl<R: Resolver> Gatekeeper<R> {
         match verdict {
             Verdict::Allowed(budget) => self.let_in(account, Some(budget), origin, now),
             Verdict::Limited(budget) => {
+                account.record_use(now, UseOutcome::RateLimited);
                 match origin {
                     Origin::Cache(_) => self.metrics.rate_limited_cached(),
                     Origin::Resolver => self.metrics.rate_limited_resolved(),
@@ -315,7 +319,7 @@ impl<R: Resolver> Gatekeeper<R> {
                 None
             }
         };
-        account.record_use(now);
+        account.record_use(now, UseOutcome::Accepted);
         record_in_span(prefix, account.label());
         Decision::Accept(account, budget)
     }

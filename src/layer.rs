@@ -33,7 +33,6 @@ use crate::cache::{CacheConfig, CachedResolver};
 use crate::gatekeeper::{Gatekeeper, Mode, RejectionHook, Sources};
 use crate::invalidation::InvalidationBus;
 use crate::key::Pepper;
-use crate::last_used::LastUsedRecorder;
 use crate::manager::KeyManager;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::policy::RateLimit;
@@ -41,6 +40,7 @@ use crate::rate_limit::{LimiterFailure, Limits, RateLimiter};
 use crate::rejection::RejectionContext;
 use crate::resolver::{Resolver, StoreResolver};
 use crate::service::ApiKeyService;
+use crate::usage::UsageRecorder;
 
 /// The header keys travel in unless configured otherwise: `x-api-key`.
 pub const DEFAULT_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -88,7 +88,7 @@ impl<R: Resolver> ApiKeyLayer<R> {
             limits: Limits::default(),
             cache: CacheConfig::default(),
             buses: Vec::new(),
-            last_used: None,
+            usage: None,
         }
     }
 
@@ -151,7 +151,7 @@ pub struct ApiKeyLayerBuilder<R: Resolver> {
     cache: CacheConfig,
     buses: Vec<InvalidationBus>,
     /// Counts its dropped uses in this layer's metrics.
-    last_used: Option<LastUsedRecorder>,
+    usage: Option<UsageRecorder>,
 }
 
 impl<R: Resolver> ApiKeyLayerBuilder<R> {
@@ -244,7 +244,7 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
     /// Builds the layer.
     pub fn build(self) -> ApiKeyLayer<R> {
         let metrics = Arc::new(Metrics::default());
-        if let Some(recorder) = &self.last_used {
+        if let Some(recorder) = &self.usage {
             recorder.count_drops_in(&metrics);
         }
         let cache = CachedResolver::new(
@@ -268,12 +268,13 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
 }
 
 impl ApiKeyLayerBuilder<StoreResolver> {
-    /// Records every accepted key's use with `recorder` (see [`LastUsedRecorder`]).
-    /// Its dropped uses are counted in this layer's metrics, unless a layer built earlier
+    /// Records usage with `recorder` (see [`UsageRecorder`]): every accepted key's
+    /// `last_used_at`, and every request decided for a known key in that key's hourly counts.
+    /// Its dropped entries are counted in this layer's metrics, unless a layer built earlier
     /// with the same recorder counts them.
-    pub fn record_last_used(mut self, recorder: LastUsedRecorder) -> Self {
-        self.last_used = Some(recorder.clone());
-        self.resolver = self.resolver.record_last_used(recorder);
+    pub fn record_usage(mut self, recorder: UsageRecorder) -> Self {
+        self.usage = Some(recorder.clone());
+        self.resolver = self.resolver.record_usage(recorder);
         self
     }
 }

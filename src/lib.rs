@@ -22,7 +22,8 @@
 //! - [`invalidation`]: how key changes reach caches before the change returns.
 //! - [`feed`]: how other processes' key changes reach this process's caches (the
 //!   [`ChangeFeed`](feed::ChangeFeed) trait and its fail-closed runner).
-//! - [`last_used`]: `last_used_at`, recorded off the hot path in batches.
+//! - [`usage`]: `last_used_at` and requests per key per hour, recorded off the hot path in
+//!   batches.
 //! - [`metrics`]: the layer's counters, renderable for Prometheus.
 //! - `admin` (feature `admin`): the key-management JSON API as an axum `Router`, behind a
 //!   pluggable authorizer.
@@ -97,7 +98,6 @@ mod gatekeeper;
 mod hashing;
 pub mod invalidation;
 pub mod key;
-pub mod last_used;
 pub mod layer;
 pub mod manager;
 pub mod metrics;
@@ -109,6 +109,7 @@ pub mod resolver;
 pub mod service;
 pub mod store;
 mod sync;
+pub mod usage;
 
 pub use account::Account;
 pub use authenticated::Authenticated;
@@ -129,6 +130,7 @@ pub use store::{
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use store::{PgChangeFeed, PostgresStore};
+pub use usage::UseOutcome;
 
 /// The README's Rust examples, compiled and run as doctests so they can't drift from the API.
 #[cfg(all(doctest, feature = "axum", feature = "postgres", feature = "admin"))]

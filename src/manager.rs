@@ -31,6 +31,7 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -46,6 +47,7 @@ use crate::policy::{
     self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
 };
 use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
+use crate::usage::{UsageCounts, UsageRange, UsageSeries};
 
 /// The default limit of keys per account.
 pub const DEFAULT_MAX_KEYS_PER_ACCOUNT: usize = 3;
@@ -400,6 +402,75 @@ impl KeyManager {
     pub async fn get(&self, account: &AccountId, id: KeyId) -> Result<KeyInfo, ManagerError> {
         let record = self.store.get(account, id).await?;
         record.map(KeyInfo::from).ok_or(ManagerError::NotFound)
+    }
+
+    /// The requests counted for one key of `account` (`Some(id)`), or for all of the
+    /// account's keys, deleted ones included (`None`), in every bucket of `range`, zeros
+    /// included. Counts come from a [`UsageRecorder`](crate::usage::UsageRecorder) and
+    /// appear once it has flushed them.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::SystemTime;
+    /// use tower_api_key::usage::{Granularity, UsageRange};
+    /// use tower_api_key::{KeyManager, MemoryStore, Pepper};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let account = "acme".parse()?;
+    /// let key = manager.create(&account).await?;
+    /// let range = UsageRange::last(Granularity::Hour, SystemTime::now());
+    /// let series = manager.usage(&account, Some(key.info.id), &range).await?;
+    /// assert_eq!(series.buckets.len(), 48);
+    /// assert_eq!(series.total().total(), 0); // nothing flushed yet
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ManagerError::NotFound`] if `Some(id)` names no key of the account (a deleted key's
+    /// counts are only in the account's); a store failure.
+    pub async fn usage(
+        &self,
+        account: &AccountId,
+        key: Option<KeyId>,
+        range: &UsageRange,
+    ) -> Result<UsageSeries, ManagerError> {
+        if let Some(id) = key {
+            self.store
+                .get(account, id)
+                .await?
+                .ok_or(ManagerError::NotFound)?;
+        }
+        let rows = self
+            .store
+            .usage(account, key, range.first_hour(), range.end_hour())
+            .await?;
+        Ok(UsageSeries::from_rows(range, rows))
+    }
+
+    /// Each key's requests in `range`, summed, for the keys of `account` that have any
+    /// (deleted keys included): for listings, such as the admin API's `requests_24h`.
+    ///
+    /// # Errors
+    ///
+    /// A store failure.
+    pub async fn usage_by_key(
+        &self,
+        account: &AccountId,
+        range: &UsageRange,
+    ) -> Result<HashMap<KeyId, UsageCounts>, ManagerError> {
+        let rows = self
+            .store
+            .usage(account, None, range.first_hour(), range.end_hour())
+            .await?;
+        let mut totals: HashMap<KeyId, UsageCounts> = HashMap::new();
+        for row in rows {
+            totals.entry(row.key_id).or_default().add(row.counts);
+        }
+        Ok(totals)
     }
 
     /// Gives the key a new prefix and secret, keeping its id, status, `created_at`, name,

@@ -1,7 +1,7 @@
 //! Counters of what the layer decided, readable at any time and renderable for Prometheus.
 //!
 //! Every [`ApiKeyLayer`](crate::ApiKeyLayer) counts its outcomes, cache hits and misses,
-//! resolver calls and the key uses its [`LastUsedRecorder`](crate::last_used::LastUsedRecorder)
+//! resolver calls and the key uses its [`UsageRecorder`](crate::usage::UsageRecorder)
 //! dropped in relaxed atomics; [`ApiKeyLayer::metrics`](crate::ApiKeyLayer::metrics)
 //! returns a snapshot. With the `metrics` feature the same counters also go to the
 //! [`metrics`](https://docs.rs/metrics) facade (install the recorder before building the
@@ -114,7 +114,7 @@ metrics_table! {
         CoalescedLookups => coalesced,
         LookupsShed => lookups_shed,
         Invalidations => invalidated,
-        LastUsedDropped => last_used_dropped,
+        UsageDropped => usage_dropped,
     ],
     series: [
         "api_key_requests_total" ("Requests seen by the API-key layer, by outcome.") {
@@ -166,9 +166,10 @@ metrics_table! {
             /// or answered 503, as its `LimiterFailure` policy says.
             rate_limiter_failures = LimiterFailures;
         }
-        "api_key_last_used_dropped_total" ("Key uses not recorded because the last-used queue was full.") {
-            /// Key uses the last-used recorder dropped because its queue was full.
-            last_used_dropped = LastUsedDropped;
+        "api_key_usage_dropped_total" ("Key uses and hourly counts not recorded because the usage queue was full.") {
+            /// Entries the usage recorder dropped because its queue was full: a key's use not
+            /// queued, or a key's counts of one hour that failed flushes gave back.
+            usage_dropped = UsageDropped;
         }
     ],
 }

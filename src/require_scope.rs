@@ -39,6 +39,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -46,10 +47,12 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::account::Account;
 use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::policy::Scoped;
 use crate::rejection::Rejection;
+use crate::usage::UseOutcome;
 
 /// Requires the authenticated account (of type `A`) to hold one scope; see the
 /// [module docs](self).
@@ -58,7 +61,7 @@ pub struct RequireScopeLayer<A> {
     _account: PhantomData<fn() -> A>,
 }
 
-impl<A: Scoped + Send + Sync + 'static> RequireScopeLayer<A> {
+impl<A: Scoped + Account + Send + Sync + 'static> RequireScopeLayer<A> {
     /// Requires `scope`.
     pub fn new(scope: impl Into<Cow<'static, str>>) -> Self {
         Self {
@@ -131,7 +134,7 @@ impl<S: fmt::Debug, A> fmt::Debug for RequireScope<S, A> {
 impl<S, A, B, ResBody> Service<Request<B>> for RequireScope<S, A>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    A: Scoped + Send + Sync + 'static,
+    A: Scoped + Account + Send + Sync + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -144,7 +147,9 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let refusal = match request.extensions().get::<Authenticated<A>>() {
             Some(account) if account.has_scope(&self.scope) => None,
-            Some(_) => {
+            Some(account) => {
+                // Let in by the key layer, refused here: counted as refused instead.
+                account.record_use(Instant::now(), UseOutcome::RefusedForScope);
                 tracing::debug!(scope = %self.scope, "api key rejected: insufficient scope");
                 Some(Rejection::InsufficientScope)
             }

@@ -58,10 +58,10 @@ use async_trait::async_trait;
 
 use crate::account::Account;
 use crate::key::{ApiKey, KeyDigest, KeyPrefix};
-use crate::last_used::{LastUsedRecorder, UsageCell};
 use crate::policy::{RateLimit, Scoped, Scopes};
 use crate::rate_limit::BudgetKey;
 use crate::store::{AccountId, KeyId, KeyStatus, KeyStore};
+use crate::usage::{UsageCell, UsageRecorder, UseOutcome};
 
 /// Resolves a well-formed key to the account it authenticates.
 ///
@@ -185,7 +185,7 @@ pub struct KeyIdentity {
     grace: bool,
     usage: Arc<UsageCell>,
     /// Where uses are recorded, if they are.
-    recorder: Option<LastUsedRecorder>,
+    recorder: Option<UsageRecorder>,
 }
 
 impl KeyIdentity {
@@ -193,7 +193,7 @@ impl KeyIdentity {
     /// authenticates by itself.
     pub fn new(account_id: AccountId, key_id: KeyId, prefix: KeyPrefix) -> Self {
         Self {
-            usage: Arc::new(UsageCell::new(key_id, prefix)),
+            usage: Arc::new(UsageCell::new(account_id.clone(), key_id, prefix)),
             account_id,
             key_id,
             prefix,
@@ -281,9 +281,10 @@ impl Account for KeyIdentity {
         self.rate_limit
     }
 
-    fn record_use(&self, at: Instant) {
+    #[inline]
+    fn record_use(&self, at: Instant, outcome: UseOutcome) {
         if let Some(recorder) = &self.recorder {
-            recorder.record(&self.usage, at);
+            recorder.record(&self.usage, at, outcome);
         }
     }
 }
@@ -339,12 +340,13 @@ impl Eq for KeyIdentity {}
 /// found by its prefix too; its identity expires when the grace period ends. Expired keys are
 /// resolved with their expiry, and the layer answers them `expired API key`.
 ///
-/// With [`ApiKeyLayerBuilder::record_last_used`](crate::ApiKeyLayerBuilder::record_last_used),
-/// successful authentications update the keys' `last_used_at` in coalesced batches.
+/// With [`ApiKeyLayerBuilder::record_usage`](crate::ApiKeyLayerBuilder::record_usage),
+/// successful authentications update the keys' `last_used_at`, and every request decided for
+/// a key is counted in its hourly usage, in coalesced batches.
 #[derive(Clone)]
 pub struct StoreResolver {
     store: Arc<dyn KeyStore>,
-    last_used: Option<LastUsedRecorder>,
+    usage: Option<UsageRecorder>,
 }
 
 /// Compared against when a prefix is unknown, so that both refusals do the same work.
@@ -353,18 +355,15 @@ const NO_DIGEST: KeyDigest = KeyDigest::from_bytes([0; 32]);
 impl StoreResolver {
     /// A resolver over `store` that does not record uses.
     pub fn new(store: Arc<dyn KeyStore>) -> Self {
-        Self {
-            store,
-            last_used: None,
-        }
+        Self { store, usage: None }
     }
 
     /// Records every successful authentication with `recorder`; set through
-    /// [`ApiKeyLayerBuilder::record_last_used`](crate::ApiKeyLayerBuilder::record_last_used),
+    /// [`ApiKeyLayerBuilder::record_usage`](crate::ApiKeyLayerBuilder::record_usage),
     /// the one way to turn recording on.
     #[must_use]
-    pub(crate) fn record_last_used(mut self, recorder: LastUsedRecorder) -> Self {
-        self.last_used = Some(recorder);
+    pub(crate) fn record_usage(mut self, recorder: UsageRecorder) -> Self {
+        self.usage = Some(recorder);
         self
     }
 }
@@ -403,7 +402,7 @@ impl Resolver for StoreResolver {
         Ok(record
             .filter(|record| matches && record.status == KeyStatus::Active)
             .map(|record| KeyIdentity {
-                usage: Arc::new(UsageCell::new(record.id, prefix)),
+                usage: Arc::new(UsageCell::new(record.account_id.clone(), record.id, prefix)),
                 account_id: record.account_id,
                 key_id: record.id,
                 prefix,
@@ -411,7 +410,7 @@ impl Resolver for StoreResolver {
                 expires_at,
                 rate_limit: record.rate_limit,
                 grace,
-                recorder: self.last_used.clone(),
+                recorder: self.usage.clone(),
             }))
     }
 }
@@ -419,7 +418,7 @@ impl Resolver for StoreResolver {
 impl fmt::Debug for StoreResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreResolver")
-            .field("records_last_used", &self.last_used.is_some())
+            .field("records_usage", &self.usage.is_some())
             .finish_non_exhaustive()
     }
 }

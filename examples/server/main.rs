@@ -98,7 +98,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic_health::ServingStatus;
-use tower_api_key::last_used::LastUsedRecorder;
+use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
 use tracing_subscriber::EnvFilter;
 
@@ -183,11 +183,11 @@ async fn serve(config: Config) -> Result<(), String> {
 
     let opened = open_store(&config.database).await?;
     let manager = KeyManager::new(Arc::clone(&opened.store), pepper);
-    let recorder = LastUsedRecorder::new(Arc::clone(&opened.store));
+    let recorder = UsageRecorder::new(Arc::clone(&opened.store));
     let flusher = recorder.spawn_flusher(config.flush_interval);
     let api_keys = ApiKeyLayer::for_manager(&manager)
         .accept_bearer()
-        .record_last_used(recorder);
+        .record_usage(recorder);
     let api_keys = with_budgets(api_keys, &config.budgets).await?.build();
     let feed = opened.start_feed(&manager).await;
     let state = AppState { manager, api_keys };

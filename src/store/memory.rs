@@ -1,18 +1,17 @@
 //! The embedded in-memory store.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
 use std::time::SystemTime;
 
-use super::{
-    AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, PreviousKey, Rotated, StoreError,
-};
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, PreviousKey, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::PolicyUpdate;
 use crate::sync::lock;
+use crate::usage::{Hour, UsageBatch, UsageRow};
 
 /// Keeps key records in process memory: the default store, and the one tests use.
 ///
@@ -45,6 +44,9 @@ struct Records {
     by_prefix: HashMap<KeyPrefix, KeyId>,
     /// Each account's key ids, oldest first.
     by_account: HashMap<AccountId, Vec<KeyId>>,
+    /// Hourly counts (accepted, rate limited, refused) per account, hour and key; kept for
+    /// deleted keys.
+    usage: HashMap<AccountId, BTreeMap<(Hour, KeyId), [i64; 3]>>,
 }
 
 impl MemoryStore {
@@ -226,9 +228,23 @@ impl KeyStore for MemoryStore {
         Ok(removed)
     }
 
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         let mut records = self.records();
-        for key_use in uses {
+        for delta in &batch.counts {
+            let sums = records
+                .usage
+                .entry(delta.account_id.clone())
+                .or_default()
+                .entry((delta.hour, delta.key_id))
+                .or_default();
+            for (sum, add) in
+                sums.iter_mut()
+                    .zip([delta.accepted, delta.rate_limited, delta.refused])
+            {
+                *sum = sum.saturating_add(add);
+            }
+        }
+        for key_use in &batch.last_used {
             if let Some(record) = records.by_id.get_mut(&key_use.id) {
                 if record.prefix == key_use.prefix
                     && record.last_used_at.is_none_or(|last| last < key_use.at)
@@ -238,5 +254,40 @@ impl KeyStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn usage(
+        &self,
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let records = self.records();
+        let Some(hours) = records.usage.get(account) else {
+            return Ok(Vec::new());
+        };
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let first = (from, KeyId::from_uuid(uuid::Uuid::nil()));
+        Ok(hours
+            .range(first..)
+            .take_while(|((hour, _), _)| *hour < to)
+            .filter(|((_, id), _)| key.is_none_or(|key| key == *id))
+            .map(|(&(hour, id), sums)| UsageRow::from_sums(id, hour, sums[0], sums[1], sums[2]))
+            .collect())
+    }
+
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
+        let mut records = self.records();
+        let mut pruned = 0;
+        records.usage.retain(|_, hours| {
+            let kept = hours.split_off(&(before, KeyId::from_uuid(uuid::Uuid::nil())));
+            pruned += hours.len() as u64;
+            *hours = kept;
+            !hours.is_empty()
+        });
+        Ok(pruned)
     }
 }

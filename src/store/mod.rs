@@ -22,6 +22,7 @@ use async_trait::async_trait;
 
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
+use crate::usage::{Hour, UsageBatch, UsageRow};
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -303,7 +304,7 @@ impl fmt::Debug for KeyRecord {
     }
 }
 
-/// One coalesced use of a key, for [`KeyStore::record_last_used`].
+/// One coalesced use of a key, in a [`UsageBatch`] for [`KeyStore::record_usage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyUse {
     /// The key that was used.
@@ -424,9 +425,25 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn delete(&self, account: &AccountId, id: KeyId)
     -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Records a batch of uses. A use moves `last_used_at` forward only, and is ignored if the
-    /// key is gone or no longer has the prefix it was used with (it was rotated since).
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError>;
+    /// Writes one flush of usage in one atomic step: each use in `batch.last_used` moves its
+    /// key's `last_used_at` forward only, and is ignored if the key is gone or no longer has
+    /// the prefix it was used with (it was rotated since); each of `batch.counts` is added
+    /// to its key's hour (created at zero if missing), whether or not the key still exists.
+    /// Several processes writing the same hours add up.
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError>;
+
+    /// The hourly counts of the account's keys, or of one of them, for the hours in
+    /// `[from, to)`, deleted keys' included; hours without requests may be missing.
+    async fn usage(
+        &self,
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// Deletes the counts of every hour before `before` and returns how many key-hours went.
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError>;
 }
 
 /// A key's record before and after [`KeyStore::replace_key`].
@@ -487,8 +504,20 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
     ) -> Result<Option<KeyRecord>, StoreError> {
         (**self).delete(account, id).await
     }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        (**self).record_last_used(uses).await
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+        (**self).record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        (**self).usage(account, key, from, to).await
+    }
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
+        (**self).prune_usage(before).await
     }
 }
 

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::sql::{self, MigrateError, Migration, RawRecord};
-use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate};
 
@@ -404,7 +404,8 @@ impl KeyStore for SqliteStore {
         row.map(Row::into_record).transpose()
     }
 
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+    async fn record_usage(&self, batch: &crate::usage::UsageBatch) -> Result<(), StoreError> {
+        let uses = &batch.last_used[..];
         if uses.is_empty() {
             return Ok(());
         }
@@ -432,6 +433,24 @@ impl KeyStore for SqliteStore {
             .map_err(sql::store_error)?;
         }
         tx.commit().await.map_err(sql::store_error)
+    }
+
+    async fn usage(
+        &self,
+        _account: &AccountId,
+        _key: Option<KeyId>,
+        _from: crate::usage::Hour,
+        _to: crate::usage::Hour,
+    ) -> Result<Vec<crate::usage::UsageRow>, StoreError> {
+        Err(StoreError::unavailable(
+            "PLACEHOLDER: usage not implemented yet",
+        ))
+    }
+
+    async fn prune_usage(&self, _before: crate::usage::Hour) -> Result<u64, StoreError> {
+        Err(StoreError::unavailable(
+            "PLACEHOLDER: usage not implemented yet",
+        ))
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt, service_fn};
 use tower_api_key::feed::{self, ChangeFeed, FeedConfig, FeedError, FeedMessage};
 use tower_api_key::invalidation::InvalidationBus;
-use tower_api_key::last_used::LastUsedRecorder;
-use tower_api_key::store::KeyUse;
+use tower_api_key::usage::UsageBatch;
+use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{
     ApiKeyLayer, CreatedKey, KeyManager, KeyStore, MemoryStore, StoreError, StoreResolver,
 };
@@ -26,11 +26,11 @@ async fn ten_thousand_uses_in_one_interval_make_one_store_write() {
     let store = TestStore::new();
     let manager = KeyManager::new(store.clone(), pepper());
     let created = manager.create(&account("acme")).await.expect("create");
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     // The first flush is an interval away: none runs among the uses.
     let flusher = recorder.spawn_flusher(Duration::from_secs(3600));
     let service = ApiKeyLayer::for_manager(&manager)
-        .record_last_used(recorder.clone())
+        .record_usage(recorder.clone())
         .build()
         .layer(service_fn(ok));
     let before = SystemTime::now() - Duration::from_millis(1);
@@ -64,10 +64,10 @@ async fn uses_appear_after_the_flush_interval() {
     let store = TestStore::new();
     let manager = KeyManager::new(store.clone(), pepper());
     let created = manager.create(&account("acme")).await.expect("create");
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let flusher = recorder.spawn_flusher(Duration::from_millis(50));
     let service = ApiKeyLayer::for_manager(&manager)
-        .record_last_used(recorder)
+        .record_usage(recorder)
         .build()
         .layer(service_fn(ok));
     let request = Request::get("/")
@@ -97,9 +97,9 @@ async fn uses_survive_a_failed_flush() {
     let store = TestStore::new();
     let manager = KeyManager::new(store.clone(), pepper());
     let created = manager.create(&account("acme")).await.expect("create");
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let service = ApiKeyLayer::for_manager(&manager)
-        .record_last_used(recorder.clone())
+        .record_usage(recorder.clone())
         .build()
         .layer(service_fn(ok));
     let request = Request::get("/")
@@ -130,9 +130,9 @@ async fn rejected_requests_are_not_recorded() {
         .revoke(&account("acme"), created.info.id)
         .await
         .expect("revoke");
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let service = ApiKeyLayer::for_manager(&manager)
-        .record_last_used(recorder.clone())
+        .record_usage(recorder.clone())
         .build()
         .layer(service_fn(ok));
     let request = Request::get("/")
@@ -163,7 +163,7 @@ impl crate::support::hooks::StoreHooks for RefusingStore {
     fn records(&self) -> &MemoryStore {
         &self.inner
     }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         if self.hold_next_write.swap(false, Ordering::SeqCst) {
             self.entered.notify_one();
             self.release.notified().await;
@@ -172,8 +172,8 @@ impl crate::support::hooks::StoreHooks for RefusingStore {
             return Err(StoreError::unavailable("read-only replica"));
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
-        self.rows.fetch_add(uses.len(), Ordering::SeqCst);
-        self.inner.record_last_used(uses).await
+        self.rows.fetch_add(batch.last_used.len(), Ordering::SeqCst);
+        self.inner.record_usage(batch).await
     }
 }
 
@@ -194,13 +194,13 @@ async fn refusing_store_with_keys() -> (Arc<RefusingStore>, KeyManager, Vec<Crea
 
 /// A layer whose cache has stopped caching, as while a change feed is down: every request
 /// resolves its key again and is stamped on a new identity.
-fn uncached_layer(manager: &KeyManager, recorder: &LastUsedRecorder) -> ApiKeyLayer<StoreResolver> {
+fn uncached_layer(manager: &KeyManager, recorder: &UsageRecorder) -> ApiKeyLayer<StoreResolver> {
     let down = InvalidationBus::new();
     // Stopped at once: its channel stays lost for good.
     drop(feed::spawn(NeverSubscribes, &down, FeedConfig::default()));
     ApiKeyLayer::for_manager(manager)
         .invalidated_by(&down)
-        .record_last_used(recorder.clone())
+        .record_usage(recorder.clone())
         .build()
 }
 
@@ -240,7 +240,7 @@ async fn last_used(manager: &KeyManager, name: &str, created: &CreatedKey) -> Op
 /// `store.release` is notified.
 async fn flush_held_by(
     store: &RefusingStore,
-    recorder: &LastUsedRecorder,
+    recorder: &UsageRecorder,
 ) -> JoinHandle<Result<usize, StoreError>> {
     store.hold_next_write.store(true, Ordering::SeqCst);
     let flushing = tokio::spawn({
@@ -260,7 +260,7 @@ fn whole_millis(time: SystemTime) -> SystemTime {
 #[tokio::test]
 async fn a_store_refusing_writes_keeps_one_queued_use_per_key() {
     let (store, manager, keys) = refusing_store_with_keys().await;
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let layer = uncached_layer(&manager, &recorder);
     store.refusing.store(true, Ordering::SeqCst);
     let mut last_round_began = SystemTime::now();
@@ -297,14 +297,14 @@ async fn a_store_refusing_writes_keeps_one_queued_use_per_key() {
 #[tokio::test]
 async fn a_full_queue_drops_the_newest_keys_uses_and_counts_them() {
     let (store, manager, keys) = refusing_store_with_keys().await;
-    let recorder = LastUsedRecorder::new(store.clone()).max_pending(2);
+    let recorder = UsageRecorder::new(store.clone()).max_pending(2);
     let layer = uncached_layer(&manager, &recorder);
     store.refusing.store(true, Ordering::SeqCst);
     for created in &keys {
         assert_eq!(call(&layer, created).await, StatusCode::OK);
     }
     assert_eq!(recorder.pending_count(), 2);
-    assert_eq!(layer.metrics().last_used_dropped, 1, "the third key's use");
+    assert_eq!(layer.metrics().usage_dropped, 1, "the third key's use");
     assert!(recorder.flush().await.is_err());
     assert_eq!(
         recorder.pending_count(),
@@ -316,12 +316,12 @@ async fn a_full_queue_drops_the_newest_keys_uses_and_counts_them() {
         assert_eq!(call(&layer, created).await, StatusCode::OK);
     }
     assert_eq!(recorder.pending_count(), 2);
-    assert_eq!(layer.metrics().last_used_dropped, 2);
+    assert_eq!(layer.metrics().usage_dropped, 2);
     assert!(
         layer
             .metrics()
             .to_prometheus()
-            .contains("\napi_key_last_used_dropped_total 2\n")
+            .contains("\napi_key_usage_dropped_total 2\n")
     );
     store.refusing.store(false, Ordering::SeqCst);
     assert_eq!(recorder.flush().await.expect("flush"), 2);
@@ -332,15 +332,15 @@ async fn a_full_queue_drops_the_newest_keys_uses_and_counts_them() {
     assert_eq!(call(&layer, &keys[2]).await, StatusCode::OK);
     assert_eq!(recorder.flush().await.expect("flush"), 1);
     assert!(last_used(&manager, ACCOUNTS[2], &keys[2]).await.is_some());
-    assert_eq!(layer.metrics().last_used_dropped, 2);
+    assert_eq!(layer.metrics().usage_dropped, 2);
 }
 
 #[tokio::test]
 async fn a_use_during_a_successful_flush_is_written_by_the_next_one() {
     let (store, manager, keys) = refusing_store_with_keys().await;
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let layer = ApiKeyLayer::for_manager(&manager)
-        .record_last_used(recorder.clone())
+        .record_usage(recorder.clone())
         .build();
     assert_eq!(call(&layer, &keys[0]).await, StatusCode::OK);
     let flushing = flush_held_by(&store, &recorder).await;
@@ -360,7 +360,7 @@ async fn a_use_during_a_successful_flush_is_written_by_the_next_one() {
 #[tokio::test]
 async fn a_use_during_a_failed_flush_merges_with_the_given_back_one() {
     let (store, manager, keys) = refusing_store_with_keys().await;
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let layer = uncached_layer(&manager, &recorder);
     assert_eq!(call(&layer, &keys[0]).await, StatusCode::OK);
     store.refusing.store(true, Ordering::SeqCst);
@@ -382,7 +382,7 @@ async fn a_use_during_a_failed_flush_merges_with_the_given_back_one() {
 #[tokio::test]
 async fn a_cancelled_flush_gives_its_uses_back() {
     let (store, manager, keys) = refusing_store_with_keys().await;
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let layer = uncached_layer(&manager, &recorder);
     assert_eq!(call(&layer, &keys[0]).await, StatusCode::OK);
     let flushing = flush_held_by(&store, &recorder).await;

@@ -32,7 +32,7 @@ use crate::support::service::{Stack, stack, status};
 use crate::support::wait::until;
 use http::StatusCode;
 use tower_api_key::cache::CacheConfig;
-use tower_api_key::last_used::LastUsedRecorder;
+use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{
     AccountId, ApiKeyLayer, KeyId, KeyManager, KeyPrefix, KeyRecord, KeyStore, MemoryStore, Pepper,
     StoreError,
@@ -385,11 +385,11 @@ async fn sustained_churn_lets_no_invalidated_key_in_and_loses_no_use() {
     let _exclusive = exclusive().await;
     let store = Arc::new(MemoryStore::new());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let flusher = recorder.spawn_flusher(FLUSH_EVERY);
     // A short positive TTL keeps cache misses (and so store lookups racing changes) frequent.
     let layer = ApiKeyLayer::for_manager(&manager)
-        .record_last_used(recorder.clone())
+        .record_usage(recorder.clone())
         .cache_config(CacheConfig::default().positive_ttl(Duration::from_millis(50)))
         .build();
     let service: Stack = stack(&layer);
@@ -563,7 +563,7 @@ crate::support::hooks::hooked_key_store!(GatedStore);
 ///
 /// A request with the old key that started before the rotation returned may legitimately be
 /// let in after it. Its use is stamped on the old identity, with the old prefix, later than
-/// the new key's uses. `LastUsedRecorder::flush` (src/last_used.rs) merges pending uses by key
+/// the new key's uses. `UsageRecorder::flush` (src/last_used.rs) merges pending uses by key
 /// id alone and keeps the latest, so it sends only the old prefix's use; the store drops that
 /// one (the prefix was rotated away), and the new key's use is lost. (Fixed: the merge is per
 /// key and prefix.)
@@ -572,10 +572,10 @@ async fn a_late_use_of_a_rotated_away_key_does_not_hide_the_new_keys_use() {
     let _exclusive = exclusive().await;
     let store = Arc::new(GatedStore::default());
     let manager = KeyManager::new(store.clone(), Pepper::from_bytes([8; 32]));
-    let recorder = LastUsedRecorder::new(store.clone());
+    let recorder = UsageRecorder::new(store.clone());
     let service: Stack = stack(
         &ApiKeyLayer::for_manager(&manager)
-            .record_last_used(recorder.clone())
+            .record_usage(recorder.clone())
             .build(),
     );
     let account: AccountId = "acme".parse().expect("account id");

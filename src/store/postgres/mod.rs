@@ -11,7 +11,7 @@ use sqlx::types::time::OffsetDateTime;
 use sqlx::{Connection as _, Postgres, Transaction};
 
 use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord};
-use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError};
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate, Scopes};
 
@@ -473,7 +473,8 @@ impl KeyStore for PostgresStore {
         row.map(Row::into_record).transpose()
     }
 
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+    async fn record_usage(&self, batch: &crate::usage::UsageBatch) -> Result<(), StoreError> {
+        let uses = &batch.last_used[..];
         if uses.is_empty() {
             return Ok(());
         }
@@ -509,5 +510,23 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(sql::store_error)?;
         Ok(())
+    }
+
+    async fn usage(
+        &self,
+        _account: &AccountId,
+        _key: Option<KeyId>,
+        _from: crate::usage::Hour,
+        _to: crate::usage::Hour,
+    ) -> Result<Vec<crate::usage::UsageRow>, StoreError> {
+        Err(StoreError::unavailable(
+            "PLACEHOLDER: usage not implemented yet",
+        ))
+    }
+
+    async fn prune_usage(&self, _before: crate::usage::Hour) -> Result<u64, StoreError> {
+        Err(StoreError::unavailable(
+            "PLACEHOLDER: usage not implemented yet",
+        ))
     }
 }

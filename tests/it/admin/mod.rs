@@ -26,7 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tower_api_key::admin::{AdminAuthorizer, AdminEvent, AdminRouter, AdminToken};
-use tower_api_key::last_used::LastUsedRecorder;
+use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore};
 
 use crate::support::http::serve;
@@ -45,7 +45,7 @@ pub(crate) struct Harness {
     pub(crate) manager: KeyManager,
     events: Arc<Mutex<Vec<AdminEvent>>>,
     /// Writes the layer's recorded uses to the store every few milliseconds.
-    _flusher: tower_api_key::last_used::FlushTask,
+    _flusher: tower_api_key::usage::FlushTask,
 }
 
 /// An answer: status, headers, body.
@@ -101,14 +101,14 @@ impl Harness {
         let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper());
         let events = Arc::new(Mutex::new(Vec::new()));
         let trail = Arc::clone(&events);
-        let recorder = LastUsedRecorder::new(Arc::clone(manager.store()));
+        let recorder = UsageRecorder::new(Arc::clone(manager.store()));
         let flusher = recorder.spawn_flusher(Duration::from_millis(20));
         let app = Router::new()
             .route("/v1/ping", get(|| async { "pong" }))
             .layer(
                 ApiKeyLayer::for_manager(&manager)
                     .accept_bearer()
-                    .record_last_used(recorder)
+                    .record_usage(recorder)
                     .build(),
             )
             .merge(

@@ -23,7 +23,8 @@ use http::StatusCode;
 use tokio::sync::Notify;
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::invalidation::{Invalidation, InvalidationListener};
-use tower_api_key::store::{KeyUse, Rotated};
+use tower_api_key::store::Rotated;
+use tower_api_key::usage::{Hour, UsageBatch, UsageRow};
 use tower_api_key::{
     AccountId, ApiKeyLayer, KeyDigest, KeyId, KeyManager, KeyPrefix, KeyRecord, KeyStatus,
     KeyStore, ManagerError, MemoryStore, PolicyUpdate, StoreError, StoreResolver,
@@ -453,8 +454,20 @@ impl KeyStore for LandsLateStore {
         self.write(move |gate| async move { gate.records.delete(&account, id).await })
             .await
     }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
-        self.gate.records.record_last_used(uses).await
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+        self.gate.records.record_usage(batch).await
+    }
+    async fn usage(
+        &self,
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.gate.records.usage(account, key, from, to).await
+    }
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
+        self.gate.records.prune_usage(before).await
     }
 }
 

@@ -10,6 +10,7 @@ use crate::support::{account, pepper};
 use tower_api_key::invalidation::{Invalidation, InvalidationListener};
 use tower_api_key::policy::{KeyOptions, LATEST_TIME_SECS, PolicyError, PolicyUpdate};
 use tower_api_key::store::KeyUse;
+use tower_api_key::usage::UsageBatch;
 use tower_api_key::{
     ApiKey, KeyDigest, KeyId, KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError,
     MemoryStore, StoreError,
@@ -336,7 +337,7 @@ async fn rotate_resets_last_used_at() {
     };
     manager
         .store()
-        .record_last_used(&[used])
+        .record_usage(&UsageBatch::last_used([used]))
         .await
         .expect("use");
     let info = manager
@@ -352,7 +353,7 @@ async fn rotate_resets_last_used_at() {
     // A use of the old key flushed late must not bring the old time back.
     manager
         .store()
-        .record_last_used(&[used])
+        .record_usage(&UsageBatch::last_used([used]))
         .await
         .expect("late use");
     let info = manager

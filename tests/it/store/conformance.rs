@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::support::account;
 use tower_api_key::policy::RateLimit;
 use tower_api_key::store::KeyUse;
+use tower_api_key::usage::UsageBatch;
 use tower_api_key::{
     ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, PolicyUpdate,
     PreviousKey, Scopes, StoreError,
@@ -285,9 +286,12 @@ async fn last_used_only_moves_forward(store: Arc<dyn KeyStore>) {
         prefix: record.prefix,
         at: at(micros),
     };
-    store.record_last_used(&[use_at(10)]).await.expect("use");
     store
-        .record_last_used(&[use_at(5)])
+        .record_usage(&UsageBatch::last_used([use_at(10)]))
+        .await
+        .expect("use");
+    store
+        .record_usage(&UsageBatch::last_used([use_at(5)]))
         .await
         .expect("older use");
     let last = |store: Arc<dyn KeyStore>| async move {
@@ -300,7 +304,7 @@ async fn last_used_only_moves_forward(store: Arc<dyn KeyStore>) {
     };
     assert_eq!(last(store.clone()).await, Some(at(10)));
     store
-        .record_last_used(&[use_at(20), use_at(15)])
+        .record_usage(&UsageBatch::last_used([use_at(20), use_at(15)]))
         .await
         .expect("batch");
     assert_eq!(last(store.clone()).await, Some(at(20)));
@@ -334,7 +338,7 @@ async fn last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key(store: A
         at: at(10),
     };
     store
-        .record_last_used(&[stale, deleted])
+        .record_usage(&UsageBatch::last_used([stale, deleted]))
         .await
         .expect("use");
     let now = store.get(&account("acme"), record.id).await.expect("get");
@@ -679,11 +683,11 @@ async fn status_and_last_used_changes_keep_the_policy(store: Arc<dyn KeyStore>) 
         .expect("set")
         .expect("found");
     store
-        .record_last_used(&[KeyUse {
+        .record_usage(&UsageBatch::last_used([KeyUse {
             id: record.id,
             prefix: record.prefix,
             at: at(99),
-        }])
+        }]))
         .await
         .expect("use");
     let now = store

@@ -1,7 +1,7 @@
 //! Stores that misbehave on purpose: a [`StoreHooks`] type says what it changes about a
 //! [`MemoryStore`], and [`hooked_key_store!`] makes it a `KeyStore`.
 
-use tower_api_key::store::KeyUse;
+use tower_api_key::usage::UsageBatch;
 use tower_api_key::{KeyPrefix, KeyRecord, KeyStore as _, MemoryStore, StoreError};
 
 /// What a test store changes about a [`MemoryStore`]; everything not overridden passes
@@ -32,10 +32,10 @@ pub(crate) trait StoreHooks: Send + Sync + 'static {
         self.records().find_by_prefix(prefix).await
     }
 
-    /// A batch of last-used times.
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+    /// A flush of usage: last-used times and hourly counts.
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         self.before_write()?;
-        self.records().record_last_used(uses).await
+        self.records().record_usage(batch).await
     }
 }
 
@@ -159,11 +159,39 @@ macro_rules! hooked_key_store {
                 $crate::support::hooks::StoreHooks::after_write(self).await?;
                 applied
             }
-            async fn record_last_used(
+            async fn record_usage(
                 &self,
-                uses: &[tower_api_key::store::KeyUse],
+                batch: &tower_api_key::usage::UsageBatch,
             ) -> Result<(), tower_api_key::StoreError> {
-                $crate::support::hooks::StoreHooks::record_last_used(self, uses).await
+                $crate::support::hooks::StoreHooks::record_usage(self, batch).await
+            }
+            async fn usage(
+                &self,
+                account: &tower_api_key::AccountId,
+                key: Option<tower_api_key::KeyId>,
+                from: tower_api_key::usage::Hour,
+                to: tower_api_key::usage::Hour,
+            ) -> Result<Vec<tower_api_key::usage::UsageRow>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_read(self)?;
+                tower_api_key::KeyStore::usage(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                    key,
+                    from,
+                    to,
+                )
+                .await
+            }
+            async fn prune_usage(
+                &self,
+                before: tower_api_key::usage::Hour,
+            ) -> Result<u64, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                tower_api_key::KeyStore::prune_usage(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    before,
+                )
+                .await
             }
         }
     };

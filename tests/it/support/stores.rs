@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tower_api_key::store::KeyUse;
+use tower_api_key::usage::UsageBatch;
 use tower_api_key::{KeyPrefix, KeyRecord, KeyStore, MemoryStore, StoreError};
 
 use super::hooks::{StoreHooks, hooked_key_store};
@@ -70,11 +70,12 @@ impl StoreHooks for TestStore {
         self.maybe_delay().await;
         found
     }
-    async fn record_last_used(&self, uses: &[KeyUse]) -> Result<(), StoreError> {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         self.check()?;
         self.last_used_writes.fetch_add(1, Ordering::SeqCst);
-        self.last_used_rows.fetch_add(uses.len(), Ordering::SeqCst);
-        self.inner.record_last_used(uses).await
+        self.last_used_rows
+            .fetch_add(batch.last_used.len(), Ordering::SeqCst);
+        self.inner.record_usage(batch).await
     }
 }
 

@@ -16,6 +16,7 @@ use tower_api_key::invalidation::InvalidationBus;
 use tower_api_key::policy::RateLimit;
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
+use tower_api_key::usage::UsageBatch;
 use tower_api_key::{
     ApiKey, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError, PolicyUpdate, PreviousKey,
 };
@@ -363,7 +364,11 @@ async fn last_used_from_two_processes_only_moves_forward() {
         .map(|i| {
             let store = if i % 2 == 0 { a.clone() } else { b.clone() };
             let uses = vec![use_at(i), use_at(40 - i)];
-            tokio::spawn(async move { store.record_last_used(&uses).await })
+            tokio::spawn(async move {
+                store
+                    .record_usage(&UsageBatch::last_used(uses.clone()))
+                    .await
+            })
         })
         .collect();
     for flush in flushes {
@@ -513,11 +518,11 @@ async fn a_change_notifies_only_when_it_commits_and_last_used_never_does() {
         .expect("update");
     tx.rollback().await.expect("rollback");
     store
-        .record_last_used(&[KeyUse {
+        .record_usage(&UsageBatch::last_used([KeyUse {
             id: created.info.id,
             prefix: created.info.prefix,
             at: SystemTime::now(),
-        }])
+        }]))
         .await
         .expect("last used");
 

@@ -1,0 +1,629 @@
+//! Recording uses off the hot path: `last_used_at` and the hourly counts.
+//!
+//! A request only stamps and counts into atomics that belong to its cached identity (and
+//! queues the identity once per flush interval). A background task writes what is queued to
+//! the store in one batch per interval, so a key used 10,000 times in an interval costs one
+//! `last_used_at` update and one count per hour in one write. [`FlushTask::shutdown`] writes
+//! whatever is still pending.
+//!
+//! When the store refuses the writes (a read-only replica, lock timeouts), a failed flush gives
+//! back one use per key and prefix, the latest, and the counts per key and hour; the queue
+//! never holds more than [`max_pending`](UsageRecorder::max_pending) entries: memory stays
+//! bounded however long the store refuses.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use tower_api_key::usage::UsageRecorder;
+//! use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, Pepper};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+//! let recorder = UsageRecorder::new(Arc::clone(manager.store()));
+//! let flusher = recorder.spawn_flusher(Duration::from_secs(1));
+//! let layer = ApiKeyLayer::for_manager(&manager)
+//!     .record_usage(recorder)
+//!     .build();
+//! // ... serve requests through `layer` ...
+//! # drop(layer);
+//! flusher.shutdown().await?; // on graceful shutdown: nothing pending is lost
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::{Hour, UsageBatch, UsageDelta, UseOutcome};
+use crate::key::KeyPrefix;
+use crate::metrics::Metrics;
+use crate::store::{AccountId, KeyId, KeyStore, KeyUse, StoreError};
+use crate::sync::lock;
+
+/// Signed counts of one hour: accepted, rate limited, refused.
+type Counts = [i64; 3];
+
+/// The uses of one cached identity, stamped and counted lock-free by requests.
+pub(crate) struct UsageCell {
+    account_id: AccountId,
+    id: KeyId,
+    prefix: KeyPrefix,
+    /// Milliseconds since the Unix epoch of the latest accepted use; 0 before the first.
+    last_used_ms: AtomicU64,
+    /// Whether the cell waits in the recorder's queue.
+    queued: AtomicBool,
+    /// The hour `counts` belong to (0 before the first count).
+    hour: AtomicU32,
+    /// Accepted, rate-limited and refused requests in `hour`, as two's-complement `u64`s: a
+    /// refusal for scope takes one back from accepted, which a flush may already have taken.
+    counts: [AtomicU64; 3],
+    /// Counts of hours the cell moved past before a flush took them. Also the lock that
+    /// moving to a new hour, and a flush reading the counts, take.
+    earlier: Mutex<Vec<(Hour, Counts)>>,
+}
+
+impl UsageCell {
+    pub(crate) fn new(account_id: AccountId, id: KeyId, prefix: KeyPrefix) -> Self {
+        Self {
+            account_id,
+            id,
+            prefix,
+            last_used_ms: AtomicU64::new(0),
+            queued: AtomicBool::new(false),
+            hour: AtomicU32::new(0),
+            counts: Default::default(),
+            earlier: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts one request of `hour`. The first count of a later hour moves the counts so far
+    /// to `earlier` (under the lock, once per hour); a request racing that move may count in
+    /// the later hour, never nowhere.
+    #[inline]
+    fn count(&self, hour: Hour, outcome: UseOutcome) {
+        if hour.index() > self.hour.load(Ordering::Relaxed) {
+            self.move_to(hour);
+        }
+        // SeqCst pairs with `flush`: either it sees this count, or we see `queued == false`.
+        match outcome {
+            UseOutcome::Accepted => self.counts[0].fetch_add(1, Ordering::SeqCst),
+            UseOutcome::RateLimited => self.counts[1].fetch_add(1, Ordering::SeqCst),
+            UseOutcome::Refused => self.counts[2].fetch_add(1, Ordering::SeqCst),
+            UseOutcome::RefusedForScope => {
+                self.counts[0].fetch_sub(1, Ordering::SeqCst);
+                self.counts[2].fetch_add(1, Ordering::SeqCst)
+            }
+        };
+    }
+
+    #[cold]
+    fn move_to(&self, hour: Hour) {
+        let mut earlier = lock(&self.earlier);
+        let current = self.hour.load(Ordering::SeqCst);
+        if hour.index() <= current {
+            return; // another request moved it first
+        }
+        let counts = self.take_counts();
+        if counts != [0; 3] {
+            earlier.push((Hour::from_index(current), counts));
+        }
+        self.hour.store(hour.index(), Ordering::SeqCst);
+    }
+
+    /// Takes the counts of the current hour. Called with `earlier` locked.
+    fn take_counts(&self) -> Counts {
+        // The wrapping `u64` read back as the signed count it stands for.
+        self.counts
+            .each_ref()
+            .map(|count| count.swap(0, Ordering::SeqCst) as i64)
+    }
+
+    /// Takes every count not yet flushed, by hour.
+    fn take_all(&self) -> Vec<(Hour, Counts)> {
+        let mut earlier = lock(&self.earlier);
+        let mut all = std::mem::take(&mut *earlier);
+        let counts = self.take_counts();
+        if counts != [0; 3] {
+            all.push((Hour::from_index(self.hour.load(Ordering::SeqCst)), counts));
+        }
+        all
+    }
+}
+
+/// Collects key uses and request counts and writes them to a [`KeyStore`] in batches.
+///
+/// Cloning gives another handle to the same queue. Hand a clone to
+/// [`ApiKeyLayerBuilder::record_usage`](crate::ApiKeyLayerBuilder::record_usage) and
+/// run [`spawn_flusher`](Self::spawn_flusher) (or call [`flush`](Self::flush) and
+/// [`prune`](Self::prune) yourself).
+///
+/// The queue holds at most [`max_pending`](Self::max_pending) entries (default
+/// [`DEFAULT_MAX_PENDING`]). When it is full, the *newest* uses are dropped: a key that is not
+/// queued yet is not recorded, while the keys already queued keep merging their new uses. A
+/// key still in use is recorded by its next use once the store takes writes again (its counts
+/// wait in its cached identity meanwhile), whereas dropping the oldest entries would lose keys
+/// that may never be used again. Counts that failed flushes gave back are dropped oldest hour
+/// first. Drops are counted in the metrics of the first [`ApiKeyLayer`](crate::ApiKeyLayer)
+/// built with the recorder
+/// ([`MetricsSnapshot::usage_dropped`](crate::metrics::MetricsSnapshot::usage_dropped)).
+#[derive(Clone)]
+pub struct UsageRecorder {
+    shared: Arc<Shared>,
+}
+
+/// The default of [`UsageRecorder::max_pending`]: as many keys as the layer's cache holds
+/// by default, so that a healthy store sees drops only past 100,000 keys used in one flush
+/// interval; at under 100 bytes an entry, a full queue takes a few megabytes.
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+
+/// The default of [`UsageRecorder::retention`]: 90 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How often the flusher deletes counts older than the retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+struct Shared {
+    store: Arc<dyn KeyStore>,
+    clock: WallClock,
+    queue: Mutex<Queue>,
+    max_pending: AtomicUsize,
+    /// Seconds counts are kept.
+    retention_secs: AtomicU64,
+    /// Where drops are counted: the first layer built with this recorder.
+    metrics: OnceLock<Arc<Metrics>>,
+}
+
+/// Uses waiting to be written.
+#[derive(Default)]
+struct Queue {
+    /// Cells used since they were last flushed, each once; their stamps and counts are read
+    /// when flushed, so that uses made meanwhile cost no lock.
+    cells: Vec<Arc<UsageCell>>,
+    /// The latest use (milliseconds) per key and prefix that failed flushes gave back.
+    given_back: HashMap<(KeyId, KeyPrefix), u64>,
+    /// Counts per key and hour that failed flushes gave back.
+    given_back_counts: HashMap<(KeyId, Hour), (AccountId, Counts)>,
+    /// Entries a running flush took: they keep their room until it ends, so a slow failing
+    /// write can't let the queue outgrow the cap.
+    in_flight: usize,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.cells.len() + self.given_back.len() + self.given_back_counts.len() + self.in_flight
+    }
+}
+
+impl UsageRecorder {
+    /// A recorder writing to `store`.
+    pub fn new(store: Arc<dyn KeyStore>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                clock: WallClock::new(),
+                queue: Mutex::new(Queue::default()),
+                max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
+                retention_secs: AtomicU64::new(DEFAULT_RETENTION.as_secs()),
+                metrics: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Caps the queue at `entries` (default [`DEFAULT_MAX_PENDING`]); every clone shares the
+    /// cap. An entry is one key, or one cached identity of a key, with uses waiting (or being
+    /// written), or one key's counts of one hour given back by a failed flush; when the queue
+    /// is full the newest uses are dropped (see the type's docs). With 0, nothing is recorded.
+    #[must_use]
+    pub fn max_pending(self, entries: usize) -> Self {
+        self.shared.max_pending.store(entries, Ordering::Relaxed);
+        self
+    }
+
+    /// Keeps hourly counts for `retention` (default [`DEFAULT_RETENTION`], 90 days; at least
+    /// one hour); [`prune`](Self::prune) deletes older ones. Every clone shares it.
+    #[must_use]
+    pub fn retention(self, retention: Duration) -> Self {
+        let secs = retention.as_secs().max(3600);
+        self.shared.retention_secs.store(secs, Ordering::Relaxed);
+        self
+    }
+
+    /// Counts drops in `metrics`, unless a layer built earlier already does.
+    pub(crate) fn count_drops_in(&self, metrics: &Arc<Metrics>) {
+        let _ = self.shared.metrics.set(Arc::clone(metrics));
+    }
+
+    /// Records a request made at `at`. Lock-free unless the cell is not yet queued for the
+    /// next flush, or it is the cell's first request of an hour.
+    #[inline]
+    pub(crate) fn record(&self, cell: &Arc<UsageCell>, at: Instant, outcome: UseOutcome) {
+        let now = self.shared.clock.millis(at);
+        // Write only when the millisecond changed: a hot key doesn't bounce its cache line.
+        if outcome == UseOutcome::Accepted && cell.last_used_ms.load(Ordering::Relaxed) < now {
+            cell.last_used_ms.fetch_max(now, Ordering::SeqCst);
+        }
+        cell.count(Hour::of_millis(now), outcome);
+        // SeqCst pairs with `flush`: either it sees this stamp, or we see `queued == false`.
+        if !cell.queued.load(Ordering::SeqCst) && !cell.queued.swap(true, Ordering::SeqCst) {
+            self.enqueue(cell);
+        }
+    }
+
+    fn enqueue(&self, cell: &Arc<UsageCell>) {
+        let mut queue = self.queue();
+        if let Some(at) = queue.given_back.remove(&(cell.id, cell.prefix)) {
+            // The cell takes the given-back use over: still one entry for the key.
+            cell.last_used_ms.fetch_max(at, Ordering::SeqCst);
+            queue.cells.push(Arc::clone(cell));
+        } else if queue.len() < self.shared.max_pending.load(Ordering::Relaxed) {
+            queue.cells.push(Arc::clone(cell));
+        } else {
+            drop(queue);
+            // Unqueued, the cell tries again on its next use (keeping its counts meanwhile):
+            // a key still in use is recorded once there is room.
+            cell.queued.store(false, Ordering::SeqCst);
+            self.dropped(1);
+        }
+    }
+
+    fn dropped(&self, entries: u64) {
+        if let Some(metrics) = self.shared.metrics.get() {
+            for _ in 0..entries {
+                metrics.usage_dropped();
+            }
+        }
+    }
+
+    /// How many entries wait for the next flush (identities with uses, and given-back
+    /// counts).
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn pending_count(&self) -> usize {
+        self.pending()
+    }
+
+    fn pending(&self) -> usize {
+        let queue = self.queue();
+        queue.cells.len() + queue.given_back.len() + queue.given_back_counts.len()
+    }
+
+    /// Writes every pending use and count to the store in one batch
+    /// ([`KeyStore::record_usage`]) and returns how many keys it updated. Uses of one key
+    /// *with one prefix* are merged into their latest: a late use of a rotated-away prefix
+    /// must not hide the new prefix's use (the store drops the former). Counts are added up
+    /// per key and hour.
+    ///
+    /// # Errors
+    ///
+    /// The store's error. The merged uses and counts go back to the queue, merged with any
+    /// made meanwhile, and the next flush tries them again; the same happens if this future
+    /// is dropped before the store answers.
+    pub async fn flush(&self) -> Result<usize, StoreError> {
+        self.shared.clock.resync();
+        let (cells, given_back, given_back_counts) = {
+            let mut queue = self.queue();
+            let cells = std::mem::take(&mut queue.cells);
+            let given_back = std::mem::take(&mut queue.given_back);
+            let counts = std::mem::take(&mut queue.given_back_counts);
+            queue.in_flight += cells.len() + given_back.len() + counts.len();
+            (cells, given_back, counts)
+        };
+        let mut batch = FlushBatch {
+            recorder: self,
+            taken: cells.len() + given_back.len() + given_back_counts.len(),
+            latest: given_back,
+            counts: given_back_counts,
+        };
+        if batch.taken == 0 {
+            return Ok(0);
+        }
+        for cell in &cells {
+            cell.queued.store(false, Ordering::SeqCst);
+            let at = cell.last_used_ms.load(Ordering::SeqCst);
+            if at > 0 {
+                merge_latest(&mut batch.latest, (cell.id, cell.prefix), at);
+            }
+            for (hour, counts) in cell.take_all() {
+                merge_counts(&mut batch.counts, cell.id, hour, &cell.account_id, counts);
+            }
+        }
+        let write = UsageBatch {
+            last_used: batch
+                .latest
+                .iter()
+                .map(|(&(id, prefix), &at)| KeyUse {
+                    id,
+                    prefix,
+                    at: UNIX_EPOCH + Duration::from_millis(at),
+                })
+                .collect(),
+            counts: batch
+                .counts
+                .iter()
+                .filter(|(_, (_, counts))| *counts != [0; 3])
+                .map(|(&(key_id, hour), (account_id, counts))| UsageDelta {
+                    account_id: account_id.clone(),
+                    key_id,
+                    hour,
+                    accepted: counts[0],
+                    rate_limited: counts[1],
+                    refused: counts[2],
+                })
+                .collect(),
+        };
+        if write.is_empty() {
+            batch.clear();
+            return Ok(0);
+        }
+        self.shared.store.record_usage(&write).await?;
+        batch.clear(); // written: nothing to give back
+        let mut keys: Vec<KeyId> = write.last_used.iter().map(|used| used.id).collect();
+        keys.extend(write.counts.iter().map(|delta| delta.key_id));
+        keys.sort_unstable();
+        keys.dedup();
+        Ok(keys.len())
+    }
+
+    /// Deletes the counts of hours that ended more than the
+    /// [`retention`](Self::retention) ago and returns how many rows went. The flusher calls
+    /// it once an hour.
+    ///
+    /// # Errors
+    ///
+    /// The store's error.
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        let retention = Duration::from_secs(self.shared.retention_secs.load(Ordering::Relaxed));
+        let cutoff = SystemTime::now()
+            .checked_sub(retention)
+            .unwrap_or(UNIX_EPOCH);
+        self.shared
+            .store
+            .prune_usage(Hour::containing(cutoff))
+            .await
+    }
+
+    /// Spawns a task on the current tokio runtime that flushes every `interval`, and prunes
+    /// counts past the retention at its first flush and then once an hour.
+    ///
+    /// Call [`FlushTask::shutdown`] on graceful shutdown to write the remaining uses.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, like [`tokio::spawn`].
+    pub fn spawn_flusher(&self, interval: Duration) -> FlushTask {
+        let (stop, mut stopped) = oneshot::channel();
+        let recorder = self.clone();
+        let handle = tokio::spawn(async move {
+            // The first flush one interval from now: nothing can be pending yet, and a flush
+            // at start could race the first uses instead of batching them.
+            let start = tokio::time::Instant::now() + interval;
+            let mut ticks = tokio::time::interval_at(start, interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pruned: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = ticks.tick() => {
+                        if let Err(err) = recorder.flush().await {
+                            tracing::warn!(error = %err, "usage flush failed; will retry");
+                        }
+                        if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                            match recorder.prune().await {
+                                Ok(_) => pruned = Some(Instant::now()),
+                                Err(err) => tracing::warn!(error = %err, "usage pruning failed; will retry"),
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        FlushTask {
+            recorder: self.clone(),
+            stop,
+            handle,
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.shared.queue)
+    }
+}
+
+/// The batch of a running flush. Dropped without being cleared (the store failed, or the
+/// flush was cancelled), it gives its uses and counts back to the queue.
+struct FlushBatch<'a> {
+    recorder: &'a UsageRecorder,
+    taken: usize,
+    latest: HashMap<(KeyId, KeyPrefix), u64>,
+    counts: HashMap<(KeyId, Hour), (AccountId, Counts)>,
+}
+
+impl FlushBatch<'_> {
+    fn clear(&mut self) {
+        self.latest.clear();
+        self.counts.clear();
+    }
+}
+
+impl Drop for FlushBatch<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.recorder.queue();
+        queue.in_flight -= self.taken;
+        // A key whose cell was queued again meanwhile keeps one entry: the cell takes the use.
+        for cell in &queue.cells {
+            if let Some(at) = self.latest.remove(&(cell.id, cell.prefix)) {
+                cell.last_used_ms.fetch_max(at, Ordering::SeqCst);
+            }
+        }
+        for (key, at) in self.latest.drain() {
+            merge_latest(&mut queue.given_back, key, at);
+        }
+        for ((id, hour), (account_id, counts)) in self.counts.drain() {
+            merge_counts(&mut queue.given_back_counts, id, hour, &account_id, counts);
+        }
+        // Over the cap (counts of new hours came back): the oldest hours go first.
+        let max = self.recorder.shared.max_pending.load(Ordering::Relaxed);
+        let excess = queue
+            .len()
+            .saturating_sub(max)
+            .min(queue.given_back_counts.len());
+        if excess > 0 {
+            let mut oldest: Vec<(KeyId, Hour)> = queue.given_back_counts.keys().copied().collect();
+            oldest.sort_unstable_by_key(|&(_, hour)| hour);
+            for key in &oldest[..excess] {
+                queue.given_back_counts.remove(key);
+            }
+            drop(queue);
+            self.recorder.dropped(excess as u64);
+        }
+    }
+}
+
+/// Keeps the later of `at` and the use already kept for `key`: times only move forward.
+fn merge_latest(latest: &mut HashMap<(KeyId, KeyPrefix), u64>, key: (KeyId, KeyPrefix), at: u64) {
+    let kept = latest.entry(key).or_insert(at);
+    *kept = (*kept).max(at);
+}
+
+/// Adds `counts` to those already kept for the key's hour.
+fn merge_counts(
+    all: &mut HashMap<(KeyId, Hour), (AccountId, Counts)>,
+    id: KeyId,
+    hour: Hour,
+    account_id: &AccountId,
+    counts: Counts,
+) {
+    let (_, kept) = all
+        .entry((id, hour))
+        .or_insert_with(|| (account_id.clone(), [0; 3]));
+    for (kept, add) in kept.iter_mut().zip(counts) {
+        *kept = kept.saturating_add(add);
+    }
+}
+
+impl fmt::Debug for UsageRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageRecorder")
+            .field("pending", &self.pending())
+            .field(
+                "max_pending",
+                &self.shared.max_pending.load(Ordering::Relaxed),
+            )
+            .field(
+                "retention",
+                &Duration::from_secs(self.shared.retention_secs.load(Ordering::Relaxed)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// The background flusher started by [`UsageRecorder::spawn_flusher`].
+///
+/// Dropping it stops the task without a final flush; call [`shutdown`](Self::shutdown).
+#[derive(Debug)]
+pub struct FlushTask {
+    recorder: UsageRecorder,
+    stop: oneshot::Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+impl FlushTask {
+    /// Stops the periodic flushes and writes every pending use and count; returns how many
+    /// keys the final flush updated.
+    ///
+    /// # Errors
+    ///
+    /// The store's error from the final flush.
+    pub async fn shutdown(self) -> Result<usize, StoreError> {
+        let _ = self.stop.send(());
+        let _ = self.handle.await;
+        self.recorder.flush().await
+    }
+}
+
+/// Turns the instants uses are made at into Unix milliseconds without reading the wall clock
+/// per use: it keeps the wall-clock time of one fixed instant, read again at every flush, so
+/// that a change of the system clock reaches the stamps within a flush interval.
+struct WallClock {
+    origin: Instant,
+    /// Unix nanoseconds at `origin`, as of the last resync (a `u64` lasts until 2554).
+    origin_ns: AtomicU64,
+}
+
+impl WallClock {
+    fn new() -> Self {
+        let clock = Self {
+            origin: Instant::now(),
+            origin_ns: AtomicU64::new(0),
+        };
+        clock.resync();
+        clock
+    }
+
+    /// Unix milliseconds at `at` (at least 1: 0 means "never used").
+    fn millis(&self, at: Instant) -> u64 {
+        let since = nanos(at.saturating_duration_since(self.origin));
+        let unix_ns = self.origin_ns.load(Ordering::Relaxed).saturating_add(since);
+        (unix_ns / 1_000_000).max(1)
+    }
+
+    /// Reads the wall clock again.
+    fn resync(&self) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let since = nanos(now.saturating_duration_since(self.origin));
+        let wall_ns = nanos(wall.duration_since(UNIX_EPOCH).unwrap_or_default());
+        self.origin_ns
+            .store(wall_ns.saturating_sub(since), Ordering::Relaxed);
+    }
+}
+
+/// `duration` in nanoseconds, saturating; whole `u64` arithmetic (`as_nanos` goes through
+/// `u128`, and this runs on every accepted request).
+fn nanos(duration: Duration) -> u64 {
+    duration
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(duration.subsec_nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unix_millis() -> u64 {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970");
+        u64::try_from(since.as_millis()).expect("fits")
+    }
+
+    #[test]
+    fn the_wall_clock_turns_instants_into_unix_milliseconds() {
+        let clock = WallClock::new();
+        let before = unix_millis();
+        let stamp = clock.millis(Instant::now());
+        let after = unix_millis();
+        // Within a millisecond either way: the clock reads the two clocks one after the other.
+        assert!(
+            (before - 1..=after + 1).contains(&stamp),
+            "{before} <= {stamp} <= {after}"
+        );
+        // Later instants give later stamps; an instant before the clock existed gives its
+        // origin, never less.
+        let later = clock.millis(Instant::now() + Duration::from_secs(2));
+        assert!(later >= stamp + 1_999);
+        let earlier = Instant::now()
+            .checked_sub(Duration::from_secs(3600))
+            .unwrap_or_else(Instant::now);
+        assert!(clock.millis(earlier) <= stamp);
+    }
+}
