@@ -23,7 +23,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(crate) use self::recorder::UsageCell;
-pub use self::recorder::{DEFAULT_MAX_PENDING, DEFAULT_RETENTION, FlushTask, UsageRecorder};
+pub use self::recorder::{
+    DEFAULT_MAX_PENDING, DEFAULT_RETENTION, FlushTask, MAX_HOURS_KEPT, UsageRecorder,
+};
 pub use self::series::{
     Granularity, InvalidUsageRange, MAX_BUCKETS, UsageBucket, UsageRange, UsageSeries,
 };

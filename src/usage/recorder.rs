@@ -7,9 +7,10 @@
 //! whatever is still pending.
 //!
 //! When the store refuses the writes (a read-only replica, lock timeouts), a failed flush gives
-//! back one use per key and prefix, the latest, and the counts per key and hour; the queue
-//! never holds more than [`max_pending`](UsageRecorder::max_pending) entries: memory stays
-//! bounded however long the store refuses.
+//! back one entry per key and prefix: the latest use, and the counts of at most
+//! [`MAX_HOURS_KEPT`] hours. The queue never holds more than
+//! [`max_pending`](UsageRecorder::max_pending) entries: memory stays bounded however long the
+//! store refuses.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -33,6 +34,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -125,6 +127,11 @@ impl UsageCell {
             .map(|count| count.swap(0, Ordering::SeqCst) as i64)
     }
 
+    /// Takes over counts a failed flush gave back.
+    fn give_back(&self, counts: impl IntoIterator<Item = (Hour, Counts)>) {
+        lock(&self.earlier).extend(counts);
+    }
+
     /// Takes every count not yet flushed, by hour.
     fn take_all(&self) -> Vec<(Hour, Counts)> {
         let mut earlier = lock(&self.earlier);
@@ -149,8 +156,8 @@ impl UsageCell {
 /// queued yet is not recorded, while the keys already queued keep merging their new uses. A
 /// key still in use is recorded by its next use once the store takes writes again (its counts
 /// wait in its cached identity meanwhile), whereas dropping the oldest entries would lose keys
-/// that may never be used again. Counts that failed flushes gave back are dropped oldest hour
-/// first. Drops are counted in the metrics of the first [`ApiKeyLayer`](crate::ApiKeyLayer)
+/// that may never be used again. An entry given back by failed flushes keeps the counts of its
+/// [`MAX_HOURS_KEPT`] latest hours. Drops are counted in the metrics of the first [`ApiKeyLayer`](crate::ApiKeyLayer)
 /// built with the recorder
 /// ([`MetricsSnapshot::usage_dropped`](crate::metrics::MetricsSnapshot::usage_dropped)).
 #[derive(Clone)]
@@ -186,10 +193,8 @@ struct Queue {
     /// Cells used since they were last flushed, each once; their stamps and counts are read
     /// when flushed, so that uses made meanwhile cost no lock.
     cells: Vec<Arc<UsageCell>>,
-    /// The latest use (milliseconds) per key and prefix that failed flushes gave back.
-    given_back: HashMap<(KeyId, KeyPrefix), u64>,
-    /// Counts per key and hour that failed flushes gave back.
-    given_back_counts: HashMap<(KeyId, Hour), (AccountId, Counts)>,
+    /// What failed flushes gave back, per key and prefix.
+    given_back: HashMap<(KeyId, KeyPrefix), Pending>,
     /// Entries a running flush took: they keep their room until it ends, so a slow failing
     /// write can't let the queue outgrow the cap.
     in_flight: usize,
@@ -197,7 +202,58 @@ struct Queue {
 
 impl Queue {
     fn len(&self) -> usize {
-        self.cells.len() + self.given_back.len() + self.given_back_counts.len() + self.in_flight
+        self.cells.len() + self.given_back.len() + self.in_flight
+    }
+}
+
+/// The most hours of counts one given-back entry keeps: a store that refuses writes for
+/// longer loses the oldest hours' counts (counted as drops), so an entry stays small.
+pub const MAX_HOURS_KEPT: usize = 48;
+
+/// The uses of one key and prefix not yet written: its latest use, and its counts by hour.
+struct Pending {
+    account_id: AccountId,
+    /// Unix milliseconds of the latest accepted use; 0 for none.
+    last_used_ms: u64,
+    counts: HashMap<Hour, Counts>,
+}
+
+impl Pending {
+    fn new(account_id: AccountId) -> Self {
+        Self {
+            account_id,
+            last_used_ms: 0,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Adds `counts` to those of `hour`.
+    fn add(&mut self, hour: Hour, counts: Counts) {
+        let kept = self.counts.entry(hour).or_insert([0; 3]);
+        for (kept, add) in kept.iter_mut().zip(counts) {
+            *kept = kept.saturating_add(add);
+        }
+    }
+
+    /// Merges `other` into this entry: the later use, the counts added up.
+    fn merge(&mut self, other: Pending) {
+        self.last_used_ms = self.last_used_ms.max(other.last_used_ms);
+        for (hour, counts) in other.counts {
+            self.add(hour, counts);
+        }
+    }
+
+    /// Keeps the [`MAX_HOURS_KEPT`] latest hours; returns how many went.
+    fn trim(&mut self) -> usize {
+        let excess = self.counts.len().saturating_sub(MAX_HOURS_KEPT);
+        if excess > 0 {
+            let mut hours: Vec<Hour> = self.counts.keys().copied().collect();
+            hours.sort_unstable();
+            for hour in &hours[..excess] {
+                self.counts.remove(hour);
+            }
+        }
+        excess
     }
 }
 
@@ -258,9 +314,11 @@ impl UsageRecorder {
 
     fn enqueue(&self, cell: &Arc<UsageCell>) {
         let mut queue = self.queue();
-        if let Some(at) = queue.given_back.remove(&(cell.id, cell.prefix)) {
-            // The cell takes the given-back use over: still one entry for the key.
-            cell.last_used_ms.fetch_max(at, Ordering::SeqCst);
+        if let Some(pending) = queue.given_back.remove(&(cell.id, cell.prefix)) {
+            // The cell takes the given-back entry over: still one entry for the key.
+            cell.last_used_ms
+                .fetch_max(pending.last_used_ms, Ordering::SeqCst);
+            cell.give_back(pending.counts);
             queue.cells.push(Arc::clone(cell));
         } else if queue.len() < self.shared.max_pending.load(Ordering::Relaxed) {
             queue.cells.push(Arc::clone(cell));
@@ -281,8 +339,8 @@ impl UsageRecorder {
         }
     }
 
-    /// How many entries wait for the next flush (identities with uses, and given-back
-    /// counts).
+    /// How many entries wait for the next flush: one per key and prefix (or cached identity)
+    /// with uses.
     ///
     /// For tests (feature `test-util`): not part of the stable API.
     #[cfg(feature = "test-util")]
@@ -293,7 +351,7 @@ impl UsageRecorder {
 
     fn pending(&self) -> usize {
         let queue = self.queue();
-        queue.cells.len() + queue.given_back.len() + queue.given_back_counts.len()
+        queue.cells.len() + queue.given_back.len()
     }
 
     /// Writes every pending use and count to the store in one batch
@@ -309,48 +367,62 @@ impl UsageRecorder {
     /// is dropped before the store answers.
     pub async fn flush(&self) -> Result<usize, StoreError> {
         self.shared.clock.resync();
-        let (cells, given_back, given_back_counts) = {
+        let (cells, given_back) = {
             let mut queue = self.queue();
             let cells = std::mem::take(&mut queue.cells);
             let given_back = std::mem::take(&mut queue.given_back);
-            let counts = std::mem::take(&mut queue.given_back_counts);
-            queue.in_flight += cells.len() + given_back.len() + counts.len();
-            (cells, given_back, counts)
+            queue.in_flight += cells.len() + given_back.len();
+            (cells, given_back)
         };
         let mut batch = FlushBatch {
             recorder: self,
-            taken: cells.len() + given_back.len() + given_back_counts.len(),
-            latest: given_back,
-            counts: given_back_counts,
+            taken: cells.len() + given_back.len(),
+            pending: given_back,
         };
         if batch.taken == 0 {
             return Ok(0);
         }
         for cell in &cells {
             cell.queued.store(false, Ordering::SeqCst);
-            let at = cell.last_used_ms.load(Ordering::SeqCst);
-            if at > 0 {
-                merge_latest(&mut batch.latest, (cell.id, cell.prefix), at);
-            }
+            let mut taken = Pending::new(cell.account_id.clone());
+            taken.last_used_ms = cell.last_used_ms.load(Ordering::SeqCst);
             for (hour, counts) in cell.take_all() {
-                merge_counts(&mut batch.counts, cell.id, hour, &cell.account_id, counts);
+                taken.add(hour, counts);
+            }
+            match batch.pending.entry((cell.id, cell.prefix)) {
+                Entry::Occupied(mut kept) => kept.get_mut().merge(taken),
+                Entry::Vacant(slot) => {
+                    slot.insert(taken);
+                }
+            }
+        }
+        // Counts of one key and hour from several prefixes or identities add up.
+        let mut counts: HashMap<(KeyId, Hour), (&AccountId, Counts)> = HashMap::new();
+        for (&(id, _), pending) in &batch.pending {
+            for (&hour, add) in &pending.counts {
+                let (_, kept) = counts
+                    .entry((id, hour))
+                    .or_insert((&pending.account_id, [0; 3]));
+                for (kept, add) in kept.iter_mut().zip(add) {
+                    *kept = kept.saturating_add(*add);
+                }
             }
         }
         let write = UsageBatch {
             last_used: batch
-                .latest
+                .pending
                 .iter()
-                .map(|(&(id, prefix), &at)| KeyUse {
+                .filter(|(_, pending)| pending.last_used_ms > 0)
+                .map(|(&(id, prefix), pending)| KeyUse {
                     id,
                     prefix,
-                    at: UNIX_EPOCH + Duration::from_millis(at),
+                    at: UNIX_EPOCH + Duration::from_millis(pending.last_used_ms),
                 })
                 .collect(),
-            counts: batch
-                .counts
-                .iter()
+            counts: counts
+                .into_iter()
                 .filter(|(_, (_, counts))| *counts != [0; 3])
-                .map(|(&(key_id, hour), (account_id, counts))| UsageDelta {
+                .map(|((key_id, hour), (account_id, counts))| UsageDelta {
                     account_id: account_id.clone(),
                     key_id,
                     hour,
@@ -443,14 +515,12 @@ impl UsageRecorder {
 struct FlushBatch<'a> {
     recorder: &'a UsageRecorder,
     taken: usize,
-    latest: HashMap<(KeyId, KeyPrefix), u64>,
-    counts: HashMap<(KeyId, Hour), (AccountId, Counts)>,
+    pending: HashMap<(KeyId, KeyPrefix), Pending>,
 }
 
 impl FlushBatch<'_> {
     fn clear(&mut self) {
-        self.latest.clear();
-        self.counts.clear();
+        self.pending.clear();
     }
 }
 
@@ -458,55 +528,29 @@ impl Drop for FlushBatch<'_> {
     fn drop(&mut self) {
         let mut queue = self.recorder.queue();
         queue.in_flight -= self.taken;
-        // A key whose cell was queued again meanwhile keeps one entry: the cell takes the use.
+        let mut dropped = 0;
+        // A key whose cell was queued again meanwhile keeps one entry: the cell takes it over.
         for cell in &queue.cells {
-            if let Some(at) = self.latest.remove(&(cell.id, cell.prefix)) {
-                cell.last_used_ms.fetch_max(at, Ordering::SeqCst);
+            if let Some(mut pending) = self.pending.remove(&(cell.id, cell.prefix)) {
+                dropped += pending.trim();
+                cell.last_used_ms
+                    .fetch_max(pending.last_used_ms, Ordering::SeqCst);
+                cell.give_back(pending.counts);
             }
         }
-        for (key, at) in self.latest.drain() {
-            merge_latest(&mut queue.given_back, key, at);
-        }
-        for ((id, hour), (account_id, counts)) in self.counts.drain() {
-            merge_counts(&mut queue.given_back_counts, id, hour, &account_id, counts);
-        }
-        // Over the cap (counts of new hours came back): the oldest hours go first.
-        let max = self.recorder.shared.max_pending.load(Ordering::Relaxed);
-        let excess = queue
-            .len()
-            .saturating_sub(max)
-            .min(queue.given_back_counts.len());
-        if excess > 0 {
-            let mut oldest: Vec<(KeyId, Hour)> = queue.given_back_counts.keys().copied().collect();
-            oldest.sort_unstable_by_key(|&(_, hour)| hour);
-            for key in &oldest[..excess] {
-                queue.given_back_counts.remove(key);
+        for (key, mut pending) in self.pending.drain() {
+            dropped += pending.trim();
+            match queue.given_back.entry(key) {
+                Entry::Occupied(mut kept) => kept.get_mut().merge(pending),
+                Entry::Vacant(slot) => {
+                    slot.insert(pending);
+                }
             }
-            drop(queue);
-            self.recorder.dropped(excess as u64);
         }
-    }
-}
-
-/// Keeps the later of `at` and the use already kept for `key`: times only move forward.
-fn merge_latest(latest: &mut HashMap<(KeyId, KeyPrefix), u64>, key: (KeyId, KeyPrefix), at: u64) {
-    let kept = latest.entry(key).or_insert(at);
-    *kept = (*kept).max(at);
-}
-
-/// Adds `counts` to those already kept for the key's hour.
-fn merge_counts(
-    all: &mut HashMap<(KeyId, Hour), (AccountId, Counts)>,
-    id: KeyId,
-    hour: Hour,
-    account_id: &AccountId,
-    counts: Counts,
-) {
-    let (_, kept) = all
-        .entry((id, hour))
-        .or_insert_with(|| (account_id.clone(), [0; 3]));
-    for (kept, add) in kept.iter_mut().zip(counts) {
-        *kept = kept.saturating_add(add);
+        drop(queue);
+        if dropped > 0 {
+            self.recorder.dropped(dropped as u64);
+        }
     }
 }
 
