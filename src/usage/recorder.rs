@@ -651,6 +651,31 @@ mod tests {
     }
 
     #[test]
+    fn a_cell_counts_each_hour_apart_and_a_scope_refusal_moves_a_request() {
+        let cell = UsageCell::new(
+            "acme".parse().expect("account"),
+            KeyId::random(),
+            "k3v9x0qa".parse().expect("prefix"),
+        );
+        let (first, second) = (Hour::from_index(500_000), Hour::from_index(500_001));
+        cell.count(first, UseOutcome::Accepted);
+        cell.count(first, UseOutcome::Accepted);
+        cell.count(first, UseOutcome::RateLimited);
+        cell.count(second, UseOutcome::Accepted);
+        cell.count(second, UseOutcome::RefusedForScope);
+        // A request of the earlier hour that arrives late counts in the current one.
+        cell.count(first, UseOutcome::Refused);
+        assert_eq!(
+            cell.take_all(),
+            vec![(first, [2, 1, 0]), (second, [0, 0, 2])]
+        );
+        assert_eq!(cell.take_all(), vec![], "taken");
+        // A scope refusal whose acceptance an earlier flush took: -1 accepted, +1 refused.
+        cell.count(second, UseOutcome::RefusedForScope);
+        assert_eq!(cell.take_all(), vec![(second, [-1, 0, 1])]);
+    }
+
+    #[test]
     fn the_wall_clock_turns_instants_into_unix_milliseconds() {
         let clock = WallClock::new();
         let before = unix_millis();

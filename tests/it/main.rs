@@ -19,3 +19,5 @@ mod policy;
 mod rate_limit;
 mod store;
 mod transport;
+#[cfg(feature = "axum")]
+mod usage;

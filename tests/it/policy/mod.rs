@@ -14,7 +14,7 @@ mod scopes;
 mod sources;
 
 #[cfg(feature = "axum")]
-mod app {
+pub(crate) mod app {
     //! The app every HTTP policy test serves: `/v1/ping` for any valid key, `/v1/write` for
     //! keys with scope `write`, and `/v1/headers`, which echoes the key headers it received.
 
@@ -61,7 +61,17 @@ mod app {
                 ApiKeyLayerBuilder<StoreResolver>,
             ) -> ApiKeyLayerBuilder<StoreResolver>,
         ) -> Self {
-            let store = TestStore::new();
+            Self::start_on(TestStore::new(), configure).await
+        }
+
+        /// An app on `store` (which other apps may share), its layer configured by
+        /// `configure`.
+        pub(crate) async fn start_on(
+            store: Arc<TestStore>,
+            configure: impl FnOnce(
+                ApiKeyLayerBuilder<StoreResolver>,
+            ) -> ApiKeyLayerBuilder<StoreResolver>,
+        ) -> Self {
             let manager = KeyManager::new(store.clone(), pepper());
             let layer = configure(ApiKeyLayer::for_manager(&manager)).build();
             let app = Router::new()
