@@ -40,7 +40,7 @@
 //! | `admin` | no | `admin::AdminRouter`: the key-management JSON API as an axum `Router`, with `AdminAuthorizer`, `AdminToken`, `AdminTokens` and the `SelfService` rules (axum, serde, serde_json, time, tower-http; implies `axum`) |
 //! | `postgres` | no | `PostgresStore` and `PgChangeFeed`: keys in PostgreSQL shared by many processes, changes relayed by `LISTEN`/`NOTIFY` (sqlx) |
 //! | `redis` | no | `rate_limit::redis::RedisLimiter`: rate-limit budgets shared by every process using one Redis (redis-rs) |
-//! | `test-util` | no | for tests, not part of the stable API: `rate_limit::LocalLimiter::with_clock` (a rate limiter on a clock the test moves) and counts inside the cache, the bus, the last-used queue and change feeds |
+//! | `test-util` | no | for tests, not part of the stable API: `rate_limit::LocalLimiter::with_clock` (a rate limiter on a clock the test moves) and counts inside the cache, the bus, the usage queue and change feeds |
 //!
 //! # Example
 //!
