@@ -5,6 +5,7 @@
 #   scripts/callgrind.sh [REQUESTS]        # default 2000 per route
 #   KEEP=/tmp/cg scripts/callgrind.sh      # also keeps the dumps, for callgrind_annotate
 #   LIMIT=1000000/1 scripts/callgrind.sh   # the key has a rate limit (requests/seconds)
+#   LIMIT=1/86400 EXPECT=429 scripts/callgrind.sh   # a key over its limit: every request 429
 #   TOKIO_WORKER_THREADS=1 scripts/callgrind.sh   # one worker: less run-to-run scatter
 #
 # Starts the demo server, `examples/server/` (release, as `cargo run --release --example server` builds it: in-memory store) under
@@ -57,9 +58,15 @@ config "http://127.0.0.1:$port/v1/ping" "$requests" >"$work/protected.cfg"
 # Instructions executed by the server while `curl -K $1` runs.
 count() {
   local cfg=$1
+  local expect=$2
   callgrind_control -z "$server_pid" >/dev/null
-  curl -fs -H "x-api-key: $key" -K "$cfg"
+  curl -s -w '%{http_code}\n' -H "x-api-key: $key" -K "$cfg" >"$work/codes"
   callgrind_control -d "$server_pid" >/dev/null
+  # Every answer must be the one this run measures (a 401 would measure a refusal instead).
+  if grep -qv "^$expect\$" "$work/codes"; then
+    echo "expected every answer to be $expect, got: $(sort "$work/codes" | uniq -c | tr '\n' ' ')" >&2
+    exit 1
+  fi
   # The newest dump's totals line: "totals: <Ir>".
   local dump
   dump=$(ls -t "$work"/cg."$server_pid".* | head -n 1)
@@ -67,11 +74,12 @@ count() {
 }
 
 # Warm-up: the key is cached, connections and allocator pools are in use.
-count "$work/open.cfg" >/dev/null
-count "$work/protected.cfg" >/dev/null
+expect=${EXPECT:-200}
+count "$work/open.cfg" 200 >/dev/null
+count "$work/protected.cfg" "$expect" >/dev/null
 
-open=$(count "$work/open.cfg")
-protected=$(count "$work/protected.cfg")
+open=$(count "$work/open.cfg" 200)
+protected=$(count "$work/protected.cfg" "$expect")
 per_open=$((open / requests))
 per_protected=$((protected / requests))
 if [ -n "${KEEP:-}" ]; then
@@ -80,5 +88,5 @@ if [ -n "${KEEP:-}" ]; then
 fi
 printf '%-34s %12s\n' "route" "instr/request"
 printf '%-34s %12d\n' "/healthz (open)" "$per_open"
-printf '%-34s %12d\n' "/v1/ping (cached valid key)" "$per_protected"
+printf '%-34s %12d\n' "/v1/ping (cached key, $expect)" "$per_protected"
 printf '%-34s %12d\n' "difference (the layer)" "$((per_protected - per_open))"
