@@ -63,7 +63,7 @@ count() {
   curl -s -w '%{http_code}\n' -H "x-api-key: $key" -K "$cfg" >"$work/codes"
   callgrind_control -d "$server_pid" >/dev/null
   # Every answer must be the one this run measures (a 401 would measure a refusal instead).
-  if grep -qv "^$expect\$" "$work/codes"; then
+  if [ -n "$expect" ] && grep -qv "^$expect\$" "$work/codes"; then
     echo "expected every answer to be $expect, got: $(sort "$work/codes" | uniq -c | tr '\n' ' ')" >&2
     exit 1
   fi
@@ -76,7 +76,7 @@ count() {
 # Warm-up: the key is cached, connections and allocator pools are in use.
 expect=${EXPECT:-200}
 count "$work/open.cfg" 200 >/dev/null
-count "$work/protected.cfg" "$expect" >/dev/null
+count "$work/protected.cfg" "" >/dev/null # a key with a budget of 1 spends it here
 
 open=$(count "$work/open.cfg" 200)
 protected=$(count "$work/protected.cfg" "$expect")
