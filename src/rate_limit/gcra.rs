@@ -53,6 +53,7 @@ fn rescaled(stored: Tat, now: u64, interval: u64) -> u64 {
 }
 
 /// Spends `cost` (at least 1) requests of the budget whose state is `stored`, at `now`.
+#[inline]
 pub(crate) fn spend(stored: Tat, now: u64, limit: RateLimit, cost: u32) -> Spent {
     let interval = interval(limit);
     let capacity = interval * u64::from(limit.requests());

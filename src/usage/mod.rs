@@ -80,6 +80,7 @@ impl Hour {
     }
 
     /// The hour a Unix time in milliseconds falls in.
+    #[inline]
     pub(crate) fn of_millis(ms: u64) -> Self {
         Self(u32::try_from(ms / (HOUR_SECS * 1000)).unwrap_or(u32::MAX))
     }

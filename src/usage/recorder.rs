@@ -614,6 +614,7 @@ impl WallClock {
     }
 
     /// Unix milliseconds at `at` (at least 1: 0 means "never used").
+    #[inline]
     fn millis(&self, at: Instant) -> u64 {
         let since = nanos(at.saturating_duration_since(self.origin));
         let unix_ns = self.origin_ns.load(Ordering::Relaxed).saturating_add(since);
@@ -632,6 +633,7 @@ impl WallClock {
 
 /// `duration` in nanoseconds, saturating; whole `u64` arithmetic (`as_nanos` goes through
 /// `u128`, and this runs on every accepted request).
+#[inline]
 fn nanos(duration: Duration) -> u64 {
     duration
         .as_secs()
