@@ -10,10 +10,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::sql::{self, MigrateError, Migration, RawRecord};
+use super::sql::{self, MigrateError, Migration, RawRecord, RawUsage};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate};
+use crate::usage::{Hour, UsageBatch, UsageRow};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -30,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "key rate limit",
         sql: include_str!("../../migrations/sqlite/0003_rate_limit.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "usage counts per key and hour",
+        sql: include_str!("../../migrations/sqlite/0004_usage.sql"),
     },
 ];
 
@@ -404,20 +410,21 @@ impl KeyStore for SqliteStore {
         row.map(Row::into_record).transpose()
     }
 
-    async fn record_usage(&self, batch: &crate::usage::UsageBatch) -> Result<(), StoreError> {
-        let uses = &batch.last_used[..];
-        if uses.is_empty() {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
             return Ok(());
         }
         // The latest use of each (key, prefix): one UPDATE per key, in one transaction.
-        let mut latest: HashMap<(KeyId, KeyPrefix), i64> = HashMap::with_capacity(uses.len());
-        for key_use in uses {
+        let mut latest: HashMap<(KeyId, KeyPrefix), i64> =
+            HashMap::with_capacity(batch.last_used.len());
+        for key_use in &batch.last_used {
             let at = sql::to_micros(key_use.at)?;
             latest
                 .entry((key_use.id, key_use.prefix))
                 .and_modify(|kept| *kept = (*kept).max(at))
                 .or_insert(at);
         }
+        let counts = sql::coalesced_counts(&batch.counts);
         let mut tx = self.begin_immediate().await?;
         for ((id, prefix), at) in latest {
             sqlx::query(
@@ -432,25 +439,65 @@ impl KeyStore for SqliteStore {
             .await
             .map_err(sql::store_error)?;
         }
+        // Then one upsert per key-hour, adding to the row (whether or not the key still
+        // exists), in the same transaction.
+        for ((account, hour, key), [accepted, rate_limited, refused]) in counts {
+            sqlx::query(
+                "INSERT INTO tower_api_keys_usage
+                 (account_id, hour, key_id, accepted, rate_limited, refused)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (account_id, hour, key_id) DO UPDATE SET
+                   accepted = accepted + excluded.accepted,
+                   rate_limited = rate_limited + excluded.rate_limited,
+                   refused = refused + excluded.refused",
+            )
+            .bind(account)
+            .bind(i64::from(hour))
+            .bind(key.hyphenated().to_string())
+            .bind(accepted)
+            .bind(rate_limited)
+            .bind(refused)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql::store_error)?;
+        }
         tx.commit().await.map_err(sql::store_error)
     }
 
     async fn usage(
         &self,
-        _account: &AccountId,
-        _key: Option<KeyId>,
-        _from: crate::usage::Hour,
-        _to: crate::usage::Hour,
-    ) -> Result<Vec<crate::usage::UsageRow>, StoreError> {
-        Err(StoreError::unavailable(
-            "PLACEHOLDER: usage not implemented yet",
-        ))
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // A slice of the primary key (account, hour, key), already in the order asked for.
+        let rows = sqlx::query_as::<_, RawUsage<uuid::fmt::Hyphenated>>(
+            "SELECT key_id, hour, accepted, rate_limited, refused FROM tower_api_keys_usage
+             WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3
+               AND (?4 IS NULL OR key_id = ?4)
+             ORDER BY hour, key_id",
+        )
+        .bind(account.as_str())
+        .bind(i64::from(from.index()))
+        .bind(i64::from(to.index()))
+        .bind(key.map(|key| key.to_string()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql::store_error)?;
+        rows.into_iter().map(RawUsage::into_row).collect()
     }
 
-    async fn prune_usage(&self, _before: crate::usage::Hour) -> Result<u64, StoreError> {
-        Err(StoreError::unavailable(
-            "PLACEHOLDER: usage not implemented yet",
-        ))
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tower_api_keys_usage WHERE hour < ?1")
+            .bind(i64::from(before.index()))
+            .execute(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
+        Ok(done.rows_affected())
     }
 }
 
