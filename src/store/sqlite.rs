@@ -80,14 +80,43 @@ const FIND_BY_PREFIX: &str = concat!(
 const PREFIX_TAKEN: &str = "SELECT EXISTS (SELECT 1 FROM tower_api_keys WHERE prefix = ?1) \
                             OR EXISTS (SELECT 1 FROM tower_api_keys WHERE previous_prefix = ?1)";
 
+/// Rows of `tower_api_keys_usage` per upsert statement: six bound values each, well under
+/// SQLite's limit of 32,766.
+const UPSERT_ROWS: usize = 500;
+
+/// An upsert of `rows` rows of `tower_api_keys_usage` (account, hour, key, accepted,
+/// rate limited, refused), each adding its counts to the row if it exists.
+fn upsert_usage(rows: usize) -> String {
+    let mut statement = String::from(
+        "INSERT INTO tower_api_keys_usage
+         (account_id, hour, key_id, accepted, rate_limited, refused) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            statement.push(',');
+        }
+        statement.push_str("(?, ?, ?, ?, ?, ?)");
+    }
+    statement.push_str(
+        " ON CONFLICT (account_id, hour, key_id) DO UPDATE SET
+           accepted = accepted + excluded.accepted,
+           rate_limited = rate_limited + excluded.rate_limited,
+           refused = refused + excluded.refused",
+    );
+    statement
+}
+
 /// Keeps key records in a SQLite database file: keys survive restarts of a single process.
 ///
-/// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
-///   implicitly). Keys are stored as keyed digests, never in plaintext; times as integer
-///   microseconds since the Unix epoch; scopes as one text column, joined by single spaces
-///   (`''` is the empty set, `NULL` unrestricted). A prefix is unique across the current
-///   (`prefix`) and previous (`previous_prefix`) prefixes of all keys: each column has a
-///   unique index, and writes check both columns inside their `BEGIN IMMEDIATE`
+/// - **Schema**: two tables, `tower_api_keys` (the keys) and `tower_api_keys_usage` (their
+///   hourly counts: one row per account, UTC hour as an integer index and key; no foreign
+///   key, so a deleted key keeps its counts), created by [`migrate`](Self::migrate) (never
+///   implicitly). A flush's counts are added in the same `BEGIN IMMEDIATE` transaction as its
+///   `last_used_at` updates. Keys are stored as keyed digests, never in plaintext; times as
+///   integer microseconds since the Unix epoch; scopes as one text column, joined by single
+///   spaces (`''` is the empty set, `NULL` unrestricted). A prefix is unique across the
+///   current (`prefix`) and previous (`previous_prefix`) prefixes of all keys: each column has
+///   a unique index, and writes check both columns inside their `BEGIN IMMEDIATE`
 ///   transaction.
 /// - **Limit**: [`insert_within_limit`](KeyStore::insert_within_limit) counts and inserts in
 ///   one `BEGIN IMMEDIATE` transaction, which holds the database's write lock from its first
@@ -439,27 +468,23 @@ impl KeyStore for SqliteStore {
             .await
             .map_err(sql::store_error)?;
         }
-        // Then one upsert per key-hour, adding to the row (whether or not the key still
-        // exists), in the same transaction.
-        for ((account, hour, key), [accepted, rate_limited, refused]) in counts {
-            sqlx::query(
-                "INSERT INTO tower_api_keys_usage
-                 (account_id, hour, key_id, accepted, rate_limited, refused)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (account_id, hour, key_id) DO UPDATE SET
-                   accepted = accepted + excluded.accepted,
-                   rate_limited = rate_limited + excluded.rate_limited,
-                   refused = refused + excluded.refused",
-            )
-            .bind(account)
-            .bind(i64::from(hour))
-            .bind(key.hyphenated().to_string())
-            .bind(accepted)
-            .bind(rate_limited)
-            .bind(refused)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql::store_error)?;
+        // Then the counts, added to their rows (whether or not the key still exists) in
+        // the same transaction, many rows per statement: one statement per row would cost
+        // as much again as the uses.
+        let counts: Vec<_> = counts.into_iter().collect();
+        for chunk in counts.chunks(UPSERT_ROWS) {
+            let statement = upsert_usage(chunk.len());
+            let mut query = sqlx::query(&statement);
+            for ((account, hour, key), [accepted, rate_limited, refused]) in chunk {
+                query = query
+                    .bind(*account)
+                    .bind(i64::from(*hour))
+                    .bind(key.hyphenated().to_string())
+                    .bind(*accepted)
+                    .bind(*rate_limited)
+                    .bind(*refused);
+            }
+            query.execute(&mut *tx).await.map_err(sql::store_error)?;
         }
         tx.commit().await.map_err(sql::store_error)
     }

@@ -1044,6 +1044,32 @@ async fn a_batch_of_uses_and_counts_applies_both(store: Arc<dyn KeyStore>) {
     );
 }
 
+async fn a_large_batch_adds_every_row(store: Arc<dyn KeyStore>) {
+    // More rows than a SQL store may put in one statement.
+    let keys: Vec<KeyId> = (0..1_234).map(|_| KeyId::random()).collect();
+    let batch = counts_only(
+        keys.iter()
+            .map(|key| delta("acme", *key, 0, [1, 0, 2]))
+            .collect(),
+    );
+    for _ in 0..2 {
+        store.record_usage(&batch).await.expect("flush");
+    }
+    let rows = usage_of(&store, "acme", None, 0, 1).await;
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(
+        rows.iter().map(|row| row.key_id).collect::<Vec<_>>(),
+        sorted
+    );
+    assert!(rows.iter().all(|row| row.counts
+        == UsageCounts {
+            accepted: 2,
+            rate_limited: 0,
+            refused: 4
+        }));
+}
+
 async fn concurrent_flushes_of_the_same_hours_add_up(store: Arc<dyn KeyStore>) {
     let keys: Vec<KeyId> = (0..5).map(|_| KeyId::random()).collect();
     let flushes: Vec<_> = (0..20)
@@ -1110,6 +1136,7 @@ macro_rules! conformance {
                 prune_deletes_exactly_the_hours_before_and_counts_them,
                 a_batch_of_uses_and_counts_applies_both,
                 concurrent_flushes_of_the_same_hours_add_up,
+                a_large_batch_adds_every_row,
             );
         }
     };
