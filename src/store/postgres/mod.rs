@@ -76,8 +76,9 @@ macro_rules! columns {
 /// Keeps key records in PostgreSQL (14 or newer): any number of processes can share one
 /// database.
 ///
-/// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
-///   implicitly). Keys are stored as keyed digests, never in plaintext. A prefix is unique
+/// - **Schema**: two tables, `tower_api_keys` (the keys) and `tower_api_keys_usage` (their
+///   hourly counts), created by [`migrate`](Self::migrate) (never implicitly). Keys are
+///   stored as keyed digests, never in plaintext. A prefix is unique
 ///   across the current (`prefix`) and previous (`previous_prefix`) prefixes of all keys:
 ///   each column has a `UNIQUE` constraint, and every write that gives out a prefix holds a
 ///   transaction advisory lock on it while it checks both columns and writes.
@@ -91,6 +92,12 @@ macro_rules! columns {
 ///   transaction, so the notification goes out exactly when the change commits; run a
 ///   [`PgChangeFeed`] in every process to act on it.
 /// - **`last_used_at`**: one `UPDATE` per flush for the whole batch, moving times forward only.
+/// - **Usage counts**: table `tower_api_keys_usage`, one row per account, UTC hour (as an
+///   integer: hours since the Unix epoch) and key, with no foreign key (a deleted key keeps its
+///   counts). A flush adds its counts in one `INSERT … ON CONFLICT DO UPDATE` for the whole
+///   batch, in the same transaction as the `last_used_at` update, with rows in the order of the
+///   table's key, so processes flushing the same hours add up and don't deadlock. Counts
+///   notify nothing.
 /// - **TLS**: built in (rustls with the Mozilla root certificates; no OpenSSL, no system
 ///   certificate store), set with the URL's `sslmode`. The default, `prefer`, encrypts when
 ///   the server offers it; `sslmode=require` refuses an unencrypted connection but accepts
