@@ -80,6 +80,15 @@ const FIND_BY_PREFIX: &str = concat!(
 const PREFIX_TAKEN: &str = "SELECT EXISTS (SELECT 1 FROM tower_api_keys WHERE prefix = ?1) \
                             OR EXISTS (SELECT 1 FROM tower_api_keys WHERE previous_prefix = ?1)";
 
+/// The counts of account `?1` for the hours in `[?2, ?3)`, of key `?4` only unless it is
+/// `NULL`: a search of the primary key (account, hour, key), already in the order returned.
+const USAGE: &str = "SELECT key_id, hour, accepted, rate_limited, refused FROM tower_api_keys_usage
+     WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR key_id = ?4)
+     ORDER BY hour, key_id";
+
+/// Deletes the counts of the hours before `?1`, through the index on `hour`.
+const PRUNE_USAGE: &str = "DELETE FROM tower_api_keys_usage WHERE hour < ?1";
+
 /// Rows of `tower_api_keys_usage` per upsert statement: six bound values each, well under
 /// SQLite's limit of 32,766.
 const UPSERT_ROWS: usize = 500;
@@ -500,24 +509,19 @@ impl KeyStore for SqliteStore {
             return Ok(Vec::new());
         }
         // A slice of the primary key (account, hour, key), already in the order asked for.
-        let rows = sqlx::query_as::<_, RawUsage<uuid::fmt::Hyphenated>>(
-            "SELECT key_id, hour, accepted, rate_limited, refused FROM tower_api_keys_usage
-             WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3
-               AND (?4 IS NULL OR key_id = ?4)
-             ORDER BY hour, key_id",
-        )
-        .bind(account.as_str())
-        .bind(i64::from(from.index()))
-        .bind(i64::from(to.index()))
-        .bind(key.map(|key| key.to_string()))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(sql::store_error)?;
+        let rows = sqlx::query_as::<_, RawUsage<uuid::fmt::Hyphenated>>(USAGE)
+            .bind(account.as_str())
+            .bind(i64::from(from.index()))
+            .bind(i64::from(to.index()))
+            .bind(key.map(|key| key.to_string()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
         rows.into_iter().map(RawUsage::into_row).collect()
     }
 
     async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM tower_api_keys_usage WHERE hour < ?1")
+        let done = sqlx::query(PRUNE_USAGE)
             .bind(i64::from(before.index()))
             .execute(&self.pool)
             .await
@@ -540,6 +544,59 @@ mod tests {
             .into_iter()
             .map(|(_, _, _, detail)| detail)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn usage_reads_search_the_primary_key_and_pruning_the_hour_index() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        sqlx::raw_sql(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO tower_api_keys_usage (account_id, hour, key_id, accepted)
+             SELECT 'acct' || (i % 50), 475000 + i % 100,
+                    printf('00000000-0000-4000-8000-%012d', i), 1
+             FROM n;
+             ANALYZE;",
+        )
+        .execute(store.pool())
+        .await
+        .expect("fill");
+        let plan = |query: &'static str, key: Option<&'static str>| {
+            let store = store.clone();
+            async move {
+                let explain = format!("EXPLAIN QUERY PLAN {query}");
+                let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(&explain)
+                    .bind("acct1")
+                    .bind(475_010_i64)
+                    .bind(475_020_i64)
+                    .bind(key)
+                    .fetch_all(store.pool())
+                    .await
+                    .expect("plan");
+                rows.into_iter()
+                    .map(|(_, _, _, detail)| detail)
+                    .collect::<Vec<_>>()
+            }
+        };
+        for key in [None, Some("00000000-0000-4000-8000-000000000011")] {
+            let steps = plan(USAGE, key).await;
+            assert!(
+                steps.iter().any(|step| step.starts_with("SEARCH")
+                    && step.contains("PRIMARY KEY (account_id=? AND hour>? AND hour<?)")),
+                "{key:?}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|step| step.contains("TEMP B-TREE")),
+                "no sort: {steps:?}"
+            );
+        }
+        let steps = plan(PRUNE_USAGE, None).await;
+        assert!(
+            steps
+                .iter()
+                .any(|step| step.contains("tower_api_keys_usage_hour_idx (hour<?)")),
+            "{steps:?}"
+        );
     }
 
     #[tokio::test]
