@@ -12,6 +12,13 @@
 //!   `record_last_used`, then one `UsageRecorder::flush` (a round stands for one flush
 //!   interval of 1 s); counts the store's `record_last_used` calls and rows through a wrapping
 //!   store, and times the flushes. Memory store, then PostgreSQL.
+//! - `usage-flush`: one `KeyStore::record_usage` of 10^5 active keys (`KEYS`), straight to
+//!   each store (memory, a SQLite file, PostgreSQL), in three variants: the uses alone (every
+//!   key's `last_used_at` moves), the uses plus counts for every key in an hour not yet counted
+//!   (10^5 inserted rows), and the same again into that hour (10^5 rows added to). `ROUNDS`
+//!   (default 3) rounds, each with an hour of its own and the variants' order alternating;
+//!   prints each flush, then the medians and the ratios to the uses alone measured in the same
+//!   run.
 //! - `feed`: two "processes" in this one (each its own pool, `PgChangeFeed`, manager and layer,
 //!   cache entries living an hour, on a runtime of two workers) on one database. For each of
 //!   `TRIES` keys (default 100), a change made through A (revoke, reactivate, rotate, delete),
@@ -30,6 +37,7 @@
 //! # one part, other sizes:
 //! ROWS=100000 SAMPLES=2000 SQLITE_SAMPLES=500 cargo bench --all-features --bench stores -- lookups
 //! KEYS=10000 ROUNDS=5 cargo bench --all-features --bench stores -- last-used
+//! ROUNDS=5 cargo bench --all-features --bench stores -- usage-flush
 //! TRIES=1000 cargo bench --all-features --bench stores -- feed
 //! PG_FILLFACTOR=80 cargo bench --all-features --bench stores -- last-used  # room for HOT updates
 //! ```
@@ -51,7 +59,7 @@ use tower_api_key::store::{
     AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError,
 };
 use tower_api_key::usage::UsageRecorder;
-use tower_api_key::usage::{Hour, UsageBatch, UsageRow};
+use tower_api_key::usage::{Hour, UsageBatch, UsageDelta, UsageRow};
 use tower_api_key::{
     ApiKey, ApiKeyLayer, KeyDigest, KeyManager, KeyPrefix, MemoryStore, Pepper, PgChangeFeed,
     PostgresStore, SqliteStore, StoreResolver,
@@ -711,6 +719,260 @@ async fn last_used() {
     }
 }
 
+// ===== usage flush: last used alone, then with counts =====
+
+/// The keys of the `usage-flush` part: id, account, prefix (all distinct), digest.
+fn usage_keys(keys: usize) -> Vec<(KeyId, AccountId, KeyPrefix, KeyDigest)> {
+    (0..keys)
+        .map(|i| {
+            let digest: [u8; 32] = digest_of(i).try_into().expect("32 bytes");
+            (
+                KeyId::random(),
+                AccountId::new(&format!("acct{}", i % 1_000)).expect("account"),
+                prefix_of(i).parse().expect("prefix"),
+                KeyDigest::from_bytes(digest),
+            )
+        })
+        .collect()
+}
+
+/// Puts `keys` in a SQLite file at `path`, in bulk, as `insert_within_limit` writes them.
+async fn sqlite_bulk_insert(path: &str, keys: &[(KeyId, AccountId, KeyPrefix, KeyDigest)]) {
+    let store = sqlite_store(path, true).await;
+    store.migrate().await.expect("migrate sqlite");
+    let now_us = i64::try_from(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_micros(),
+    )
+    .expect("fits");
+    let mut tx = store.pool().begin().await.expect("begin");
+    for chunk in keys.chunks(1_000) {
+        let mut sql = String::from(
+            "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at_us) VALUES ",
+        );
+        for n in 0..chunk.len() {
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push_str("(?, ?, ?, ?, 'active', ?)");
+        }
+        let mut query = sqlx::query(&sql);
+        for (id, account, prefix, digest) in chunk {
+            query = query
+                .bind(id.to_string())
+                .bind(account.as_str().to_owned())
+                .bind(prefix.as_str().to_owned())
+                .bind(digest.as_bytes().to_vec())
+                .bind(now_us);
+        }
+        query.execute(&mut *tx).await.expect("bulk insert sqlite");
+    }
+    tx.commit().await.expect("commit");
+    sqlx::query("ANALYZE")
+        .execute(store.pool())
+        .await
+        .expect("analyze");
+    store.pool().close().await;
+}
+
+/// The flush variants, in the order of an even round.
+const VARIANTS: [&str; 3] = [
+    "last used only",
+    "+ counts, new hour (inserts)",
+    "+ counts, same hour (adds)",
+];
+
+/// Times one `record_usage` of every key per variant, `rounds` times; the variants' order
+/// alternates round by round (last used first, then last), so drift hits them alike.
+async fn usage_flush_one(
+    name: &str,
+    store: Arc<dyn KeyStore>,
+    pg: Option<&PgPool>,
+    keys: &[(KeyId, AccountId, KeyPrefix, KeyDigest)],
+    rounds: usize,
+) {
+    let base = SystemTime::now();
+    let first_hour = Hour::containing(base);
+    let mut tick = 0u64;
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut wal: [Vec<i64>; 3] = Default::default();
+    println!();
+    println!("| {name} round | variant | rows (uses + counts) | flush ms | WAL KiB |");
+    println!("| ---: | --- | ---: | ---: | ---: |");
+    for round in 0..rounds {
+        // Each round counts into an hour of its own: its first counted flush inserts the rows,
+        // its second adds to them.
+        let hour = Hour::from_index(first_hour.index() + round as u32);
+        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [1, 2, 0] };
+        for variant in order {
+            // Every flush's uses are later than the last: each one moves every key's time.
+            tick += 1;
+            let at = base + Duration::from_millis(tick);
+            let last_used: Vec<KeyUse> = keys
+                .iter()
+                .map(|(id, _, prefix, _)| KeyUse {
+                    id: *id,
+                    prefix: *prefix,
+                    at,
+                })
+                .collect();
+            let counts: Vec<UsageDelta> = if variant == 0 {
+                Vec::new()
+            } else {
+                keys.iter()
+                    .map(|(id, account, _, _)| UsageDelta {
+                        account_id: account.clone(),
+                        key_id: *id,
+                        hour,
+                        accepted: 3,
+                        rate_limited: 1,
+                        refused: 0,
+                    })
+                    .collect()
+            };
+            let batch = UsageBatch { last_used, counts };
+            let wal_before = match pg {
+                Some(pool) => Some(wal_lsn(pool).await),
+                None => None,
+            };
+            let t = Instant::now();
+            store.record_usage(&batch).await.expect("flush");
+            let took = t.elapsed();
+            let wal_kib = match (pg, wal_before) {
+                (Some(pool), Some(before)) => (wal_lsn(pool).await - before) / 1024,
+                _ => 0,
+            };
+            println!(
+                "| {round} | {} | {} + {} | {:.1} | {} |",
+                VARIANTS[variant],
+                batch.last_used.len(),
+                batch.counts.len(),
+                took.as_secs_f64() * 1e3,
+                if pg.is_some() {
+                    wal_kib.to_string()
+                } else {
+                    "–".to_owned()
+                },
+            );
+            times[variant].push(took);
+            wal[variant].push(wal_kib);
+        }
+    }
+    let expected = (rounds * keys.len()) as u64;
+    let some = &keys[0];
+    let rows = store
+        .usage(
+            &some.1,
+            Some(some.0),
+            first_hour,
+            Hour::from_index(first_hour.index() + rounds as u32),
+        )
+        .await
+        .expect("usage");
+    assert_eq!(rows.len(), rounds, "one row per round for each key");
+    assert!(
+        rows.iter().all(|row| row.counts.accepted == 6),
+        "two counted flushes per hour"
+    );
+    let pruned = store
+        .prune_usage(Hour::from_index(first_hour.index() + rounds as u32))
+        .await
+        .expect("prune");
+    assert_eq!(pruned, expected, "every row counted once");
+    let median = |samples: &[Duration]| {
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        sorted[sorted.len() / 2].as_secs_f64() * 1e3
+    };
+    let baseline = median(&times[0]);
+    println!();
+    println!(
+        "| {name} | flush median ms | × last used only (medians) | × per round, median | WAL per flush KiB, median |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for variant in 0..3 {
+        let mut per_round: Vec<f64> = times[variant]
+            .iter()
+            .zip(&times[0])
+            .map(|(t, b)| t.as_secs_f64() / b.as_secs_f64())
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        let mut wal_sorted = wal[variant].clone();
+        wal_sorted.sort();
+        println!(
+            "| {} | {:.1} | {:.2} | {:.2} | {} |",
+            VARIANTS[variant],
+            median(&times[variant]),
+            median(&times[variant]) / baseline,
+            per_round[per_round.len() / 2],
+            if pg.is_some() {
+                wal_sorted[wal_sorted.len() / 2].to_string()
+            } else {
+                "–".to_owned()
+            },
+        );
+    }
+    println!("{name}: pruned {pruned} rows");
+    println!();
+}
+
+async fn usage_flush() {
+    let keys = env_usize("KEYS", 100_000);
+    let rounds = env_usize("ROUNDS", 3);
+    println!(
+        "## usage-flush: {keys} active keys, {rounds} rounds of one flush per variant \
+         (each: every key's use; counts for every key in one hour)"
+    );
+    let records = usage_keys(keys);
+
+    let memory = Arc::new(MemoryStore::new());
+    for (id, account, prefix, digest) in &records {
+        memory
+            .insert_within_limit(
+                KeyRecord::new(*id, account.clone(), *prefix, *digest, SystemTime::now()),
+                usize::MAX,
+            )
+            .await
+            .expect("insert");
+    }
+    usage_flush_one("memory", memory, None, &records, rounds).await;
+
+    let path = std::env::temp_dir().join(format!("tak_bench_usage_{}.db", std::process::id()));
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    sqlite_bulk_insert(&path, &records).await;
+    let sqlite = sqlite_store(&path, true).await;
+    usage_flush_one("sqlite", Arc::new(sqlite.clone()), None, &records, rounds).await;
+    sqlite.pool().close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+
+    if let Some(options) = pg_schema().await {
+        let store = PostgresStore::from_pool(pg_pool(&options, true));
+        store.migrate().await.expect("migrate");
+        let pool = store.pool().clone();
+        pg_bulk_insert(
+            &pool,
+            records.iter().map(|(id, account, prefix, digest)| {
+                (
+                    *id.as_uuid(),
+                    account.as_str().to_owned(),
+                    prefix.as_str().to_owned(),
+                    digest.as_bytes().to_vec(),
+                )
+            }),
+        )
+        .await;
+        usage_flush_one("postgres", Arc::new(store), Some(&pool), &records, rounds).await;
+        pool.close().await;
+        pg_drop_schema().await;
+    } else {
+        println!("postgres: skipped (DATABASE_URL not set)");
+    }
+}
+
 // ===== feed =====
 
 /// One "process": its own pool, change feed, manager and layer. Entries live an hour, so only
@@ -861,6 +1123,9 @@ async fn main() {
     }
     if wants("last-used") {
         last_used().await;
+    }
+    if wants("usage-flush") {
+        usage_flush().await;
     }
     if wants("feed") {
         // Two workers, as two processes' feeds and requests would have.

@@ -1,6 +1,7 @@
 //! What the SQL stores share: time and row conversions, error mapping, and the embedded
 //! migrations' bookkeeping.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +11,7 @@ use sqlx::types::time::OffsetDateTime;
 use super::{AccountId, KeyRecord, KeyStatus, PreviousKey, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
+use crate::usage::{Hour, UsageDelta, UsageRow};
 
 // ===== migrations =====
 
@@ -487,6 +489,82 @@ where
         .bind(update.rate_limit.is_some())
         .bind(requests)
         .bind(per_seconds))
+}
+
+// ===== usage =====
+
+/// The columns of `tower_api_keys_usage`'s key, in the key's order: account, hour, key.
+pub(crate) type UsageKey<'a> = (&'a str, u32, uuid::Uuid);
+
+/// What one flush adds to each row of `tower_api_keys_usage` (accepted, rate limited,
+/// refused): `counts` summed per account, hour and key (saturating), in the order of the
+/// table's key, compared bytewise. Every process writes rows in this one order, whatever the
+/// database's collation, so two flushes of overlapping rows wait for each other instead of
+/// deadlocking.
+pub(crate) fn coalesced_counts(counts: &[UsageDelta]) -> BTreeMap<UsageKey<'_>, [i64; 3]> {
+    let mut rows: BTreeMap<UsageKey<'_>, [i64; 3]> = BTreeMap::new();
+    for delta in counts {
+        let key = (
+            delta.account_id.as_str(),
+            delta.hour.index(),
+            *delta.key_id.as_uuid(),
+        );
+        let sums = rows.entry(key).or_default();
+        for (sum, add) in sums
+            .iter_mut()
+            .zip([delta.accepted, delta.rate_limited, delta.refused])
+        {
+            *sum = sum.saturating_add(add);
+        }
+    }
+    rows
+}
+
+/// A row of `tower_api_keys_usage` as the database keeps it (the key's id as `Id`), checked
+/// on the way back in. Read with `query_as` from the columns `key_id`, `hour`, `accepted`,
+/// `rate_limited` and `refused`.
+pub(crate) struct RawUsage<Id> {
+    key_id: Id,
+    hour: i64,
+    accepted: i64,
+    rate_limited: i64,
+    refused: i64,
+}
+
+impl<'r, R, Id> sqlx::FromRow<'r, R> for RawUsage<Id>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    Id: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            key_id: row.try_get("key_id")?,
+            hour: row.try_get("hour")?,
+            accepted: row.try_get("accepted")?,
+            rate_limited: row.try_get("rate_limited")?,
+            refused: row.try_get("refused")?,
+        })
+    }
+}
+
+impl<Id: Into<uuid::Uuid>> RawUsage<Id> {
+    /// The row, or an error naming the column that isn't what the store writes (a row edited
+    /// by hand). Any sum is a valid count: one below zero reads as zero.
+    pub(crate) fn into_row(self) -> Result<UsageRow, StoreError> {
+        let key_id = super::KeyId::from_uuid(self.key_id.into());
+        let hour = u32::try_from(self.hour).map_err(|_| {
+            StoreError::unavailable(format!("stored usage of key {key_id} has an invalid hour"))
+        })?;
+        Ok(UsageRow::from_sums(
+            key_id,
+            Hour::from_index(hour),
+            self.accepted,
+            self.rate_limited,
+            self.refused,
+        ))
+    }
 }
 
 /// A unique violation on the current or the previous prefix becomes

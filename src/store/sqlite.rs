@@ -10,10 +10,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::sql::{self, MigrateError, Migration, RawRecord};
+use super::sql::{self, MigrateError, Migration, RawRecord, RawUsage};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate};
+use crate::usage::{Hour, UsageBatch, UsageRow};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -30,6 +31,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         description: "key rate limit",
         sql: include_str!("../../migrations/sqlite/0003_rate_limit.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "usage counts per key and hour",
+        sql: include_str!("../../migrations/sqlite/0004_usage.sql"),
     },
 ];
 
@@ -74,14 +80,52 @@ const FIND_BY_PREFIX: &str = concat!(
 const PREFIX_TAKEN: &str = "SELECT EXISTS (SELECT 1 FROM tower_api_keys WHERE prefix = ?1) \
                             OR EXISTS (SELECT 1 FROM tower_api_keys WHERE previous_prefix = ?1)";
 
+/// The counts of account `?1` for the hours in `[?2, ?3)`, of key `?4` only unless it is
+/// `NULL`: a search of the primary key (account, hour, key), already in the order returned.
+const USAGE: &str = "SELECT key_id, hour, accepted, rate_limited, refused FROM tower_api_keys_usage
+     WHERE account_id = ?1 AND hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR key_id = ?4)
+     ORDER BY hour, key_id";
+
+/// Deletes the counts of the hours before `?1`, through the index on `hour`.
+const PRUNE_USAGE: &str = "DELETE FROM tower_api_keys_usage WHERE hour < ?1";
+
+/// Rows of `tower_api_keys_usage` per upsert statement: six bound values each, well under
+/// SQLite's limit of 32,766.
+const UPSERT_ROWS: usize = 500;
+
+/// An upsert of `rows` rows of `tower_api_keys_usage` (account, hour, key, accepted,
+/// rate limited, refused), each adding its counts to the row if it exists.
+fn upsert_usage(rows: usize) -> String {
+    let mut statement = String::from(
+        "INSERT INTO tower_api_keys_usage
+         (account_id, hour, key_id, accepted, rate_limited, refused) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            statement.push(',');
+        }
+        statement.push_str("(?, ?, ?, ?, ?, ?)");
+    }
+    statement.push_str(
+        " ON CONFLICT (account_id, hour, key_id) DO UPDATE SET
+           accepted = accepted + excluded.accepted,
+           rate_limited = rate_limited + excluded.rate_limited,
+           refused = refused + excluded.refused",
+    );
+    statement
+}
+
 /// Keeps key records in a SQLite database file: keys survive restarts of a single process.
 ///
-/// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
-///   implicitly). Keys are stored as keyed digests, never in plaintext; times as integer
-///   microseconds since the Unix epoch; scopes as one text column, joined by single spaces
-///   (`''` is the empty set, `NULL` unrestricted). A prefix is unique across the current
-///   (`prefix`) and previous (`previous_prefix`) prefixes of all keys: each column has a
-///   unique index, and writes check both columns inside their `BEGIN IMMEDIATE`
+/// - **Schema**: two tables, `tower_api_keys` (the keys) and `tower_api_keys_usage` (their
+///   hourly counts: one row per account, UTC hour as an integer index and key; no foreign
+///   key, so a deleted key keeps its counts), created by [`migrate`](Self::migrate) (never
+///   implicitly). A flush's counts are added in the same `BEGIN IMMEDIATE` transaction as its
+///   `last_used_at` updates. Keys are stored as keyed digests, never in plaintext; times as
+///   integer microseconds since the Unix epoch; scopes as one text column, joined by single
+///   spaces (`''` is the empty set, `NULL` unrestricted). A prefix is unique across the
+///   current (`prefix`) and previous (`previous_prefix`) prefixes of all keys: each column has
+///   a unique index, and writes check both columns inside their `BEGIN IMMEDIATE`
 ///   transaction.
 /// - **Limit**: [`insert_within_limit`](KeyStore::insert_within_limit) counts and inserts in
 ///   one `BEGIN IMMEDIATE` transaction, which holds the database's write lock from its first
@@ -404,20 +448,21 @@ impl KeyStore for SqliteStore {
         row.map(Row::into_record).transpose()
     }
 
-    async fn record_usage(&self, batch: &crate::usage::UsageBatch) -> Result<(), StoreError> {
-        let uses = &batch.last_used[..];
-        if uses.is_empty() {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
             return Ok(());
         }
         // The latest use of each (key, prefix): one UPDATE per key, in one transaction.
-        let mut latest: HashMap<(KeyId, KeyPrefix), i64> = HashMap::with_capacity(uses.len());
-        for key_use in uses {
+        let mut latest: HashMap<(KeyId, KeyPrefix), i64> =
+            HashMap::with_capacity(batch.last_used.len());
+        for key_use in &batch.last_used {
             let at = sql::to_micros(key_use.at)?;
             latest
                 .entry((key_use.id, key_use.prefix))
                 .and_modify(|kept| *kept = (*kept).max(at))
                 .or_insert(at);
         }
+        let counts = sql::coalesced_counts(&batch.counts);
         let mut tx = self.begin_immediate().await?;
         for ((id, prefix), at) in latest {
             sqlx::query(
@@ -432,25 +477,56 @@ impl KeyStore for SqliteStore {
             .await
             .map_err(sql::store_error)?;
         }
+        // Then the counts, added to their rows (whether or not the key still exists) in
+        // the same transaction, many rows per statement: one statement per row would cost
+        // as much again as the uses.
+        let counts: Vec<_> = counts.into_iter().collect();
+        for chunk in counts.chunks(UPSERT_ROWS) {
+            let statement = upsert_usage(chunk.len());
+            let mut query = sqlx::query(&statement);
+            for ((account, hour, key), [accepted, rate_limited, refused]) in chunk {
+                query = query
+                    .bind(*account)
+                    .bind(i64::from(*hour))
+                    .bind(key.hyphenated().to_string())
+                    .bind(*accepted)
+                    .bind(*rate_limited)
+                    .bind(*refused);
+            }
+            query.execute(&mut *tx).await.map_err(sql::store_error)?;
+        }
         tx.commit().await.map_err(sql::store_error)
     }
 
     async fn usage(
         &self,
-        _account: &AccountId,
-        _key: Option<KeyId>,
-        _from: crate::usage::Hour,
-        _to: crate::usage::Hour,
-    ) -> Result<Vec<crate::usage::UsageRow>, StoreError> {
-        Err(StoreError::unavailable(
-            "PLACEHOLDER: usage not implemented yet",
-        ))
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // A slice of the primary key (account, hour, key), already in the order asked for.
+        let rows = sqlx::query_as::<_, RawUsage<uuid::fmt::Hyphenated>>(USAGE)
+            .bind(account.as_str())
+            .bind(i64::from(from.index()))
+            .bind(i64::from(to.index()))
+            .bind(key.map(|key| key.to_string()))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
+        rows.into_iter().map(RawUsage::into_row).collect()
     }
 
-    async fn prune_usage(&self, _before: crate::usage::Hour) -> Result<u64, StoreError> {
-        Err(StoreError::unavailable(
-            "PLACEHOLDER: usage not implemented yet",
-        ))
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
+        let done = sqlx::query(PRUNE_USAGE)
+            .bind(i64::from(before.index()))
+            .execute(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
+        Ok(done.rows_affected())
     }
 }
 
@@ -468,6 +544,59 @@ mod tests {
             .into_iter()
             .map(|(_, _, _, detail)| detail)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn usage_reads_search_the_primary_key_and_pruning_the_hour_index() {
+        let store = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        store.migrate().await.expect("migrate");
+        sqlx::raw_sql(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)
+             INSERT INTO tower_api_keys_usage (account_id, hour, key_id, accepted)
+             SELECT 'acct' || (i % 50), 475000 + i % 100,
+                    printf('00000000-0000-4000-8000-%012d', i), 1
+             FROM n;
+             ANALYZE;",
+        )
+        .execute(store.pool())
+        .await
+        .expect("fill");
+        let plan = |query: &'static str, key: Option<&'static str>| {
+            let store = store.clone();
+            async move {
+                let explain = format!("EXPLAIN QUERY PLAN {query}");
+                let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(&explain)
+                    .bind("acct1")
+                    .bind(475_010_i64)
+                    .bind(475_020_i64)
+                    .bind(key)
+                    .fetch_all(store.pool())
+                    .await
+                    .expect("plan");
+                rows.into_iter()
+                    .map(|(_, _, _, detail)| detail)
+                    .collect::<Vec<_>>()
+            }
+        };
+        for key in [None, Some("00000000-0000-4000-8000-000000000011")] {
+            let steps = plan(USAGE, key).await;
+            assert!(
+                steps.iter().any(|step| step.starts_with("SEARCH")
+                    && step.contains("PRIMARY KEY (account_id=? AND hour>? AND hour<?)")),
+                "{key:?}: {steps:?}"
+            );
+            assert!(
+                !steps.iter().any(|step| step.contains("TEMP B-TREE")),
+                "no sort: {steps:?}"
+            );
+        }
+        let steps = plan(PRUNE_USAGE, None).await;
+        assert!(
+            steps
+                .iter()
+                .any(|step| step.contains("tower_api_keys_usage_hour_idx (hour<?)")),
+            "{steps:?}"
+        );
     }
 
     #[tokio::test]

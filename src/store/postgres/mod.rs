@@ -10,10 +10,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::time::OffsetDateTime;
 use sqlx::{Connection as _, Postgres, Transaction};
 
-use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord};
+use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord, RawUsage};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate, Scopes};
+use crate::usage::{Hour, UsageBatch, UsageRow};
 
 pub use listener::PgChangeFeed;
 
@@ -49,6 +50,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "key rate limit; notify its changes",
         sql: include_str!("../../../migrations/postgres/0004_rate_limit.sql"),
     },
+    Migration {
+        version: 5,
+        description: "usage counts per key and hour",
+        sql: include_str!("../../../migrations/postgres/0005_usage.sql"),
+    },
 ];
 
 /// The oldest PostgreSQL this crate supports (as documented on [`PostgresStore`]).
@@ -70,8 +76,9 @@ macro_rules! columns {
 /// Keeps key records in PostgreSQL (14 or newer): any number of processes can share one
 /// database.
 ///
-/// - **Schema**: one table, `tower_api_keys`, created by [`migrate`](Self::migrate) (never
-///   implicitly). Keys are stored as keyed digests, never in plaintext. A prefix is unique
+/// - **Schema**: two tables, `tower_api_keys` (the keys) and `tower_api_keys_usage` (their
+///   hourly counts), created by [`migrate`](Self::migrate) (never implicitly). Keys are
+///   stored as keyed digests, never in plaintext. A prefix is unique
 ///   across the current (`prefix`) and previous (`previous_prefix`) prefixes of all keys:
 ///   each column has a `UNIQUE` constraint, and every write that gives out a prefix holds a
 ///   transaction advisory lock on it while it checks both columns and writes.
@@ -85,6 +92,12 @@ macro_rules! columns {
 ///   transaction, so the notification goes out exactly when the change commits; run a
 ///   [`PgChangeFeed`] in every process to act on it.
 /// - **`last_used_at`**: one `UPDATE` per flush for the whole batch, moving times forward only.
+/// - **Usage counts**: table `tower_api_keys_usage`, one row per account, UTC hour (as an
+///   integer: hours since the Unix epoch) and key, with no foreign key (a deleted key keeps its
+///   counts). A flush adds its counts in one `INSERT … ON CONFLICT DO UPDATE` for the whole
+///   batch, in the same transaction as the `last_used_at` update, with rows in the order of the
+///   table's key, so processes flushing the same hours add up and don't deadlock. Counts
+///   notify nothing.
 /// - **TLS**: built in (rustls with the Mozilla root certificates; no OpenSSL, no system
 ///   certificate store), set with the URL's `sslmode`. The default, `prefer`, encrypts when
 ///   the server offers it; `sslmode=require` refuses an unencrypted connection but accepts
@@ -473,11 +486,11 @@ impl KeyStore for PostgresStore {
         row.map(Row::into_record).transpose()
     }
 
-    async fn record_usage(&self, batch: &crate::usage::UsageBatch) -> Result<(), StoreError> {
-        let uses = &batch.last_used[..];
-        if uses.is_empty() {
+    async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
             return Ok(());
         }
+        let uses = &batch.last_used[..];
         let mut ids = Vec::with_capacity(uses.len());
         let mut prefixes = Vec::with_capacity(uses.len());
         let mut ats = Vec::with_capacity(uses.len());
@@ -486,47 +499,112 @@ impl KeyStore for PostgresStore {
             prefixes.push(key_use.prefix.as_str().to_owned());
             ats.push(sql::to_timestamp(key_use.at)?);
         }
-        // One statement for the batch. Rows are locked in id order first, so two processes
-        // flushing overlapping batches can't deadlock; a use only moves a time forward and is
-        // dropped if the key's prefix changed (rotated) or the key is gone.
-        sqlx::query(
-            "WITH uses AS (
-               SELECT id, prefix, max(at) AS at
-               FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, prefix, at)
-               GROUP BY id, prefix
-             ), locked AS (
-               SELECT k.id FROM tower_api_keys k JOIN uses u ON k.id = u.id AND k.prefix = u.prefix
-               ORDER BY k.id FOR UPDATE OF k
-             )
-             UPDATE tower_api_keys k SET last_used_at = u.at
-             FROM uses u
-             WHERE k.id = u.id AND k.prefix = u.prefix AND k.id IN (SELECT id FROM locked)
-               AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
-        )
-        .bind(&ids)
-        .bind(&prefixes)
-        .bind(&ats)
-        .execute(&self.pool)
-        .await
-        .map_err(sql::store_error)?;
-        Ok(())
+        let counts = sql::coalesced_counts(&batch.counts);
+        let mut columns = (
+            Vec::with_capacity(counts.len()),
+            Vec::with_capacity(counts.len()),
+            Vec::with_capacity(counts.len()),
+            Vec::with_capacity(counts.len()),
+            Vec::with_capacity(counts.len()),
+            Vec::with_capacity(counts.len()),
+        );
+        for ((account, hour, key), [accepted, rate_limited, refused]) in counts {
+            columns.0.push(account);
+            columns.1.push(i64::from(hour));
+            columns.2.push(key);
+            columns.3.push(accepted);
+            columns.4.push(rate_limited);
+            columns.5.push(refused);
+        }
+        let mut tx = self.begin().await?;
+        if !uses.is_empty() {
+            // One statement for the uses. Rows are locked in id order first, so two processes
+            // flushing overlapping batches can't deadlock; a use only moves a time forward and
+            // is dropped if the key's prefix changed (rotated) or the key is gone.
+            sqlx::query(
+                "WITH uses AS (
+                   SELECT id, prefix, max(at) AS at
+                   FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS u(id, prefix, at)
+                   GROUP BY id, prefix
+                 ), locked AS (
+                   SELECT k.id FROM tower_api_keys k
+                   JOIN uses u ON k.id = u.id AND k.prefix = u.prefix
+                   ORDER BY k.id FOR UPDATE OF k
+                 )
+                 UPDATE tower_api_keys k SET last_used_at = u.at
+                 FROM uses u
+                 WHERE k.id = u.id AND k.prefix = u.prefix AND k.id IN (SELECT id FROM locked)
+                   AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+            )
+            .bind(&ids)
+            .bind(&prefixes)
+            .bind(&ats)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql::store_error)?;
+        }
+        if !columns.0.is_empty() {
+            // One statement for the counts, after the uses (every flush locks the keys'
+            // rows before the usage rows). The arrays come sorted by the table's key, and
+            // an INSERT takes its rows in the order `unnest` yields them, so two processes
+            // adding to the same rows lock them in the same order: one waits, neither
+            // deadlocks. Rows are added to whether or not the key still exists.
+            sqlx::query(
+                "INSERT INTO tower_api_keys_usage AS t
+                   (account_id, hour, key_id, accepted, rate_limited, refused)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[],
+                                      $4::bigint[], $5::bigint[], $6::bigint[])
+                 ON CONFLICT (account_id, hour, key_id) DO UPDATE SET
+                   accepted = t.accepted + EXCLUDED.accepted,
+                   rate_limited = t.rate_limited + EXCLUDED.rate_limited,
+                   refused = t.refused + EXCLUDED.refused",
+            )
+            .bind(&columns.0)
+            .bind(&columns.1)
+            .bind(&columns.2)
+            .bind(&columns.3)
+            .bind(&columns.4)
+            .bind(&columns.5)
+            .execute(&mut *tx)
+            .await
+            .map_err(sql::store_error)?;
+        }
+        tx.commit().await.map_err(sql::store_error)
     }
 
     async fn usage(
         &self,
-        _account: &AccountId,
-        _key: Option<KeyId>,
-        _from: crate::usage::Hour,
-        _to: crate::usage::Hour,
-    ) -> Result<Vec<crate::usage::UsageRow>, StoreError> {
-        Err(StoreError::unavailable(
-            "PLACEHOLDER: usage not implemented yet",
-        ))
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // A slice of the primary key (account, hour, key), already in the order asked for.
+        let rows = sqlx::query_as::<_, RawUsage<uuid::Uuid>>(
+            "SELECT key_id, hour, accepted, rate_limited, refused FROM tower_api_keys_usage
+             WHERE account_id = $1 AND hour >= $2 AND hour < $3
+               AND ($4::uuid IS NULL OR key_id = $4)
+             ORDER BY hour, key_id",
+        )
+        .bind(account.as_str())
+        .bind(i64::from(from.index()))
+        .bind(i64::from(to.index()))
+        .bind(key.map(|key| *key.as_uuid()))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql::store_error)?;
+        rows.into_iter().map(RawUsage::into_row).collect()
     }
 
-    async fn prune_usage(&self, _before: crate::usage::Hour) -> Result<u64, StoreError> {
-        Err(StoreError::unavailable(
-            "PLACEHOLDER: usage not implemented yet",
-        ))
+    async fn prune_usage(&self, before: Hour) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tower_api_keys_usage WHERE hour < $1")
+            .bind(i64::from(before.index()))
+            .execute(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
+        Ok(done.rows_affected())
     }
 }

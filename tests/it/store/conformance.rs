@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::support::account;
 use tower_api_key::policy::RateLimit;
 use tower_api_key::store::KeyUse;
-use tower_api_key::usage::UsageBatch;
+use tower_api_key::usage::{Hour, UsageBatch, UsageCounts, UsageDelta, UsageRow};
 use tower_api_key::{
     ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, PolicyUpdate,
     PreviousKey, Scopes, StoreError,
@@ -724,6 +724,384 @@ async fn concurrent_inserts_respect_the_limit(store: Arc<dyn KeyStore>) {
     assert_eq!(store.list(&account("acme")).await.expect("list").len(), 3);
 }
 
+// ===== usage counts =====
+
+/// An hour in 2024, far from the ends of the range.
+const HOUR: u32 = 475_000;
+
+fn hour(offset: i64) -> Hour {
+    Hour::from_index(u32::try_from(i64::from(HOUR) + offset).expect("in range"))
+}
+
+/// What a flush adds to `key`'s hour `HOUR + offset` in `account_name`.
+fn delta(account_name: &str, key: KeyId, offset: i64, counts: [i64; 3]) -> UsageDelta {
+    UsageDelta {
+        account_id: account(account_name),
+        key_id: key,
+        hour: hour(offset),
+        accepted: counts[0],
+        rate_limited: counts[1],
+        refused: counts[2],
+    }
+}
+
+fn counts_only(counts: Vec<UsageDelta>) -> UsageBatch {
+    UsageBatch {
+        last_used: Vec::new(),
+        counts,
+    }
+}
+
+fn row(key: KeyId, offset: i64, counts: [u64; 3]) -> UsageRow {
+    UsageRow {
+        key_id: key,
+        hour: hour(offset),
+        counts: UsageCounts {
+            accepted: counts[0],
+            rate_limited: counts[1],
+            refused: counts[2],
+        },
+    }
+}
+
+/// Every row of `account_name` (or of its `key`) for the hours in `[HOUR + from, HOUR + to)`.
+async fn usage_of(
+    store: &Arc<dyn KeyStore>,
+    account_name: &str,
+    key: Option<KeyId>,
+    from: i64,
+    to: i64,
+) -> Vec<UsageRow> {
+    store
+        .usage(&account(account_name), key, hour(from), hour(to))
+        .await
+        .expect("usage")
+}
+
+/// Two key ids, in the order the stores list them within an hour.
+fn two_sorted_ids() -> (KeyId, KeyId) {
+    let (a, b) = (KeyId::random(), KeyId::random());
+    if a < b { (a, b) } else { (b, a) }
+}
+
+async fn usage_counts_add_up_across_batches_in_hour_then_key_order(store: Arc<dyn KeyStore>) {
+    let (first, second) = two_sorted_ids();
+    store
+        .record_usage(&counts_only(vec![
+            delta("acme", second, 0, [1, 2, 3]),
+            delta("acme", first, 1, [4, 0, 0]),
+        ]))
+        .await
+        .expect("flush");
+    store
+        .record_usage(&counts_only(vec![
+            delta("acme", first, 1, [1, 1, 1]),
+            delta("acme", second, 0, [10, 20, 30]),
+            delta("acme", first, 0, [0, 0, 7]),
+        ]))
+        .await
+        .expect("flush");
+    assert_eq!(
+        usage_of(&store, "acme", None, -5, 5).await,
+        [
+            row(first, 0, [0, 0, 7]),
+            row(second, 0, [11, 22, 33]),
+            row(first, 1, [5, 1, 1]),
+        ]
+    );
+    // An empty batch writes nothing and succeeds.
+    store
+        .record_usage(&UsageBatch::default())
+        .await
+        .expect("empty flush");
+    assert_eq!(usage_of(&store, "acme", None, -5, 5).await.len(), 3);
+}
+
+async fn negative_deltas_add_as_numbers_and_a_negative_sum_reads_as_zero(store: Arc<dyn KeyStore>) {
+    let key = KeyId::random();
+    let flush = |counts: [i64; 3]| {
+        let store = store.clone();
+        async move {
+            store
+                .record_usage(&counts_only(vec![delta("acme", key, 0, counts)]))
+                .await
+                .expect("flush");
+        }
+    };
+    flush([5, 0, 0]).await;
+    // A scope refusal moves a request from accepted to refused.
+    flush([-1, 0, 1]).await;
+    assert_eq!(
+        usage_of(&store, "acme", None, 0, 1).await,
+        [row(key, 0, [4, 0, 1])]
+    );
+    // A sum below zero reads as zero, but is kept as it is: adding brings it back up.
+    flush([-7, -1, 0]).await;
+    assert_eq!(
+        usage_of(&store, "acme", None, 0, 1).await,
+        [row(key, 0, [0, 0, 1])]
+    );
+    flush([5, 3, 0]).await;
+    assert_eq!(
+        usage_of(&store, "acme", None, 0, 1).await,
+        [row(key, 0, [2, 2, 1])]
+    );
+}
+
+async fn deleted_keys_keep_their_counts(store: Arc<dyn KeyStore>) {
+    let (record, _) = new_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    store
+        .record_usage(&counts_only(vec![delta("acme", record.id, 0, [3, 0, 0])]))
+        .await
+        .expect("flush");
+    store
+        .delete(&account("acme"), record.id)
+        .await
+        .expect("delete")
+        .expect("found");
+    // Counts of a key deleted (or never stored) are still added: a flush can follow the delete.
+    let never_stored = KeyId::random();
+    store
+        .record_usage(&counts_only(vec![
+            delta("acme", record.id, 0, [1, 1, 0]),
+            delta("acme", never_stored, 1, [2, 0, 0]),
+        ]))
+        .await
+        .expect("flush after delete");
+    assert_eq!(
+        usage_of(&store, "acme", None, 0, 2).await,
+        [
+            row(record.id, 0, [4, 1, 0]),
+            row(never_stored, 1, [2, 0, 0])
+        ]
+    );
+    assert_eq!(
+        usage_of(&store, "acme", Some(record.id), 0, 2).await,
+        [row(record.id, 0, [4, 1, 0])]
+    );
+}
+
+async fn usage_filters_by_key(store: Arc<dyn KeyStore>) {
+    let (first, second) = two_sorted_ids();
+    store
+        .record_usage(&counts_only(vec![
+            delta("acme", first, 0, [1, 0, 0]),
+            delta("acme", second, 0, [2, 0, 0]),
+            delta("acme", first, 2, [3, 0, 0]),
+            delta("acme", second, 3, [4, 0, 0]),
+        ]))
+        .await
+        .expect("flush");
+    assert_eq!(
+        usage_of(&store, "acme", Some(first), 0, 5).await,
+        [row(first, 0, [1, 0, 0]), row(first, 2, [3, 0, 0])]
+    );
+    assert_eq!(
+        usage_of(&store, "acme", Some(second), 0, 5).await,
+        [row(second, 0, [2, 0, 0]), row(second, 3, [4, 0, 0])]
+    );
+    assert!(
+        usage_of(&store, "acme", Some(KeyId::random()), 0, 5)
+            .await
+            .is_empty()
+    );
+}
+
+async fn usage_range_includes_from_and_excludes_to(store: Arc<dyn KeyStore>) {
+    let key = KeyId::random();
+    store
+        .record_usage(&counts_only(
+            (-1..=2).map(|h| delta("acme", key, h, [1, 0, 0])).collect(),
+        ))
+        .await
+        .expect("flush");
+    let hours = |rows: Vec<UsageRow>| rows.iter().map(|r| r.hour).collect::<Vec<_>>();
+    assert_eq!(
+        hours(usage_of(&store, "acme", None, 0, 2).await),
+        [hour(0), hour(1)]
+    );
+    assert_eq!(
+        hours(usage_of(&store, "acme", Some(key), 0, 2).await),
+        [hour(0), hour(1)]
+    );
+    assert_eq!(hours(usage_of(&store, "acme", None, 2, 3).await), [hour(2)]);
+    assert!(usage_of(&store, "acme", None, 1, 1).await.is_empty());
+    assert!(usage_of(&store, "acme", None, 2, 0).await.is_empty());
+    assert_eq!(usage_of(&store, "acme", None, -9, 9).await.len(), 4);
+}
+
+async fn usage_never_returns_other_accounts_rows(store: Arc<dyn KeyStore>) {
+    let (mine, theirs) = (KeyId::random(), KeyId::random());
+    store
+        .record_usage(&counts_only(vec![
+            delta("acme", mine, 0, [1, 0, 0]),
+            delta("other", theirs, 0, [9, 9, 9]),
+        ]))
+        .await
+        .expect("flush");
+    assert_eq!(
+        usage_of(&store, "acme", None, 0, 1).await,
+        [row(mine, 0, [1, 0, 0])]
+    );
+    assert!(
+        usage_of(&store, "acme", Some(theirs), 0, 1)
+            .await
+            .is_empty()
+    );
+    assert!(usage_of(&store, "other", Some(mine), 0, 1).await.is_empty());
+    assert!(usage_of(&store, "nobody", None, 0, 1).await.is_empty());
+}
+
+async fn prune_deletes_exactly_the_hours_before_and_counts_them(store: Arc<dyn KeyStore>) {
+    let (first, second) = two_sorted_ids();
+    store
+        .record_usage(&counts_only(vec![
+            delta("acme", first, -2, [1, 0, 0]),
+            delta("acme", first, -1, [1, 0, 0]),
+            delta("other", second, -1, [1, 0, 0]),
+            delta("acme", first, 0, [2, 0, 0]),
+            delta("acme", second, 0, [3, 0, 0]),
+            delta("other", second, 1, [4, 0, 0]),
+        ]))
+        .await
+        .expect("flush");
+    assert_eq!(store.prune_usage(hour(0)).await.expect("prune"), 3);
+    assert_eq!(
+        usage_of(&store, "acme", None, -9, 9).await,
+        [row(first, 0, [2, 0, 0]), row(second, 0, [3, 0, 0])]
+    );
+    assert_eq!(
+        usage_of(&store, "other", None, -9, 9).await,
+        [row(second, 1, [4, 0, 0])]
+    );
+    assert_eq!(store.prune_usage(hour(0)).await.expect("prune again"), 0);
+    assert_eq!(store.prune_usage(hour(2)).await.expect("prune the rest"), 3);
+    assert!(usage_of(&store, "acme", None, -9, 9).await.is_empty());
+}
+
+async fn a_batch_of_uses_and_counts_applies_both(store: Arc<dyn KeyStore>) {
+    let (record, _) = new_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let (rotated_away, _) = new_record("acme");
+    store
+        .insert_within_limit(rotated_away.clone(), 3)
+        .await
+        .expect("insert");
+    let (fresh, _) = new_record("acme");
+    store
+        .replace_key(
+            &account("acme"),
+            rotated_away.id,
+            fresh.prefix,
+            fresh.digest,
+            None,
+        )
+        .await
+        .expect("replace");
+    let use_of = |record: &KeyRecord| KeyUse {
+        id: record.id,
+        prefix: record.prefix,
+        at: at(10),
+    };
+    store
+        .record_usage(&UsageBatch {
+            last_used: vec![use_of(&record), use_of(&rotated_away)],
+            counts: vec![
+                delta("acme", record.id, 0, [2, 0, 0]),
+                delta("acme", rotated_away.id, 0, [1, 0, 0]),
+            ],
+        })
+        .await
+        .expect("flush");
+    let last_used = |id: KeyId| {
+        let store = store.clone();
+        async move {
+            store
+                .get(&account("acme"), id)
+                .await
+                .expect("get")
+                .expect("found")
+                .last_used_at
+        }
+    };
+    assert_eq!(last_used(record.id).await, Some(at(10)));
+    // The stale prefix's use is dropped; its counts are not.
+    assert_eq!(last_used(rotated_away.id).await, None);
+    assert_eq!(
+        usage_of(&store, "acme", Some(record.id), 0, 1).await,
+        [row(record.id, 0, [2, 0, 0])]
+    );
+    assert_eq!(
+        usage_of(&store, "acme", Some(rotated_away.id), 0, 1).await,
+        [row(rotated_away.id, 0, [1, 0, 0])]
+    );
+}
+
+async fn a_large_batch_adds_every_row(store: Arc<dyn KeyStore>) {
+    // More rows than a SQL store may put in one statement.
+    let keys: Vec<KeyId> = (0..1_234).map(|_| KeyId::random()).collect();
+    let batch = counts_only(
+        keys.iter()
+            .map(|key| delta("acme", *key, 0, [1, 0, 2]))
+            .collect(),
+    );
+    for _ in 0..2 {
+        store.record_usage(&batch).await.expect("flush");
+    }
+    let rows = usage_of(&store, "acme", None, 0, 1).await;
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(
+        rows.iter().map(|row| row.key_id).collect::<Vec<_>>(),
+        sorted
+    );
+    assert!(rows.iter().all(|row| row.counts
+        == UsageCounts {
+            accepted: 2,
+            rate_limited: 0,
+            refused: 4
+        }));
+}
+
+async fn concurrent_flushes_of_the_same_hours_add_up(store: Arc<dyn KeyStore>) {
+    let keys: Vec<KeyId> = (0..5).map(|_| KeyId::random()).collect();
+    let flushes: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            let mut counts: Vec<UsageDelta> = keys
+                .iter()
+                .flat_map(|key| (0..2).map(move |h| delta("acme", *key, h, [1, 2, 0])))
+                .collect();
+            if i % 2 == 1 {
+                counts.reverse();
+            }
+            tokio::spawn(async move { store.record_usage(&counts_only(counts)).await })
+        })
+        .collect();
+    for flush in flushes {
+        flush.await.expect("task").expect("flush");
+    }
+    let rows = usage_of(&store, "acme", None, 0, 2).await;
+    assert_eq!(rows.len(), 10);
+    for row in rows {
+        assert_eq!(
+            row.counts,
+            UsageCounts {
+                accepted: 20,
+                rate_limited: 40,
+                refused: 0
+            }
+        );
+    }
+}
+
 /// Generates one `#[tokio::test]` per behaviour for a store built by `$make`.
 macro_rules! conformance {
     ($store:ident, $make:expr) => {
@@ -749,6 +1127,16 @@ macro_rules! conformance {
                 prefixes_are_unique_across_current_and_previous,
                 delete_frees_the_previous_prefix,
                 status_and_last_used_changes_keep_the_policy,
+                usage_counts_add_up_across_batches_in_hour_then_key_order,
+                negative_deltas_add_as_numbers_and_a_negative_sum_reads_as_zero,
+                deleted_keys_keep_their_counts,
+                usage_filters_by_key,
+                usage_range_includes_from_and_excludes_to,
+                usage_never_returns_other_accounts_rows,
+                prune_deletes_exactly_the_hours_before_and_counts_them,
+                a_batch_of_uses_and_counts_applies_both,
+                concurrent_flushes_of_the_same_hours_add_up,
+                a_large_batch_adds_every_row,
             );
         }
     };

@@ -1,14 +1,16 @@
 //! What `SqliteStore` promises beyond the conformance suite: keys survive reopening the file,
 //! migrations are idempotent and upgrade a database in place, the limit holds across
-//! connections, only digests are kept, and a row edited by hand into something the store
-//! never writes is a store failure naming the column.
+//! connections, only digests are kept, usage counts survive reopening too, and a row (a key's
+//! or a usage row) edited by hand into something the store never writes is a store failure
+//! naming the column.
 
 use std::sync::Arc;
 
 use crate::support::{account, pepper};
 use sqlx::Connection as _;
 use tower_api_key::store::SqliteStore;
-use tower_api_key::{KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError};
+use tower_api_key::usage::{Hour, UsageBatch, UsageDelta, UsageRow};
+use tower_api_key::{KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError, StoreError};
 
 #[tokio::test]
 async fn keys_survive_reopening_the_file() {
@@ -224,5 +226,75 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
             .await
             .expect("edit by hand");
         super::sql::assert_unreadable(&store, &record, edit, column).await;
+    }
+}
+
+/// One flush of counts for `key` in `acme`'s hour 475,000.
+fn counts(key: tower_api_key::KeyId, accepted: i64) -> UsageBatch {
+    UsageBatch {
+        last_used: Vec::new(),
+        counts: vec![UsageDelta {
+            account_id: account("acme"),
+            key_id: key,
+            hour: Hour::from_index(475_000),
+            accepted,
+            rate_limited: 1,
+            refused: 0,
+        }],
+    }
+}
+
+async fn acme_usage(store: &SqliteStore) -> Result<Vec<UsageRow>, StoreError> {
+    store
+        .usage(
+            &account("acme"),
+            None,
+            Hour::from_index(0),
+            Hour::from_index(u32::MAX),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn usage_counts_survive_reopening_the_file() {
+    let url = crate::support::db::sqlite::fresh_url();
+    let key = tower_api_key::KeyId::random();
+    {
+        let store = crate::support::db::sqlite::store_at(&url).await;
+        store.record_usage(&counts(key, 2)).await.expect("flush");
+        store.pool().close().await;
+    }
+    let store = crate::support::db::sqlite::store_at(&url).await;
+    store.record_usage(&counts(key, 3)).await.expect("flush");
+    let rows = acme_usage(&store).await.expect("usage");
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].key_id, rows[0].hour.index()), (key, 475_000));
+    assert_eq!(
+        (rows[0].counts.accepted, rows[0].counts.rate_limited),
+        (5, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_usage_row_edited_by_hand_is_a_store_failure_naming_the_column() {
+    // (An hour out of range can't be edited in: no query's range reaches it.)
+    for (edit, column) in [
+        ("key_id = 'not-a-uuid'", "key_id"),
+        ("key_id = ''", "key_id"),
+    ] {
+        let (store, mut editor, _) = store_with_full_key().await;
+        store
+            .record_usage(&counts(tower_api_key::KeyId::random(), 1))
+            .await
+            .expect("flush");
+        sqlx::raw_sql(&format!("UPDATE tower_api_keys_usage SET {edit}"))
+            .execute(&mut editor)
+            .await
+            .expect("edit by hand");
+        let err = acme_usage(&store).await.expect_err("an unreadable row");
+        assert!(
+            matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains(column),
+            "{edit}: {err}"
+        );
     }
 }

@@ -5,3 +5,4 @@ mod faults;
 mod feed;
 mod store;
 mod two_processes;
+mod usage;

@@ -16,7 +16,7 @@ use tower_api_key::invalidation::InvalidationBus;
 use tower_api_key::policy::RateLimit;
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
-use tower_api_key::usage::UsageBatch;
+use tower_api_key::usage::{Hour, UsageBatch, UsageDelta};
 use tower_api_key::{
     ApiKey, KeyId, KeyManager, KeyRecord, KeyStore, ManagerError, PolicyUpdate, PreviousKey,
 };
@@ -510,7 +510,7 @@ async fn a_change_notifies_only_when_it_commits_and_last_used_never_does() {
     let digest = hex(pepper().digest(&created.key).as_bytes());
     let mut listener = listen(&schema).await;
 
-    // A revoke that rolls back, and last-used writes: nothing to hear.
+    // A revoke that rolls back, and usage writes (last used and counts): nothing to hear.
     let mut tx = store.pool().begin().await.expect("begin");
     sqlx::query("UPDATE tower_api_keys SET status = 'inactive'")
         .execute(&mut *tx)
@@ -518,13 +518,23 @@ async fn a_change_notifies_only_when_it_commits_and_last_used_never_does() {
         .expect("update");
     tx.rollback().await.expect("rollback");
     store
-        .record_usage(&UsageBatch::last_used([KeyUse {
-            id: created.info.id,
-            prefix: created.info.prefix,
-            at: SystemTime::now(),
-        }]))
+        .record_usage(&UsageBatch {
+            last_used: vec![KeyUse {
+                id: created.info.id,
+                prefix: created.info.prefix,
+                at: SystemTime::now(),
+            }],
+            counts: vec![UsageDelta {
+                account_id: account("acme"),
+                key_id: created.info.id,
+                hour: Hour::containing(SystemTime::now()),
+                accepted: 1,
+                rate_limited: 0,
+                refused: 0,
+            }],
+        })
         .await
-        .expect("last used");
+        .expect("last used and counts");
 
     // A revoke held open: nothing to hear until it commits, then its digest.
     let mut tx = store.pool().begin().await.expect("begin");
