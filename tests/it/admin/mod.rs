@@ -11,6 +11,7 @@ mod panics;
 mod rotate;
 mod self_service;
 mod update;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
