@@ -149,14 +149,23 @@ impl Admin {
         }
     }
 
-    /// Key `id`'s accepted requests in the last 24 hourly buckets, the current one included
-    /// (404 if the account has no such key).
-    async fn requests_24h(&self, account: &AccountId, id: KeyId) -> Result<u64, ApiError> {
-        let series = self
+    /// Key `id`'s accepted requests in the last 24 hourly buckets, the current one included;
+    /// `None` (logged) if they can't be read. A record is answered without its count rather
+    /// than not at all: a revocation must not wait for the usage table.
+    async fn requests_24h(&self, account: &AccountId, id: KeyId) -> Option<u64> {
+        match self
             .manager
             .usage(account, Some(id), &last_24_hours())
-            .await?;
-        Ok(series.total().accepted)
+            .await
+        {
+            Ok(series) => Some(series.total().accepted),
+            // Deleted meanwhile: nothing to count, nothing to report.
+            Err(ManagerError::NotFound) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read a key's requests_24h");
+                None
+            }
+        }
     }
 
     /// Tells the hook, if any, about a change.
@@ -183,9 +192,13 @@ pub(crate) async fn list_keys(
     let counts = admin
         .manager
         .usage_by_key(&admitted.account, &last_24_hours())
-        .await?;
+        .await
+        .inspect_err(|err| tracing::warn!(error = %err, "could not read keys' requests_24h"))
+        .ok();
     let view = |info: KeyInfo| {
-        let accepted = counts.get(&info.id).map_or(0, |counts| counts.accepted);
+        let accepted = counts
+            .as_ref()
+            .map(|counts| counts.get(&info.id).map_or(0, |counts| counts.accepted));
         KeyView::new(info, accepted)
     };
     Ok(Json(KeyList {
@@ -213,7 +226,11 @@ pub(crate) async fn create_key(
         )
         .await?;
     // A new key has no requests yet.
-    Ok((StatusCode::CREATED, Json(KeyView::with_key(created, 0))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyView::with_key(created, Some(0))),
+    )
+        .into_response())
 }
 
 pub(crate) async fn get_key(
@@ -233,7 +250,7 @@ async fn read_key(
     id: KeyId,
 ) -> Result<Json<KeyView>, ApiError> {
     let info = admin.manager.get(account, id).await?;
-    let requests = admin.requests_24h(account, id).await?;
+    let requests = admin.requests_24h(account, id).await;
     Ok(Json(KeyView::new(info, requests)))
 }
 
@@ -258,8 +275,6 @@ pub(crate) async fn update_key(
         update: &update,
     };
     admin.authorize(&admitted, operation).await?;
-    // Read before the change: a store that fails here fails the request with nothing changed.
-    let requests = admin.requests_24h(account, id).await?;
     let account = account.clone();
     let updated = admin
         .change(
@@ -268,6 +283,7 @@ pub(crate) async fn update_key(
             |updated| Some(updated),
         )
         .await?;
+    let requests = admin.requests_24h(&updated.account_id, id).await;
     Ok(Json(KeyView::new(updated, requests)))
 }
 
@@ -284,9 +300,6 @@ pub(crate) async fn rotate_key(
         options: &options,
     };
     admin.authorize(&admitted, operation).await?;
-    // Read before the change: the answer carries the only copy of the new key. Rotating
-    // keeps the id, and so the counts.
-    let requests = admin.requests_24h(&admitted.account, id).await?;
     let account = admitted.account.clone();
     let rotated = admin
         .change(
@@ -295,6 +308,8 @@ pub(crate) async fn rotate_key(
             |rotated| Some(&rotated.info),
         )
         .await?;
+    // Rotating keeps the id, and so the counts.
+    let requests = admin.requests_24h(&admitted.account, id).await;
     Ok(Json(KeyView::with_key(rotated, requests)))
 }
 
@@ -324,7 +339,6 @@ async fn set_status(
         AdminOperation::Reactivate(id)
     };
     admin.authorize(&admitted, operation).await?;
-    let requests = admin.requests_24h(&admitted.account, id).await?;
     let account = admitted.account.clone();
     let info = admin
         .change(
@@ -339,6 +353,7 @@ async fn set_status(
             |info| Some(info),
         )
         .await?;
+    let requests = admin.requests_24h(&admitted.account, id).await;
     Ok(Json(KeyView::new(info, requests)))
 }
 

@@ -35,7 +35,7 @@ pub(crate) struct KeyView {
     status: &'static str,
     created_at: String,
     last_used_at: Option<String>,
-    requests_24h: u64,
+    requests_24h: Option<u64>,
     name: Option<String>,
     scopes: Option<Vec<String>>,
     expires_at: Option<String>,
@@ -47,8 +47,9 @@ pub(crate) struct KeyView {
 }
 
 impl KeyView {
-    /// The record of `info`, with its accepted requests in the last 24 hourly buckets.
-    pub(crate) fn new(info: KeyInfo, requests_24h: u64) -> Self {
+    /// The record of `info`, with its accepted requests in the last 24 hourly buckets
+    /// (`None`: they couldn't be read).
+    pub(crate) fn new(info: KeyInfo, requests_24h: Option<u64>) -> Self {
         Self {
             id: info.id.to_string(),
             account_id: info.account_id.to_string(),
@@ -70,7 +71,7 @@ impl KeyView {
     }
 
     /// The record of a key just created or rotated, with its plaintext.
-    pub(crate) fn with_key(created: CreatedKey, requests_24h: u64) -> Self {
+    pub(crate) fn with_key(created: CreatedKey, requests_24h: Option<u64>) -> Self {
         Self {
             key: Some(created.key.expose_secret().to_owned()),
             ..Self::new(created.info, requests_24h)

@@ -18,7 +18,8 @@
 //! "created_at", "last_used_at", "requests_24h", "name", "scopes", "expires_at",
 //! "rate_limit"}`, times in RFC 3339 (UTC, microseconds) or `null`, `requests_24h` the key's
 //! accepted requests in the last 24 hourly buckets (the current hour included; as recorded by
-//! a [`UsageRecorder`](crate::usage::UsageRecorder)), `name` a string or `null`, `scopes` a list or
+//! a [`UsageRecorder`](crate::usage::UsageRecorder)), or `null` if the store couldn't read them
+//! (logged: a key is still listed, read and changed without its count), `name` a string or `null`, `scopes` a list or
 //! `null` (unrestricted), `rate_limit` `{"requests": n, "per_seconds": s}` or `null` (none of
 //! the key's own); while the old key of a rotation with a grace period still works, also
 //! `"previous_prefix"` and `"previous_expires_at"`.

@@ -203,7 +203,8 @@
     tr.append(cell("Rate limit", formatRateLimit(key.rate_limit)));
     tr.append(cell("Created", formatTime(key.created_at)));
     tr.append(cell("Last used", formatTime(key.last_used_at)));
-    tr.append(cell("Requests (24 h)", String(key.requests_24h ?? 0)));
+    // null: the server couldn't read the counts.
+    tr.append(cell("Requests (24 h)", key.requests_24h == null ? "—" : String(key.requests_24h)));
     tr.append(cell("Expires", formatTime(key.expires_at)));
 
     const actions = document.createElement("div");

@@ -527,3 +527,58 @@ async fn the_authorizer_sees_usage_reads_as_their_own_operation() {
         ]
     );
 }
+
+/// A store whose usage counts can't be read (a missing table, say); keys work as usual.
+struct NoUsageTable(tower_api_key::MemoryStore);
+
+impl crate::support::hooks::StoreHooks for NoUsageTable {
+    fn records(&self) -> &tower_api_key::MemoryStore {
+        &self.0
+    }
+
+    async fn usage(
+        &self,
+        _account: &tower_api_key::AccountId,
+        _key: Option<tower_api_key::KeyId>,
+        _from: tower_api_key::usage::Hour,
+        _to: tower_api_key::usage::Hour,
+    ) -> Result<Vec<tower_api_key::usage::UsageRow>, tower_api_key::StoreError> {
+        Err(tower_api_key::StoreError::unavailable("no usage table"))
+    }
+}
+
+crate::support::hooks::hooked_key_store!(NoUsageTable);
+
+#[tokio::test]
+async fn keys_are_managed_without_their_counts_when_usage_cant_be_read() {
+    let store = std::sync::Arc::new(NoUsageTable(tower_api_key::MemoryStore::new()));
+    let admin = Harness::on_store(store, |manager| {
+        tower_api_key::admin::AdminRouter::new(manager, AdminToken::new(TOKEN).expect("token"))
+    })
+    .await;
+    let created = admin.create("acme", None).await;
+    assert_eq!(created["requests_24h"], 0, "a new key has none");
+    let (id, key) = (text(&created, "id"), text(&created, "key"));
+    assert!(admin.list("acme").await[0]["requests_24h"].is_null());
+    let got = admin.on_key(Method::GET, "acme", id, "", None).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.json()["requests_24h"].is_null());
+    // A revocation doesn't wait for the usage table.
+    let revoked = admin
+        .on_key(Method::POST, "acme", id, "/revoke", None)
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
+    assert_eq!(revoked.json()["status"], "inactive");
+    assert!(revoked.json()["requests_24h"].is_null());
+    admin.ping_expecting(key, StatusCode::UNAUTHORIZED).await;
+    // The usage routes themselves say the store failed, and to retry.
+    for path in [
+        format!("/admin/accounts/acme/keys/{id}/usage"),
+        "/admin/accounts/acme/usage".to_owned(),
+    ] {
+        let reply = admin.get(&path).await;
+        reply.assert_error(StatusCode::SERVICE_UNAVAILABLE, &path);
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        assert!(!reply.text().contains("no usage table"), "{}", reply.text());
+    }
+}
