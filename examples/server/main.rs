@@ -18,6 +18,7 @@
 //! | `POST` and `GET /admin/accounts/{account}/keys` | `Authorization: Bearer <ADMIN_TOKEN>` |
 //! | `GET`, `PATCH` and `DELETE /admin/accounts/{account}/keys/{id}` | admin |
 //! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
+//! | `GET /admin/accounts/{account}/keys/{id}/usage`, `GET /admin/accounts/{account}/usage` | admin |
 //!
 //! The admin routes are the crate's `tower_api_key::admin` router (feature `admin`; its
 //! rustdoc has the JSON contract): create takes an optional
@@ -28,8 +29,8 @@
 //! unset):
 //!
 //! - `--addr` / `ADDR`: where to listen, default `127.0.0.1:3000`; port 0 picks a free port.
-//! - `--last-used-flush-ms` / `LAST_USED_FLUSH_MS`: how often key uses are written to the
-//!   store, default 500 (keep it at most 1000 for `last_used_at` to show a use within 2 s).
+//! - `--last-used-flush-ms` / `LAST_USED_FLUSH_MS`: how often key uses (`last_used_at` and
+//!   the hourly usage counts) are written to the store, default 500 (keep it at most 1000 for `last_used_at` to show a use within 2 s).
 //! - `--database-url` / `DATABASE_URL`: where keys are kept. Unset: in memory, for this run
 //!   only. `sqlite://path/keys.db` (build with `--features sqlite`): a SQLite file, created if
 //!   missing, for one server process. `postgres://user:pass@host/db` (build with

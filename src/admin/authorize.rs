@@ -176,11 +176,14 @@ pub enum AdminOperation<'a> {
     Reactivate(KeyId),
     /// `DELETE …/keys/{id}`.
     Delete(KeyId),
+    /// `GET …/keys/{id}/usage` (`Some(id)`) or `GET …/usage` (`None`, the whole account's):
+    /// request counts over time. A read: it changes nothing.
+    Usage(Option<KeyId>),
 }
 
 impl AdminOperation<'_> {
-    /// `"list"`, `"get"`, `"create"`, `"update"`, `"rotate"`, `"revoke"`, `"reactivate"` or
-    /// `"delete"`.
+    /// `"list"`, `"get"`, `"create"`, `"update"`, `"rotate"`, `"revoke"`, `"reactivate"`,
+    /// `"delete"` or `"usage"`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::List => "list",
@@ -191,6 +194,7 @@ impl AdminOperation<'_> {
             Self::Revoke(_) => "revoke",
             Self::Reactivate(_) => "reactivate",
             Self::Delete(_) => "delete",
+            Self::Usage(_) => "usage",
         }
     }
 }

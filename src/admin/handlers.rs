@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Body;
@@ -18,8 +19,10 @@ use super::authorize::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, 
 use super::error::ApiError;
 use super::event::{AdminAction, AdminEvent};
 use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, json_body};
+use super::usage::{UsageView, range_of};
 use crate::manager::{KeyInfo, KeyManager, ManagerError};
 use crate::store::{AccountId, KeyId, StoreError};
+use crate::usage::{Granularity, UsageRange};
 
 /// The hook of [`AdminRouter::on_event`](super::AdminRouter::on_event).
 pub(crate) type EventHook = Arc<dyn Fn(&AdminEvent) + Send + Sync>;
@@ -146,6 +149,25 @@ impl Admin {
         }
     }
 
+    /// Key `id`'s accepted requests in the last 24 hourly buckets, the current one included;
+    /// `None` (logged) if they can't be read. A record is answered without its count rather
+    /// than not at all: a revocation must not wait for the usage table.
+    async fn requests_24h(&self, account: &AccountId, id: KeyId) -> Option<u64> {
+        match self
+            .manager
+            .usage(account, Some(id), &last_24_hours())
+            .await
+        {
+            Ok(series) => Some(series.total().accepted),
+            // Deleted meanwhile: nothing to count, nothing to report.
+            Err(ManagerError::NotFound) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read a key's requests_24h");
+                None
+            }
+        }
+    }
+
     /// Tells the hook, if any, about a change.
     fn emit(&self, action: AdminAction, info: &KeyInfo) {
         if let Some(hook) = &self.hook {
@@ -167,8 +189,20 @@ pub(crate) async fn list_keys(
     let admitted = admin.admit(parts).await?;
     admin.authorize(&admitted, AdminOperation::List).await?;
     let keys = admin.manager.list(&admitted.account).await?;
+    let counts = admin
+        .manager
+        .usage_by_key(&admitted.account, &last_24_hours())
+        .await
+        .inspect_err(|err| tracing::warn!(error = %err, "could not read keys' requests_24h"))
+        .ok();
+    let view = |info: KeyInfo| {
+        let accepted = counts
+            .as_ref()
+            .map(|counts| counts.get(&info.id).map_or(0, |counts| counts.accepted));
+        KeyView::new(info, accepted)
+    };
     Ok(Json(KeyList {
-        keys: keys.into_iter().map(KeyView::from).collect(),
+        keys: keys.into_iter().map(view).collect(),
     }))
 }
 
@@ -191,7 +225,12 @@ pub(crate) async fn create_key(
             |created| Some(&created.info),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(KeyView::from(created))).into_response())
+    // A new key has no requests yet.
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyView::with_key(created, Some(0))),
+    )
+        .into_response())
 }
 
 pub(crate) async fn get_key(
@@ -201,7 +240,18 @@ pub(crate) async fn get_key(
     let (parts, _) = request.into_parts();
     let (admitted, id) = admin.admit_key(parts).await?;
     admin.authorize(&admitted, AdminOperation::Get(id)).await?;
-    Ok(Json(admin.manager.get(&admitted.account, id).await?.into()))
+    read_key(&admin, &admitted.account, id).await
+}
+
+/// Key `id`'s record, with its count of requests.
+async fn read_key(
+    admin: &Admin,
+    account: &AccountId,
+    id: KeyId,
+) -> Result<Json<KeyView>, ApiError> {
+    let info = admin.manager.get(account, id).await?;
+    let requests = admin.requests_24h(account, id).await;
+    Ok(Json(KeyView::new(info, requests)))
 }
 
 pub(crate) async fn update_key(
@@ -216,7 +266,7 @@ pub(crate) async fn update_key(
     if update.is_empty() {
         // Nothing to change: a read, with nothing to log or report.
         admin.authorize(&admitted, AdminOperation::Get(id)).await?;
-        return Ok(Json(admin.manager.get(account, id).await?.into()));
+        return read_key(&admin, account, id).await;
     }
     // The authorizer judges the change against the key as it is.
     let key = admin.manager.get(account, id).await?;
@@ -233,7 +283,8 @@ pub(crate) async fn update_key(
             |updated| Some(updated),
         )
         .await?;
-    Ok(Json(updated.into()))
+    let requests = admin.requests_24h(&updated.account_id, id).await;
+    Ok(Json(KeyView::new(updated, requests)))
 }
 
 pub(crate) async fn rotate_key(
@@ -257,7 +308,9 @@ pub(crate) async fn rotate_key(
             |rotated| Some(&rotated.info),
         )
         .await?;
-    Ok(Json(rotated.into()))
+    // Rotating keeps the id, and so the counts.
+    let requests = admin.requests_24h(&admitted.account, id).await;
+    Ok(Json(KeyView::with_key(rotated, requests)))
 }
 
 pub(crate) async fn revoke_key(admin: Shared, request: Request) -> Result<Json<KeyView>, ApiError> {
@@ -300,7 +353,8 @@ async fn set_status(
             |info| Some(info),
         )
         .await?;
-    Ok(Json(info.into()))
+    let requests = admin.requests_24h(&admitted.account, id).await;
+    Ok(Json(KeyView::new(info, requests)))
 }
 
 pub(crate) async fn delete_key(
@@ -331,6 +385,46 @@ pub(crate) async fn delete_key(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET …/keys/{id}/usage`: one key's requests per bucket.
+pub(crate) async fn key_usage(
+    State(admin): Shared,
+    request: Request,
+) -> Result<Json<UsageView>, ApiError> {
+    let (parts, _) = request.into_parts();
+    let (admitted, id) = admin.admit_key(parts).await?;
+    let range = range_of(admitted.parts.uri.query(), SystemTime::now())?;
+    admin
+        .authorize(&admitted, AdminOperation::Usage(Some(id)))
+        .await?;
+    let series = admin
+        .manager
+        .usage(&admitted.account, Some(id), &range)
+        .await?;
+    Ok(Json(UsageView::new(Some(id), &series)))
+}
+
+/// `GET /admin/accounts/{account}/usage`: the account's requests per bucket, every key's
+/// (deleted ones included) added up.
+pub(crate) async fn account_usage(
+    State(admin): Shared,
+    request: Request,
+) -> Result<Json<UsageView>, ApiError> {
+    let (parts, _) = request.into_parts();
+    let admitted = admin.admit(parts).await?;
+    let range = range_of(admitted.parts.uri.query(), SystemTime::now())?;
+    admin
+        .authorize(&admitted, AdminOperation::Usage(None))
+        .await?;
+    let series = admin.manager.usage(&admitted.account, None, &range).await?;
+    Ok(Json(UsageView::new(None, &series)))
+}
+
+/// The range of a record's `requests_24h`: the last 24 hourly buckets, the current one
+/// included.
+fn last_24_hours() -> UsageRange {
+    UsageRange::ending_at(Granularity::Hour, 24, SystemTime::now())
 }
 
 /// The admitted request's body as `T`, within the router's body limit.

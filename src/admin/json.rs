@@ -1,5 +1,5 @@
 //! The admin API's JSON: key records as answered, and the request bodies of create, update
-//! and rotate, with their checks.
+//! and rotate, with their checks; the RFC 3339 times they (and the usage queries) use.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -35,6 +35,7 @@ pub(crate) struct KeyView {
     status: &'static str,
     created_at: String,
     last_used_at: Option<String>,
+    requests_24h: Option<u64>,
     name: Option<String>,
     scopes: Option<Vec<String>>,
     expires_at: Option<String>,
@@ -45,8 +46,10 @@ pub(crate) struct KeyView {
     previous_expires_at: Option<String>,
 }
 
-impl From<KeyInfo> for KeyView {
-    fn from(info: KeyInfo) -> Self {
+impl KeyView {
+    /// The record of `info`, with its accepted requests in the last 24 hourly buckets
+    /// (`None`: they couldn't be read).
+    pub(crate) fn new(info: KeyInfo, requests_24h: Option<u64>) -> Self {
         Self {
             id: info.id.to_string(),
             account_id: info.account_id.to_string(),
@@ -55,6 +58,7 @@ impl From<KeyInfo> for KeyView {
             status: info.status.as_str(),
             created_at: rfc3339(info.created_at),
             last_used_at: info.last_used_at.map(rfc3339),
+            requests_24h,
             name: info.name.map(|name| name.as_str().to_owned()),
             scopes: info
                 .scopes
@@ -65,13 +69,12 @@ impl From<KeyInfo> for KeyView {
             previous_expires_at: info.previous_expires_at.map(rfc3339),
         }
     }
-}
 
-impl From<CreatedKey> for KeyView {
-    fn from(created: CreatedKey) -> Self {
+    /// The record of a key just created or rotated, with its plaintext.
+    pub(crate) fn with_key(created: CreatedKey, requests_24h: Option<u64>) -> Self {
         Self {
             key: Some(created.key.expose_secret().to_owned()),
-            ..Self::from(created.info)
+            ..Self::new(created.info, requests_24h)
         }
     }
 }
@@ -88,7 +91,23 @@ pub(crate) struct KeyList {
 pub(crate) fn rfc3339(time: SystemTime) -> String {
     let format =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    let utc = match time.duration_since(UNIX_EPOCH) {
+    in_utc(time)
+        .format(&format)
+        .unwrap_or_else(|_| "invalid time".to_owned())
+}
+
+/// UTC to the second, `Z`: `2025-01-02T03:00:00Z`, for usage buckets (which start on the
+/// hour). Never panics, as [`rfc3339`].
+pub(crate) fn rfc3339_seconds(time: SystemTime) -> String {
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    in_utc(time)
+        .format(&format)
+        .unwrap_or_else(|_| "invalid time".to_owned())
+}
+
+/// `time` in UTC, clamped to what `time` can write.
+fn in_utc(time: SystemTime) -> OffsetDateTime {
+    match time.duration_since(UNIX_EPOCH) {
         Ok(after) => time::Duration::try_from(after)
             .ok()
             .and_then(|after| OffsetDateTime::UNIX_EPOCH.checked_add(after))
@@ -97,19 +116,22 @@ pub(crate) fn rfc3339(time: SystemTime) -> String {
             .ok()
             .and_then(|before| OffsetDateTime::UNIX_EPOCH.checked_sub(before))
             .unwrap_or(PrimitiveDateTime::MIN.assume_utc()),
-    };
-    utc.format(&format)
-        .unwrap_or_else(|_| "invalid time".to_owned())
+    }
+}
+
+/// Why [`read_rfc3339`] refused a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadTime {
+    /// Not RFC 3339.
+    Format,
+    /// Before 1970 or after 9999 once in UTC.
+    OutOfRange,
 }
 
 /// An RFC 3339 time with any offset (`2030-01-01T00:00:00Z`, `…+02:00`), which must lie
 /// between 1970 and 9999 once in UTC.
-fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, ApiError> {
-    let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
-        ApiError::bad_request(format!(
-            "{field} must be an RFC 3339 time such as 2030-01-01T00:00:00Z"
-        ))
-    })?;
+pub(crate) fn read_rfc3339(text: &str) -> Result<SystemTime, BadTime> {
+    let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| BadTime::Format)?;
     // The offset is applied in integers: converting to UTC first could leave the calendar.
     let nanos = parsed.unix_timestamp_nanos();
     let at = u64::try_from(nanos.div_euclid(1_000_000_000))
@@ -119,8 +141,19 @@ fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, ApiError> {
             Duration::new(seconds, subsec)
         })
         .and_then(|since| UNIX_EPOCH.checked_add(since))
-        .ok_or(PolicyError::TimeOutOfRange)?;
-    Ok(policy::check_time(at)?)
+        .ok_or(BadTime::OutOfRange)?;
+    policy::check_time(at).map_err(|_| BadTime::OutOfRange)
+}
+
+/// [`read_rfc3339`] for the body's `field`, with the policy's own message when out of range.
+fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, ApiError> {
+    match read_rfc3339(text) {
+        Ok(at) => Ok(at),
+        Err(BadTime::Format) => Err(ApiError::bad_request(format!(
+            "{field} must be an RFC 3339 time such as 2030-01-01T00:00:00Z"
+        ))),
+        Err(BadTime::OutOfRange) => Err(PolicyError::TimeOutOfRange.into()),
+    }
 }
 
 /// A rate limit as answered and read: `{"requests": 5, "per_seconds": 2}`. Both members are

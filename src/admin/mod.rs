@@ -11,10 +11,15 @@
 //! | `POST /admin/accounts/{account}/keys/{id}/rotate` | 200 record with `"key"` |
 //! | `POST /admin/accounts/{account}/keys/{id}/revoke`, `…/reactivate` | 200 record |
 //! | `DELETE /admin/accounts/{account}/keys/{id}` | 204 |
+//! | `GET /admin/accounts/{account}/keys/{id}/usage` | 200 the key's usage |
+//! | `GET /admin/accounts/{account}/usage` | 200 the account's usage (every key's, deleted ones included) |
 //!
 //! A record is `{"id", "account_id", "prefix", "status" ("active" or "inactive"),
-//! "created_at", "last_used_at", "name", "scopes", "expires_at", "rate_limit"}`, times in
-//! RFC 3339 (UTC, microseconds) or `null`, `name` a string or `null`, `scopes` a list or
+//! "created_at", "last_used_at", "requests_24h", "name", "scopes", "expires_at",
+//! "rate_limit"}`, times in RFC 3339 (UTC, microseconds) or `null`, `requests_24h` the key's
+//! accepted requests in the last 24 hourly buckets (the current hour included; as recorded by
+//! a [`UsageRecorder`](crate::usage::UsageRecorder)), or `null` if the store couldn't read them
+//! (logged: a key is still listed, read and changed without its count), `name` a string or `null`, `scopes` a list or
 //! `null` (unrestricted), `rate_limit` `{"requests": n, "per_seconds": s}` or `null` (none of
 //! the key's own); while the old key of a rotation with a grace period still works, also
 //! `"previous_prefix"` and `"previous_expires_at"`.
@@ -33,12 +38,24 @@
 //! Times are RFC 3339 with any offset and must lie between 1970-01-01T00:00:00Z and
 //! 9999-12-31T23:59:59Z once in UTC.
 //!
+//! **Usage** is `{"key_id" (the key's only), "granularity", "buckets": [{"start",
+//! "accepted", "rate_limited", "refused"}, …]}`: every bucket, oldest first, zeros included,
+//! each `start` in RFC 3339 (UTC, to the second). The query may give, each at most once and
+//! nothing else:
+//!
+//! - `granularity`: `hour` (the default) or `day` (UTC days);
+//! - `from` and `to` (RFC 3339, as above; percent-encode a `+` offset as `%2B`): the buckets
+//!   that start in `[from, to)`, `from` rounded down to its bucket's start, at most
+//!   [`MAX_BUCKETS`](crate::usage::MAX_BUCKETS) of them. Without either, the last 48 hours or
+//!   the last 30 days, the current bucket included; with `from` only, 48 hours or 30 days from
+//!   `from`'s bucket on; with `to` only, the 48 hours or 30 days that start before `to`.
+//!
 //! Errors are `{"error": message}`, and nothing is changed by a request that gets one
 //! (except a 500 from the event hook, which runs after the change):
 //!
 //! | status | when |
 //! | --- | --- |
-//! | 400 | a bad account id, a bad body, or a value the [policy](crate::policy) refuses, named |
+//! | 400 | a bad account id, a bad body, a value the [policy](crate::policy) refuses, or a bad usage query (an unknown or repeated parameter, a bad value, `from` not before `to`, too many buckets), named |
 //! | 401 | the authorizer doesn't know the caller (with `WWW-Authenticate: Bearer`) |
 //! | 403 `cross-site request refused` | a change a browser sent from another site: an `Origin` that is neither the request's own nor [allowed](AdminRouter::allowed_origins), or none and `Sec-Fetch-Site: cross-site` / `same-site` |
 //! | 403 `not allowed for this caller` | the caller may manage the account but not do this (a tenant widening a key; see [`SelfService`]) |
@@ -63,8 +80,9 @@
 //! The router also serves the **Integration page** at `GET /integration` ([`AdminRouter::page_path`]
 //! moves it, [`AdminRouter::without_page`] drops it): one self-contained page (its script and
 //! style sheet are embedded in the crate; no external resources, no inline script) where an
-//! account's keys are listed with when each was created and last used and their rate limit,
-//! and created (the secret shown once; with an optional name, expiry, scopes and rate limit),
+//! account's keys are listed with when each was created and last used, their requests in the
+//! last 24 hours and their rate limit, each key's usage drawn as a bar chart (hours or days),
+//! and keys created (the secret shown once; with an optional name, expiry, scopes and rate limit),
 //! rotated (with an optional grace period), revoked, reactivated and deleted, through the JSON
 //! API above. It is served with a strict `Content-Security-Policy`
 //! (`frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`.
@@ -108,6 +126,7 @@ mod json;
 mod page;
 mod self_service;
 mod tokens;
+mod usage;
 
 use std::fmt;
 use std::sync::Arc;
@@ -306,6 +325,11 @@ impl AdminRouter {
             .route(&format!("{key}/rotate"), post(handlers::rotate_key))
             .route(&format!("{key}/revoke"), post(handlers::revoke_key))
             .route(&format!("{key}/reactivate"), post(handlers::reactivate_key))
+            .route(&format!("{key}/usage"), get(handlers::key_usage))
+            .route(
+                "/admin/accounts/{account}/usage",
+                get(handlers::account_usage),
+            )
             .merge(page)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.body_limit))

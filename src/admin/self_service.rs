@@ -14,8 +14,8 @@ use crate::policy::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
 /// - An [`AdminCaller::Operator`] may do anything.
 /// - An [`AdminCaller::Tenant`] of another account gets [`AdminDenied::NotThisAccount`] (404,
 ///   as for a missing key).
-/// - An [`AdminCaller::Tenant`] of the account may list, read, rotate (with or without a grace
-///   period), revoke, reactivate and delete; create within the [`KeyCeiling`] (none by
+/// - An [`AdminCaller::Tenant`] of the account may list, read, read usage, rotate (with or
+///   without a grace period), revoke, reactivate and delete; create within the [`KeyCeiling`] (none by
 ///   default); update only to narrow: rename, restrict scopes (an unrestricted key to any
 ///   set, a restricted one to a subset), lower a rate limit (no more requests per window
 ///   and no faster a rate) or add one, bring an expiry forward or add one. Anything that

@@ -332,6 +332,7 @@ async fn secrets_appear_only_in_create_and_rotate_answers_never_in_listings_or_l
                 "name",
                 "prefix",
                 "rate_limit",
+                "requests_24h",
                 "scopes",
                 "status"
             ]

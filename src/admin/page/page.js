@@ -32,6 +32,14 @@
     rateSeconds: $("rate-seconds"),
     rows: $("rows"),
     empty: $("empty"),
+    usage: $("usage"),
+    usageTitle: $("usage-title"),
+    usagePrefix: $("usage-prefix"),
+    usageHours: $("usage-hours"),
+    usageDays: $("usage-days"),
+    usageClose: $("usage-close"),
+    usageChart: $("usage-chart"),
+    usageTotal: $("usage-total"),
   };
 
   if (body.dataset.tokenInput === "hidden") {
@@ -44,6 +52,13 @@
   // Counts "Show keys": a call that started before the latest one may not draw its list or
   // show a new key over the list that one asked for.
   let view = 0;
+
+  // The key whose usage chart is open ({id, prefix}) and its granularity, or null: what to
+  // ask the API for again when the toggle is pressed. The counts themselves are never kept.
+  let charted = null;
+  let granularity = "hour";
+  // Counts usage requests: only the latest one draws.
+  let chartCall = 0;
 
   // ===== talking to the API =====
 
@@ -188,10 +203,16 @@
     tr.append(cell("Rate limit", formatRateLimit(key.rate_limit)));
     tr.append(cell("Created", formatTime(key.created_at)));
     tr.append(cell("Last used", formatTime(key.last_used_at)));
+    // null: the server couldn't read the counts.
+    tr.append(cell("Requests (24 h)", key.requests_24h == null ? "—" : String(key.requests_24h)));
     tr.append(cell("Expires", formatTime(key.expires_at)));
 
     const actions = document.createElement("div");
     actions.className = "actions";
+    const usage = button("Usage", "secondary", () => openUsage(key));
+    usage.setAttribute("aria-label", "Usage of " + key.prefix);
+    usage.setAttribute("aria-controls", "usage");
+    actions.append(usage);
     const grace = document.createElement("select");
     grace.setAttribute("aria-label", "Grace period for " + key.prefix);
     for (const [seconds, label] of [[0, "No grace"], [3600, "1 hour grace"], [86400, "1 day grace"], [604800, "7 days grace"]]) {
@@ -225,6 +246,10 @@
     els.create.disabled = full;
     els.create.title = full ? "This account holds its limit of keys: delete one first." : "";
     els.keys.hidden = false;
+    // A chart of a key no longer listed (deleted, another account) goes.
+    if (charted && !keys.some((key) => key.id === charted.id)) {
+      closeUsage(false);
+    }
   }
 
   // Redraws `account`'s list after an action begun when `view` was `since`, and says whether
@@ -268,6 +293,7 @@
     view += 1;
     const since = view;
     forgetNewKey();
+    closeUsage(false);
     attempt(async () => {
       const data = await call("GET", keysPath(account));
       if (since === view) {
@@ -355,6 +381,227 @@
       await reload(account, since);
     });
   }
+
+  // ===== usage chart =====
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+  function svg(name, attributes, text) {
+    const el = document.createElementNS(SVG, name);
+    for (const [attribute, value] of Object.entries(attributes)) {
+      el.setAttribute(attribute, String(value));
+    }
+    if (text !== undefined) {
+      el.textContent = text;
+    }
+    return el;
+  }
+
+  // The top of the value axis: a round number at or above `max`, in steps of 1, 2 or 5 times
+  // a power of ten, about four steps high. An empty chart's axis goes to 1.
+  function axisTop(max) {
+    if (max <= 0) {
+      return { top: 1, step: 1 };
+    }
+    let mantissa = 1;
+    let decade = 1;
+    while (mantissa * decade * 4 < max) {
+      if (mantissa === 1) {
+        mantissa = 2;
+      } else if (mantissa === 2) {
+        mantissa = 5;
+      } else {
+        mantissa = 1;
+        decade *= 10;
+      }
+    }
+    const step = mantissa * decade;
+    return { top: Math.ceil(max / step) * step, step };
+  }
+
+  const pad = (n) => String(n).padStart(2, "0");
+  const dayLabel = (date) => MONTHS[date.getUTCMonth()] + " " + date.getUTCDate();
+  function bucketLabel(date, hourly) {
+    const day = date.getUTCFullYear() + "-" + pad(date.getUTCMonth() + 1) + "-" + pad(date.getUTCDate());
+    return hourly ? day + " " + pad(date.getUTCHours()) + ":00 UTC" : day + " (UTC)";
+  }
+
+  function plural(n, word) {
+    return n + " " + word + (n === 1 ? "" : "s");
+  }
+
+  // Draws `usage` (the API's answer) as stacked bars, accepted below, refused and rate
+  // limited above, with a summary for screen readers and the totals in text.
+  function drawUsage(usage) {
+    const hourly = usage.granularity === "hour";
+    const buckets = usage.buckets.map((bucket) => ({
+      start: new Date(bucket.start),
+      accepted: bucket.accepted,
+      refused: bucket.refused + bucket.rate_limited,
+      limited: bucket.rate_limited,
+    }));
+    const total = { accepted: 0, refused: 0, limited: 0 };
+    let busiest = null;
+    for (const bucket of buckets) {
+      total.accepted += bucket.accepted;
+      total.refused += bucket.refused;
+      total.limited += bucket.limited;
+      const sum = bucket.accepted + bucket.refused;
+      if (sum > 0 && (!busiest || sum > busiest.accepted + busiest.refused)) {
+        busiest = bucket;
+      }
+    }
+    const max = Math.max(0, ...buckets.map((bucket) => bucket.accepted + bucket.refused));
+    const { top, step } = axisTop(max);
+
+    const width = Math.max(280, Math.floor(els.usageChart.clientWidth || 640));
+    const height = 220;
+    const margin = { left: 44, right: 8, top: 10, bottom: 40 };
+    const plotWidth = width - margin.left - margin.right;
+    const plotHeight = height - margin.top - margin.bottom;
+    const base = margin.top + plotHeight;
+    const scale = (value) => (value / top) * plotHeight;
+
+    const what = hourly ? "hour" : "day";
+    const span = hourly ? plural(buckets.length, "hour") : plural(buckets.length, "day");
+    const first = buckets[0];
+    const last = buckets[buckets.length - 1];
+    let summary = "Requests per " + what + " over " + span;
+    if (first && last) {
+      summary += ", from " + bucketLabel(first.start, hourly) + " to " + bucketLabel(last.start, hourly);
+    }
+    summary += ": " + plural(total.accepted + total.refused, "request") + ", " + total.accepted +
+      " accepted and " + total.refused + " refused (" + total.limited + " of them rate limited).";
+    if (busiest) {
+      summary += " Busiest " + what + ": " + bucketLabel(busiest.start, hourly) + ", with " +
+        plural(busiest.accepted + busiest.refused, "request") + ".";
+    }
+
+    const chart = svg("svg", {
+      viewBox: "0 0 " + width + " " + height,
+      role: "img",
+      "aria-label": summary,
+      "data-axis-max": top,
+      "data-plot-height": plotHeight,
+    });
+    chart.append(svg("title", {}, summary));
+
+    // The value axis: gridline ticks and their numbers, and its name.
+    for (let value = 0; value <= top; value += step) {
+      const y = (base - scale(value)).toFixed(2);
+      chart.append(svg("line", { class: "axis", x1: margin.left, x2: width - margin.right, y1: y, y2: y }));
+      chart.append(svg("text", { x: margin.left - 6, y, "text-anchor": "end", "dominant-baseline": "middle" }, String(value)));
+    }
+    chart.append(svg("text", {
+      x: 0, y: 0, transform: "translate(12 " + (margin.top + plotHeight / 2) + ") rotate(-90)",
+      "text-anchor": "middle",
+    }, "Requests"));
+
+    // The bars, and a date or hour under some of them.
+    const slot = plotWidth / Math.max(1, buckets.length);
+    const barWidth = Math.max(1, slot * 0.7);
+    let lastLabel = -Infinity;
+    buckets.forEach((bucket, i) => {
+      const x = margin.left + i * slot;
+      const group = svg("g", {
+        class: "bar",
+        "data-start": bucket.start.toISOString(),
+        "data-accepted": bucket.accepted,
+        "data-refused": bucket.refused,
+      });
+      const accepted = scale(bucket.accepted);
+      const refused = scale(bucket.refused);
+      const left = (x + (slot - barWidth) / 2).toFixed(2);
+      group.append(svg("rect", {
+        class: "bar-accepted", x: left, width: barWidth.toFixed(2),
+        y: (base - accepted).toFixed(2), height: accepted.toFixed(2),
+      }));
+      group.append(svg("rect", {
+        class: "bar-refused", x: left, width: barWidth.toFixed(2),
+        y: (base - accepted - refused).toFixed(2), height: refused.toFixed(2),
+      }));
+      group.append(svg("title", {}, bucketLabel(bucket.start, hourly) + ": " + bucket.accepted +
+        " accepted, " + bucket.refused + " refused (" + bucket.limited + " rate limited)"));
+      chart.append(group);
+
+      const hour = bucket.start.getUTCHours();
+      const candidate = hourly ? hour % 6 === 0 : true;
+      const middle = x + slot / 2;
+      if (candidate && middle - lastLabel >= 56 && middle >= margin.left + 16 && middle <= width - 16) {
+        lastLabel = middle;
+        const label = hourly && hour !== 0 ? pad(hour) + ":00" : dayLabel(bucket.start);
+        chart.append(svg("line", { class: "axis", x1: middle, x2: middle, y1: base, y2: base + 4 }));
+        chart.append(svg("text", { x: middle, y: base + 16, "text-anchor": "middle" }, label));
+      }
+    });
+    chart.append(svg("line", { class: "axis", x1: margin.left, x2: width - margin.right, y1: base, y2: base }));
+    chart.append(svg("text", { x: margin.left + plotWidth / 2, y: height - 4, "text-anchor": "middle" },
+      hourly ? "Hour (UTC)" : "Day (UTC)"));
+
+    els.usageChart.replaceChildren(chart);
+    els.usageTotal.textContent = "Total over " + span + ": " +
+      plural(total.accepted + total.refused, "request") + ", " + total.accepted + " accepted, " +
+      total.refused + " refused (" + total.limited + " rate limited).";
+  }
+
+  // Asks for the charted key's usage at the chosen granularity, and draws it unless a newer
+  // request or another list came meanwhile.
+  function loadUsage(account, key) {
+    chartCall += 1;
+    const ticket = chartCall;
+    const since = view;
+    return attempt(async () => {
+      const usage = await call("GET", keyPath(account, key.id) + "/usage?granularity=" + granularity);
+      if (ticket !== chartCall || since !== view || !charted || charted.id !== key.id) {
+        return;
+      }
+      drawUsage(usage);
+    });
+  }
+
+  function setGranularity(value) {
+    granularity = value;
+    els.usageHours.setAttribute("aria-pressed", String(value === "hour"));
+    els.usageDays.setAttribute("aria-pressed", String(value === "day"));
+  }
+
+  async function openUsage(key) {
+    if (!shown) {
+      return;
+    }
+    charted = { id: key.id, prefix: key.prefix };
+    setGranularity("hour");
+    els.usagePrefix.textContent = key.prefix;
+    els.usageChart.replaceChildren();
+    els.usageTotal.textContent = "Loading…";
+    els.usage.hidden = false;
+    els.usageTitle.focus();
+    await loadUsage(shown, key);
+  }
+
+  function closeUsage(moveFocus) {
+    const hadFocus = els.usage.contains(document.activeElement);
+    charted = null;
+    chartCall += 1;
+    els.usage.hidden = true;
+    els.usageChart.replaceChildren();
+    els.usageTotal.textContent = "";
+    if (moveFocus || hadFocus) {
+      els.keysTitle.focus();
+    }
+  }
+
+  for (const [toggle, value] of [[els.usageHours, "hour"], [els.usageDays, "day"]]) {
+    toggle.addEventListener("click", () => {
+      if (!charted || !shown) {
+        return;
+      }
+      setGranularity(value);
+      loadUsage(shown, charted);
+    });
+  }
+  els.usageClose.addEventListener("click", () => closeUsage(true));
 
   els.copy.addEventListener("click", async () => {
     const text = els.newKeyValue.textContent;

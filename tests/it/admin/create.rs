@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{Harness, TOKEN, text};
 
 /// The fields of a record without a grace key, sorted.
-pub(super) const RECORD_FIELDS: [&str; 10] = [
+pub(super) const RECORD_FIELDS: [&str; 11] = [
     "account_id",
     "created_at",
     "expires_at",
@@ -18,6 +18,7 @@ pub(super) const RECORD_FIELDS: [&str; 10] = [
     "name",
     "prefix",
     "rate_limit",
+    "requests_24h",
     "scopes",
     "status",
 ];

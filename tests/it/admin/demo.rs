@@ -1,12 +1,15 @@
 //! The demo server's admin surface against hostile tenants, browsers and inputs: tenant
 //! tokens (`--tenant-token`, `TENANT_TOKENS`) under the self-service rules, cross-site
-//! requests, and a time it could not write back.
+//! requests, and a time it could not write back; and its usage counts, flushed in time.
+
+use std::time::Duration;
 
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::support::demo::{DemoServer, Launch};
+use crate::support::wait;
 
 const ACME: &str = "acme-tenant-token-0123456789";
 const GLOBEX: &str = "globex-tenant-token-0123456789";
@@ -204,4 +207,81 @@ async fn the_demo_refuses_cross_site_changes_and_times_it_cannot_write() {
     let listed = server.list_keys("acme").await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["status"], "active");
+}
+
+/// Accepted, rate limited and refused, added up over a usage answer's buckets.
+fn usage_totals(usage: &Value) -> (u64, u64, u64) {
+    let buckets = usage["buckets"].as_array().expect("buckets");
+    let sum = |field: &str| -> u64 {
+        buckets
+            .iter()
+            .map(|bucket| bucket[field].as_u64().expect("a count"))
+            .sum()
+    };
+    (sum("accepted"), sum("rate_limited"), sum("refused"))
+}
+
+#[tokio::test]
+async fn the_demo_counts_a_keys_requests_within_a_flush_interval() {
+    const FLUSH: Duration = Duration::from_millis(300);
+    let server = Launch::new()
+        .arg("--last-used-flush-ms")
+        .arg(&FLUSH.as_millis().to_string())
+        .start()
+        .await;
+    let created = server
+        .create_key_with(
+            "acme",
+            r#"{"scopes": ["read"], "rate_limit": {"requests": 4, "per_seconds": 86400}}"#,
+        )
+        .await;
+    assert_eq!(created["requests_24h"], 0);
+    let id = created["id"].as_str().expect("id");
+    let key = created["key"].as_str().expect("key");
+    // Three let in, one refused for a scope the key lacks, one over the rate limit.
+    for _ in 0..3 {
+        assert_eq!(
+            server.get_with_key("/v1/ping", key).await.status,
+            StatusCode::OK
+        );
+    }
+    let write = server
+        .request(Method::POST, "/v1/write", &[("x-api-key", key)])
+        .await;
+    assert_eq!(write.status, StatusCode::FORBIDDEN, "{}", write.text());
+    assert_eq!(
+        server.get_with_key("/v1/ping", key).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Within one flush interval and a second, both routes show them.
+    let key_usage = format!("/admin/accounts/acme/keys/{id}/usage");
+    let read = |path: String| {
+        let server = &server;
+        async move {
+            let reply = server.admin(Method::GET, &path).await;
+            assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+            assert_eq!(reply.headers["cache-control"], "no-store");
+            reply.json()
+        }
+    };
+    wait::until_within(
+        FLUSH + Duration::from_secs(1),
+        "the flushed counts",
+        || async { usage_totals(&read(key_usage.clone()).await) == (3, 1, 1) },
+    )
+    .await;
+    let usage = read(key_usage).await;
+    assert_eq!(usage["key_id"], id);
+    assert_eq!(usage["granularity"], "hour");
+    assert_eq!(usage["buckets"].as_array().expect("buckets").len(), 48);
+    let account = read("/admin/accounts/acme/usage?granularity=day".to_owned()).await;
+    assert_eq!(account["buckets"].as_array().expect("buckets").len(), 30);
+    assert_eq!(usage_totals(&account), (3, 1, 1));
+    assert_eq!(server.list_keys("acme").await[0]["requests_24h"], 3);
+    let bad = server
+        .admin(Method::GET, "/admin/accounts/acme/usage?granularity=week")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.text(), r#"{"error":"granularity must be hour or day"}"#);
 }

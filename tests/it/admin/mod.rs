@@ -11,6 +11,7 @@ mod panics;
 mod rotate;
 mod self_service;
 mod update;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tower_api_key::admin::{AdminAuthorizer, AdminEvent, AdminRouter, AdminToken};
 use tower_api_key::usage::UsageRecorder;
-use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore};
+use tower_api_key::{ApiKeyLayer, KeyManager, KeyStore, MemoryStore};
 
 use crate::support::http::serve;
 use crate::support::pepper;
@@ -98,7 +99,15 @@ impl Harness {
     /// The router `configure` builds over the harness's manager (the harness adds its event
     /// hook).
     pub(crate) async fn with(configure: impl FnOnce(KeyManager) -> AdminRouter) -> Self {
-        let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper());
+        Self::on_store(Arc::new(MemoryStore::new()), configure).await
+    }
+
+    /// As [`with`](Self::with), over `store`.
+    pub(crate) async fn on_store(
+        store: Arc<dyn KeyStore>,
+        configure: impl FnOnce(KeyManager) -> AdminRouter,
+    ) -> Self {
+        let manager = KeyManager::new(store, pepper());
         let events = Arc::new(Mutex::new(Vec::new()));
         let trail = Arc::clone(&events);
         let recorder = UsageRecorder::new(Arc::clone(manager.store()));

@@ -11,6 +11,8 @@ use serde_json::Value;
 use super::{Harness, TOKEN};
 use crate::support::browser::{Browser, PATIENCE};
 
+mod usage;
+
 /// The page in a browser, next to the server that serves it.
 struct Page {
     browser: Browser,

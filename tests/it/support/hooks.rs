@@ -1,8 +1,10 @@
 //! Stores that misbehave on purpose: a [`StoreHooks`] type says what it changes about a
 //! [`MemoryStore`], and [`hooked_key_store!`] makes it a `KeyStore`.
 
-use tower_api_key::usage::UsageBatch;
-use tower_api_key::{KeyPrefix, KeyRecord, KeyStore as _, MemoryStore, StoreError};
+use tower_api_key::usage::{Hour, UsageBatch, UsageRow};
+use tower_api_key::{
+    AccountId, KeyId, KeyPrefix, KeyRecord, KeyStore as _, MemoryStore, StoreError,
+};
 
 /// What a test store changes about a [`MemoryStore`]; everything not overridden passes
 /// straight through. Implement it, then `hooked_key_store!(YourStore)` for the `KeyStore`.
@@ -36,6 +38,18 @@ pub(crate) trait StoreHooks: Send + Sync + 'static {
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         self.before_write()?;
         self.records().record_usage(batch).await
+    }
+
+    /// A read of hourly counts.
+    async fn usage(
+        &self,
+        account: &AccountId,
+        key: Option<KeyId>,
+        from: Hour,
+        to: Hour,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.before_read()?;
+        self.records().usage(account, key, from, to).await
     }
 }
 
@@ -172,15 +186,7 @@ macro_rules! hooked_key_store {
                 from: tower_api_key::usage::Hour,
                 to: tower_api_key::usage::Hour,
             ) -> Result<Vec<tower_api_key::usage::UsageRow>, tower_api_key::StoreError> {
-                $crate::support::hooks::StoreHooks::before_read(self)?;
-                tower_api_key::KeyStore::usage(
-                    $crate::support::hooks::StoreHooks::records(self),
-                    account,
-                    key,
-                    from,
-                    to,
-                )
-                .await
+                $crate::support::hooks::StoreHooks::usage(self, account, key, from, to).await
             }
             async fn prune_usage(
                 &self,
