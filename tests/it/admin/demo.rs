@@ -222,7 +222,7 @@ fn usage_totals(usage: &Value) -> (u64, u64, u64) {
 }
 
 #[tokio::test]
-async fn the_demo_counts_a_keys_requests_within_a_flush_interval() {
+async fn the_demo_counts_a_keys_requests_and_shows_them_once_flushed() {
     const FLUSH: Duration = Duration::from_millis(300);
     let server = Launch::new()
         .arg("--last-used-flush-ms")
@@ -254,7 +254,9 @@ async fn the_demo_counts_a_keys_requests_within_a_flush_interval() {
         StatusCode::TOO_MANY_REQUESTS
     );
 
-    // Within one flush interval and a second, both routes show them.
+    // Both routes show them once the server has flushed (every 300 ms here). The wait is the
+    // suite's generous one, not the interval: a loaded machine may be slower, and a test must
+    // not fail by its scheduling alone.
     let key_usage = format!("/admin/accounts/acme/keys/{id}/usage");
     let read = |path: String| {
         let server = &server;
@@ -265,11 +267,9 @@ async fn the_demo_counts_a_keys_requests_within_a_flush_interval() {
             reply.json()
         }
     };
-    wait::until_within(
-        FLUSH + Duration::from_secs(1),
-        "the flushed counts",
-        || async { usage_totals(&read(key_usage.clone()).await) == (3, 1, 1) },
-    )
+    wait::until("the flushed counts", || async {
+        usage_totals(&read(key_usage.clone()).await) == (3, 1, 1)
+    })
     .await;
     let usage = read(key_usage).await;
     assert_eq!(usage["key_id"], id);
