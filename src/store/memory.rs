@@ -7,11 +7,11 @@ use async_trait::async_trait;
 
 use std::time::SystemTime;
 
+use super::counts::{Hour, UsageBatch, UsageRow};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, PreviousKey, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::PolicyUpdate;
 use crate::sync::lock;
-use crate::usage::{Hour, UsageBatch, UsageRow};
 
 /// Keeps key records in process memory: the default store, and the one tests use.
 ///

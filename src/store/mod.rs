@@ -5,6 +5,8 @@
 //! lifecycle rules of [`KeyManager`](crate::manager::KeyManager) hold under concurrency
 //! without any locking of its own. Implement the trait to keep keys in another database.
 
+// Public through `crate::usage`, their one path.
+pub(crate) mod counts;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -22,8 +24,8 @@ use async_trait::async_trait;
 
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
-use crate::usage::{Hour, UsageBatch, UsageRow};
 
+use counts::{Hour, UsageBatch, UsageRow};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

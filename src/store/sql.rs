@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[cfg(feature = "postgres")]
 use sqlx::types::time::OffsetDateTime;
 
+use super::counts::{Hour, UsageDelta, UsageRow};
 use super::{AccountId, KeyRecord, KeyStatus, PreviousKey, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
-use crate::usage::{Hour, UsageDelta, UsageRow};
 
 // ===== migrations =====
 

@@ -10,11 +10,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+use super::counts::{Hour, UsageBatch, UsageRow};
 use super::sql::{self, MigrateError, Migration, RawRecord, RawUsage};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate};
-use crate::usage::{Hour, UsageBatch, UsageRow};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {

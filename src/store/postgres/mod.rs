@@ -14,7 +14,7 @@ use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord, RawUsage
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{KeyName, PolicyUpdate, Scopes};
-use crate::usage::{Hour, UsageBatch, UsageRow};
+use crate::store::counts::{Hour, UsageBatch, UsageRow};
 
 pub use listener::PgChangeFeed;
 
