@@ -1212,7 +1212,7 @@ async fn an_unreachable_database_stops_the_server_before_it_listens() {
 
 #[cfg(feature = "sqlite")]
 #[tokio::test]
-async fn with_a_sqlite_database_keys_and_last_used_survive_a_restart() {
+async fn with_a_sqlite_database_keys_last_used_and_usage_survive_a_restart() {
     let url = crate::support::db::sqlite::fresh_url();
     let launch = || {
         Launch::new()
@@ -1245,6 +1245,8 @@ async fn with_a_sqlite_database_keys_and_last_used_survive_a_restart() {
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0]["id"], id);
     assert!(listed[0]["last_used_at"].is_string(), "{}", listed[0]);
+    // The request's count, written by the flush at shutdown, is still there.
+    assert_eq!(listed[0]["requests_24h"], 1, "{}", listed[0]);
     assert_eq!(listed[1]["status"], "inactive");
     // The limit counts the stored keys.
     server.create_key("acme").await;
