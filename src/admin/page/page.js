@@ -40,6 +40,7 @@
     usageClose: $("usage-close"),
     usageChart: $("usage-chart"),
     usageTotal: $("usage-total"),
+    usageRows: $("usage-rows"),
   };
 
   if (body.dataset.tokenInput === "hidden") {
@@ -540,6 +541,17 @@
       hourly ? "Hour (UTC)" : "Day (UTC)"));
 
     els.usageChart.replaceChildren(chart);
+    // The same numbers as a table, for whoever can't hover a bar: one row per bar.
+    els.usageRows.replaceChildren(...buckets.map((bucket) => {
+      const tr = document.createElement("tr");
+      tr.append(
+        cell("From (UTC)", bucketLabel(bucket.start, hourly)),
+        cell("Accepted", String(bucket.accepted)),
+        cell("Refused", String(bucket.refused - bucket.limited)),
+        cell("Rate limited", String(bucket.limited)),
+      );
+      return tr;
+    }));
     els.usageTotal.textContent = "Total over " + span + ": " +
       plural(total.accepted + total.refused, "request") + ", " + total.accepted + " accepted, " +
       total.refused + " refused (" + total.limited + " rate limited).";
@@ -574,6 +586,7 @@
     setGranularity("hour");
     els.usagePrefix.textContent = key.prefix;
     els.usageChart.replaceChildren();
+    els.usageRows.replaceChildren();
     els.usageTotal.textContent = "Loading…";
     els.usage.hidden = false;
     els.usageTitle.focus();
@@ -586,6 +599,7 @@
     chartCall += 1;
     els.usage.hidden = true;
     els.usageChart.replaceChildren();
+    els.usageRows.replaceChildren();
     els.usageTotal.textContent = "";
     if (moveFocus || hadFocus) {
       els.keysTitle.focus();

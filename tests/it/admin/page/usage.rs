@@ -35,6 +35,8 @@ const READ_CHART: &str = r##"
             refusedHeight: number(g.querySelector(".bar-refused"), "height"),
         })),
         labels: [...chart.querySelectorAll("text")].map((t) => t.textContent),
+        table: [...document.querySelectorAll("#usage-rows tr")]
+            .map((tr) => [...tr.cells].map((td) => td.textContent)),
     };
 "##;
 
@@ -234,6 +236,23 @@ async fn the_list_counts_a_keys_requests_and_its_chart_draws_them() {
             accepted + refused
         )
     );
+    // The table under the chart: a row per bar, the same numbers.
+    let table = chart["table"].as_array().expect("a table");
+    assert_eq!(table.len(), 48, "{table:?}");
+    let column = |index: usize| -> u64 {
+        table
+            .iter()
+            .map(|row| {
+                row[index]
+                    .as_str()
+                    .expect("a cell")
+                    .parse::<u64>()
+                    .expect("a count")
+            })
+            .sum()
+    };
+    assert_eq!(column(1), accepted, "{table:?}");
+    assert_eq!(column(2) + column(3), refused, "{table:?}");
     let labels = chart["labels"].as_array().expect("labels");
     for axis in ["Requests", "Hour (UTC)", "0", "8"] {
         assert!(labels.iter().any(|l| l == axis), "no {axis} in {labels:?}");
