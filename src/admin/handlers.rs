@@ -153,14 +153,10 @@ impl Admin {
     /// `None` (logged) if they can't be read. A record is answered without its count rather
     /// than not at all: a revocation must not wait for the usage table.
     async fn requests_24h(&self, account: &AccountId, id: KeyId) -> Option<u64> {
-        match self
-            .manager
-            .usage(account, Some(id), &last_24_hours())
-            .await
-        {
-            Ok(series) => Some(series.total().accepted),
-            // Deleted meanwhile: nothing to count, nothing to report.
-            Err(ManagerError::NotFound) => None,
+        // The account's counts in one read (it has a few keys), without asking again whether
+        // the key exists: the caller has just read or changed it.
+        match self.manager.usage_by_key(account, &last_24_hours()).await {
+            Ok(by_key) => Some(by_key.get(&id).map_or(0, |counts| counts.accepted)),
             Err(err) => {
                 tracing::warn!(error = %err, "could not read a key's requests_24h");
                 None
