@@ -48,7 +48,7 @@
 //!   that start in `[from, to)`, `from` rounded down to its bucket's start, at most
 //!   [`MAX_BUCKETS`](crate::usage::MAX_BUCKETS) of them. Without either, the last 48 hours or
 //!   the last 30 days, the current bucket included; with `from` only, 48 hours or 30 days from
-//!   `from`'s bucket on; with `to` only, the 48 hours or 30 days that start before `to`.
+//!   `from`'s bucket on (fewer near 9999); with `to` only, the 48 hours or 30 days that start before `to`.
 //!
 //! Errors are `{"error": message}`, and nothing is changed by a request that gets one
 //! (except a 500 from the event hook, which runs after the change):

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::json::{BadTime, read_rfc3339, rfc3339_seconds};
+use crate::policy;
 use crate::store::KeyId;
 use crate::usage::{Granularity, InvalidUsageRange, MAX_BUCKETS, UsageRange, UsageSeries};
 
@@ -19,7 +20,8 @@ const PARAMETERS: [&str; 3] = ["granularity", "from", "to"];
 /// - `granularity`: `hour` (default) or `day`;
 /// - `from` and `to`: the buckets starting in `[from, to)`, `from` rounded down to its bucket;
 /// - neither: the default range ([`UsageRange::last`]), the current bucket included;
-/// - only `from`: the default number of buckets (48 hours, 30 days) from `from`'s bucket on;
+/// - only `from`: the default number of buckets (48 hours, 30 days) from `from`'s bucket on
+///   (fewer if they would start after 9999);
 /// - only `to`: the default number of buckets that start before `to` (fewer if they would
 ///   start before 1970).
 ///
@@ -66,7 +68,11 @@ pub(crate) fn range_of(query: Option<&str>, now: SystemTime) -> Result<UsageRang
         (Some(from), Some(to)) => UsageRange::new(granularity, from, to),
         (Some(from), None) => {
             let first = bucket_start(granularity, from);
-            UsageRange::new(granularity, first, first + span)
+            // Buckets that start by the last time a query may name (fewer near 9999): none
+            // after it, whose start couldn't be written back. `first` is an hour's start, so
+            // before that second, and the range is never empty.
+            let latest = UNIX_EPOCH + Duration::from_secs(policy::LATEST_TIME_SECS);
+            UsageRange::new(granularity, first, (first + span).min(latest))
         }
         (None, Some(to)) => {
             // The bucket holding the instant just before `to` is the last that starts before it.
@@ -219,6 +225,18 @@ mod tests {
         let early = range_of(Some("to=1970-01-01T05:00:00Z"), now).expect("valid");
         assert_eq!((early.len(), early.from()), (5, UNIX_EPOCH));
         assert!(error("to=1970-01-01T00:00:00Z").contains("to must be after"));
+    }
+
+    #[test]
+    fn only_from_near_9999_ends_with_the_last_bucket_that_starts_by_then() {
+        let now = at("2026-12-05T10:30:00Z");
+        let hours = range_of(Some("from=9999-12-31T00:00:00Z"), now).expect("valid");
+        assert_eq!(
+            (hours.len(), hours.to()),
+            (24, at("9999-12-31T23:59:59Z") + Duration::from_secs(1))
+        );
+        let days = range_of(Some("granularity=day&from=9999-12-31T12:00:00Z"), now).expect("valid");
+        assert_eq!((days.len(), days.from()), (1, at("9999-12-31T00:00:00Z")));
     }
 
     #[test]

@@ -582,3 +582,27 @@ async fn keys_are_managed_without_their_counts_when_usage_cant_be_read() {
         assert!(!reply.text().contains("no usage table"), "{}", reply.text());
     }
 }
+
+#[tokio::test]
+async fn a_from_near_9999_answers_only_buckets_that_start_by_9999() {
+    let admin = Harness::start().await;
+    let id = text(&admin.create("acme", None).await, "id").to_owned();
+    for path in [
+        format!("/admin/accounts/acme/keys/{id}/usage"),
+        "/admin/accounts/acme/usage".to_owned(),
+    ] {
+        for (query, expected, step) in [
+            ("from=9999-12-31T00:00:00Z", 24, HOUR),
+            ("from=9999-12-31T23:59:59Z", 1, HOUR),
+            ("granularity=day&from=9999-12-31T12:00:00Z", 1, DAY),
+            ("granularity=day&from=9999-12-20T00:00:00Z", 12, DAY),
+        ] {
+            let usage = admin.usage(&format!("{path}?{query}")).await;
+            // Each bucket starts where it says, on its own boundary, none after 9999.
+            assert_eq!(buckets(&usage).len(), expected, "{query}: {usage}");
+            assert_consecutive(&usage, step);
+            let last = text(buckets(&usage).last().expect("a bucket"), "start");
+            assert!(last.starts_with("9999-12-31T"), "{query}: {last}");
+        }
+    }
+}
