@@ -139,14 +139,15 @@ impl UsageRange {
     }
 
     /// The last `buckets` buckets (1 to [`MAX_BUCKETS`]) of `granularity`, the one `now`
-    /// falls in included.
+    /// falls in included (fewer if they would start before 1970).
     pub fn ending_at(granularity: Granularity, buckets: u32, now: SystemTime) -> Self {
         let size = granularity.hours();
-        let buckets = buckets.clamp(1, MAX_BUCKETS);
         let current = Hour::containing(now).index() / size * size;
+        // No bucket before 1970: fewer near it, rather than buckets after `now`'s.
+        let buckets = buckets.clamp(1, MAX_BUCKETS).min(current / size + 1);
         Self {
             granularity,
-            first: Hour::from_index(current.saturating_sub((buckets - 1) * size)),
+            first: Hour::from_index(current - (buckets - 1) * size),
             buckets,
         }
     }
@@ -315,6 +316,19 @@ mod tests {
         assert_eq!(days.len(), 30);
         assert_eq!(days.to(), midnight() + 24 * HOUR);
         assert_eq!(days.from(), midnight() - 29 * 24 * HOUR);
+    }
+
+    #[test]
+    fn the_last_buckets_near_1970_end_with_the_current_one() {
+        let now = UNIX_EPOCH + 5 * HOUR + Duration::from_secs(17);
+        let hours = UsageRange::last(Granularity::Hour, now);
+        assert_eq!((hours.len(), hours.from()), (6, UNIX_EPOCH));
+        assert_eq!(hours.to(), UNIX_EPOCH + 6 * HOUR);
+        let days = UsageRange::ending_at(Granularity::Day, 30, UNIX_EPOCH + 50 * HOUR);
+        assert_eq!((days.len(), days.from()), (3, UNIX_EPOCH));
+        assert_eq!(days.to(), UNIX_EPOCH + 72 * HOUR);
+        let first = UsageRange::last(Granularity::Day, UNIX_EPOCH - HOUR);
+        assert_eq!((first.len(), first.to()), (1, UNIX_EPOCH + 24 * HOUR));
     }
 
     #[test]
