@@ -87,10 +87,14 @@ impl UsageCell {
 
     /// Counts one request of `hour`. The first count of a later hour moves the counts so far
     /// to `earlier` (under the lock, once per hour); a request racing that move may count in
-    /// the later hour, never nowhere.
+    /// the later hour, never nowhere. A refusal for scope takes its request back from the hour
+    /// it was accepted in, which is the cell's current hour unless another request of a later
+    /// hour came in between: it never moves the cell to a new hour itself, so an hour turning
+    /// between the acceptance and the refusal can't count the request in both.
     #[inline]
     fn count(&self, hour: Hour, outcome: UseOutcome) {
-        if hour.index() > self.hour.load(Ordering::Relaxed) {
+        let current = self.hour.load(Ordering::Relaxed);
+        if hour.index() > current && (outcome != UseOutcome::RefusedForScope || current == 0) {
             self.move_to(hour);
         }
         // SeqCst pairs with `flush`: either it sees this count, or we see `queued == false`.
@@ -675,6 +679,13 @@ mod tests {
         // A scope refusal whose acceptance an earlier flush took: -1 accepted, +1 refused.
         cell.count(second, UseOutcome::RefusedForScope);
         assert_eq!(cell.take_all(), vec![(second, [-1, 0, 1])]);
+        // The hour turns between an acceptance and its scope refusal: both in the first.
+        let third = second.next();
+        cell.count(second, UseOutcome::Accepted);
+        cell.count(third, UseOutcome::RefusedForScope);
+        assert_eq!(cell.take_all(), vec![(second, [0, 0, 1])]);
+        cell.count(third, UseOutcome::Accepted);
+        assert_eq!(cell.take_all(), vec![(third, [1, 0, 0])]);
     }
 
     #[test]

@@ -102,8 +102,8 @@ impl UsageRange {
     ///
     /// # Errors
     ///
-    /// [`InvalidUsageRange::Empty`] unless `from < to`; [`InvalidUsageRange::TooManyBuckets`]
-    /// past [`MAX_BUCKETS`] buckets.
+    /// [`InvalidUsageRange::Empty`] unless `from < to` and a bucket starts before `to` (none
+    /// does before 1970); [`InvalidUsageRange::TooManyBuckets`] past [`MAX_BUCKETS`] buckets.
     pub fn new(
         granularity: Granularity,
         from: SystemTime,
@@ -125,10 +125,14 @@ impl UsageRange {
         if buckets > MAX_BUCKETS {
             return Err(InvalidUsageRange::TooManyBuckets);
         }
+        if buckets == 0 {
+            // Only before 1970, where no bucket starts.
+            return Err(InvalidUsageRange::Empty);
+        }
         Ok(Self {
             granularity,
             first: Hour::from_index(first),
-            buckets: buckets.max(1),
+            buckets,
         })
     }
 
@@ -286,6 +290,12 @@ mod tests {
     #[test]
     fn empty_and_oversized_ranges_are_refused() {
         let day = midnight();
+        // Before 1970 no bucket starts.
+        let before = UNIX_EPOCH - 3 * HOUR;
+        assert_eq!(
+            UsageRange::new(Granularity::Hour, before, before + HOUR),
+            Err(InvalidUsageRange::Empty)
+        );
         assert_eq!(
             UsageRange::new(Granularity::Hour, day, day),
             Err(InvalidUsageRange::Empty)
