@@ -94,7 +94,9 @@ const PRUNE_USAGE: &str = "DELETE FROM tower_api_keys_usage WHERE hour < ?1";
 const UPSERT_ROWS: usize = 500;
 
 /// An upsert of `rows` rows of `tower_api_keys_usage` (account, hour, key, accepted,
-/// rate limited, refused), each adding its counts to the row if it exists.
+/// rate limited, refused), each adding its counts to the row if it exists. A sum past the
+/// 64-bit range (only a row edited by hand gets there) becomes a REAL in SQLite, which the
+/// CAST brings back to the range's edge: the flush is written instead of failing forever.
 fn upsert_usage(rows: usize) -> String {
     let mut statement = String::from(
         "INSERT INTO tower_api_keys_usage
@@ -108,9 +110,9 @@ fn upsert_usage(rows: usize) -> String {
     }
     statement.push_str(
         " ON CONFLICT (account_id, hour, key_id) DO UPDATE SET
-           accepted = accepted + excluded.accepted,
-           rate_limited = rate_limited + excluded.rate_limited,
-           refused = refused + excluded.refused",
+           accepted = CAST(accepted + excluded.accepted AS INTEGER),
+           rate_limited = CAST(rate_limited + excluded.rate_limited AS INTEGER),
+           refused = CAST(refused + excluded.refused AS INTEGER)",
     );
     statement
 }

@@ -548,16 +548,21 @@ impl KeyStore for PostgresStore {
             // rows before the usage rows). The arrays come sorted by the table's key, and
             // an INSERT takes its rows in the order `unnest` yields them, so two processes
             // adding to the same rows lock them in the same order: one waits, neither
-            // deadlocks. Rows are added to whether or not the key still exists.
+            // deadlocks. Rows are added to whether or not the key still exists. Sums are taken
+            // in `numeric` and held to `bigint`'s range: a row edited by hand to its edge
+            // stays there instead of failing every flush ("bigint out of range").
             sqlx::query(
                 "INSERT INTO tower_api_keys_usage AS t
                    (account_id, hour, key_id, accepted, rate_limited, refused)
                  SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[],
                                       $4::bigint[], $5::bigint[], $6::bigint[])
                  ON CONFLICT (account_id, hour, key_id) DO UPDATE SET
-                   accepted = t.accepted + EXCLUDED.accepted,
-                   rate_limited = t.rate_limited + EXCLUDED.rate_limited,
-                   refused = t.refused + EXCLUDED.refused",
+                   accepted = LEAST(GREATEST(t.accepted::numeric + EXCLUDED.accepted,
+                     -9223372036854775808), 9223372036854775807)::bigint,
+                   rate_limited = LEAST(GREATEST(t.rate_limited::numeric + EXCLUDED.rate_limited,
+                     -9223372036854775808), 9223372036854775807)::bigint,
+                   refused = LEAST(GREATEST(t.refused::numeric + EXCLUDED.refused,
+                     -9223372036854775808), 9223372036854775807)::bigint",
             )
             .bind(&columns.0)
             .bind(&columns.1)

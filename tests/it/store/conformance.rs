@@ -1103,6 +1103,50 @@ async fn concurrent_flushes_of_the_same_hours_add_up(store: Arc<dyn KeyStore>) {
 }
 
 /// Generates one `#[tokio::test]` per behaviour for a store built by `$make`.
+/// A stored sum can't wrap or fail the flush: a row edited to the edge of the integer range
+/// (nothing else gets there) stays at the edge, and the rest of the batch is written.
+async fn sums_at_the_edge_of_the_range_saturate_instead_of_failing_the_flush(
+    store: Arc<dyn KeyStore>,
+) {
+    let (record, _) = new_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let key = record.id;
+    store
+        .record_usage(&counts_only(vec![delta(
+            "acme",
+            key,
+            0,
+            [i64::MAX, 0, i64::MIN],
+        )]))
+        .await
+        .expect("write");
+    let batch = UsageBatch {
+        last_used: vec![KeyUse {
+            id: key,
+            prefix: record.prefix,
+            at: at(5),
+        }],
+        counts: vec![delta("acme", key, 0, [5, 1, -5])],
+    };
+    store
+        .record_usage(&batch)
+        .await
+        .expect("the flush is written");
+    assert_eq!(
+        usage_of(&store, "acme", Some(key), 0, 1).await,
+        [row(key, 0, [i64::MAX as u64, 1, 0])]
+    );
+    let record = store
+        .get(&account("acme"), key)
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(record.last_used_at, Some(at(5)));
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -1137,6 +1181,7 @@ macro_rules! conformance {
                 a_batch_of_uses_and_counts_applies_both,
                 concurrent_flushes_of_the_same_hours_add_up,
                 a_large_batch_adds_every_row,
+                sums_at_the_edge_of_the_range_saturate_instead_of_failing_the_flush,
             );
         }
     };
