@@ -368,7 +368,10 @@ impl UsageRecorder {
     ///
     /// The store's error. The merged uses and counts go back to the queue, merged with any
     /// made meanwhile, and the next flush tries them again; the same happens if this future
-    /// is dropped before the store answers.
+    /// is dropped before the store answers. So counts are written at least once: a write that
+    /// committed but whose answer was lost (the connection dropped after the commit) is
+    /// counted again by the next flush. Last-used times are unaffected (they only move
+    /// forward).
     pub async fn flush(&self) -> Result<usize, StoreError> {
         self.shared.clock.resync();
         let (cells, given_back) = {
