@@ -44,7 +44,8 @@ struct Flags {
     #[arg(default_value = "127.0.0.1:3000", value_parser = Setting(listen_addr))]
     addr: ListenAddr,
 
-    /// How often key uses are written to the store, in milliseconds (1 to 3600000)
+    /// How often key uses (last_used_at and the hourly request counts) are written to the
+    /// store, in milliseconds (1 to 3600000)
     #[arg(long, env = "LAST_USED_FLUSH_MS", value_name = "N")]
     #[arg(default_value_t = 500, value_parser = milliseconds())]
     last_used_flush_ms: u64,
