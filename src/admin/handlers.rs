@@ -1,6 +1,7 @@
 //! The admin routes' handlers: identify the caller, read the path and the body, ask the
 //! authorizer about the attempt, call the [`KeyManager`], answer.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, json_bod
 use super::usage::{UsageView, range_of};
 use crate::manager::{KeyInfo, KeyManager, ManagerError};
 use crate::store::{AccountId, KeyId, StoreError};
-use crate::usage::{Granularity, UsageRange};
+use crate::usage::{Granularity, UsageCounts, UsageRange};
 
 /// The hook of [`AdminRouter::on_event`](super::AdminRouter::on_event).
 pub(crate) type EventHook = Arc<dyn Fn(&AdminEvent) + Send + Sync>;
@@ -149,19 +150,23 @@ impl Admin {
         }
     }
 
-    /// Key `id`'s accepted requests in the last 24 hourly buckets, the current one included;
-    /// `None` (logged) if they can't be read. A record is answered without its count rather
-    /// than not at all: a revocation must not wait for the usage table.
-    async fn requests_24h(&self, account: &AccountId, id: KeyId) -> Option<u64> {
-        // The account's counts in one read (it has a few keys), without asking again whether
-        // the key exists: the caller has just read or changed it.
-        match self.manager.usage_by_key(account, &last_24_hours()).await {
-            Ok(by_key) => Some(by_key.get(&id).map_or(0, |counts| counts.accepted)),
-            Err(err) => {
-                tracing::warn!(error = %err, "could not read a key's requests_24h");
-                None
-            }
-        }
+    /// Each of the account's keys' accepted requests in the last 24 hourly buckets, the
+    /// current one included, in one read; `None` (logged) if they can't be read. A record is
+    /// answered without its count rather than not at all: a revocation must not wait for the
+    /// usage table.
+    async fn requests_24h(&self, account: &AccountId) -> Option<RecentRequests> {
+        let range = UsageRange::ending_at(Granularity::Hour, 24, SystemTime::now());
+        self.manager
+            .usage_by_key(account, &range)
+            .await
+            .inspect_err(|err| tracing::warn!(error = %err, "could not read requests_24h"))
+            .ok()
+            .map(RecentRequests)
+    }
+
+    /// Key `id`'s `requests_24h`, from the same read.
+    async fn key_requests_24h(&self, account: &AccountId, id: KeyId) -> Option<u64> {
+        self.requests_24h(account).await.map(|recent| recent.of(id))
     }
 
     /// Tells the hook, if any, about a change.
@@ -185,16 +190,9 @@ pub(crate) async fn list_keys(
     let admitted = admin.admit(parts).await?;
     admin.authorize(&admitted, AdminOperation::List).await?;
     let keys = admin.manager.list(&admitted.account).await?;
-    let counts = admin
-        .manager
-        .usage_by_key(&admitted.account, &last_24_hours())
-        .await
-        .inspect_err(|err| tracing::warn!(error = %err, "could not read keys' requests_24h"))
-        .ok();
+    let recent = admin.requests_24h(&admitted.account).await;
     let view = |info: KeyInfo| {
-        let accepted = counts
-            .as_ref()
-            .map(|counts| counts.get(&info.id).map_or(0, |counts| counts.accepted));
+        let accepted = recent.as_ref().map(|recent| recent.of(info.id));
         KeyView::new(info, accepted)
     };
     Ok(Json(KeyList {
@@ -246,7 +244,7 @@ async fn read_key(
     id: KeyId,
 ) -> Result<Json<KeyView>, ApiError> {
     let info = admin.manager.get(account, id).await?;
-    let requests = admin.requests_24h(account, id).await;
+    let requests = admin.key_requests_24h(account, id).await;
     Ok(Json(KeyView::new(info, requests)))
 }
 
@@ -279,7 +277,7 @@ pub(crate) async fn update_key(
             |updated| Some(updated),
         )
         .await?;
-    let requests = admin.requests_24h(&updated.account_id, id).await;
+    let requests = admin.key_requests_24h(&updated.account_id, id).await;
     Ok(Json(KeyView::new(updated, requests)))
 }
 
@@ -305,7 +303,7 @@ pub(crate) async fn rotate_key(
         )
         .await?;
     // Rotating keeps the id, and so the counts.
-    let requests = admin.requests_24h(&admitted.account, id).await;
+    let requests = admin.key_requests_24h(&admitted.account, id).await;
     Ok(Json(KeyView::with_key(rotated, requests)))
 }
 
@@ -349,7 +347,7 @@ async fn set_status(
             |info| Some(info),
         )
         .await?;
-    let requests = admin.requests_24h(&admitted.account, id).await;
+    let requests = admin.key_requests_24h(&admitted.account, id).await;
     Ok(Json(KeyView::new(info, requests)))
 }
 
@@ -417,10 +415,14 @@ pub(crate) async fn account_usage(
     Ok(Json(UsageView::new(None, &series)))
 }
 
-/// The range of a record's `requests_24h`: the last 24 hourly buckets, the current one
-/// included.
-fn last_24_hours() -> UsageRange {
-    UsageRange::ending_at(Granularity::Hour, 24, SystemTime::now())
+/// The keys' counts behind `requests_24h`.
+struct RecentRequests(HashMap<KeyId, UsageCounts>);
+
+impl RecentRequests {
+    /// Key `id`'s accepted requests (0 without any).
+    fn of(&self, id: KeyId) -> u64 {
+        self.0.get(&id).map_or(0, |counts| counts.accepted)
+    }
 }
 
 /// The admitted request's body as `T`, within the router's body limit.
