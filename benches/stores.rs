@@ -251,46 +251,7 @@ async fn lookups() {
     let path = std::env::temp_dir().join(format!("tak_bench_stores_{}.db", std::process::id()));
     let path = path.to_str().expect("utf-8 path").to_owned();
     let started = Instant::now();
-    {
-        let store = sqlite_store(&path, true).await;
-        store.migrate().await.expect("migrate sqlite");
-        let mut tx = store.pool().begin().await.expect("begin");
-        let per = 1_000;
-        for chunk in (0..rows).collect::<Vec<_>>().chunks(per) {
-            let mut sql = String::from(
-                "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at_us) VALUES ",
-            );
-            for (n, _) in chunk.iter().enumerate() {
-                if n > 0 {
-                    sql.push(',');
-                }
-                sql.push_str("(?, ?, ?, ?, 'active', ?)");
-            }
-            let now_us = i64::try_from(
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .expect("after 1970")
-                    .as_micros(),
-            )
-            .expect("fits");
-            let mut query = sqlx::query(&sql);
-            for &i in chunk {
-                query = query
-                    .bind(uuid::Uuid::new_v4().hyphenated().to_string())
-                    .bind(account(i))
-                    .bind(prefix_of(i))
-                    .bind(digest_of(i))
-                    .bind(now_us);
-            }
-            query.execute(&mut *tx).await.expect("bulk insert sqlite");
-        }
-        tx.commit().await.expect("commit");
-        sqlx::query("ANALYZE")
-            .execute(store.pool())
-            .await
-            .expect("analyze");
-        store.pool().close().await;
-    }
+    sqlite_bulk_insert(&path, &bench_keys(rows)).await;
     println!(
         "sqlite: {rows} rows inserted in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -721,8 +682,9 @@ async fn last_used() {
 
 // ===== usage flush: last used alone, then with counts =====
 
-/// The keys of the `usage-flush` part: id, account, prefix (all distinct), digest.
-fn usage_keys(keys: usize) -> Vec<(KeyId, AccountId, KeyPrefix, KeyDigest)> {
+/// `keys` keys as the benches store them: id, account (1,000 of them), prefix (all
+/// distinct), digest.
+fn bench_keys(keys: usize) -> Vec<(KeyId, AccountId, KeyPrefix, KeyDigest)> {
     (0..keys)
         .map(|i| {
             let digest: [u8; 32] = digest_of(i).try_into().expect("32 bytes");
@@ -925,7 +887,7 @@ async fn usage_flush() {
         "## usage-flush: {keys} active keys, {rounds} rounds of one flush per variant \
          (each: every key's use; counts for every key in one hour)"
     );
-    let records = usage_keys(keys);
+    let records = bench_keys(keys);
 
     let memory = Arc::new(MemoryStore::new());
     for (id, account, prefix, digest) in &records {
