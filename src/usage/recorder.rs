@@ -359,7 +359,8 @@ impl UsageRecorder {
     }
 
     /// Writes every pending use and count to the store in one batch
-    /// ([`KeyStore::record_usage`]) and returns how many keys it updated. Uses of one key
+    /// ([`KeyStore::record_usage`]) and returns how many keys it updated (a key used with
+    /// two prefixes, in a rotation's grace period, counts twice). Uses of one key
     /// *with one prefix* are merged into their latest: a late use of a rotated-away prefix
     /// must not hide the new prefix's use (the store drops the former). Counts are added up
     /// per key and hour.
@@ -444,12 +445,9 @@ impl UsageRecorder {
             return Ok(0);
         }
         self.shared.store.record_usage(&write).await?;
+        let written = batch.pending.len();
         batch.clear(); // written: nothing to give back
-        let mut keys: Vec<KeyId> = write.last_used.iter().map(|used| used.id).collect();
-        keys.extend(write.counts.iter().map(|delta| delta.key_id));
-        keys.sort_unstable();
-        keys.dedup();
-        Ok(keys.len())
+        Ok(written)
     }
 
     /// Deletes the counts of hours that ended more than the
