@@ -6,30 +6,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use axum::body::Body;
-use http::request::Parts;
 use http::{Method, Request, StatusCode};
 use tower::ServiceExt as _;
-use tower_api_key::admin::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, AdminRouter};
+use tower_api_key::admin::AdminRouter;
 use tower_api_key::{KeyManager, MemoryStore, Pepper};
 
 use crate::support::exclusive::exclusive;
-
-/// Lets everyone in, and panics when asked about the account `boom`.
-struct PanicsOnBoom;
-
-#[async_trait]
-impl AdminAuthorizer for PanicsOnBoom {
-    async fn authenticate(&self, _request: &Parts) -> Result<AdminCaller, AdminDenied> {
-        Ok(AdminCaller::Operator)
-    }
-
-    async fn authorize(&self, attempt: &AdminAttempt<'_>) -> Result<(), AdminDenied> {
-        assert_ne!(attempt.account.as_str(), "boom", "the authorizer fell over");
-        Ok(())
-    }
-}
+use crate::support::panicking::PanicsOnBoom;
 
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]

@@ -23,6 +23,8 @@ mod support {
     // `forge` is for `tests/it` and the benches.
     #[allow(dead_code)]
     pub(crate) mod keys;
+    #[cfg(feature = "admin")]
+    pub(crate) mod panicking;
     pub(crate) mod rng;
     pub(crate) mod service;
     pub(crate) mod wait;

@@ -5,35 +5,17 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::body::Body;
-use http::request::Parts;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tower::ServiceExt as _;
-use tower_api_key::admin::{
-    AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, AdminRouter, AdminToken,
-};
+use tower_api_key::admin::{AdminRouter, AdminToken};
 use tower_api_key::{KeyManager, MemoryStore};
 
 use super::{Harness, TOKEN};
+use crate::support::panicking::PanicsOnBoom;
 use crate::support::pepper;
-
-/// Lets everyone in, and panics when asked about the account `boom`.
-struct PanicsOnBoom;
-
-#[async_trait]
-impl AdminAuthorizer for PanicsOnBoom {
-    async fn authenticate(&self, _request: &Parts) -> Result<AdminCaller, AdminDenied> {
-        Ok(AdminCaller::Operator)
-    }
-
-    async fn authorize(&self, attempt: &AdminAttempt<'_>) -> Result<(), AdminDenied> {
-        assert_ne!(attempt.account.as_str(), "boom", "the authorizer fell over");
-        Ok(())
-    }
-}
 
 /// Sends `requests` one after another on one HTTP/1.1 connection and returns each answer's
 /// status line and body.

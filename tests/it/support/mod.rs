@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests (`tests/serial` includes the modules it needs:
-//! `exclusive`, `hooks`, `keys`, `rng`, `service`, `wait`).
+//! `exclusive`, `hooks`, `keys`, `panicking`, `rng`, `service`, `wait`).
 
 #[cfg(feature = "admin")]
 pub(crate) mod browser;
@@ -11,6 +11,8 @@ pub(crate) mod grpc;
 pub(crate) mod hooks;
 pub(crate) mod http;
 pub(crate) mod keys;
+#[cfg(feature = "admin")]
+pub(crate) mod panicking;
 pub(crate) mod rng;
 pub(crate) mod service;
 pub(crate) mod stores;
