@@ -32,12 +32,18 @@ fn new_record(account_name: &str) -> (KeyRecord, ApiKey) {
     (record, key)
 }
 
-async fn insert_then_find_by_prefix_and_get(store: Arc<dyn KeyStore>) {
-    let (record, _) = new_record("acme");
+/// A new record of `account_name`, inserted.
+async fn stored(store: &Arc<dyn KeyStore>, account_name: &str) -> KeyRecord {
+    let (record, _) = new_record(account_name);
     store
         .insert_within_limit(record.clone(), 3)
         .await
         .expect("insert");
+    record
+}
+
+async fn insert_then_find_by_prefix_and_get(store: Arc<dyn KeyStore>) {
+    let record = stored(&store, "acme").await;
     assert_eq!(
         store.find_by_prefix(&record.prefix).await.expect("find"),
         Some(record.clone())
@@ -79,11 +85,7 @@ async fn insert_refuses_past_the_limit(store: Arc<dyn KeyStore>) {
 }
 
 async fn insert_refuses_a_taken_prefix(store: Arc<dyn KeyStore>) {
-    let (first, _) = new_record("acme");
-    store
-        .insert_within_limit(first.clone(), 3)
-        .await
-        .expect("insert");
+    let first = stored(&store, "acme").await;
     let (mut second, _) = new_record("other");
     second.prefix = first.prefix;
     let err = store
@@ -126,11 +128,7 @@ async fn list_is_per_account_and_oldest_first(store: Arc<dyn KeyStore>) {
 }
 
 async fn set_status_changes_only_the_status(store: Arc<dyn KeyStore>) {
-    let (record, _) = new_record("acme");
-    store
-        .insert_within_limit(record.clone(), 3)
-        .await
-        .expect("insert");
+    let record = stored(&store, "acme").await;
     let updated = store
         .set_status(&account("acme"), record.id, KeyStatus::Inactive)
         .await
@@ -276,11 +274,7 @@ async fn delete_removes_the_record_and_frees_the_slot(store: Arc<dyn KeyStore>) 
 }
 
 async fn last_used_only_moves_forward(store: Arc<dyn KeyStore>) {
-    let (record, _) = new_record("acme");
-    store
-        .insert_within_limit(record.clone(), 3)
-        .await
-        .expect("insert");
+    let record = stored(&store, "acme").await;
     let use_at = |micros| KeyUse {
         id: record.id,
         prefix: record.prefix,
@@ -311,11 +305,7 @@ async fn last_used_only_moves_forward(store: Arc<dyn KeyStore>) {
 }
 
 async fn last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key(store: Arc<dyn KeyStore>) {
-    let (record, _) = new_record("acme");
-    store
-        .insert_within_limit(record.clone(), 3)
-        .await
-        .expect("insert");
+    let record = stored(&store, "acme").await;
     let (fresh, _) = new_record("acme");
     store
         .replace_key(
@@ -651,11 +641,7 @@ async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore
 }
 
 async fn delete_frees_the_previous_prefix(store: Arc<dyn KeyStore>) {
-    let (a, _) = new_record("acme");
-    store
-        .insert_within_limit(a.clone(), 3)
-        .await
-        .expect("insert");
+    let a = stored(&store, "acme").await;
     rotate_with_grace(&store, &a).await;
     let removed = store.delete(&account("acme"), a.id).await.expect("delete");
     assert_eq!(
@@ -849,11 +835,7 @@ async fn negative_deltas_add_as_numbers_and_a_negative_sum_reads_as_zero(store: 
 }
 
 async fn deleted_keys_keep_their_counts(store: Arc<dyn KeyStore>) {
-    let (record, _) = new_record("acme");
-    store
-        .insert_within_limit(record.clone(), 3)
-        .await
-        .expect("insert");
+    let record = stored(&store, "acme").await;
     store
         .record_usage(&counts_only(vec![delta("acme", record.id, 0, [3, 0, 0])]))
         .await
@@ -984,16 +966,8 @@ async fn prune_deletes_exactly_the_hours_before_and_counts_them(store: Arc<dyn K
 }
 
 async fn a_batch_of_uses_and_counts_applies_both(store: Arc<dyn KeyStore>) {
-    let (record, _) = new_record("acme");
-    store
-        .insert_within_limit(record.clone(), 3)
-        .await
-        .expect("insert");
-    let (rotated_away, _) = new_record("acme");
-    store
-        .insert_within_limit(rotated_away.clone(), 3)
-        .await
-        .expect("insert");
+    let record = stored(&store, "acme").await;
+    let rotated_away = stored(&store, "acme").await;
     let (fresh, _) = new_record("acme");
     store
         .replace_key(
@@ -1108,11 +1082,7 @@ async fn concurrent_flushes_of_the_same_hours_add_up(store: Arc<dyn KeyStore>) {
 async fn sums_at_the_edge_of_the_range_saturate_instead_of_failing_the_flush(
     store: Arc<dyn KeyStore>,
 ) {
-    let (record, _) = new_record("acme");
-    store
-        .insert_within_limit(record.clone(), 3)
-        .await
-        .expect("insert");
+    let record = stored(&store, "acme").await;
     let key = record.id;
     store
         .record_usage(&counts_only(vec![delta(
