@@ -233,6 +233,35 @@ impl Page {
             .expect("read focus")
     }
 
+    /// Waits until a listed key's status starts with `status` ("Active", "Inactive").
+    async fn wait_for_status(&self, what: &str, status: &str) -> Value {
+        self.wait_for(what, |s| {
+            rows(s).iter().any(|r| {
+                r["cells"]["Status"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(status))
+            })
+        })
+        .await
+    }
+
+    /// Asserts that the page doesn't scroll sideways (at 360 px, the narrowest width).
+    async fn assert_no_sideways_scroll(&self) {
+        let overflow = self
+            .browser
+            .client
+            .execute(
+                "return document.documentElement.scrollWidth - window.innerWidth",
+                vec![],
+            )
+            .await
+            .expect("measure");
+        assert!(
+            overflow.as_i64().is_some_and(|px| px <= 0),
+            "the page scrolls sideways at 360 px by {overflow}"
+        );
+    }
+
     /// The status of `GET /v1/ping` with `key`.
     async fn ping(&self, key: &str) -> StatusCode {
         self.harness
@@ -364,25 +393,11 @@ async fn a_keys_whole_life_through_the_page() {
 
     // Revoke and reactivate.
     page.click_in_row(&id, "Revoke").await;
-    page.wait_for("an inactive key", |s| {
-        rows(s).iter().any(|r| {
-            r["cells"]["Status"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("Inactive"))
-        })
-    })
-    .await;
+    page.wait_for_status("an inactive key", "Inactive").await;
     assert_eq!(page.ping(&third).await, StatusCode::UNAUTHORIZED);
     assert_eq!(page.harness.list("acme").await[0]["status"], "inactive");
     page.click_in_row(&id, "Reactivate").await;
-    page.wait_for("an active key", |s| {
-        rows(s).iter().any(|r| {
-            r["cells"]["Status"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("Active"))
-        })
-    })
-    .await;
+    page.wait_for_status("an active key", "Active").await;
     assert_eq!(page.ping(&third).await, StatusCode::OK);
 
     // Up to the limit: "Create key" is disabled.
@@ -513,17 +528,7 @@ async fn the_page_works_at_360_pixels_with_the_keyboard_alone() {
     let key = key_of(&state);
     assert_eq!(page.ping(&key).await, StatusCode::OK);
 
-    let overflow = client
-        .execute(
-            "return document.documentElement.scrollWidth - window.innerWidth",
-            vec![],
-        )
-        .await
-        .expect("measure");
-    assert!(
-        overflow.as_i64().is_some_and(|px| px <= 0),
-        "the page scrolls sideways at 360 px by {overflow}"
-    );
+    page.assert_no_sideways_scroll().await;
 
     // From the shown key, Tab past "Copy" to "Done" and press Enter: the key goes, and
     // focus lands on the keys' heading rather than on nothing.
@@ -775,14 +780,7 @@ async fn a_tenant_token_manages_its_own_account_through_the_page() {
         .expect("id")
         .to_owned();
     page.click_in_row(&id, "Revoke").await;
-    page.wait_for("an inactive key", |s| {
-        rows(s).iter().any(|r| {
-            r["cells"]["Status"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("Inactive"))
-        })
-    })
-    .await;
+    page.wait_for_status("an inactive key", "Inactive").await;
     assert_eq!(page.ping(&key).await, StatusCode::UNAUTHORIZED);
     assert!(page.state().await["error"].is_null());
 

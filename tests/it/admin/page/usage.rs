@@ -362,19 +362,7 @@ async fn the_chart_works_at_360_pixels_with_the_keyboard_alone() {
     page.press("\u{E007}").await;
     let chart = page.wait_for_chart(30).await;
     assert_bars_to_scale(&chart);
-    let overflow = page
-        .browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth - window.innerWidth",
-            vec![],
-        )
-        .await
-        .expect("measure");
-    assert!(
-        overflow.as_i64().is_some_and(|px| px <= 0),
-        "the page scrolls sideways at 360 px by {overflow}"
-    );
+    page.assert_no_sideways_scroll().await;
 
     // Tab to "Close", Enter: the chart goes and focus returns to the keys.
     page.press("\u{E004}").await;
