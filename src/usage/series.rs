@@ -161,14 +161,10 @@ impl UsageRange {
         self.granularity
     }
 
-    /// How many buckets it holds.
+    /// How many buckets it holds: at least one (an empty range can't be built).
+    #[allow(clippy::len_without_is_empty)] // it would always answer false
     pub fn len(&self) -> usize {
         self.buckets as usize
-    }
-
-    /// Always false: a range holds at least one bucket.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// When its first bucket starts.
