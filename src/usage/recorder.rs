@@ -87,26 +87,34 @@ impl UsageCell {
 
     /// Counts one request of `hour`. The first count of a later hour moves the counts so far
     /// to `earlier` (under the lock, once per hour); a request racing that move may count in
-    /// the later hour, never nowhere. A refusal for scope takes its request back from the hour
-    /// it was accepted in, which is the cell's current hour unless another request of a later
-    /// hour came in between: it never moves the cell to a new hour itself, so an hour turning
-    /// between the acceptance and the refusal can't count the request in both.
+    /// the later hour, never nowhere.
     #[inline]
     fn count(&self, hour: Hour, outcome: UseOutcome) {
-        let current = self.hour.load(Ordering::Relaxed);
-        if hour.index() > current && (outcome != UseOutcome::RefusedForScope || current == 0) {
+        let counter = match outcome {
+            UseOutcome::Accepted => 0,
+            UseOutcome::RateLimited => 1,
+            UseOutcome::Refused => 2,
+            UseOutcome::RefusedForScope => return self.refuse_accepted(hour),
+        };
+        if hour.index() > self.hour.load(Ordering::Relaxed) {
             self.move_to(hour);
         }
         // SeqCst pairs with `flush`: either it sees this count, or we see `queued == false`.
-        match outcome {
-            UseOutcome::Accepted => self.counts[0].fetch_add(1, Ordering::SeqCst),
-            UseOutcome::RateLimited => self.counts[1].fetch_add(1, Ordering::SeqCst),
-            UseOutcome::Refused => self.counts[2].fetch_add(1, Ordering::SeqCst),
-            UseOutcome::RefusedForScope => {
-                self.counts[0].fetch_sub(1, Ordering::SeqCst);
-                self.counts[2].fetch_add(1, Ordering::SeqCst)
-            }
-        };
+        self.counts[counter].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A refusal for scope of a request this cell counted as accepted, in its current hour
+    /// (the acceptance's, unless a request of a later hour came in between): the request
+    /// moves there from accepted to refused, whatever hour the refusal itself falls in, so an
+    /// hour turning in between can't count it in both. `hour` serves only a cell that has
+    /// counted nothing yet.
+    #[cold]
+    fn refuse_accepted(&self, hour: Hour) {
+        if self.hour.load(Ordering::Relaxed) == 0 {
+            self.move_to(hour);
+        }
+        self.counts[0].fetch_sub(1, Ordering::SeqCst);
+        self.counts[2].fetch_add(1, Ordering::SeqCst);
     }
 
     #[cold]
