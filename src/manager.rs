@@ -44,7 +44,8 @@ use tracing::Instrument as _;
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key::{ApiKey, KeyDigest, KeyPrefix, Pepper, RandomnessError};
 use crate::policy::{
-    self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
+    self, AllowedIps, KeyName, KeyOptions, Metadata, PolicyError, PolicyUpdate, Quota, RateLimit,
+    RotateOptions, Scopes,
 };
 use crate::store::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::usage::{UsageCounts, UsageRange, UsageSeries};
@@ -81,6 +82,12 @@ pub struct KeyInfo {
     pub expires_at: Option<SystemTime>,
     /// How often it may be used; `None` leaves it to the layer's default, if any.
     pub rate_limit: Option<RateLimit>,
+    /// How many requests it may have accepted per calendar day or month; `None` is no cap.
+    pub quota: Option<Quota>,
+    /// The addresses it may be used from; `None` is anywhere.
+    pub allowed_ips: Option<AllowedIps>,
+    /// Facts handed to handlers with the key's identity.
+    pub metadata: Option<Metadata>,
     /// While the old key string of a rotation with a grace period still works: its prefix.
     pub previous_prefix: Option<KeyPrefix>,
     /// While the old key string of a rotation with a grace period still works: when it stops.
@@ -102,6 +109,9 @@ impl KeyInfo {
             scopes: record.scopes,
             expires_at: record.expires_at,
             rate_limit: record.rate_limit,
+            quota: record.quota,
+            allowed_ips: record.allowed_ips,
+            metadata: record.metadata,
             previous_prefix: grace.map(|(prefix, _)| prefix),
             previous_expires_at: grace.map(|(_, at)| at),
         }
@@ -357,6 +367,9 @@ impl KeyManager {
                 scopes: options.scopes.clone(),
                 expires_at,
                 rate_limit: options.rate_limit,
+                quota: options.quota,
+                allowed_ips: options.allowed_ips.clone(),
+                metadata: options.metadata.clone(),
                 ..KeyRecord::new(
                     id,
                     account.clone(),

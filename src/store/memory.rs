@@ -199,6 +199,15 @@ impl KeyStore for MemoryStore {
             if let Some(rate_limit) = update.rate_limit {
                 record.rate_limit = rate_limit;
             }
+            if let Some(quota) = update.quota {
+                record.quota = quota;
+            }
+            if let Some(allowed_ips) = &update.allowed_ips {
+                record.allowed_ips.clone_from(allowed_ips);
+            }
+            if let Some(metadata) = &update.metadata {
+                record.metadata.clone_from(metadata);
+            }
             record.clone()
         }))
     }

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::key::{KeyDigest, KeyPrefix};
-use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
+use crate::policy::{AllowedIps, KeyName, Metadata, PolicyUpdate, Quota, RateLimit, Scopes};
 
 use counts::{Hour, UsageBatch, UsageRow};
 pub use memory::MemoryStore;
@@ -216,13 +216,20 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     /// How often it may be used; `None` leaves it to the layer's default, if any.
     pub rate_limit: Option<RateLimit>,
+    /// How many requests it may have accepted per calendar day or month; `None` is no cap.
+    pub quota: Option<Quota>,
+    /// The addresses it may be used from; `None` is anywhere.
+    pub allowed_ips: Option<AllowedIps>,
+    /// Facts handed to handlers with the key's identity.
+    pub metadata: Option<Metadata>,
     /// The key string a rotation with a grace period replaced, while it may still be in its
     /// grace period (check [`PreviousKey::expires_at`]).
     pub previous: Option<PreviousKey>,
 }
 
 impl KeyRecord {
-    /// A new active key with no name, no scopes, no expiry, no rate limit and no previous key.
+    /// A new active key with no name, no scopes, no expiry, no rate limit, no quota, no
+    /// allowlist, no metadata and no previous key.
     pub fn new(
         id: KeyId,
         account_id: AccountId,
@@ -242,6 +249,9 @@ impl KeyRecord {
             scopes: None,
             expires_at: None,
             rate_limit: None,
+            quota: None,
+            allowed_ips: None,
+            metadata: None,
             previous: None,
         }
     }
@@ -301,6 +311,9 @@ impl fmt::Debug for KeyRecord {
             .field("scopes", &self.scopes)
             .field("expires_at", &self.expires_at)
             .field("rate_limit", &self.rate_limit)
+            .field("quota", &self.quota)
+            .field("allowed_ips", &self.allowed_ips)
+            .field("metadata", &self.metadata)
             .field("previous", &self.previous)
             .finish_non_exhaustive()
     }
@@ -414,8 +427,8 @@ pub trait KeyStore: Send + Sync + 'static {
         grace_until: Option<SystemTime>,
     ) -> Result<Option<Rotated>, StoreError>;
 
-    /// Applies `update` to a key's name, scopes, expiry and rate limit and returns the updated
-    /// record.
+    /// Applies `update` to a key's policy (name, scopes, expiry, rate limit, quota, allowlist
+    /// and metadata) and returns the updated record.
     async fn update_policy(
         &self,
         account: &AccountId,

@@ -11,7 +11,9 @@ use sqlx::types::time::OffsetDateTime;
 use super::counts::{Hour, UsageDelta, UsageRow};
 use super::{AccountId, KeyRecord, KeyStatus, PreviousKey, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
-use crate::policy::{KeyName, PolicyUpdate, RateLimit, Scopes};
+use crate::policy::{
+    AllowedIps, KeyName, Metadata, PolicyUpdate, Quota, QuotaPeriod, RateLimit, Scopes,
+};
 
 // ===== migrations =====
 
@@ -298,11 +300,27 @@ pub(crate) fn rate_limit_columns(limit: Option<RateLimit>) -> (Option<i32>, Opti
     )
 }
 
+/// A quota as the two columns `quota_requests` and `quota_period` keep it: both set, or both
+/// `NULL`.
+pub(crate) fn quota_columns(quota: Option<Quota>) -> (Option<i32>, Option<&'static str>) {
+    // Within `Quota`'s range, the requests fit an `i32`; the column's check refuses more.
+    let requests = quota.map(|quota| i32::try_from(quota.requests()).unwrap_or(i32::MAX));
+    (requests, quota.map(|quota| quota.period().as_str()))
+}
+
+/// An allowlist as the column `allowed_ips` keeps it: its blocks joined by single spaces.
+pub(crate) fn joined_addresses(allowed: &AllowedIps) -> String {
+    let blocks: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+    blocks.join(" ")
+}
+
 /// A record's columns as the database keeps them (the id as `Id`, times as `Time`, the scope
-/// list as `ScopeList`, the rate limit's integers as `Count`), checked on the way back in.
-/// Read with `query_as` from the columns `id`, `account_id`, `prefix`, `digest`, `status`,
-/// `created_at`, `last_used_at`, `name`, `scopes`, `expires_at`, `rate_limit_requests`,
-/// `rate_limit_per_seconds`, `previous_prefix`, `previous_digest` and `previous_expires_at`.
+/// list as `ScopeList`, the rate limit's and quota's integers as `Count`), checked on the
+/// way back in. Read with `query_as` from the columns `id`, `account_id`, `prefix`,
+/// `digest`, `status`, `created_at`, `last_used_at`, `name`, `scopes`, `expires_at`,
+/// `rate_limit_requests`, `rate_limit_per_seconds`, `quota_requests`, `quota_period`,
+/// `allowed_ips`, `metadata`, `previous_prefix`, `previous_digest` and
+/// `previous_expires_at`.
 pub(crate) struct RawRecord<Id, Time, ScopeList, Count> {
     id: Id,
     account_id: String,
@@ -316,6 +334,10 @@ pub(crate) struct RawRecord<Id, Time, ScopeList, Count> {
     expires_at: Option<Time>,
     rate_limit_requests: Option<Count>,
     rate_limit_per_seconds: Option<Count>,
+    quota_requests: Option<Count>,
+    quota_period: Option<String>,
+    allowed_ips: Option<String>,
+    metadata: Option<String>,
     previous_prefix: Option<String>,
     previous_digest: Option<Vec<u8>>,
     previous_expires_at: Option<Time>,
@@ -349,6 +371,10 @@ where
             expires_at: row.try_get("expires_at")?,
             rate_limit_requests: row.try_get("rate_limit_requests")?,
             rate_limit_per_seconds: row.try_get("rate_limit_per_seconds")?,
+            quota_requests: row.try_get("quota_requests")?,
+            quota_period: row.try_get("quota_period")?,
+            allowed_ips: row.try_get("allowed_ips")?,
+            metadata: row.try_get("metadata")?,
             previous_prefix: row.try_get("previous_prefix")?,
             previous_digest: row.try_get("previous_digest")?,
             previous_expires_at: row.try_get("previous_expires_at")?,
@@ -419,6 +445,29 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes, Count: Int
                 ));
             }
         };
+        let quota = match (self.quota_requests, self.quota_period) {
+            (None, None) => None,
+            (Some(requests), Some(period)) => {
+                let requests = count(requests, "quota_requests")?;
+                let period: QuotaPeriod = period.parse().map_err(|_| corrupt("quota_period"))?;
+                Some(Quota::new(requests, period).map_err(|_| corrupt("quota_requests"))?)
+            }
+            _ => {
+                return Err(corrupt(
+                    "quota (quota_requests and quota_period must be both set or both NULL)",
+                ));
+            }
+        };
+        let allowed_ips = match self.allowed_ips {
+            Some(joined) => {
+                Some(AllowedIps::new(joined.split(' ')).map_err(|_| corrupt("allowed_ips"))?)
+            }
+            None => None,
+        };
+        let metadata = match self.metadata {
+            Some(json) => Some(Metadata::from_json(&json).map_err(|_| corrupt("metadata"))?),
+            None => None,
+        };
         let previous = match (
             self.previous_prefix,
             self.previous_digest,
@@ -451,6 +500,9 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes, Count: Int
             scopes,
             expires_at: time(self.expires_at, "expires_at")?,
             rate_limit,
+            quota,
+            allowed_ips,
+            metadata,
             previous,
         })
     }
@@ -459,7 +511,9 @@ impl<Id: Into<uuid::Uuid>, Time: StoredTime, ScopeList: StoredScopes, Count: Int
 /// The binds of a policy update's `UPDATE`, after the statement's own `$1`/`$2`: for name,
 /// scopes and expiry in turn, whether to set the field, then its new value (`NULL` clears
 /// it); then whether to set the rate limit, and its requests and window (both `NULL` clear
-/// it). `scopes` and `time` say how this database keeps a scope list and a time.
+/// it); then whether to set the quota, and its requests and period (both `NULL` clear it);
+/// then, for the allowlist and the metadata in turn, whether to set it and its text. `scopes`
+/// and `time` say how this database keeps a scope list and a time.
 pub(crate) fn bind_policy<'q, DB, O, S, T>(
     query: sqlx::query::QueryAs<'q, DB, O, <DB as sqlx::Database>::Arguments<'q>>,
     update: &'q PolicyUpdate,
@@ -473,12 +527,22 @@ where
     Option<S>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<T>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<i32>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     S: 'q,
     T: 'q,
 {
     let name = update.name.as_ref().and_then(|name| name.as_ref());
     let new_scopes = update.scopes.as_ref().and_then(|s| s.as_ref().map(scopes));
     let (requests, per_seconds) = rate_limit_columns(update.rate_limit.flatten());
+    let (quota_requests, quota_period) = quota_columns(update.quota.flatten());
+    let allowed = update
+        .allowed_ips
+        .as_ref()
+        .and_then(|a| a.as_ref().map(joined_addresses));
+    let metadata = update
+        .metadata
+        .as_ref()
+        .and_then(|m| m.as_ref().map(Metadata::as_json));
     Ok(query
         .bind(update.name.is_some())
         .bind(name.map(KeyName::as_str))
@@ -488,7 +552,14 @@ where
         .bind(update.expires_at.flatten().map(time).transpose()?)
         .bind(update.rate_limit.is_some())
         .bind(requests)
-        .bind(per_seconds))
+        .bind(per_seconds)
+        .bind(update.quota.is_some())
+        .bind(quota_requests)
+        .bind(quota_period)
+        .bind(update.allowed_ips.is_some())
+        .bind(allowed)
+        .bind(update.metadata.is_some())
+        .bind(metadata))
 }
 
 // ===== usage =====

@@ -14,7 +14,7 @@ use super::counts::{Hour, UsageBatch, UsageRow};
 use super::sql::{self, MigrateError, Migration, RawRecord, RawUsage};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
-use crate::policy::{KeyName, PolicyUpdate};
+use crate::policy::{KeyName, Metadata, PolicyUpdate};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -37,6 +37,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "usage counts per key and hour",
         sql: include_str!("../../migrations/sqlite/0004_usage.sql"),
     },
+    Migration {
+        version: 5,
+        description: "key quota, address allowlist and metadata",
+        sql: include_str!("../../migrations/sqlite/0005_allowlist_metadata_quota.sql"),
+    },
 ];
 
 /// A row as stored: the id as hyphenated text, times as integer microseconds, scopes joined
@@ -49,7 +54,8 @@ macro_rules! columns {
         "id, account_id, prefix, digest, status, \
          created_at_us AS created_at, last_used_at_us AS last_used_at, \
          name, scopes, expires_at_us AS expires_at, rate_limit_requests, \
-         rate_limit_per_seconds, previous_prefix, previous_digest, \
+         rate_limit_per_seconds, quota_requests, quota_period, allowed_ips, metadata, \
+         previous_prefix, previous_digest, \
          previous_expires_at_us AS previous_expires_at"
     };
 }
@@ -272,6 +278,7 @@ impl KeyStore for SqliteStore {
     async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
         let previous = record.previous.as_ref();
         let (requests, per_seconds) = sql::rate_limit_columns(record.rate_limit);
+        let (quota_requests, quota_period) = sql::quota_columns(record.quota);
         let mut tx = self.begin_immediate().await?;
         let count: i64 =
             sqlx::query_scalar("SELECT count(*) FROM tower_api_keys WHERE account_id = ?1")
@@ -291,8 +298,10 @@ impl KeyStore for SqliteStore {
             "INSERT INTO tower_api_keys
              (id, account_id, prefix, digest, status, created_at_us, last_used_at_us,
               name, scopes, expires_at_us, rate_limit_requests, rate_limit_per_seconds,
+              quota_requests, quota_period, allowed_ips, metadata,
               previous_prefix, previous_digest, previous_expires_at_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17, ?18, ?19)",
         )
         .bind(record.id.to_string())
         .bind(record.account_id.as_str())
@@ -306,6 +315,10 @@ impl KeyStore for SqliteStore {
         .bind(micros(record.expires_at)?)
         .bind(requests)
         .bind(per_seconds)
+        .bind(quota_requests)
+        .bind(quota_period)
+        .bind(record.allowed_ips.as_ref().map(sql::joined_addresses))
+        .bind(record.metadata.as_ref().map(Metadata::as_json))
         .bind(previous.map(|p| p.prefix.as_str()))
         .bind(previous.map(|p| &p.digest.as_bytes()[..]))
         .bind(micros(previous.map(|p| p.expires_at))?)
@@ -420,7 +433,11 @@ impl KeyStore for SqliteStore {
             "scopes = CASE WHEN ?5 THEN ?6 ELSE scopes END, ",
             "expires_at_us = CASE WHEN ?7 THEN ?8 ELSE expires_at_us END, ",
             "rate_limit_requests = CASE WHEN ?9 THEN ?10 ELSE rate_limit_requests END, ",
-            "rate_limit_per_seconds = CASE WHEN ?9 THEN ?11 ELSE rate_limit_per_seconds END ",
+            "rate_limit_per_seconds = CASE WHEN ?9 THEN ?11 ELSE rate_limit_per_seconds END, ",
+            "quota_requests = CASE WHEN ?12 THEN ?13 ELSE quota_requests END, ",
+            "quota_period = CASE WHEN ?12 THEN ?14 ELSE quota_period END, ",
+            "allowed_ips = CASE WHEN ?15 THEN ?16 ELSE allowed_ips END, ",
+            "metadata = CASE WHEN ?17 THEN ?18 ELSE metadata END ",
             "WHERE id = ?1 AND account_id = ?2 RETURNING ",
             columns!()
         ))

@@ -13,7 +13,7 @@ use sqlx::{Connection as _, Postgres, Transaction};
 use super::sql::{self, MigrateError, Migration, PgTimestamp, RawRecord, RawUsage};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, Rotated, StoreError};
 use crate::key::{KeyDigest, KeyPrefix};
-use crate::policy::{KeyName, PolicyUpdate, Scopes};
+use crate::policy::{KeyName, Metadata, PolicyUpdate, Scopes};
 use crate::store::counts::{Hour, UsageBatch, UsageRow};
 
 pub use listener::PgChangeFeed;
@@ -55,6 +55,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "usage counts per key and hour",
         sql: include_str!("../../../migrations/postgres/0005_usage.sql"),
     },
+    Migration {
+        version: 6,
+        description: "key quota, address allowlist and metadata; notify their changes",
+        sql: include_str!("../../../migrations/postgres/0006_allowlist_metadata_quota.sql"),
+    },
 ];
 
 /// The oldest PostgreSQL this crate supports (as documented on [`PostgresStore`]).
@@ -68,8 +73,9 @@ type Row = RawRecord<uuid::Uuid, PgTimestamp, Vec<String>, i32>;
 macro_rules! columns {
     () => {
         "id, account_id, prefix, digest, status, created_at, last_used_at, name, scopes, \
-         expires_at, rate_limit_requests, rate_limit_per_seconds, previous_prefix, \
-         previous_digest, previous_expires_at"
+         expires_at, rate_limit_requests, rate_limit_per_seconds, quota_requests, \
+         quota_period, allowed_ips, metadata, previous_prefix, previous_digest, \
+         previous_expires_at"
     };
 }
 
@@ -303,6 +309,7 @@ impl KeyStore for PostgresStore {
         }
         let previous = record.previous.as_ref();
         let (requests, per_seconds) = sql::rate_limit_columns(record.rate_limit);
+        let (quota_requests, quota_period) = sql::quota_columns(record.quota);
         let prefixes: Vec<&KeyPrefix> = record.prefixes().collect();
         if lock_and_check_prefixes(&mut tx, &prefixes).await? {
             return Err(StoreError::PrefixTaken);
@@ -310,9 +317,11 @@ impl KeyStore for PostgresStore {
         sqlx::query(
             "INSERT INTO tower_api_keys
              (id, account_id, prefix, digest, status, created_at, last_used_at, name, scopes,
-              expires_at, rate_limit_requests, rate_limit_per_seconds, previous_prefix,
-              previous_digest, previous_expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+              expires_at, rate_limit_requests, rate_limit_per_seconds, quota_requests,
+              quota_period, allowed_ips, metadata, previous_prefix, previous_digest,
+              previous_expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     $17, $18, $19)",
         )
         .bind(record.id.as_uuid())
         .bind(record.account_id.as_str())
@@ -326,6 +335,10 @@ impl KeyStore for PostgresStore {
         .bind(timestamp(record.expires_at)?)
         .bind(requests)
         .bind(per_seconds)
+        .bind(quota_requests)
+        .bind(quota_period)
+        .bind(record.allowed_ips.as_ref().map(sql::joined_addresses))
+        .bind(record.metadata.as_ref().map(Metadata::as_json))
         .bind(previous.map(|p| p.prefix.as_str()))
         .bind(previous.map(|p| &p.digest.as_bytes()[..]))
         .bind(timestamp(previous.map(|p| p.expires_at))?)
@@ -456,7 +469,11 @@ impl KeyStore for PostgresStore {
             "scopes = CASE WHEN $5 THEN $6 ELSE scopes END, ",
             "expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END, ",
             "rate_limit_requests = CASE WHEN $9 THEN $10 ELSE rate_limit_requests END, ",
-            "rate_limit_per_seconds = CASE WHEN $9 THEN $11 ELSE rate_limit_per_seconds END ",
+            "rate_limit_per_seconds = CASE WHEN $9 THEN $11 ELSE rate_limit_per_seconds END, ",
+            "quota_requests = CASE WHEN $12 THEN $13 ELSE quota_requests END, ",
+            "quota_period = CASE WHEN $12 THEN $14 ELSE quota_period END, ",
+            "allowed_ips = CASE WHEN $15 THEN $16 ELSE allowed_ips END, ",
+            "metadata = CASE WHEN $17 THEN $18 ELSE metadata END ",
             "WHERE id = $1 AND account_id = $2 RETURNING ",
             columns!()
         ))

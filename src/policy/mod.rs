@@ -1,5 +1,6 @@
-//! What a key may do, how often and for how long: its [`KeyName`], its [`Scopes`], its
-//! [`RateLimit`], its expiry, and the grace period of a rotation.
+//! What a key may do, how often, for how long and from where: its [`KeyName`], its
+//! [`Scopes`], its [`RateLimit`], its [`Quota`], its [`AllowedIps`], its [`Metadata`], its
+//! expiry, and the grace period of a rotation.
 //!
 //! A key created with no options is what every key was before these existed: no name,
 //! unrestricted (no scopes), never expires. [`KeyOptions`] sets them at creation,
@@ -17,6 +18,14 @@
 //! # let _ = options;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+mod address;
+mod metadata;
+mod quota;
+
+pub use address::{AllowedIps, Cidr};
+pub use metadata::Metadata;
+pub use quota::{Period, Quota, QuotaPeriod};
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -308,6 +317,12 @@ pub struct KeyOptions {
     pub expires_in: Option<Duration>,
     /// How often it may be used; `None` leaves it to the layer's default, if any.
     pub rate_limit: Option<RateLimit>,
+    /// How many requests it may have accepted per calendar day or month; `None` is no cap.
+    pub quota: Option<Quota>,
+    /// The addresses it may be used from; `None` is anywhere.
+    pub allowed_ips: Option<AllowedIps>,
+    /// Facts handed to handlers with the key's identity.
+    pub metadata: Option<Metadata>,
 }
 
 impl KeyOptions {
@@ -337,6 +352,27 @@ impl KeyOptions {
         self
     }
 
+    /// Caps the key's accepted requests per calendar day or month.
+    #[must_use]
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Restricts the addresses the key may be used from.
+    #[must_use]
+    pub fn allowed_ips(mut self, allowed: AllowedIps) -> Self {
+        self.allowed_ips = Some(allowed);
+        self
+    }
+
+    /// Stores facts with the key, handed to handlers with its identity.
+    #[must_use]
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
     /// Makes the key expire at `at`, which must be in the future when the key is created and
     /// no later than 9999-12-31T23:59:59Z (see [`KeyOptions::expires_at`]).
     #[must_use]
@@ -361,7 +397,7 @@ impl KeyOptions {
 
 // ===== PolicyUpdate =====
 
-/// Changes to a key's name, scopes, expiry and rate limit, for
+/// Changes to a key's name, scopes, expiry, rate limit, quota, allowlist and metadata, for
 /// [`KeyManager::update`](crate::KeyManager::update). Each field left `None` is kept;
 /// `Some(None)` clears it. Takes effect at once, like a revoke: narrowing scopes or bringing
 /// the expiry forward is a security action.
@@ -392,6 +428,13 @@ pub struct PolicyUpdate {
     pub expires_at: Option<Option<SystemTime>>,
     /// The new rate limit, `Some(None)` to remove the key's own limit.
     pub rate_limit: Option<Option<RateLimit>>,
+    /// The new quota, `Some(None)` to remove it. Counted requests are kept: raising the
+    /// quota lets a key that was over it through again at once.
+    pub quota: Option<Option<Quota>>,
+    /// The new allowlist, `Some(None)` to allow every address.
+    pub allowed_ips: Option<Option<AllowedIps>>,
+    /// The new metadata (replacing the old as a whole), `Some(None)` to remove it.
+    pub metadata: Option<Option<Metadata>>,
 }
 
 impl PolicyUpdate {
@@ -429,12 +472,36 @@ impl PolicyUpdate {
         self
     }
 
+    /// Sets (`Some`) or removes (`None`) the key's quota.
+    #[must_use]
+    pub fn quota(mut self, quota: Option<Quota>) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Sets (`Some`) or clears (`None`: any address) the key's allowlist.
+    #[must_use]
+    pub fn allowed_ips(mut self, allowed: Option<AllowedIps>) -> Self {
+        self.allowed_ips = Some(allowed);
+        self
+    }
+
+    /// Replaces (`Some`) or removes (`None`) the key's metadata.
+    #[must_use]
+    pub fn metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
     /// Whether the update changes nothing.
     pub fn is_empty(&self) -> bool {
         self.name.is_none()
             && self.scopes.is_none()
             && self.expires_at.is_none()
             && self.rate_limit.is_none()
+            && self.quota.is_none()
+            && self.allowed_ips.is_none()
+            && self.metadata.is_none()
     }
 }
 
@@ -472,8 +539,8 @@ impl RotateOptions {
 
 // ===== PolicyError =====
 
-/// A name, scope, rate limit, expiry or grace period that the rules refuse. The messages quote at most
-/// the offending scope, never a key.
+/// A name, scope, rate limit, quota, address, metadata, expiry or grace period that the rules
+/// refuse. The messages quote at most the offending scope or address, never a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PolicyError {
@@ -494,6 +561,18 @@ pub enum PolicyError {
     GraceOutOfRange,
     /// A rate limit is not 1 to 1,000,000 requests per 1 to 86,400 seconds.
     RateLimitOutOfRange,
+    /// A quota is not 1 to 1,000,000,000 requests per `day` or `month`.
+    QuotaOutOfRange,
+    /// An allowlist entry is not an IPv4 or IPv6 address or CIDR block.
+    InvalidAddress(String),
+    /// More than 32 distinct blocks in an allowlist.
+    TooManyAddresses,
+    /// An allowlist without any block (clear it to allow every address).
+    NoAddresses,
+    /// Metadata that is not a JSON object.
+    InvalidMetadata,
+    /// Metadata over 4 KiB serialized.
+    MetadataTooLarge,
 }
 
 impl fmt::Display for PolicyError {
@@ -521,6 +600,27 @@ impl fmt::Display for PolicyError {
                 "rate limit must be 1 to {} requests per 1 to {} seconds",
                 RateLimit::MAX_REQUESTS,
                 RateLimit::MAX_PER_SECONDS
+            ),
+            Self::QuotaOutOfRange => write!(
+                f,
+                "quota must be 1 to {} requests per day or month",
+                Quota::MAX_REQUESTS
+            ),
+            Self::InvalidAddress(entry) => write!(
+                f,
+                "allowed address {entry:?} must be an IPv4 or IPv6 address or CIDR block"
+            ),
+            Self::TooManyAddresses => {
+                write!(f, "at most {} allowed addresses", AllowedIps::MAX_ENTRIES)
+            }
+            Self::NoAddresses => {
+                f.write_str("allowed addresses must hold at least one; clear them instead")
+            }
+            Self::InvalidMetadata => f.write_str("metadata must be a JSON object"),
+            Self::MetadataTooLarge => write!(
+                f,
+                "metadata must be at most {} bytes of JSON",
+                Metadata::MAX_BYTES
             ),
             Self::GraceOutOfRange => {
                 write!(
