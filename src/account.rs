@@ -1,19 +1,20 @@
 //! [`Account`]: what the layer needs to know about an authenticated account besides who it
-//! is — when it stops authenticating, how it is named in logs, its rate limit, and where its
-//! uses are recorded. Every method has a default, so a custom account type opts in to what
-//! it has.
+//! is — when it stops authenticating, how it is named in logs, the addresses it may come
+//! from, its rate limit and quota, and where its uses are recorded. Every method has a
+//! default, so a custom account type opts in to what it has.
 
 use std::time::{Instant, SystemTime};
 
-use crate::policy::RateLimit;
+use crate::policy::{AllowedIps, RateLimit};
 use crate::rate_limit::BudgetKey;
-use crate::usage::UseOutcome;
+use crate::usage::{QuotaCheck, UseOutcome};
 
 /// What the layer reads from an authenticated account on every request, cached or not.
 ///
 /// A [`Resolver`](crate::Resolver)'s account type implements it; with nothing to say, an
 /// empty `impl Account for Customer {}` gives an account that never expires, is not named in
-/// the request's span, is not rate limited and records no uses.
+/// the request's span, may be used from anywhere, is not rate limited, has no quota and
+/// records no uses.
 /// [`KeyIdentity`](crate::KeyIdentity), the account of keys kept in a store, implements
 /// every method.
 ///
@@ -52,6 +53,13 @@ pub trait Account {
         None
     }
 
+    /// The addresses the account may be used from. `None`, the default, allows every
+    /// address. A request from elsewhere, or from an address the layer can't tell (see
+    /// [`client_addr`](crate::client_addr)), is answered 403 `address not allowed`.
+    fn allowed_ips(&self) -> Option<&AllowedIps> {
+        None
+    }
+
     /// Whose rate-limit budget the account's requests spend (see
     /// [`rate_limit`](crate::rate_limit)). `None`, the default, exempts them from rate limits.
     fn budget_key(&self) -> Option<BudgetKey> {
@@ -61,6 +69,15 @@ pub trait Account {
     /// The account's own rate limit. `None`, the default, leaves it to the layer's
     /// [`default_rate_limit`](crate::ApiKeyLayerBuilder::default_rate_limit), if any.
     fn rate_limit(&self) -> Option<RateLimit> {
+        None
+    }
+
+    /// Counts a request made at `at` against the account's quota, after its rate limit let it
+    /// through; `None`, the default, means no quota. A request over the quota is answered 429
+    /// `quota exceeded`, not served and not recorded as a use. Called on the request path:
+    /// it should answer [`QuotaCheck::Ready`] when it can.
+    fn spend_quota(&self, at: Instant) -> Option<QuotaCheck> {
+        let _ = at;
         None
     }
 

@@ -5,12 +5,13 @@
 //! cache hit ───────────────────────────────► Called ──► inner response
 //! cache miss ──► Resolving ──(found)────────► Called
 //!                    └──────(refused/failed)─► Rejected ──► the layer's answer
-//! bad key, or over the rate limit ─────────► Rejected
-//! limit kept elsewhere ──► Throttling ──(allowed)──► Called
-//!                              └───(limited)──► Rejected
+//! bad key, address, over the rate limit or quota ─► Rejected
+//! limit or quota kept elsewhere ──► Throttling ──(allowed)──► Called
+//!                                       └───(limited)──► Rejected
 //! ```
 //!
-//! A found key may also go through `Throttling` when its rate limit is kept elsewhere.
+//! A found key may also go through `Throttling` when its rate limit or quota is kept
+//! elsewhere (one wait for each).
 //!
 //! Every state is entered from a gatekeeper decision through one function, `State::start`:
 //! the service's `call` starts the future from its decision, and a finished lookup or
@@ -34,6 +35,7 @@ use crate::cache::PendingResolution;
 use crate::gatekeeper::{Decision, Gatekeeper, Origin};
 use crate::rate_limit::{self, Budget, PendingVerdict};
 use crate::resolver::Resolver;
+use crate::usage::PendingQuotaVerdict;
 
 pin_project! {
     /// Response future of [`ApiKeyService`](crate::ApiKeyService).
@@ -82,13 +84,21 @@ pin_project! {
     }
 }
 
-/// A request waiting for the rate limiter's verdict on its account.
+/// A request waiting for the rate limiter's or the quota's verdict on its account.
 struct Throttled<S, B, A> {
-    verdict: PendingVerdict,
+    verdict: Waiting,
     account: Arc<A>,
     origin: Origin,
     inner: S,
     request: Request<B>,
+}
+
+/// What a throttled request waits for.
+enum Waiting {
+    /// The rate limiter's verdict.
+    RateLimit(PendingVerdict),
+    /// The quota's, after the rate limit let the request through with this budget.
+    Quota(PendingQuotaVerdict, Option<Budget>),
 }
 
 /// The inner service that `poll_ready` prepared: still in the service (a decision made in
@@ -158,7 +168,10 @@ where
     ) -> Self {
         // Whatever lets the request go on (now or after waiting) hides the key from the
         // inner service first; a refusal is answered from the headers as they came.
-        if !matches!(decision, Decision::Reject(_) | Decision::OverLimit(_)) {
+        if !matches!(
+            decision,
+            Decision::Reject(_) | Decision::OverLimit(_) | Decision::OverQuota(..)
+        ) {
             gatekeeper.sources.strip(request.headers_mut());
         }
         match decision {
@@ -182,6 +195,9 @@ where
             Decision::OverLimit(budget) => State::Rejected {
                 response: Some(gatekeeper.over_limit(&budget, &request)),
             },
+            Decision::OverQuota(retry_after, budget) => State::Rejected {
+                response: Some(gatekeeper.over_quota(retry_after, budget.as_ref(), &request)),
+            },
             Decision::Resolve(lookup) => State::Resolving {
                 lookup,
                 waiting: Some(Box::new((ready.hold(), request))),
@@ -189,7 +205,17 @@ where
             },
             Decision::Throttle(account, verdict, origin) => State::Throttling {
                 throttled: Some(Box::new(Throttled {
-                    verdict,
+                    verdict: Waiting::RateLimit(verdict),
+                    account,
+                    origin,
+                    inner: ready.hold(),
+                    request,
+                })),
+                gatekeeper: Arc::clone(gatekeeper),
+            },
+            Decision::Meter(account, verdict, origin, budget) => State::Throttling {
+                throttled: Some(Box::new(Throttled {
+                    verdict: Waiting::Quota(verdict, budget),
                     account,
                     origin,
                     inner: ready.hold(),
@@ -233,7 +259,8 @@ where
                     let (inner, request) = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let decision = gatekeeper.conclude(outcome);
+                    let decision =
+                        gatekeeper.conclude(outcome, (request.headers(), request.extensions()));
                     State::start(decision, Ready::Held(inner), request, gatekeeper)
                 }
                 StateProj::Throttling {
@@ -243,7 +270,13 @@ where
                     let waiting = throttled
                         .as_mut()
                         .expect("ResponseFuture polled after completion");
-                    let verdict = ready!(waiting.verdict.as_mut().poll(cx));
+                    // Polled to its end before the box is taken apart.
+                    let finished = match &mut waiting.verdict {
+                        Waiting::RateLimit(verdict) => Ok(ready!(verdict.as_mut().poll(cx))),
+                        Waiting::Quota(verdict, budget) => {
+                            Err((ready!(verdict.as_mut().poll(cx)), *budget))
+                        }
+                    };
                     let Throttled {
                         account,
                         origin,
@@ -251,7 +284,13 @@ where
                         request,
                         ..
                     } = *throttled.take().expect("checked above");
-                    let decision = gatekeeper.apply(verdict, account, origin, Instant::now());
+                    let now = Instant::now();
+                    let decision = match finished {
+                        Ok(verdict) => gatekeeper.apply(verdict, account, origin, now),
+                        Err((verdict, budget)) => {
+                            gatekeeper.meter(verdict, account, origin, budget, now)
+                        }
+                    };
                     State::start(decision, Ready::Held(inner), request, gatekeeper)
                 }
             };

@@ -1,27 +1,33 @@
 //! The gatekeeper: what the layer decides for one request, apart from how tower drives it.
 //!
 //! [`Gatekeeper::decide`] does everything that needs no `.await` (read, trim and parse the
-//! header, digest the key, ask the cache, spend the key's rate-limit budget) and returns a
-//! [`Decision`]; a cache miss comes back later through [`Gatekeeper::conclude`], a rate limit
-//! kept elsewhere through [`Gatekeeper::apply`]. Admission is `admit` → `apply` (only for a
-//! limited key) → `let_in`. Everything here is shared by every clone of the service.
+//! header, digest the key, ask the cache, check the client's address, spend the key's
+//! rate-limit budget and quota) and returns a [`Decision`]; a cache miss comes back later
+//! through [`Gatekeeper::conclude`], a rate limit kept elsewhere through
+//! [`Gatekeeper::apply`], a quota kept elsewhere through [`Gatekeeper::meter`]. Admission is
+//! `admit` (the address) → `apply` (only for a limited key) → `let_in` (the quota, for a key
+//! with one) → `accept`. Everything here is shared by every clone of the service.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use http::header::RETRY_AFTER;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
 use crate::account::Account as _;
 use crate::cache::{Cached, CachedResolver, Overloaded, PendingResolution, Resolution};
+use crate::client_addr::AddressSource;
 use crate::key::{ApiKey, KeyPrefix, Pepper};
 use crate::metrics::Metrics;
+use crate::policy::AllowedIps;
 use crate::rate_limit::{self, Acquire, Budget, LimiterFailure, Limits, PendingVerdict, Verdict};
 use crate::rejection::{self, Rejection, RejectionContext};
 use crate::resolver::Resolver;
-use crate::usage::UseOutcome;
+use crate::usage::{PendingQuotaVerdict, QuotaCheck, QuotaVerdict, UseOutcome};
 
 /// Whether requests without the header are let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +135,10 @@ pub(crate) struct Gatekeeper<R: Resolver> {
     pub(crate) cache: CachedResolver<R>,
     pub(crate) hook: Option<RejectionHook>,
     pub(crate) limits: Limits,
+    pub(crate) addresses: AddressSource,
     pub(crate) metrics: Arc<Metrics>,
+    /// Whether the warning about a stack that provides no client address was logged.
+    pub(crate) warned_no_address: AtomicBool,
 }
 
 /// What to do with one request; [`ResponseFuture::start`](crate::future::ResponseFuture)
@@ -143,10 +152,16 @@ pub(crate) enum Decision<A> {
     Reject(Rejection),
     /// A valid key over its rate limit: answer 429 with this budget.
     OverLimit(Budget),
+    /// A valid key over its quota: answer 429, retry after this long; with the budget of
+    /// its rate limit, if it has one.
+    OverQuota(Duration, Option<Budget>),
     /// Wait for the resolver's answer on the key (a cache miss).
     Resolve(PendingResolution<A>),
     /// Wait for the rate limiter's verdict on `A`.
     Throttle(Arc<A>, PendingVerdict, Origin),
+    /// Wait for the quota's verdict on `A`, which its rate limit (with this budget, if any)
+    /// let through.
+    Meter(Arc<A>, PendingQuotaVerdict, Origin, Option<Budget>),
 }
 
 /// Where an accepted account came from: the cache (with the prefix, for the request's span)
@@ -160,7 +175,11 @@ pub(crate) enum Origin {
 impl<R: Resolver> Gatekeeper<R> {
     /// Reads, parses and digests the key and consults the cache: everything that needs no
     /// `.await`.
-    pub(crate) fn decide(&self, headers: &HeaderMap) -> Decision<R::Account> {
+    pub(crate) fn decide(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Decision<R::Account> {
         let value = match self.sources.read(headers) {
             Ok(value) => value,
             Err(reason) => return self.malformed(reason),
@@ -194,7 +213,12 @@ impl<R: Resolver> Gatekeeper<R> {
                     tracing::debug!(outcome = "expired", prefix = %key.prefix(), "api key rejected: expired (cached)");
                     return Decision::Reject(Rejection::Expired);
                 }
-                self.admit(account, Origin::Cache(key.prefix()), now)
+                self.admit(
+                    account,
+                    Origin::Cache(key.prefix()),
+                    now,
+                    (headers, extensions),
+                )
             }
             Some(Cached::Refused) => {
                 self.metrics.refused_cached();
@@ -222,7 +246,11 @@ impl<R: Resolver> Gatekeeper<R> {
     }
 
     /// Turns a finished lookup into the account to let in, or the rejection.
-    pub(crate) fn conclude(&self, lookup: Resolution<R::Account>) -> Decision<R::Account> {
+    pub(crate) fn conclude(
+        &self,
+        lookup: Resolution<R::Account>,
+        request: (&HeaderMap, &Extensions),
+    ) -> Decision<R::Account> {
         match lookup {
             Resolution::Found(account) if self.expired(&account) => {
                 self.metrics.expired_resolved();
@@ -230,7 +258,9 @@ impl<R: Resolver> Gatekeeper<R> {
                 tracing::debug!(outcome = "expired", "api key rejected: expired");
                 Decision::Reject(Rejection::Expired)
             }
-            Resolution::Found(account) => self.admit(account, Origin::Resolver, Instant::now()),
+            Resolution::Found(account) => {
+                self.admit(account, Origin::Resolver, Instant::now(), request)
+            }
             Resolution::Refused => {
                 self.metrics.refused_resolved();
                 tracing::debug!(outcome = "invalid", "api key rejected: refused by resolver");
@@ -244,16 +274,31 @@ impl<R: Resolver> Gatekeeper<R> {
         }
     }
 
-    /// Lets an authenticated account in if its rate limit allows; a limit kept elsewhere
-    /// sends it to wait for the verdict.
+    /// Lets an authenticated account in if its address and rate limit allow; a limit kept
+    /// elsewhere sends it to wait for the verdict.
     #[inline(always)]
     fn admit(
         &self,
         account: Arc<R::Account>,
         origin: Origin,
         now: Instant,
+        request: (&HeaderMap, &Extensions),
     ) -> Decision<R::Account> {
-        // The usual case, a key without a limit, pays one `Option` read here.
+        // The usual case, a key without an allowlist or a limit, pays two `Option` reads.
+        if let Some(allowed) = account.allowed_ips() {
+            if !self.address_allowed(allowed, request) {
+                account.record_use(now, UseOutcome::Refused);
+                match origin {
+                    Origin::Cache(_) => self.metrics.address_refused_cached(),
+                    Origin::Resolver => self.metrics.address_refused_resolved(),
+                }
+                tracing::debug!(
+                    outcome = "address_not_allowed",
+                    "api key used from an address it doesn't allow"
+                );
+                return Decision::Reject(Rejection::AddressNotAllowed);
+            }
+        }
         match self.limits.acquire(&*account) {
             None => self.let_in(account, None, origin, now),
             Some(Acquire::Ready(verdict)) => self.apply(verdict, account, origin, now),
@@ -299,10 +344,77 @@ impl<R: Resolver> Gatekeeper<R> {
         }
     }
 
+    /// Whether the request's client address is in `allowed`. A stack that provides no
+    /// address refuses (fail closed), and the first such request logs a warning.
+    #[cold]
+    fn address_allowed(
+        &self,
+        allowed: &AllowedIps,
+        (headers, extensions): (&HeaderMap, &Extensions),
+    ) -> bool {
+        match self.addresses.client(headers, extensions) {
+            Some(address) => allowed.contains(address),
+            None => {
+                if !self.warned_no_address.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "a key with allowed addresses was refused: the request carries no client \
+                         address (see tower_api_key::client_addr for how each stack provides one) \
+                         or an X-Forwarded-For from a trusted proxy that can't be read"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Lets the account in if its quota allows; a quota kept elsewhere sends it to wait for
+    /// the verdict.
+    #[inline]
+    fn let_in(
+        &self,
+        account: Arc<R::Account>,
+        budget: Option<Budget>,
+        origin: Origin,
+        now: Instant,
+    ) -> Decision<R::Account> {
+        // The usual case, a key without a quota, pays one call that answers `None`.
+        match account.spend_quota(now) {
+            None => self.accept(account, budget, origin, now),
+            Some(QuotaCheck::Ready(verdict)) => self.meter(verdict, account, origin, budget, now),
+            Some(QuotaCheck::Pending(verdict)) => Decision::Meter(account, verdict, origin, budget),
+        }
+    }
+
+    /// Lets the account in, or refuses it, as its quota's verdict says; also finishes
+    /// [`Decision::Meter`].
+    #[inline(never)]
+    pub(crate) fn meter(
+        &self,
+        verdict: QuotaVerdict,
+        account: Arc<R::Account>,
+        origin: Origin,
+        budget: Option<Budget>,
+        now: Instant,
+    ) -> Decision<R::Account> {
+        match verdict {
+            QuotaVerdict::Allowed => self.accept(account, budget, origin, now),
+            QuotaVerdict::Exceeded { retry_after } => {
+                // Not a use (no last-used stamp): counted with the other 429s.
+                account.record_use(now, UseOutcome::RateLimited);
+                match origin {
+                    Origin::Cache(_) => self.metrics.quota_exceeded_cached(),
+                    Origin::Resolver => self.metrics.quota_exceeded_resolved(),
+                }
+                tracing::debug!(outcome = "quota_exceeded", "api key over its quota");
+                Decision::OverQuota(retry_after, budget)
+            }
+        }
+    }
+
     /// Accepts the account: counts it, records its use (at `now`) and names it in the
     /// request's span.
     #[inline]
-    fn let_in(
+    fn accept(
         &self,
         account: Arc<R::Account>,
         budget: Option<Budget>,
@@ -361,6 +473,24 @@ impl<R: Resolver> Gatekeeper<R> {
         let headers = response.headers_mut();
         rate_limit::insert_budget(headers, budget);
         rate_limit::insert_retry_after(headers, budget);
+        response
+    }
+
+    /// The 429 of a key over its quota: the rejection's answer, with the seconds until its
+    /// period ends.
+    pub(crate) fn over_quota<B>(
+        &self,
+        retry_after: Duration,
+        budget: Option<&Budget>,
+        request: &Request<B>,
+    ) -> Response<Bytes> {
+        let mut response = self.reject(Rejection::QuotaExceeded, request);
+        let headers = response.headers_mut();
+        if let Some(budget) = budget {
+            rate_limit::insert_budget(headers, budget);
+        }
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         response
     }
 

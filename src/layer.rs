@@ -24,18 +24,20 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use http::{HeaderName, Response};
 use tower_layer::Layer;
 
 use crate::cache::{CacheConfig, CachedResolver};
+use crate::client_addr::AddressSource;
 use crate::gatekeeper::{Gatekeeper, Mode, RejectionHook, Sources};
 use crate::invalidation::InvalidationBus;
 use crate::key::Pepper;
 use crate::manager::KeyManager;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::policy::RateLimit;
+use crate::policy::{Cidr, RateLimit};
 use crate::rate_limit::{LimiterFailure, Limits, RateLimiter};
 use crate::rejection::RejectionContext;
 use crate::resolver::{Resolver, StoreResolver};
@@ -89,6 +91,7 @@ impl<R: Resolver> ApiKeyLayer<R> {
             cache: CacheConfig::default(),
             buses: Vec::new(),
             usage: None,
+            addresses: AddressSource::default(),
         }
     }
 
@@ -152,6 +155,7 @@ pub struct ApiKeyLayerBuilder<R: Resolver> {
     buses: Vec<InvalidationBus>,
     /// Counts its dropped uses in this layer's metrics.
     usage: Option<UsageRecorder>,
+    addresses: AddressSource,
 }
 
 impl<R: Resolver> ApiKeyLayerBuilder<R> {
@@ -241,6 +245,32 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
         self
     }
 
+    /// Names the reverse proxies in front of the service, for keys with
+    /// [`AllowedIps`](crate::policy::AllowedIps): a request whose connection comes from one
+    /// of `proxies` is taken to come from the rightmost `X-Forwarded-For` entry that is not a
+    /// trusted proxy. Without trusted proxies (the default), `X-Forwarded-For` is ignored,
+    /// since any client can send it. See [`client_addr`](crate::client_addr).
+    ///
+    /// ```
+    /// use tower_api_key::policy::Cidr;
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, Pepper};
+    /// # use std::sync::Arc;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let layer = ApiKeyLayer::for_manager(&manager)
+    ///     // The load balancers' subnet.
+    ///     .trusted_proxies(["10.0.0.0/8".parse::<Cidr>()?])
+    ///     .build();
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = Cidr>) -> Self {
+        self.addresses = AddressSource::trusting(proxies);
+        self
+    }
+
     /// Builds the layer.
     pub fn build(self) -> ApiKeyLayer<R> {
         let metrics = Arc::new(Metrics::default());
@@ -261,7 +291,9 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
                 cache,
                 hook: self.hook,
                 limits: self.limits,
+                addresses: self.addresses,
                 metrics,
+                warned_no_address: AtomicBool::new(false),
             }),
         }
     }

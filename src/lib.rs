@@ -89,6 +89,7 @@ mod authenticated;
 pub mod axum_layer;
 pub mod body;
 pub mod cache;
+pub mod client_addr;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod extract;
@@ -113,10 +114,14 @@ pub mod usage;
 
 pub use account::Account;
 pub use authenticated::Authenticated;
+pub use client_addr::ClientAddr;
 pub use key::{ApiKey, KeyDigest, KeyPrefix, Pepper};
 pub use layer::{ApiKeyLayer, ApiKeyLayerBuilder};
 pub use manager::{CreatedKey, KeyInfo, KeyManager, ManagerError};
-pub use policy::{KeyName, KeyOptions, PolicyUpdate, RateLimit, RotateOptions, Scoped, Scopes};
+pub use policy::{
+    AllowedIps, KeyName, KeyOptions, Metadata, PolicyUpdate, Quota, QuotaPeriod, RateLimit,
+    RotateOptions, Scoped, Scopes,
+};
 pub use rejection::Rejection;
 pub use require_scope::RequireScopeLayer;
 pub use resolver::{KeyIdentity, Resolver, StoreResolver};

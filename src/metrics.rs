@@ -108,6 +108,10 @@ metrics_table! {
         RateLimitedCached => rate_limited_cached,
         RateLimitedResolved => rate_limited_resolved,
         LimiterFailures => limiter_failed,
+        AddressRefusedCached => address_refused_cached,
+        AddressRefusedResolved => address_refused_resolved,
+        QuotaExceededCached => quota_exceeded_cached,
+        QuotaExceededResolved => quota_exceeded_resolved,
         CacheMisses => cache_misses,
         ResolverCalls => resolver_called,
         ResolverFailures => resolver_failed,
@@ -134,10 +138,15 @@ metrics_table! {
             unavailable {"outcome" = "unavailable"} = Unavailable;
             /// Requests refused with a valid key over its rate limit.
             rate_limited {"outcome" = "rate_limited"} = RateLimitedCached | RateLimitedResolved;
+            /// Requests refused with a valid key used from an address its allowlist excludes
+            /// (or from an address the layer could not tell).
+            address_not_allowed {"outcome" = "address_not_allowed"} = AddressRefusedCached | AddressRefusedResolved;
+            /// Requests refused with a valid key over its quota for the period.
+            quota_exceeded {"outcome" = "quota_exceeded"} = QuotaExceededCached | QuotaExceededResolved;
         }
         "api_key_cache_lookups_total" ("Cache lookups for well-formed keys, by result.") {
             /// Well-formed keys answered from the cache (accepted or refused).
-            cache_hits {"result" = "hit"} = AcceptedCached | RefusedCached | ExpiredCached | RateLimitedCached;
+            cache_hits {"result" = "hit"} = AcceptedCached | RefusedCached | ExpiredCached | RateLimitedCached | AddressRefusedCached | QuotaExceededCached;
             /// Well-formed keys not in the cache.
             cache_misses {"result" = "miss"} = CacheMisses;
         }

@@ -1,6 +1,7 @@
 //! The layer's own answers: 401 for a missing, invalid or expired key, 403 for a key without
-//! a route's scope, 429 for a key over its rate limit, 503 when the lookup fails, as JSON for
-//! HTTP clients and as a Trailers-Only gRPC status for gRPC clients.
+//! a route's scope or used from an address its allowlist excludes, 429 for a key over its
+//! rate limit or its quota, 503 when the lookup fails, as JSON for HTTP clients and as a
+//! Trailers-Only gRPC status for gRPC clients.
 //!
 //! | rejection | HTTP | gRPC (`content-type: application/grpc…`) |
 //! | --- | --- | --- |
@@ -8,7 +9,9 @@
 //! | [`Rejection::InvalidKey`] | 401 `{"error":"invalid API key"}` | `grpc-status: 16` |
 //! | [`Rejection::Expired`] | 401 `{"error":"expired API key"}` | `grpc-status: 16` |
 //! | [`Rejection::InsufficientScope`] | 403 `{"error":"insufficient scope"}` | `grpc-status: 7` |
+//! | [`Rejection::AddressNotAllowed`] | 403 `{"error":"address not allowed"}` | `grpc-status: 7` |
 //! | [`Rejection::RateLimited`] | 429 `{"error":"rate limit exceeded"}` with `Retry-After` | `grpc-status: 8` |
+//! | [`Rejection::QuotaExceeded`] | 429 `{"error":"quota exceeded"}` with `Retry-After` | `grpc-status: 8` |
 //! | [`Rejection::Unavailable`] | 503 with `Retry-After` | `grpc-status: 14` |
 //!
 //! Every 401 carries `WWW-Authenticate: ApiKey header="X-API-KEY"` (naming the layer's
@@ -55,6 +58,13 @@ pub enum Rejection {
     /// The key is valid but over its rate limit (see [`rate_limit`](crate::rate_limit)); the
     /// layer's answer also carries the key's budget and when to retry.
     RateLimited,
+    /// The key is valid but the request comes from an address outside the key's
+    /// [`AllowedIps`](crate::policy::AllowedIps), or from an address the layer can't tell.
+    AddressNotAllowed,
+    /// The key is valid but has had its [`Quota`](crate::policy::Quota) of requests for the
+    /// period; the layer's answer says in `Retry-After` how many seconds until the period
+    /// ends.
+    QuotaExceeded,
     /// The key could not be checked (the resolver failed, timed out or panicked, or too many
     /// lookups are running); the client may retry.
     Unavailable,
@@ -105,6 +115,8 @@ rejection_texts! {
     Expired => "expired API key",
     InsufficientScope => "insufficient scope",
     RateLimited => "rate limit exceeded",
+    AddressNotAllowed => "address not allowed",
+    QuotaExceeded => "quota exceeded",
     Unavailable => "API key check unavailable, retry later",
 }
 
@@ -113,8 +125,8 @@ impl Rejection {
     pub const fn status(self) -> StatusCode {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::Expired => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope => StatusCode::FORBIDDEN,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::InsufficientScope | Self::AddressNotAllowed => StatusCode::FORBIDDEN,
+            Self::RateLimited | Self::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -124,8 +136,8 @@ impl Rejection {
     pub const fn grpc_code(self) -> u8 {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::Expired => 16,
-            Self::InsufficientScope => 7,
-            Self::RateLimited => 8,
+            Self::InsufficientScope | Self::AddressNotAllowed => 7,
+            Self::RateLimited | Self::QuotaExceeded => 8,
             Self::Unavailable => 14,
         }
     }
@@ -227,6 +239,8 @@ mod tests {
             Rejection::Expired,
             Rejection::InsufficientScope,
             Rejection::RateLimited,
+            Rejection::AddressNotAllowed,
+            Rejection::QuotaExceeded,
             Rejection::Unavailable,
         ] {
             let expected = format!(r#"{{"error":"{}"}}"#, rejection.message());
@@ -263,7 +277,12 @@ mod tests {
                 r#"ApiKey header="X-API-KEY""#
             );
         }
-        for rejection in [Rejection::InsufficientScope, Rejection::Unavailable] {
+        for rejection in [
+            Rejection::InsufficientScope,
+            Rejection::AddressNotAllowed,
+            Rejection::QuotaExceeded,
+            Rejection::Unavailable,
+        ] {
             let response = rejection.http_response();
             assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
         }

@@ -58,10 +58,10 @@ use async_trait::async_trait;
 
 use crate::account::Account;
 use crate::key::{ApiKey, KeyDigest, KeyPrefix};
-use crate::policy::{RateLimit, Scoped, Scopes};
+use crate::policy::{AllowedIps, Metadata, Quota, RateLimit, Scoped, Scopes};
 use crate::rate_limit::BudgetKey;
 use crate::store::{AccountId, KeyId, KeyStatus, KeyStore};
-use crate::usage::{UsageCell, UsageRecorder, UseOutcome};
+use crate::usage::{QuotaCheck, QuotaLedger, QuotaTally, UsageCell, UsageRecorder, UseOutcome};
 
 /// Resolves a well-formed key to the account it authenticates.
 ///
@@ -182,6 +182,10 @@ pub struct KeyIdentity {
     scopes: Option<Scopes>,
     expires_at: Option<SystemTime>,
     rate_limit: Option<RateLimit>,
+    allowed_ips: Option<AllowedIps>,
+    metadata: Option<Metadata>,
+    /// The key's quota and its count, shared by every identity of the key.
+    quota: Option<(Quota, Arc<QuotaTally>)>,
     grace: bool,
     usage: Arc<UsageCell>,
     /// Where uses are recorded, if they are.
@@ -200,9 +204,26 @@ impl KeyIdentity {
             scopes: None,
             expires_at: None,
             rate_limit: None,
+            allowed_ips: None,
+            metadata: None,
+            quota: None,
             grace: false,
             recorder: None,
         }
+    }
+
+    /// With the addresses the key may be used from (`None`: anywhere).
+    #[must_use]
+    pub fn with_allowed_ips(mut self, allowed_ips: Option<AllowedIps>) -> Self {
+        self.allowed_ips = allowed_ips;
+        self
+    }
+
+    /// With the key's metadata.
+    #[must_use]
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     /// With the scopes the key is restricted to (`None`: unrestricted).
@@ -257,6 +278,32 @@ impl KeyIdentity {
         self.rate_limit
     }
 
+    /// The addresses the key may be used from; `None` is anywhere.
+    pub fn allowed_ips(&self) -> Option<&AllowedIps> {
+        self.allowed_ips.as_ref()
+    }
+
+    /// The facts stored with the key, read with the key itself (no second lookup).
+    ///
+    /// ```
+    /// use tower_api_key::policy::Metadata;
+    /// use tower_api_key::{KeyId, KeyIdentity};
+    ///
+    /// let identity = KeyIdentity::new("acme".parse()?, KeyId::random(), "k3v9x0qa".parse()?)
+    ///     .with_metadata(Some(Metadata::from_json(r#"{"plan":"pro"}"#)?));
+    /// let plan = identity.metadata().and_then(|m| m.get("plan")).and_then(|p| p.as_str());
+    /// assert_eq!(plan, Some("pro"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref()
+    }
+
+    /// The key's quota, if it has one.
+    pub fn quota(&self) -> Option<Quota> {
+        self.quota.as_ref().map(|(quota, _)| *quota)
+    }
+
     /// Whether the request used the old key of a rotation, in its grace period.
     pub fn is_grace_key(&self) -> bool {
         self.grace
@@ -281,10 +328,30 @@ impl Account for KeyIdentity {
         self.rate_limit
     }
 
+    fn allowed_ips(&self) -> Option<&AllowedIps> {
+        self.allowed_ips.as_ref()
+    }
+
+    /// Counted in this process against the store's count of the period (see
+    /// [`usage`](crate::usage)); always [`QuotaCheck::Ready`].
+    fn spend_quota(&self, at: Instant) -> Option<QuotaCheck> {
+        let (quota, tally) = self.quota.as_ref()?;
+        let now = match &self.recorder {
+            Some(recorder) => recorder.wall_time(at),
+            None => SystemTime::now(),
+        };
+        Some(QuotaCheck::Ready(tally.spend(*quota, now)))
+    }
+
     #[inline]
     fn record_use(&self, at: Instant, outcome: UseOutcome) {
         if let Some(recorder) = &self.recorder {
             recorder.record(&self.usage, at, outcome);
+        }
+        if outcome == UseOutcome::RefusedForScope {
+            if let Some((_, tally)) = &self.quota {
+                tally.refund();
+            }
         }
     }
 }
@@ -304,6 +371,9 @@ impl fmt::Debug for KeyIdentity {
             .field("scopes", &self.scopes)
             .field("expires_at", &self.expires_at)
             .field("rate_limit", &self.rate_limit)
+            .field("allowed_ips", &self.allowed_ips)
+            .field("metadata", &self.metadata)
+            .field("quota", &self.quota())
             .field("grace", &self.grace)
             .finish()
     }
@@ -318,6 +388,9 @@ impl PartialEq for KeyIdentity {
             &self.scopes,
             self.expires_at,
             self.rate_limit,
+            &self.allowed_ips,
+            &self.metadata,
+            self.quota(),
             self.grace,
         ) == (
             &other.account_id,
@@ -326,6 +399,9 @@ impl PartialEq for KeyIdentity {
             &other.scopes,
             other.expires_at,
             other.rate_limit,
+            &other.allowed_ips,
+            &other.metadata,
+            other.quota(),
             other.grace,
         )
     }
@@ -347,6 +423,8 @@ impl Eq for KeyIdentity {}
 pub struct StoreResolver {
     store: Arc<dyn KeyStore>,
     usage: Option<UsageRecorder>,
+    /// The recorder's quota counts, or this resolver's own without one.
+    quotas: Arc<QuotaLedger>,
 }
 
 /// Compared against when a prefix is unknown, so that both refusals do the same work.
@@ -355,7 +433,11 @@ const NO_DIGEST: KeyDigest = KeyDigest::from_bytes([0; 32]);
 impl StoreResolver {
     /// A resolver over `store` that does not record uses.
     pub fn new(store: Arc<dyn KeyStore>) -> Self {
-        Self { store, usage: None }
+        Self {
+            store,
+            usage: None,
+            quotas: Arc::default(),
+        }
     }
 
     /// Records every successful authentication with `recorder`; set through
@@ -363,6 +445,7 @@ impl StoreResolver {
     /// the one way to turn recording on.
     #[must_use]
     pub(crate) fn record_usage(mut self, recorder: UsageRecorder) -> Self {
+        self.quotas = Arc::clone(recorder.quotas());
         self.usage = Some(recorder);
         self
     }
@@ -399,19 +482,42 @@ impl Resolver for StoreResolver {
             None => (&NO_DIGEST, None, false),
         };
         let matches = stored.ct_eq(digest);
-        Ok(record
-            .filter(|record| matches && record.status == KeyStatus::Active)
-            .map(|record| KeyIdentity {
-                usage: Arc::new(UsageCell::new(record.account_id.clone(), record.id, prefix)),
-                account_id: record.account_id,
-                key_id: record.id,
-                prefix,
-                scopes: record.scopes,
-                expires_at,
-                rate_limit: record.rate_limit,
-                grace,
-                recorder: self.usage.clone(),
-            }))
+        let Some(record) = record.filter(|record| matches && record.status == KeyStatus::Active)
+        else {
+            return Ok(None);
+        };
+        // A quota's count is read from the store here, on the miss, so that hits never wait.
+        let quota = match record.quota {
+            Some(quota) => {
+                let tally = self
+                    .quotas
+                    .tally(
+                        &*self.store,
+                        &record.account_id,
+                        record.id,
+                        quota,
+                        SystemTime::now(),
+                    )
+                    .await
+                    .map_err(ResolveError::new)?;
+                Some((quota, tally))
+            }
+            None => None,
+        };
+        Ok(Some(KeyIdentity {
+            usage: Arc::new(UsageCell::new(record.account_id.clone(), record.id, prefix)),
+            account_id: record.account_id,
+            key_id: record.id,
+            prefix,
+            scopes: record.scopes,
+            expires_at,
+            rate_limit: record.rate_limit,
+            allowed_ips: record.allowed_ips,
+            metadata: record.metadata,
+            quota,
+            grace,
+            recorder: self.usage.clone(),
+        }))
     }
 }
 

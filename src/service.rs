@@ -82,7 +82,9 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let decision = self.gatekeeper.decide(request.headers());
+        let decision = self
+            .gatekeeper
+            .decide(request.headers(), request.extensions());
         // Called now or later, the inner service is the one `poll_ready` prepared.
         ResponseFuture::start(
             decision,

@@ -13,12 +13,18 @@
 //! recorder's [`retention`](UsageRecorder::retention) (90 days by default). Several processes
 //! on one database add up.
 //!
+//! Quotas count what usage counts: a key's accepted requests in its quota's period are the
+//! store's hourly counts plus what this process has not written yet ([`QuotaVerdict`]).
+//!
 //! Reading them back is [`KeyManager::usage`](crate::KeyManager::usage): a [`UsageSeries`] of
 //! hourly or daily buckets over a [`UsageRange`], zeros included.
 
+mod quota;
 mod recorder;
 mod series;
 
+pub use self::quota::{PendingQuotaVerdict, QuotaCheck, QuotaVerdict};
+pub(crate) use self::quota::{QuotaLedger, QuotaTally};
 pub(crate) use self::recorder::UsageCell;
 pub use self::recorder::{
     DEFAULT_MAX_PENDING, DEFAULT_RETENTION, FlushTask, MAX_HOURS_KEPT, UsageRecorder,

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Hour, UsageBatch, UsageDelta, UseOutcome};
+use super::{Hour, QuotaLedger, UsageBatch, UsageDelta, UseOutcome};
 use crate::key::KeyPrefix;
 use crate::metrics::Metrics;
 use crate::store::{AccountId, KeyId, KeyStore, KeyUse, StoreError};
@@ -192,6 +192,8 @@ struct Shared {
     store: Arc<dyn KeyStore>,
     clock: WallClock,
     queue: Mutex<Queue>,
+    /// The quota counts kept in step with the flushes.
+    quotas: Arc<QuotaLedger>,
     max_pending: AtomicUsize,
     /// Seconds counts are kept.
     retention_secs: AtomicU64,
@@ -277,6 +279,7 @@ impl UsageRecorder {
                 store,
                 clock: WallClock::new(),
                 queue: Mutex::new(Queue::default()),
+                quotas: Arc::default(),
                 max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
                 retention_secs: AtomicU64::new(DEFAULT_RETENTION.as_secs()),
                 metrics: OnceLock::new(),
@@ -301,6 +304,17 @@ impl UsageRecorder {
         let secs = retention.as_secs().max(3600);
         self.shared.retention_secs.store(secs, Ordering::Relaxed);
         self
+    }
+
+    /// The quota counts this recorder's flushes keep in step with the store.
+    pub(crate) fn quotas(&self) -> &Arc<QuotaLedger> {
+        &self.shared.quotas
+    }
+
+    /// The wall-clock time of `at`, on the clock uses are stamped with (so that a request's
+    /// quota period and its usage hour agree).
+    pub(crate) fn wall_time(&self, at: Instant) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.shared.clock.millis(at))
     }
 
     /// Counts drops in `metrics`, unless a layer built earlier already does.
@@ -381,7 +395,18 @@ impl UsageRecorder {
     /// committed but whose answer was lost (the connection dropped after the commit) is
     /// counted again by the next flush. Last-used times are unaffected (they only move
     /// forward).
+    ///
+    /// Then it reads the current period's count of every key with a quota used in this
+    /// process from the store again (one read per key), so that the quota counts what other
+    /// processes wrote; a failure of these reads is the error if the write succeeded.
     pub async fn flush(&self) -> Result<usize, StoreError> {
+        let written = self.write_pending().await?;
+        self.shared.quotas.refresh(&*self.shared.store).await?;
+        Ok(written)
+    }
+
+    /// The write of [`flush`](Self::flush).
+    async fn write_pending(&self) -> Result<usize, StoreError> {
         self.shared.clock.resync();
         let (cells, given_back) = {
             let mut queue = self.queue();
@@ -453,6 +478,7 @@ impl UsageRecorder {
             return Ok(0);
         }
         self.shared.store.record_usage(&write).await?;
+        self.shared.quotas.written(&write);
         let written = batch.pending.len();
         batch.clear(); // written: nothing to give back
         Ok(written)

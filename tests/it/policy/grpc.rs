@@ -91,3 +91,56 @@ async fn scopes_and_expiry_answer_with_grpc_statuses() {
     assert_eq!(expired.code(), Code::Unauthenticated);
     assert_eq!(expired.message(), "expired API key");
 }
+
+/// tonic's `Server` hands the connection's address to the layer (`TcpConnectInfo`, feature
+/// `tonic`): a key used from outside its allowlist is PERMISSION_DENIED (7), a key over its
+/// quota RESOURCE_EXHAUSTED (8).
+#[cfg(feature = "tonic")]
+#[tokio::test]
+async fn addresses_and_quotas_answer_with_grpc_statuses() {
+    use tower_api_key::policy::{AllowedIps, Quota, QuotaPeriod};
+
+    let manager = KeyManager::new(TestStore::new(), pepper());
+    let addr = start(&manager).await;
+    let acme = account("acme");
+    let health = || Scopes::new(["health:read"]).expect("scopes");
+    let from = |blocks: &[&str]| {
+        KeyOptions::new()
+            .scopes(health())
+            .allowed_ips(AllowedIps::new(blocks).expect("blocks"))
+    };
+
+    let loopback = manager
+        .create_with(&acme, from(&["127.0.0.1"]))
+        .await
+        .expect("create");
+    let elsewhere = manager
+        .create_with(&acme, from(&["203.0.113.0/24", "2001:db8::/32"]))
+        .await
+        .expect("create");
+    let status = check(addr, loopback.key.expose_secret())
+        .await
+        .expect("served");
+    assert_eq!(status, WireStatus::Serving);
+    let refused = check(addr, elsewhere.key.expose_secret())
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(refused.message(), "address not allowed");
+
+    let quota = Quota::new(2, QuotaPeriod::Month).expect("quota");
+    let capped = manager
+        .create_with(&acme, KeyOptions::new().scopes(health()).quota(quota))
+        .await
+        .expect("create");
+    for _ in 0..2 {
+        check(addr, capped.key.expose_secret())
+            .await
+            .expect("served");
+    }
+    let exhausted = check(addr, capped.key.expose_secret())
+        .await
+        .expect_err("refused");
+    assert_eq!(exhausted.code(), Code::ResourceExhausted);
+    assert_eq!(exhausted.message(), "quota exceeded");
+}

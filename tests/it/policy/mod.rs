@@ -4,10 +4,14 @@
 //! axum server; gRPC over a loopback tonic server.
 
 #[cfg(feature = "axum")]
+mod address;
+#[cfg(feature = "axum")]
 mod expiry;
 #[cfg(feature = "axum")]
 mod grace;
 mod grpc;
+#[cfg(feature = "axum")]
+mod quota;
 #[cfg(feature = "axum")]
 mod scopes;
 #[cfg(feature = "axum")]

@@ -18,6 +18,8 @@ pub(crate) async fn serve(app: axum::Router) -> SocketAddr {
         .expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
+        // With the connection's address, for keys with allowed addresses.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app).await.expect("serve");
     });
     addr
