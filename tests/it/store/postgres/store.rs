@@ -13,7 +13,7 @@ use crate::support::{account, pepper};
 use sqlx::Row as _;
 use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
-use tower_api_key::policy::RateLimit;
+use tower_api_key::policy::{AllowedIps, Metadata, Quota, QuotaPeriod, RateLimit};
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
 use tower_api_key::usage::{Hour, UsageBatch, UsageDelta};
@@ -703,6 +703,144 @@ async fn every_change_notifies_the_digests_it_concerns() {
         .await
         .expect("truncate");
     assert_eq!(next_about(&mut listener, "*").await, "*", "truncate");
+}
+
+/// Every payload heard until a marker sent after everything before it committed:
+/// notifications arrive in commit order, so nothing sent earlier can arrive later.
+async fn heard_until_marker(listener: &mut PgListener, store: &PostgresStore) -> Vec<String> {
+    let marker = format!("marker {}", KeyId::random());
+    sqlx::query("SELECT pg_notify('tower_api_keys', $1)")
+        .bind(&marker)
+        .execute(store.pool())
+        .await
+        .expect("marker");
+    tokio::time::timeout(PATIENCE, async {
+        let mut heard = Vec::new();
+        loop {
+            let payload = listener.recv().await.expect("notification");
+            if payload.payload() == marker {
+                return heard;
+            }
+            heard.push(payload.payload().to_owned());
+        }
+    })
+    .await
+    .expect("the marker")
+}
+
+#[tokio::test]
+async fn quota_allowlist_and_metadata_changes_notify_and_updates_that_keep_them_do_not() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let mut listener = listen(&schema).await;
+    let key = ApiKey::generate().expect("randomness");
+    let record = KeyRecord::new(
+        KeyId::random(),
+        account("acme"),
+        key.prefix(),
+        pepper().digest(&key),
+        SystemTime::now(),
+    );
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let digest = hex(record.digest.as_bytes());
+    let heard_about = |heard: Vec<String>| -> Vec<String> {
+        heard.into_iter().filter(|p| p.contains(&digest)).collect()
+    };
+    assert_eq!(
+        heard_about(heard_until_marker(&mut listener, &store).await),
+        Vec::<String>::new(),
+        "insert"
+    );
+
+    let (quota, allowed, metadata) = super::super::sql::new_policy();
+    let changes = [
+        ("set quota", PolicyUpdate::new().quota(Some(quota))),
+        (
+            "replace quota",
+            PolicyUpdate::new().quota(Some(Quota::new(10_000, QuotaPeriod::Day).expect("quota"))),
+        ),
+        ("clear quota", PolicyUpdate::new().quota(None)),
+        (
+            "set allowlist",
+            PolicyUpdate::new().allowed_ips(Some(allowed.clone())),
+        ),
+        (
+            "replace allowlist",
+            PolicyUpdate::new().allowed_ips(Some(
+                AllowedIps::new(["203.0.113.0/25"]).expect("allowlist"),
+            )),
+        ),
+        ("clear allowlist", PolicyUpdate::new().allowed_ips(None)),
+        (
+            "set metadata",
+            PolicyUpdate::new().metadata(Some(metadata.clone())),
+        ),
+        (
+            "replace metadata",
+            PolicyUpdate::new().metadata(Some(
+                Metadata::from_json(r#"{"plan":"free"}"#).expect("metadata"),
+            )),
+        ),
+        ("clear metadata", PolicyUpdate::new().metadata(None)),
+    ];
+    for (change, update) in changes {
+        store
+            .update_policy(&record.account_id, record.id, &update)
+            .await
+            .expect("update")
+            .expect("found");
+        assert_eq!(
+            heard_about(heard_until_marker(&mut listener, &store).await),
+            [digest.as_str()],
+            "{change}"
+        );
+    }
+
+    // Set all three again, then updates that leave them as they are: silence.
+    let all = PolicyUpdate::new()
+        .quota(Some(quota))
+        .allowed_ips(Some(allowed.clone()))
+        .metadata(Some(metadata.clone()));
+    store
+        .update_policy(&record.account_id, record.id, &all)
+        .await
+        .expect("update")
+        .expect("found");
+    assert_eq!(
+        heard_about(heard_until_marker(&mut listener, &store).await),
+        [digest.as_str()],
+        "all three"
+    );
+    let unchanged = [
+        ("the same values", all),
+        ("nothing", PolicyUpdate::new()),
+        (
+            "the name",
+            PolicyUpdate::new().name(Some(tower_api_key::KeyName::new("CI").expect("name"))),
+        ),
+    ];
+    for (change, update) in unchanged {
+        let updated = store
+            .update_policy(&record.account_id, record.id, &update)
+            .await
+            .expect("update")
+            .expect("found");
+        assert_eq!(
+            (updated.quota, updated.allowed_ips, updated.metadata),
+            (Some(quota), Some(allowed.clone()), Some(metadata.clone())),
+            "{change}"
+        );
+        assert_eq!(
+            heard_about(heard_until_marker(&mut listener, &store).await),
+            Vec::<String>::new(),
+            "{change}"
+        );
+    }
 }
 
 #[tokio::test]
