@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::account;
-use tower_api_key::policy::RateLimit;
+use tower_api_key::policy::{AllowedIps, Metadata, Quota, QuotaPeriod, RateLimit};
 use tower_api_key::store::KeyUse;
 use tower_api_key::usage::{Hour, UsageBatch, UsageCounts, UsageDelta, UsageRow};
 use tower_api_key::{
@@ -342,8 +342,33 @@ fn full_record(account_name: &str) -> KeyRecord {
     record.scopes = Some(Scopes::new(["write", "read", "deploy:staging"]).expect("scopes"));
     record.expires_at = Some(at(1_000_000));
     record.rate_limit = Some(RateLimit::new(5, 2).expect("rate limit"));
+    record.quota = quota(250_000, QuotaPeriod::Month);
+    // Given unsorted, with host bits set and one block twice: kept normalized.
+    record.allowed_ips = allowed(&[
+        "2001:db8:1::/48",
+        "203.0.113.7/24",
+        "198.51.100.7",
+        "::ffff:192.0.2.1",
+        "203.0.113.0/24",
+    ]);
+    record.metadata = metadata(
+        r#"{ "plan": "pro", "région": "eu-west ✓ «東京»", "emoji": "🔑",
+             "limits": { "seats": [1, 2, { "extra": null }], "ratio": 0.25, "trial": false } }"#,
+    );
     record.last_used_at = Some(at(7));
     record
+}
+
+fn quota(requests: u32, period: QuotaPeriod) -> Option<Quota> {
+    Some(Quota::new(requests, period).expect("quota"))
+}
+
+fn allowed(blocks: &[&str]) -> Option<AllowedIps> {
+    Some(AllowedIps::new(blocks).expect("allowlist"))
+}
+
+fn metadata(json: &str) -> Option<Metadata> {
+    Some(Metadata::from_json(json).expect("metadata"))
 }
 
 async fn policy_fields_round_trip(store: Arc<dyn KeyStore>) {
@@ -398,16 +423,31 @@ async fn update_policy_sets_and_clears_each_field_alone(store: Arc<dyn KeyStore>
     assert_eq!(update(PolicyUpdate::new().expires_at(None)).await, expected);
     expected.rate_limit = None;
     assert_eq!(update(PolicyUpdate::new().rate_limit(None)).await, expected);
+    expected.quota = None;
+    assert_eq!(update(PolicyUpdate::new().quota(None)).await, expected);
+    expected.allowed_ips = None;
+    assert_eq!(
+        update(PolicyUpdate::new().allowed_ips(None)).await,
+        expected
+    );
+    expected.metadata = None;
+    assert_eq!(update(PolicyUpdate::new().metadata(None)).await, expected);
 
     expected.name = Some(KeyName::new("CI").expect("name"));
     expected.scopes = Some(Scopes::new(["read"]).expect("scopes"));
     expected.expires_at = Some(at(5));
     expected.rate_limit = Some(RateLimit::new(1_000_000, 86_400).expect("rate limit"));
+    expected.quota = quota(1, QuotaPeriod::Day);
+    expected.allowed_ips = allowed(&["0.0.0.0/0", "::/0"]);
+    expected.metadata = metadata("{}");
     let all = PolicyUpdate::new()
         .name(expected.name.clone())
         .scopes(expected.scopes.clone())
         .expires_at(expected.expires_at)
-        .rate_limit(expected.rate_limit);
+        .rate_limit(expected.rate_limit)
+        .quota(expected.quota)
+        .allowed_ips(expected.allowed_ips.clone())
+        .metadata(expected.metadata.clone());
     assert_eq!(update(all).await, expected);
     assert_eq!(
         store.get(&account("acme"), record.id).await.expect("get"),
@@ -499,6 +539,235 @@ async fn rate_limit_is_kept_set_changed_cleared_and_kept_by_rotation(store: Arc<
         .await
         .expect("get");
     assert_eq!(unchanged.map(|r| r.rate_limit), Some(None));
+}
+
+/// Applies `update` to `expected`'s key and checks that the store answers `expected`, and
+/// reads it back by id and by prefix (`step` says which step of a test this is).
+async fn updated_to(
+    store: &Arc<dyn KeyStore>,
+    expected: &KeyRecord,
+    update: PolicyUpdate,
+    step: &str,
+) {
+    let updated = store
+        .update_policy(&expected.account_id, expected.id, &update)
+        .await
+        .expect("update")
+        .expect("found");
+    assert_eq!(updated, *expected, "{step}: answered");
+    let got = store.get(&expected.account_id, expected.id).await;
+    assert_eq!(got.expect("get"), Some(expected.clone()), "{step}: get");
+    let found = store.find_by_prefix(&expected.prefix).await;
+    assert_eq!(found.expect("find"), Some(expected.clone()), "{step}: find");
+}
+
+/// The quota, allowlist and metadata of a record, to compare them alone (a record's `Debug`
+/// shows only the size of its metadata).
+fn new_fields(record: &KeyRecord) -> (Option<Quota>, Option<AllowedIps>, Option<String>) {
+    (
+        record.quota,
+        record.allowed_ips.clone(),
+        record.metadata.as_ref().map(|m| m.as_json().to_owned()),
+    )
+}
+
+async fn quota_allowlist_and_metadata_are_set_replaced_and_cleared_each_alone(
+    store: Arc<dyn KeyStore>,
+) {
+    let full = full_record("acme");
+    let (mut bare, _) = new_record("acme");
+    bare.created_at = at(1);
+    for record in [&full, &bare] {
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+    }
+    // A key created without them reads back without them, by every read.
+    let by_id = store.get(&account("acme"), bare.id).await.expect("get");
+    let by_prefix = store.find_by_prefix(&bare.prefix).await.expect("find");
+    for read in [by_id, by_prefix] {
+        assert_eq!(read.as_ref().map(new_fields), Some((None, None, None)));
+    }
+    let listed = store.list(&account("acme")).await.expect("list");
+    assert_eq!(
+        listed.iter().map(new_fields).collect::<Vec<_>>(),
+        [new_fields(&full), (None, None, None)]
+    );
+    assert_eq!(listed, [full.clone(), bare.clone()]);
+
+    // Each one set on the bare key and cleared again: the other two stay unset.
+    let mut expected = bare.clone();
+    expected.quota = quota(1_000_000_000, QuotaPeriod::Month);
+    updated_to(
+        &store,
+        &expected,
+        PolicyUpdate::new().quota(expected.quota),
+        "set quota",
+    )
+    .await;
+    expected.quota = None;
+    updated_to(
+        &store,
+        &expected,
+        PolicyUpdate::new().quota(None),
+        "clear quota",
+    )
+    .await;
+    expected.allowed_ips = allowed(&["10.0.0.0/8", "fd00::/8"]);
+    let set = PolicyUpdate::new().allowed_ips(expected.allowed_ips.clone());
+    updated_to(&store, &expected, set, "set allowlist").await;
+    expected.allowed_ips = None;
+    let clear = PolicyUpdate::new().allowed_ips(None);
+    updated_to(&store, &expected, clear, "clear allowlist").await;
+    expected.metadata = metadata(r#"{"tier":{"name":"gold","since":2024}}"#);
+    let set = PolicyUpdate::new().metadata(expected.metadata.clone());
+    updated_to(&store, &expected, set, "set metadata").await;
+    expected.metadata = None;
+    let clear = PolicyUpdate::new().metadata(None);
+    updated_to(&store, &expected, clear, "clear metadata").await;
+    assert_eq!(expected, bare);
+
+    // Each one cleared on the full key and set to another value: the other two, and the
+    // name, scopes, expiry and rate limit, stay as they were.
+    let mut expected = full.clone();
+    expected.quota = None;
+    updated_to(
+        &store,
+        &expected,
+        PolicyUpdate::new().quota(None),
+        "clear quota",
+    )
+    .await;
+    expected.quota = quota(30, QuotaPeriod::Day);
+    let set = PolicyUpdate::new().quota(expected.quota);
+    updated_to(&store, &expected, set, "replace quota").await;
+    expected.allowed_ips = None;
+    let clear = PolicyUpdate::new().allowed_ips(None);
+    updated_to(&store, &expected, clear, "clear allowlist").await;
+    expected.allowed_ips = allowed(&["192.0.2.0/25", "2001:db8:ffff::1", "100.64.0.0/10"]);
+    let set = PolicyUpdate::new().allowed_ips(expected.allowed_ips.clone());
+    updated_to(&store, &expected, set, "replace allowlist").await;
+    expected.metadata = None;
+    let clear = PolicyUpdate::new().metadata(None);
+    updated_to(&store, &expected, clear, "clear metadata").await;
+    expected.metadata = metadata(r#"{"plan":"enterprise","notes":["a","b"]}"#);
+    let set = PolicyUpdate::new().metadata(expected.metadata.clone());
+    updated_to(&store, &expected, set, "replace metadata").await;
+    // Set to what they already are, and an update of the other fields: nothing moves.
+    let same = PolicyUpdate::new()
+        .quota(expected.quota)
+        .allowed_ips(expected.allowed_ips.clone())
+        .metadata(expected.metadata.clone());
+    updated_to(&store, &expected, same, "set to the same").await;
+    expected.name = None;
+    expected.scopes = Some(Scopes::new(["read"]).expect("scopes"));
+    expected.expires_at = None;
+    expected.rate_limit = None;
+    let others = PolicyUpdate::new()
+        .name(None)
+        .scopes(expected.scopes.clone())
+        .expires_at(None)
+        .rate_limit(None);
+    updated_to(&store, &expected, others, "the other fields").await;
+
+    // Rotation, with a grace period and without, keeps all three.
+    for grace in [Some(at(60)), None] {
+        let (fresh, _) = new_record("acme");
+        let rotated = store
+            .replace_key(
+                &account("acme"),
+                expected.id,
+                fresh.prefix,
+                fresh.digest,
+                grace,
+            )
+            .await
+            .expect("replace")
+            .expect("found");
+        assert_eq!(
+            new_fields(&rotated.after),
+            new_fields(&expected),
+            "{grace:?}"
+        );
+        let found = store.find_by_prefix(&fresh.prefix).await.expect("find");
+        let found = found.expect("found by the new prefix");
+        assert_eq!(new_fields(&found), new_fields(&expected), "{grace:?}");
+        assert_eq!(found, rotated.after, "{grace:?}");
+    }
+    let untouched = store.get(&account("acme"), bare.id).await.expect("get");
+    assert_eq!(untouched, Some(bare));
+}
+
+async fn policy_values_at_their_edges_round_trip_exactly(store: Arc<dyn KeyStore>) {
+    let exactly_max = format!(r#"{{"k":"{}"}}"#, "é".repeat((Metadata::MAX_BYTES - 8) / 2));
+    // 101 levels deep, within what a JSON parser takes.
+    let nested = format!("{}{{}}{}", r#"{"a":["#.repeat(50), "]}".repeat(50));
+    let thirty_two: Vec<String> = (0..16)
+        .flat_map(|i| [format!("10.{i}.0.0/16"), format!("2001:db8:{i:x}::/48")])
+        .collect();
+    let thirty_two: Vec<&str> = thirty_two.iter().map(String::as_str).collect();
+    let cases: [(Option<Quota>, Option<AllowedIps>, Option<Metadata>); 6] = [
+        (
+            quota(1, QuotaPeriod::Day),
+            allowed(&thirty_two),
+            metadata(&exactly_max),
+        ),
+        (
+            quota(Quota::MAX_REQUESTS, QuotaPeriod::Month),
+            allowed(&["0.0.0.0/0", "::/0"]),
+            metadata("{}"),
+        ),
+        (
+            None,
+            allowed(&["::ffff:203.0.113.9", "::1", "127.0.0.1"]),
+            // Escapes, control characters, a NUL, quotes, separators, astral characters.
+            metadata(
+                r#"{"q":"\"\\\/\b\f\n\r\t\u0000\u001f","u":"\u2028\u2029 é 中文 🔑 \ud83d\udd11"}"#,
+            ),
+        ),
+        (
+            quota(7, QuotaPeriod::Month),
+            None,
+            // Integers at the edges of 64 bits, a negative zero, floats with short forms.
+            metadata(
+                r#"{"max":18446744073709551615,"min":-9223372036854775808,"z":-0.0,
+                    "f":[0.1,1.5,-2.25,1e-7,6.02e23,1.0],"b":[true,false,null],"":""}"#,
+            ),
+        ),
+        (None, allowed(&["2001:db8:0:0:1::/80"]), metadata(&nested)),
+        (
+            None,
+            None,
+            // Members in any order: kept as the metadata writes them.
+            metadata(r#"{"zeta":1,"alpha":{"b":2,"a":1},"Mid":[{"y":0,"x":0}]}"#),
+        ),
+    ];
+    let mut inserted = Vec::new();
+    for (i, (quota, allowed_ips, metadata)) in cases.into_iter().enumerate() {
+        let (mut record, _) = new_record(&format!("edge{i}"));
+        record.quota = quota;
+        record.allowed_ips = allowed_ips;
+        record.metadata = metadata;
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        inserted.push(record);
+    }
+    for (i, record) in inserted.iter().enumerate() {
+        let account_id = account(&format!("edge{i}"));
+        let reads = [
+            store.get(&account_id, record.id).await.expect("get"),
+            store.find_by_prefix(&record.prefix).await.expect("find"),
+            store.list(&account_id).await.expect("list").pop(),
+        ];
+        for read in reads {
+            let read = read.expect("found");
+            assert_eq!(new_fields(&read), new_fields(record), "case {i}");
+            assert_eq!(read, *record, "case {i}");
+        }
+    }
 }
 
 async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn KeyStore>) {
@@ -1137,6 +1406,8 @@ macro_rules! conformance {
                 policy_fields_round_trip,
                 update_policy_sets_and_clears_each_field_alone,
                 rate_limit_is_kept_set_changed_cleared_and_kept_by_rotation,
+                quota_allowlist_and_metadata_are_set_replaced_and_cleared_each_alone,
+                policy_values_at_their_edges_round_trip_exactly,
                 replace_key_with_grace_keeps_the_old_key_as_previous,
                 prefixes_are_unique_across_current_and_previous,
                 delete_frees_the_previous_prefix,

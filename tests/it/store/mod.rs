@@ -12,7 +12,7 @@ mod sql {
     use std::time::{Duration, UNIX_EPOCH};
 
     use crate::support::{account, pepper};
-    use tower_api_key::policy::RateLimit;
+    use tower_api_key::policy::{AllowedIps, Metadata, Quota, QuotaPeriod, RateLimit};
     use tower_api_key::{
         ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, PolicyUpdate, PreviousKey, Scopes,
         StoreError,
@@ -35,7 +35,8 @@ mod sql {
     }
 
     /// After an upgrade: `old` reads back unchanged (no name, unrestricted, never expiring,
-    /// no rate limit, no previous key), and its row takes the new fields.
+    /// no rate limit, no quota, no allowlist, no metadata, no previous key), and its row
+    /// takes the new fields.
     pub(crate) async fn assert_upgraded(store: &dyn KeyStore, old: &KeyRecord) {
         let read = store
             .find_by_prefix(&old.prefix)
@@ -47,14 +48,22 @@ mod sql {
             (read.name, read.scopes, read.expires_at, read.rate_limit),
             (None, None, None, None)
         );
+        assert_eq!(
+            (read.quota, read.allowed_ips, read.metadata),
+            (None, None, None)
+        );
         assert!(read.previous.is_none());
+        let (quota, allowed, metadata) = new_policy();
         let updated = store
             .update_policy(
                 &old.account_id,
                 old.id,
                 &PolicyUpdate::new()
                     .scopes(Some(Scopes::default()))
-                    .rate_limit(Some(RateLimit::new(5, 2).expect("rate limit"))),
+                    .rate_limit(Some(RateLimit::new(5, 2).expect("rate limit")))
+                    .quota(Some(quota))
+                    .allowed_ips(Some(allowed.clone()))
+                    .metadata(Some(metadata.clone())),
             )
             .await
             .expect("update")
@@ -64,6 +73,20 @@ mod sql {
             updated.rate_limit,
             Some(RateLimit::new(5, 2).expect("limit"))
         );
+        assert_eq!(
+            (updated.quota, updated.allowed_ips, updated.metadata),
+            (Some(quota), Some(allowed), Some(metadata))
+        );
+    }
+
+    /// A quota, an allowlist and metadata, as the key policy of migration sqlite 5 and
+    /// postgres 6 adds them.
+    pub(crate) fn new_policy() -> (Quota, AllowedIps, Metadata) {
+        (
+            Quota::new(10_000, QuotaPeriod::Month).expect("quota"),
+            AllowedIps::new(["203.0.113.0/24", "2001:db8::/32"]).expect("allowlist"),
+            Metadata::from_json(r#"{"plan":"pro","seats":[1,2]}"#).expect("metadata"),
+        )
     }
 
     /// A key of `account_name` with every column set, a previous key among them.
@@ -77,6 +100,9 @@ mod sql {
             scopes: Some(Scopes::new(["read", "write"]).expect("scopes")),
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)),
             rate_limit: Some(RateLimit::new(5, 2).expect("rate limit")),
+            quota: Some(new_policy().0),
+            allowed_ips: Some(new_policy().1),
+            metadata: Some(new_policy().2),
             previous: Some(PreviousKey {
                 prefix: old.prefix(),
                 digest: pepper().digest(&old),

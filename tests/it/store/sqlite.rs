@@ -10,7 +10,9 @@ use crate::support::{account, pepper};
 use sqlx::Connection as _;
 use tower_api_key::store::SqliteStore;
 use tower_api_key::usage::{Hour, UsageBatch, UsageDelta, UsageRow};
-use tower_api_key::{KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError, StoreError};
+use tower_api_key::{
+    KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError, PolicyUpdate, StoreError,
+};
 
 #[tokio::test]
 async fn keys_survive_reopening_the_file() {
@@ -191,6 +193,8 @@ async fn store_with_full_key() -> (SqliteStore, sqlx::SqliteConnection, KeyRecor
 
 #[tokio::test]
 async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
+    let blocks: Vec<String> = (0..33).map(|i| format!("10.{i}.0.0/16")).collect();
+    let too_many_blocks = format!("allowed_ips = '{}'", blocks.join(" "));
     let cases = [
         ("name = ''", "name"),
         ("name = 'tab\there'", "name"),
@@ -218,6 +222,32 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
         ("rate_limit_requests = 4294967301", "rate_limit_requests"),
         ("rate_limit_per_seconds = -1", "rate_limit_per_seconds"),
         ("rate_limit_per_seconds = 86401", "rate_limit_per_seconds"),
+        ("quota_period = NULL", "quota_requests and quota_period"),
+        ("quota_requests = NULL", "quota_requests and quota_period"),
+        ("quota_requests = 0", "quota_requests"),
+        ("quota_requests = -1", "quota_requests"),
+        ("quota_requests = 1000000001", "quota_requests"),
+        ("quota_requests = 4294967297", "quota_requests"),
+        ("quota_period = 'week'", "quota_period"),
+        ("quota_period = 'Day'", "quota_period"),
+        ("quota_period = ''", "quota_period"),
+        ("allowed_ips = 'not-an-ip'", "allowed_ips"),
+        ("allowed_ips = ''", "allowed_ips"),
+        ("allowed_ips = ' '", "allowed_ips"),
+        ("allowed_ips = '10.0.0.0/8  2001:db8::/32'", "allowed_ips"),
+        ("allowed_ips = '10.0.0.0/8,2001:db8::/32'", "allowed_ips"),
+        ("allowed_ips = '10.0.0.0/33'", "allowed_ips"),
+        ("allowed_ips = '10.0.0.0/+8'", "allowed_ips"),
+        (too_many_blocks.as_str(), "allowed_ips"),
+        ("metadata = '[1]'", "metadata"),
+        ("metadata = '{'", "metadata"),
+        ("metadata = ''", "metadata"),
+        ("metadata = 'null'", "metadata"),
+        ("metadata = '{\"a\":1} {}'", "metadata"),
+        (
+            "metadata = '{\"k\":\"' || replace(hex(zeroblob(2500)), '0', 'x') || '\"}'",
+            "metadata",
+        ),
     ];
     for (edit, column) in cases {
         let (store, mut editor, record) = store_with_full_key().await;
@@ -227,6 +257,155 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
             .expect("edit by hand");
         super::sql::assert_unreadable(&store, &record, edit, column).await;
     }
+}
+
+#[tokio::test]
+async fn the_schema_refuses_half_a_quota_and_the_store_refuses_what_the_schema_lets_through() {
+    let (store, _, record) = store_with_full_key().await;
+    for edit in [
+        "quota_period = NULL",
+        "quota_requests = NULL",
+        "quota_requests = 0",
+        "quota_requests = 1000000001",
+        "quota_period = 'week'",
+        "metadata = '{\"k\":\"' || replace(hex(zeroblob(2500)), '0', 'x') || '\"}'",
+    ] {
+        let err = sqlx::raw_sql(&format!("UPDATE tower_api_keys SET {edit}"))
+            .execute(store.pool())
+            .await
+            .expect_err("refused by a CHECK");
+        let db = err.as_database_error().expect("a database error");
+        assert!(db.is_check_violation(), "{edit}: {db}");
+    }
+    assert_eq!(
+        store.find_by_prefix(&record.prefix).await.expect("find"),
+        Some(record.clone())
+    );
+    // What the schema can't tell apart from a valid value, the store refuses to read.
+    for (edit, column) in [
+        ("allowed_ips = 'not-an-ip'", "allowed_ips"),
+        ("metadata = '[1]'", "metadata"),
+        ("metadata = '{'", "metadata"),
+    ] {
+        let (store, _, record) = store_with_full_key().await;
+        sqlx::raw_sql(&format!("UPDATE tower_api_keys SET {edit}"))
+            .execute(store.pool())
+            .await
+            .expect("the schema lets it through");
+        super::sql::assert_unreadable(&store, &record, edit, column).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_schema_upgrades_in_place_and_its_keys_keep_their_policy() {
+    const SHIPPED: [(i64, &str, &str); 4] = [
+        (
+            1,
+            "tower_api_keys table",
+            include_str!("../../../migrations/sqlite/0001_tower_api_keys.sql"),
+        ),
+        (
+            2,
+            "key policy: name, scopes, expiry, previous key",
+            include_str!("../../../migrations/sqlite/0002_key_policy.sql"),
+        ),
+        (
+            3,
+            "key rate limit",
+            include_str!("../../../migrations/sqlite/0003_rate_limit.sql"),
+        ),
+        (
+            4,
+            "usage counts per key and hour",
+            include_str!("../../../migrations/sqlite/0004_usage.sql"),
+        ),
+    ];
+    let url = crate::support::db::sqlite::fresh_url();
+    let store = SqliteStore::connect(&url).await.expect("open");
+    // The database as the previous release left it: its tables, its bookkeeping, one key
+    // with every column of that release set.
+    sqlx::raw_sql(
+        "CREATE TABLE tower_api_keys_migrations (
+             version       INTEGER NOT NULL PRIMARY KEY,
+             description   TEXT    NOT NULL,
+             checksum      BLOB    NOT NULL,
+             applied_at_us INTEGER NOT NULL
+         ) STRICT",
+    )
+    .execute(store.pool())
+    .await
+    .expect("bookkeeping");
+    for (version, description, sql) in SHIPPED {
+        sqlx::raw_sql(sql)
+            .execute(store.pool())
+            .await
+            .expect("migration");
+        sqlx::query("INSERT INTO tower_api_keys_migrations VALUES (?1, ?2, ?3, 0)")
+            .bind(version)
+            .bind(description)
+            .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
+            .execute(store.pool())
+            .await
+            .expect("record it");
+    }
+    let old = KeyRecord {
+        quota: None,
+        allowed_ips: None,
+        metadata: None,
+        ..super::sql::full_record("acme")
+    };
+    let previous = old.previous.as_ref().expect("a previous key");
+    sqlx::query(
+        "INSERT INTO tower_api_keys
+         (id, account_id, prefix, digest, status, created_at_us, last_used_at_us, name, scopes,
+          expires_at_us, rate_limit_requests, rate_limit_per_seconds, previous_prefix,
+          previous_digest, previous_expires_at_us)
+         VALUES (?1, 'acme', ?2, ?3, 'active', 1700000000000000, NULL, 'CI', 'read write',
+                 2000000000000000, 5, 2, ?4, ?5, 1800000000000000)",
+    )
+    .bind(old.id.to_string())
+    .bind(old.prefix.as_str())
+    .bind(&old.digest.as_bytes()[..])
+    .bind(previous.prefix.as_str())
+    .bind(&previous.digest.as_bytes()[..])
+    .execute(store.pool())
+    .await
+    .expect("a key of the previous release");
+
+    store.migrate().await.expect("upgrade");
+    store.migrate().await.expect("again");
+    assert_eq!(
+        store.find_by_prefix(&old.prefix).await.expect("find"),
+        Some(old.clone())
+    );
+    assert_eq!(
+        store.list(&account("acme")).await.expect("list"),
+        std::slice::from_ref(&old)
+    );
+    let (quota, allowed, metadata) = super::sql::new_policy();
+    let updated = store
+        .update_policy(
+            &old.account_id,
+            old.id,
+            &PolicyUpdate::new()
+                .quota(Some(quota))
+                .allowed_ips(Some(allowed.clone()))
+                .metadata(Some(metadata.clone())),
+        )
+        .await
+        .expect("update")
+        .expect("found");
+    let expected = KeyRecord {
+        quota: Some(quota),
+        allowed_ips: Some(allowed),
+        metadata: Some(metadata),
+        ..old
+    };
+    assert_eq!(updated, expected);
+    assert_eq!(
+        store.get(&account("acme"), expected.id).await.expect("get"),
+        Some(expected)
+    );
 }
 
 /// One flush of counts for `key` in `acme`'s hour 475,000.

@@ -13,7 +13,7 @@ use crate::support::{account, pepper};
 use sqlx::Row as _;
 use sqlx::postgres::PgListener;
 use tower_api_key::invalidation::InvalidationBus;
-use tower_api_key::policy::RateLimit;
+use tower_api_key::policy::{AllowedIps, Metadata, Quota, QuotaPeriod, RateLimit};
 use tower_api_key::resolver::{Resolver as _, StoreResolver};
 use tower_api_key::store::{KeyUse, MigrateError, PgChangeFeed, PostgresStore, StoreError};
 use tower_api_key::usage::{Hour, UsageBatch, UsageDelta};
@@ -287,6 +287,185 @@ async fn a_database_of_the_earlier_schema_upgrades_in_place_and_its_keys_are_unr
 }
 
 #[tokio::test]
+async fn the_schema_refuses_half_a_quota_and_the_store_refuses_what_the_schema_lets_through() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let record = super::super::sql::full_record("acme");
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    for edit in [
+        "quota_period = NULL",
+        "quota_requests = NULL",
+        "quota_requests = 0",
+        "quota_requests = 1000000001",
+        "quota_period = 'week'",
+        "metadata = '{\"k\":\"' || repeat('x', 5000) || '\"}'",
+    ] {
+        let err = sqlx::raw_sql(&format!("UPDATE tower_api_keys SET {edit}"))
+            .execute(store.pool())
+            .await
+            .expect_err("refused by a CHECK");
+        let db = err.as_database_error().expect("a database error");
+        assert!(db.is_check_violation(), "{edit}: {db}");
+    }
+    assert_eq!(
+        store.find_by_prefix(&record.prefix).await.expect("find"),
+        Some(record.clone())
+    );
+    // What the schema can't tell apart from a valid value, the store refuses to read.
+    for (i, (edit, column)) in [
+        ("allowed_ips = 'not-an-ip'", "allowed_ips"),
+        ("metadata = '[1]'", "metadata"),
+        ("metadata = '{'", "metadata"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let record = super::super::sql::full_record(&format!("edited{i}"));
+        store
+            .insert_within_limit(record.clone(), 3)
+            .await
+            .expect("insert");
+        sqlx::query(&format!("UPDATE tower_api_keys SET {edit} WHERE id = $1"))
+            .bind(record.id.as_uuid())
+            .execute(store.pool())
+            .await
+            .expect("the schema lets it through");
+        super::super::sql::assert_unreadable(&store, &record, edit, column).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_schema_upgrades_in_place_and_its_keys_keep_their_policy() {
+    const SHIPPED: [(i64, &str, &str); 5] = [
+        (
+            1,
+            "tower_api_keys table and its change notifications",
+            include_str!("../../../../migrations/postgres/0001_tower_api_keys.sql"),
+        ),
+        (
+            2,
+            "inserts no longer notify",
+            include_str!("../../../../migrations/postgres/0002_no_notify_on_insert.sql"),
+        ),
+        (
+            3,
+            "key policy: name, scopes, expiry, previous key; notify their changes",
+            include_str!("../../../../migrations/postgres/0003_key_policy.sql"),
+        ),
+        (
+            4,
+            "key rate limit; notify its changes",
+            include_str!("../../../../migrations/postgres/0004_rate_limit.sql"),
+        ),
+        (
+            5,
+            "usage counts per key and hour",
+            include_str!("../../../../migrations/postgres/0005_usage.sql"),
+        ),
+    ];
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let pool = schema.pool();
+    // The database as the previous release left it: its tables, its bookkeeping, one key
+    // with every column of that release set.
+    sqlx::raw_sql(
+        "CREATE TABLE tower_api_keys_migrations (
+             version     bigint      PRIMARY KEY,
+             description text        NOT NULL,
+             checksum    bytea       NOT NULL,
+             applied_at  timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .execute(&pool)
+    .await
+    .expect("bookkeeping");
+    for (version, description, sql) in SHIPPED {
+        sqlx::raw_sql(sql).execute(&pool).await.expect("migration");
+        sqlx::query(
+            "INSERT INTO tower_api_keys_migrations (version, description, checksum)
+             VALUES ($1, $2, $3)",
+        )
+        .bind(version)
+        .bind(description)
+        .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
+        .execute(&pool)
+        .await
+        .expect("record it");
+    }
+    let old = KeyRecord {
+        quota: None,
+        allowed_ips: None,
+        metadata: None,
+        ..super::super::sql::full_record("acme")
+    };
+    let previous = old.previous.as_ref().expect("a previous key");
+    sqlx::query(
+        "INSERT INTO tower_api_keys
+         (id, account_id, prefix, digest, status, created_at, last_used_at, name, scopes,
+          expires_at, rate_limit_requests, rate_limit_per_seconds, previous_prefix,
+          previous_digest, previous_expires_at)
+         VALUES ($1, 'acme', $2, $3, 'active', to_timestamp(1700000000), NULL, 'CI',
+                 '{read,write}', to_timestamp(2000000000), 5, 2, $4, $5,
+                 to_timestamp(1800000000))",
+    )
+    .bind(old.id.as_uuid())
+    .bind(old.prefix.as_str())
+    .bind(&old.digest.as_bytes()[..])
+    .bind(previous.prefix.as_str())
+    .bind(&previous.digest.as_bytes()[..])
+    .execute(&pool)
+    .await
+    .expect("a key of the previous release");
+
+    let store = PostgresStore::from_pool(pool);
+    store.migrate().await.expect("upgrade");
+    store.migrate().await.expect("again");
+    assert_eq!(
+        store.find_by_prefix(&old.prefix).await.expect("find"),
+        Some(old.clone())
+    );
+    assert_eq!(
+        store.list(&account("acme")).await.expect("list"),
+        std::slice::from_ref(&old)
+    );
+    // The upgraded table takes the new fields, and their changes notify.
+    let mut listener = listen(&schema).await;
+    let (quota, allowed, metadata) = super::super::sql::new_policy();
+    let updated = store
+        .update_policy(
+            &old.account_id,
+            old.id,
+            &PolicyUpdate::new()
+                .quota(Some(quota))
+                .allowed_ips(Some(allowed.clone()))
+                .metadata(Some(metadata.clone())),
+        )
+        .await
+        .expect("update")
+        .expect("found");
+    let expected = KeyRecord {
+        quota: Some(quota),
+        allowed_ips: Some(allowed),
+        metadata: Some(metadata),
+        ..old
+    };
+    assert_eq!(updated, expected);
+    assert_eq!(
+        store.get(&account("acme"), expected.id).await.expect("get"),
+        Some(expected.clone())
+    );
+    let digest = hex(expected.digest.as_bytes());
+    let heard = next_about(&mut listener, &digest).await;
+    assert!(heard.starts_with(&digest), "{heard}");
+}
+
+#[tokio::test]
 async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
     let Some(schema) = Schema::create().await else {
         return;
@@ -300,11 +479,17 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
              DROP CONSTRAINT tower_api_keys_previous_digest_check,
              DROP CONSTRAINT tower_api_keys_rate_limit_check,
              DROP CONSTRAINT tower_api_keys_rate_limit_requests_check,
-             DROP CONSTRAINT tower_api_keys_rate_limit_per_seconds_check",
+             DROP CONSTRAINT tower_api_keys_rate_limit_per_seconds_check,
+             DROP CONSTRAINT tower_api_keys_quota_check,
+             DROP CONSTRAINT tower_api_keys_quota_requests_check,
+             DROP CONSTRAINT tower_api_keys_quota_period_check,
+             DROP CONSTRAINT tower_api_keys_metadata_check",
     )
     .execute(&schema.pool())
     .await
     .expect("drop checks");
+    let blocks: Vec<String> = (0..33).map(|i| format!("10.{i}.0.0/16")).collect();
+    let too_many_blocks = format!("allowed_ips = '{}'", blocks.join(" "));
     let cases = [
         ("name = 'tab' || chr(9) || 'here'", "name"),
         ("scopes = '{Read}'", "scopes"),
@@ -329,6 +514,27 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
         ),
         ("rate_limit_requests = 0", "rate_limit_requests"),
         ("rate_limit_per_seconds = 86401", "rate_limit_per_seconds"),
+        ("quota_period = NULL", "quota_requests and quota_period"),
+        ("quota_requests = NULL", "quota_requests and quota_period"),
+        ("quota_requests = 0", "quota_requests"),
+        ("quota_requests = -1", "quota_requests"),
+        ("quota_requests = 1000000001", "quota_requests"),
+        ("quota_period = 'week'", "quota_period"),
+        ("quota_period = 'Day'", "quota_period"),
+        ("allowed_ips = 'not-an-ip'", "allowed_ips"),
+        ("allowed_ips = ''", "allowed_ips"),
+        ("allowed_ips = '10.0.0.0/8  2001:db8::/32'", "allowed_ips"),
+        ("allowed_ips = '10.0.0.0/8,2001:db8::/32'", "allowed_ips"),
+        ("allowed_ips = '10.0.0.0/33'", "allowed_ips"),
+        (too_many_blocks.as_str(), "allowed_ips"),
+        ("metadata = '[1]'", "metadata"),
+        ("metadata = '{'", "metadata"),
+        ("metadata = ''", "metadata"),
+        ("metadata = 'null'", "metadata"),
+        (
+            "metadata = '{\"k\":\"' || repeat('x', 5000) || '\"}'",
+            "metadata",
+        ),
     ];
     for (i, (edit, column)) in cases.into_iter().enumerate() {
         let record = super::super::sql::full_record(&format!("acme{i}"));
@@ -497,6 +703,144 @@ async fn every_change_notifies_the_digests_it_concerns() {
         .await
         .expect("truncate");
     assert_eq!(next_about(&mut listener, "*").await, "*", "truncate");
+}
+
+/// Every payload heard until a marker sent after everything before it committed:
+/// notifications arrive in commit order, so nothing sent earlier can arrive later.
+async fn heard_until_marker(listener: &mut PgListener, store: &PostgresStore) -> Vec<String> {
+    let marker = format!("marker {}", KeyId::random());
+    sqlx::query("SELECT pg_notify('tower_api_keys', $1)")
+        .bind(&marker)
+        .execute(store.pool())
+        .await
+        .expect("marker");
+    tokio::time::timeout(PATIENCE, async {
+        let mut heard = Vec::new();
+        loop {
+            let payload = listener.recv().await.expect("notification");
+            if payload.payload() == marker {
+                return heard;
+            }
+            heard.push(payload.payload().to_owned());
+        }
+    })
+    .await
+    .expect("the marker")
+}
+
+#[tokio::test]
+async fn quota_allowlist_and_metadata_changes_notify_and_updates_that_keep_them_do_not() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let mut listener = listen(&schema).await;
+    let key = ApiKey::generate().expect("randomness");
+    let record = KeyRecord::new(
+        KeyId::random(),
+        account("acme"),
+        key.prefix(),
+        pepper().digest(&key),
+        SystemTime::now(),
+    );
+    store
+        .insert_within_limit(record.clone(), 3)
+        .await
+        .expect("insert");
+    let digest = hex(record.digest.as_bytes());
+    let heard_about = |heard: Vec<String>| -> Vec<String> {
+        heard.into_iter().filter(|p| p.contains(&digest)).collect()
+    };
+    assert_eq!(
+        heard_about(heard_until_marker(&mut listener, &store).await),
+        Vec::<String>::new(),
+        "insert"
+    );
+
+    let (quota, allowed, metadata) = super::super::sql::new_policy();
+    let changes = [
+        ("set quota", PolicyUpdate::new().quota(Some(quota))),
+        (
+            "replace quota",
+            PolicyUpdate::new().quota(Some(Quota::new(10_000, QuotaPeriod::Day).expect("quota"))),
+        ),
+        ("clear quota", PolicyUpdate::new().quota(None)),
+        (
+            "set allowlist",
+            PolicyUpdate::new().allowed_ips(Some(allowed.clone())),
+        ),
+        (
+            "replace allowlist",
+            PolicyUpdate::new().allowed_ips(Some(
+                AllowedIps::new(["203.0.113.0/25"]).expect("allowlist"),
+            )),
+        ),
+        ("clear allowlist", PolicyUpdate::new().allowed_ips(None)),
+        (
+            "set metadata",
+            PolicyUpdate::new().metadata(Some(metadata.clone())),
+        ),
+        (
+            "replace metadata",
+            PolicyUpdate::new().metadata(Some(
+                Metadata::from_json(r#"{"plan":"free"}"#).expect("metadata"),
+            )),
+        ),
+        ("clear metadata", PolicyUpdate::new().metadata(None)),
+    ];
+    for (change, update) in changes {
+        store
+            .update_policy(&record.account_id, record.id, &update)
+            .await
+            .expect("update")
+            .expect("found");
+        assert_eq!(
+            heard_about(heard_until_marker(&mut listener, &store).await),
+            [digest.as_str()],
+            "{change}"
+        );
+    }
+
+    // Set all three again, then updates that leave them as they are: silence.
+    let all = PolicyUpdate::new()
+        .quota(Some(quota))
+        .allowed_ips(Some(allowed.clone()))
+        .metadata(Some(metadata.clone()));
+    store
+        .update_policy(&record.account_id, record.id, &all)
+        .await
+        .expect("update")
+        .expect("found");
+    assert_eq!(
+        heard_about(heard_until_marker(&mut listener, &store).await),
+        [digest.as_str()],
+        "all three"
+    );
+    let unchanged = [
+        ("the same values", all),
+        ("nothing", PolicyUpdate::new()),
+        (
+            "the name",
+            PolicyUpdate::new().name(Some(tower_api_key::KeyName::new("CI").expect("name"))),
+        ),
+    ];
+    for (change, update) in unchanged {
+        let updated = store
+            .update_policy(&record.account_id, record.id, &update)
+            .await
+            .expect("update")
+            .expect("found");
+        assert_eq!(
+            (updated.quota, updated.allowed_ips, updated.metadata),
+            (Some(quota), Some(allowed.clone()), Some(metadata.clone())),
+            "{change}"
+        );
+        assert_eq!(
+            heard_about(heard_until_marker(&mut listener, &store).await),
+            Vec::<String>::new(),
+            "{change}"
+        );
+    }
 }
 
 #[tokio::test]
