@@ -62,6 +62,11 @@ impl Metadata {
         if json.len() > Self::MAX_BYTES {
             return Err(PolicyError::MetadataTooLarge);
         }
+        // An object built in code may nest deeper than a parser reads (128 levels): refused
+        // here, it can't be stored and then fail every read of its key.
+        if serde_json::from_str::<Value>(&json).is_err() {
+            return Err(PolicyError::InvalidMetadata);
+        }
         Ok(Self(Arc::new(Inner {
             json: json.into_boxed_str(),
             object,
@@ -170,6 +175,25 @@ mod tests {
         assert_eq!(
             Metadata::from_json(&huge),
             Err(PolicyError::MetadataTooLarge)
+        );
+    }
+
+    #[test]
+    fn what_is_kept_reads_back_the_same() {
+        // 17 significant digits: parsed to the nearest double, they print back the same.
+        let float = Metadata::from_json(r#"{"f":1.0715660391465826e-75}"#).expect("valid");
+        assert_eq!(float.as_json(), r#"{"f":1.0715660391465826e-75}"#);
+        assert_eq!(Metadata::from_json(float.as_json()), Ok(float));
+        // Nested deeper than a parser reads: refused when built, not when read back.
+        let mut deep = Value::Null;
+        for _ in 0..200 {
+            deep = Value::Array(vec![deep]);
+        }
+        let mut object = Map::new();
+        object.insert("deep".into(), deep);
+        assert_eq!(
+            Metadata::from_object(object),
+            Err(PolicyError::InvalidMetadata)
         );
     }
 
