@@ -7,6 +7,7 @@
 #   LIMIT=1000000/1 scripts/callgrind.sh   # the key has a rate limit (requests/seconds)
 #   LIMIT=1/86400 EXPECT=429 scripts/callgrind.sh   # a key over its limit: every request 429
 #   TOKIO_WORKER_THREADS=1 scripts/callgrind.sh   # one worker: less run-to-run scatter
+#   BODY='{"allowed_ips":["127.0.0.1"]}' scripts/callgrind.sh   # any create body for the key
 #
 # Starts the demo server, `examples/server/` (release, as `cargo run --release --example server` builds it: in-memory store) under
 # `valgrind --tool=callgrind`, creates a key, warms both routes up, then for each route zeroes
@@ -40,6 +41,7 @@ body='{}'
 if [ -n "${LIMIT:-}" ]; then
   body="{\"rate_limit\":{\"requests\":${LIMIT%/*},\"per_seconds\":${LIMIT#*/}}}"
 fi
+body=${BODY:-$body}
 key=$(curl -fs -X POST -H "authorization: Bearer $token" -H "content-type: application/json" -d "$body" \
   "http://127.0.0.1:$port/admin/accounts/callgrind/keys" |
   sed -n 's/.*"key":"\([^"]*\)".*/\1/p')

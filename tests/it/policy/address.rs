@@ -273,3 +273,57 @@ async fn a_refusal_for_the_address_counts_as_refused_and_is_not_a_use() {
         .expect("get");
     assert_eq!(info.last_used_at, None, "a refused request is not a use");
 }
+
+/// Log lines written by `tracing_subscriber::fmt`, for the test that reads them.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stack_without_an_address_is_named_in_one_warning() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let manager = KeyManager::new(TestStore::new(), pepper());
+    let created = manager
+        .create_with(
+            &account("acme"),
+            KeyOptions::new().allowed_ips(allowed(&["192.0.2.0/24"])),
+        )
+        .await
+        .expect("create");
+    let service = ApiKeyLayer::for_manager(&manager)
+        .build()
+        .layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    for _ in 0..5 {
+        let request = Request::get("/")
+            .header("x-api-key", created.key.expose_secret())
+            .body(())
+            .expect("request");
+        let response = service.clone().oneshot(request).await.expect("answer");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    let text = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("utf-8");
+    assert_eq!(text.matches("WARN").count(), 1, "{text}");
+    assert!(text.contains("no client address"), "{text}");
+    assert!(
+        !text.contains(created.key.expose_secret()),
+        "no secret in logs"
+    );
+}
