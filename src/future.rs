@@ -33,9 +33,9 @@ use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::cache::PendingResolution;
 use crate::gatekeeper::{Decision, Gatekeeper, Origin};
-use crate::rate_limit::{self, Budget, PendingVerdict};
+use crate::rate_limit::{self, Budget, PendingVerdict, Verdict};
 use crate::resolver::Resolver;
-use crate::usage::PendingQuotaVerdict;
+use crate::usage::{PendingQuotaVerdict, QuotaVerdict};
 
 pin_project! {
     /// Response future of [`ApiKeyService`](crate::ApiKeyService).
@@ -99,6 +99,12 @@ enum Waiting {
     RateLimit(PendingVerdict),
     /// The quota's, after the rate limit let the request through with this budget.
     Quota(PendingQuotaVerdict, Option<Budget>),
+}
+
+/// What a throttled request waited for, and got.
+enum Finished {
+    RateLimit(Verdict),
+    Quota(QuotaVerdict, Option<Budget>),
 }
 
 /// The inner service that `poll_ready` prepared: still in the service (a decision made in
@@ -272,9 +278,11 @@ where
                         .expect("ResponseFuture polled after completion");
                     // Polled to its end before the box is taken apart.
                     let finished = match &mut waiting.verdict {
-                        Waiting::RateLimit(verdict) => Ok(ready!(verdict.as_mut().poll(cx))),
+                        Waiting::RateLimit(verdict) => {
+                            Finished::RateLimit(ready!(verdict.as_mut().poll(cx)))
+                        }
                         Waiting::Quota(verdict, budget) => {
-                            Err((ready!(verdict.as_mut().poll(cx)), *budget))
+                            Finished::Quota(ready!(verdict.as_mut().poll(cx)), *budget)
                         }
                     };
                     let Throttled {
@@ -286,8 +294,10 @@ where
                     } = *throttled.take().expect("checked above");
                     let now = Instant::now();
                     let decision = match finished {
-                        Ok(verdict) => gatekeeper.apply(verdict, account, origin, now),
-                        Err((verdict, budget)) => {
+                        Finished::RateLimit(verdict) => {
+                            gatekeeper.apply(verdict, account, origin, now)
+                        }
+                        Finished::Quota(verdict, budget) => {
                             gatekeeper.meter(verdict, account, origin, budget, now)
                         }
                     };

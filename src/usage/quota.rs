@@ -237,33 +237,55 @@ impl QuotaLedger {
 
     /// Reads every counted period from the store again (after a flush, so that the store
     /// holds what `written` counts), and forgets the tallies no cached identity holds
-    /// anymore and that have nothing unwritten.
+    /// anymore and that have nothing unwritten. One read per account and period, whatever
+    /// the number of its keys.
     pub(crate) async fn refresh(&self, store: &dyn KeyStore) -> Result<(), StoreError> {
-        let tallies: Vec<Arc<QuotaTally>> = {
+        let mut groups: HashMap<(AccountId, Period), Vec<(Arc<QuotaTally>, i64)>> = HashMap::new();
+        {
             let mut tallies = lock(&self.tallies);
             tallies.retain(|_, tally| {
                 Arc::strong_count(tally) > 1 || lock(&tally.counts).unwritten != 0
             });
-            tallies.values().cloned().collect()
-        };
-        let mut failure = None;
-        for tally in tallies {
-            let before = *lock(&tally.counts);
-            let Some(period) = before.period else {
-                continue;
-            };
-            match tally.stored(store, period).await {
-                Ok(stored) => {
-                    let mut counts = lock(&tally.counts);
-                    if counts.period == Some(period) {
-                        // What was written before the read is in `stored` now; a write
-                        // during the read may be in both for one interval (never in
-                        // neither).
-                        counts.stored = stored;
-                        counts.written -= before.written;
-                    }
+            for tally in tallies.values() {
+                let counts = *lock(&tally.counts);
+                if let Some(period) = counts.period {
+                    groups
+                        .entry((tally.account_id.clone(), period))
+                        .or_default()
+                        .push((Arc::clone(tally), counts.written));
                 }
-                Err(err) => failure = Some(err),
+            }
+        }
+        let mut failure = None;
+        for ((account_id, period), tallies) in groups {
+            let rows = store
+                .usage(
+                    &account_id,
+                    None,
+                    Hour::containing(period.start()),
+                    Hour::containing(period.end()),
+                )
+                .await;
+            let rows = match rows {
+                Ok(rows) => rows,
+                Err(err) => {
+                    failure = Some(err);
+                    continue;
+                }
+            };
+            for (tally, written_before) in tallies {
+                let stored = rows
+                    .iter()
+                    .filter(|row| row.key_id == tally.id)
+                    .map(|row| row.counts.accepted)
+                    .sum();
+                let mut counts = lock(&tally.counts);
+                if counts.period == Some(period) {
+                    // What was written before the read is in `stored` now; a write during
+                    // the read may be in both for one interval (never in neither).
+                    counts.stored = stored;
+                    counts.written -= written_before;
+                }
             }
         }
         failure.map_or(Ok(()), Err)

@@ -397,7 +397,7 @@ impl UsageRecorder {
     /// forward).
     ///
     /// Then it reads the current period's count of every key with a quota used in this
-    /// process from the store again (one read per key), so that the quota counts what other
+    /// process from the store again (one read per account and period), so that the quota counts what other
     /// processes wrote; a failure of these reads is the error if the write succeeded.
     pub async fn flush(&self) -> Result<usize, StoreError> {
         let written = self.write_pending().await?;
