@@ -185,6 +185,9 @@ impl QuotaTally {
     }
 }
 
+/// A tally and its `written` count when a read of the store began.
+type WrittenBefore = (Arc<QuotaTally>, i64);
+
 /// Every key's [`QuotaTally`] in this process, kept in step with the usage flushes.
 #[derive(Default)]
 pub(crate) struct QuotaLedger {
@@ -240,7 +243,8 @@ impl QuotaLedger {
     /// anymore and that have nothing unwritten. One read per account and period, whatever
     /// the number of its keys.
     pub(crate) async fn refresh(&self, store: &dyn KeyStore) -> Result<(), StoreError> {
-        let mut groups: HashMap<(AccountId, Period), Vec<(Arc<QuotaTally>, i64)>> = HashMap::new();
+        // Per account and period: its tallies, each with what it had written before the read.
+        let mut groups: HashMap<(AccountId, Period), Vec<WrittenBefore>> = HashMap::new();
         {
             let mut tallies = lock(&self.tallies);
             tallies.retain(|_, tally| {

@@ -397,8 +397,9 @@ impl UsageRecorder {
     /// forward).
     ///
     /// Then it reads the current period's count of every key with a quota used in this
-    /// process from the store again (one read per account and period), so that the quota counts what other
-    /// processes wrote; a failure of these reads is the error if the write succeeded.
+    /// process from the store again (one read per account and period), so that the quota
+    /// counts what other processes wrote; a failure of these reads is the error if the write
+    /// succeeded.
     pub async fn flush(&self) -> Result<usize, StoreError> {
         let written = self.write_pending().await?;
         self.shared.quotas.refresh(&*self.shared.store).await?;
