@@ -153,10 +153,12 @@ pub enum AdminOperation<'a> {
     /// record as it is).
     Get(KeyId),
     /// `POST …/keys`: a new key with these options (already checked by the policy's own
-    /// rules).
+    /// rules): every field the body set, its name, scopes, expiry, rate limit, quota,
+    /// allowlist and metadata included.
     Create(&'a KeyOptions),
     /// `PATCH …/keys/{id}`: a change to `key`'s policy. `key` is the record as read just
-    /// before the change.
+    /// before the change; `update` holds each field the body named (`Some(None)` for a
+    /// `null`, which clears it), the quota, allowlist and metadata included.
     Update {
         /// The key as it is now.
         key: &'a KeyInfo,

@@ -169,6 +169,31 @@ impl Admin {
         self.requests_24h(account).await.map(|recent| recent.of(id))
     }
 
+    /// The accepted requests of each of `keys` that has a quota, in its quota's current
+    /// period, in one read per account (none if no key has a quota), as of the last usage
+    /// flush; `None` (logged) if they can't be read, like [`requests_24h`](Self::requests_24h).
+    async fn quota_used(&self, keys: &[KeyInfo]) -> Option<HashMap<KeyId, u64>> {
+        self.manager
+            .quota_used(keys)
+            .await
+            .inspect_err(|err| tracing::warn!(error = %err, "could not read quota_used"))
+            .ok()
+    }
+
+    /// The record of `info`, with its counts read.
+    async fn view(&self, info: KeyInfo) -> KeyView {
+        let requests = self.key_requests_24h(&info.account_id, info.id).await;
+        let used = self.key_quota_used(&info).await;
+        KeyView::new(info, requests, used)
+    }
+
+    /// `info`'s `quota_used`: `None` without a quota (no read then) or if unreadable.
+    async fn key_quota_used(&self, info: &KeyInfo) -> Option<u64> {
+        info.quota?;
+        let used = self.quota_used(std::slice::from_ref(info)).await?;
+        used.get(&info.id).copied()
+    }
+
     /// Tells the hook, if any, about a change.
     fn emit(&self, action: AdminAction, info: &KeyInfo) {
         if let Some(hook) = &self.hook {
@@ -191,9 +216,13 @@ pub(crate) async fn list_keys(
     admin.authorize(&admitted, AdminOperation::List).await?;
     let keys = admin.manager.list(&admitted.account).await?;
     let recent = admin.requests_24h(&admitted.account).await;
+    let quota_used = admin.quota_used(&keys).await;
     let view = |info: KeyInfo| {
         let accepted = recent.as_ref().map(|recent| recent.of(info.id));
-        KeyView::new(info, accepted)
+        let used = quota_used
+            .as_ref()
+            .and_then(|used| used.get(&info.id).copied());
+        KeyView::new(info, accepted, used)
     };
     Ok(Json(KeyList {
         keys: keys.into_iter().map(view).collect(),
@@ -219,10 +248,10 @@ pub(crate) async fn create_key(
             |created| Some(&created.info),
         )
         .await?;
-    // A new key has no requests yet.
+    // A new key has no requests yet (and so none of its quota used).
     Ok((
         StatusCode::CREATED,
-        Json(KeyView::with_key(created, Some(0))),
+        Json(KeyView::with_key(created, Some(0), Some(0))),
     )
         .into_response())
 }
@@ -244,8 +273,7 @@ async fn read_key(
     id: KeyId,
 ) -> Result<Json<KeyView>, ApiError> {
     let info = admin.manager.get(account, id).await?;
-    let requests = admin.key_requests_24h(account, id).await;
-    Ok(Json(KeyView::new(info, requests)))
+    Ok(Json(admin.view(info).await))
 }
 
 pub(crate) async fn update_key(
@@ -277,8 +305,7 @@ pub(crate) async fn update_key(
             |updated| Some(updated),
         )
         .await?;
-    let requests = admin.key_requests_24h(&updated.account_id, id).await;
-    Ok(Json(KeyView::new(updated, requests)))
+    Ok(Json(admin.view(updated).await))
 }
 
 pub(crate) async fn rotate_key(
@@ -304,7 +331,8 @@ pub(crate) async fn rotate_key(
         .await?;
     // Rotating keeps the id, and so the counts.
     let requests = admin.key_requests_24h(&admitted.account, id).await;
-    Ok(Json(KeyView::with_key(rotated, requests)))
+    let used = admin.key_quota_used(&rotated.info).await;
+    Ok(Json(KeyView::with_key(rotated, requests, used)))
 }
 
 pub(crate) async fn revoke_key(admin: Shared, request: Request) -> Result<Json<KeyView>, ApiError> {
@@ -347,8 +375,7 @@ async fn set_status(
             |info| Some(info),
         )
         .await?;
-    let requests = admin.key_requests_24h(&admitted.account, id).await;
-    Ok(Json(KeyView::new(info, requests)))
+    Ok(Json(admin.view(info).await))
 }
 
 pub(crate) async fn delete_key(

@@ -17,7 +17,8 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use super::error::ApiError;
 use crate::manager::{CreatedKey, KeyInfo};
 use crate::policy::{
-    self, KeyName, KeyOptions, PolicyError, PolicyUpdate, RateLimit, RotateOptions, Scopes,
+    self, AllowedIps, KeyName, KeyOptions, Metadata, PolicyError, PolicyUpdate, Quota, QuotaPeriod,
+    RateLimit, RotateOptions, Scopes,
 };
 
 // ===== answers =====
@@ -40,6 +41,10 @@ pub(crate) struct KeyView {
     scopes: Option<Vec<String>>,
     expires_at: Option<String>,
     rate_limit: Option<RateLimitJson>,
+    quota: Option<QuotaJson>,
+    quota_used: Option<u64>,
+    allowed_ips: Option<Vec<String>>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_prefix: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,9 +52,10 @@ pub(crate) struct KeyView {
 }
 
 impl KeyView {
-    /// The record of `info`, with its accepted requests in the last 24 hourly buckets
-    /// (`None`: they couldn't be read).
-    pub(crate) fn new(info: KeyInfo, requests_24h: Option<u64>) -> Self {
+    /// The record of `info`, with its accepted requests in the last 24 hourly buckets and in
+    /// its quota's current period (`None`: they couldn't be read; `quota_used` is also `None`
+    /// for a key without a quota, whatever is given).
+    pub(crate) fn new(info: KeyInfo, requests_24h: Option<u64>, quota_used: Option<u64>) -> Self {
         Self {
             id: info.id.to_string(),
             account_id: info.account_id.to_string(),
@@ -65,16 +71,26 @@ impl KeyView {
                 .map(|scopes| scopes.iter().map(str::to_owned).collect()),
             expires_at: info.expires_at.map(rfc3339),
             rate_limit: info.rate_limit.map(RateLimitJson::from),
+            quota: info.quota.map(QuotaJson::from),
+            quota_used: info.quota.and(quota_used),
+            allowed_ips: info
+                .allowed_ips
+                .map(|allowed| allowed.iter().map(ToString::to_string).collect()),
+            metadata: info.metadata.map(|metadata| metadata.as_object().clone()),
             previous_prefix: info.previous_prefix.map(|prefix| prefix.to_string()),
             previous_expires_at: info.previous_expires_at.map(rfc3339),
         }
     }
 
     /// The record of a key just created or rotated, with its plaintext.
-    pub(crate) fn with_key(created: CreatedKey, requests_24h: Option<u64>) -> Self {
+    pub(crate) fn with_key(
+        created: CreatedKey,
+        requests_24h: Option<u64>,
+        quota_used: Option<u64>,
+    ) -> Self {
         Self {
             key: Some(created.key.expose_secret().to_owned()),
-            ..Self::new(created.info, requests_24h)
+            ..Self::new(created.info, requests_24h, quota_used)
         }
     }
 }
@@ -204,6 +220,162 @@ impl RateLimitJson {
     }
 }
 
+/// A quota as answered and read: `{"requests": 1000, "period": "day"}`. Both members are
+/// required and nothing else is allowed; `requests` is read as any integer and `period` as any
+/// string, so that a value out of range gets the quota's own message.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct QuotaJson {
+    requests: i64,
+    period: String,
+}
+
+impl<'de> Deserialize<'de> for QuotaJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Members {
+            requests: i64,
+            period: String,
+        }
+        let JsonObject(Members { requests, period }) = JsonObject::deserialize(deserializer)?;
+        Ok(Self { requests, period })
+    }
+}
+
+impl From<Quota> for QuotaJson {
+    fn from(quota: Quota) -> Self {
+        Self {
+            requests: quota.requests().into(),
+            period: quota.period().as_str().to_owned(),
+        }
+    }
+}
+
+impl QuotaJson {
+    fn into_quota(self) -> Result<Quota, ApiError> {
+        let requests = u32::try_from(self.requests).map_err(|_| PolicyError::QuotaOutOfRange)?;
+        let period: QuotaPeriod = self.period.parse()?;
+        Ok(Quota::new(requests, period)?)
+    }
+}
+
+/// An allowlist as read: a list of addresses and CIDR blocks.
+fn into_allowed_ips(entries: Vec<String>) -> Result<AllowedIps, ApiError> {
+    Ok(AllowedIps::new(entries)?)
+}
+
+/// Metadata as read: any JSON value, of which only an object is metadata (anything else gets
+/// the policy's own message rather than serde's). A member given twice, at any depth, is
+/// refused, as everywhere in a body.
+#[derive(Debug, PartialEq)]
+pub(crate) struct MetadataJson(serde_json::Value);
+
+impl<'de> Deserialize<'de> for MetadataJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        StrictValue::deserialize(deserializer).map(|StrictValue(value)| Self(value))
+    }
+}
+
+impl MetadataJson {
+    fn into_metadata(self) -> Result<Metadata, ApiError> {
+        match self.0 {
+            serde_json::Value::Object(object) => Ok(Metadata::from_object(object)?),
+            _ => Err(PolicyError::InvalidMetadata.into()),
+        }
+    }
+}
+
+/// Any JSON value, read like `serde_json::Value` except that an object with a member given
+/// twice is refused instead of keeping the last.
+struct StrictValue(serde_json::Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{Error as _, SeqAccess};
+        use serde_json::{Map, Number, Value};
+
+        struct Strict;
+
+        impl<'de> Visitor<'de> for Strict {
+            type Value = Value;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+                Ok(Value::Bool(value))
+            }
+
+            fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+                Ok(Value::Number(value.into()))
+            }
+
+            fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+                Ok(Value::Number(value.into()))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Value, E> {
+                Number::from_f64(value)
+                    .map(Value::Number)
+                    .ok_or_else(|| E::custom("a number JSON can't hold"))
+            }
+
+            fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+                Ok(Value::String(value.to_owned()))
+            }
+
+            fn visit_string<E>(self, value: String) -> Result<Value, E> {
+                Ok(Value::String(value))
+            }
+
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Value, D::Error> {
+                inner.deserialize_any(self)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(StrictValue(item)) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Value::Array(items))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+                let mut object = Map::new();
+                while let Some(member) = map.next_key::<String>()? {
+                    if object.contains_key(&member) {
+                        return Err(A::Error::custom(format_args!(
+                            "duplicate member {:?} in metadata",
+                            truncate(&member, 80)
+                        )));
+                    }
+                    let StrictValue(value) = map.next_value()?;
+                    object.insert(member, value);
+                }
+                Ok(Value::Object(object))
+            }
+        }
+
+        deserializer.deserialize_any(Strict).map(StrictValue)
+    }
+}
+
+/// At most `chars` characters of `text`, for an error message.
+fn truncate(text: &str, chars: usize) -> &str {
+    text.char_indices()
+        .nth(chars)
+        .map_or(text, |(end, _)| &text[..end])
+}
+
 // ===== request bodies =====
 
 /// The body of `POST …/keys`; every field optional.
@@ -215,6 +387,9 @@ pub(crate) struct CreateBody {
     expires_at: Option<String>,
     scopes: Option<Vec<String>>,
     rate_limit: Option<RateLimitJson>,
+    quota: Option<QuotaJson>,
+    allowed_ips: Option<Vec<String>>,
+    metadata: Option<MetadataJson>,
 }
 
 impl CreateBody {
@@ -228,6 +403,15 @@ impl CreateBody {
         }
         if let Some(limit) = self.rate_limit {
             options = options.rate_limit(limit.into_limit()?);
+        }
+        if let Some(quota) = self.quota {
+            options = options.quota(quota.into_quota()?);
+        }
+        if let Some(entries) = self.allowed_ips {
+            options = options.allowed_ips(into_allowed_ips(entries)?);
+        }
+        if let Some(metadata) = self.metadata {
+            options = options.metadata(metadata.into_metadata()?);
         }
         match (self.expires_in_seconds, self.expires_at) {
             (Some(_), Some(_)) => {
@@ -261,6 +445,12 @@ pub(crate) struct UpdateBody {
     scopes: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     rate_limit: Option<Option<RateLimitJson>>,
+    #[serde(default, deserialize_with = "present")]
+    quota: Option<Option<QuotaJson>>,
+    #[serde(default, deserialize_with = "present")]
+    allowed_ips: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    metadata: Option<Option<MetadataJson>>,
 }
 
 impl UpdateBody {
@@ -282,6 +472,16 @@ impl UpdateBody {
         }
         if let Some(limit) = self.rate_limit {
             update = update.rate_limit(limit.map(RateLimitJson::into_limit).transpose()?);
+        }
+        if let Some(quota) = self.quota {
+            update = update.quota(quota.map(QuotaJson::into_quota).transpose()?);
+        }
+        if let Some(entries) = self.allowed_ips {
+            update = update.allowed_ips(entries.map(into_allowed_ips).transpose()?);
+        }
+        if let Some(metadata) = self.metadata {
+            // Replaced as a whole: no merge with what the key holds.
+            update = update.metadata(metadata.map(MetadataJson::into_metadata).transpose()?);
         }
         Ok(update)
     }
@@ -417,6 +617,102 @@ mod tests {
         assert!(read(r#"["a"]"#).is_err());
         assert!(read(r#"{"rate_limit":[5,2]}"#).is_err());
         assert!(read(r#"{"rate_limit":{"requests":5,"per_seconds":2,"requests":6}}"#).is_err());
+    }
+
+    #[test]
+    fn quota_allowlist_and_metadata_are_read_strictly() {
+        let read = |text: &str| serde_json::from_str::<JsonObject<UpdateBody>>(text).map(|o| o.0);
+        let body =
+            read(r#"{"quota":{"requests":5,"period":"day"},"allowed_ips":null}"#).expect("valid");
+        let update = body.into_update().expect("valid");
+        assert_eq!(
+            update.quota,
+            Some(Some(Quota::new(5, QuotaPeriod::Day).expect("valid")))
+        );
+        assert_eq!(update.allowed_ips, Some(None));
+        assert_eq!(update.metadata, None);
+        for bad in [
+            r#"{"quota":{"requests":5}}"#,
+            r#"{"quota":{"requests":5,"period":"day","per":"day"}}"#,
+            r#"{"quota":{"requests":5,"period":"day","requests":6}}"#,
+            r#"{"quota":[5,"day"]}"#,
+            r#"{"allowed_ips":"10.0.0.1"}"#,
+            r#"{"metadata":{"a":1,"a":2}}"#,
+            r#"{"metadata":{"a":{"b":1,"b":1}}}"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+        // Read, then refused by the policy with its own message.
+        for (bad, error) in [
+            (
+                r#"{"quota":{"requests":0,"period":"day"}}"#,
+                PolicyError::QuotaOutOfRange,
+            ),
+            (
+                r#"{"quota":{"requests":5,"period":"week"}}"#,
+                PolicyError::QuotaOutOfRange,
+            ),
+            (
+                r#"{"quota":{"requests":-5,"period":"day"}}"#,
+                PolicyError::QuotaOutOfRange,
+            ),
+            (r#"{"allowed_ips":[]}"#, PolicyError::NoAddresses),
+            (r#"{"metadata":[1]}"#, PolicyError::InvalidMetadata),
+            (r#"{"metadata":"{}"}"#, PolicyError::InvalidMetadata),
+        ] {
+            let refused = read(bad).expect("read").into_update().expect_err(bad);
+            assert_eq!(
+                format!("{refused:?}"),
+                format!("{:?}", ApiError::from(error)),
+                "{bad}"
+            );
+        }
+        let body = read(r#"{"metadata":{"b":[1,2.5,null,true,{"c":"d"}],"a":-1}}"#).expect("valid");
+        let metadata = body.into_update().expect("valid").metadata;
+        assert_eq!(
+            metadata.flatten().map(|m| m.as_json().to_owned()),
+            Some(r#"{"a":-1,"b":[1,2.5,null,true,{"c":"d"}]}"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn records_show_the_quota_allowlist_and_metadata() {
+        let record = crate::store::KeyRecord {
+            quota: Some(Quota::new(1000, QuotaPeriod::Month).expect("valid")),
+            allowed_ips: Some(AllowedIps::new(["203.0.113.9/24", "198.51.100.7"]).expect("valid")),
+            metadata: Some(Metadata::from_json(r#"{"plan":"pro"}"#).expect("valid")),
+            ..crate::store::KeyRecord::new(
+                crate::store::KeyId::random(),
+                "acme".parse().expect("account"),
+                "abcd1234".parse().expect("prefix"),
+                crate::key::Pepper::from_bytes([7; 32])
+                    .digest(&crate::key::ApiKey::generate().expect("randomness")),
+                SystemTime::UNIX_EPOCH,
+            )
+        };
+        let info = KeyInfo::from_record(record, SystemTime::UNIX_EPOCH);
+        let shown =
+            serde_json::to_value(KeyView::new(info.clone(), Some(3), Some(12))).expect("json");
+        assert_eq!(
+            shown["quota"],
+            serde_json::json!({"requests": 1000, "period": "month"})
+        );
+        assert_eq!(shown["quota_used"], 12);
+        assert_eq!(
+            shown["allowed_ips"],
+            serde_json::json!(["198.51.100.7/32", "203.0.113.0/24"])
+        );
+        assert_eq!(shown["metadata"], serde_json::json!({"plan": "pro"}));
+        let plain = KeyInfo {
+            quota: None,
+            allowed_ips: None,
+            metadata: None,
+            ..info
+        };
+        let shown = serde_json::to_value(KeyView::new(plain, Some(3), Some(12))).expect("json");
+        for field in ["quota", "quota_used", "allowed_ips", "metadata"] {
+            assert!(shown[field].is_null(), "{field}: {shown}");
+        }
     }
 
     #[test]

@@ -16,12 +16,20 @@
 //!
 //! A record is `{"id", "account_id", "prefix", "status" ("active" or "inactive"),
 //! "created_at", "last_used_at", "requests_24h", "name", "scopes", "expires_at",
-//! "rate_limit"}`, times in RFC 3339 (UTC, microseconds) or `null`, `requests_24h` the key's
+//! "rate_limit", "quota", "quota_used", "allowed_ips", "metadata"}`, times in RFC 3339 (UTC,
+//! microseconds) or `null`, `requests_24h` the key's
 //! accepted requests in the last 24 hourly buckets (the current hour included; as recorded by
 //! a [`UsageRecorder`](crate::usage::UsageRecorder)), or `null` if the store couldn't read them
 //! (logged: a key is still listed, read and changed without its count), `name` a string or `null`, `scopes` a list or
 //! `null` (unrestricted), `rate_limit` `{"requests": n, "per_seconds": s}` or `null` (none of
-//! the key's own); while the old key of a rotation with a grace period still works, also
+//! the key's own), `quota` `{"requests": n, "period": "day" | "month"}` or `null` (no cap),
+//! `quota_used` the key's accepted requests in its quota's current period (the UTC calendar
+//! day or month; as of the recorder's last flush, so requests of the last flush interval are
+//! not in it yet), or `null` for a key without a quota or if the store couldn't read them (as
+//! `requests_24h`), `allowed_ips` the [allowlist](crate::policy::AllowedIps)'s blocks as
+//! strings (`["198.51.100.7/32", "203.0.113.0/24"]`, normalized and sorted) or `null` (any
+//! address), `metadata` the key's [metadata](crate::policy::Metadata) object or `null`; while
+//! the old key of a rotation with a grace period still works, also
 //! `"previous_prefix"` and `"previous_expires_at"`.
 //!
 //! Request bodies are optional (no body and an empty one are the same); one that is present
@@ -30,9 +38,16 @@
 //!
 //! - create: `{"name": str, "expires_in_seconds": 1..=315360000 | "expires_at": RFC 3339
 //!   in the future, "scopes": [str], "rate_limit": {"requests": 1..=1000000, "per_seconds":
-//!   1..=86400}}`, every field optional (both members of `rate_limit` required);
-//! - update (`PATCH`): any of `{"name", "expires_at", "scopes", "rate_limit"}`; `null` clears
+//!   1..=86400}, "quota": {"requests": 1..=1000000000, "period": "day" | "month"},
+//!   "allowed_ips": [str], "metadata": {…}}`, every field optional (both members of
+//!   `rate_limit` and of `quota` required), `null` the same as absent; `allowed_ips` 1 to 32
+//!   IPv4 or IPv6 addresses or CIDR blocks (`"203.0.113.0/24"`, `"2001:db8::1"`; a bare
+//!   address is a block of one), `metadata` a JSON object of at most 4 KiB once compact (no
+//!   member given twice, at any depth);
+//! - update (`PATCH`): any of `{"name", "expires_at", "scopes", "rate_limit", "quota",
+//!   "allowed_ips", "metadata"}`; `null` clears
 //!   a field and an absent one is kept; an `expires_at` in the past expires the key at once;
+//!   `metadata` replaces the key's as a whole (no merge);
 //! - rotate: `{"grace_seconds": 0..=604800}`, how long the old key keeps working.
 //!
 //! Times are RFC 3339 with any offset and must lie between 1970-01-01T00:00:00Z and
@@ -58,7 +73,7 @@
 //! | 400 | a bad account id, a bad body, a value the [policy](crate::policy) refuses, or a bad usage query (an unknown or repeated parameter, a bad value, `from` not before `to`, too many buckets), named |
 //! | 401 | the authorizer doesn't know the caller (with `WWW-Authenticate: Bearer`) |
 //! | 403 `cross-site request refused` | a change a browser sent from another site: an `Origin` that is neither the request's own nor [allowed](AdminRouter::allowed_origins), or none and `Sec-Fetch-Site: cross-site` / `same-site` |
-//! | 403 `not allowed for this caller` | the caller may manage the account but not do this (a tenant widening a key; see [`SelfService`]) |
+//! | 403 `not allowed for this caller` | the caller may manage the account but not do this (a tenant widening a key or sending `metadata`; see [`SelfService`]) |
 //! | 404 | an unknown or malformed key id, and an account the caller may not manage (byte for byte the same answer) |
 //! | 405 | another method |
 //! | 409 | the account holds its limit of keys |
@@ -75,14 +90,17 @@
 //! [`AdminAttempt`] (the account, the operation and, for create and update, the policy asked
 //! for). [`AdminToken`] is one operator token; [`AdminTokens`] adds a token per tenant; the
 //! default rules ([`SelfService`]) let a tenant manage its own account and narrow its keys,
-//! never widen them.
+//! never widen them, and leave metadata to the operator.
 //!
 //! The router also serves the **Integration page** at `GET /integration` ([`AdminRouter::page_path`]
 //! moves it, [`AdminRouter::without_page`] drops it): one self-contained page (its script and
 //! style sheet are embedded in the crate; no external resources, no inline script) where an
 //! account's keys are listed with when each was created and last used, their requests in the
-//! last 24 hours and their rate limit, each key's usage drawn as a bar chart (hours or days),
-//! and keys created (the secret shown once; with an optional name, expiry, scopes and rate limit),
+//! last 24 hours, their rate limit, allowlist and quota (with how much of it is used), each
+//! key's usage drawn as a bar chart (hours or days), each key's allowlist, quota and metadata
+//! edited (the metadata checked to be a JSON object before it is sent),
+//! and keys created (the secret shown once; with an optional name, expiry, scopes, rate limit,
+//! allowlist, quota and metadata),
 //! rotated (with an optional grace period), revoked, reactivated and deleted, through the JSON
 //! API above. It is served with a strict `Content-Security-Policy`
 //! (`frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`.

@@ -11,7 +11,7 @@ use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::policy::RateLimit;
+use crate::policy::{AllowedIps, Quota, RateLimit};
 
 const HTML: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/page.js");
@@ -71,6 +71,8 @@ fn render(config: &PageConfig) -> String {
             "{{MAX_PER_SECONDS}}",
             &RateLimit::MAX_PER_SECONDS.to_string(),
         )
+        .replace("{{MAX_QUOTA}}", &Quota::MAX_REQUESTS.to_string())
+        .replace("{{MAX_ADDRESSES}}", &AllowedIps::MAX_ENTRIES.to_string())
         .replace(
             "{{TOKEN_INPUT}}",
             if config.token_input {

@@ -16,11 +16,17 @@ use crate::policy::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
 ///   as for a missing key).
 /// - An [`AdminCaller::Tenant`] of the account may list, read, read usage, rotate (with or
 ///   without a grace period), revoke, reactivate and delete; create within the [`KeyCeiling`] (none by
-///   default); update only to narrow: rename, restrict scopes (an unrestricted key to any
+///   default; an allowlist or a quota on a new key only narrows it); update only to narrow:
+///   rename, restrict scopes (an unrestricted key to any
 ///   set, a restricted one to a subset), lower a rate limit (no more requests per window
-///   and no faster a rate) or add one, bring an expiry forward or add one. Anything that
+///   and no faster a rate) or add one, bring an expiry forward or add one, lower a quota
+///   (fewer requests over the same period) or add one, take addresses out of an allowlist
+///   (each new block within one of the old) or add one. Anything that
 ///   widens (scopes broader or removed, a rate limit raised or removed, an expiry extended or
-///   removed) is [`AdminDenied::NotAllowed`] (403), even beside a narrowing.
+///   removed, a quota raised, moved to another period or removed, an address added or the
+///   allowlist removed) is [`AdminDenied::NotAllowed`] (403), even beside a narrowing.
+/// - [`Metadata`](crate::policy::Metadata) is the operator's alone: a tenant's create or
+///   update that sets or clears it is [`AdminDenied::NotAllowed`], whatever else it asks.
 ///
 /// **Without a ceiling a tenant may create an unrestricted key**, the account-level key of
 /// the basic model: restrictions an operator puts on existing keys then bind a tenant only
@@ -95,6 +101,11 @@ impl SelfService {
             return Err(AdminDenied::NotThisAccount);
         }
         let allowed = match attempt.operation {
+            // Metadata is what the operator's services read about a key (a plan, a region):
+            // the operator's to set, never a tenant's, not even to clear.
+            AdminOperation::Create(options) if options.metadata.is_some() => false,
+            AdminOperation::Update { update, .. } if update.metadata.is_some() => false,
+            // Compared with an unrestricted key, an allowlist or a quota only narrows.
             AdminOperation::Create(options) => {
                 self.ceiling.admits(options, SystemTime::now())
                     && options.rate_limit.is_none_or(|asked| {
@@ -138,7 +149,21 @@ fn narrows(key: &KeyInfo, update: &PolicyUpdate, default_rate_limit: Option<Rate
             (None, Some(_)) => false,
             (Some(new), Some(held)) => new <= held,
         });
-    scopes && rate_limit && expiry
+    let quota = update.quota.is_none_or(|quota| match (quota, key.quota) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(new), Some(held)) => new.is_within(&held),
+    });
+    let allowed_ips =
+        update
+            .allowed_ips
+            .as_ref()
+            .is_none_or(|allowed| match (allowed, &key.allowed_ips) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(new), Some(held)) => new.is_within(held),
+            });
+    scopes && rate_limit && expiry && quota && allowed_ips
 }
 
 fn is_subset(new: &Scopes, held: &Scopes) -> bool {
@@ -220,6 +245,7 @@ impl KeyCeiling {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{AllowedIps, Quota, QuotaPeriod};
 
     fn limit(requests: u32, per_seconds: u32) -> RateLimit {
         RateLimit::new(requests, per_seconds).expect("valid")
@@ -261,6 +287,107 @@ mod tests {
             narrows(&key, &back, Some(limit(10, 1))),
             "already the default"
         );
+    }
+
+    fn key_with(quota: Option<Quota>, allowed: Option<AllowedIps>) -> KeyInfo {
+        let record = crate::store::KeyRecord {
+            quota,
+            allowed_ips: allowed,
+            ..crate::store::KeyRecord::new(
+                crate::store::KeyId::random(),
+                "acme".parse().expect("account"),
+                "abcd1234".parse().expect("prefix"),
+                crate::key::Pepper::from_bytes([7; 32])
+                    .digest(&crate::key::ApiKey::generate().expect("randomness")),
+                SystemTime::UNIX_EPOCH,
+            )
+        };
+        KeyInfo::from_record(record, SystemTime::UNIX_EPOCH)
+    }
+
+    fn quota(requests: u32, period: QuotaPeriod) -> Quota {
+        Quota::new(requests, period).expect("valid")
+    }
+
+    fn ips(entries: &[&str]) -> AllowedIps {
+        AllowedIps::new(entries).expect("valid")
+    }
+
+    #[test]
+    fn a_quota_narrows_when_added_or_lowered_in_the_same_period() {
+        let free = key_with(None, None);
+        let day = PolicyUpdate::new().quota(Some(quota(1000, QuotaPeriod::Day)));
+        assert!(narrows(&free, &day, None), "added");
+        assert!(narrows(&free, &PolicyUpdate::new().quota(None), None));
+        let capped = key_with(Some(quota(1000, QuotaPeriod::Day)), None);
+        assert!(narrows(&capped, &day, None), "unchanged");
+        let lower = PolicyUpdate::new().quota(Some(quota(10, QuotaPeriod::Day)));
+        assert!(narrows(&capped, &lower, None));
+        let higher = PolicyUpdate::new().quota(Some(quota(1001, QuotaPeriod::Day)));
+        assert!(!narrows(&capped, &higher, None));
+        let month = PolicyUpdate::new().quota(Some(quota(10, QuotaPeriod::Month)));
+        assert!(!narrows(&capped, &month, None), "another period");
+        assert!(!narrows(&capped, &PolicyUpdate::new().quota(None), None));
+    }
+
+    #[test]
+    fn an_allowlist_narrows_when_added_or_only_taking_addresses_away() {
+        let anywhere = key_with(None, None);
+        let one = PolicyUpdate::new().allowed_ips(Some(ips(&["198.51.100.7"])));
+        assert!(narrows(&anywhere, &one, None), "added");
+        assert!(narrows(
+            &anywhere,
+            &PolicyUpdate::new().allowed_ips(None),
+            None
+        ));
+        let office = key_with(None, Some(ips(&["203.0.113.0/24", "198.51.100.7"])));
+        let fewer = PolicyUpdate::new().allowed_ips(Some(ips(&["203.0.113.128/25"])));
+        assert!(narrows(&office, &fewer, None));
+        assert!(narrows(&office, &one, None));
+        let more = PolicyUpdate::new().allowed_ips(Some(ips(&["203.0.113.0/24", "192.0.2.1"])));
+        assert!(!narrows(&office, &more, None));
+        let wider = PolicyUpdate::new().allowed_ips(Some(ips(&["203.0.112.0/23"])));
+        assert!(!narrows(&office, &wider, None));
+        assert!(!narrows(
+            &office,
+            &PolicyUpdate::new().allowed_ips(None),
+            None
+        ));
+    }
+
+    #[test]
+    fn metadata_is_the_operators_alone() {
+        let (parts, ()) = http::Request::new(()).into_parts();
+        let account: crate::store::AccountId = "acme".parse().expect("account");
+        let tenant = AdminCaller::Tenant(account.clone());
+        let metadata = crate::policy::Metadata::from_json(r#"{"plan":"pro"}"#).expect("valid");
+        let key = key_with(None, None);
+        let rules = SelfService::new();
+        let create = KeyOptions::new().metadata(metadata.clone());
+        let set = PolicyUpdate::new().metadata(Some(metadata));
+        let clear = PolicyUpdate::new().metadata(None);
+        let operations = [
+            AdminOperation::Create(&create),
+            AdminOperation::Update {
+                key: &key,
+                update: &set,
+            },
+            AdminOperation::Update {
+                key: &key,
+                update: &clear,
+            },
+        ];
+        for operation in operations {
+            let as_tenant = AdminAttempt::new(&parts, &tenant, &account, operation);
+            assert_eq!(
+                rules.authorize(&as_tenant),
+                Err(AdminDenied::NotAllowed),
+                "{operation:?}"
+            );
+            let as_operator =
+                AdminAttempt::new(&parts, &AdminCaller::Operator, &account, operation);
+            assert_eq!(rules.authorize(&as_operator), Ok(()), "{operation:?}");
+        }
     }
 
     #[test]

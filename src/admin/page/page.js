@@ -30,6 +30,20 @@
     scopes: $("scopes"),
     rateRequests: $("rate-requests"),
     rateSeconds: $("rate-seconds"),
+    quotaRequests: $("quota-requests"),
+    quotaPeriod: $("quota-period"),
+    allowedIps: $("allowed-ips"),
+    metadata: $("metadata"),
+    metadataError: $("metadata-error"),
+    editForm: $("edit-form"),
+    editTitle: $("edit-title"),
+    editPrefix: $("edit-prefix"),
+    editAllowedIps: $("edit-allowed-ips"),
+    editQuotaRequests: $("edit-quota-requests"),
+    editQuotaPeriod: $("edit-quota-period"),
+    editMetadata: $("edit-metadata"),
+    editMetadataError: $("edit-metadata-error"),
+    editCancel: $("edit-cancel"),
     rows: $("rows"),
     empty: $("empty"),
     usage: $("usage"),
@@ -60,6 +74,10 @@
   let granularity = "hour";
   // Counts usage requests: only the latest one draws.
   let chartCall = 0;
+
+  // The key being edited: its id and prefix, and the fields' values as they were filled in
+  // (what is unchanged is not sent), or null.
+  let editing = null;
 
   // ===== talking to the API =====
 
@@ -151,6 +169,58 @@
     return limit ? limit.requests + " / " + limit.per_seconds + " s" : "—";
   }
 
+  function formatAllowedIps(allowed) {
+    return Array.isArray(allowed) ? allowed.join(" ") : "Any";
+  }
+
+  // "12 / 1000 per day"; without a count (unreadable), the quota alone.
+  function formatQuota(quota, used) {
+    if (!quota) {
+      return "—";
+    }
+    const cap = quota.requests + " per " + quota.period;
+    return used == null ? "— / " + cap : used + " / " + cap;
+  }
+
+  // Addresses and blocks as typed, separated by commas or white space.
+  function addressList(text) {
+    return text.split(/[\s,]+/).filter(Boolean);
+  }
+
+  // The metadata typed in `field`: undefined when empty, the object when it is a JSON object;
+  // otherwise says why next to the field (`errorEl`) and throws.
+  class InvalidField extends Error {}
+  function readMetadata(field, errorEl) {
+    const text = field.value.trim();
+    let problem = null;
+    let value;
+    if (text) {
+      try {
+        value = JSON.parse(text);
+        if (value === null || typeof value !== "object" || Array.isArray(value)) {
+          problem = "Metadata must be a JSON object, such as {\"plan\": \"pro\"}.";
+        }
+      } catch (err) {
+        problem = "Metadata is not valid JSON (" + err.message + ").";
+      }
+    }
+    if (problem) {
+      errorEl.textContent = problem;
+      errorEl.hidden = false;
+      field.setAttribute("aria-invalid", "true");
+      field.focus();
+      throw new InvalidField(problem);
+    }
+    clearFieldError(field, errorEl);
+    return text ? value : undefined;
+  }
+
+  function clearFieldError(field, errorEl) {
+    errorEl.hidden = true;
+    errorEl.textContent = "";
+    field.removeAttribute("aria-invalid");
+  }
+
   function statusOf(key, now) {
     const parts = [key.status === "active" ? "Active" : "Inactive"];
     if (key.expires_at && new Date(key.expires_at) <= now) {
@@ -202,6 +272,10 @@
     tr.append(cell("Status", status));
     tr.append(cell("Scopes", Array.isArray(key.scopes) ? (key.scopes.join(" ") || "none") : "All"));
     tr.append(cell("Rate limit", formatRateLimit(key.rate_limit)));
+    const allowed = cell("Allowed addresses", formatAllowedIps(key.allowed_ips));
+    allowed.className = "wrap";
+    tr.append(allowed);
+    tr.append(cell("Quota used", formatQuota(key.quota, key.quota_used)));
     tr.append(cell("Created", formatTime(key.created_at)));
     tr.append(cell("Last used", formatTime(key.last_used_at)));
     // null: the server couldn't read the counts.
@@ -214,6 +288,10 @@
     usage.setAttribute("aria-label", "Usage of " + key.prefix);
     usage.setAttribute("aria-controls", "usage");
     actions.append(usage);
+    const edit = button("Edit", "secondary", () => openEdit(key));
+    edit.setAttribute("aria-label", "Edit " + key.prefix);
+    edit.setAttribute("aria-controls", "edit-form");
+    actions.append(edit);
     const grace = document.createElement("select");
     grace.setAttribute("aria-label", "Grace period for " + key.prefix);
     for (const [seconds, label] of [[0, "No grace"], [3600, "1 hour grace"], [86400, "1 day grace"], [604800, "7 days grace"]]) {
@@ -250,6 +328,9 @@
     // A chart of a key no longer listed (deleted, another account) goes.
     if (charted && !keys.some((key) => key.id === charted.id)) {
       closeUsage(false);
+    }
+    if (editing && !keys.some((key) => key.id === editing.id)) {
+      closeEdit(false);
     }
   }
 
@@ -295,6 +376,7 @@
     const since = view;
     forgetNewKey();
     closeUsage(false);
+    closeEdit(false);
     attempt(async () => {
       const data = await call("GET", keysPath(account));
       if (since === view) {
@@ -333,11 +415,33 @@
         payload.rate_limit.per_seconds = Number(perSeconds);
       }
     }
+    const quota = els.quotaRequests.value.trim();
+    if (quota) {
+      payload.quota = { requests: Number(quota), period: els.quotaPeriod.value };
+    }
+    const allowedIps = addressList(els.allowedIps.value);
+    if (allowedIps.length > 0) {
+      payload.allowed_ips = allowedIps;
+    }
+    // Not a JSON object: said next to the field, and nothing is sent.
+    let metadata;
+    try {
+      metadata = readMetadata(els.metadata, els.metadataError);
+    } catch (err) {
+      if (err instanceof InvalidField) {
+        return;
+      }
+      throw err;
+    }
+    if (metadata !== undefined) {
+      payload.metadata = metadata;
+    }
     const account = shown;
     const since = view;
     attempt(async () => {
       const created = await call("POST", keysPath(account), payload);
       els.createForm.reset();
+      clearFieldError(els.metadata, els.metadataError);
       if (await reload(account, since)) {
         showNewKey(created.key);
       }
@@ -382,6 +486,86 @@
       await reload(account, since);
     });
   }
+
+  // ===== editing a key's allowlist, quota and metadata =====
+
+  function openEdit(key) {
+    if (!shown) {
+      return;
+    }
+    const values = {
+      allowedIps: Array.isArray(key.allowed_ips) ? key.allowed_ips.join(", ") : "",
+      quotaRequests: key.quota ? String(key.quota.requests) : "",
+      quotaPeriod: key.quota ? key.quota.period : "day",
+      metadata: key.metadata ? JSON.stringify(key.metadata, null, 2) : "",
+    };
+    editing = { id: key.id, prefix: key.prefix, values };
+    els.editPrefix.textContent = key.prefix;
+    els.editAllowedIps.value = values.allowedIps;
+    els.editQuotaRequests.value = values.quotaRequests;
+    els.editQuotaPeriod.value = values.quotaPeriod;
+    els.editMetadata.value = values.metadata;
+    clearFieldError(els.editMetadata, els.editMetadataError);
+    els.editForm.hidden = false;
+    els.editTitle.focus();
+  }
+
+  function closeEdit(moveFocus) {
+    const hadFocus = els.editForm.contains(document.activeElement);
+    editing = null;
+    els.editForm.hidden = true;
+    els.editForm.reset();
+    clearFieldError(els.editMetadata, els.editMetadataError);
+    if (moveFocus || hadFocus) {
+      els.keysTitle.focus();
+    }
+  }
+
+  els.editForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!editing || !shown) {
+      return;
+    }
+    const before = editing.values;
+    // Only what changed is sent (a tenant may narrow a key's allowlist and quota, but never
+    // send metadata); an emptied field is sent as null, which removes it from the key.
+    const payload = {};
+    if (els.editAllowedIps.value.trim() !== before.allowedIps) {
+      const allowed = addressList(els.editAllowedIps.value);
+      payload.allowed_ips = allowed.length > 0 ? allowed : null;
+    }
+    const requests = els.editQuotaRequests.value.trim();
+    if (requests !== before.quotaRequests || (requests && els.editQuotaPeriod.value !== before.quotaPeriod)) {
+      payload.quota = requests ? { requests: Number(requests), period: els.editQuotaPeriod.value } : null;
+    }
+    if (els.editMetadata.value.trim() !== before.metadata.trim()) {
+      let metadata;
+      try {
+        metadata = readMetadata(els.editMetadata, els.editMetadataError);
+      } catch (err) {
+        if (err instanceof InvalidField) {
+          return;
+        }
+        throw err;
+      }
+      payload.metadata = metadata === undefined ? null : metadata;
+    } else {
+      clearFieldError(els.editMetadata, els.editMetadataError);
+    }
+    const account = shown;
+    const since = view;
+    const id = editing.id;
+    attempt(async () => {
+      if (Object.keys(payload).length > 0) {
+        await call("PATCH", keyPath(account, id), payload);
+      }
+      if (await reload(account, since) && editing && editing.id === id) {
+        closeEdit(true);
+      }
+    });
+  });
+
+  els.editCancel.addEventListener("click", () => closeEdit(true));
 
   // ===== usage chart =====
 

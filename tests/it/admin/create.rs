@@ -9,14 +9,18 @@ use serde_json::{Value, json};
 use super::{Harness, TOKEN, text};
 
 /// The fields of a record without a grace key, sorted.
-pub(super) const RECORD_FIELDS: [&str; 11] = [
+pub(super) const RECORD_FIELDS: [&str; 15] = [
     "account_id",
+    "allowed_ips",
     "created_at",
     "expires_at",
     "id",
     "last_used_at",
+    "metadata",
     "name",
     "prefix",
+    "quota",
+    "quota_used",
     "rate_limit",
     "requests_24h",
     "scopes",
@@ -80,7 +84,17 @@ async fn no_body_an_empty_body_and_an_empty_object_all_create_a_plain_key() {
         assert_eq!(fields(&record), expected, "{record}");
         assert_eq!(record["status"], "active");
         assert_eq!(record["account_id"], "acme");
-        for null in ["name", "scopes", "expires_at", "rate_limit", "last_used_at"] {
+        for null in [
+            "name",
+            "scopes",
+            "expires_at",
+            "rate_limit",
+            "last_used_at",
+            "quota",
+            "quota_used",
+            "allowed_ips",
+            "metadata",
+        ] {
             assert!(record[null].is_null(), "{null}: {record}");
         }
         assert_eq!(admin.ping(text(&record, "key")).await, StatusCode::OK);

@@ -8,6 +8,7 @@ mod cross_site;
 mod demo;
 mod page;
 mod panics;
+mod policy;
 mod rotate;
 mod self_service;
 mod update;

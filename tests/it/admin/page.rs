@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{Harness, TOKEN};
 use crate::support::browser::{Browser, PATIENCE};
 
+mod policy;
 mod usage;
 
 /// The page in a browser, next to the server that serves it.

@@ -373,3 +373,155 @@ async fn a_tenant_naming_another_account_is_404_before_the_authorizer_or_the_sto
     }
     assert!(recording.seen.lock().expect("lock").is_empty());
 }
+
+/// An operator-made key of acme with an allowlist (a /24 and one address) and a daily quota
+/// of 1000.
+async fn fenced_key(admin: &Harness) -> (String, Value) {
+    let created = admin
+        .create(
+            "acme",
+            Some(
+                r#"{"allowed_ips":["203.0.113.0/24","198.51.100.7"],
+                    "quota":{"requests":1000,"period":"day"}}"#,
+            ),
+        )
+        .await;
+    let id = text(&created, "id").to_owned();
+    let record = admin.list("acme").await.remove(0);
+    (id, record)
+}
+
+#[tokio::test]
+async fn a_tenant_that_widens_an_allowlist_or_a_quota_is_403_and_nothing_changes() {
+    let admin = Harness::with_authorizer(tokens()).await;
+    let (id, before) = fenced_key(&admin).await;
+    let path = key_path(&id);
+    for body in [
+        // Any address again.
+        r#"{"allowed_ips":null}"#,
+        // An address added beside the old ones, a wider block, another address.
+        r#"{"allowed_ips":["203.0.113.0/24","198.51.100.7","192.0.2.1"]}"#,
+        r#"{"allowed_ips":["203.0.112.0/23"]}"#,
+        r#"{"allowed_ips":["198.51.100.8"]}"#,
+        r#"{"allowed_ips":["::/0"]}"#,
+        // No cap, a higher one, another period (even with fewer requests).
+        r#"{"quota":null}"#,
+        r#"{"quota":{"requests":1001,"period":"day"}}"#,
+        r#"{"quota":{"requests":1000,"period":"month"}}"#,
+        r#"{"quota":{"requests":10,"period":"month"}}"#,
+        // A narrowing beside a widening is still a widening.
+        r#"{"name":"x","quota":{"requests":10,"period":"day"},"allowed_ips":null}"#,
+        r#"{"allowed_ips":["203.0.113.9"],"quota":null}"#,
+    ] {
+        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        reply.assert_error(StatusCode::FORBIDDEN, body);
+        assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
+    }
+    assert_eq!(admin.list("acme").await, vec![before]);
+    // The operator is not limited.
+    let record = admin
+        .patch("acme", &id, r#"{"allowed_ips":null,"quota":null}"#)
+        .await;
+    assert!(record["allowed_ips"].is_null() && record["quota"].is_null());
+}
+
+#[tokio::test]
+async fn a_tenant_narrows_an_allowlist_and_a_quota_or_adds_them() {
+    let admin = Harness::with_authorizer(tokens()).await;
+    let (id, _) = fenced_key(&admin).await;
+    let path = key_path(&id);
+    for body in [
+        // Unchanged values widen nothing (written another way, too).
+        r#"{"allowed_ips":["198.51.100.7/32","203.0.113.0/24"],"quota":{"requests":1000,"period":"day"}}"#,
+        r#"{"allowed_ips":["203.0.113.0/25","198.51.100.7"]}"#,
+        r#"{"quota":{"requests":999,"period":"day"}}"#,
+        r#"{"allowed_ips":["203.0.113.9"],"quota":{"requests":1,"period":"day"}}"#,
+    ] {
+        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text());
+    }
+    let record = admin.list("acme").await.remove(0);
+    assert_eq!(record["allowed_ips"], json!(["203.0.113.9/32"]));
+    assert_eq!(record["quota"], json!({"requests": 1, "period": "day"}));
+
+    // A key with neither takes any allowlist and any quota, at update and at create.
+    let plain = admin.create("acme", None).await;
+    let body =
+        r#"{"allowed_ips":["0.0.0.0/0","::/0"],"quota":{"requests":1000000000,"period":"month"}}"#;
+    let reply = as_caller(
+        &admin,
+        ACME,
+        Method::PATCH,
+        &key_path(text(&plain, "id")),
+        Some(body),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let reply = as_caller(
+        &admin,
+        ACME,
+        Method::POST,
+        "/admin/accounts/acme/keys",
+        Some(body),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(
+        reply.json()["quota"],
+        json!({"requests": 1_000_000_000, "period": "month"})
+    );
+}
+
+#[tokio::test]
+async fn metadata_is_the_operators_alone_even_to_clear() {
+    let admin = Harness::with_authorizer(tokens()).await;
+    let keys = "/admin/accounts/acme/keys";
+    for body in [
+        r#"{"metadata":{"plan":"enterprise"}}"#,
+        r#"{"metadata":{}}"#,
+        r#"{"name":"ci","metadata":{"plan":"free"}}"#,
+    ] {
+        let reply = as_caller(&admin, ACME, Method::POST, keys, Some(body)).await;
+        reply.assert_error(StatusCode::FORBIDDEN, body);
+        assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
+    }
+    assert!(admin.list("acme").await.is_empty(), "nothing created");
+
+    let created = admin
+        .create("acme", Some(r#"{"metadata":{"plan":"pro"}}"#))
+        .await;
+    let id = text(&created, "id");
+    let before = admin.list("acme").await;
+    let path = key_path(id);
+    for body in [
+        r#"{"metadata":{"plan":"enterprise"}}"#,
+        // The same value, or none at all: still the operator's field.
+        r#"{"metadata":{"plan":"pro"}}"#,
+        r#"{"metadata":null}"#,
+        r#"{"name":"mine","metadata":null}"#,
+    ] {
+        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        reply.assert_error(StatusCode::FORBIDDEN, body);
+        assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
+    }
+    assert_eq!(admin.list("acme").await, before);
+    // The tenant reads it, and changes the rest of the key.
+    let reply = as_caller(&admin, ACME, Method::GET, &path, None).await;
+    assert_eq!(reply.json()["metadata"], json!({"plan": "pro"}));
+    let reply = as_caller(
+        &admin,
+        ACME,
+        Method::PATCH,
+        &path,
+        Some(r#"{"name":"mine"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["metadata"], json!({"plan": "pro"}));
+    // The operator sets and clears it.
+    admin
+        .patch("acme", id, r#"{"metadata":{"plan":"enterprise"}}"#)
+        .await;
+    let record = admin.patch("acme", id, r#"{"metadata":null}"#).await;
+    assert!(record["metadata"].is_null());
+}

@@ -529,7 +529,7 @@ async fn the_authorizer_sees_usage_reads_as_their_own_operation() {
 }
 
 /// A store whose usage counts can't be read (a missing table, say); keys work as usual.
-struct NoUsageTable(tower_api_key::MemoryStore);
+pub(super) struct NoUsageTable(pub(super) tower_api_key::MemoryStore);
 
 impl crate::support::hooks::StoreHooks for NoUsageTable {
     fn records(&self) -> &tower_api_key::MemoryStore {
