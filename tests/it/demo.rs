@@ -18,6 +18,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::support::demo::{ADMIN_TOKEN, DemoServer, Launch, read_until_closed, with_key};
 use crate::support::wait::until;
 
+// Key policy at the demo server, one concept a file.
+mod address;
+
 const SERVING: i32 = ServingStatus::Serving as i32;
 const INVALID_KEY: &str = r#"{"error":"invalid API key"}"#;
 const MISSING_KEY: &str = r#"{"error":"missing API key"}"#;
