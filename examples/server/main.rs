@@ -186,8 +186,20 @@ async fn serve(config: Config) -> Result<(), String> {
     let manager = KeyManager::new(Arc::clone(&opened.store), pepper);
     let recorder = UsageRecorder::new(Arc::clone(&opened.store));
     let flusher = recorder.spawn_flusher(config.flush_interval);
+    if !config.trusted_proxies.is_empty() {
+        let proxies: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(
+            proxies = %proxies.join(","),
+            "X-Forwarded-For is read from connections of these trusted proxies"
+        );
+    }
     let api_keys = ApiKeyLayer::for_manager(&manager)
         .accept_bearer()
+        .trusted_proxies(config.trusted_proxies.iter().copied())
         .record_usage(recorder);
     let api_keys = with_budgets(api_keys, &config.budgets).await?.build();
     let feed = opened.start_feed(&manager).await;

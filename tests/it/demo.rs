@@ -20,6 +20,7 @@ use crate::support::wait::until;
 
 // Key policy at the demo server, one concept a file.
 mod address;
+mod trusted_proxies;
 
 const SERVING: i32 = ServingStatus::Serving as i32;
 const INVALID_KEY: &str = r#"{"error":"invalid API key"}"#;
