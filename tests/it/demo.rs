@@ -20,6 +20,7 @@ use crate::support::wait::until;
 
 // Key policy at the demo server, one concept a file.
 mod address;
+mod metadata;
 mod trusted_proxies;
 
 const SERVING: i32 = ServingStatus::Serving as i32;
@@ -132,7 +133,7 @@ async fn created_key_authenticates_ping_and_whoami() {
     assert!(whoami.content_type().starts_with("application/json"));
     assert_eq!(
         whoami.json(),
-        json!({"account_id": "acme", "key_id": created["id"], "prefix": prefix})
+        json!({"account_id": "acme", "key_id": created["id"], "prefix": prefix, "metadata": null})
     );
 }
 
