@@ -21,6 +21,9 @@ use crate::support::wait::until;
 // Key policy at the demo server, one concept a file.
 mod address;
 mod metadata;
+mod quota;
+#[cfg(feature = "postgres")]
+mod quota_fleet;
 mod trusted_proxies;
 
 const SERVING: i32 = ServingStatus::Serving as i32;
