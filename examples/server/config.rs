@@ -97,11 +97,13 @@ struct Flags {
     #[arg(value_delimiter = ',', value_parser = Setting(tenant_token))]
     tenant_tokens: Vec<TenantToken>,
 
-    /// Reverse proxies in front of this server, as addresses or CIDR blocks (repeatable, or
-    /// comma-separated, e.g. 10.0.0.0/8,192.0.2.1; default: none). A request whose connection
-    /// comes from one of them is checked against a key's allowed addresses as coming from the
-    /// rightmost X-Forwarded-For entry that is not one of them; without any, X-Forwarded-For
-    /// is ignored.
+    /// Reverse proxies whose X-Forwarded-For is read, as addresses or CIDR blocks (repeatable,
+    /// or comma-separated, e.g. 10.0.0.0/8,192.0.2.1; default: none)
+    ///
+    /// A request whose connection comes from one of them is checked against a key's allowed
+    /// addresses as coming from the rightmost X-Forwarded-For entry that is not one of them.
+    /// Without any, X-Forwarded-For is ignored: any client can write it. A bare address is one
+    /// host (/32 or /128).
     #[arg(long = "trusted-proxies", env = "TRUSTED_PROXIES", value_name = "CIDR")]
     #[arg(value_delimiter = ',', value_parser = Setting(trusted_proxy))]
     trusted_proxies: Vec<Cidr>,
