@@ -17,14 +17,17 @@ use crate::support::wait::until;
 pub(super) const QUOTA_EXCEEDED: &str = r#"{"error":"quota exceeded"}"#;
 const DAY: Duration = Duration::from_secs(86_400);
 
-/// Seconds left in the current UTC day, rounded up (as `Retry-After` is).
+/// Seconds left in the current UTC day, rounded up as `Retry-After` is, from the time in
+/// whole milliseconds as the server reads it (so a request made after this reading gets at
+/// most this many, even within the same millisecond).
 fn seconds_left_in_utc_day() -> u64 {
-    let now = SystemTime::now()
+    let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .expect("after 1970");
-    let into_day = now - Duration::from_secs(now.as_secs() / DAY.as_secs() * DAY.as_secs());
-    let left = DAY - into_day;
-    left.as_secs() + u64::from(left.subsec_nanos() > 0)
+        .expect("after 1970")
+        .as_millis();
+    let day_ms = DAY.as_millis();
+    let left_ms = day_ms - now_ms % day_ms;
+    u64::try_from(left_ms.div_ceil(1000)).expect("at most a day")
 }
 
 /// If the UTC day ends within the next 10 minutes, waits until it has begun anew: a test's
