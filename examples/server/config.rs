@@ -9,6 +9,7 @@ use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{Arg, CommandFactory as _, FromArgMatches as _, Parser};
 use tower_api_key::admin::{AdminToken, AdminTokenError, AdminTokens};
+use tower_api_key::policy::Cidr;
 use tower_api_key::{AccountId, Pepper};
 
 use crate::serve::ConnectionLimits;
@@ -95,6 +96,17 @@ struct Flags {
     )]
     #[arg(value_delimiter = ',', value_parser = Setting(tenant_token))]
     tenant_tokens: Vec<TenantToken>,
+
+    /// Reverse proxies whose X-Forwarded-For is read, as addresses or CIDR blocks (repeatable,
+    /// or comma-separated, e.g. 10.0.0.0/8,192.0.2.1; default: none)
+    ///
+    /// A request whose connection comes from one of them is checked against a key's allowed
+    /// addresses as coming from the rightmost X-Forwarded-For entry that is not one of them.
+    /// Without any, X-Forwarded-For is ignored: any client can write it. A bare address is one
+    /// host (/32 or /128).
+    #[arg(long = "trusted-proxies", env = "TRUSTED_PROXIES", value_name = "CIDR")]
+    #[arg(value_delimiter = ',', value_parser = Setting(trusted_proxy))]
+    trusted_proxies: Vec<Cidr>,
 }
 
 /// What the server runs with.
@@ -113,6 +125,8 @@ pub(crate) struct Config {
     pub(crate) database: Database,
     /// Where rate-limit budgets are kept.
     pub(crate) budgets: Budgets,
+    /// The proxies whose `X-Forwarded-For` is read; none by default.
+    pub(crate) trusted_proxies: Vec<Cidr>,
 }
 
 impl Config {
@@ -170,6 +184,7 @@ impl Config {
             generated_admin_token,
             pepper,
             database: flags.database_url.unwrap_or(Database::Memory),
+            trusted_proxies: flags.trusted_proxies,
             budgets: match flags.redis_url {
                 None if flags.redis_lease.is_some() => {
                     return Err("--redis-lease needs --redis-url".to_owned());
@@ -296,6 +311,23 @@ fn resolve(text: &str) -> Result<Vec<SocketAddr>, String> {
         return Err("the host name resolves to no address".to_owned());
     }
     Ok(addrs)
+}
+
+/// One trusted proxy: an address (one host, `/32` or `/128`) or a CIDR block.
+fn trusted_proxy(source: &str, text: &str) -> Result<Cidr, String> {
+    let entry = text.trim();
+    if entry.is_empty() {
+        return Err(format!(
+            "{source} has an empty entry: expected IP addresses or CIDR blocks separated by \
+             commas, e.g. 10.0.0.0/8,192.0.2.1"
+        ));
+    }
+    entry.parse::<Cidr>().map_err(|_| {
+        format!(
+            "{source}: {entry:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8, \
+             192.0.2.1 or 2001:db8::/32)"
+        )
+    })
 }
 
 /// Where keys are kept, from `--database-url` or `DATABASE_URL`.

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example server -- \
 //!     [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL] \
-//!     [--header-read-timeout-ms N] [--max-connections N] \
+//!     [--header-read-timeout-ms N] [--max-connections N] [--trusted-proxies CIDR,…] \
 //!     [--redis-url URL [--redis-lease N] [--redis-timeout-ms N]]
 //! ```
 //!
@@ -22,8 +22,24 @@
 //!
 //! The admin routes are the crate's `tower_api_key::admin` router (feature `admin`; its
 //! rustdoc has the JSON contract): create takes an optional
-//! `{"name", "scopes", "expires_in_seconds" | "expires_at"}`, `PATCH` changes name, scopes or
-//! expiry (`null` clears), rotate takes an optional `{"grace_seconds": N}`.
+//! `{"name", "scopes", "expires_in_seconds" | "expires_at", "rate_limit", "allowed_ips",
+//! "quota", "metadata"}`, `PATCH` changes any of them (`null` clears), rotate takes an
+//! optional `{"grace_seconds": N}`.
+//!
+//! A key's policy is enforced on every API-key route, HTTP and gRPC alike:
+//!
+//! - `allowed_ips` (`["203.0.113.0/24", "198.51.100.7"]`): a request from any other address
+//!   is 403 `{"error":"address not allowed"}` (gRPC `PERMISSION_DENIED`). The address is the
+//!   connection's peer, which the accept loop hands to every request; behind
+//!   `--trusted-proxies`, the rightmost `X-Forwarded-For` entry that is not a trusted proxy.
+//! - `quota` (`{"requests": N, "period": "day" | "month"}`, UTC): once N requests of the
+//!   period were accepted, 429 `{"error":"quota exceeded"}` with `Retry-After` set to the
+//!   seconds left in the period (gRPC `RESOURCE_EXHAUSTED`). Counted from the store's usage
+//!   plus what this process has not flushed yet, so the count survives a restart (SIGTERM
+//!   flushes it); servers sharing one PostgreSQL may together serve up to what the others
+//!   served within one `--last-used-flush-ms` interval beyond it.
+//! - `metadata` (a JSON object up to 4 KiB): shown by `/v1/whoami` (`null` without), read
+//!   from the identity the layer resolved, no second lookup.
 //!
 //! Configuration (a flag wins over its environment variable; an empty variable counts as
 //! unset):
@@ -43,6 +59,12 @@
 //!   connection that starts no new request in that time.
 //! - `--max-connections` / `MAX_CONNECTIONS`: connections open at once, default 10000. More
 //!   are accepted and closed at once, without an answer, not queued.
+//! - `--trusted-proxies` / `TRUSTED_PROXIES`: the reverse proxies in front of the server,
+//!   addresses or CIDR blocks separated by commas (`10.0.0.0/8,192.0.2.1`; the flag may also
+//!   be repeated), none by default; a bare address is one host (`/32` or `/128`). For a
+//!   request whose connection comes from one of them, a key's allowed addresses are checked
+//!   against the rightmost `X-Forwarded-For` entry that is not a trusted proxy. Without any,
+//!   `X-Forwarded-For` is ignored: any client can write it.
 //! - `--redis-url` / `REDIS_URL` (build with `--features redis`): keys' rate-limit budgets are
 //!   shared through this Redis by every server using it; unset, each server counts alone.
 //!   `--redis-lease` / `REDIS_LEASE` (1 to 1000) spends that many requests of a budget
@@ -79,7 +101,7 @@
 //!     -d '{"name": "CI", "scopes": ["read"]}' localhost:3000/admin/accounts/acme/keys
 //! {"id":"…","account_id":"acme","prefix":"k3v9x0qa","key":"k3v9x0qa.…","status":"active",…,"name":"CI","scopes":["read"],"expires_at":null}
 //! $ curl -s -H 'x-api-key: k3v9x0qa.…' localhost:3000/v1/whoami
-//! {"account_id":"acme","key_id":"…","prefix":"k3v9x0qa"}
+//! {"account_id":"acme","key_id":"…","prefix":"k3v9x0qa","metadata":null}
 //! $ curl -s -X POST -H 'authorization: Bearer k3v9x0qa.…' localhost:3000/v1/write
 //! {"error":"insufficient scope"}
 //! ```
@@ -186,8 +208,20 @@ async fn serve(config: Config) -> Result<(), String> {
     let manager = KeyManager::new(Arc::clone(&opened.store), pepper);
     let recorder = UsageRecorder::new(Arc::clone(&opened.store));
     let flusher = recorder.spawn_flusher(config.flush_interval);
+    if !config.trusted_proxies.is_empty() {
+        let proxies: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::info!(
+            proxies = %proxies.join(","),
+            "X-Forwarded-For is read from connections of these trusted proxies"
+        );
+    }
     let api_keys = ApiKeyLayer::for_manager(&manager)
         .accept_bearer()
+        .trusted_proxies(config.trusted_proxies.iter().copied())
         .record_usage(recorder);
     let api_keys = with_budgets(api_keys, &config.budgets).await?.build();
     let feed = opened.start_feed(&manager).await;

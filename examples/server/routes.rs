@@ -4,13 +4,14 @@ use axum::extract::State;
 use axum::handler::Handler as _;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tonic_health::server::HealthReporter;
 use tower::Layer as _;
 use tower_api_key::admin::{AdminRouter, AdminTokens};
+use tower_api_key::policy::Metadata;
 use tower_api_key::resolver::StoreResolver;
 use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, RequireScopeLayer};
 
@@ -97,18 +98,23 @@ async fn write() -> Json<serde_json::Value> {
 }
 
 #[derive(Serialize)]
-struct Whoami {
+struct Whoami<'a> {
     account_id: String,
     key_id: String,
     prefix: String,
+    /// The key's metadata object, or `null` without any: read from the identity the layer
+    /// resolved, no second lookup.
+    metadata: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The crate's `Authenticated` extractor (feature `axum`, which the crate's dev-dependency on
 /// itself turns on for examples, so no `--features` flag is needed).
-async fn whoami(who: Authenticated<KeyIdentity>) -> Json<Whoami> {
+async fn whoami(who: Authenticated<KeyIdentity>) -> Response {
     Json(Whoami {
         account_id: who.account_id().to_string(),
         key_id: who.key_id().to_string(),
         prefix: who.prefix().to_string(),
+        metadata: who.metadata().map(Metadata::as_object),
     })
+    .into_response()
 }

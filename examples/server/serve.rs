@@ -1,5 +1,7 @@
-//! The accept loop: connection limits, the header read timeout, HTTP/1.1 and h2c on one port.
+//! The accept loop: connection limits, the header read timeout, HTTP/1.1 and h2c on one port,
+//! each request told the address of the peer its connection came from.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +9,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -14,6 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tower::ServiceExt as _;
+use tower_api_key::ClientAddr;
 
 /// What each connection may take: time to start sending, and a share of the server.
 #[derive(Clone, Copy)]
@@ -58,9 +64,9 @@ pub(crate) async fn serve_connections(
     let mut full = false;
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot accept a connection");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -85,6 +91,7 @@ pub(crate) async fn serve_connections(
         tokio::spawn(serve_connection(
             Arc::clone(&builder),
             stream,
+            peer,
             app.clone(),
             graceful.watcher(),
             limits.header_read_timeout,
@@ -102,9 +109,14 @@ const OPENING_BYTES: usize = 24;
 /// Serves one connection, holding its slot until it ends. hyper's HTTP/1.1 header timeout
 /// starts only once the protocol is known, so a client that sends nothing (or part of the
 /// HTTP/2 preface) is cut off here.
+///
+/// Every request on it, HTTP/1.1 or gRPC, carries the peer's address as a [`ClientAddr`]:
+/// what the API-key layer checks a key's allowed addresses against (or, with
+/// `--trusted-proxies`, the proxy it reads `X-Forwarded-For` from).
 async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
     watcher: Watcher,
     opening_timeout: Duration,
@@ -115,6 +127,11 @@ async fn serve_connection(
         stream,
         received: 0,
         opened: Arc::clone(&opened),
+    });
+    let client = ClientAddr(peer.ip());
+    let app = app.map_request(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(client);
+        request
     });
     let connection =
         watcher.watch(builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app)));

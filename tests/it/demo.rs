@@ -18,6 +18,14 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::support::demo::{ADMIN_TOKEN, DemoServer, Launch, read_until_closed, with_key};
 use crate::support::wait::until;
 
+// Key policy at the demo server, one concept a file.
+mod address;
+mod metadata;
+mod quota;
+#[cfg(feature = "postgres")]
+mod quota_fleet;
+mod trusted_proxies;
+
 const SERVING: i32 = ServingStatus::Serving as i32;
 const INVALID_KEY: &str = r#"{"error":"invalid API key"}"#;
 const MISSING_KEY: &str = r#"{"error":"missing API key"}"#;
@@ -128,7 +136,7 @@ async fn created_key_authenticates_ping_and_whoami() {
     assert!(whoami.content_type().starts_with("application/json"));
     assert_eq!(
         whoami.json(),
-        json!({"account_id": "acme", "key_id": created["id"], "prefix": prefix})
+        json!({"account_id": "acme", "key_id": created["id"], "prefix": prefix, "metadata": null})
     );
 }
 

@@ -34,13 +34,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The environment variables the server reads; removed from the child's environment unless a
 /// test sets them, so the developer's shell can't change a test's outcome.
-const SERVER_VARS: [&str; 9] = [
+const SERVER_VARS: [&str; 10] = [
     "ADDR",
     "LAST_USED_FLUSH_MS",
     "HEADER_READ_TIMEOUT_MS",
     "MAX_CONNECTIONS",
     "ADMIN_TOKEN",
     "TENANT_TOKENS",
+    "TRUSTED_PROXIES",
     "API_KEY_PEPPER",
     "RUST_LOG",
     // CI exports it for the PostgreSQL tests; a demo test that wants a database says so.
