@@ -313,6 +313,7 @@ async fn every_bad_allowlist_quota_or_metadata_is_a_400_that_changes_nothing() {
 
 #[tokio::test]
 async fn quota_used_counts_the_accepted_requests_made_with_the_key() {
+    crate::support::clock::in_one_quota_period().await;
     let admin = Harness::start().await;
     // A rate limit of 3 a day: the fourth request is refused, and not counted.
     let daily = admin

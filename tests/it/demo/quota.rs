@@ -11,6 +11,7 @@ use serde_json::Value;
 use tonic::Code;
 
 use super::{SERVING, assert_accepted, str_field};
+use crate::support::clock::in_one_quota_period;
 use crate::support::demo::{DemoServer, Launch};
 use crate::support::wait::until;
 
@@ -28,17 +29,6 @@ fn seconds_left_in_utc_day() -> u64 {
     let day_ms = DAY.as_millis();
     let left_ms = day_ms - now_ms % day_ms;
     u64::try_from(left_ms.div_ceil(1000)).expect("at most a day")
-}
-
-/// If the UTC day ends within the next 10 minutes, waits until it has begun anew: a test's
-/// requests must all count against one day's quota. (The only wait on the clock in these
-/// tests, and only near midnight.)
-pub(super) async fn in_one_utc_day() {
-    let left = seconds_left_in_utc_day();
-    if left < 600 {
-        eprintln!("waiting {left} s for the UTC day to end, so that the quota counts one day");
-        tokio::time::sleep(Duration::from_secs(left + 1)).await;
-    }
 }
 
 /// Creates a key for `acme` with a quota of `requests` a day; returns (id, key).
@@ -99,7 +89,7 @@ pub(super) async fn assert_quota_exceeded(server: &DemoServer, key: &str) {
 
 #[tokio::test]
 async fn a_daily_quota_of_3_serves_3_requests_then_429_with_retry_after_to_the_end_of_the_day() {
-    in_one_utc_day().await;
+    in_one_quota_period().await;
     let server = Launch::new().start().await;
     let (id, key) = key_with_daily_quota(&server, 3).await;
     let other = server.create_key("acme").await;
@@ -136,7 +126,7 @@ async fn a_daily_quota_of_3_serves_3_requests_then_429_with_retry_after_to_the_e
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn with_a_sqlite_database_a_quotas_count_survives_a_graceful_restart() {
-    in_one_utc_day().await;
+    in_one_quota_period().await;
     let url = crate::support::db::sqlite::fresh_url();
     // Flushes only at shutdown: what the new process knows, SIGTERM wrote.
     let launch = || {

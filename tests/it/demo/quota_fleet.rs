@@ -7,9 +7,7 @@
 use hyper::StatusCode;
 
 use super::assert_accepted;
-use super::quota::{
-    QUOTA_EXCEEDED, assert_quota_exceeded, in_one_utc_day, key_with_daily_quota, quota_used,
-};
+use super::quota::{QUOTA_EXCEEDED, assert_quota_exceeded, key_with_daily_quota, quota_used};
 use crate::support::db::postgres::Schema;
 use crate::support::demo::{DemoServer, Launch};
 use crate::support::wait::until;
@@ -71,7 +69,7 @@ async fn two_processes_overshoot_a_quota_by_at_most_what_the_other_served_in_one
     let Some((_schema, a, b)) = two_servers().await else {
         return;
     };
-    in_one_utc_day().await;
+    crate::support::clock::in_one_quota_period().await;
     let (id, key) = key_with_daily_quota(&a, 10).await;
 
     // A serves 4, and its flushes put them in the store.

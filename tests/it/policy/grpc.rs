@@ -98,6 +98,7 @@ async fn scopes_and_expiry_answer_with_grpc_statuses() {
 #[cfg(feature = "tonic")]
 #[tokio::test]
 async fn addresses_and_quotas_answer_with_grpc_statuses() {
+    crate::support::clock::in_one_quota_period().await;
     use tower_api_key::policy::{AllowedIps, Quota, QuotaPeriod};
 
     let manager = KeyManager::new(TestStore::new(), pepper());

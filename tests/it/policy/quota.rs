@@ -14,6 +14,7 @@ use tower_api_key::usage::{Granularity, UsageRange, UsageRecorder};
 use tower_api_key::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
 
 use crate::policy::app::App;
+use crate::support::clock::in_one_quota_period;
 use crate::support::http::Answer;
 use crate::support::stores::TestStore;
 
@@ -43,6 +44,7 @@ fn assert_quota_exceeded(answer: &Answer) {
 
 #[tokio::test]
 async fn a_key_over_its_quota_is_429_until_the_period_ends() {
+    in_one_quota_period().await;
     let app = App::start().await;
     let created = app
         .manager
@@ -80,6 +82,7 @@ async fn a_key_over_its_quota_is_429_until_the_period_ends() {
 
 #[tokio::test]
 async fn raising_lowering_and_clearing_the_quota_take_effect_at_once() {
+    in_one_quota_period().await;
     let app = App::start().await;
     let created = app
         .manager
@@ -112,6 +115,7 @@ async fn raising_lowering_and_clearing_the_quota_take_effect_at_once() {
 
 #[tokio::test]
 async fn a_rate_limit_and_a_quota_answer_each_with_their_own_error() {
+    in_one_quota_period().await;
     let app = App::start_with(|builder| {
         // A clock that never moves: a spent budget never refills, so the counts are exact.
         builder.rate_limiter(LocalLimiter::with_clock(|| Duration::ZERO))
@@ -169,6 +173,7 @@ async fn a_rate_limit_and_a_quota_answer_each_with_their_own_error() {
 
 #[tokio::test]
 async fn a_scope_refusal_does_not_spend_the_quota() {
+    in_one_quota_period().await;
     let app = App::start().await;
     let created = app
         .manager
@@ -194,6 +199,7 @@ async fn a_scope_refusal_does_not_spend_the_quota() {
 
 #[tokio::test]
 async fn a_new_layer_on_the_same_store_goes_on_from_the_stored_count() {
+    in_one_quota_period().await;
     let store = TestStore::new();
     let first_recorder = UsageRecorder::new(store.clone());
     let first = App::start_on(store.clone(), |builder| {
@@ -245,6 +251,7 @@ async fn a_new_layer_on_the_same_store_goes_on_from_the_stored_count() {
 
 #[tokio::test]
 async fn two_layers_on_one_store_see_each_other_after_a_flush() {
+    in_one_quota_period().await;
     let store = TestStore::new();
     let (left_recorder, right_recorder) = (
         UsageRecorder::new(store.clone()),

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "admin")]
 pub(crate) mod browser;
+pub(crate) mod clock;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod db;
 pub(crate) mod demo;

@@ -78,6 +78,7 @@ impl Page {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowlist_quota_and_metadata_are_set_shown_refused_and_cleared_through_the_page() {
+    crate::support::clock::in_one_quota_period().await;
     let Some(page) = Page::open(1280, 900).await else {
         return;
     };
