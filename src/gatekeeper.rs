@@ -172,6 +172,16 @@ pub(crate) enum Origin {
     Resolver,
 }
 
+impl Origin {
+    /// Bumps the counter of an outcome for this origin: `cached` or `resolved`.
+    fn count(self, metrics: &Metrics, cached: fn(&Metrics), resolved: fn(&Metrics)) {
+        match self {
+            Self::Cache(_) => cached(metrics),
+            Self::Resolver => resolved(metrics),
+        }
+    }
+}
+
 impl<R: Resolver> Gatekeeper<R> {
     /// Reads, parses and digests the key and consults the cache: everything that needs no
     /// `.await`.
@@ -288,10 +298,11 @@ impl<R: Resolver> Gatekeeper<R> {
         if let Some(allowed) = account.allowed_ips() {
             if !self.address_allowed(allowed, request) {
                 account.record_use(now, UseOutcome::Refused);
-                match origin {
-                    Origin::Cache(_) => self.metrics.address_refused_cached(),
-                    Origin::Resolver => self.metrics.address_refused_resolved(),
-                }
+                origin.count(
+                    &self.metrics,
+                    Metrics::address_refused_cached,
+                    Metrics::address_refused_resolved,
+                );
                 tracing::debug!(
                     outcome = "address_not_allowed",
                     "api key used from an address it doesn't allow"
@@ -320,10 +331,11 @@ impl<R: Resolver> Gatekeeper<R> {
             Verdict::Allowed(budget) => self.let_in(account, Some(budget), origin, now),
             Verdict::Limited(budget) => {
                 account.record_use(now, UseOutcome::RateLimited);
-                match origin {
-                    Origin::Cache(_) => self.metrics.rate_limited_cached(),
-                    Origin::Resolver => self.metrics.rate_limited_resolved(),
-                }
+                origin.count(
+                    &self.metrics,
+                    Metrics::rate_limited_cached,
+                    Metrics::rate_limited_resolved,
+                );
                 tracing::debug!(outcome = "rate_limited", "api key over its rate limit");
                 Decision::OverLimit(budget)
             }
@@ -401,10 +413,11 @@ impl<R: Resolver> Gatekeeper<R> {
             QuotaVerdict::Exceeded { retry_after } => {
                 // Not a use (no last-used stamp): counted with the other 429s.
                 account.record_use(now, UseOutcome::RateLimited);
-                match origin {
-                    Origin::Cache(_) => self.metrics.quota_exceeded_cached(),
-                    Origin::Resolver => self.metrics.quota_exceeded_resolved(),
-                }
+                origin.count(
+                    &self.metrics,
+                    Metrics::quota_exceeded_cached,
+                    Metrics::quota_exceeded_resolved,
+                );
                 tracing::debug!(outcome = "quota_exceeded", "api key over its quota");
                 Decision::OverQuota(retry_after, budget)
             }

@@ -266,17 +266,7 @@ mod tests {
 
     #[test]
     fn a_key_without_its_own_limit_is_held_to_the_default() {
-        let key = KeyInfo::from_record(
-            crate::store::KeyRecord::new(
-                crate::store::KeyId::random(),
-                "acme".parse().expect("account"),
-                "abcd1234".parse().expect("prefix"),
-                crate::key::Pepper::from_bytes([7; 32])
-                    .digest(&crate::key::ApiKey::generate().expect("randomness")),
-                SystemTime::UNIX_EPOCH,
-            ),
-            SystemTime::UNIX_EPOCH,
-        );
+        let key = key_with(None, None);
         let raise = PolicyUpdate::new().rate_limit(Some(limit(1_000_000, 1)));
         assert!(narrows(&key, &raise, None), "no default: unlimited");
         assert!(!narrows(&key, &raise, Some(limit(10, 1))));
