@@ -21,6 +21,8 @@
 
 mod quota;
 mod recorder;
+#[cfg(feature = "redis")]
+mod redis_quotas;
 mod series;
 
 pub use self::quota::{PendingQuotaVerdict, QuotaCheck, QuotaVerdict};
@@ -28,6 +30,11 @@ pub(crate) use self::quota::{QuotaLedger, QuotaTally};
 pub(crate) use self::recorder::UsageCell;
 pub use self::recorder::{
     DEFAULT_MAX_PENDING, DEFAULT_RETENTION, FlushTask, MAX_HOURS_KEPT, UsageRecorder,
+};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis_quotas::{
+    DEFAULT_QUOTA_NAMESPACE, MAX_REFUNDS_IN_FLIGHT, RedisQuotas, RedisQuotasBuilder,
 };
 pub use self::series::{
     Granularity, InvalidUsageRange, MAX_BUCKETS, UsageBucket, UsageRange, UsageSeries,
