@@ -14,7 +14,9 @@
 //! on one database add up.
 //!
 //! Quotas count what usage counts: a key's accepted requests in its quota's period are the
-//! store's hourly counts plus what this process has not written yet ([`QuotaVerdict`]).
+//! store's hourly counts plus what this process has not written yet ([`QuotaVerdict`]); with
+//! the `redis` feature, a recorder that [shares its quotas](UsageRecorder) through
+//! `RedisQuotas` counts them exactly across every process using the same Redis.
 //!
 //! Reading them back is [`KeyManager::usage`](crate::KeyManager::usage): a [`UsageSeries`] of
 //! hourly or daily buckets over a [`UsageRange`], zeros included.

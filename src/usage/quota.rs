@@ -15,7 +15,17 @@
 //! store), and processes sharing a store see each other's requests one flush interval late:
 //! together they may overshoot a quota by what the others accepted within one interval.
 //!
+//! With Redis (feature `redis`, [`UsageRecorder::share_quotas`]) a fleet counts exactly: each
+//! request spends the key's quota in one count in Redis, atomically, which expires with its
+//! period (and a day's margin). The tallies go on counting what this process let in, for one
+//! purpose: when Redis has no count for the period (a new period, a Redis restart or flush,
+//! Redis configured mid-period), it starts from this process's estimate, the store's usage
+//! plus what it has not written yet, so a restart of Redis doesn't reset a quota. When Redis
+//! fails or is slower than its timeout (100 ms by default), the tally decides the request as
+//! without Redis, best effort, never a 5xx. See `RedisQuotas`.
+//!
 //! [`UsageRecorder`]: super::UsageRecorder
+//! [`UsageRecorder::share_quotas`]: super::UsageRecorder
 
 use std::collections::HashMap;
 use std::fmt;
