@@ -39,7 +39,7 @@
 //! | `sqlite` | no | `SqliteStore`: keys in a SQLite file, one process (sqlx, bundled SQLite) |
 //! | `admin` | no | `admin::AdminRouter`: the key-management JSON API as an axum `Router`, with `AdminAuthorizer`, `AdminToken`, `AdminTokens` and the `SelfService` rules (axum, serde, serde_json, time, tower-http; implies `axum`) |
 //! | `postgres` | no | `PostgresStore` and `PgChangeFeed`: keys in PostgreSQL shared by many processes, changes relayed by `LISTEN`/`NOTIFY` (sqlx) |
-//! | `redis` | no | `rate_limit::redis::RedisLimiter`: rate-limit budgets shared by every process using one Redis (redis-rs) |
+//! | `redis` | no | `rate_limit::redis::RedisLimiter` and `usage::RedisQuotas`: rate-limit budgets and quota counts shared by every process using one Redis (redis-rs) |
 //! | `test-util` | no | for tests, not part of the stable API: `rate_limit::LocalLimiter::with_clock` (a rate limiter on a clock the test moves) and counts inside the cache, the bus, the usage queue and change feeds |
 //!
 //! # Example

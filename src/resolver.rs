@@ -333,14 +333,15 @@ impl Account for KeyIdentity {
     }
 
     /// Counted in this process against the store's count of the period (see
-    /// [`usage`](crate::usage)); always [`QuotaCheck::Ready`].
+    /// [`usage`](crate::usage)), [`QuotaCheck::Ready`]; or, if the recorder shares quotas
+    /// through Redis ([`UsageRecorder::share_quotas`](crate::usage::UsageRecorder)), counted
+    /// there, [`QuotaCheck::Pending`].
     fn spend_quota(&self, at: Instant) -> Option<QuotaCheck> {
         let (quota, tally) = self.quota.as_ref()?;
-        let now = match &self.recorder {
-            Some(recorder) => recorder.wall_time(at),
-            None => SystemTime::now(),
-        };
-        Some(QuotaCheck::Ready(tally.spend(*quota, now)))
+        Some(match &self.recorder {
+            Some(recorder) => recorder.spend_quota(tally, *quota, at),
+            None => QuotaCheck::Ready(tally.spend(*quota, SystemTime::now())),
+        })
     }
 
     #[inline]
@@ -349,8 +350,11 @@ impl Account for KeyIdentity {
             recorder.record(&self.usage, at, outcome);
         }
         if outcome == UseOutcome::RefusedForScope {
-            if let Some((_, tally)) = &self.quota {
-                tally.refund();
+            if let Some((quota, tally)) = &self.quota {
+                match &self.recorder {
+                    Some(recorder) => recorder.refund_quota(tally, *quota, at),
+                    None => tally.refund(),
+                }
             }
         }
     }

@@ -14,13 +14,17 @@
 //! on one database add up.
 //!
 //! Quotas count what usage counts: a key's accepted requests in its quota's period are the
-//! store's hourly counts plus what this process has not written yet ([`QuotaVerdict`]).
+//! store's hourly counts plus what this process has not written yet ([`QuotaVerdict`]); with
+//! the `redis` feature, a recorder that [shares its quotas](UsageRecorder) through
+//! `RedisQuotas` counts them exactly across every process using the same Redis.
 //!
 //! Reading them back is [`KeyManager::usage`](crate::KeyManager::usage): a [`UsageSeries`] of
 //! hourly or daily buckets over a [`UsageRange`], zeros included.
 
 mod quota;
 mod recorder;
+#[cfg(feature = "redis")]
+mod redis_quotas;
 mod series;
 
 pub use self::quota::{PendingQuotaVerdict, QuotaCheck, QuotaVerdict};
@@ -28,6 +32,11 @@ pub(crate) use self::quota::{QuotaLedger, QuotaTally};
 pub(crate) use self::recorder::UsageCell;
 pub use self::recorder::{
     DEFAULT_MAX_PENDING, DEFAULT_RETENTION, FlushTask, MAX_HOURS_KEPT, UsageRecorder,
+};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis_quotas::{
+    DEFAULT_QUOTA_NAMESPACE, MAX_REFUNDS_IN_FLIGHT, RedisQuotas, RedisQuotasBuilder,
 };
 pub use self::series::{
     Granularity, InvalidUsageRange, MAX_BUCKETS, UsageBucket, UsageRange, UsageSeries,

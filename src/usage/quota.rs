@@ -15,7 +15,17 @@
 //! store), and processes sharing a store see each other's requests one flush interval late:
 //! together they may overshoot a quota by what the others accepted within one interval.
 //!
+//! With Redis (feature `redis`, [`UsageRecorder::share_quotas`]) a fleet counts exactly: each
+//! request spends the key's quota in one count in Redis, atomically, which expires with its
+//! period (and a day's margin). The tallies go on counting what this process let in, for one
+//! purpose: when Redis has no count for the period (a new period, a Redis restart or flush,
+//! Redis configured mid-period), it starts from this process's estimate, the store's usage
+//! plus what it has not written yet, so a restart of Redis doesn't reset a quota. When Redis
+//! fails or is slower than its timeout (100 ms by default), the tally decides the request as
+//! without Redis, best effort, never a 5xx. See `RedisQuotas`.
+//!
 //! [`UsageRecorder`]: super::UsageRecorder
+//! [`UsageRecorder::share_quotas`]: super::UsageRecorder
 
 use std::collections::HashMap;
 use std::fmt;
@@ -125,6 +135,33 @@ impl QuotaTally {
         }
         counts.unwritten += 1;
         QuotaVerdict::Allowed
+    }
+
+    /// Counts one request made at `at` that a shared counter let in, whatever this process's
+    /// count says: this process's share of the period's count, for [`estimate`](Self::estimate).
+    #[cfg(feature = "redis")]
+    pub(crate) fn count(&self, quota: Quota, at: SystemTime) {
+        let period = quota.period().containing(at);
+        let mut counts = lock(&self.counts);
+        counts.roll_to(period);
+        counts.unwritten += 1;
+    }
+
+    /// The accepted requests of the period of `quota` at `at` as this process knows them: the
+    /// store's count at the last read plus what this process wrote since and has not written
+    /// yet. Where a shared counter that lost its count starts again.
+    #[cfg(feature = "redis")]
+    pub(crate) fn estimate(&self, quota: Quota, at: SystemTime) -> u64 {
+        let period = quota.period().containing(at);
+        let mut counts = lock(&self.counts);
+        counts.roll_to(period);
+        counts.used()
+    }
+
+    /// The key counted.
+    #[cfg(feature = "redis")]
+    pub(crate) fn key_id(&self) -> KeyId {
+        self.id
     }
 
     /// Takes back one counted request, refused after it was let in (for its scope): usage
@@ -438,5 +475,34 @@ mod tests {
         ledger.written(&accepted(&account, id, NOON, 1));
         ledger.refresh(&*store).await.expect("read");
         assert_eq!(ledger.len(), 0);
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn the_estimate_is_the_store_plus_this_process_and_a_shared_count_goes_past_the_quota() {
+        let (store, account, id) = setup().await;
+        store
+            .record_usage(&accepted(&account, id, NOON - 3600, 4))
+            .await
+            .expect("written");
+        let ledger = QuotaLedger::default();
+        let quota = Quota::new(5, QuotaPeriod::Day).expect("valid");
+        let tally = ledger
+            .tally(&*store, &account, id, quota, at(NOON))
+            .await
+            .expect("loaded");
+        assert_eq!(tally.estimate(quota, at(NOON)), 4);
+        assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
+        // Let in by a shared counter: counted even past this process's view of the quota.
+        tally.count(quota, at(NOON));
+        assert_eq!(tally.estimate(quota, at(NOON)), 6);
+        // Written and read back: the same 6.
+        let batch = accepted(&account, id, NOON, 2);
+        store.record_usage(&batch).await.expect("written");
+        ledger.written(&batch);
+        ledger.refresh(&*store).await.expect("read");
+        assert_eq!(tally.estimate(quota, at(NOON)), 6);
+        // The next day starts from nothing.
+        assert_eq!(tally.estimate(quota, at(NOON + 86_400)), 0);
     }
 }

@@ -43,9 +43,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Hour, QuotaLedger, UsageBatch, UsageDelta, UseOutcome};
+#[cfg(feature = "redis")]
+use super::RedisQuotas;
+use super::{Hour, QuotaCheck, QuotaLedger, QuotaTally, UsageBatch, UsageDelta, UseOutcome};
 use crate::key::KeyPrefix;
 use crate::metrics::Metrics;
+use crate::policy::Quota;
 use crate::store::{AccountId, KeyId, KeyStore, KeyUse, StoreError};
 use crate::sync::lock;
 
@@ -194,6 +197,9 @@ struct Shared {
     queue: Mutex<Queue>,
     /// The quota counts kept in step with the flushes.
     quotas: Arc<QuotaLedger>,
+    /// Where quotas are spent across processes, if anywhere.
+    #[cfg(feature = "redis")]
+    shared_quotas: OnceLock<RedisQuotas>,
     max_pending: AtomicUsize,
     /// Seconds counts are kept.
     retention_secs: AtomicU64,
@@ -280,6 +286,8 @@ impl UsageRecorder {
                 clock: WallClock::new(),
                 queue: Mutex::new(Queue::default()),
                 quotas: Arc::default(),
+                #[cfg(feature = "redis")]
+                shared_quotas: OnceLock::new(),
                 max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
                 retention_secs: AtomicU64::new(DEFAULT_RETENTION.as_secs()),
                 metrics: OnceLock::new(),
@@ -306,9 +314,49 @@ impl UsageRecorder {
         self
     }
 
+    /// Spends the quotas of the keys this recorder records in Redis, exactly across every
+    /// process sharing `quotas`'s Redis and namespace (see [`RedisQuotas`]), instead of
+    /// counting them in this process from the store's usage. Every clone shares it; only the
+    /// first call counts (a later one is ignored, with a warning).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[must_use]
+    pub fn share_quotas(self, quotas: RedisQuotas) -> Self {
+        if self.shared.shared_quotas.set(quotas).is_err() {
+            tracing::warn!("UsageRecorder::share_quotas called twice: the first counter stays");
+        }
+        self
+    }
+
     /// The quota counts this recorder's flushes keep in step with the store.
     pub(crate) fn quotas(&self) -> &Arc<QuotaLedger> {
         &self.shared.quotas
+    }
+
+    /// Spends one request of `quota`, made at `at`, from `tally`: in Redis if the quotas are
+    /// shared, else at once in this process.
+    pub(crate) fn spend_quota(
+        &self,
+        tally: &Arc<QuotaTally>,
+        quota: Quota,
+        at: Instant,
+    ) -> QuotaCheck {
+        let now = self.wall_time(at);
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.shared.shared_quotas.get() {
+            return QuotaCheck::Pending(shared.spend(tally, quota, now));
+        }
+        QuotaCheck::Ready(tally.spend(quota, now))
+    }
+
+    /// Gives back one request of `quota`, refused for its scope at `at` after it was let in.
+    pub(crate) fn refund_quota(&self, tally: &QuotaTally, quota: Quota, at: Instant) {
+        #[cfg(feature = "redis")]
+        if let Some(shared) = self.shared.shared_quotas.get() {
+            return shared.refund(tally, quota, self.wall_time(at));
+        }
+        let _ = (quota, at);
+        tally.refund();
     }
 
     /// The wall-clock time of `at`, on the clock uses are stamped with (so that a request's

@@ -1,13 +1,15 @@
-//! The Redis limiter's fail-fast breaker: after 3 calls in a row fail because Redis can't be
-//! reached, verdicts are `Unavailable` at once for 250 ms, and then one call probes Redis
-//! again. It also logs every failure, at `warn` at most once per 10 seconds.
+//! The fail-fast breaker of a Redis client (the rate limiter, the quota counter): after 3
+//! calls in a row fail because Redis can't be reached, calls fail at once for 250 ms (the
+//! client answers without Redis), and then one call probes Redis again. It also logs every
+//! failure, at `warn` at most once per 10 seconds.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ::redis::RedisError;
+use ::redis::{RedisError, RedisResult};
 
 use crate::sync::lock;
 
@@ -19,7 +21,7 @@ const FAIL_FAST_AFTER: u32 = 3;
 const FAIL_FAST_FOR: Duration = Duration::from_millis(250);
 
 /// Why a script call gave no answer.
-pub(super) enum Failure {
+enum Failure {
     Timeout,
     Redis(RedisError),
 }
@@ -50,7 +52,11 @@ impl fmt::Display for Failure {
 
 /// Counts failed calls in a row, fails fast after [`FAIL_FAST_AFTER`] of them, and rations
 /// the warnings.
-pub(super) struct Breaker {
+pub(crate) struct Breaker {
+    /// Who calls Redis, for the logs ("redis rate limiter").
+    what: &'static str,
+    /// What happens while Redis doesn't answer, for the warning.
+    meanwhile: &'static str,
     last_warning: Mutex<Option<Instant>>,
     /// Failed calls in a row.
     failures: AtomicU32,
@@ -60,9 +66,12 @@ pub(super) struct Breaker {
 }
 
 impl Breaker {
-    /// Closed: calls go through.
-    pub(super) fn new() -> Self {
+    /// Closed: calls go through. `what` names the caller in the logs, `meanwhile` says what
+    /// happens while Redis doesn't answer.
+    pub(crate) fn new(what: &'static str, meanwhile: &'static str) -> Self {
         Self {
+            what,
+            meanwhile,
             last_warning: Mutex::new(None),
             failures: AtomicU32::new(0),
             retry_at: AtomicU64::new(0),
@@ -77,7 +86,7 @@ impl Breaker {
 
     /// Whether to call Redis: not while failing fast, except for one call (the probe) once
     /// the pause is over, which pushes the pause on by one `timeout` (a call's) while it runs.
-    pub(super) fn may_call(&self, timeout: Duration) -> bool {
+    fn may_call(&self, timeout: Duration) -> bool {
         let retry_at = self.retry_at.load(Ordering::Acquire);
         if retry_at == 0 {
             return true;
@@ -94,11 +103,11 @@ impl Breaker {
 
     /// A call to the Redis at `endpoint` answered: the failures in a row, and failing fast,
     /// end.
-    pub(super) fn succeeded(&self, endpoint: &str) {
+    fn succeeded(&self, endpoint: &str) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
             if self.retry_at.swap(0, Ordering::AcqRel) != 0 {
-                tracing::info!(redis = %endpoint, "redis rate limiter answers again");
+                tracing::info!(redis = %endpoint, "{} answers again", self.what);
             }
         }
     }
@@ -106,7 +115,7 @@ impl Breaker {
     /// Counts a failed call to the Redis at `endpoint` (failing fast after
     /// [`FAIL_FAST_AFTER`] in a row) and logs it: at `warn` once per [`WARN_EVERY`], else at
     /// `debug`.
-    pub(super) fn failed(&self, endpoint: &str, failure: &Failure) {
+    fn failed(&self, endpoint: &str, failure: &Failure) {
         // Only an unreachable Redis counts towards failing fast: an error about one key (a
         // value of the wrong type under the namespace) must not stop the others.
         if failure.is_outage()
@@ -128,10 +137,39 @@ impl Breaker {
             tracing::warn!(
                 redis = %endpoint,
                 error = %failure,
-                "redis rate limiter unavailable: verdicts are Unavailable until it answers"
+                "{} unavailable: {}",
+                self.what,
+                self.meanwhile
             );
         } else {
-            tracing::debug!(redis = %endpoint, error = %failure, "redis rate limiter call failed");
+            tracing::debug!(redis = %endpoint, error = %failure, "{} call failed", self.what);
+        }
+    }
+
+    /// Runs `call` to the Redis at `endpoint` within `timeout`, unless failing fast: its
+    /// answer, or `None` (counted and logged) if it failed, timed out or wasn't tried.
+    pub(crate) async fn call<T>(
+        &self,
+        endpoint: &str,
+        timeout: Duration,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Option<T> {
+        if !self.may_call(timeout) {
+            return None;
+        }
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(answer)) => {
+                self.succeeded(endpoint);
+                Some(answer)
+            }
+            Ok(Err(error)) => {
+                self.failed(endpoint, &Failure::Redis(error));
+                None
+            }
+            Err(_) => {
+                self.failed(endpoint, &Failure::Timeout);
+                None
+            }
         }
     }
 }

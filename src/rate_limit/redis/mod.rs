@@ -56,7 +56,8 @@
 //! # }
 //! ```
 
-mod breaker;
+pub(crate) mod breaker;
+pub(crate) mod connection;
 mod lease;
 mod script;
 
@@ -65,10 +66,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Script};
+use ::redis::Script;
+use ::redis::aio::ConnectionManager;
 
 use self::breaker::Breaker;
+use self::connection::endpoint;
 use self::lease::{Leases, Local, Waiter};
 use self::script::SCRIPT;
 use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
@@ -87,12 +89,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// another.
 pub const DEFAULT_MAX_LEASE: u32 = 10;
 
-/// Longest wait between reconnection attempts.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
-
 // ===== errors =====
 
-/// Why a [`RedisLimiter`] could not be built.
+/// Why a [`RedisLimiter`] (or a [`RedisQuotas`](crate::usage::RedisQuotas), which connects
+/// the same way) could not be built.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RedisLimiterError {
@@ -103,7 +103,8 @@ pub enum RedisLimiterError {
     Connect(Box<dyn StdError + Send + Sync>),
     /// The first connection took longer than the connect timeout.
     Timeout,
-    /// [`RedisLimiterBuilder::connect_lazy`] was called outside a Tokio runtime.
+    /// [`RedisLimiterBuilder::connect_lazy`] (or its quota counterpart) was called outside a
+    /// Tokio runtime.
     NoRuntime,
 }
 
@@ -113,7 +114,7 @@ impl fmt::Display for RedisLimiterError {
             Self::InvalidUrl(source) => write!(f, "invalid Redis URL: {source}"),
             Self::Connect(source) => write!(f, "could not connect to Redis: {source}"),
             Self::Timeout => f.write_str("timed out connecting to Redis"),
-            Self::NoRuntime => f.write_str("a lazy Redis limiter needs a Tokio runtime"),
+            Self::NoRuntime => f.write_str("a lazy Redis connection needs a Tokio runtime"),
         }
     }
 }
@@ -206,21 +207,8 @@ impl RedisLimiterBuilder {
     /// [`Verdict::Unavailable`] until it is back. To start while Redis is down, use
     /// [`connect_lazy`](Self::connect_lazy).
     pub async fn connect(self) -> Result<RedisLimiter, RedisLimiterError> {
-        let (client, config) = self.client()?;
         let script = Script::new(SCRIPT);
-        let connect_timeout = self.connect_timeout;
-        let connecting = async {
-            // One plain attempt first, so that a refused connection or bad credentials are
-            // reported at once (the manager would retry them until the timeout), and the
-            // script is loaded.
-            let mut first = client.get_multiplexed_async_connection().await?;
-            script.load_async(&mut first).await?;
-            ConnectionManager::new_with_config(client, config).await
-        };
-        let connection = tokio::time::timeout(connect_timeout, connecting)
-            .await
-            .map_err(|_| RedisLimiterError::Timeout)?
-            .map_err(|error| RedisLimiterError::Connect(error.into()))?;
+        let connection = connection::connect(&self.url, self.connect_timeout, &[&script]).await?;
         Ok(self.finish(connection, script))
     }
 
@@ -233,22 +221,8 @@ impl RedisLimiterBuilder {
     /// [`RedisLimiterError::InvalidUrl`] for a URL redis-rs doesn't accept;
     /// [`RedisLimiterError::NoRuntime`] outside a Tokio runtime.
     pub fn connect_lazy(self) -> Result<RedisLimiter, RedisLimiterError> {
-        let (client, config) = self.client()?;
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(RedisLimiterError::NoRuntime);
-        }
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| RedisLimiterError::Connect(error.into()))?;
+        let connection = connection::connect_lazy(&self.url, self.connect_timeout)?;
         Ok(self.finish(connection, Script::new(SCRIPT)))
-    }
-
-    fn client(&self) -> Result<(Client, ConnectionManagerConfig), RedisLimiterError> {
-        let client = Client::open(self.url.as_str())
-            .map_err(|error| RedisLimiterError::InvalidUrl(error.into()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout.min(Duration::from_secs(1))))
-            .set_max_delay(MAX_RECONNECT_DELAY);
-        Ok((client, config))
     }
 
     fn finish(self, connection: ConnectionManager, script: Script) -> RedisLimiter {
@@ -260,7 +234,10 @@ impl RedisLimiterBuilder {
                 namespace: self.namespace,
                 timeout: self.timeout,
                 leases: self.max_lease.map(Leases::new),
-                breaker: Breaker::new(),
+                breaker: Breaker::new(
+                    "redis rate limiter",
+                    "verdicts are Unavailable until it answers",
+                ),
             }),
         }
     }
@@ -276,15 +253,6 @@ impl fmt::Debug for RedisLimiterBuilder {
             .field("local_first", &self.max_lease)
             .finish()
     }
-}
-
-/// Where `url` points, without credentials: `host:port` (or the socket path), or `?` if it
-/// doesn't parse.
-fn endpoint(url: &str) -> String {
-    Client::open(url).map_or_else(
-        |_| "?".to_owned(),
-        |client| client.get_connection_info().addr().to_string(),
-    )
 }
 
 // ===== RedisLimiter =====

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use super::Inner;
-use super::breaker::Failure;
 use crate::rate_limit::{Budget, BudgetKey, RateLimit, Verdict};
 
 /// The GCRA of `gcra.rs` in microseconds on Redis's clock. Spends `cost` requests, or as many
@@ -77,9 +76,6 @@ impl Inner {
     /// Spends up to `cost` requests of `key`'s budget in Redis; `None` (logged) if Redis
     /// didn't answer in time.
     pub(super) async fn spend(&self, key: BudgetKey, limit: RateLimit, cost: u32) -> Option<Spent> {
-        if !self.breaker.may_call(self.timeout) {
-            return None;
-        }
         let window_us = u64::from(limit.per_seconds()) * 1_000_000;
         let mut connection = self.connection.clone();
         let mut invocation = self.script.key(self.redis_key(key));
@@ -88,18 +84,10 @@ impl Inner {
             .arg(limit.requests())
             .arg(cost.max(1));
         let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection);
-        let answer = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => {
-                self.breaker.failed(&self.endpoint, &Failure::Redis(error));
-                return None;
-            }
-            Err(_) => {
-                self.breaker.failed(&self.endpoint, &Failure::Timeout);
-                return None;
-            }
-        };
-        self.breaker.succeeded(&self.endpoint);
+        let answer = self
+            .breaker
+            .call(&self.endpoint, self.timeout, call)
+            .await?;
         let (granted, remaining, reset, retry_after) = answer;
         let count = |value: i64| u32::try_from(value.max(0)).unwrap_or(u32::MAX);
         let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));

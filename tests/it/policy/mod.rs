@@ -12,6 +12,8 @@ mod grace;
 mod grpc;
 #[cfg(feature = "axum")]
 mod quota;
+#[cfg(all(feature = "axum", feature = "redis"))]
+mod quota_redis;
 #[cfg(feature = "axum")]
 mod scopes;
 #[cfg(feature = "axum")]

@@ -19,6 +19,7 @@ use tower_api_key::rate_limit::redis::{RedisLimiter, RedisLimiterBuilder, RedisL
 use tower_api_key::rate_limit::{Acquire, BudgetKey, LimiterFailure, RateLimiter, Verdict};
 use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore};
 
+use crate::support::redis::{Cleanup, shared_url};
 use crate::support::service::{stack, status};
 use crate::support::{account, pepper};
 
@@ -27,18 +28,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 // ===== fixtures =====
 
-fn shared_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// Says why a test is skipped, or fails it if Redis is required.
-pub(super) fn skip(why: &str) {
-    assert!(
-        std::env::var_os("REQUIRE_REDIS").is_none(),
-        "REQUIRE_REDIS is set but {why}"
-    );
-    eprintln!("skipped: {why} (set REQUIRE_REDIS=1 to fail instead; `bash .ci/run` starts one)");
-}
+/// Says why a test is skipped, or fails it if Redis is required (the demo tests use it too).
+pub(super) use crate::support::redis::skip;
 
 /// A builder on `url` with a namespace no other test uses, and a timeout generous enough
 /// that a loaded machine's slow answer is never taken for an outage.
@@ -46,31 +37,6 @@ fn builder(url: &str) -> RedisLimiterBuilder {
     RedisLimiter::builder(url)
         .namespace(format!("tak-test:{}", uuid::Uuid::new_v4().simple()))
         .timeout(Duration::from_secs(5))
-}
-
-/// Deletes a namespace's keys from the shared Redis when dropped (they would otherwise stay
-/// until their budgets refill: a day for most of these tests).
-struct Cleanup {
-    url: String,
-    namespace: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        use redis::Commands as _;
-        let Ok(mut connection) = redis::Client::open(self.url.as_str())
-            .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(2)))
-        else {
-            return;
-        };
-        let keys: Vec<String> = match connection.scan_match(format!("{}:*", self.namespace)) {
-            Ok(keys) => keys.filter_map(Result::ok).collect(),
-            Err(_) => return,
-        };
-        if !keys.is_empty() {
-            let _: Result<usize, _> = connection.del(keys);
-        }
-    }
 }
 
 /// Two limiters ("processes") on the shared Redis, one namespace, deleted at the end; `None`

@@ -14,6 +14,8 @@ pub(crate) mod http;
 pub(crate) mod keys;
 #[cfg(feature = "admin")]
 pub(crate) mod panicking;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 pub(crate) mod rng;
 pub(crate) mod service;
 pub(crate) mod stores;

@@ -1,0 +1,72 @@
+//! Connecting to Redis, the same way for every Redis client of the crate (the rate limiter,
+//! the quota counter): one multiplexed connection (redis-rs's `ConnectionManager`) that
+//! reconnects by itself in the background, and the server named by `host:port` in logs,
+//! never by its URL (which may hold a password).
+
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, Script};
+
+use super::RedisLimiterError;
+
+/// Longest wait between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// The client for `url`, and the connection manager's settings.
+fn client(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<(Client, ConnectionManagerConfig), RedisLimiterError> {
+    let client = Client::open(url).map_err(|error| RedisLimiterError::InvalidUrl(error.into()))?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect_timeout.min(Duration::from_secs(1))))
+        .set_max_delay(MAX_RECONNECT_DELAY);
+    Ok((client, config))
+}
+
+/// Connects to `url` within `connect_timeout` and loads `scripts`.
+pub(crate) async fn connect(
+    url: &str,
+    connect_timeout: Duration,
+    scripts: &[&Script],
+) -> Result<ConnectionManager, RedisLimiterError> {
+    let (client, config) = client(url, connect_timeout)?;
+    let connecting = async {
+        // One plain attempt first, so that a refused connection or bad credentials are
+        // reported at once (the manager would retry them until the timeout), and the
+        // scripts are loaded.
+        let mut first = client.get_multiplexed_async_connection().await?;
+        for script in scripts {
+            script.load_async(&mut first).await?;
+        }
+        ConnectionManager::new_with_config(client, config).await
+    };
+    tokio::time::timeout(connect_timeout, connecting)
+        .await
+        .map_err(|_| RedisLimiterError::Timeout)?
+        .map_err(|error| RedisLimiterError::Connect(error.into()))
+}
+
+/// A connection to `url` that connects on its first use. Must be called inside a Tokio
+/// runtime.
+pub(crate) fn connect_lazy(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<ConnectionManager, RedisLimiterError> {
+    let (client, config) = client(url, connect_timeout)?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(RedisLimiterError::NoRuntime);
+    }
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|error| RedisLimiterError::Connect(error.into()))
+}
+
+/// Where `url` points, without credentials: `host:port` (or the socket path), or `?` if it
+/// doesn't parse.
+pub(crate) fn endpoint(url: &str) -> String {
+    Client::open(url).map_or_else(
+        |_| "?".to_owned(),
+        |client| client.get_connection_info().addr().to_string(),
+    )
+}
