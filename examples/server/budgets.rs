@@ -1,8 +1,9 @@
-//! Where rate-limit budgets are kept: in this process, or in a Redis shared with the other
-//! servers.
+//! Where rate-limit budgets and quota counts are kept: in this process (quotas counted
+//! against the store's usage), or in a Redis shared with the other servers.
 
 use tower_api_key::ApiKeyLayerBuilder;
 use tower_api_key::StoreResolver;
+use tower_api_key::usage::UsageRecorder;
 
 use crate::config::Budgets;
 
@@ -40,6 +41,31 @@ pub(crate) async fn with_budgets(
                 "rate-limit budgets are shared through Redis"
             );
             Ok(layer.rate_limiter(limiter))
+        }
+    }
+}
+
+/// Counts quotas in Redis when the configuration names one (the same `--redis-url` and
+/// timeout as the rate limits): exact across every server using it. Otherwise each server
+/// counts against the store's usage. A Redis that can't be reached at start stops the server
+/// before it listens.
+pub(crate) async fn with_shared_quotas(
+    recorder: UsageRecorder,
+    budgets: &Budgets,
+) -> Result<UsageRecorder, String> {
+    match budgets {
+        Budgets::Local => Ok(recorder),
+        #[cfg(feature = "redis")]
+        Budgets::Redis { url, timeout, .. } => {
+            use tower_api_key::usage::RedisQuotas;
+
+            let quotas = RedisQuotas::builder(url.as_str())
+                .timeout(*timeout)
+                .connect()
+                .await
+                .map_err(|err| format!("cannot use Redis for quotas: {err}"))?;
+            tracing::info!("quotas are counted in Redis");
+            Ok(recorder.share_quotas(quotas))
         }
     }
 }

@@ -58,8 +58,9 @@ struct Flags {
     #[arg(long, env = "DATABASE_URL", value_name = "URL", value_parser = Setting(database))]
     database_url: Option<Database>,
 
-    /// Share each key's rate-limit budget with every server using this Redis (default: this
-    /// server counts alone): redis://[:PASSWORD@]HOST[:PORT][/DB]
+    /// Share each key's rate-limit budget and quota count with every server using this Redis
+    /// (default: this server counts budgets alone, quotas against the store's usage):
+    /// redis://[:PASSWORD@]HOST[:PORT][/DB]
     ///
     /// Needs --features redis.
     #[arg(long, env = "REDIS_URL", value_name = "URL", value_parser = Setting(redis_url))]

@@ -65,8 +65,9 @@
 //!   request whose connection comes from one of them, a key's allowed addresses are checked
 //!   against the rightmost `X-Forwarded-For` entry that is not a trusted proxy. Without any,
 //!   `X-Forwarded-For` is ignored: any client can write it.
-//! - `--redis-url` / `REDIS_URL` (build with `--features redis`): keys' rate-limit budgets are
-//!   shared through this Redis by every server using it; unset, each server counts alone.
+//! - `--redis-url` / `REDIS_URL` (build with `--features redis`): keys' rate-limit budgets and
+//!   quota counts are shared through this Redis by every server using it; unset, each server
+//!   counts budgets alone and quotas against the store's usage.
 //!   `--redis-lease` / `REDIS_LEASE` (1 to 1000) spends that many requests of a budget
 //!   between round trips; `--redis-timeout-ms` / `REDIS_TIMEOUT_MS` (default 100) is how long
 //!   a check waits before the request is let through uncounted. Redis unreachable at start
@@ -125,7 +126,7 @@ use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{ApiKeyLayer, KeyManager, Pepper};
 use tracing_subscriber::EnvFilter;
 
-use crate::budgets::with_budgets;
+use crate::budgets::{with_budgets, with_shared_quotas};
 use crate::config::{Config, Database};
 use crate::routes::{AppState, app};
 use crate::serve::serve_connections;
@@ -206,7 +207,11 @@ async fn serve(config: Config) -> Result<(), String> {
 
     let opened = open_store(&config.database).await?;
     let manager = KeyManager::new(Arc::clone(&opened.store), pepper);
-    let recorder = UsageRecorder::new(Arc::clone(&opened.store));
+    let recorder = with_shared_quotas(
+        UsageRecorder::new(Arc::clone(&opened.store)),
+        &config.budgets,
+    )
+    .await?;
     let flusher = recorder.spawn_flusher(config.flush_interval);
     if !config.trusted_proxies.is_empty() {
         let proxies: Vec<String> = config

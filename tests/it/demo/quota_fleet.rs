@@ -95,3 +95,55 @@ async fn two_processes_overshoot_a_quota_by_at_most_what_the_other_served_in_one
     assert_quota_exceeded(&a, &key).await;
     assert_quota_exceeded(&b, &key).await;
 }
+
+/// Two servers on one PostgreSQL schema, both given `--redis-url`, spend one count in Redis:
+/// with usage flushed only once an hour (so the store can't help), a quota of 10 lets exactly
+/// 10 requests through, whichever server answers.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_given_one_redis_count_a_quota_exactly() {
+    crate::support::clock::in_one_quota_period().await;
+    let Some(schema) = Schema::create().await else {
+        return; // no PostgreSQL: `Schema::create` said why
+    };
+    if tokio::net::TcpStream::connect("127.0.0.1:6379")
+        .await
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("REQUIRE_REDIS").is_none(),
+            "REQUIRE_REDIS is set but no Redis answers on 127.0.0.1:6379"
+        );
+        eprintln!("skipped: no Redis answers on 127.0.0.1:6379");
+        return;
+    }
+    let start = || {
+        Launch::new()
+            .arg("--database-url")
+            .arg(&schema.url_with_search_path())
+            .arg("--redis-url")
+            .arg("redis://127.0.0.1:6379")
+            .arg("--last-used-flush-ms")
+            .arg("3600000")
+            // A slow answer on a loaded machine must not pass a request uncounted.
+            .arg("--redis-timeout-ms")
+            .arg("10000")
+            .env("RUST_LOG", "info,sqlx=warn")
+            .start()
+    };
+    let a = start().await;
+    let b = start().await;
+    let (_id, key) = key_with_daily_quota(&a, 10).await;
+
+    for _ in 0..7 {
+        assert_accepted(&a, &key).await;
+    }
+    let served_by_b = served_until_refused(&b, &key, 10).await;
+    assert_eq!(served_by_b, 3, "one count of 10 for both servers");
+    assert_quota_exceeded(&a, &key).await;
+    assert!(
+        a.log().contains("quotas are counted in Redis")
+            && b.log().contains("quotas are counted in Redis"),
+        "both servers say where quotas are counted"
+    );
+}
