@@ -381,7 +381,7 @@ impl<R: Resolver> Gatekeeper<R> {
 
     /// Lets the account in if its quota allows; a quota kept elsewhere sends it to wait for
     /// the verdict.
-    #[inline]
+    #[inline(always)]
     fn let_in(
         &self,
         account: Arc<R::Account>,
@@ -389,11 +389,27 @@ impl<R: Resolver> Gatekeeper<R> {
         origin: Origin,
         now: Instant,
     ) -> Decision<R::Account> {
-        // The usual case, a key without a quota, pays one call that answers `None`.
+        // The usual case, a key without a quota, pays one `Option` read (the account's
+        // `spend_quota` inlined), and accepting inline: no call of its own.
         match account.spend_quota(now) {
             None => self.accept(account, budget, origin, now),
-            Some(QuotaCheck::Ready(verdict)) => self.meter(verdict, account, origin, budget, now),
-            Some(QuotaCheck::Pending(verdict)) => Decision::Meter(account, verdict, origin, budget),
+            Some(check) => self.check_quota(check, account, origin, budget, now),
+        }
+    }
+
+    /// Finishes a quota's check: at once, or by waiting for its verdict.
+    #[inline(never)]
+    fn check_quota(
+        &self,
+        check: QuotaCheck,
+        account: Arc<R::Account>,
+        origin: Origin,
+        budget: Option<Budget>,
+        now: Instant,
+    ) -> Decision<R::Account> {
+        match check {
+            QuotaCheck::Ready(verdict) => self.meter(verdict, account, origin, budget, now),
+            QuotaCheck::Pending(verdict) => Decision::Meter(account, verdict, origin, budget),
         }
     }
 
@@ -426,7 +442,7 @@ impl<R: Resolver> Gatekeeper<R> {
 
     /// Accepts the account: counts it, records its use (at `now`) and names it in the
     /// request's span.
-    #[inline]
+    #[inline(always)]
     fn accept(
         &self,
         account: Arc<R::Account>,

@@ -328,6 +328,7 @@ impl Account for KeyIdentity {
         self.rate_limit
     }
 
+    #[inline]
     fn allowed_ips(&self) -> Option<&AllowedIps> {
         self.allowed_ips.as_ref()
     }
@@ -336,12 +337,11 @@ impl Account for KeyIdentity {
     /// [`usage`](crate::usage)), [`QuotaCheck::Ready`]; or, if the recorder shares quotas
     /// through Redis ([`UsageRecorder::share_quotas`](crate::usage::UsageRecorder)), counted
     /// there, [`QuotaCheck::Pending`].
+    // Inline: a key without a quota pays one `Option` read, not a call.
+    #[inline]
     fn spend_quota(&self, at: Instant) -> Option<QuotaCheck> {
         let (quota, tally) = self.quota.as_ref()?;
-        Some(match &self.recorder {
-            Some(recorder) => recorder.spend_quota(tally, *quota, at),
-            None => QuotaCheck::Ready(tally.spend(*quota, SystemTime::now())),
-        })
+        Some(self.spend_from(tally, *quota, at))
     }
 
     #[inline]
@@ -350,11 +350,29 @@ impl Account for KeyIdentity {
             recorder.record(&self.usage, at, outcome);
         }
         if outcome == UseOutcome::RefusedForScope {
-            if let Some((quota, tally)) = &self.quota {
-                match &self.recorder {
-                    Some(recorder) => recorder.refund_quota(tally, *quota, at),
-                    None => tally.refund(),
-                }
+            self.refund_quota(at);
+        }
+    }
+}
+
+impl KeyIdentity {
+    /// Spends one request of `quota` from `tally`: through the recorder (in Redis if it
+    /// shares quotas), or in this process.
+    #[inline(never)]
+    fn spend_from(&self, tally: &Arc<QuotaTally>, quota: Quota, at: Instant) -> QuotaCheck {
+        match &self.recorder {
+            Some(recorder) => recorder.spend_quota(tally, quota, at),
+            None => QuotaCheck::Ready(tally.spend(quota, SystemTime::now())),
+        }
+    }
+
+    /// Gives back the quota a request refused for its scope had spent.
+    #[cold]
+    fn refund_quota(&self, at: Instant) {
+        if let Some((quota, tally)) = &self.quota {
+            match &self.recorder {
+                Some(recorder) => recorder.refund_quota(tally, *quota, at),
+                None => tally.refund(),
             }
         }
     }

@@ -96,6 +96,16 @@ impl Period {
         UNIX_EPOCH + Duration::from_secs(self.end)
     }
 
+    /// Whether the second `secs` (since the Unix epoch) lies in the period.
+    pub(crate) fn holds(&self, secs: u64) -> bool {
+        (self.start..self.end).contains(&secs)
+    }
+
+    /// Whether it is a period of `kind` (a day is 86,400 s; a month, 28 days or more).
+    pub(crate) fn is_of(&self, kind: QuotaPeriod) -> bool {
+        (self.end - self.start == 86_400) == (kind == QuotaPeriod::Day)
+    }
+
     /// Whole seconds from `now` until the period ends, rounded up (at least 1): what a
     /// refused client is told to wait.
     pub fn seconds_left(&self, now: SystemTime) -> u64 {
@@ -230,6 +240,20 @@ mod tests {
         }
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
+    }
+
+    #[test]
+    fn a_period_knows_its_kind_and_its_seconds() {
+        // 2026-02-01: a day and a month that start together.
+        let (day, month) = (
+            QuotaPeriod::Day.containing(at(1_769_904_000)),
+            QuotaPeriod::Month.containing(at(1_769_904_000)),
+        );
+        assert_eq!(day.start_secs(), month.start_secs());
+        assert!(day.is_of(QuotaPeriod::Day) && !day.is_of(QuotaPeriod::Month));
+        assert!(month.is_of(QuotaPeriod::Month) && !month.is_of(QuotaPeriod::Day));
+        assert!(day.holds(day.start_secs()) && day.holds(day.end_secs() - 1));
+        assert!(!day.holds(day.end_secs()) && !day.holds(day.start_secs() - 1));
     }
 
     #[test]

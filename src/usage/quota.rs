@@ -32,7 +32,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::policy::{Period, Quota};
 use crate::store::{AccountId, KeyId, KeyStore, StoreError};
@@ -100,6 +100,23 @@ impl Counts {
         u64::try_from(sum.max(0)).unwrap_or(u64::MAX)
     }
 
+    /// The period of `quota` that holds `at`, moved to if it is later than the one counted
+    /// (a new period starts empty). The counted period answers without any calendar
+    /// arithmetic while it holds `at`: the usual case, on every request.
+    fn period_of(&mut self, quota: Quota, at: SystemTime) -> Period {
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        match self.period {
+            Some(counted) if counted.holds(secs) && counted.is_of(quota.period()) => counted,
+            _ => {
+                let period = quota.period().containing(at);
+                self.roll_to(period);
+                period
+            }
+        }
+    }
+
     /// Moves to `period` if it is later than the one counted: a new period starts empty.
     fn roll_to(&mut self, period: Period) {
         if self
@@ -125,9 +142,8 @@ impl QuotaTally {
 
     /// Counts one request made at `at` if it fits `quota`.
     pub(crate) fn spend(&self, quota: Quota, at: SystemTime) -> QuotaVerdict {
-        let period = quota.period().containing(at);
         let mut counts = lock(&self.counts);
-        counts.roll_to(period);
+        let period = counts.period_of(quota, at);
         if counts.used() >= u64::from(quota.requests()) {
             return QuotaVerdict::Exceeded {
                 retry_after: Duration::from_secs(period.seconds_left(at)),
@@ -141,9 +157,8 @@ impl QuotaTally {
     /// count says: this process's share of the period's count, for [`estimate`](Self::estimate).
     #[cfg(feature = "redis")]
     pub(crate) fn count(&self, quota: Quota, at: SystemTime) {
-        let period = quota.period().containing(at);
         let mut counts = lock(&self.counts);
-        counts.roll_to(period);
+        counts.period_of(quota, at);
         counts.unwritten += 1;
     }
 
