@@ -701,10 +701,17 @@ impl KeyManager {
             policy::check_time(at)?;
         }
         let owner = account.clone();
+        // Which fields changed, never their values (metadata is not logged).
         let (name, scopes, expiry) = (
             update.name.is_some(),
             update.scopes.is_some(),
             update.expires_at.is_some(),
+        );
+        let (rate_limit, quota, allowed_ips, metadata) = (
+            update.rate_limit.is_some(),
+            update.quota.is_some(),
+            update.allowed_ips.is_some(),
+            update.metadata.is_some(),
         );
         let record = self
             .change(
@@ -717,6 +724,10 @@ impl KeyManager {
                             name,
                             scopes,
                             expiry,
+                            rate_limit,
+                            quota,
+                            allowed_ips,
+                            metadata,
                             "api key policy changed"
                         );
                     })

@@ -14,6 +14,7 @@ use tower_api_key::usage::{Granularity, UsageRange, UsageRecorder};
 use tower_api_key::{ApiKeyLayer, ClientAddr, KeyManager, KeyOptions, PolicyUpdate};
 
 use crate::policy::app::App;
+use crate::support::logs::Lines;
 use crate::support::stores::TestStore;
 use crate::support::{account, pepper};
 
@@ -274,29 +275,10 @@ async fn a_refusal_for_the_address_counts_as_refused_and_is_not_a_use() {
     assert_eq!(info.last_used_at, None, "a refused request is not a use");
 }
 
-/// Log lines written by `tracing_subscriber::fmt`, for the test that reads them.
-#[derive(Clone, Default)]
-struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_stack_without_an_address_is_named_in_one_warning() {
     let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = lines.capture(tracing::Level::WARN);
 
     let manager = KeyManager::new(TestStore::new(), pepper());
     let created = manager
@@ -319,7 +301,7 @@ async fn a_stack_without_an_address_is_named_in_one_warning() {
         let response = service.clone().oneshot(request).await.expect("answer");
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
-    let text = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("utf-8");
+    let text = lines.text();
     assert_eq!(text.matches("WARN").count(), 1, "{text}");
     assert!(text.contains("no client address"), "{text}");
     assert!(

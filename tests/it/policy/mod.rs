@@ -11,6 +11,8 @@ mod expiry;
 mod grace;
 mod grpc;
 #[cfg(feature = "axum")]
+mod metadata;
+#[cfg(feature = "axum")]
 mod quota;
 #[cfg(all(feature = "axum", feature = "redis"))]
 mod quota_redis;
