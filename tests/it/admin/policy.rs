@@ -280,6 +280,15 @@ fn refused_bodies() -> Vec<(String, &'static str)> {
         format!(r#"{{"metadata": {}}}"#, metadata_of(4097)),
         "metadata must be at most 4096 bytes",
     ));
+    // Nested deeper than JSON is read (and within the body's 16 KiB): a 400, not a crash.
+    cases.push((
+        format!(
+            r#"{{"metadata": {{"deep": {}1{}}}}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        ),
+        "recursion limit",
+    ));
     cases
 }
 
