@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::authorize::{AdminAttempt, AdminCaller, AdminDenied, AdminOperation};
 use crate::manager::KeyInfo;
-use crate::policy::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
+use crate::policy::{AllowedIps, KeyOptions, PolicyUpdate, Quota, RateLimit, Scopes};
 
 /// The built-in authorization rules for an operator and self-service tenants; the default
 /// [`AdminAuthorizer::authorize`](super::AdminAuthorizer::authorize).
@@ -47,12 +47,15 @@ use crate::policy::{KeyOptions, PolicyUpdate, RateLimit, Scopes};
 /// ```
 /// use std::time::Duration;
 /// use tower_api_key::admin::{AdminToken, AdminTokens, KeyCeiling, SelfService};
+/// use tower_api_key::policy::{Quota, QuotaPeriod};
 /// use tower_api_key::{RateLimit, Scopes};
 ///
-/// // Tenants create read-only keys, at most 10 requests a second, living 90 days at most.
+/// // Tenants create read-only keys, at most 10 requests a second and 100,000 a month,
+/// // living 90 days at most.
 /// let ceiling = KeyCeiling::new()
 ///     .scopes(Scopes::new(["read"])?)
 ///     .rate_limit(RateLimit::new(10, 1)?)
+///     .quota(Quota::new(100_000, QuotaPeriod::Month)?)
 ///     .lifetime(Duration::from_secs(90 * 86_400));
 /// let tokens = AdminTokens::new()
 ///     .tenant("acme".parse()?, AdminToken::new("acme-token-0123456789")?)
@@ -188,6 +191,8 @@ pub struct KeyCeiling {
     scopes: Option<Scopes>,
     rate_limit: Option<RateLimit>,
     lifetime: Option<Duration>,
+    quota: Option<Quota>,
+    allowed_ips: Option<AllowedIps>,
 }
 
 impl KeyCeiling {
@@ -218,6 +223,21 @@ impl KeyCeiling {
         self
     }
 
+    /// New keys must carry a quota within `quota`: over the same period, no more requests.
+    #[must_use]
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// New keys must be restricted to addresses within `allowed` (a key usable from
+    /// anywhere is refused).
+    #[must_use]
+    pub fn allowed_ips(mut self, allowed: AllowedIps) -> Self {
+        self.allowed_ips = Some(allowed);
+        self
+    }
+
     /// Whether a key created with `options` at `now` stays within the ceiling.
     fn admits(&self, options: &KeyOptions, now: SystemTime) -> bool {
         let scopes = self.scopes.as_ref().is_none_or(|ceiling| {
@@ -238,14 +258,23 @@ impl KeyCeiling {
                     (None, Some(after)) => after <= lifetime,
                     (None, None) => false,
                 });
-        scopes && rate_limit && lifetime
+        let quota = self
+            .quota
+            .is_none_or(|ceiling| options.quota.is_some_and(|asked| asked.is_within(&ceiling)));
+        let allowed_ips = self.allowed_ips.as_ref().is_none_or(|ceiling| {
+            options
+                .allowed_ips
+                .as_ref()
+                .is_some_and(|asked| asked.is_within(ceiling))
+        });
+        scopes && rate_limit && lifetime && quota && allowed_ips
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{AllowedIps, Quota, QuotaPeriod};
+    use crate::policy::QuotaPeriod;
 
     fn limit(requests: u32, per_seconds: u32) -> RateLimit {
         RateLimit::new(requests, per_seconds).expect("valid")
@@ -377,6 +406,40 @@ mod tests {
             let as_operator =
                 AdminAttempt::new(&parts, &AdminCaller::Operator, &account, operation);
             assert_eq!(rules.authorize(&as_operator), Ok(()), "{operation:?}");
+        }
+    }
+
+    #[test]
+    fn a_ceiling_bounds_quotas_and_addresses() {
+        let now = SystemTime::UNIX_EPOCH;
+        let day = |n| Quota::new(n, QuotaPeriod::Day).expect("valid");
+        let blocks = |list: &[&str]| AllowedIps::new(list).expect("valid");
+        let ceiling = KeyCeiling::new()
+            .quota(day(1000))
+            .allowed_ips(blocks(&["10.0.0.0/8"]));
+        let within = KeyOptions::new()
+            .quota(day(10))
+            .allowed_ips(blocks(&["10.1.2.3"]));
+        assert!(ceiling.admits(&within, now));
+        for (outside, why) in [
+            (within.clone().quota(day(1001)), "more requests"),
+            (
+                within
+                    .clone()
+                    .quota(Quota::new(10, QuotaPeriod::Month).expect("valid")),
+                "another period",
+            ),
+            (
+                within.clone().allowed_ips(blocks(&["192.0.2.1"])),
+                "elsewhere",
+            ),
+            (
+                KeyOptions::new().allowed_ips(blocks(&["10.1.2.3"])),
+                "no quota",
+            ),
+            (KeyOptions::new().quota(day(10)), "any address"),
+        ] {
+            assert!(!ceiling.admits(&outside, now), "{why}");
         }
     }
 

@@ -269,6 +269,36 @@ async fn a_ceiling_bounds_what_a_tenant_creates_but_not_the_operator() {
     admin.create("acme", None).await;
 }
 
+#[tokio::test]
+async fn a_ceiling_can_bound_the_quota_and_addresses_of_a_tenants_new_keys() {
+    use tower_api_key::policy::{AllowedIps, Quota, QuotaPeriod};
+
+    let ceiling = KeyCeiling::new()
+        .quota(Quota::new(1000, QuotaPeriod::Day).expect("quota"))
+        .allowed_ips(AllowedIps::new(["10.0.0.0/8"]).expect("blocks"));
+    let admin =
+        Harness::with_authorizer(tokens().self_service(SelfService::new().ceiling(ceiling))).await;
+    let keys = "/admin/accounts/acme/keys";
+    for body in [
+        "{}",
+        r#"{"allowed_ips":["10.1.0.0/16"]}"#,
+        r#"{"quota":{"requests":10,"period":"day"}}"#,
+        r#"{"quota":{"requests":1001,"period":"day"},"allowed_ips":["10.1.0.0/16"]}"#,
+        r#"{"quota":{"requests":10,"period":"month"},"allowed_ips":["10.1.0.0/16"]}"#,
+        r#"{"quota":{"requests":10,"period":"day"},"allowed_ips":["10.1.0.0/16","192.0.2.1"]}"#,
+    ] {
+        let reply = as_caller(&admin, ACME, Method::POST, keys, Some(body)).await;
+        reply.assert_error(StatusCode::FORBIDDEN, body);
+        assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
+    }
+    assert!(admin.list("acme").await.is_empty());
+    let within = r#"{"quota":{"requests":1000,"period":"day"},"allowed_ips":["10.1.0.0/16"]}"#;
+    let reply = as_caller(&admin, ACME, Method::POST, keys, Some(within)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    // The operator isn't bound by it.
+    admin.create("acme", None).await;
+}
+
 /// Records every attempt it is asked about, and lets everything through; every request
 /// comes from `caller` (the operator by default).
 #[derive(Default, Clone)]
