@@ -284,7 +284,15 @@ impl QuotaLedger {
                     && delta.hour < Hour::containing(period.end())
             });
             if in_period {
-                counts.unwritten -= delta.accepted;
+                // The requests this tally counted move from unwritten to written. Any beyond
+                // them were accepted before the key had a quota (by an identity without one,
+                // before an update gave it one): new to the tally, they count from now on.
+                let moved = if delta.accepted > 0 {
+                    delta.accepted.min(counts.unwritten.max(0))
+                } else {
+                    delta.accepted
+                };
+                counts.unwritten -= moved;
                 counts.written += delta.accepted;
             }
         }
@@ -472,6 +480,25 @@ mod tests {
         // A write of another period's hour doesn't touch this period's count.
         ledger.written(&accepted(&account, id, NOON - 40 * 86_400, 50));
         assert_eq!(tally.used(quota, at(NOON)), 13);
+    }
+
+    #[tokio::test]
+    async fn requests_accepted_before_the_key_had_a_quota_count_once_written() {
+        let (store, account, id) = setup().await;
+        let ledger = QuotaLedger::default();
+        let quota = Quota::new(10, QuotaPeriod::Day).expect("valid");
+        // The key gets its quota while 4 requests accepted without one wait to be written.
+        let tally = ledger
+            .tally(&*store, &account, id, quota, at(NOON))
+            .await
+            .expect("loaded");
+        assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
+        let batch = accepted(&account, id, NOON, 5); // the 4, and the one just counted
+        store.record_usage(&batch).await.expect("written");
+        ledger.written(&batch);
+        assert_eq!(tally.used(quota, at(NOON)), 5);
+        ledger.refresh(&*store).await.expect("read");
+        assert_eq!(tally.used(quota, at(NOON)), 5, "each counted once");
     }
 
     #[tokio::test]

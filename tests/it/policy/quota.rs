@@ -284,3 +284,30 @@ async fn two_layers_on_one_store_see_each_other_after_a_flush() {
     assert_quota_exceeded(&left.get("/v1/ping", key).await);
     assert_quota_exceeded(&right.get("/v1/ping", key).await);
 }
+
+#[tokio::test]
+async fn requests_made_before_a_quota_was_set_count_against_it() {
+    in_one_quota_period().await;
+    let store = TestStore::new();
+    let recorder = UsageRecorder::new(store.clone());
+    let app = App::start_on(store, |builder| builder.record_usage(recorder.clone())).await;
+    let created = app.manager.create(&app.account).await.expect("create");
+    let key = created.key.expose_secret();
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/ping", key).await.status, StatusCode::OK);
+    }
+    // The quota comes while those 3 wait to be written.
+    app.manager
+        .update(
+            &app.account,
+            created.info.id,
+            PolicyUpdate::new().quota(Some(per_day(5))),
+        )
+        .await
+        .expect("update");
+    assert_eq!(app.get("/v1/ping", key).await.status, StatusCode::OK);
+    recorder.flush().await.expect("flush");
+    // 4 of 5 used: one more, then none.
+    assert_eq!(app.get("/v1/ping", key).await.status, StatusCode::OK);
+    assert_quota_exceeded(&app.get("/v1/ping", key).await);
+}
