@@ -9,7 +9,7 @@
 //! - [`layer`], [`service`], [`future`]: [`ApiKeyLayer`] reads `X-API-KEY`, parses and
 //!   digests it, answers from the cache or asks the resolver, and either calls the inner
 //!   service with [`Authenticated<Account>`](Authenticated) in the request's extensions or
-//!   answers itself ([`rejection`]: 401 / 503 as JSON, or a gRPC status).
+//!   answers itself ([`rejection`]: 401 / 403 / 429 / 503 as JSON, or a gRPC status).
 //! - [`cache`]: moka-backed positive and negative entries keyed by digest, coalesced misses,
 //!   invalidation without stale entries.
 //! - [`resolver`]: the pluggable [`Resolver`] trait and the store-backed [`StoreResolver`].
@@ -18,12 +18,14 @@
 //! - [`require_scope`]: [`RequireScopeLayer`], 403 for a key without a route's scope.
 //! - [`manager`]: [`KeyManager`], the lifecycle rules (at most 3 keys per account; rotate,
 //!   with or without a grace period, revoke, reactivate, delete, each effective at once).
-//! - [`policy`]: what a key may do and for how long: names, scopes, expiry, grace periods.
+//! - [`policy`]: what a key may do, how often, for how long and from where: names, scopes,
+//!   expiry, grace periods, rate limits, quotas, allowed addresses, metadata.
+//! - [`client_addr`]: where a request came from, for keys with allowed addresses.
 //! - [`invalidation`]: how key changes reach caches before the change returns.
 //! - [`feed`]: how other processes' key changes reach this process's caches (the
 //!   [`ChangeFeed`](feed::ChangeFeed) trait and its fail-closed runner).
 //! - [`usage`]: `last_used_at` and requests per key per hour, recorded off the hot path in
-//!   batches.
+//!   batches; quotas counted from them.
 //! - [`metrics`]: the layer's counters, renderable for Prometheus.
 //! - `admin` (feature `admin`): the key-management JSON API as an axum `Router`, behind a
 //!   pluggable authorizer.
@@ -34,7 +36,8 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `axum` | no | `FromRequestParts` / `OptionalFromRequestParts` for [`Authenticated`] (depends on `axum-core` only) |
+//! | `axum` | no | `FromRequestParts` / `OptionalFromRequestParts` for [`Authenticated`], and the client address from axum's `ConnectInfo<SocketAddr>` for keys with allowed addresses (axum-core, axum) |
+//! | `tonic` | no | the client address from tonic's `TcpConnectInfo`, for keys with allowed addresses (tonic's `server` feature) |
 //! | `metrics` | no | the layer's counters also reported through the `metrics` facade crate |
 //! | `sqlite` | no | `SqliteStore`: keys in a SQLite file, one process (sqlx, bundled SQLite) |
 //! | `admin` | no | `admin::AdminRouter`: the key-management JSON API as an axum `Router`, with `AdminAuthorizer`, `AdminToken`, `AdminTokens` and the `SelfService` rules (axum, serde, serde_json, time, tower-http; implies `axum`) |
