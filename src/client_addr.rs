@@ -32,6 +32,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Extensions, HeaderMap, HeaderName};
 
@@ -52,9 +53,11 @@ const MAX_HOPS: usize = 32;
 
 /// How the layer finds a request's client address: from the connection, and through the
 /// proxies it trusts.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct AddressSource {
     trusted_proxies: Option<Arc<[Cidr]>>,
+    /// Whether a request without an address was named in a warning.
+    warned: AtomicBool,
 }
 
 impl AddressSource {
@@ -64,18 +67,31 @@ impl AddressSource {
         let proxies: Arc<[Cidr]> = proxies.into_iter().collect();
         Self {
             trusted_proxies: (!proxies.is_empty()).then_some(proxies),
+            warned: AtomicBool::new(false),
         }
     }
 
     /// The client's address, or `None` if the stack provides none, or if a trusted proxy's
     /// `X-Forwarded-For` is unreadable (not ASCII, an entry that is not an address, more
     /// than 32 entries to read).
+    /// The first request without one logs a warning (once per layer): the stack, or its
+    /// proxies, need fixing.
     pub(crate) fn client(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
-        let peer = connection_address(extensions)?.to_canonical();
-        match &self.trusted_proxies {
-            Some(proxies) => through_proxies(peer, headers, proxies),
-            None => Some(peer),
+        let client = connection_address(extensions).and_then(|peer| {
+            let peer = peer.to_canonical();
+            match &self.trusted_proxies {
+                Some(proxies) => through_proxies(peer, headers, proxies),
+                None => Some(peer),
+            }
+        });
+        if client.is_none() && !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "a key with allowed addresses was refused: the request carries no client \
+                 address (see tower_api_key::client_addr for how each stack provides one) \
+                 or an X-Forwarded-For from a trusted proxy that can't be read"
+            );
         }
+        client
     }
 }
 
@@ -137,7 +153,10 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
     if let Some(rest) = entry.strip_prefix('[') {
         let (address, tail) = rest.split_once(']')?;
         let port_ok = tail.is_empty() || tail.strip_prefix(':').is_some_and(is_port);
-        return port_ok.then(|| address.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))?;
+        if !port_ok {
+            return None;
+        }
+        return address.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
     }
     let (address, port) = entry.rsplit_once(':')?;
     if !is_port(port) {

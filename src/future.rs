@@ -32,10 +32,9 @@ use tower_service::Service;
 use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::cache::PendingResolution;
-use crate::gatekeeper::{Decision, Gatekeeper, Origin};
-use crate::rate_limit::{self, Budget, PendingVerdict, Verdict};
+use crate::gatekeeper::{Decision, Gatekeeper, Origin, Wait};
+use crate::rate_limit::{self, Budget};
 use crate::resolver::Resolver;
-use crate::usage::{PendingQuotaVerdict, QuotaVerdict};
 
 pin_project! {
     /// Response future of [`ApiKeyService`](crate::ApiKeyService).
@@ -86,25 +85,11 @@ pin_project! {
 
 /// A request waiting for the rate limiter's or the quota's verdict on its account.
 struct Throttled<S, B, A> {
-    verdict: Waiting,
+    verdict: Wait,
     account: Arc<A>,
     origin: Origin,
     inner: S,
     request: Request<B>,
-}
-
-/// What a throttled request waits for.
-enum Waiting {
-    /// The rate limiter's verdict.
-    RateLimit(PendingVerdict),
-    /// The quota's, after the rate limit let the request through with this budget.
-    Quota(PendingQuotaVerdict, Option<Budget>),
-}
-
-/// What a throttled request waited for, and got.
-enum Finished {
-    RateLimit(Verdict),
-    Quota(QuotaVerdict, Option<Budget>),
 }
 
 /// The inner service that `poll_ready` prepared: still in the service (a decision made in
@@ -211,17 +196,7 @@ where
             },
             Decision::Throttle(account, verdict, origin) => State::Throttling {
                 throttled: Some(Box::new(Throttled {
-                    verdict: Waiting::RateLimit(verdict),
-                    account,
-                    origin,
-                    inner: ready.hold(),
-                    request,
-                })),
-                gatekeeper: Arc::clone(gatekeeper),
-            },
-            Decision::Meter(account, verdict, origin, budget) => State::Throttling {
-                throttled: Some(Box::new(Throttled {
-                    verdict: Waiting::Quota(verdict, budget),
+                    verdict,
                     account,
                     origin,
                     inner: ready.hold(),
@@ -277,14 +252,7 @@ where
                         .as_mut()
                         .expect("ResponseFuture polled after completion");
                     // Polled to its end before the box is taken apart.
-                    let finished = match &mut waiting.verdict {
-                        Waiting::RateLimit(verdict) => {
-                            Finished::RateLimit(ready!(verdict.as_mut().poll(cx)))
-                        }
-                        Waiting::Quota(verdict, budget) => {
-                            Finished::Quota(ready!(verdict.as_mut().poll(cx)), *budget)
-                        }
-                    };
+                    let waited = ready!(waiting.verdict.poll(cx));
                     let Throttled {
                         account,
                         origin,
@@ -292,15 +260,7 @@ where
                         request,
                         ..
                     } = *throttled.take().expect("checked above");
-                    let now = Instant::now();
-                    let decision = match finished {
-                        Finished::RateLimit(verdict) => {
-                            gatekeeper.apply(verdict, account, origin, now)
-                        }
-                        Finished::Quota(verdict, budget) => {
-                            gatekeeper.meter(verdict, account, origin, budget, now)
-                        }
-                    };
+                    let decision = gatekeeper.resume(waited, account, origin, Instant::now());
                     State::start(decision, Ready::Held(inner), request, gatekeeper)
                 }
             };

@@ -3,18 +3,17 @@
 //! [`Gatekeeper::decide`] does everything that needs no `.await` (read, trim and parse the
 //! header, digest the key, ask the cache, check the client's address, spend the key's
 //! rate-limit budget and quota) and returns a [`Decision`]; a cache miss comes back later
-//! through [`Gatekeeper::conclude`], a rate limit kept elsewhere through
-//! [`Gatekeeper::apply`], a quota kept elsewhere through [`Gatekeeper::meter`]. Admission is
+//! through [`Gatekeeper::conclude`], a rate limit or quota kept elsewhere through
+//! [`Gatekeeper::resume`]. Admission is
 //! `admit` (the address) → `apply` (only for a limited key) → `let_in` (the quota, for a key
 //! with one) → `accept`. Everything here is shared by every clone of the service.
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::RETRY_AFTER;
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 
@@ -137,8 +136,6 @@ pub(crate) struct Gatekeeper<R: Resolver> {
     pub(crate) limits: Limits,
     pub(crate) addresses: AddressSource,
     pub(crate) metrics: Arc<Metrics>,
-    /// Whether the warning about a stack that provides no client address was logged.
-    pub(crate) warned_no_address: AtomicBool,
 }
 
 /// What to do with one request; [`ResponseFuture::start`](crate::future::ResponseFuture)
@@ -157,11 +154,34 @@ pub(crate) enum Decision<A> {
     OverQuota(Duration, Option<Budget>),
     /// Wait for the resolver's answer on the key (a cache miss).
     Resolve(PendingResolution<A>),
-    /// Wait for the rate limiter's verdict on `A`.
-    Throttle(Arc<A>, PendingVerdict, Origin),
-    /// Wait for the quota's verdict on `A`, which its rate limit (with this budget, if any)
-    /// let through.
-    Meter(Arc<A>, PendingQuotaVerdict, Origin, Option<Budget>),
+    /// Wait for a verdict on `A` kept elsewhere: its rate limit's, or its quota's.
+    Throttle(Arc<A>, Wait, Origin),
+}
+
+/// A verdict an authenticated request waits for, kept elsewhere (in Redis, say).
+pub(crate) enum Wait {
+    /// The rate limiter's.
+    RateLimit(PendingVerdict),
+    /// The quota's, after the rate limit let the request through with this budget.
+    Quota(PendingQuotaVerdict, Option<Budget>),
+}
+
+/// The verdict a [`Wait`] ended with.
+pub(crate) enum Waited {
+    RateLimit(Verdict),
+    Quota(QuotaVerdict, Option<Budget>),
+}
+
+impl Wait {
+    /// Polls the verdict to its end.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Waited> {
+        Poll::Ready(match self {
+            Self::RateLimit(verdict) => Waited::RateLimit(ready!(verdict.as_mut().poll(cx))),
+            Self::Quota(verdict, budget) => {
+                Waited::Quota(ready!(verdict.as_mut().poll(cx)), *budget)
+            }
+        })
+    }
 }
 
 /// Where an accepted account came from: the cache (with the prefix, for the request's span)
@@ -313,14 +333,30 @@ impl<R: Resolver> Gatekeeper<R> {
         match self.limits.acquire(&*account) {
             None => self.let_in(account, None, origin, now),
             Some(Acquire::Ready(verdict)) => self.apply(verdict, account, origin, now),
-            Some(Acquire::Pending(verdict)) => Decision::Throttle(account, verdict, origin),
+            Some(Acquire::Pending(verdict)) => {
+                Decision::Throttle(account, Wait::RateLimit(verdict), origin)
+            }
+        }
+    }
+
+    /// Finishes [`Decision::Throttle`] with the verdict it waited for.
+    pub(crate) fn resume(
+        &self,
+        waited: Waited,
+        account: Arc<R::Account>,
+        origin: Origin,
+        now: Instant,
+    ) -> Decision<R::Account> {
+        match waited {
+            Waited::RateLimit(verdict) => self.apply(verdict, account, origin, now),
+            Waited::Quota(verdict, budget) => self.meter(verdict, account, origin, budget, now),
         }
     }
 
     /// Lets the account in with its budget, or refuses it, as the rate limiter's verdict
-    /// says; also finishes [`Decision::Throttle`].
+    /// says.
     #[inline(never)]
-    pub(crate) fn apply(
+    fn apply(
         &self,
         verdict: Verdict,
         account: Arc<R::Account>,
@@ -356,27 +392,17 @@ impl<R: Resolver> Gatekeeper<R> {
         }
     }
 
-    /// Whether the request's client address is in `allowed`. A stack that provides no
-    /// address refuses (fail closed), and the first such request logs a warning.
+    /// Whether the request's client address is in `allowed`. A request without an address
+    /// is refused (fail closed).
     #[cold]
     fn address_allowed(
         &self,
         allowed: &AllowedIps,
         (headers, extensions): (&HeaderMap, &Extensions),
     ) -> bool {
-        match self.addresses.client(headers, extensions) {
-            Some(address) => allowed.contains(address),
-            None => {
-                if !self.warned_no_address.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "a key with allowed addresses was refused: the request carries no client \
-                         address (see tower_api_key::client_addr for how each stack provides one) \
-                         or an X-Forwarded-For from a trusted proxy that can't be read"
-                    );
-                }
-                false
-            }
-        }
+        self.addresses
+            .client(headers, extensions)
+            .is_some_and(|address| allowed.contains(address))
     }
 
     /// Lets the account in if its quota allows; a quota kept elsewhere sends it to wait for
@@ -409,14 +435,15 @@ impl<R: Resolver> Gatekeeper<R> {
     ) -> Decision<R::Account> {
         match check {
             QuotaCheck::Ready(verdict) => self.meter(verdict, account, origin, budget, now),
-            QuotaCheck::Pending(verdict) => Decision::Meter(account, verdict, origin, budget),
+            QuotaCheck::Pending(verdict) => {
+                Decision::Throttle(account, Wait::Quota(verdict, budget), origin)
+            }
         }
     }
 
-    /// Lets the account in, or refuses it, as its quota's verdict says; also finishes
-    /// [`Decision::Meter`].
+    /// Lets the account in, or refuses it, as its quota's verdict says.
     #[inline(never)]
-    pub(crate) fn meter(
+    fn meter(
         &self,
         verdict: QuotaVerdict,
         account: Arc<R::Account>,
@@ -501,7 +528,7 @@ impl<R: Resolver> Gatekeeper<R> {
         let mut response = self.reject(Rejection::RateLimited, request);
         let headers = response.headers_mut();
         rate_limit::insert_budget(headers, budget);
-        rate_limit::insert_retry_after(headers, budget);
+        rate_limit::insert_retry_after(headers, budget.retry_after());
         response
     }
 
@@ -518,8 +545,7 @@ impl<R: Resolver> Gatekeeper<R> {
         if let Some(budget) = budget {
             rate_limit::insert_budget(headers, budget);
         }
-        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-        headers.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        rate_limit::insert_retry_after(headers, retry_after);
         response
     }
 

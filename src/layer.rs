@@ -24,7 +24,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use bytes::Bytes;
 use http::{HeaderName, Response};
@@ -293,7 +292,6 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
                 limits: self.limits,
                 addresses: self.addresses,
                 metrics,
-                warned_no_address: AtomicBool::new(false),
             }),
         }
     }

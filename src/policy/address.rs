@@ -35,13 +35,9 @@ impl Cidr {
     /// 128 for IPv6).
     pub fn new(address: IpAddr, len: u8) -> Result<Self, PolicyError> {
         let network = match address {
-            IpAddr::V4(v4) if len <= 32 => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-            }
+            IpAddr::V4(v4) if len <= 32 => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask_v4(len))),
             IpAddr::V6(v6) if len <= 128 => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask_v6(len)))
             }
             _ => return Err(PolicyError::InvalidAddress(format!("{address}/{len}"))),
         };
@@ -64,14 +60,10 @@ impl Cidr {
     pub fn contains(&self, address: IpAddr) -> bool {
         match (self.network, address.to_canonical()) {
             (IpAddr::V4(network), IpAddr::V4(address)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(address) & mask == u32::from(network)
+                u32::from(address) & mask_v4(self.len) == u32::from(network)
             }
             (IpAddr::V6(network), IpAddr::V6(address)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(address) & mask == u128::from(network)
+                u128::from(address) & mask_v6(self.len) == u128::from(network)
             }
             _ => false,
         }
@@ -81,6 +73,16 @@ impl Cidr {
     pub fn covers(&self, other: &Cidr) -> bool {
         self.len <= other.len && self.contains(other.network)
     }
+}
+
+/// The first `len` (at most 32) bits set.
+fn mask_v4(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0)
+}
+
+/// The first `len` (at most 128) bits set.
+fn mask_v6(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
 }
 
 impl FromStr for Cidr {

@@ -59,11 +59,12 @@ fn policy_value(limit: RateLimit) -> HeaderValue {
         .unwrap_or_else(render)
 }
 
-/// Sets `Retry-After` to the seconds until a refused request would fit (at least 1).
-pub(crate) fn insert_retry_after(headers: &mut HeaderMap, budget: &Budget) {
+/// Sets `Retry-After` to `retry_after` in whole seconds, rounded up (at least 1): when a
+/// refused request would fit, for a rate limit or a quota.
+pub(crate) fn insert_retry_after(headers: &mut HeaderMap, retry_after: Duration) {
     headers.insert(
         RETRY_AFTER,
-        HeaderValue::from(whole_seconds(budget.retry_after()).max(1)),
+        HeaderValue::from(whole_seconds(retry_after).max(1)),
     );
 }
 
@@ -144,7 +145,7 @@ mod tests {
         );
         let mut headers = HeaderMap::new();
         insert_budget(&mut headers, &budget);
-        insert_retry_after(&mut headers, &budget);
+        insert_retry_after(&mut headers, budget.retry_after());
         assert_eq!(
             headers["ratelimit-policy"],
             r#""api-key";q=1000000;w=86400"#
@@ -158,10 +159,10 @@ mod tests {
         let limit = RateLimit::new(1, 1).unwrap();
         let mut headers = HeaderMap::new();
         let soon = Budget::new(limit, 0, Duration::ZERO, Duration::from_millis(1));
-        insert_retry_after(&mut headers, &soon);
+        insert_retry_after(&mut headers, soon.retry_after());
         assert_eq!(headers["retry-after"], "1");
         let later = Budget::new(limit, 0, Duration::ZERO, Duration::from_millis(1_001));
-        insert_retry_after(&mut headers, &later);
+        insert_retry_after(&mut headers, later.retry_after());
         assert_eq!(headers["retry-after"], "2");
     }
 }
