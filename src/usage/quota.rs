@@ -30,6 +30,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -154,7 +155,7 @@ impl QuotaTally {
     }
 
     /// Counts one request made at `at` that a shared counter let in, whatever this process's
-    /// count says: this process's share of the period's count, for [`estimate`](Self::estimate).
+    /// count says: this process's share of the period's count, for [`seed`](Self::seed).
     #[cfg(feature = "redis")]
     pub(crate) fn count(&self, quota: Quota, at: SystemTime) {
         let mut counts = lock(&self.counts);
@@ -162,15 +163,20 @@ impl QuotaTally {
         counts.unwritten += 1;
     }
 
-    /// The accepted requests of the period of `quota` at `at` as this process knows them: the
-    /// store's count at the last read plus what this process wrote since and has not written
-    /// yet. Where a shared counter that lost its count starts again.
+    /// The period of `quota` that holds `at`, and its accepted requests as this process
+    /// knows them: the store's count at the last read plus what this process wrote since and
+    /// has not written yet. Where a shared counter that lost its count starts again.
     #[cfg(feature = "redis")]
-    pub(crate) fn estimate(&self, quota: Quota, at: SystemTime) -> u64 {
-        let period = quota.period().containing(at);
+    pub(crate) fn seed(&self, quota: Quota, at: SystemTime) -> (Period, u64) {
         let mut counts = lock(&self.counts);
-        counts.roll_to(period);
-        counts.used()
+        let period = counts.period_of(quota, at);
+        (period, counts.used())
+    }
+
+    /// The count of [`seed`](Self::seed) alone.
+    #[cfg(all(test, feature = "redis"))]
+    fn estimate(&self, quota: Quota, at: SystemTime) -> u64 {
+        self.seed(quota, at).1
     }
 
     /// The key counted.
@@ -229,12 +235,17 @@ impl QuotaTally {
             .usage(
                 &self.account_id,
                 Some(self.id),
-                Hour::containing(period.start()),
-                Hour::containing(period.end()),
+                hours(period).start,
+                hours(period).end,
             )
             .await?;
         Ok(rows.iter().map(|row| row.counts.accepted).sum())
     }
+}
+
+/// The hours of `period`, as usage counts them.
+fn hours(period: Period) -> Range<Hour> {
+    Hour::containing(period.start())..Hour::containing(period.end())
 }
 
 /// A tally and its `written` count when a read of the store began.
@@ -279,10 +290,9 @@ impl QuotaLedger {
                 continue;
             };
             let mut counts = lock(&tally.counts);
-            let in_period = counts.period.is_some_and(|period| {
-                Hour::containing(period.start()) <= delta.hour
-                    && delta.hour < Hour::containing(period.end())
-            });
+            let in_period = counts
+                .period
+                .is_some_and(|period| hours(period).contains(&delta.hour));
             if in_period {
                 // The requests this tally counted move from unwritten to written. Any beyond
                 // them were accepted before the key had a quota (by an identity without one,
@@ -323,12 +333,7 @@ impl QuotaLedger {
         let mut failure = None;
         for ((account_id, period), tallies) in groups {
             let rows = store
-                .usage(
-                    &account_id,
-                    None,
-                    Hour::containing(period.start()),
-                    Hour::containing(period.end()),
-                )
+                .usage(&account_id, None, hours(period).start, hours(period).end)
                 .await;
             let rows = match rows {
                 Ok(rows) => rows,
@@ -337,12 +342,12 @@ impl QuotaLedger {
                     continue;
                 }
             };
+            let mut accepted: HashMap<KeyId, u64> = HashMap::new();
+            for row in &rows {
+                *accepted.entry(row.key_id).or_default() += row.counts.accepted;
+            }
             for (tally, written_before) in tallies {
-                let stored = rows
-                    .iter()
-                    .filter(|row| row.key_id == tally.id)
-                    .map(|row| row.counts.accepted)
-                    .sum();
+                let stored = accepted.get(&tally.id).copied().unwrap_or(0);
                 let mut counts = lock(&tally.counts);
                 if counts.period == Some(period) {
                     // What was written before the read is in `stored` now; a write during

@@ -50,9 +50,8 @@ end
 if count >= quota then
   return {0, count}
 end
-count = redis.call('INCR', KEYS[1])
-redis.call('EXPIREAT', KEYS[1], ARGV[3])
-return {1, count}
+-- INCR keeps the expiry set when the count was created (the key names its period).
+return {1, redis.call('INCR', KEYS[1])}
 ";
 
 /// Gives one request back: decrements the count if it is there and positive (a count that
@@ -272,10 +271,10 @@ impl RedisQuotas {
         quota: Quota,
         at: SystemTime,
     ) -> PendingQuotaVerdict {
-        let period = quota.period().containing(at);
+        // Read now, on the request path: the period (the tally's, unless it ended) and what
+        // Redis starts from if it has no count.
+        let (period, seed) = tally.seed(quota, at);
         let key = self.inner.redis_key(tally.key_id(), quota.period(), period);
-        // Read now, on the request path: what Redis starts from if it has no count.
-        let seed = tally.estimate(quota, at);
         let inner = Arc::clone(&self.inner);
         let tally = Arc::clone(tally);
         Box::pin(async move {
