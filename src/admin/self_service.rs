@@ -113,7 +113,7 @@ impl SelfService {
                 self.ceiling.admits(options, SystemTime::now())
                     && options.rate_limit.is_none_or(|asked| {
                         self.default_rate_limit
-                            .is_none_or(|default| no_looser(asked, default))
+                            .is_none_or(|default| asked.is_within(&default))
                     })
             }
             AdminOperation::Update { key, update } => narrows(key, update, self.default_rate_limit),
@@ -130,56 +130,44 @@ impl SelfService {
 /// Whether `update` only narrows `key` (or renames it); a key without a rate limit of its own
 /// is limited by `default_rate_limit`, if any.
 fn narrows(key: &KeyInfo, update: &PolicyUpdate, default_rate_limit: Option<RateLimit>) -> bool {
-    let scopes = update
-        .scopes
-        .as_ref()
-        .is_none_or(|scopes| match (scopes, &key.scopes) {
-            (_, None) => true,
-            (None, Some(_)) => false,
-            (Some(new), Some(held)) => is_subset(new, held),
-        });
     let held = key.rate_limit.or(default_rate_limit);
     let rate_limit = update.rate_limit.is_none_or(|limit| match (limit, held) {
         (_, None) => true,
         // Back to the default: no looser only if the key had no limit of its own.
         (None, Some(_)) => key.rate_limit.is_none(),
-        (Some(new), Some(held)) => no_looser(new, held),
-    });
-    let expiry = update
-        .expires_at
-        .is_none_or(|at| match (at, key.expires_at) {
-            (_, None) => true,
-            (None, Some(_)) => false,
-            (Some(new), Some(held)) => new <= held,
-        });
-    let quota = update.quota.is_none_or(|quota| match (quota, key.quota) {
-        (_, None) => true,
-        (None, Some(_)) => false,
         (Some(new), Some(held)) => new.is_within(&held),
     });
-    let allowed_ips =
-        update
-            .allowed_ips
-            .as_ref()
-            .is_none_or(|allowed| match (allowed, &key.allowed_ips) {
-                (_, None) => true,
-                (None, Some(_)) => false,
-                (Some(new), Some(held)) => new.is_within(held),
-            });
-    scopes && rate_limit && expiry && quota && allowed_ips
+    narrows_field(&update.scopes, &key.scopes, Scopes::is_within)
+        && rate_limit
+        && narrows_field(&update.expires_at, &key.expires_at, |new, held| new <= held)
+        && narrows_field(&update.quota, &key.quota, Quota::is_within)
+        && narrows_field(&update.allowed_ips, &key.allowed_ips, AllowedIps::is_within)
 }
 
-fn is_subset(new: &Scopes, held: &Scopes) -> bool {
-    new.iter().all(|scope| held.contains(scope))
+/// Whether a change of one restriction narrows it: none leaves it; removing one the key holds
+/// widens it; setting one narrows if the key had none, or if the new one is `within` it.
+fn narrows_field<T>(
+    change: &Option<Option<T>>,
+    held: &Option<T>,
+    within: impl Fn(&T, &T) -> bool,
+) -> bool {
+    match (change, held) {
+        (None, _) | (Some(_), None) => true,
+        (Some(None), Some(_)) => false,
+        (Some(Some(new)), Some(held)) => within(new, held),
+    }
 }
 
-/// Whether `new` allows no larger a burst and no faster a sustained rate than `held`.
-fn no_looser(new: RateLimit, held: RateLimit) -> bool {
-    let burst = new.requests() <= held.requests();
-    // new.requests / new.per_seconds <= held.requests / held.per_seconds, without division.
-    let rate = u64::from(new.requests()) * u64::from(held.per_seconds())
-        <= u64::from(held.requests()) * u64::from(new.per_seconds());
-    burst && rate
+/// Whether a new key's restriction stays within a ceiling's: without a ceiling anything
+/// does; with one, the key must carry the restriction, `within` it.
+fn within_ceiling<T>(
+    ceiling: &Option<T>,
+    asked: &Option<T>,
+    within: impl Fn(&T, &T) -> bool,
+) -> bool {
+    ceiling
+        .as_ref()
+        .is_none_or(|ceiling| asked.as_ref().is_some_and(|asked| within(asked, ceiling)))
 }
 
 // ===== KeyCeiling =====
@@ -240,17 +228,6 @@ impl KeyCeiling {
 
     /// Whether a key created with `options` at `now` stays within the ceiling.
     fn admits(&self, options: &KeyOptions, now: SystemTime) -> bool {
-        let scopes = self.scopes.as_ref().is_none_or(|ceiling| {
-            options
-                .scopes
-                .as_ref()
-                .is_some_and(|asked| is_subset(asked, ceiling))
-        });
-        let rate_limit = self.rate_limit.is_none_or(|ceiling| {
-            options
-                .rate_limit
-                .is_some_and(|asked| no_looser(asked, ceiling))
-        });
         let lifetime =
             self.lifetime
                 .is_none_or(|lifetime| match (options.expires_at, options.expires_in) {
@@ -258,16 +235,15 @@ impl KeyCeiling {
                     (None, Some(after)) => after <= lifetime,
                     (None, None) => false,
                 });
-        let quota = self
-            .quota
-            .is_none_or(|ceiling| options.quota.is_some_and(|asked| asked.is_within(&ceiling)));
-        let allowed_ips = self.allowed_ips.as_ref().is_none_or(|ceiling| {
-            options
-                .allowed_ips
-                .as_ref()
-                .is_some_and(|asked| asked.is_within(ceiling))
-        });
-        scopes && rate_limit && lifetime && quota && allowed_ips
+        lifetime
+            && within_ceiling(&self.scopes, &options.scopes, Scopes::is_within)
+            && within_ceiling(&self.rate_limit, &options.rate_limit, RateLimit::is_within)
+            && within_ceiling(&self.quota, &options.quota, Quota::is_within)
+            && within_ceiling(
+                &self.allowed_ips,
+                &options.allowed_ips,
+                AllowedIps::is_within,
+            )
     }
 }
 
@@ -283,14 +259,14 @@ mod tests {
     #[test]
     fn a_rate_limit_is_no_looser_with_no_larger_burst_and_no_faster_rate() {
         let held = limit(100, 60);
-        assert!(no_looser(limit(100, 60), held));
-        assert!(no_looser(limit(100, 61), held));
-        assert!(no_looser(limit(1, 1), held));
-        assert!(!no_looser(limit(101, 3600), held), "a larger burst");
-        assert!(!no_looser(limit(2, 1), held), "a faster rate");
+        assert!(limit(100, 60).is_within(&held));
+        assert!(limit(100, 61).is_within(&held));
+        assert!(limit(1, 1).is_within(&held));
+        assert!(!limit(101, 3600).is_within(&held), "a larger burst");
+        assert!(!limit(2, 1).is_within(&held), "a faster rate");
         // The largest values don't overflow.
         let max = limit(RateLimit::MAX_REQUESTS, RateLimit::MAX_PER_SECONDS);
-        assert!(no_looser(max, max));
+        assert!(max.is_within(&max));
     }
 
     #[test]

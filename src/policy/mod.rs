@@ -159,6 +159,12 @@ impl Scopes {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Whether every scope of `self` is in `other`: restricting a key from `other` to
+    /// `self` only takes routes away.
+    pub fn is_within(&self, other: &Scopes) -> bool {
+        self.iter().all(|scope| other.contains(scope))
+    }
 }
 
 impl fmt::Debug for Scopes {
@@ -243,6 +249,16 @@ impl RateLimit {
     /// The window's length.
     pub fn window(&self) -> Duration {
         Duration::from_secs(u64::from(self.per_seconds))
+    }
+
+    /// Whether `self` allows no larger a burst and no faster a sustained rate than `other`.
+    pub fn is_within(&self, other: &RateLimit) -> bool {
+        let burst = self.requests <= other.requests;
+        // self.requests / self.per_seconds <= other.requests / other.per_seconds, without
+        // division.
+        let rate = u64::from(self.requests) * u64::from(other.per_seconds)
+            <= u64::from(other.requests) * u64::from(self.per_seconds);
+        burst && rate
     }
 }
 
