@@ -34,6 +34,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -519,45 +520,40 @@ impl KeyManager {
     /// A store failure.
     pub async fn quota_used(&self, keys: &[KeyInfo]) -> Result<HashMap<KeyId, u64>, ManagerError> {
         let now = SystemTime::now();
-        // Each key's period as hours [from, to), grouped by account.
-        let mut accounts: HashMap<&AccountId, Vec<(KeyId, Hour, Hour)>> = HashMap::new();
+        // Each key's period as hours, grouped by account.
+        let mut accounts: HashMap<&AccountId, HashMap<KeyId, Range<Hour>>> = HashMap::new();
         for info in keys {
             if let Some(quota) = info.quota {
-                let period = quota.period().containing(now);
-                let hours = (
-                    Hour::containing(period.start()),
-                    Hour::containing(period.end()),
-                );
+                let hours = Hour::covering(quota.period().containing(now));
                 accounts
                     .entry(&info.account_id)
                     .or_default()
-                    .push((info.id, hours.0, hours.1));
+                    .insert(info.id, hours);
             }
         }
         let mut used = HashMap::new();
         for (account, periods) in accounts {
-            let (Some(from), Some(to)) = (
-                periods.iter().map(|&(_, from, _)| from).min(),
-                periods.iter().map(|&(_, _, to)| to).max(),
-            ) else {
+            // A group holds at least the key that made it.
+            let hours = periods.values();
+            let from = hours.clone().map(|hours| hours.start).min();
+            let to = hours.map(|hours| hours.end).max();
+            let (Some(from), Some(to)) = (from, to) else {
                 continue;
             };
             // One key: only its rows. Several: the account's, in one read.
-            let only = match periods.as_slice() {
-                [(id, _, _)] => Some(*id),
-                _ => None,
+            let only = if periods.len() == 1 {
+                periods.keys().next().copied()
+            } else {
+                None
             };
             let rows = self.store.usage(account, only, from, to).await?;
-            let periods: HashMap<KeyId, (Hour, Hour)> = periods
-                .into_iter()
-                .map(|(id, from, to)| (id, (from, to)))
-                .collect();
             used.extend(periods.keys().map(|&id| (id, 0_u64)));
             for row in rows {
-                if let Some(&(from, to)) = periods.get(&row.key_id)
-                    && (from..to).contains(&row.hour)
-                    && let Some(sum) = used.get_mut(&row.key_id)
+                if periods
+                    .get(&row.key_id)
+                    .is_some_and(|hours| hours.contains(&row.hour))
                 {
+                    let sum = used.entry(row.key_id).or_default();
                     *sum = sum.saturating_add(row.counts.accepted);
                 }
             }

@@ -3,9 +3,11 @@
 //! them, so they live beside it.
 
 use std::fmt;
+use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{AccountId, KeyId, KeyUse};
+use crate::policy::Period;
 
 /// One hour of UTC time, as hours since the Unix epoch: the unit usage is counted in.
 ///
@@ -42,6 +44,11 @@ impl Hour {
     #[inline]
     pub(crate) fn of_millis(ms: u64) -> Self {
         Self(u32::try_from(ms / (HOUR_SECS * 1000)).unwrap_or(u32::MAX))
+    }
+
+    /// The hours of a quota's `period`, as usage counts them.
+    pub(crate) fn covering(period: Period) -> Range<Hour> {
+        Self::containing(period.start())..Self::containing(period.end())
     }
 
     /// Hours since the Unix epoch.

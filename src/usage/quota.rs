@@ -30,7 +30,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -235,17 +234,12 @@ impl QuotaTally {
             .usage(
                 &self.account_id,
                 Some(self.id),
-                hours(period).start,
-                hours(period).end,
+                Hour::covering(period).start,
+                Hour::covering(period).end,
             )
             .await?;
         Ok(rows.iter().map(|row| row.counts.accepted).sum())
     }
-}
-
-/// The hours of `period`, as usage counts them.
-fn hours(period: Period) -> Range<Hour> {
-    Hour::containing(period.start())..Hour::containing(period.end())
 }
 
 /// A tally and its `written` count when a read of the store began.
@@ -292,7 +286,7 @@ impl QuotaLedger {
             let mut counts = lock(&tally.counts);
             let in_period = counts
                 .period
-                .is_some_and(|period| hours(period).contains(&delta.hour));
+                .is_some_and(|period| Hour::covering(period).contains(&delta.hour));
             if in_period {
                 // The requests this tally counted move from unwritten to written. Any beyond
                 // them were accepted before the key had a quota (by an identity without one,
@@ -333,7 +327,12 @@ impl QuotaLedger {
         let mut failure = None;
         for ((account_id, period), tallies) in groups {
             let rows = store
-                .usage(&account_id, None, hours(period).start, hours(period).end)
+                .usage(
+                    &account_id,
+                    None,
+                    Hour::covering(period).start,
+                    Hour::covering(period).end,
+                )
                 .await;
             let rows = match rows {
                 Ok(rows) => rows,
