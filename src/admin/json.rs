@@ -278,10 +278,7 @@ impl<'de> Deserialize<'de> for MetadataJson {
 
 impl MetadataJson {
     fn into_metadata(self) -> Result<Metadata, ApiError> {
-        match self.0 {
-            serde_json::Value::Object(object) => Ok(Metadata::from_object(object)?),
-            _ => Err(PolicyError::InvalidMetadata.into()),
-        }
+        Ok(Metadata::from_value(self.0)?)
     }
 }
 

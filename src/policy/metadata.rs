@@ -46,8 +46,19 @@ impl Metadata {
         if json.len() > 16 * Self::MAX_BYTES {
             return Err(PolicyError::MetadataTooLarge);
         }
-        match serde_json::from_str::<Value>(json) {
-            Ok(Value::Object(object)) => Self::from_object(object),
+        let value = serde_json::from_str(json).map_err(|_| PolicyError::InvalidMetadata)?;
+        Self::from_value(value)
+    }
+
+    /// Wraps a JSON value that must be an object.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::InvalidMetadata`] for anything but an object, or
+    /// [`PolicyError::MetadataTooLarge`] as [`from_object`](Self::from_object).
+    pub fn from_value(value: Value) -> Result<Self, PolicyError> {
+        match value {
+            Value::Object(object) => Self::from_object(object),
             _ => Err(PolicyError::InvalidMetadata),
         }
     }
