@@ -27,13 +27,21 @@ pub struct Cidr {
 }
 
 impl Cidr {
-    /// The block of addresses sharing `address`'s first `len` bits.
+    /// The block of addresses sharing `address`'s first `len` bits. A block of IPv4 addresses
+    /// written as IPv6 (`::ffff:10.0.0.0/104`) is kept as the IPv4 block it is
+    /// (`10.0.0.0/8`), since clients are matched by their IPv4 address.
     ///
     /// # Errors
     ///
     /// [`PolicyError::InvalidAddress`] if `len` is longer than the address (32 bits for IPv4,
     /// 128 for IPv6).
     pub fn new(address: IpAddr, len: u8) -> Result<Self, PolicyError> {
+        if let IpAddr::V6(v6) = address
+            && (96..=128).contains(&len)
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Self::new(IpAddr::V4(v4), len - 96);
+        }
         let network = match address {
             IpAddr::V4(v4) if len <= 32 => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask_v4(len))),
             IpAddr::V6(v6) if len <= 128 => {
@@ -262,6 +270,29 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn ipv4_blocks_written_as_ipv6_are_kept_as_ipv4() {
+        for (text, shown) in [
+            ("::ffff:127.0.0.1/128", "127.0.0.1/32"),
+            ("::ffff:127.0.0.1", "127.0.0.1/32"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+        ] {
+            assert_eq!(
+                text.parse::<Cidr>().map(|c| c.to_string()),
+                Ok(shown.into())
+            );
+        }
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().expect("valid");
+        assert!(mapped.contains(ip("10.1.2.3")));
+        assert!(mapped.contains(ip("::ffff:10.1.2.3")));
+        // Narrowing compares the blocks they are: all of IPv4 is not within half of it.
+        let everything = AllowedIps::new(["::ffff:0.0.0.0/96"]).expect("valid");
+        let half = AllowedIps::new(["0.0.0.0/1"]).expect("valid");
+        assert!(!everything.is_within(&half));
+        assert!(half.is_within(&everything));
     }
 
     #[test]
