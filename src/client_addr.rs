@@ -127,13 +127,13 @@ fn through_proxies(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> Optio
     for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let line = line.to_str().ok()?;
         for entry in line.rsplit(',') {
-            hops += 1;
-            if hops > MAX_HOPS {
-                return None;
-            }
             let entry = entry.trim_matches([' ', '\t']);
             if entry.is_empty() {
                 continue; // "a, , b" or a trailing comma: nothing was appended
+            }
+            hops += 1;
+            if hops > MAX_HOPS {
+                return None;
             }
             client = forwarded_address(entry)?.to_canonical();
             if !trusted(client) {
@@ -165,8 +165,9 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
     address.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
+/// A port number, 1 to 65535, in digits only.
 fn is_port(text: &str) -> bool {
-    (1..=5).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())
+    text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u16>().is_ok_and(|port| port > 0)
 }
 
 #[cfg(test)]
@@ -267,10 +268,21 @@ mod tests {
             "203.0.113.9:port",
             "[2001:db8::1",
             "203.0.113.9:123456",
+            "203.0.113.9:99999",
+            "203.0.113.9:0",
+            "203.0.113.9:+80",
+            "[2001:db8::1]:70000",
         ] {
             let (headers, extensions) = from("10.0.0.1", &[bad]);
             assert_eq!(proxies.client(&headers, &extensions), None, "{bad:?}");
         }
+        // Empty entries are not hops: a value with many commas still reads.
+        let commas = format!("203.0.113.9{}", ",".repeat(4 * MAX_HOPS));
+        let (headers, extensions) = from("10.0.0.1", &[&commas]);
+        assert_eq!(
+            proxies.client(&headers, &extensions),
+            Some(ip("203.0.113.9"))
+        );
         let long = vec!["10.9.9.9"; MAX_HOPS + 1].join(", ");
         let (headers, extensions) = from("10.0.0.1", &[&long]);
         assert_eq!(proxies.client(&headers, &extensions), None);

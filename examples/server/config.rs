@@ -324,8 +324,10 @@ fn trusted_proxy(source: &str, text: &str) -> Result<Cidr, String> {
         ));
     }
     entry.parse::<Cidr>().map_err(|_| {
+        // At most 80 characters of it: a mistaken value may be long.
+        let shown: String = entry.chars().take(80).collect();
         format!(
-            "{source}: {entry:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8, \
+            "{source}: {shown:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8, \
              192.0.2.1 or 2001:db8::/32)"
         )
     })
