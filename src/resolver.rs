@@ -519,6 +519,10 @@ impl Resolver for StoreResolver {
                         record.id,
                         quota,
                         SystemTime::now(),
+                        |hours| {
+                            let recorder = self.usage.as_ref()?;
+                            Some(recorder.unwritten_accepted(record.id, hours))
+                        },
                     )
                     .await
                     .map_err(ResolveError::new)?;

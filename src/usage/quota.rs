@@ -30,6 +30,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -204,11 +205,14 @@ impl QuotaTally {
     }
 
     /// Reads the period's count from the store, unless the tally already counts that period.
+    /// `unwritten` tells the accepted requests of given hours this process holds and has
+    /// not written (`None` without a usage recorder: the tally keeps its own count).
     async fn load(
         &self,
         store: &dyn KeyStore,
         quota: Quota,
         at: SystemTime,
+        unwritten: impl FnOnce(Range<Hour>) -> Option<i64>,
     ) -> Result<(), StoreError> {
         let period = quota.period().containing(at);
         if lock(&self.counts).period == Some(period) {
@@ -217,12 +221,14 @@ impl QuotaTally {
         let stored = self.stored(store, period).await?;
         let mut counts = lock(&self.counts);
         if counts.period != Some(period) {
-            // A new period, or another kind of period than before (the quota changed): this
-            // process's unwritten requests belong to the old count.
+            // A new tally, or another kind of period than before (the quota changed): what
+            // this process accepted and has not written counts too, from the key's usage
+            // (requests made before the key had this quota included).
             *counts = Counts {
                 period: Some(period),
                 stored,
-                ..Counts::default()
+                written: 0,
+                unwritten: unwritten(Hour::covering(period)).unwrap_or(counts.unwritten),
             };
         }
         Ok(())
@@ -255,6 +261,9 @@ impl QuotaLedger {
     /// The key's tally, read from `store` for the period of `quota` at `at` unless this
     /// process already counts it. Called when a key with a quota is looked up (a cache
     /// miss), so that a request never waits for the store on a cache hit.
+    ///
+    /// `unwritten` tells the accepted requests of given hours this process holds and has not
+    /// written (`None` without a usage recorder).
     pub(crate) async fn tally(
         &self,
         store: &dyn KeyStore,
@@ -262,13 +271,14 @@ impl QuotaLedger {
         id: KeyId,
         quota: Quota,
         at: SystemTime,
+        unwritten: impl FnOnce(Range<Hour>) -> Option<i64>,
     ) -> Result<Arc<QuotaTally>, StoreError> {
         let tally = Arc::clone(
             lock(&self.tallies)
                 .entry(id)
                 .or_insert_with(|| Arc::new(QuotaTally::new(account_id.clone(), id))),
         );
-        tally.load(store, quota, at).await?;
+        tally.load(store, quota, at, unwritten).await?;
         Ok(tally)
     }
 
@@ -435,7 +445,7 @@ mod tests {
         let ledger = QuotaLedger::default();
         let quota = Quota::new(5, QuotaPeriod::Day).expect("valid");
         let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON))
+            .tally(&*store, &account, id, quota, at(NOON), |_| None)
             .await
             .expect("loaded");
         assert_eq!(tally.used(quota, at(NOON)), 3);
@@ -461,7 +471,7 @@ mod tests {
         let ledger = QuotaLedger::default();
         let quota = Quota::new(100, QuotaPeriod::Month).expect("valid");
         let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON))
+            .tally(&*store, &account, id, quota, at(NOON), |_| None)
             .await
             .expect("loaded");
         for _ in 0..4 {
@@ -493,7 +503,7 @@ mod tests {
         let quota = Quota::new(10, QuotaPeriod::Day).expect("valid");
         // The key gets its quota while 4 requests accepted without one wait to be written.
         let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON))
+            .tally(&*store, &account, id, quota, at(NOON), |_| None)
             .await
             .expect("loaded");
         assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
@@ -511,7 +521,7 @@ mod tests {
         let ledger = QuotaLedger::default();
         let quota = Quota::new(10, QuotaPeriod::Day).expect("valid");
         let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON))
+            .tally(&*store, &account, id, quota, at(NOON), |_| None)
             .await
             .expect("loaded");
         assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
@@ -534,7 +544,7 @@ mod tests {
         let ledger = QuotaLedger::default();
         let quota = Quota::new(5, QuotaPeriod::Day).expect("valid");
         let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON))
+            .tally(&*store, &account, id, quota, at(NOON), |_| None)
             .await
             .expect("loaded");
         assert_eq!(tally.estimate(quota, at(NOON)), 4);

@@ -36,6 +36,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -145,6 +146,22 @@ impl UsageCell {
     /// Takes over counts a failed flush gave back.
     fn give_back(&self, counts: impl IntoIterator<Item = (Hour, Counts)>) {
         lock(&self.earlier).extend(counts);
+    }
+
+    /// Accepted requests in `hours` that no flush has taken yet.
+    fn accepted_in(&self, hours: &Range<Hour>) -> i64 {
+        // Under the lock an hour's move takes: the current hour and its count agree.
+        let earlier = lock(&self.earlier);
+        let mut sum: i64 = earlier
+            .iter()
+            .filter(|(hour, _)| hours.contains(hour))
+            .map(|(_, counts)| counts[0])
+            .sum();
+        if hours.contains(&Hour::from_index(self.hour.load(Ordering::SeqCst))) {
+            // The wrapping `u64` read back as the signed count it stands for.
+            sum += self.counts[0].load(Ordering::SeqCst) as i64;
+        }
+        sum
     }
 
     /// Takes every count not yet flushed, by hour.
@@ -357,6 +374,28 @@ impl UsageRecorder {
         }
         let _ = (quota, at);
         tally.refund();
+    }
+
+    /// Accepted requests of key `id` in `hours` that this recorder holds and has not written
+    /// (a flush running now has taken its own): where a quota the key just got, or whose
+    /// period changed, starts besides the store's count.
+    pub(crate) fn unwritten_accepted(&self, id: KeyId, hours: Range<Hour>) -> i64 {
+        let queue = self.queue();
+        let queued: i64 = queue
+            .cells
+            .iter()
+            .filter(|cell| cell.id == id)
+            .map(|cell| cell.accepted_in(&hours))
+            .sum();
+        let given_back: i64 = queue
+            .given_back
+            .iter()
+            .filter(|((key, _), _)| *key == id)
+            .flat_map(|(_, pending)| &pending.counts)
+            .filter(|(hour, _)| hours.contains(hour))
+            .map(|(_, counts)| counts[0])
+            .sum();
+        queued + given_back
     }
 
     /// The wall-clock time of `at`, on the clock uses are stamped with (so that a request's

@@ -311,3 +311,59 @@ async fn requests_made_before_a_quota_was_set_count_against_it() {
     assert_eq!(app.get("/v1/ping", key).await.status, StatusCode::OK);
     assert_quota_exceeded(&app.get("/v1/ping", key).await);
 }
+
+/// A quota set, or moved to another kind of period, while the key's latest requests wait to
+/// be written counts them at once: one process never overshoots.
+#[tokio::test]
+async fn a_new_quota_or_period_counts_what_waits_to_be_written() {
+    in_one_quota_period().await;
+    let store = TestStore::new();
+    let recorder = UsageRecorder::new(store.clone());
+    let app = App::start_on(store, |builder| builder.record_usage(recorder.clone())).await;
+    let set = |id, quota| {
+        app.manager
+            .update(&app.account, id, PolicyUpdate::new().quota(Some(quota)))
+    };
+
+    // No quota, 4 requests, then a quota of 4: used up at once.
+    let open = app.manager.create(&app.account).await.expect("create");
+    for _ in 0..4 {
+        assert_eq!(
+            app.get("/v1/ping", open.key.expose_secret()).await.status,
+            StatusCode::OK
+        );
+    }
+    set(open.info.id, per_day(4)).await.expect("update");
+    assert_quota_exceeded(&app.get("/v1/ping", open.key.expose_secret()).await);
+
+    // 4 requests under a daily quota of 10, then 4 a month: used up at once.
+    let daily = app
+        .manager
+        .create_with(&app.account, KeyOptions::new().quota(per_day(10)))
+        .await
+        .expect("create");
+    for _ in 0..4 {
+        assert_eq!(
+            app.get("/v1/ping", daily.key.expose_secret()).await.status,
+            StatusCode::OK
+        );
+    }
+    let monthly = Quota::new(4, QuotaPeriod::Month).expect("valid quota");
+    set(daily.info.id, monthly).await.expect("update");
+    assert_quota_exceeded(&app.get("/v1/ping", daily.key.expose_secret()).await);
+
+    // Written, each request still counts once.
+    recorder.flush().await.expect("flush");
+    assert_quota_exceeded(&app.get("/v1/ping", open.key.expose_secret()).await);
+    set(
+        daily.info.id,
+        Quota::new(5, QuotaPeriod::Month).expect("valid"),
+    )
+    .await
+    .expect("update");
+    assert_eq!(
+        app.get("/v1/ping", daily.key.expose_secret()).await.status,
+        StatusCode::OK
+    );
+    assert_quota_exceeded(&app.get("/v1/ping", daily.key.expose_secret()).await);
+}

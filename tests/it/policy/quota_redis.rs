@@ -208,7 +208,9 @@ async fn a_change_of_period_kind_counts_apart() {
 
     fleet.set_quota(id, quota(3, QuotaPeriod::Month)).await;
     let statuses = fleet.alternate(&key, 6).await;
-    assert_eq!(accepted(&statuses), 3, "{statuses:?}");
+    // The month's count starts from the left process's estimate: the one request of today it
+    // let in (unwritten; the right one's is not in the store yet), so 2 more fit.
+    assert_eq!(accepted(&statuses), 2, "{statuses:?}");
     assert_eq!(fleet.count(id, QuotaPeriod::Month).await, Some(3));
     assert_eq!(
         fleet.count(id, QuotaPeriod::Day).await,
