@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::quota::{PendingQuotaVerdict, QuotaTally, QuotaVerdict};
 use crate::policy::{Period, Quota, QuotaPeriod};
 use crate::rate_limit::redis::breaker::Breaker;
-use crate::rate_limit::redis::connection::{self, endpoint};
+use crate::rate_limit::redis::connection::{self, RedisClient, endpoint};
 use crate::rate_limit::redis::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RedisLimiterError};
 use crate::store::KeyId;
 
@@ -130,16 +130,18 @@ impl RedisQuotasBuilder {
     fn finish(self, connection: ConnectionManager, spend: Script, refund: Script) -> RedisQuotas {
         RedisQuotas {
             inner: Arc::new(Inner {
-                connection,
+                redis: RedisClient::new(
+                    connection,
+                    &self.url,
+                    self.timeout,
+                    Breaker::new(
+                        "redis quota counter",
+                        "each process counts quotas alone until it answers",
+                    ),
+                ),
                 spend,
                 refund,
-                endpoint: endpoint(&self.url),
                 namespace: self.namespace,
-                timeout: self.timeout,
-                breaker: Breaker::new(
-                    "redis quota counter",
-                    "each process counts quotas alone until it answers",
-                ),
                 refunds: Arc::new(Semaphore::new(MAX_REFUNDS_IN_FLIGHT)),
             }),
         }
@@ -223,15 +225,11 @@ pub struct RedisQuotas {
 }
 
 struct Inner {
-    connection: ConnectionManager,
+    /// The server, called within the timeout, asked nothing while it doesn't answer.
+    redis: RedisClient,
     spend: Script,
     refund: Script,
-    /// `host:port`, for logs: the URL itself may hold a password.
-    endpoint: String,
     namespace: String,
-    timeout: Duration,
-    /// Stops asking Redis while it doesn't answer, and logs its failures.
-    breaker: Breaker,
     /// Bounds the refunds waiting for Redis.
     refunds: Arc<Semaphore>,
 }
@@ -278,18 +276,12 @@ impl RedisQuotas {
         let inner = Arc::clone(&self.inner);
         let tally = Arc::clone(tally);
         Box::pin(async move {
-            let mut connection = inner.connection.clone();
             let mut invocation = inner.spend.key(key);
             invocation
                 .arg(quota.requests())
                 .arg(seed)
                 .arg(period.end_secs().saturating_add(EXPIRY_MARGIN_SECS));
-            let call = invocation.invoke_async::<(i64, i64)>(&mut connection);
-            match inner
-                .breaker
-                .call(&inner.endpoint, inner.timeout, call)
-                .await
-            {
+            match inner.redis.invoke::<(i64, i64)>(&invocation).await {
                 Some((1, _)) => {
                     // Counted locally too, so that the store-based estimate stays right.
                     tally.count(quota, at);
@@ -313,7 +305,7 @@ impl RedisQuotas {
             return;
         };
         let Ok(permit) = Arc::clone(&self.inner.refunds).try_acquire_owned() else {
-            tracing::debug!(redis = %self.inner.endpoint, "too many quota refunds waiting; one made locally only");
+            tracing::debug!(redis = %self.inner.redis.endpoint(), "too many quota refunds waiting; one made locally only");
             return;
         };
         let key = self.inner.redis_key(
@@ -323,13 +315,7 @@ impl RedisQuotas {
         );
         let inner = Arc::clone(&self.inner);
         runtime.spawn(async move {
-            let mut connection = inner.connection.clone();
-            let invocation = inner.refund.key(key);
-            let call = invocation.invoke_async::<i64>(&mut connection);
-            let _ = inner
-                .breaker
-                .call(&inner.endpoint, inner.timeout, call)
-                .await;
+            let _ = inner.redis.invoke::<i64>(&inner.refund.key(key)).await;
             drop(permit);
         });
     }
@@ -350,9 +336,9 @@ impl Inner {
 impl fmt::Debug for RedisQuotas {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisQuotas")
-            .field("redis", &self.inner.endpoint)
+            .field("redis", &self.inner.redis.endpoint())
             .field("namespace", &self.inner.namespace)
-            .field("timeout", &self.inner.timeout)
+            .field("timeout", &self.inner.redis.timeout())
             .finish()
     }
 }

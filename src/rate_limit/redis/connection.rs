@@ -6,9 +6,58 @@
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, Script};
+use ::redis::{Client, FromRedisValue, Script, ScriptInvocation};
 
 use super::RedisLimiterError;
+use super::breaker::Breaker;
+
+/// A Redis server as each of the crate's Redis clients calls it: its connection, its
+/// `host:port` for logs, how long a call may take, and the breaker that stops calling while
+/// it doesn't answer.
+pub(crate) struct RedisClient {
+    connection: ConnectionManager,
+    endpoint: String,
+    timeout: Duration,
+    breaker: Breaker,
+}
+
+impl RedisClient {
+    /// A client of the server at `url` over `connection`.
+    pub(crate) fn new(
+        connection: ConnectionManager,
+        url: &str,
+        timeout: Duration,
+        breaker: Breaker,
+    ) -> Self {
+        Self {
+            connection,
+            endpoint: endpoint(url),
+            timeout,
+            breaker,
+        }
+    }
+
+    /// `host:port`: how logs name the server (its URL may hold a password).
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// How long a call may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs a script, within the timeout and through the breaker; `None` (logged) if Redis
+    /// failed or didn't answer in time.
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Option<T> {
+        let mut connection = self.connection.clone();
+        let call = invocation.invoke_async::<T>(&mut connection);
+        self.breaker.call(&self.endpoint, self.timeout, call).await
+    }
+}
 
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);

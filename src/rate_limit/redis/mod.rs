@@ -70,7 +70,7 @@ use ::redis::Script;
 use ::redis::aio::ConnectionManager;
 
 use self::breaker::Breaker;
-use self::connection::endpoint;
+use self::connection::{RedisClient, endpoint};
 use self::lease::{Leases, Local, Waiter};
 use self::script::SCRIPT;
 use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
@@ -228,16 +228,18 @@ impl RedisLimiterBuilder {
     fn finish(self, connection: ConnectionManager, script: Script) -> RedisLimiter {
         RedisLimiter {
             inner: Arc::new(Inner {
-                connection,
-                script,
-                endpoint: endpoint(&self.url),
-                namespace: self.namespace,
-                timeout: self.timeout,
-                leases: self.max_lease.map(Leases::new),
-                breaker: Breaker::new(
-                    "redis rate limiter",
-                    "verdicts are Unavailable until it answers",
+                redis: RedisClient::new(
+                    connection,
+                    &self.url,
+                    self.timeout,
+                    Breaker::new(
+                        "redis rate limiter",
+                        "verdicts are Unavailable until it answers",
+                    ),
                 ),
+                script,
+                namespace: self.namespace,
+                leases: self.max_lease.map(Leases::new),
             }),
         }
     }
@@ -267,16 +269,12 @@ pub struct RedisLimiter {
 }
 
 struct Inner {
-    connection: ConnectionManager,
+    /// The server, called within the timeout, failing fast while it can't be reached.
+    redis: RedisClient,
     script: Script,
-    /// `host:port`, for logs: the URL itself may hold a password.
-    endpoint: String,
     namespace: String,
-    timeout: Duration,
     /// Local-first mode's leases; `None` in exact mode.
     leases: Option<Leases>,
-    /// Fails fast while Redis can't be reached, and logs its failures.
-    breaker: Breaker,
 }
 
 impl RedisLimiter {
@@ -333,11 +331,11 @@ impl RateLimiter for RedisLimiter {
                         let inner = Arc::clone(&self.inner);
                         Acquire::Pending(Box::pin(async move {
                             let wait = waiter.wait(limit, fetch);
-                            tokio::time::timeout(inner.timeout, wait)
+                            tokio::time::timeout(inner.redis.timeout(), wait)
                                 .await
                                 .unwrap_or_else(|_| {
                                     // The lease request counts its own failure, if it fails.
-                                    tracing::debug!(redis = %inner.endpoint, "timed out waiting for a lease");
+                                    tracing::debug!(redis = %inner.redis.endpoint(), "timed out waiting for a lease");
                                     Verdict::Unavailable
                                 })
                         }))
@@ -351,9 +349,9 @@ impl RateLimiter for RedisLimiter {
 impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimiter")
-            .field("redis", &self.inner.endpoint)
+            .field("redis", &self.inner.redis.endpoint())
             .field("namespace", &self.inner.namespace)
-            .field("timeout", &self.inner.timeout)
+            .field("timeout", &self.inner.redis.timeout())
             .field(
                 "local_first",
                 &self.inner.leases.as_ref().map(|leases| leases.max_lease),

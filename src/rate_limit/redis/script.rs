@@ -77,18 +77,15 @@ impl Inner {
     /// didn't answer in time.
     pub(super) async fn spend(&self, key: BudgetKey, limit: RateLimit, cost: u32) -> Option<Spent> {
         let window_us = u64::from(limit.per_seconds()) * 1_000_000;
-        let mut connection = self.connection.clone();
         let mut invocation = self.script.key(self.redis_key(key));
         invocation
             .arg(window_us)
             .arg(limit.requests())
             .arg(cost.max(1));
-        let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection);
-        let answer = self
-            .breaker
-            .call(&self.endpoint, self.timeout, call)
+        let (granted, remaining, reset, retry_after) = self
+            .redis
+            .invoke::<(i64, i64, i64, i64)>(&invocation)
             .await?;
-        let (granted, remaining, reset, retry_after) = answer;
         let count = |value: i64| u32::try_from(value.max(0)).unwrap_or(u32::MAX);
         let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
         Some(Spent {
