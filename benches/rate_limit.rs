@@ -51,8 +51,8 @@ fn next_account() -> tower_api_key::AccountId {
 
 /// An answer with a `content-type`, as a real handler's has: its header map exists already,
 /// as it would in a server.
-async fn noop(_: Request<()>) -> Result<Response<()>, Infallible> {
-    let mut response = Response::new(());
+async fn noop(_: Request<()>) -> Result<Response<String>, Infallible> {
+    let mut response = Response::new(String::new());
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -103,8 +103,8 @@ fn request(value: &HeaderValue) -> Request<()> {
     request
 }
 
-async fn noop(_: Request<()>) -> Result<Response<()>, Infallible> {
-    Ok(Response::new(()))
+async fn noop(_: Request<()>) -> Result<Response<String>, Infallible> {
+    Ok(Response::new(String::new()))
 }
 
 /// Sends `order[from..from + count]` through `service`, returns the elapsed time.
@@ -176,13 +176,13 @@ fn front_hit_rate(digests: &[KeyDigest], order: &[u32]) -> f64 {
 }
 
 /// The no-op inner service's function.
-type NoopFn = fn(Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>>;
+type NoopFn = fn(Request<()>) -> std::future::Ready<Result<Response<String>, Infallible>>;
 
 type Svc =
     tower_api_key::ApiKeyService<tower::util::ServiceFn<NoopFn>, tower_api_key::StoreResolver>;
 
-fn ready_noop(_: Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>> {
-    std::future::ready(Ok(Response::new(())))
+fn ready_noop(_: Request<()>) -> std::future::Ready<Result<Response<String>, Infallible>> {
+    std::future::ready(Ok(Response::new(String::new())))
 }
 
 struct Case {

@@ -573,7 +573,7 @@ async fn last_used_one(
         .record_usage(recorder.clone())
         .build();
     let service = layer.layer(tower::service_fn(|_request: http::Request<()>| async {
-        Ok::<_, Infallible>(http::Response::new(()))
+        Ok::<_, Infallible>(http::Response::new(String::new()))
     }));
     let headers: Vec<http::HeaderValue> = generated
         .iter()
@@ -977,7 +977,7 @@ impl Process {
         let service = self
             .layer
             .layer(tower::service_fn(|_: http::Request<()>| async {
-                Ok::<_, Infallible>(http::Response::new(()))
+                Ok::<_, Infallible>(http::Response::new(String::new()))
             }));
         let request = http::Request::get("/")
             .header("x-api-key", key)

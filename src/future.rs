@@ -33,8 +33,10 @@ use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::cache::PendingResolution;
 use crate::gatekeeper::{Decision, Gatekeeper, Origin, Wait};
+use crate::key::ApiKey;
 use crate::rate_limit::{self, Budget};
 use crate::resolver::Resolver;
+use crate::stream::Ticket;
 
 pin_project! {
     /// Response future of [`ApiKeyService`](crate::ApiKeyService).
@@ -63,6 +65,8 @@ pin_project! {
             future: S::Future,
             // The key's rate-limit budget, for the response's header fields.
             budget: Option<Budget>,
+            // What the response needs to end when its key stops letting it through.
+            ticket: Option<Ticket>,
         },
         Rejected {
             response: Option<Response<Bytes>>,
@@ -71,7 +75,7 @@ pin_project! {
             lookup: PendingResolution<R::Account>,
             // Boxed: a request is a few hundred bytes, and every future of this type (the
             // hits' too) would be that much bigger to move around.
-            waiting: Option<Box<(S, Request<B>)>>,
+            waiting: Option<Box<(S, Request<B>, ApiKey)>>,
             gatekeeper: Arc<Gatekeeper<R>>,
         },
         Throttling {
@@ -166,18 +170,22 @@ where
             gatekeeper.sources.strip(request.headers_mut());
         }
         match decision {
-            Decision::Accept(account, budget) => {
+            Decision::Accept(account, budget, key) => {
+                let ticket =
+                    gatekeeper.ticket(&account, key, (request.headers(), request.extensions()));
                 request
                     .extensions_mut()
                     .insert(Authenticated::from_arc(account));
                 State::Called {
                     future: ready.call(request),
                     budget,
+                    ticket,
                 }
             }
             Decision::Anonymous => State::Called {
                 future: ready.call(request),
                 budget: None,
+                ticket: None,
             },
             // The inner service stays ready for the next request: it was not called.
             Decision::Reject(rejection) => State::Rejected {
@@ -189,9 +197,9 @@ where
             Decision::OverQuota(retry_after, budget) => State::Rejected {
                 response: Some(gatekeeper.over_quota(retry_after, budget.as_ref(), &request)),
             },
-            Decision::Resolve(lookup) => State::Resolving {
+            Decision::Resolve(lookup, key) => State::Resolving {
                 lookup,
-                waiting: Some(Box::new((ready.hold(), request))),
+                waiting: Some(Box::new((ready.hold(), request, key))),
                 gatekeeper: Arc::clone(gatekeeper),
             },
             Decision::Throttle(account, verdict, origin) => State::Throttling {
@@ -211,6 +219,7 @@ where
 impl<S, B, R, ResBody> Future for ResponseFuture<S, B, R>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    ResBody: http_body::Body,
     R: Resolver,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
@@ -218,12 +227,20 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future, budget } => {
+                StateProj::Called {
+                    future,
+                    budget,
+                    ticket,
+                } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(budget) = budget {
                         rate_limit::insert_budget(response.headers_mut(), budget);
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    let guard = ticket.take().and_then(|ticket| ticket.guard(&mut response));
+                    return Poll::Ready(Ok(match guard {
+                        None => response.map(ResponseBody::inner),
+                        Some(guard) => response.map(|body| ResponseBody::guarded(body, guard)),
+                    }));
                 }
                 StateProj::Rejected { response } => {
                     let response = response
@@ -237,11 +254,14 @@ where
                     gatekeeper,
                 } => {
                     let outcome = ready!(lookup.poll_unpin(cx));
-                    let (inner, request) = *waiting
+                    let (inner, request, key) = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let decision =
-                        gatekeeper.conclude(outcome, (request.headers(), request.extensions()));
+                    let decision = gatekeeper.conclude(
+                        outcome,
+                        key,
+                        (request.headers(), request.extensions()),
+                    );
                     State::start(decision, Ready::Held(inner), request, gatekeeper)
                 }
                 StateProj::Throttling {

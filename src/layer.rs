@@ -41,6 +41,7 @@ use crate::rate_limit::{LimiterFailure, Limits, RateLimiter};
 use crate::rejection::RejectionContext;
 use crate::resolver::{Resolver, StoreResolver};
 use crate::service::ApiKeyService;
+use crate::stream::StreamWatch;
 use crate::usage::UsageRecorder;
 
 /// The header keys travel in unless configured otherwise: `x-api-key`.
@@ -64,7 +65,7 @@ pub const DEFAULT_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 /// let layer = ApiKeyLayer::for_manager(&manager).accept_bearer().build();
 /// let service = ServiceBuilder::new()
 ///     .layer(layer)
-///     .service_fn(|_: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(())) });
+///     .service_fn(|_: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(String::new())) });
 ///
 /// // No key: the layer answers 401 itself, and the inner service is never called.
 /// let response = service.oneshot(Request::get("/").body(())?).await?;
@@ -91,6 +92,7 @@ impl<R: Resolver> ApiKeyLayer<R> {
             buses: Vec::new(),
             usage: None,
             addresses: AddressSource::default(),
+            end_streams: true,
         }
     }
 
@@ -155,6 +157,8 @@ pub struct ApiKeyLayerBuilder<R: Resolver> {
     /// Counts its dropped uses in this layer's metrics.
     usage: Option<UsageRecorder>,
     addresses: AddressSource,
+    /// Whether open responses end when their key stops letting them through.
+    end_streams: bool,
 }
 
 impl<R: Resolver> ApiKeyLayerBuilder<R> {
@@ -270,6 +274,31 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
         self
     }
 
+    /// Whether a response that stays open (a gRPC server stream, server-sent events, a long
+    /// download) ends when its key stops letting it through: revoked, rotated away, deleted,
+    /// expired, or changed so that a new request would be refused. On by default; see
+    /// [`stream`](crate::stream) for what it watches and what it costs (one `size_hint`
+    /// call for a small answer of known size).
+    ///
+    /// ```
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, Pepper};
+    /// # use std::sync::Arc;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// // Streams are checked when they start, and never again.
+    /// let layer = ApiKeyLayer::for_manager(&manager)
+    ///     .end_streams_on_change(false)
+    ///     .build();
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn end_streams_on_change(mut self, end: bool) -> Self {
+        self.end_streams = end;
+        self
+    }
+
     /// Builds the layer.
     pub fn build(self) -> ApiKeyLayer<R> {
         let metrics = Arc::new(Metrics::default());
@@ -282,6 +311,15 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
             Arc::clone(&metrics),
             &self.buses,
         );
+        // Subscribed after the cache: a bus delivers to its listeners in order, so a response
+        // woken by a change finds its key already gone from the cache.
+        let streams = self.end_streams.then(|| {
+            let watch = StreamWatch::new();
+            for bus in &self.buses {
+                bus.subscribe(&watch);
+            }
+            watch
+        });
         ApiKeyLayer {
             gatekeeper: Arc::new(Gatekeeper {
                 sources: self.sources,
@@ -292,6 +330,7 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
                 limits: self.limits,
                 addresses: self.addresses,
                 metrics,
+                streams,
             }),
         }
     }

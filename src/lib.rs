@@ -112,6 +112,7 @@ pub mod require_scope;
 pub mod resolver;
 pub mod service;
 pub mod store;
+pub mod stream;
 mod sync;
 pub mod usage;
 

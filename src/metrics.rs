@@ -119,6 +119,7 @@ metrics_table! {
         LookupsShed => lookups_shed,
         Invalidations => invalidated,
         UsageDropped => usage_dropped,
+        StreamsEnded => stream_ended,
     ],
     series: [
         "api_key_requests_total" ("Requests seen by the API-key layer, by outcome.") {
@@ -179,6 +180,11 @@ metrics_table! {
             /// Entries the usage recorder dropped because its queue was full: a key's use not
             /// queued, or a key's counts of one hour that failed flushes gave back.
             usage_dropped = UsageDropped;
+        }
+        "api_key_streams_ended_total" ("Open responses the layer ended because their key no longer let them through.") {
+            /// Open responses (streams, long downloads) ended because their key was revoked,
+            /// rotated away, deleted or expired, or a policy change would now refuse them.
+            streams_ended = StreamsEnded;
         }
     ],
 }

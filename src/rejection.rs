@@ -168,13 +168,26 @@ impl Rejection {
         let mut response = Response::new(Bytes::new());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, GRPC);
+        self.insert_grpc_status(headers);
+        response
+    }
+
+    /// The trailers that end a gRPC response with this rejection: `grpc-status` and
+    /// `grpc-message` (how the layer ends an open stream whose key stopped letting it
+    /// through).
+    pub fn grpc_trailers(self) -> HeaderMap {
+        let mut trailers = HeaderMap::with_capacity(2);
+        self.insert_grpc_status(&mut trailers);
+        trailers
+    }
+
+    fn insert_grpc_status(self, headers: &mut HeaderMap) {
         headers.insert(
             "grpc-status",
             HeaderValue::from(u16::from(self.grpc_code())),
         );
         // Messages are printable ASCII without '%', so they need no percent-encoding.
         headers.insert("grpc-message", HeaderValue::from_static(self.message()));
-        response
     }
 
     /// The answer that suits a request with these headers: gRPC for a gRPC call, JSON

@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
@@ -43,6 +44,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -52,6 +54,7 @@ use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::policy::Scoped;
 use crate::rejection::Rejection;
+use crate::stream::{self, RequiredScope, RequiredScopes};
 use crate::usage::UseOutcome;
 
 /// Requires the authenticated account (of type `A`) to hold one scope; see the
@@ -134,6 +137,7 @@ impl<S: fmt::Debug, A> fmt::Debug for RequireScope<S, A> {
 impl<S, A, B, ResBody> Service<Request<B>> for RequireScope<S, A>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Body,
     A: Scoped + Account + Send + Sync + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
@@ -159,6 +163,7 @@ where
             None => ScopeFuture {
                 state: State::Called {
                     future: self.inner.call(request),
+                    scope: Some(RequiredScope::new(self.scope.clone(), holds::<A>)),
                 },
             },
             Some(rejection) => ScopeFuture {
@@ -184,6 +189,8 @@ pin_project! {
         Called {
             #[pin]
             future: F,
+            // Left on a response that may stay open, for the key layer's later checks.
+            scope: Option<RequiredScope>,
         },
         Refused {
             response: Option<Response<Bytes>>,
@@ -194,13 +201,19 @@ pin_project! {
 impl<F, ResBody, E> Future for ScopeFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Body,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Called { future } => {
-                let response = ready!(future.poll(cx))?;
+            StateProj::Called { future, scope } => {
+                let mut response = ready!(future.poll(cx))?;
+                if let Some(scope) = scope.take() {
+                    if stream::may_stream(response.body()) {
+                        leave_scope(&mut response, scope);
+                    }
+                }
                 Poll::Ready(Ok(response.map(ResponseBody::inner)))
             }
             StateProj::Refused { response } => {
@@ -209,6 +222,26 @@ where
                     .expect("ScopeFuture polled after completion");
                 Poll::Ready(Ok(response.map(ResponseBody::rejection)))
             }
+        }
+    }
+}
+
+/// Whether `account` (an `A`) holds `scope`.
+fn holds<A: Scoped + 'static>(account: &(dyn Any + Send + Sync), scope: &str) -> bool {
+    account
+        .downcast_ref::<A>()
+        .is_some_and(|account| account.has_scope(scope))
+}
+
+/// Leaves the scope on a response that may stay open: the key layer checks it again
+/// whenever the key changes (see [`stream`](crate::stream)).
+#[cold]
+fn leave_scope<B>(response: &mut Response<B>, scope: RequiredScope) {
+    let extensions = response.extensions_mut();
+    match extensions.get_mut::<RequiredScopes>() {
+        Some(scopes) => scopes.0.push(scope),
+        None => {
+            extensions.insert(RequiredScopes(vec![scope]));
         }
     }
 }

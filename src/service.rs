@@ -71,6 +71,7 @@ impl<S: fmt::Debug, R: Resolver> fmt::Debug for ApiKeyService<S, R> {
 impl<S, R, B, ResBody> Service<Request<B>> for ApiKeyService<S, R>
 where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone,
+    ResBody: http_body::Body,
     R: Resolver,
 {
     type Response = Response<ResponseBody<ResBody>>;

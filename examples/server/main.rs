@@ -13,7 +13,7 @@
 //! | route | access |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /metrics` (Prometheus text of the layer's counters) | open |
-//! | `GET /v1/ping`, `GET /v1/whoami`, gRPC `grpc.health.v1.Health/Check` and `/Watch` | `X-API-KEY: <key>` (or `Authorization: Bearer <key>`) |
+//! | `GET /v1/ping`, `GET /v1/whoami`, `GET /v1/events` (server-sent events: `data: tick N` every second), gRPC `grpc.health.v1.Health/Check` and `/Watch` | `X-API-KEY: <key>` (or `Authorization: Bearer <key>`) |
 //! | `POST /v1/write` | a key that is unrestricted or holds the `write` scope (else 403) |
 //! | `POST` and `GET /admin/accounts/{account}/keys` | `Authorization: Bearer <ADMIN_TOKEN>` |
 //! | `GET`, `PATCH` and `DELETE /admin/accounts/{account}/keys/{id}` | admin |
@@ -84,9 +84,13 @@
 //! HTTP/2 has no header timeout of its own: once a connection has sent its preface, a client
 //! that stalls in the middle of a request's headers holds its connection slot until it goes
 //! away (idle connections are pinged every 20 s and closed if the peer doesn't answer), so
-//! `--max-connections` bounds what such clients can hold. A server-streaming call such as
-//! `grpc.health.v1.Health/Watch` is checked once, when it starts: revoking its key doesn't end
-//! a stream already open.
+//! `--max-connections` bounds what such clients can hold.
+//!
+//! Streams end when their key stops letting them through: `GET /v1/events` and
+//! `grpc.health.v1.Health/Watch` stay open while the key is valid, and end within moments of
+//! its revocation, rotation (after any grace period), deletion or expiry, here or in another
+//! server on the same PostgreSQL (the SSE body ends; the gRPC call ends with
+//! `UNAUTHENTICATED`).
 //!
 //! The server prints `listening on http://HOST:PORT` on stdout once it accepts connections.
 //! SIGTERM or Ctrl-C shuts it down gracefully: in-flight requests finish, pending last-used

@@ -4,10 +4,14 @@ use axum::extract::State;
 use axum::handler::Handler as _;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
 use serde::Serialize;
+use std::convert::Infallible;
+use std::time::Duration;
 use tonic_health::server::HealthReporter;
 use tower::Layer as _;
 use tower_api_key::admin::{AdminRouter, AdminTokens};
@@ -44,6 +48,8 @@ pub(crate) fn app(state: AppState, admin_tokens: AdminTokens) -> (HealthReporter
             ),
         )
         .route("/v1/ping", get(ping.layer(keys.clone())))
+        // Server-sent events: ends when its key is revoked, rotated away, deleted or expires.
+        .route("/v1/events", get(events.layer(keys.clone())))
         .route("/v1/whoami", get(whoami.layer(keys)))
         .route_service(
             "/grpc.health.v1.Health/{*method}",
@@ -92,6 +98,23 @@ async fn not_found() -> impl IntoResponse {
 async fn ping() -> &'static str {
     "pong"
 }
+
+/// `data: tick N` once a second, N from 1, for as long as the client listens and its key lets
+/// it through: the layer ends the stream when the key stops doing so (`tower_api_key::stream`).
+async fn events() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = stream::unfold(
+        (tokio::time::interval(TICK), 0u64),
+        |(mut interval, n)| async move {
+            interval.tick().await;
+            let event = Event::default().data(format!("tick {}", n + 1));
+            Some((Ok(event), (interval, n + 1)))
+        },
+    );
+    Sse::new(ticks)
+}
+
+/// How often `/v1/events` sends an event.
+const TICK: Duration = Duration::from_secs(1);
 
 async fn write() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "written": true }))

@@ -24,6 +24,7 @@ mod metadata;
 mod quota;
 #[cfg(feature = "postgres")]
 mod quota_fleet;
+mod streams;
 mod trusted_proxies;
 
 const SERVING: i32 = ServingStatus::Serving as i32;

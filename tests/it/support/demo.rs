@@ -454,6 +454,24 @@ impl DemoServer {
             .clone()
     }
 
+    /// Opens `GET path` with `X-API-KEY: key` and returns the response once its head is in,
+    /// its body still streaming.
+    pub(crate) async fn open_stream(&self, path: &str, key: &str) -> OpenStream {
+        let request = Request::get(format!("http://{}{path}", self.addr))
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("GET {path} took over {REQUEST_TIMEOUT:?}"))
+            .expect("send the request");
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        OpenStream {
+            body: response.into_body(),
+            text: String::new(),
+        }
+    }
+
     /// A gRPC health client over a fresh h2c channel to the server's one port.
     pub(crate) async fn health_client(&self) -> HealthClient<Channel> {
         let channel = Channel::from_shared(format!("http://{}", self.addr))
@@ -501,6 +519,49 @@ impl DemoServer {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         (status, self.log())
+    }
+}
+
+/// A response body still streaming, read frame by frame.
+pub(crate) struct OpenStream {
+    body: hyper::body::Incoming,
+    /// Everything received so far.
+    pub(crate) text: String,
+}
+
+impl OpenStream {
+    /// Reads until the text received so far contains `needle`; panics if the body ends or
+    /// nothing more comes within 30 s.
+    pub(crate) async fn read_until(&mut self, needle: &str) {
+        while !self.text.contains(needle) {
+            let frame = tokio::time::timeout(REQUEST_TIMEOUT, self.next_frame())
+                .await
+                .unwrap_or_else(|_| panic!("nothing within 30 s; got {:?}", self.text));
+            match frame {
+                Some(data) => self.text.push_str(&data),
+                None => panic!("the stream ended before {needle:?}; got {:?}", self.text),
+            }
+        }
+    }
+
+    /// Reads until the body ends (`true`), or 30 s pass without an end (`false`).
+    pub(crate) async fn ends(&mut self) -> bool {
+        let end = async {
+            while let Some(data) = self.next_frame().await {
+                self.text.push_str(&data);
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, end).await.is_ok()
+    }
+
+    /// The next data frame's text; `None` at the end of the body (or an error ending it).
+    async fn next_frame(&mut self) -> Option<String> {
+        loop {
+            match self.body.frame().await?.ok()?.into_data() {
+                Ok(data) => return Some(String::from_utf8_lossy(&data).into_owned()),
+                Err(_trailers) => continue,
+            }
+        }
     }
 }
 

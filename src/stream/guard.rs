@@ -1,0 +1,340 @@
+//! [`Guard`]: one open response's watch over its key, from its first wait on the inner body
+//! to its end.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::fmt;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::Response;
+use http_body::{Body, Frame};
+
+use super::watch::{Registration, StreamWatch};
+use crate::key::{ApiKey, KeyDigest};
+use crate::rejection::{self, Rejection};
+
+/// A response whose size is known and at most this is written at once: it is not watched.
+pub(crate) const SMALL_BODY: u64 = 64 * 1024;
+
+/// Whether a response with this body may stay open: its size is unknown, or more than
+/// [`SMALL_BODY`]. One `size_hint` call: all a unary answer pays.
+#[inline]
+pub(crate) fn may_stream<B: Body>(body: &B) -> bool {
+    body.size_hint()
+        .exact()
+        .is_none_or(|size| size > SMALL_BODY)
+}
+
+/// What the layer answers a response that asks whether its key still lets it through.
+pub(crate) trait Authority: Send + Sync + 'static {
+    /// The register of waiting responses.
+    fn watch(&self) -> Option<&Arc<StreamWatch>>;
+
+    /// The key's digest under the layer's pepper.
+    fn digest(&self, key: &ApiKey) -> KeyDigest;
+
+    /// Checks `key` as a new request from `address` would be, without counting a use or
+    /// spending a budget: at once from the cache, or after the resolver's answer.
+    fn check(&self, key: &ApiKey, digest: KeyDigest, address: Option<IpAddr>) -> Check;
+
+    /// Counts a response ended by `rejection`.
+    fn ended(&self, rejection: Rejection);
+}
+
+/// The answer to [`Authority::check`].
+pub(crate) enum Check {
+    Ready(Standing),
+    Pending(BoxFuture<'static, Standing>),
+}
+
+/// Where a key stands for an open response.
+pub(crate) enum Standing {
+    /// Still let through as `account` (for the scopes the response was let in with), until
+    /// `expires_at` if it expires.
+    Valid {
+        account: Arc<dyn Any + Send + Sync>,
+        expires_at: Option<SystemTime>,
+    },
+    /// A new request would be refused with this.
+    Refused(Rejection),
+    /// No answer now (too many lookups running): ask again soon.
+    Retry,
+}
+
+/// A scope the response was let in with by [`RequireScopeLayer`](crate::RequireScopeLayer),
+/// checked again on the account a change leaves.
+#[derive(Clone)]
+pub(crate) struct RequiredScope {
+    scope: Cow<'static, str>,
+    /// Whether an account (of the type the scope layer was built for) holds a scope.
+    holds: fn(&(dyn Any + Send + Sync), &str) -> bool,
+}
+
+impl RequiredScope {
+    pub(crate) fn new(
+        scope: Cow<'static, str>,
+        holds: fn(&(dyn Any + Send + Sync), &str) -> bool,
+    ) -> Self {
+        Self { scope, holds }
+    }
+
+    fn held_by(&self, account: &(dyn Any + Send + Sync)) -> bool {
+        (self.holds)(account, &self.scope)
+    }
+}
+
+/// The scopes a response was let in with: a response extension that
+/// [`RequireScopeLayer`](crate::RequireScopeLayer) adds to responses that may stay open, and
+/// the layer takes off again.
+#[derive(Clone, Default)]
+pub(crate) struct RequiredScopes(pub(crate) Vec<RequiredScope>);
+
+/// What an accepted request leaves its response: enough to check its key again later.
+/// `Debug` shows the key's prefix only.
+pub(crate) struct Ticket {
+    pub(crate) authority: Arc<dyn Authority>,
+    pub(crate) key: ApiKey,
+    /// The client's address, if the key had an allowlist when it was let in.
+    pub(crate) address: Option<IpAddr>,
+}
+
+impl Ticket {
+    /// A guard for `response` if it may stay open (taking off the scopes it was let in with);
+    /// `None` for a small answer of known size.
+    #[inline]
+    pub(crate) fn guard<B: Body>(self, response: &mut Response<B>) -> Option<Box<Guard>> {
+        if !may_stream(response.body()) {
+            return None;
+        }
+        Some(self.into_guard(response))
+    }
+
+    #[cold]
+    fn into_guard<B>(self, response: &mut Response<B>) -> Box<Guard> {
+        let scopes = response
+            .extensions_mut()
+            .remove::<RequiredScopes>()
+            .unwrap_or_default()
+            .0;
+        let grpc = rejection::is_grpc(response.headers());
+        Box::new(Guard {
+            ticket: self,
+            scopes,
+            grpc,
+            frames: 0,
+            state: State::Unwatched,
+        })
+    }
+}
+
+/// One open response's watch: the first time its inner body has nothing to send, it enters
+/// the layer's [`StreamWatch`] and checks its key once (a change may have come since it was
+/// let in); every invalidation of its key, and its key's expiry, wake it to check again. A
+/// key that would now be refused ends the response: gRPC with trailers carrying the
+/// refusal's status and message, HTTP by ending the body.
+pub(crate) struct Guard {
+    ticket: Ticket,
+    scopes: Vec<RequiredScope>,
+    grpc: bool,
+    /// Frames sent before it entered the register.
+    frames: u8,
+    state: State,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Unwatched => "unwatched",
+            State::Watching { .. } => "watching",
+            State::Ending(_) | State::Ended => "ended",
+        };
+        f.debug_struct("Guard")
+            .field("prefix", &self.ticket.key.prefix())
+            .field("grpc", &self.grpc)
+            .field("scopes", &self.scopes.len())
+            .field("state", &state)
+            .finish()
+    }
+}
+
+enum State {
+    /// Its inner body never had to wait: not in the register.
+    Unwatched,
+    Watching {
+        registration: Registration,
+        digest: KeyDigest,
+        check: Option<BoxFuture<'static, Standing>>,
+    },
+    /// Refused: the trailers of a gRPC response are still to send.
+    Ending(Rejection),
+    Ended,
+}
+
+impl Guard {
+    /// Polls the inner body, unless the key no longer lets the response through.
+    pub(crate) fn poll_frame<B>(
+        &mut self,
+        mut body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        if let Some(end) = self.poll_end(cx) {
+            return Poll::Ready(end.map(Ok));
+        }
+        match body.as_mut().poll_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(None) => {
+                self.state = State::Ended;
+                return Poll::Ready(None);
+            }
+            ready => {
+                // A body that never waits (a download to a fast client) is watched too, once
+                // it has sent more frames than a unary answer has.
+                if matches!(self.state, State::Unwatched) {
+                    self.frames += 1;
+                    if self.frames >= WATCH_AFTER_FRAMES {
+                        self.watch();
+                    }
+                }
+                return ready;
+            }
+        }
+        if matches!(self.state, State::Unwatched) {
+            self.watch();
+        }
+        match self.poll_end(cx) {
+            Some(end) => Poll::Ready(end.map(Ok)),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Whether the response has ended, whatever the inner body says.
+    pub(crate) fn is_ended(&self) -> bool {
+        matches!(self.state, State::Ended)
+    }
+
+    /// Enters the register and starts the first check.
+    #[cold]
+    fn watch(&mut self) {
+        let authority = &self.ticket.authority;
+        let Some(watch) = authority.watch() else {
+            // Only a layer that watches responses hands out tickets.
+            return;
+        };
+        let digest = authority.digest(&self.ticket.key);
+        // Registered before the check: a change after the check's look-up wakes it again.
+        let registration = watch.register(digest);
+        self.state = State::Watching {
+            registration,
+            digest,
+            check: None,
+        };
+        self.start_check();
+    }
+
+    /// The frame that ends the response (`Some(None)`: the end itself), if it must end;
+    /// otherwise registers `cx` to be woken by a change.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Option<Option<Frame<Bytes>>> {
+        loop {
+            match &mut self.state {
+                State::Unwatched => return None,
+                State::Ended => return Some(None),
+                State::Ending(rejection) => {
+                    let trailers = rejection.grpc_trailers();
+                    self.state = State::Ended;
+                    return Some(Some(Frame::trailers(trailers)));
+                }
+                State::Watching {
+                    registration,
+                    check,
+                    ..
+                } => {
+                    // The waker first: a change after `take_changed` wakes this task.
+                    registration.waiting().set_waker(cx.waker());
+                    if registration.waiting().take_changed() {
+                        self.start_check();
+                        continue;
+                    }
+                    let Some(pending) = check else {
+                        return None;
+                    };
+                    let Poll::Ready(standing) = pending.as_mut().poll(cx) else {
+                        return None;
+                    };
+                    *check = None;
+                    self.settle(standing);
+                }
+            }
+        }
+    }
+
+    /// Asks the layer where the key stands now.
+    fn start_check(&mut self) {
+        let State::Watching { digest, check, .. } = &mut self.state else {
+            return;
+        };
+        let ticket = &self.ticket;
+        match ticket.authority.check(&ticket.key, *digest, ticket.address) {
+            Check::Pending(future) => *check = Some(future),
+            Check::Ready(standing) => {
+                *check = None;
+                self.settle(standing);
+            }
+        }
+    }
+
+    /// Acts on an answer: goes on (with an alarm at the key's expiry), or makes the response
+    /// end (`Ending` for a gRPC response's trailers, `Ended` for an HTTP one).
+    fn settle(&mut self, standing: Standing) {
+        let refusal = match standing {
+            Standing::Valid {
+                account,
+                expires_at,
+            } => {
+                if self.scopes.iter().all(|scope| scope.held_by(&*account)) {
+                    if let State::Watching { registration, .. } = &mut self.state {
+                        match expires_at {
+                            Some(at) => registration.wake_at(at),
+                            None => registration.clear_alarm(),
+                        }
+                    }
+                    return;
+                }
+                Rejection::InsufficientScope
+            }
+            Standing::Refused(rejection) => rejection,
+            Standing::Retry => {
+                if let State::Watching { registration, .. } = &mut self.state {
+                    registration.wake_at(SystemTime::now() + RETRY_AFTER);
+                }
+                return;
+            }
+        };
+        self.ticket.authority.ended(refusal);
+        tracing::debug!(
+            prefix = %self.ticket.key.prefix(),
+            outcome = %refusal,
+            "open response ended: its API key no longer lets it through"
+        );
+        // Leaving `Watching` drops the registration and its alarm.
+        self.state = if self.grpc {
+            State::Ending(refusal)
+        } else {
+            State::Ended
+        };
+    }
+}
+
+/// A response that has sent this many frames without waiting enters the register anyway.
+const WATCH_AFTER_FRAMES: u8 = 16;
+
+/// How soon a check that got no answer is asked again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);

@@ -1,0 +1,36 @@
+//! Open responses end when their key stops letting them through.
+//!
+//! A request is checked when it starts; a response can stay open much longer (a gRPC
+//! server stream such as `Health/Watch`, server-sent events, a long download). So the layer
+//! keeps watching every response that may stay open: one whose size is unknown or more than
+//! 64 KiB (a small answer of known size is written at once and costs the watch one
+//! `size_hint` call). The first time such a response's inner body has nothing to send, it
+//! enters its layer's register of waiting responses, keyed by the key's digest, and checks
+//! the key once; from then on, every invalidation that names the key (a revoke, rotation,
+//! deletion or policy change, made here or heard through a change feed) and the key's expiry
+//! (one timer for the whole register) wake it to check the key again, as a new request
+//! would be checked, without counting a use:
+//!
+//! | the key now | the response |
+//! | --- | --- |
+//! | valid, with the scopes its route required, from its allowlist | goes on |
+//! | revoked, rotated away (after any grace period), deleted | ends: gRPC trailers `grpc-status: 16` |
+//! | expired | ends: `grpc-status: 16` |
+//! | without a scope its route required (`RequireScopeLayer`) | ends: `grpc-status: 7` |
+//! | its allowlist now excludes the client | ends: `grpc-status: 7` |
+//! | can't be checked (the store failing) | ends: `grpc-status: 14` |
+//!
+//! A gRPC response ends with trailers carrying the status and its message; an HTTP response
+//! ends its body (an SSE client sees the stream close; a download with a `Content-Length`
+//! is cut short, which the client sees as an error). A response that is sending does not
+//! stop to check: it is woken between frames, and a change ends it before its next frame.
+//!
+//! Turn it off with
+//! [`ApiKeyLayerBuilder::end_streams_on_change`](crate::ApiKeyLayerBuilder::end_streams_on_change).
+
+mod check;
+mod guard;
+mod watch;
+
+pub(crate) use self::guard::{Authority, Guard, RequiredScope, RequiredScopes, Ticket, may_stream};
+pub(crate) use self::watch::StreamWatch;
