@@ -33,7 +33,6 @@ use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::cache::PendingResolution;
 use crate::gatekeeper::{Decision, Gatekeeper, Origin, Wait};
-use crate::key::ApiKey;
 use crate::rate_limit::{self, Budget};
 use crate::resolver::Resolver;
 use crate::stream::Ticket;
@@ -75,7 +74,7 @@ pin_project! {
             lookup: PendingResolution<R::Account>,
             // Boxed: a request is a few hundred bytes, and every future of this type (the
             // hits' too) would be that much bigger to move around.
-            waiting: Option<Box<(S, Request<B>, ApiKey)>>,
+            waiting: Option<Box<(S, Request<B>)>>,
             gatekeeper: Arc<Gatekeeper<R>>,
         },
         Throttling {
@@ -170,9 +169,8 @@ where
             gatekeeper.sources.strip(request.headers_mut());
         }
         match decision {
-            Decision::Accept(account, budget, key) => {
-                let ticket =
-                    gatekeeper.ticket(&account, key, (request.headers(), request.extensions()));
+            Decision::Accept(account, budget) => {
+                let ticket = gatekeeper.ticket(&account, (request.headers(), request.extensions()));
                 request
                     .extensions_mut()
                     .insert(Authenticated::from_arc(account));
@@ -197,9 +195,9 @@ where
             Decision::OverQuota(retry_after, budget) => State::Rejected {
                 response: Some(gatekeeper.over_quota(retry_after, budget.as_ref(), &request)),
             },
-            Decision::Resolve(lookup, key) => State::Resolving {
+            Decision::Resolve(lookup) => State::Resolving {
                 lookup,
-                waiting: Some(Box::new((ready.hold(), request, key))),
+                waiting: Some(Box::new((ready.hold(), request))),
                 gatekeeper: Arc::clone(gatekeeper),
             },
             Decision::Throttle(account, verdict, origin) => State::Throttling {
@@ -254,14 +252,11 @@ where
                     gatekeeper,
                 } => {
                     let outcome = ready!(lookup.poll_unpin(cx));
-                    let (inner, request, key) = *waiting
+                    let (inner, request) = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let decision = gatekeeper.conclude(
-                        outcome,
-                        key,
-                        (request.headers(), request.extensions()),
-                    );
+                    let decision =
+                        gatekeeper.conclude(outcome, (request.headers(), request.extensions()));
                     State::start(decision, Ready::Held(inner), request, gatekeeper)
                 }
                 StateProj::Throttling {

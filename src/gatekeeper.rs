@@ -26,7 +26,7 @@ use crate::policy::AllowedIps;
 use crate::rate_limit::{self, Acquire, Budget, LimiterFailure, Limits, PendingVerdict, Verdict};
 use crate::rejection::{self, Rejection, RejectionContext};
 use crate::resolver::Resolver;
-use crate::stream::{StreamWatch, Ticket};
+use crate::stream::{Registered, StreamWatch, Ticket};
 use crate::usage::{PendingQuotaVerdict, QuotaCheck, QuotaVerdict, UseOutcome};
 
 /// Whether requests without the header are let through.
@@ -137,16 +137,16 @@ pub(crate) struct Gatekeeper<R: Resolver> {
     pub(crate) limits: Limits,
     pub(crate) addresses: AddressSource,
     pub(crate) metrics: Arc<Metrics>,
-    /// The register of open responses, unless the layer doesn't watch them.
-    pub(crate) streams: Option<Arc<StreamWatch>>,
+    /// The register of open responses and the layer's number, unless the layer doesn't
+    /// watch them.
+    pub(crate) streams: Option<(Arc<StreamWatch>, Registered)>,
 }
 
 /// What to do with one request; [`ResponseFuture::start`](crate::future::ResponseFuture)
 /// turns it into the future's state, in one place.
 pub(crate) enum Decision<A> {
-    /// Call the inner service as `A`, let in with this key; with a budget, the response
-    /// carries it.
-    Accept(Arc<A>, Option<Budget>, ApiKey),
+    /// Call the inner service as `A`; with a budget, the response carries it.
+    Accept(Arc<A>, Option<Budget>),
     /// Call the inner service without an account (optional mode, no key).
     Anonymous,
     /// Answer for the layer.
@@ -157,7 +157,7 @@ pub(crate) enum Decision<A> {
     /// its rate limit, if it has one.
     OverQuota(Duration, Option<Budget>),
     /// Wait for the resolver's answer on the key (a cache miss).
-    Resolve(PendingResolution<A>, ApiKey),
+    Resolve(PendingResolution<A>),
     /// Wait for a verdict on `A` kept elsewhere: its rate limit's, or its quota's.
     Throttle(Arc<A>, Wait, Origin),
 }
@@ -188,21 +188,20 @@ impl Wait {
     }
 }
 
-/// Where an accepted account came from, with the key it was found by: the cache (whose
-/// prefix goes into the request's span) or the resolver (whose miss already put it there).
-/// The metrics count each; an open response keeps the key to check it again.
-#[derive(Debug, Clone)]
+/// Where an accepted account came from: the cache (with the prefix, for the request's span)
+/// or the resolver (whose miss already put the prefix in the span). The metrics count each.
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Origin {
-    Cache(ApiKey),
-    Resolver(ApiKey),
+    Cache(KeyPrefix),
+    Resolver,
 }
 
 impl Origin {
     /// Bumps the counter of an outcome for this origin: `cached` or `resolved`.
-    fn count(&self, metrics: &Metrics, cached: fn(&Metrics), resolved: fn(&Metrics)) {
+    fn count(self, metrics: &Metrics, cached: fn(&Metrics), resolved: fn(&Metrics)) {
         match self {
             Self::Cache(_) => cached(metrics),
-            Self::Resolver(_) => resolved(metrics),
+            Self::Resolver => resolved(metrics),
         }
     }
 }
@@ -248,7 +247,12 @@ impl<R: Resolver> Gatekeeper<R> {
                     tracing::debug!(outcome = "expired", prefix = %key.prefix(), "api key rejected: expired (cached)");
                     return Decision::Reject(Rejection::Expired);
                 }
-                self.admit(account, Origin::Cache(key), now, (headers, extensions))
+                self.admit(
+                    account,
+                    Origin::Cache(key.prefix()),
+                    now,
+                    (headers, extensions),
+                )
             }
             Some(Cached::Refused) => {
                 self.metrics.refused_cached();
@@ -263,7 +267,7 @@ impl<R: Resolver> Gatekeeper<R> {
                 // The prefix now, the account once the lookup accepts it.
                 record_in_span(Some(key.prefix()), None);
                 match self.cache.resolve(&key, digest) {
-                    Ok(lookup) => Decision::Resolve(lookup, key),
+                    Ok(lookup) => Decision::Resolve(lookup),
                     Err(Overloaded) => {
                         self.metrics.unavailable();
                         self.metrics.lookups_shed();
@@ -279,7 +283,6 @@ impl<R: Resolver> Gatekeeper<R> {
     pub(crate) fn conclude(
         &self,
         lookup: Resolution<R::Account>,
-        key: ApiKey,
         request: (&HeaderMap, &Extensions),
     ) -> Decision<R::Account> {
         match lookup {
@@ -290,7 +293,7 @@ impl<R: Resolver> Gatekeeper<R> {
                 Decision::Reject(Rejection::Expired)
             }
             Resolution::Found(account) => {
-                self.admit(account, Origin::Resolver(key), Instant::now(), request)
+                self.admit(account, Origin::Resolver, Instant::now(), request)
             }
             Resolution::Refused => {
                 self.metrics.refused_resolved();
@@ -478,39 +481,41 @@ impl<R: Resolver> Gatekeeper<R> {
         origin: Origin,
         now: Instant,
     ) -> Decision<R::Account> {
-        let (prefix, key) = match origin {
-            Origin::Cache(key) => {
+        let prefix = match origin {
+            Origin::Cache(prefix) => {
                 self.metrics.accepted_cached();
-                (Some(key.prefix()), key)
+                Some(prefix)
             }
-            Origin::Resolver(key) => {
+            Origin::Resolver => {
                 self.metrics.accepted_resolved();
-                (None, key)
+                None
             }
         };
         account.record_use(now, UseOutcome::Accepted);
         record_in_span(prefix, account.label());
-        Decision::Accept(account, budget, key)
+        Decision::Accept(account, budget)
     }
 
-    /// What an accepted request's response keeps to check its key again while it stays open
-    /// (the client's address too, for a key with an allowlist); `None` if the layer doesn't
-    /// watch open responses.
-    #[inline]
+    /// What an accepted request's response keeps, to check its key again while it stays
+    /// open: the layer's number, the key's prefix and digest as the resolver tells them (and
+    /// the client's address, for a key with an allowlist); `None` if the layer doesn't watch
+    /// open responses or the resolver can't look a key up again.
+    #[inline(always)]
     pub(crate) fn ticket(
-        self: &Arc<Self>,
+        &self,
         account: &R::Account,
-        key: ApiKey,
         (headers, extensions): (&HeaderMap, &Extensions),
     ) -> Option<Ticket> {
-        self.streams.as_ref()?;
+        let (_, registered) = self.streams.as_ref()?;
+        let (prefix, digest) = self.cache.resolver_ref().key_of(account)?;
         let address = match account.allowed_ips() {
             None => None,
             Some(_) => self.addresses.client(headers, extensions),
         };
         Some(Ticket {
-            authority: Arc::clone(self) as Arc<dyn crate::stream::Authority>,
-            key,
+            layer: registered.number(),
+            prefix,
+            digest,
             address,
         })
     }

@@ -1,7 +1,7 @@
 //! [`ApiKeyLayer`] and its builder: how the middleware is configured and applied.
 //!
 //! ```
-//! use std::sync::Arc;
+//! use std::sync::{Arc, Weak};
 //! use axum::{Router, routing::get};
 //! use tower_api_key::{ApiKeyLayer, Authenticated, KeyManager, MemoryStore, Pepper};
 //! use tower_api_key::resolver::KeyIdentity;
@@ -23,7 +23,7 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use http::{HeaderName, Response};
@@ -41,7 +41,7 @@ use crate::rate_limit::{LimiterFailure, Limits, RateLimiter};
 use crate::rejection::RejectionContext;
 use crate::resolver::{Resolver, StoreResolver};
 use crate::service::ApiKeyService;
-use crate::stream::StreamWatch;
+use crate::stream::{self, StreamWatch};
 use crate::usage::UsageRecorder;
 
 /// The header keys travel in unless configured otherwise: `x-api-key`.
@@ -313,26 +313,26 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
         );
         // Subscribed after the cache: a bus delivers to its listeners in order, so a response
         // woken by a change finds its key already gone from the cache.
-        let streams = self.end_streams.then(|| {
+        let watch = self.end_streams.then(|| {
             let watch = StreamWatch::new();
             for bus in &self.buses {
                 bus.subscribe(&watch);
             }
             watch
         });
-        ApiKeyLayer {
-            gatekeeper: Arc::new(Gatekeeper {
-                sources: self.sources,
-                mode: self.mode,
-                pepper: self.pepper,
-                cache,
-                hook: self.hook,
-                limits: self.limits,
-                addresses: self.addresses,
-                metrics,
-                streams,
-            }),
-        }
+        let gatekeeper = Arc::new_cyclic(|layer: &Weak<Gatekeeper<R>>| Gatekeeper {
+            sources: self.sources,
+            mode: self.mode,
+            pepper: self.pepper,
+            cache,
+            hook: self.hook,
+            limits: self.limits,
+            addresses: self.addresses,
+            metrics,
+            // Numbered for the responses it lets in: see `stream`.
+            streams: watch.map(|watch| (watch, stream::register(layer.clone()))),
+        });
+        ApiKeyLayer { gatekeeper }
     }
 }
 

@@ -118,6 +118,32 @@ pub trait Resolver: Send + Sync + 'static {
         key: &ApiKey,
         digest: &KeyDigest,
     ) -> Result<Option<Self::Account>, ResolveError>;
+
+    /// The prefix and digest of the key `account` was resolved from, for a resolver that can
+    /// look a key up again by them ([`resolve_again`](Self::resolve_again)). The layer asks
+    /// it for a response that stays open (a stream), so that a change of the key can end the
+    /// response (see [`stream`](crate::stream)); the default, `None`, leaves such responses
+    /// checked once, when they start.
+    fn key_of(&self, account: &Self::Account) -> Option<(KeyPrefix, KeyDigest)> {
+        let _ = account;
+        None
+    }
+
+    /// Looks up again the key with this prefix and digest, as [`resolve`](Self::resolve)
+    /// looks up a whole key: called, for a key [`key_of`](Self::key_of) named, after a change
+    /// of that key, while a response let in with it is open. The layer keeps no plaintext
+    /// key for that time, so this gets the prefix and the digest only. The default fails:
+    /// implement it together with `key_of`.
+    async fn resolve_again(
+        &self,
+        prefix: &KeyPrefix,
+        digest: &KeyDigest,
+    ) -> Result<Option<Self::Account>, ResolveError> {
+        let _ = (prefix, digest);
+        Err(ResolveError::new(
+            "this resolver can't look a key up by its digest",
+        ))
+    }
 }
 
 #[async_trait]
@@ -130,6 +156,18 @@ impl<R: Resolver + ?Sized> Resolver for Arc<R> {
         digest: &KeyDigest,
     ) -> Result<Option<Self::Account>, ResolveError> {
         (**self).resolve(key, digest).await
+    }
+
+    fn key_of(&self, account: &Self::Account) -> Option<(KeyPrefix, KeyDigest)> {
+        (**self).key_of(account)
+    }
+
+    async fn resolve_again(
+        &self,
+        prefix: &KeyPrefix,
+        digest: &KeyDigest,
+    ) -> Result<Option<Self::Account>, ResolveError> {
+        (**self).resolve_again(prefix, digest).await
     }
 }
 
@@ -187,6 +225,8 @@ pub struct KeyIdentity {
     /// The key's quota and its count, shared by every identity of the key.
     quota: Option<(Quota, Arc<QuotaTally>)>,
     grace: bool,
+    /// The digest it was resolved by (none for one built with [`KeyIdentity::new`]).
+    digest: Option<KeyDigest>,
     usage: Arc<UsageCell>,
     /// Where uses are recorded, if they are.
     recorder: Option<UsageRecorder>,
@@ -208,6 +248,7 @@ impl KeyIdentity {
             metadata: None,
             quota: None,
             grace: false,
+            digest: None,
             recorder: None,
         }
     }
@@ -482,12 +523,26 @@ impl Resolver for StoreResolver {
         key: &ApiKey,
         digest: &KeyDigest,
     ) -> Result<Option<KeyIdentity>, ResolveError> {
+        self.resolve_again(&key.prefix(), digest).await
+    }
+
+    fn key_of(&self, identity: &KeyIdentity) -> Option<(KeyPrefix, KeyDigest)> {
+        Some((identity.prefix, identity.digest?))
+    }
+
+    /// All a lookup needs is the prefix (to find the record) and the digest (to compare with
+    /// the stored one): [`resolve`](Resolver::resolve) is this too.
+    async fn resolve_again(
+        &self,
+        prefix: &KeyPrefix,
+        digest: &KeyDigest,
+    ) -> Result<Option<KeyIdentity>, ResolveError> {
+        let prefix = *prefix;
         let record = self
             .store
-            .find_by_prefix(&key.prefix())
+            .find_by_prefix(&prefix)
             .await
             .map_err(ResolveError::new)?;
-        let prefix = key.prefix();
         // Which of the record's keys the prefix names: the current one, or the old one of a
         // rotation with a grace period (with the earlier of the two deadlines).
         let (stored, expires_at, grace) = match &record {
@@ -542,6 +597,7 @@ impl Resolver for StoreResolver {
             metadata: record.metadata,
             quota,
             grace,
+            digest: Some(*digest),
             recorder: self.usage.clone(),
         }))
     }

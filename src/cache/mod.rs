@@ -24,7 +24,7 @@ use self::known::KnownKeys;
 use crate::feed::Trust;
 use crate::hashing::DigestHasher;
 use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener};
-use crate::key::{ApiKey, KeyDigest};
+use crate::key::{ApiKey, KeyDigest, KeyPrefix};
 use crate::metrics::Metrics;
 use crate::resolver::Resolver;
 use crate::sync::{lock, read, write};
@@ -319,13 +319,8 @@ impl<R: Resolver> CachedResolver<R> {
         cache
     }
 
-    /// The wrapped resolver.
-    #[cfg(test)]
-    pub(crate) fn resolver(&self) -> &R {
-        &self.shared.resolver
-    }
-
     /// The cached answer for `digest` at `now`, if any: synchronous, allocation-free.
+    #[inline(always)]
     pub(crate) fn cached(&self, digest: &KeyDigest, now: Instant) -> Option<Cached<R::Account>> {
         let shared = &self.shared;
         if !shared.trusted() {
@@ -355,6 +350,30 @@ impl<R: Resolver> CachedResolver<R> {
         &self,
         key: &ApiKey,
         digest: KeyDigest,
+    ) -> Result<PendingResolution<R::Account>, Overloaded> {
+        self.join(digest, || Lookup::Key(key.clone()))
+    }
+
+    /// As [`resolve`](Self::resolve), for a key known by its prefix and digest only (an open
+    /// response's, checked again after a change): a new call asks
+    /// [`Resolver::resolve_again`].
+    pub(crate) fn resolve_again(
+        &self,
+        prefix: KeyPrefix,
+        digest: KeyDigest,
+    ) -> Result<PendingResolution<R::Account>, Overloaded> {
+        self.join(digest, || Lookup::Again(prefix))
+    }
+
+    /// The wrapped resolver.
+    pub(crate) fn resolver_ref(&self) -> &R {
+        &self.shared.resolver
+    }
+
+    fn join(
+        &self,
+        digest: KeyDigest,
+        lookup: impl FnOnce() -> Lookup,
     ) -> Result<PendingResolution<R::Account>, Overloaded> {
         let shared = &self.shared;
         // Lock order everywhere: epoch, then in_flight.
@@ -386,7 +405,7 @@ impl<R: Resolver> CachedResolver<R> {
         let ticket = next_ticket();
         let lookup = start_lookup(
             Arc::clone(shared),
-            key.clone(),
+            lookup(),
             digest,
             started_in,
             ticket,
@@ -467,9 +486,25 @@ enum LookupPermit {
     Queued(Arc<Semaphore>),
 }
 
+/// What a resolver call looks up: a whole key (a request's), or a key by its prefix and the
+/// digest (an open response's, which keeps no plaintext).
+enum Lookup {
+    Key(ApiKey),
+    Again(KeyPrefix),
+}
+
+impl Lookup {
+    fn prefix(&self) -> KeyPrefix {
+        match self {
+            Self::Key(key) => key.prefix(),
+            Self::Again(prefix) => *prefix,
+        }
+    }
+}
+
 fn start_lookup<R: Resolver>(
     shared: Arc<CacheShared<R>>,
-    key: ApiKey,
+    lookup: Lookup,
     digest: KeyDigest,
     started_in: u64,
     ticket: u64,
@@ -488,31 +523,35 @@ fn start_lookup<R: Resolver>(
                 LookupPermit::Held(permit) => Some(permit),
                 LookupPermit::Unlimited => None,
             };
-            shared.resolver.resolve(&key, &digest).await
+            match &lookup {
+                Lookup::Key(key) => shared.resolver.resolve(key, &digest).await,
+                Lookup::Again(prefix) => shared.resolver.resolve_again(prefix, &digest).await,
+            }
         })
         .catch_unwind();
+        let prefix = lookup.prefix();
         let answer = match timeout {
             Some(limit) => tokio::time::timeout(limit, resolved).await.ok(),
             None => Some(resolved.await),
         };
-        let lookup = match answer {
+        let resolution = match answer {
             Some(Ok(Ok(Some(account)))) => Resolution::Found(Arc::new(account)),
             Some(Ok(Ok(None))) => Resolution::Refused,
             Some(Ok(Err(err))) => {
-                tracing::warn!(prefix = %key.prefix(), error = %err, "api key lookup failed");
+                tracing::warn!(%prefix, error = %err, "api key lookup failed");
                 Resolution::Failed(ResolveFailure::Error)
             }
             Some(Err(_panic)) => {
-                tracing::error!(prefix = %key.prefix(), "api key resolver panicked");
+                tracing::error!(%prefix, "api key resolver panicked");
                 Resolution::Failed(ResolveFailure::Panicked)
             }
             None => {
-                tracing::warn!(prefix = %key.prefix(), "api key lookup timed out");
+                tracing::warn!(%prefix, "api key lookup timed out");
                 Resolution::Failed(ResolveFailure::TimedOut)
             }
         };
-        shared.finish_call(digest, started_in, ticket, &lookup);
-        lookup
+        shared.finish_call(digest, started_in, ticket, &resolution);
+        resolution
     };
     // Run the call as its own task so that it completes, and leaves the in-flight table,
     // even when every request waiting for it goes away.
@@ -676,7 +715,7 @@ mod tests {
         // A second request had missed the cache before that, and only now asks for a call.
         let second = cache.resolve(&key, digest).expect("permit").await;
         assert!(matches!(second, Resolution::Refused));
-        assert_eq!(cache.resolver().0.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.resolver_ref().0.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -13,25 +13,21 @@ use super::watch::StreamWatch;
 use crate::account::Account;
 use crate::cache::{Cached, Resolution};
 use crate::gatekeeper::Gatekeeper;
-use crate::key::{ApiKey, KeyDigest};
+use crate::key::{KeyDigest, KeyPrefix};
 use crate::rejection::Rejection;
 use crate::resolver::Resolver;
 
 impl<R: Resolver> Authority for Gatekeeper<R> {
     fn watch(&self) -> Option<&Arc<StreamWatch>> {
-        self.streams.as_ref()
+        self.streams.as_ref().map(|(watch, _)| watch)
     }
 
-    fn digest(&self, key: &ApiKey) -> KeyDigest {
-        self.pepper.digest(key)
-    }
-
-    fn check(&self, key: &ApiKey, digest: KeyDigest, address: Option<IpAddr>) -> Check {
+    fn check(&self, prefix: KeyPrefix, digest: KeyDigest, address: Option<IpAddr>) -> Check {
         match self.cache.cached(&digest, Instant::now()) {
             Some(Cached::Valid(account)) => Check::Ready(standing(account, address)),
             Some(Cached::Refused) => Check::Ready(Standing::Refused(Rejection::InvalidKey)),
             // Forgotten by the change that woke the response: the resolver says.
-            None => match self.cache.resolve(key, digest) {
+            None => match self.cache.resolve_again(prefix, digest) {
                 Ok(lookup) => Check::Pending(Box::pin(lookup.map(move |resolution| {
                     match resolution {
                         Resolution::Found(account) => standing(account, address),

@@ -15,8 +15,9 @@ use futures_util::future::BoxFuture;
 use http::Response;
 use http_body::{Body, Frame};
 
+use super::layers::{self, LayerNumber};
 use super::watch::{Registration, StreamWatch};
-use crate::key::{ApiKey, KeyDigest};
+use crate::key::{KeyDigest, KeyPrefix};
 use crate::rejection::{self, Rejection};
 
 /// A response whose size is known and at most this is written at once: it is not watched.
@@ -36,12 +37,9 @@ pub(crate) trait Authority: Send + Sync + 'static {
     /// The register of waiting responses.
     fn watch(&self) -> Option<&Arc<StreamWatch>>;
 
-    /// The key's digest under the layer's pepper.
-    fn digest(&self, key: &ApiKey) -> KeyDigest;
-
-    /// Checks `key` as a new request from `address` would be, without counting a use or
+    /// Checks the key as a new request from `address` would be, without counting a use or
     /// spending a budget: at once from the cache, or after the resolver's answer.
-    fn check(&self, key: &ApiKey, digest: KeyDigest, address: Option<IpAddr>) -> Check;
+    fn check(&self, prefix: KeyPrefix, digest: KeyDigest, address: Option<IpAddr>) -> Check;
 
     /// Counts a response ended by `rejection`.
     fn ended(&self, rejection: Rejection);
@@ -95,41 +93,49 @@ impl RequiredScope {
 #[derive(Clone, Default)]
 pub(crate) struct RequiredScopes(pub(crate) Vec<RequiredScope>);
 
-/// What an accepted request leaves its response: enough to check its key again later.
-/// `Debug` shows the key's prefix only.
+/// What an accepted request leaves its response: the number of the layer that let it in,
+/// the key's prefix and digest, and for a key with an allowlist the client's address. Plain
+/// data on purpose: every accepted request's future carries one until its response arrives,
+/// and a response that never stays open should pay no reference count for it.
+#[derive(Clone, Copy)]
 pub(crate) struct Ticket {
-    pub(crate) authority: Arc<dyn Authority>,
-    pub(crate) key: ApiKey,
-    /// The client's address, if the key had an allowlist when it was let in.
+    pub(crate) layer: LayerNumber,
+    pub(crate) prefix: KeyPrefix,
+    pub(crate) digest: KeyDigest,
     pub(crate) address: Option<IpAddr>,
 }
 
 impl Ticket {
     /// A guard for `response` if it may stay open (taking off the scopes it was let in with);
     /// `None` for a small answer of known size.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn guard<B: Body>(self, response: &mut Response<B>) -> Option<Box<Guard>> {
         if !may_stream(response.body()) {
             return None;
         }
-        Some(self.into_guard(response))
+        self.into_guard(response)
     }
 
     #[cold]
-    fn into_guard<B>(self, response: &mut Response<B>) -> Box<Guard> {
+    #[inline(never)]
+    fn into_guard<B>(self, response: &mut Response<B>) -> Option<Box<Guard>> {
         let scopes = response
             .extensions_mut()
             .remove::<RequiredScopes>()
             .unwrap_or_default()
             .0;
         let grpc = rejection::is_grpc(response.headers());
-        Box::new(Guard {
-            ticket: self,
+        Some(Box::new(Guard {
+            layer: self.layer,
+            authority: None,
+            prefix: self.prefix,
+            digest: self.digest,
+            address: self.address,
             scopes,
             grpc,
             frames: 0,
             state: State::Unwatched,
-        })
+        }))
     }
 }
 
@@ -139,7 +145,13 @@ impl Ticket {
 /// key that would now be refused ends the response: gRPC with trailers carrying the
 /// refusal's status and message, HTTP by ending the body.
 pub(crate) struct Guard {
-    ticket: Ticket,
+    layer: LayerNumber,
+    /// The layer, found by its number when the response first waits (a unary answer never
+    /// does, and never looks it up).
+    authority: Option<Arc<dyn Authority>>,
+    prefix: KeyPrefix,
+    digest: KeyDigest,
+    address: Option<IpAddr>,
     scopes: Vec<RequiredScope>,
     grpc: bool,
     /// Frames sent before it entered the register.
@@ -152,10 +164,11 @@ impl fmt::Debug for Guard {
         let state = match &self.state {
             State::Unwatched => "unwatched",
             State::Watching { .. } => "watching",
+            State::Unwatchable => "unwatchable",
             State::Ending(_) | State::Ended => "ended",
         };
         f.debug_struct("Guard")
-            .field("prefix", &self.ticket.key.prefix())
+            .field("prefix", &self.prefix)
             .field("grpc", &self.grpc)
             .field("scopes", &self.scopes.len())
             .field("state", &state)
@@ -168,9 +181,10 @@ enum State {
     Unwatched,
     Watching {
         registration: Registration,
-        digest: KeyDigest,
         check: Option<BoxFuture<'static, Standing>>,
     },
+    /// Its layer is gone: left alone.
+    Unwatchable,
     /// Refused: the trailers of a gRPC response are still to send.
     Ending(Rejection),
     Ended,
@@ -188,6 +202,10 @@ impl Guard {
     {
         if let Some(end) = self.poll_end(cx) {
             return Poll::Ready(end.map(Ok));
+        }
+        if self.checking() {
+            // Nothing goes out while the key is checked again: woken by the answer.
+            return Poll::Pending;
         }
         match body.as_mut().poll_frame(cx) {
             Poll::Pending => {}
@@ -216,6 +234,11 @@ impl Guard {
         }
     }
 
+    /// Whether a check of the key is waiting for the resolver.
+    fn checking(&self) -> bool {
+        matches!(self.state, State::Watching { check: Some(_), .. })
+    }
+
     /// Whether the response has ended, whatever the inner body says.
     pub(crate) fn is_ended(&self) -> bool {
         matches!(self.state, State::Ended)
@@ -224,17 +247,17 @@ impl Guard {
     /// Enters the register and starts the first check.
     #[cold]
     fn watch(&mut self) {
-        let authority = &self.ticket.authority;
-        let Some(watch) = authority.watch() else {
-            // Only a layer that watches responses hands out tickets.
+        let authority = layers::find(self.layer);
+        let Some(watch) = authority.as_ref().and_then(|authority| authority.watch()) else {
+            // The layer is gone: nothing can change the key for it any more.
+            self.state = State::Unwatchable;
             return;
         };
-        let digest = authority.digest(&self.ticket.key);
         // Registered before the check: a change after the check's look-up wakes it again.
-        let registration = watch.register(digest);
+        let registration = watch.register(self.digest);
+        self.authority = authority;
         self.state = State::Watching {
             registration,
-            digest,
             check: None,
         };
         self.start_check();
@@ -245,7 +268,7 @@ impl Guard {
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Option<Option<Frame<Bytes>>> {
         loop {
             match &mut self.state {
-                State::Unwatched => return None,
+                State::Unwatched | State::Unwatchable => return None,
                 State::Ended => return Some(None),
                 State::Ending(rejection) => {
                     let trailers = rejection.grpc_trailers();
@@ -278,11 +301,11 @@ impl Guard {
 
     /// Asks the layer where the key stands now.
     fn start_check(&mut self) {
-        let State::Watching { digest, check, .. } = &mut self.state else {
+        let (State::Watching { check, .. }, Some(authority)) = (&mut self.state, &self.authority)
+        else {
             return;
         };
-        let ticket = &self.ticket;
-        match ticket.authority.check(&ticket.key, *digest, ticket.address) {
+        match authority.check(self.prefix, self.digest, self.address) {
             Check::Pending(future) => *check = Some(future),
             Check::Ready(standing) => {
                 *check = None;
@@ -318,9 +341,11 @@ impl Guard {
                 return;
             }
         };
-        self.ticket.authority.ended(refusal);
+        if let Some(authority) = &self.authority {
+            authority.ended(refusal);
+        }
         tracing::debug!(
-            prefix = %self.ticket.key.prefix(),
+            prefix = %self.prefix,
             outcome = %refusal,
             "open response ended: its API key no longer lets it through"
         );

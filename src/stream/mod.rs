@@ -30,7 +30,9 @@
 
 mod check;
 mod guard;
+mod layers;
 mod watch;
 
-pub(crate) use self::guard::{Authority, Guard, RequiredScope, RequiredScopes, Ticket, may_stream};
+pub(crate) use self::guard::{Guard, RequiredScope, RequiredScopes, Ticket, may_stream};
+pub(crate) use self::layers::{Registered, register};
 pub(crate) use self::watch::StreamWatch;

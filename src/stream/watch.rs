@@ -138,18 +138,22 @@ impl StreamWatch {
 
 impl InvalidationListener for StreamWatch {
     fn invalidate(&self, invalidation: &Invalidation) {
-        let register = lock(&self.waiting);
-        match invalidation {
-            Invalidation::Key(digest) => {
-                for waiting in register.get(digest).into_iter().flatten() {
-                    waiting.notify();
-                }
+        // Woken outside the lock: a waker may run its task at once, which may leave the
+        // register.
+        let woken: Vec<Arc<Waiting>> = {
+            let register = lock(&self.waiting);
+            match invalidation {
+                Invalidation::Key(digest) => register
+                    .get(digest)
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect(),
+                Invalidation::All => register.values().flatten().cloned().collect(),
             }
-            Invalidation::All => {
-                for waiting in register.values().flatten() {
-                    waiting.notify();
-                }
-            }
+        };
+        for waiting in woken {
+            waiting.notify();
         }
     }
 }
@@ -188,8 +192,9 @@ impl Timer {
             .is_none_or(|(first, _)| alarm < *first);
         alarms.due.insert(alarm, waiting);
         if !alarms.running {
-            // Only a response being polled sets an alarm, so a runtime is there; without
-            // one, responses still end on invalidations, and expiries on their next frame.
+            // Only a response being polled sets an alarm, so a tokio runtime is usually
+            // there; a body polled outside one notices its key's expiry at the key's next
+            // invalidation instead.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 alarms.running = true;
                 runtime.spawn(run_timer(
@@ -220,13 +225,20 @@ async fn run_timer(alarms: Weak<Mutex<Alarms>>, earlier: Arc<Notify>) {
             };
             let mut alarms = lock(&alarms);
             let now = SystemTime::now();
+            let mut due = Vec::new();
             while let Some(entry) = alarms.due.first_entry() {
                 if entry.key().0 > now {
                     break;
                 }
-                if let Some(waiting) = entry.remove().upgrade() {
+                due.extend(entry.remove().upgrade());
+            }
+            if !due.is_empty() {
+                // Outside the lock, as for invalidations.
+                drop(alarms);
+                for waiting in due {
                     waiting.notify();
                 }
+                continue;
             }
             match alarms.due.first_key_value() {
                 Some(((at, _), _)) => at

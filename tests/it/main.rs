@@ -18,6 +18,7 @@ mod metrics;
 mod policy;
 mod rate_limit;
 mod store;
+mod stream;
 mod transport;
 #[cfg(feature = "axum")]
 mod usage;

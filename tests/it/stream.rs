@@ -1,0 +1,301 @@
+//! Open responses in process: a body the test feeds frame by frame (so it can sit idle for as
+//! long as the test likes), behind the layer and, for scopes, `RequireScopeLayer`. What ends
+//! a response and what doesn't, for HTTP and gRPC; the loopback versions are in
+//! `demo::streams`. Every wait is for a frame or the end, bounded by 30 s.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt as _, Full};
+use tokio::sync::mpsc;
+use tower::{Layer as _, ServiceExt as _, service_fn};
+use tower_api_key::invalidation::Invalidation;
+use tower_api_key::policy::{PolicyUpdate, Scopes};
+use tower_api_key::{
+    ApiKeyLayer, KeyIdentity, KeyManager, KeyOptions, MemoryStore, RequireScopeLayer,
+};
+
+use crate::support::{account, pepper};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A body whose frames the test sends through a channel; it waits (idle) in between, and
+/// ends when the sender is dropped. Its size is unknown, like any stream's.
+struct Fed(mpsc::UnboundedReceiver<Frame<Bytes>>);
+
+impl Body for Fed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+    }
+}
+
+/// A body that never waits: a frame every time it is polled, forever.
+struct Endless;
+
+impl Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+    }
+}
+
+fn manager() -> KeyManager {
+    KeyManager::new(Arc::new(MemoryStore::new()), pepper())
+}
+
+/// The response the inner service gives: a fed body, gRPC or not.
+fn fed_response(grpc: bool) -> (mpsc::UnboundedSender<Frame<Bytes>>, Response<Fed>) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let mut response = Response::new(Fed(receiver));
+    if grpc {
+        response
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+    }
+    (sender, response)
+}
+
+fn request(key: &str, grpc: bool) -> Request<()> {
+    let mut request = Request::post("/stream").body(()).expect("request");
+    request
+        .headers_mut()
+        .insert("x-api-key", key.parse().expect("header"));
+    if grpc {
+        request
+            .headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+    }
+    request
+}
+
+/// Sends `key` through `layer` (and `scope`, if any) to an inner service answering with
+/// `response`; returns the body the client would read.
+async fn open<B>(
+    layer: &ApiKeyLayer<tower_api_key::StoreResolver>,
+    scope: Option<&'static str>,
+    key: &str,
+    grpc: bool,
+    response: Response<B>,
+) -> impl Body<Data = Bytes, Error = Infallible> + Unpin
+where
+    B: Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static,
+{
+    let response = Arc::new(Mutex::new(Some(response)));
+    let inner = service_fn(move |_: Request<()>| {
+        let response = response.lock().unwrap().take().expect("one request");
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let answer = match scope {
+        None => layer
+            .layer(inner)
+            .oneshot(request(key, grpc))
+            .await
+            .expect("infallible")
+            .map(|body| body.boxed_unsync()),
+        Some(scope) => layer
+            .layer(RequireScopeLayer::<KeyIdentity>::new(scope).layer(inner))
+            .oneshot(request(key, grpc))
+            .await
+            .expect("infallible")
+            .map(|body| body.boxed_unsync()),
+    };
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    answer.into_body()
+}
+
+/// The next frame within the bound: `Some(data or trailers)`, or `None` at the end.
+async fn next(
+    body: &mut (impl Body<Data = Bytes, Error = Infallible> + Unpin),
+) -> Option<Frame<Bytes>> {
+    tokio::time::timeout(BOUND, body.frame())
+        .await
+        .expect("a frame or the end within 30 s")
+        .map(|frame| frame.expect("infallible"))
+}
+
+/// Sends one data frame and reads it back: the response is open and flowing.
+async fn assert_flows(
+    sender: &mpsc::UnboundedSender<Frame<Bytes>>,
+    body: &mut (impl Body<Data = Bytes, Error = Infallible> + Unpin),
+) {
+    sender
+        .send(Frame::data(Bytes::from_static(b"tick")))
+        .expect("the body is read");
+    let frame = next(body).await.expect("a frame, not the end");
+    assert_eq!(frame.into_data().expect("data"), "tick");
+}
+
+fn grpc_status(trailers: &HeaderMap) -> (&str, &str) {
+    (
+        trailers["grpc-status"].to_str().unwrap(),
+        trailers["grpc-message"].to_str().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn an_idle_http_stream_ends_when_its_key_is_revoked() {
+    let manager = manager();
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let created = manager.create(&account("acme")).await.unwrap();
+    let (sender, response) = fed_response(false);
+    let mut body = open(&layer, None, created.key.expose_secret(), false, response).await;
+    assert_flows(&sender, &mut body).await;
+
+    manager
+        .revoke(&account("acme"), created.info.id)
+        .await
+        .unwrap();
+    // Nothing more is sent: only the revoke can end it.
+    assert!(next(&mut body).await.is_none(), "the body ended");
+    assert_eq!(layer.metrics().streams_ended, 1);
+}
+
+#[tokio::test]
+async fn an_idle_grpc_stream_ends_with_unauthenticated_trailers() {
+    let manager = manager();
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let created = manager.create(&account("acme")).await.unwrap();
+    let (sender, response) = fed_response(true);
+    let mut body = open(&layer, None, created.key.expose_secret(), true, response).await;
+    assert_flows(&sender, &mut body).await;
+
+    manager
+        .delete(&account("acme"), created.info.id)
+        .await
+        .unwrap();
+    let trailers = next(&mut body)
+        .await
+        .expect("trailers")
+        .into_trailers()
+        .expect("trailers");
+    assert_eq!(grpc_status(&trailers), ("16", "invalid API key"));
+    assert!(next(&mut body).await.is_none(), "then the end");
+}
+
+#[tokio::test]
+async fn a_narrower_scope_set_ends_a_stream_only_without_the_routes_scope() {
+    let manager = manager();
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let options = KeyOptions::new().scopes(Scopes::new(["read", "write"]).unwrap());
+    let created = manager
+        .create_with(&account("acme"), options)
+        .await
+        .unwrap();
+    let key = created.key.expose_secret();
+    let (sender, response) = fed_response(true);
+    let mut body = open(&layer, Some("read"), key, true, response).await;
+    assert_flows(&sender, &mut body).await;
+
+    // Still holds `read`: goes on.
+    let narrower = PolicyUpdate::new().scopes(Some(Scopes::new(["read"]).unwrap()));
+    manager
+        .update(&account("acme"), created.info.id, narrower)
+        .await
+        .unwrap();
+    assert_flows(&sender, &mut body).await;
+
+    // Without `read`, a new call would get 403 / PERMISSION_DENIED: so does this one.
+    let without = PolicyUpdate::new().scopes(Some(Scopes::new(["write"]).unwrap()));
+    manager
+        .update(&account("acme"), created.info.id, without)
+        .await
+        .unwrap();
+    let trailers = next(&mut body)
+        .await
+        .expect("trailers")
+        .into_trailers()
+        .expect("trailers");
+    assert_eq!(grpc_status(&trailers), ("7", "insufficient scope"));
+}
+
+#[tokio::test]
+async fn invalidating_everything_ends_nothing_that_is_still_valid() {
+    // What a change feed does when it subscribes again: every cache forgets everything.
+    let manager = manager();
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let created = manager.create(&account("acme")).await.unwrap();
+    let (sender, response) = fed_response(false);
+    let mut body = open(&layer, None, created.key.expose_secret(), false, response).await;
+    assert_flows(&sender, &mut body).await;
+    for _ in 0..3 {
+        manager.invalidation_bus().publish(Invalidation::All);
+        assert_flows(&sender, &mut body).await;
+    }
+    assert_eq!(layer.metrics().streams_ended, 0);
+}
+
+#[tokio::test]
+async fn a_layer_built_not_to_end_streams_leaves_them_open() {
+    let manager = manager();
+    let layer = ApiKeyLayer::for_manager(&manager)
+        .end_streams_on_change(false)
+        .build();
+    let created = manager.create(&account("acme")).await.unwrap();
+    let (sender, response) = fed_response(false);
+    let mut body = open(&layer, None, created.key.expose_secret(), false, response).await;
+    manager
+        .revoke(&account("acme"), created.info.id)
+        .await
+        .unwrap();
+    assert_flows(&sender, &mut body).await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_waits_is_watched_too() {
+    let manager = manager();
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let created = manager.create(&account("acme")).await.unwrap();
+    let mut body = open(
+        &layer,
+        None,
+        created.key.expose_secret(),
+        false,
+        Response::new(Endless),
+    )
+    .await;
+    for _ in 0..100 {
+        assert!(next(&mut body).await.is_some());
+    }
+    manager
+        .revoke(&account("acme"), created.info.id)
+        .await
+        .unwrap();
+    // Ended before the next frame: the revoke woke it between frames, and no frame goes out
+    // while the key is being checked again.
+    assert!(next(&mut body).await.is_none());
+}
+
+#[tokio::test]
+async fn a_small_answer_of_known_size_is_never_cut() {
+    let manager = manager();
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let created = manager.create(&account("acme")).await.unwrap();
+    let answer = Response::new(Full::new(Bytes::from_static(b"pong")));
+    let mut body = open(&layer, None, created.key.expose_secret(), false, answer).await;
+    // Revoked after the answer was made: what was answered is delivered whole.
+    manager
+        .revoke(&account("acme"), created.info.id)
+        .await
+        .unwrap();
+    let frame = next(&mut body).await.expect("the data");
+    assert_eq!(frame.into_data().unwrap(), "pong");
+    assert!(next(&mut body).await.is_none());
+    assert_eq!(layer.metrics().streams_ended, 0);
+}
