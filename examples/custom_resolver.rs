@@ -23,6 +23,9 @@ use tower_api_key::{
 struct Customer {
     name: String,
     plan: Plan,
+    /// The prefix and digest of the key it was found by: lets the layer look it up again
+    /// while a stream it opened stays open (`Resolver::key_of`).
+    key: (KeyPrefix, KeyDigest),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,11 +66,26 @@ impl Resolver for Customers {
         key: &ApiKey,
         digest: &KeyDigest,
     ) -> Result<Option<Customer>, ResolveError> {
+        // The prefix finds the row, the digest proves the key: all a lookup needs.
+        self.resolve_again(&key.prefix(), digest).await
+    }
+
+    // These two let the layer end an open stream (SSE, a gRPC stream) when its customer's
+    // key changes: after the change, it looks the key up again by prefix and digest.
+    fn key_of(&self, customer: &Customer) -> Option<(KeyPrefix, KeyDigest)> {
+        Some(customer.key)
+    }
+
+    async fn resolve_again(
+        &self,
+        prefix: &KeyPrefix,
+        digest: &KeyDigest,
+    ) -> Result<Option<Customer>, ResolveError> {
         // `Ok(None)` refuses the key (401). Return `Err` only when the table can't be read:
         // the layer then answers 503 and caches nothing.
         Ok(self
             .by_prefix
-            .get(&key.prefix())
+            .get(prefix)
             .filter(|(stored, _)| stored.ct_eq(digest))
             .map(|(_, customer)| customer.clone()))
     }
@@ -86,13 +104,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut issued = Vec::new();
     for (name, plan) in [("acme", Plan::Pro), ("globex", Plan::Free)] {
         let key = ApiKey::generate()?;
+        let digest = pepper.digest(&key);
         let customer = Customer {
             name: name.to_owned(),
             plan,
+            key: (key.prefix(), digest),
         };
-        customers
-            .by_prefix
-            .insert(key.prefix(), (pepper.digest(&key), customer));
+        customers.by_prefix.insert(key.prefix(), (digest, customer));
         issued.push((name, key));
     }
 

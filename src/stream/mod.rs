@@ -25,6 +25,13 @@
 //! is cut short, which the client sees as an error). A response that is sending does not
 //! stop to check: it is woken between frames, and a change ends it before its next frame.
 //!
+//! The layer keeps no plaintext key for this: it asks the resolver which key an account came
+//! from ([`Resolver::key_of`](crate::Resolver::key_of)) and, after a change, to look that
+//! key up again by its prefix and digest
+//! ([`Resolver::resolve_again`](crate::Resolver::resolve_again)). The crate's
+//! [`StoreResolver`](crate::StoreResolver) does both; a resolver of your own that doesn't
+//! leaves its streams checked once, when they start.
+//!
 //! Turn it off with
 //! [`ApiKeyLayerBuilder::end_streams_on_change`](crate::ApiKeyLayerBuilder::end_streams_on_change).
 
