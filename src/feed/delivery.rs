@@ -229,4 +229,50 @@ mod tests {
         let buckets = text.matches("_bucket{").count();
         assert_eq!(buckets, DELIVERY_BUCKETS.len() + 1);
     }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn the_facade_sees_each_round_trip_and_the_status() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // Handles are registered when the feed is spawned: make them under the recorder.
+        let delivery = metrics::with_local_recorder(&recorder, Delivery::default);
+        delivery.record(Duration::from_millis(2));
+        let before = FeedStatus::default();
+        let after = FeedStatus {
+            subscribed: true,
+            outages: 1,
+            foreign_heartbeats: 3,
+            ..before
+        };
+        delivery.status_changed(&before, &after);
+
+        let mut seen: Vec<(String, String)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let value = match value {
+                    DebugValue::Counter(n) => n.to_string(),
+                    DebugValue::Gauge(x) => x.to_string(),
+                    DebugValue::Histogram(xs) => format!("{xs:?}"),
+                };
+                (key.key().name().to_owned(), value)
+            })
+            .collect();
+        seen.sort();
+        let expected = [
+            (DELIVERY, "[0.002]"),
+            (FOREIGN, "3"),
+            (OUTAGES, "1"),
+            (SUBSCRIBED, "1"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        assert_eq!(seen, expected);
+    }
 }
