@@ -17,7 +17,8 @@
 # second (psql LISTEN tower_api_keys), heartbeats every feed received in all (from each
 # server's /metrics: its own back plus other processes'), committed transactions per second
 # in the database (pg_stat_database), and CPU time of the PostgreSQL processes (from /proc:
-# the server must run on this machine).
+# the server must run on this machine); then the heartbeat round trips the feeds measured
+# themselves (api_key_feed_delivery_seconds), all servers' histograms added up.
 #
 # Needs: curl, python3, psql. It installs nothing. Run by hand, not in CI.
 # Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/test scripts/processes.sh [COUNTS...]
@@ -209,26 +210,41 @@ print(total)'
   }
   x0=$(xacts)
   c0=$(pg_cpu)
+  t0=$(date +%s.%N)
   h0=$(feed_heartbeats)
   notes=$(psql "$url" -c "LISTEN tower_api_keys" -c "SELECT pg_sleep($window)" -c "SELECT 1" 2>&1 |
     grep -c 'Asynchronous notification' || true)
   h1=$(feed_heartbeats)
+  t1=$(date +%s.%N)
   c1=$(pg_cpu)
   x1=$(xacts)
   ticks=$(getconf CLK_TCK)
-  python3 - "$n" "$window" "$notes" "$h0" "$h1" "$x0" "$x1" "$c0" "$c1" "$ticks" <<'PY'
+  python3 - "$n" "$window" "$notes" "$h0" "$h1" "$t0" "$t1" "$x0" "$x1" "$c0" "$c1" "$ticks" <<'PY'
 import sys
 n, window, notes = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 h0, h1 = sys.argv[4:6]
-x0, x1, c0, c1, ticks = (float(v) for v in sys.argv[6:])
+t0, t1, x0, x1, c0, c1, ticks = (float(v) for v in sys.argv[6:])
 if "n/a" in (h0, h1):  # a release whose /metrics doesn't show the feed: every feed hears all
     feeds = f"{n * notes / window:.0f}/s if every feed hears all of them"
 else:
-    feeds = f"{(int(h1) - int(h0)) / window:.1f}/s counted by the {n} feeds"
+    feeds = f"{(int(h1) - int(h0)) / (t1 - t0):.1f}/s counted by the {n} feeds"
 print(f"  idle over {window:.0f} s: a listener on the shared channel receives "
       f"{notes / window:.1f} notifications/s; heartbeats received in all: {feeds}; "
       f"{(x1 - x0) / window:.1f} commits/s in the whole database (every client of it, this probe included); "
       f"PostgreSQL CPU {1000 * (c1 - c0) / ticks / window:.1f} ms/s")
 PY
+  # What the feeds measured themselves: every heartbeat's round trip since the servers started.
+  for port in "${ports[@]}"; do curl -s "http://127.0.0.1:$port/metrics"; done | python3 -c '
+import collections, sys
+buckets = collections.Counter()
+for line in sys.stdin:
+    if line.startswith("api_key_feed_delivery_seconds_bucket{le=\""):
+        bound, count = line[len("api_key_feed_delivery_seconds_bucket{le=\""):].split("\"} ")
+        buckets[bound] += int(count)
+if buckets:
+    total = buckets["+Inf"]
+    shown = ", ".join(f"<= {float(b) * 1000:g} ms {100 * buckets[b] / total:.1f}%"
+                      for b in ("0.001", "0.0025", "0.005", "0.01", "0.05") if total)
+    print(f"  heartbeat round trips measured by the feeds: n={total}, {shown}")'
   stop_servers
 done
