@@ -8,22 +8,28 @@
 # revokes it through server r mod N and polls /v1/ping with it on every *other* server (on
 # the one server when N = 1) until each answers 401 — the lag is from just before the revoke
 # request to that 401 — then reactivates it and waits until every server answers 200 again.
-# Polling runs in python3 over keep-alive connections, round-robin over the servers still
-# waiting, so a lag's resolution is about one loopback round trip per waiting server.
+# Polling runs in python3 over keep-alive connections, one thread per waiting server, so
+# each server is polled about once per loopback round trip whatever N is (a single poller
+# walking the waiting servers in turn would add one round trip per server ahead of it).
 #
 # Then, with the servers idle, over WINDOW seconds: connections by application_name and
-# state (pg_stat_activity), notifications a listener receives per second (psql LISTEN on the
-# feed's channel), committed transactions per second in the database (pg_stat_database), and
-# CPU time of the PostgreSQL processes (from /proc: the server must run on this machine).
+# state (pg_stat_activity), notifications a listener on the shared channel receives per
+# second (psql LISTEN tower_api_keys), heartbeats every feed received in all (from each
+# server's /metrics: its own back plus other processes'), committed transactions per second
+# in the database (pg_stat_database), and CPU time of the PostgreSQL processes (from /proc:
+# the server must run on this machine); then the heartbeat round trips the feeds measured
+# themselves (api_key_feed_delivery_seconds), all servers' histograms added up.
 #
 # Needs: curl, python3, psql. It installs nothing. Run by hand, not in CI.
 # Usage: DATABASE_URL=postgres://postgres@127.0.0.1:5432/test scripts/processes.sh [COUNTS...]
 #        REVOCATIONS=100 WINDOW=10 (defaults)
+#        SERVER=path/to/server: run that build of the demo (an earlier release, say) instead
+#        of building this one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 counts=("$@")
-((${#counts[@]})) || counts=(1 2 4 8)
+((${#counts[@]})) || counts=(1 2 4 8 16)
 revocations=${REVOCATIONS:-100}
 window=${WINDOW:-10}
 url=${DATABASE_URL:?set DATABASE_URL to a postgres:// URL}
@@ -38,8 +44,12 @@ if ((${#missing[@]})); then
   exit 1
 fi
 
-echo "building the demo server (release, postgres)..." >&2
-cargo build --release --example server --features postgres >&2
+server=${SERVER:-}
+if [[ -z $server ]]; then
+  echo "building the demo server (release, postgres)..." >&2
+  cargo build --release --example server --features postgres >&2
+  server=target/release/examples/server
+fi
 
 export ADMIN_TOKEN=processes-bench-admin-token
 API_KEY_PEPPER=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
@@ -66,7 +76,7 @@ for n in "${counts[@]}"; do
   ports=()
   for i in $(seq 0 $((n - 1))); do
     server_url="$url${separator}options=-c%20search_path%3D$schema&application_name=tak_proc_$i"
-    RUST_LOG=warn target/release/examples/server --addr 127.0.0.1:0 \
+    RUST_LOG=warn "$server" --addr 127.0.0.1:0 \
       --database-url "$server_url" >"$work/out.$i" 2>"$work/err.$i" &
     pids+=($!)
   done
@@ -85,7 +95,7 @@ for n in "${counts[@]}"; do
   echo "== $n server(s) on ports ${ports[*]}" >&2
 
   python3 - "$revocations" "$ADMIN_TOKEN" "${ports[@]}" <<'PY'
-import http.client, json, sys, time
+import http.client, json, sys, threading, time
 
 revocations, token, ports = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
 conns = {}
@@ -113,18 +123,31 @@ ping = {"x-api-key": key}
 key_path = f"/admin/accounts/procs/keys/{key_id}"
 
 def wait_all(servers, expected, started, bound=10.0):
-    """Polls `servers` round-robin until each answers `expected`; returns each one's lag."""
-    lags, waiting = {}, list(servers)
-    while waiting:
-        for i in list(waiting):
-            status, _ = call(i, "GET", "/v1/ping", ping)
-            if status == expected:
-                lags[i] = time.perf_counter() - started
-                waiting.remove(i)
-            elif status not in (200, 401):
-                raise RuntimeError(f"server {i} answered {status}")
-        if time.perf_counter() - started > bound:
-            raise RuntimeError(f"servers {waiting} still not {expected} after {bound} s")
+    """Polls each of `servers` from a thread of its own until it answers `expected`;
+    returns each one's lag."""
+    lags, failures = {}, []
+
+    def poll(i):
+        try:
+            while True:
+                status, _ = call(i, "GET", "/v1/ping", ping)
+                if status == expected:
+                    lags[i] = time.perf_counter() - started
+                    return
+                if status not in (200, 401):
+                    raise RuntimeError(f"server {i} answered {status}")
+                if time.perf_counter() - started > bound:
+                    raise RuntimeError(f"server {i} still not {expected} after {bound} s")
+        except Exception as err:  # reported by the caller
+            failures.append(err)
+
+    threads = [threading.Thread(target=poll, args=(i,)) for i in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
     return lags
 
 n = len(ports)
@@ -174,20 +197,54 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
         total += int(rest[11]) + int(rest[12])
 print(total)'
   }
+  feed_heartbeats() { # heartbeats every feed received (its own back + others'), or "n/a"
+    local total=0 text own foreign
+    for port in "${ports[@]}"; do
+      text=$(curl -s "http://127.0.0.1:$port/metrics")
+      own=$(sed -n 's/^api_key_feed_delivery_seconds_count //p' <<<"$text")
+      foreign=$(sed -n 's/^api_key_feed_foreign_heartbeats_total //p' <<<"$text")
+      [[ -n $own && -n $foreign ]] || { echo n/a; return; }
+      total=$((total + own + foreign))
+    done
+    echo "$total"
+  }
   x0=$(xacts)
   c0=$(pg_cpu)
+  t0=$(date +%s.%N)
+  h0=$(feed_heartbeats)
   notes=$(psql "$url" -c "LISTEN tower_api_keys" -c "SELECT pg_sleep($window)" -c "SELECT 1" 2>&1 |
     grep -c 'Asynchronous notification' || true)
+  h1=$(feed_heartbeats)
+  t1=$(date +%s.%N)
   c1=$(pg_cpu)
   x1=$(xacts)
   ticks=$(getconf CLK_TCK)
-  python3 - "$n" "$window" "$notes" "$x0" "$x1" "$c0" "$c1" "$ticks" <<'PY'
+  python3 - "$n" "$window" "$notes" "$h0" "$h1" "$t0" "$t1" "$x0" "$x1" "$c0" "$c1" "$ticks" <<'PY'
 import sys
-n, window, notes, x0, x1, c0, c1, ticks = (float(v) for v in sys.argv[1:])
-print(f"  idle over {window:.0f} s: one listener receives {notes / window:.1f} notifications/s "
-      f"(so {n} feeds receive {n * notes / window:.0f}/s in all); "
+n, window, notes = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+h0, h1 = sys.argv[4:6]
+t0, t1, x0, x1, c0, c1, ticks = (float(v) for v in sys.argv[6:])
+if "n/a" in (h0, h1):  # a release whose /metrics doesn't show the feed: every feed hears all
+    feeds = f"{n * notes / window:.0f}/s if every feed hears all of them"
+else:
+    feeds = f"{(int(h1) - int(h0)) / (t1 - t0):.1f}/s counted by the {n} feeds"
+print(f"  idle over {window:.0f} s: a listener on the shared channel receives "
+      f"{notes / window:.1f} notifications/s; heartbeats received in all: {feeds}; "
       f"{(x1 - x0) / window:.1f} commits/s in the whole database (every client of it, this probe included); "
       f"PostgreSQL CPU {1000 * (c1 - c0) / ticks / window:.1f} ms/s")
 PY
+  # What the feeds measured themselves: every heartbeat's round trip since the servers started.
+  for port in "${ports[@]}"; do curl -s "http://127.0.0.1:$port/metrics"; done | python3 -c '
+import collections, sys
+buckets = collections.Counter()
+for line in sys.stdin:
+    if line.startswith("api_key_feed_delivery_seconds_bucket{le=\""):
+        bound, count = line[len("api_key_feed_delivery_seconds_bucket{le=\""):].split("\"} ")
+        buckets[bound] += int(count)
+if buckets:
+    total = buckets["+Inf"]
+    shown = ", ".join(f"<= {float(b) * 1000:g} ms {100 * buckets[b] / total:.1f}%"
+                      for b in ("0.001", "0.0025", "0.005", "0.01", "0.05") if total)
+    print(f"  heartbeat round trips measured by the feeds: n={total}, {shown}")'
   stop_servers
 done

@@ -12,7 +12,7 @@
 //!
 //! | route | access |
 //! | --- | --- |
-//! | `GET /healthz`, `GET /metrics` (Prometheus text of the layer's counters) | open |
+//! | `GET /healthz`, `GET /metrics` (Prometheus text of the layer's counters; with PostgreSQL also the change feed's delivery delays) | open |
 //! | `GET /v1/ping`, `GET /v1/whoami`, `GET /v1/events` (server-sent events: `data: tick N` every second), gRPC `grpc.health.v1.Health/Check` and `/Watch` | `X-API-KEY: <key>` (or `Authorization: Bearer <key>`) |
 //! | `POST /v1/write` | a key that is unrestricted or holds the `write` scope (else 403) |
 //! | `POST` and `GET /admin/accounts/{account}/keys` | `Authorization: Bearer <ADMIN_TOKEN>` |
@@ -234,7 +234,11 @@ async fn serve(config: Config) -> Result<(), String> {
         .record_usage(recorder);
     let api_keys = with_budgets(api_keys, &config.budgets).await?.build();
     let feed = opened.start_feed(&manager).await;
-    let state = AppState { manager, api_keys };
+    let state = AppState {
+        manager,
+        api_keys,
+        feed: feed.as_ref().map(|feed| feed.monitor()),
+    };
     let (health, app) = app(state, config.admin_tokens);
 
     // Before announcing the address: a signal sent as soon as it is printed must already

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tonic_health::server::HealthReporter;
 use tower::Layer as _;
 use tower_api_key::admin::{AdminRouter, AdminTokens};
+use tower_api_key::feed::FeedMonitor;
 use tower_api_key::policy::Metadata;
 use tower_api_key::resolver::StoreResolver;
 use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, RequireScopeLayer};
@@ -23,6 +24,8 @@ use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, Require
 pub(crate) struct AppState {
     pub(crate) manager: KeyManager,
     pub(crate) api_keys: ApiKeyLayer<StoreResolver>,
+    /// The change feed's status and delivery delays, with `--database-url`.
+    pub(crate) feed: Option<FeedMonitor>,
 }
 
 /// The whole application: open routes, API-key routes (HTTP and gRPC), admin routes.
@@ -77,12 +80,16 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut text = state.api_keys.metrics().to_prometheus();
+    if let Some(feed) = &state.feed {
+        text.push_str(&feed.metrics().to_prometheus());
+    }
     (
         [(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        state.api_keys.metrics().to_prometheus(),
+        text,
     )
 }
 

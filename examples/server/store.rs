@@ -99,4 +99,8 @@ impl Feed {
     pub(crate) async fn shutdown(self) {
         match self {}
     }
+
+    pub(crate) fn monitor(&self) -> tower_api_key::feed::FeedMonitor {
+        match *self {}
+    }
 }

@@ -20,7 +20,11 @@
 //!    Changes are delivered in order, so the nonce's return proves that every change made
 //!    before it was sent has been published: the trust deadline moves to the send time plus
 //!    the interval plus the timeout. A connection that still answers queries but no longer
-//!    delivers (a dropped `LISTEN`, a pooler that moved the session) fails this test.
+//!    delivers (a dropped `LISTEN`, a pooler that moved the session) fails this test. The
+//!    nonce need only reach the process that sent it, as long as the channel delivers it in
+//!    order with the changes: then N processes cost N heartbeat deliveries per interval, not
+//!    N². Each round trip is recorded in a histogram ([`FeedTask::metrics`]): it bounds how
+//!    long a change made elsewhere took to arrive.
 //! 5. If receiving or sending fails, or the nonce is not back within the heartbeat timeout,
 //!    the channel is reported lost before anything else happens, and the task subscribes
 //!    again with exponential backoff, back to step 2.
@@ -78,7 +82,9 @@
 //!     }
 //!
 //!     async fn send_heartbeat(&mut self, nonce: u64) -> Result<(), FeedError> {
-//!         // Through the same channel as the changes, so its return proves delivery.
+//!         // Through the same channel as the changes, so its return proves delivery. (Every
+//!         // subscriber hears it here; a bus with a topic per subscriber, delivered in order
+//!         // with the changes, would spare the others.)
 //!         self.sender.send(Message::Heartbeat(nonce)).map(drop).map_err(FeedError::new)
 //!     }
 //! }
@@ -93,14 +99,18 @@
 //! assert!(bus.trusted());
 //! // Another process revoked a key:
 //! sender.send(Message::Changed(KeyDigest::from_bytes([1; 32]))).unwrap();
+//! // Its heartbeats' round trips, for a `/metrics` route:
+//! let _text = task.metrics().to_prometheus();
 //! task.shutdown().await;
 //! # }
 //! ```
 
 mod channel;
+mod delivery;
 mod trust;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -108,6 +118,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use self::channel::Channel;
+use self::delivery::Delivery;
+pub use self::delivery::{DELIVERY_BUCKETS, DeliveryHistogram, FeedMetrics};
 pub(crate) use self::trust::Trust;
 use self::trust::clock;
 use crate::invalidation::{Invalidation, InvalidationBus};
@@ -126,8 +138,8 @@ pub trait ChangeFeed: Send + 'static {
     /// [`recv`](Self::recv); changes before it may be lost (the runner clears caches then).
     async fn subscribe(&mut self) -> Result<(), FeedError>;
 
-    /// Waits for the next changes made by any process, and heartbeats sent by any process,
-    /// in the order the channel delivers them.
+    /// Waits for the next changes made by any process, and heartbeats (this feed's, and any
+    /// other process's it hears), in the order the channel delivers them.
     ///
     /// Must be cancel-safe: the runner drops a pending `recv` when a heartbeat is due or the
     /// feed is shut down, and calls it again afterwards without losing a message.
@@ -140,9 +152,14 @@ pub trait ChangeFeed: Send + 'static {
 
     /// Sends `nonce` through the channel itself, the way changes travel, so that
     /// [`recv`](Self::recv) hands it back as [`FeedMessage::Heartbeat`] after every change
-    /// sent before it. Every subscriber may receive it; runners ignore nonces they did not
-    /// send. A heartbeat that only proves the connection (a `SELECT 1`) is not enough: a
-    /// subscription can stop delivering while its connection still answers.
+    /// sent before it. A heartbeat that only proves the connection (a `SELECT 1`) is not
+    /// enough: a subscription can stop delivering while its connection still answers.
+    ///
+    /// Where the bus allows it, send it to this subscription alone, on a path the bus orders
+    /// with the changes (`PgChangeFeed` uses a channel of its own on the listening
+    /// connection): every process heartbeats, so a heartbeat that every subscriber receives
+    /// costs N² deliveries across N processes instead of N. Runners ignore nonces they did not
+    /// send (counted in [`FeedStatus::foreign_heartbeats`]).
     ///
     /// # Errors
     ///
@@ -261,6 +278,10 @@ pub struct FeedStatus {
     pub subscriptions: u64,
     /// How many of this feed's heartbeats came back through the channel.
     pub heartbeats: u64,
+    /// How many heartbeats the feed received that it did not send: other processes' (a feed
+    /// whose heartbeats reach only itself, as `PgChangeFeed`'s do, receives none from
+    /// processes of its own release).
+    pub foreign_heartbeats: u64,
 }
 
 /// Runs `feed` on the current tokio runtime, publishing into `bus`, with the protocol
@@ -276,16 +297,18 @@ pub fn spawn<F: ChangeFeed>(feed: F, bus: &InvalidationBus, config: FeedConfig) 
     let channel = Channel::open(bus);
     let (status_tx, status) = watch::channel(FeedStatus::default());
     let (stop, stopped) = oneshot::channel();
+    let delivery = Arc::new(Delivery::default());
     let runner = Runner {
         feed,
         bus: bus.clone(),
         channel,
         config,
         status: status_tx,
+        delivery: Arc::clone(&delivery),
     };
     let handle = tokio::spawn(runner.run(stopped));
     FeedTask {
-        status,
+        monitor: FeedMonitor { status, delivery },
         stop: Some(stop),
         handle: Some(handle),
     }
@@ -298,7 +321,7 @@ pub fn spawn<F: ChangeFeed>(feed: F, bus: &InvalidationBus, config: FeedConfig) 
 /// from other processes can no longer reach them.
 #[derive(Debug)]
 pub struct FeedTask {
-    status: watch::Receiver<FeedStatus>,
+    monitor: FeedMonitor,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
 }
@@ -306,7 +329,20 @@ pub struct FeedTask {
 impl FeedTask {
     /// What the feed is doing now.
     pub fn status(&self) -> FeedStatus {
-        *self.status.borrow()
+        self.monitor.status()
+    }
+
+    /// The feed's status and the histogram of its heartbeats' round trips, for monitoring
+    /// ([`FeedMetrics::to_prometheus`]). With the `metrics` feature the same series also go
+    /// to the `metrics` facade as they change.
+    pub fn metrics(&self) -> FeedMetrics {
+        self.monitor.metrics()
+    }
+
+    /// A cloneable handle reading [`status`](Self::status) and [`metrics`](Self::metrics),
+    /// for a `/metrics` route while the task itself is kept for shutdown.
+    pub fn monitor(&self) -> FeedMonitor {
+        self.monitor.clone()
     }
 
     /// Waits until the feed is subscribed (at once if it is); `false` if `within` passed
@@ -334,7 +370,7 @@ impl FeedTask {
         within: Duration,
         mut condition: impl FnMut(&FeedStatus) -> bool,
     ) -> bool {
-        let mut status = self.status.clone();
+        let mut status = self.monitor.status.clone();
         matches!(
             tokio::time::timeout(within, status.wait_for(|s| condition(s))).await,
             Ok(Ok(_))
@@ -363,6 +399,29 @@ impl FeedTask {
     }
 }
 
+/// Reads a running feed's status and metrics; from [`FeedTask::monitor`]. Once the feed has
+/// stopped it reads what the feed last reported.
+#[derive(Debug, Clone)]
+pub struct FeedMonitor {
+    status: watch::Receiver<FeedStatus>,
+    delivery: Arc<Delivery>,
+}
+
+impl FeedMonitor {
+    /// What the feed is doing now, as [`FeedTask::status`].
+    pub fn status(&self) -> FeedStatus {
+        *self.status.borrow()
+    }
+
+    /// The feed's status and delivery-delay histogram, as [`FeedTask::metrics`].
+    pub fn metrics(&self) -> FeedMetrics {
+        FeedMetrics {
+            status: self.status(),
+            delivery: self.delivery.snapshot(),
+        }
+    }
+}
+
 impl Drop for FeedTask {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -378,6 +437,8 @@ struct Runner<F> {
     channel: Channel,
     config: FeedConfig,
     status: watch::Sender<FeedStatus>,
+    /// How long heartbeats take to come back.
+    delivery: Arc<Delivery>,
 }
 
 /// A heartbeat sent and not yet back.
@@ -426,7 +487,7 @@ impl<F: ChangeFeed> Runner<F> {
             }
             // Everything committed from now on will be delivered.
             self.channel.restored(self.trusted_until(clock()));
-            self.status.send_modify(|status| {
+            self.update_status(|status| {
                 status.subscribed = true;
                 status.subscriptions += 1;
             });
@@ -436,7 +497,7 @@ impl<F: ChangeFeed> Runner<F> {
             // Report the loss before anything else, so that no cache trusts an entry a missed
             // change could have made stale. A stopped feed is lost for good.
             self.channel.lost();
-            self.status.send_modify(|status| {
+            self.update_status(|status| {
                 status.subscribed = false;
                 status.outages += u64::from(outcome.is_some());
             });
@@ -472,9 +533,12 @@ impl<F: ChangeFeed> Runner<F> {
                                     if outstanding.as_ref().is_some_and(|sent| sent.nonce == nonce) {
                                         let sent_at = outstanding.take().map_or(0, |sent| sent.sent_at);
                                         self.channel.extend(self.trusted_until(sent_at));
-                                        self.status.send_modify(|status| status.heartbeats += 1);
+                                        self.delivery.record(Duration::from_nanos(clock().saturating_sub(sent_at)));
+                                        self.update_status(|status| status.heartbeats += 1);
+                                    } else {
+                                        // Another process's heartbeat: proves nothing here.
+                                        self.update_status(|status| status.foreign_heartbeats += 1);
                                     }
-                                    // Anything else is another process's heartbeat.
                                 }
                             }
                         }
@@ -504,6 +568,15 @@ impl<F: ChangeFeed> Runner<F> {
         }
     }
 
+    /// Changes the status [`FeedTask::status`] reads, and tells the `metrics` facade.
+    fn update_status(&self, change: impl FnOnce(&mut FeedStatus)) {
+        self.status.send_modify(|status| {
+            let before = *status;
+            change(status);
+            self.delivery.status_changed(&before, status);
+        });
+    }
+
     /// How long entries may be trusted given that every change made before `proven_at` has
     /// been published: until the next heartbeat, sent one interval later, is overdue.
     fn trusted_until(&self, proven_at: u64) -> u64 {
@@ -521,7 +594,7 @@ impl<F: ChangeFeed> Runner<F> {
 
 /// A fresh heartbeat nonce: random, so that other processes' runners never mistake it for
 /// theirs.
-fn nonce() -> u64 {
+pub(crate) fn nonce() -> u64 {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut bytes = [0u8; 8];
     // Without OS randomness, a counter mixed with the clock is still unique in this process.

@@ -20,6 +20,8 @@ use crate::support::wait::until;
 
 // Key policy at the demo server, one concept a file.
 mod address;
+#[cfg(feature = "postgres")]
+mod feed_metrics;
 mod metadata;
 mod quota;
 #[cfg(feature = "postgres")]

@@ -1,4 +1,5 @@
-//! The PostgreSQL change feed: `LISTEN tower_api_keys` on a dedicated connection.
+//! The PostgreSQL change feed: `LISTEN tower_api_keys` (everyone's changes) and a heartbeat
+//! channel of its own, on a dedicated connection.
 
 use std::fmt;
 
@@ -6,12 +7,19 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 
 use super::{CHANNEL, PostgresStore};
-use crate::feed::{ChangeFeed, FeedError, FeedMessage};
+use crate::feed::{self, ChangeFeed, FeedError, FeedMessage};
 use crate::invalidation::Invalidation;
 use crate::key::KeyDigest;
 
-/// How a heartbeat's payload starts; the rest is its nonce in hex.
+/// How a heartbeat's payload starts. This release sends `heartbeat:2:<nonce, 16 hex digits>`;
+/// releases before it sent `heartbeat:<nonce in hex>` on [`CHANNEL`].
 const HEARTBEAT: &str = "heartbeat:";
+
+/// The version of the heartbeat payload this release sends.
+const HEARTBEAT_VERSION: &str = "2";
+
+/// How a subscription's own heartbeat channel is named; 16 random hex digits follow.
+const HEARTBEAT_CHANNEL: &str = "tower_api_keys_hb_";
 
 /// Hears every key change committed to a [`PostgresStore`]'s database, by any process, and
 /// reports it as a [`ChangeFeed`]; run it with [`feed::spawn`](crate::feed::spawn) into the bus your layer listens
@@ -21,8 +29,8 @@ const HEARTBEAT: &str = "heartbeat:";
 /// `pg_stat_activity` as [`new`](Self::new) says. The table's trigger
 /// sends the hex digests of the changed keys, so only those keys are dropped from caches; a
 /// notification it can't read drops everything. Every second (by default) it sends a random
-/// nonce with `pg_notify` on the same channel and waits for it to come back, which proves
-/// that the subscription still delivers, not only that the connection answers. When the
+/// nonce with `pg_notify` and waits for it to come back, which proves that the subscription
+/// still delivers, not only that the connection answers. When the
 /// connection drops or a nonce does not come back in time, caches stop trusting their entries
 /// (every request is resolved from the store) until `LISTEN` is in place again on a new
 /// connection, and are then cleared once more to cover what was missed; see
@@ -36,11 +44,36 @@ const HEARTBEAT: &str = "heartbeat:";
 /// [`with_options`](Self::with_options) when the store's pool goes through a transaction
 /// pooler.
 ///
+/// # Heartbeats
+///
+/// Each subscription also `LISTEN`s, on the same connection, on a channel of its own,
+/// `tower_api_keys_hb_<16 random hex digits>`, and sends its heartbeats there as
+/// `heartbeat:2:<nonce in hex>`: no other process hears them, so N processes cost N
+/// notifications per heartbeat interval, not N². The proof still holds: PostgreSQL appends the
+/// notifications of every channel to one queue at commit, in commit order, and each session
+/// reads that queue in order, so a nonce comes back only after every change committed before
+/// it, whichever channel carried it ("messages from different transactions are delivered in
+/// the order in which the transactions committed", in `NOTIFY`'s documentation). Before
+/// PostgreSQL 19 the server still wakes every listening session of the database for each
+/// notification (it does not track who listens to what); a session with nothing to deliver
+/// sends nothing, so neither the network nor the clients pay for it.
+///
+/// **Upgrading from a release that heartbeats on the shared channel** needs no migration and
+/// works in any order. Older processes keep sending `heartbeat:<nonce>` on `tower_api_keys`;
+/// this release reads those as other processes' heartbeats and ignores them (counted in
+/// [`FeedStatus::foreign_heartbeats`](crate::feed::FeedStatus::foreign_heartbeats)). Its own
+/// heartbeats travel on a channel older processes never listen to, so they can't mistake them
+/// for an unreadable change. The payload carries its version: a heartbeat of a version this
+/// release doesn't know is ignored, not taken for a change, so a later format can't make it
+/// drop its caches either.
+///
 /// Notifications are database-wide: processes sharing a database but using different
 /// schemas also hear each other's changes, which only costs a few needless invalidations.
 pub struct PgChangeFeed {
     options: PgConnectOptions,
     listener: Option<PgListener>,
+    /// The current subscription's heartbeat channel.
+    heartbeat_channel: String,
 }
 
 impl PgChangeFeed {
@@ -78,6 +111,7 @@ impl PgChangeFeed {
         Self {
             options,
             listener: None,
+            heartbeat_channel: String::new(),
         }
     }
 
@@ -116,7 +150,13 @@ impl ChangeFeed for PgChangeFeed {
         // A lost connection must surface as an error here, never be replaced silently.
         listener.eager_reconnect(false);
         listener.ignore_pool_close_event(true);
-        listener.listen(CHANNEL).await.map_err(FeedError::new)?;
+        // A new heartbeat channel for each subscription: only this connection listens to it.
+        let heartbeat_channel = format!("{HEARTBEAT_CHANNEL}{:016x}", feed::nonce());
+        listener
+            .listen_all([CHANNEL, heartbeat_channel.as_str()])
+            .await
+            .map_err(FeedError::new)?;
+        self.heartbeat_channel = heartbeat_channel;
         self.listener = Some(listener);
         Ok(())
     }
@@ -153,10 +193,12 @@ impl ChangeFeed for PgChangeFeed {
             .as_mut()
             .ok_or_else(|| FeedError::new("not subscribed"))?;
         // Sent on the listening connection itself, which also proves that connection alive;
-        // notifications arriving meanwhile are buffered for the next `recv`.
+        // notifications arriving meanwhile are buffered for the next `recv`. On this
+        // subscription's own channel: delivered in commit order with the changes, to no one
+        // else.
         sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(format!("{HEARTBEAT}{nonce:016x}"))
+            .bind(&self.heartbeat_channel)
+            .bind(format!("{HEARTBEAT}{HEARTBEAT_VERSION}:{nonce:016x}"))
             .execute(listener)
             .await
             .map(drop)
@@ -165,11 +207,30 @@ impl ChangeFeed for PgChangeFeed {
 }
 
 /// What a notification says: a heartbeat, or the keys whose hex digests it lists
-/// (space-separated), or everything for `*` or anything unreadable.
+/// (space-separated), or everything for `*` or anything unreadable. A heartbeat is
+/// `heartbeat:<version>:<rest>` (this release sends version 2 and ignores any other), or
+/// `heartbeat:<nonce in hex>` from an earlier release.
 fn messages_of(payload: &str) -> Vec<FeedMessage> {
-    if let Some(nonce) = payload.strip_prefix(HEARTBEAT) {
-        if let Ok(nonce) = u64::from_str_radix(nonce, 16) {
-            return vec![FeedMessage::Heartbeat(nonce)];
+    if let Some(heartbeat) = payload.strip_prefix(HEARTBEAT) {
+        match heartbeat.split_once(':') {
+            Some((HEARTBEAT_VERSION, nonce)) => {
+                if let Some(nonce) = nonce_of(nonce) {
+                    return vec![FeedMessage::Heartbeat(nonce)];
+                }
+            }
+            Some((version, _))
+                if !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                // Another release's heartbeat: never a change, so nothing to forget.
+                tracing::debug!(version, "change feed: heartbeat of another version ignored");
+                return Vec::new();
+            }
+            Some(_) => {}
+            None => {
+                if let Ok(nonce) = u64::from_str_radix(heartbeat, 16) {
+                    return vec![FeedMessage::Heartbeat(nonce)];
+                }
+            }
         }
     }
     let mut changes = Vec::new();
@@ -192,6 +253,15 @@ fn messages_of(payload: &str) -> Vec<FeedMessage> {
         changes.push(Invalidation::All);
     }
     changes.into_iter().map(FeedMessage::Changed).collect()
+}
+
+/// A heartbeat nonce as this release writes it: 16 hex digits.
+fn nonce_of(hex: &str) -> Option<u64> {
+    if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -232,6 +302,10 @@ mod tests {
             &hex("zz"),
             &format!("{} x", hex("ab")),
             "heartbeat:not-hex",
+            "heartbeat:2:not-hex",
+            "heartbeat:2:ff",
+            "heartbeat::00000000000000ff",
+            "heartbeat:v3:00000000000000ff",
         ] {
             assert_eq!(
                 changes_of(everything),
@@ -243,13 +317,26 @@ mod tests {
 
     #[test]
     fn heartbeat_payloads_carry_their_nonce() {
-        assert_eq!(
-            changes_of("heartbeat:00000000000000ff"),
-            [FeedMessage::Heartbeat(255)]
-        );
-        assert_eq!(
-            changes_of(&format!("heartbeat:{:016x}", u64::MAX)),
-            [FeedMessage::Heartbeat(u64::MAX)]
-        );
+        // This release's, then an earlier release's as heard on the shared channel during a
+        // rolling upgrade.
+        for version in ["2:", ""] {
+            for nonce in [255, u64::MAX] {
+                assert_eq!(
+                    changes_of(&format!("heartbeat:{version}{nonce:016x}")),
+                    [FeedMessage::Heartbeat(nonce)]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn heartbeats_of_other_versions_are_ignored_not_taken_for_changes() {
+        for payload in [
+            "heartbeat:3:00000000000000ff",
+            "heartbeat:10:anything at all",
+            "heartbeat:1:",
+        ] {
+            assert_eq!(changes_of(payload), [], "{payload:?}");
+        }
     }
 }

@@ -86,7 +86,62 @@ pub(crate) mod postgres {
     use super::*;
     use tower_api_key::store::PostgresStore;
 
-    const KIND: &str = "tak_test";
+    /// What a test makes on the server, named `{prefix}_{pid}_{n}`.
+    struct Made {
+        prefix: &'static str,
+        /// `SCHEMA` or `DATABASE`.
+        object: &'static str,
+        /// Lists the names of every one made by any run.
+        list: &'static str,
+        /// What follows the name in `DROP`.
+        drop_options: &'static str,
+    }
+
+    const SCHEMA: Made = Made {
+        prefix: "tak_test",
+        object: "SCHEMA",
+        list: "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tak\\_test\\_%'",
+        drop_options: "CASCADE",
+    };
+
+    const DATABASE: Made = Made {
+        prefix: "tak_testdb",
+        object: "DATABASE",
+        list: "SELECT datname::text FROM pg_database WHERE datname LIKE 'tak\\_testdb\\_%'",
+        drop_options: "WITH (FORCE)",
+    };
+
+    impl Made {
+        /// Drops those made by runs whose process is gone.
+        async fn drop_leftovers(&self, admin: &PgPool) {
+            let names: Vec<String> = sqlx::query_scalar(self.list)
+                .fetch_all(admin)
+                .await
+                .unwrap_or_else(|err| panic!("list test {}s: {err}", self.object));
+            for name in names.iter().filter(|name| maker_is_gone(name, self.prefix)) {
+                let _ = self.drop(admin, name).await;
+            }
+        }
+
+        async fn drop(&self, admin: &PgPool, name: &str) -> Result<(), sqlx::Error> {
+            let (object, options) = (self.object, self.drop_options);
+            sqlx::raw_sql(&format!("DROP {object} IF EXISTS {name} {options}"))
+                .execute(admin)
+                .await
+                .map(drop)
+        }
+
+        /// Makes a new one and closes `admin`; returns its name.
+        async fn create(&self, admin: PgPool) -> String {
+            let name = unique(self.prefix);
+            sqlx::raw_sql(&format!("CREATE {} {name}", self.object))
+                .execute(&admin)
+                .await
+                .unwrap_or_else(|err| panic!("create the test {}: {err}", self.object));
+            admin.close().await;
+            name
+        }
+    }
 
     /// `DATABASE_URL`, or `None` after saying that the test is skipped and why.
     pub(crate) fn database_url() -> Option<String> {
@@ -130,27 +185,8 @@ pub(crate) mod postgres {
             let url = database_url()?;
             let admin = admin_pool(&url).await;
             static CLEANED: OnceCell<()> = OnceCell::const_new();
-            CLEANED
-                .get_or_init(|| async {
-                    let names: Vec<String> = sqlx::query_scalar(
-                        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'tak\\_test\\_%'",
-                    )
-                    .fetch_all(&admin)
-                    .await
-                    .expect("list test schemas");
-                    for name in names.iter().filter(|name| maker_is_gone(name, KIND)) {
-                        let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                            .execute(&admin)
-                            .await;
-                    }
-                })
-                .await;
-            let name = unique(KIND);
-            sqlx::raw_sql(&format!("CREATE SCHEMA {name}"))
-                .execute(&admin)
-                .await
-                .expect("create the test schema");
-            admin.close().await;
+            CLEANED.get_or_init(|| SCHEMA.drop_leftovers(&admin)).await;
+            let name = SCHEMA.create(admin).await;
             Some(Self { url, name })
         }
 
@@ -184,6 +220,55 @@ pub(crate) mod postgres {
             let store = PostgresStore::from_pool(self.pool());
             store.migrate().await.expect("migrate postgres");
             store
+        }
+    }
+
+    /// A database of its own for one test, where no other test (of any process, any
+    /// release) sends notifications: `NOTIFY` is database-wide, so a test that counts what a
+    /// channel delivers needs one. Dropped by [`drop`](Self::drop), or by a later run once
+    /// the process that made it is gone.
+    #[derive(Debug)]
+    pub(crate) struct Database {
+        url: String,
+        pub(crate) name: String,
+    }
+
+    impl Database {
+        /// Creates a fresh, empty database (`DATABASE_URL`'s role needs `CREATEDB`), after
+        /// dropping those of finished test runs; `None` (with the reason printed) without
+        /// `DATABASE_URL`.
+        pub(crate) async fn create() -> Option<Self> {
+            let url = database_url()?;
+            let admin = admin_pool(&url).await;
+            DATABASE.drop_leftovers(&admin).await;
+            let name = DATABASE.create(admin).await;
+            Some(Self { url, name })
+        }
+
+        /// Connection options for this database.
+        pub(crate) fn options(&self) -> PgConnectOptions {
+            PgConnectOptions::from_str(&self.url)
+                .expect("DATABASE_URL parses")
+                .database(&self.name)
+        }
+
+        /// A small pool on this database.
+        pub(crate) fn pool(&self) -> PgPool {
+            PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_lazy_with(self.options())
+        }
+
+        /// Closes `pool` and drops the database, ending whatever else is still connected.
+        pub(crate) async fn drop(self, pool: PgPool) {
+            pool.close().await;
+            let admin = admin_pool(&self.url).await;
+            DATABASE
+                .drop(&admin, &self.name)
+                .await
+                .expect("drop the test database");
+            admin.close().await;
         }
     }
 

@@ -151,7 +151,7 @@ async fn a_key_revoked_while_the_listener_reconnects_is_never_served_from_a_stal
 
 /// Every invalidation one bus heard, in order.
 #[derive(Default)]
-struct Heard(std::sync::Mutex<Vec<Invalidation>>);
+pub(super) struct Heard(pub(super) std::sync::Mutex<Vec<Invalidation>>);
 
 impl InvalidationListener for Heard {
     fn invalidate(&self, invalidation: &Invalidation) {

@@ -3,6 +3,7 @@
 
 mod faults;
 mod feed;
+mod heartbeats;
 mod store;
 mod two_processes;
 mod usage;
