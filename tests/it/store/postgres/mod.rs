@@ -3,6 +3,7 @@
 
 mod faults;
 mod feed;
+mod last_used;
 mod store;
 mod two_processes;
 mod usage;

@@ -209,7 +209,7 @@ async fn a_time_out_of_range_edited_by_hand_is_a_store_failure_naming_the_column
     let manager = KeyManager::new(Arc::new(store.clone()), pepper());
     let created = manager.create(&account("acme")).await.expect("create");
     for value in ["infinity", "-infinity", "10000-01-01 00:00:00+00"] {
-        sqlx::query("UPDATE tower_api_keys SET last_used_at = $1::timestamptz")
+        sqlx::query("UPDATE tower_api_keys_last_used SET last_used_at = $1::timestamptz")
             .bind(value)
             .execute(&schema.pool())
             .await
