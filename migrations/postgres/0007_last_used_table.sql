@@ -81,6 +81,19 @@ CREATE TRIGGER tower_api_keys_last_used_rekey
     WHEN ((OLD.id, OLD.prefix) IS DISTINCT FROM (NEW.id, NEW.prefix))
     EXECUTE FUNCTION tower_api_keys_last_used_rekey();
 
+-- `a + b` held to bigint's range, so that a sum edited by hand to its edge stays there
+-- instead of failing every flush ("bigint out of range"). In bigint arithmetic alone (no
+-- `numeric`), and a plain SQL expression that the planner inlines into the flush.
+CREATE FUNCTION tower_api_keys_usage_add(a bigint, b bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN b >= 0 THEN
+            CASE WHEN a > 9223372036854775807 - b THEN 9223372036854775807 ELSE a + b END
+        ELSE
+            CASE WHEN a < -9223372036854775808 - b THEN -9223372036854775808 ELSE a + b END
+    END
+$$;
+
 -- Count rows of the current hour are added to at every flush: room for a new version of each
 -- on its page keeps those updates HOT (no index entries). The price is disk: pages of this
 -- table are filled to half, for the hours no longer written too, about twice the space of a

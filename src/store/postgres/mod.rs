@@ -69,6 +69,44 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// A flush's counts (`$1` to `$6`: account, hour, key and the three sums, one row per
+/// account, hour and key) as rows `d` (a macro, for `concat!`).
+macro_rules! count_rows {
+    () => {
+        "(SELECT unnest($1::text[]) AS account_id, unnest($2::bigint[]) AS hour, \
+                 unnest($3::uuid[]) AS key_id, unnest($4::bigint[]) AS accepted, \
+                 unnest($5::bigint[]) AS rate_limited, unnest($6::bigint[]) AS refused) AS d"
+    };
+}
+
+/// Adds a flush's counts to the rows that exist; sums are held to `bigint`'s range
+/// (`tower_api_keys_usage_add`, migration 7).
+const ADD_COUNTS: &str = concat!(
+    "UPDATE tower_api_keys_usage t SET \
+       accepted = tower_api_keys_usage_add(t.accepted, d.accepted), \
+       rate_limited = tower_api_keys_usage_add(t.rate_limited, d.rate_limited), \
+       refused = tower_api_keys_usage_add(t.refused, d.refused) \
+     FROM ",
+    count_rows!(),
+    " WHERE t.account_id = d.account_id AND t.hour = d.hour AND t.key_id = d.key_id"
+);
+
+/// Inserts all of a flush's counts, as new rows.
+const INSERT_COUNTS: &str = concat!(
+    "INSERT INTO tower_api_keys_usage \
+       (account_id, hour, key_id, accepted, rate_limited, refused) SELECT * FROM ",
+    count_rows!()
+);
+
+/// Inserts those of a flush's counts that have no row yet.
+const INSERT_MISSING_COUNTS: &str = concat!(
+    "INSERT INTO tower_api_keys_usage \
+       (account_id, hour, key_id, accepted, rate_limited, refused) SELECT * FROM ",
+    count_rows!(),
+    " WHERE NOT EXISTS (SELECT 1 FROM tower_api_keys_usage t \
+       WHERE t.account_id = d.account_id AND t.hour = d.hour AND t.key_id = d.key_id)"
+);
+
 /// The oldest PostgreSQL this crate supports (as documented on [`PostgresStore`]).
 const MIN_SERVER_VERSION: i32 = 140_000;
 
@@ -95,8 +133,9 @@ macro_rules! columns {
 /// Keeps key records in PostgreSQL (14 or newer): any number of processes can share one
 /// database.
 ///
-/// - **Schema**: two tables, `tower_api_keys` (the keys) and `tower_api_keys_usage` (their
-///   hourly counts), created by [`migrate`](Self::migrate) (never implicitly). Keys are
+/// - **Schema**: three tables, `tower_api_keys` (the keys), `tower_api_keys_last_used` (each
+///   key's `last_used_at`) and `tower_api_keys_usage` (their hourly counts), created by
+///   [`migrate`](Self::migrate) (never implicitly). Keys are
 ///   stored as keyed digests, never in plaintext. A prefix is unique
 ///   across the current (`prefix`) and previous (`previous_prefix`) prefixes of all keys:
 ///   each column has a `UNIQUE` constraint, and every write that gives out a prefix holds a
@@ -110,13 +149,24 @@ macro_rules! columns {
 ///   and after the change; name and `last_used_at` changes don't notify), inside the changing
 ///   transaction, so the notification goes out exactly when the change commits; run a
 ///   [`PgChangeFeed`] in every process to act on it.
-/// - **`last_used_at`**: one `UPDATE` per flush for the whole batch, moving times forward only.
+/// - **`last_used_at`**: table `tower_api_keys_last_used`, one narrow row per key (id, current
+///   prefix, time), kept in step with `tower_api_keys` by its triggers: an inserted key gets a
+///   row, a rotated one a fresh row (no time), a deleted one none. Reads take the time from
+///   it in the same statement. A flush moves times forward with one `UPDATE` for the whole
+///   batch, where the row's prefix is the use's; the table's pages are half filled, so those
+///   updates are HOT (they write no index entry), and they touch neither `tower_api_keys`
+///   nor its indexes.
 /// - **Usage counts**: table `tower_api_keys_usage`, one row per account, UTC hour (as an
 ///   integer: hours since the Unix epoch) and key, with no foreign key (a deleted key keeps its
-///   counts). A flush adds its counts in one `INSERT … ON CONFLICT DO UPDATE` for the whole
-///   batch, in the same transaction as the `last_used_at` update, with rows in the order of the
-///   table's key, so processes flushing the same hours add up and don't deadlock. Counts
-///   notify nothing.
+///   counts). A flush adds its counts with one statement for the whole batch (an `UPDATE` of
+///   the rows that exist, an `INSERT` of the others), in the same transaction as the
+///   `last_used_at` update. Pages are filled to half (migration 7) so that adding to an
+///   hour's rows is HOT; the price is about twice the disk of full pages. Counts notify
+///   nothing.
+/// - **Flushes take turns**: each holds a transaction advisory lock from its start to its
+///   commit, so flushes from any number of processes add up and never deadlock, and no row
+///   is locked in a pass of its own. One flush of 10^5 keys (uses and counts) took
+///   ~0.2–0.3 s on a 2-core machine (BENCHMARKS.md).
 /// - **TLS**: built in (rustls with the Mozilla root certificates; no OpenSSL, no system
 ///   certificate store), set with the URL's `sslmode`. The default, `prefer`, encrypts when
 ///   the server offers it; `sslmode=require` refuses an unencrypted connection but accepts
@@ -615,44 +665,37 @@ impl KeyStore for PostgresStore {
             .map_err(sql::store_error)?;
         }
         if !columns.0.is_empty() {
-            // One statement for the counts: add to the rows that exist, insert the others
-            // (whether or not the key still exists). A plain INSERT is enough: only flushes
-            // create rows, and this one started after every earlier flush committed (see
-            // `lock_flushes`), so every existing row is in its snapshot and was added to.
-            // Sums are taken in `numeric` and held to `bigint`'s range: a row edited by hand
-            // to its edge stays there instead of failing every flush ("bigint out of range").
-            sqlx::query(
-                "WITH d AS (
-                   SELECT unnest($1::text[]) AS account_id, unnest($2::bigint[]) AS hour,
-                          unnest($3::uuid[]) AS key_id, unnest($4::bigint[]) AS accepted,
-                          unnest($5::bigint[]) AS rate_limited, unnest($6::bigint[]) AS refused
-                 ), added AS (
-                   UPDATE tower_api_keys_usage t SET
-                     accepted = LEAST(GREATEST(t.accepted::numeric + d.accepted,
-                       -9223372036854775808), 9223372036854775807)::bigint,
-                     rate_limited = LEAST(GREATEST(t.rate_limited::numeric + d.rate_limited,
-                       -9223372036854775808), 9223372036854775807)::bigint,
-                     refused = LEAST(GREATEST(t.refused::numeric + d.refused,
-                       -9223372036854775808), 9223372036854775807)::bigint
-                   FROM d
-                   WHERE t.account_id = d.account_id AND t.hour = d.hour AND t.key_id = d.key_id
-                   RETURNING t.account_id, t.hour, t.key_id
-                 )
-                 INSERT INTO tower_api_keys_usage
-                   (account_id, hour, key_id, accepted, rate_limited, refused)
-                 SELECT d.* FROM d
-                 WHERE NOT EXISTS (SELECT 1 FROM added a WHERE a.account_id = d.account_id
-                                     AND a.hour = d.hour AND a.key_id = d.key_id)",
-            )
-            .bind(&columns.0)
-            .bind(&columns.1)
-            .bind(&columns.2)
-            .bind(&columns.3)
-            .bind(&columns.4)
-            .bind(&columns.5)
-            .execute(&mut *tx)
-            .await
-            .map_err(sql::store_error)?;
+            // The counts: add to the rows that exist, then insert the others (whether or not
+            // the key still exists). Plain statements are enough: only flushes create rows,
+            // and this one started after every earlier flush committed (see `lock_flushes`),
+            // so the update met every existing row and the insert meets none.
+            let query = |statement| {
+                sqlx::query(statement)
+                    .bind(&columns.0)
+                    .bind(&columns.1)
+                    .bind(&columns.2)
+                    .bind(&columns.3)
+                    .bind(&columns.4)
+                    .bind(&columns.5)
+            };
+            let added = query(ADD_COUNTS)
+                .execute(&mut *tx)
+                .await
+                .map_err(sql::store_error)?
+                .rows_affected();
+            // One row per account, hour and key (coalesced): all were there, or none (the
+            // first flush of an hour: no need to look for them again), or some.
+            let insert = match usize::try_from(added) {
+                Ok(added) if added == columns.0.len() => None,
+                Ok(0) => Some(INSERT_COUNTS),
+                _ => Some(INSERT_MISSING_COUNTS),
+            };
+            if let Some(insert) = insert {
+                query(insert)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(sql::store_error)?;
+            }
         }
         tx.commit().await.map_err(sql::store_error)
     }

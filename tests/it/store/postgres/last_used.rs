@@ -1,15 +1,19 @@
-//! Migration 7 on a database of the schema before it: `last_used_at` moves from
-//! `tower_api_keys` to `tower_api_keys_last_used`, and the usage rows stay. The old rows are
+//! `tower_api_keys_last_used` (migration 7). On a database of the schema before it,
+//! `last_used_at` moves there from `tower_api_keys` and the usage rows stay: the old rows are
 //! written with plain SQL, as that schema had them; afterwards every value reads back through
-//! the store, and flushes, rotations and deletions work on the new table. Without
-//! `DATABASE_URL`, each test says it was skipped.
+//! the store, and flushes, rotations and deletions work on the new table. A use that meets a
+//! rotation in progress waits for it and is checked against what it committed; keys inserted
+//! or truncated by hand keep the table in step. Without `DATABASE_URL`, each test says it was
+//! skipped.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::types::time::OffsetDateTime;
 
 use crate::support::db::postgres::Schema;
+use crate::support::wait::until;
 use crate::support::{account, pepper};
 use tower_api_key::store::{KeyUse, PostgresStore};
 use tower_api_key::usage::{Hour, UsageBatch, UsageDelta, UsageRow};
@@ -271,4 +275,86 @@ async fn a_database_of_schema_6_upgrades_in_place_keeping_last_used_at_and_count
     let mut ids = vec![*used.id.as_uuid(), *elsewhere.id.as_uuid()];
     ids.sort();
     assert_eq!(rows, ids);
+}
+
+#[tokio::test]
+async fn a_use_that_meets_an_uncommitted_rotation_waits_for_it_and_is_then_dropped() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    // The flushing store's connections carry a name of their own, to find them waiting.
+    let name = schema.name.clone();
+    let store = PostgresStore::from_pool(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(schema.options().application_name(&name)),
+    );
+    store.migrate().await.expect("migrate");
+    let record = key("acme", None);
+    store
+        .insert_within_limit(record.clone(), 10)
+        .await
+        .expect("insert");
+    // A rotation by hand, still open: its trigger holds the key's row of
+    // `tower_api_keys_last_used`.
+    let pool = schema.pool();
+    let mut rotation = pool.begin().await.expect("begin");
+    let new_key = ApiKey::generate().expect("randomness");
+    sqlx::query("UPDATE tower_api_keys SET prefix = $2, digest = $3 WHERE id = $1")
+        .bind(record.id.as_uuid())
+        .bind(new_key.prefix().as_str())
+        .bind(&pepper().digest(&new_key).as_bytes()[..])
+        .execute(&mut *rotation)
+        .await
+        .expect("rotate by hand");
+    let flush = tokio::spawn({
+        let store = store.clone();
+        let batch = UsageBatch::last_used(vec![use_of(&record, record.prefix, SystemTime::now())]);
+        async move { store.record_usage(&batch).await }
+    });
+    until("the flush to wait for the rotation's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(&name)
+        .fetch_one(&pool)
+        .await
+        .expect("activity");
+        waiting == 1
+    })
+    .await;
+    rotation.commit().await.expect("commit the rotation");
+    flush.await.expect("task").expect("flush");
+    // Checked against the row as the rotation left it, the use of the old prefix was dropped.
+    assert_eq!(last_used(&store, &record).await, None);
+}
+
+#[tokio::test]
+async fn keys_written_by_hand_get_and_lose_their_last_used_rows() {
+    let Some(schema) = Schema::create().await else {
+        return;
+    };
+    let store = schema.store().await;
+    let record = super::super::sql::old_style_record();
+    super::insert_by_hand(store.pool(), &record).await;
+    let at = UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+    store
+        .record_usage(&UsageBatch::last_used(vec![use_of(
+            &record,
+            record.prefix,
+            at,
+        )]))
+        .await
+        .expect("flush");
+    assert_eq!(last_used(&store, &record).await, Some(at));
+    sqlx::query("TRUNCATE tower_api_keys")
+        .execute(store.pool())
+        .await
+        .expect("truncate");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tower_api_keys_last_used")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(rows, 0);
 }

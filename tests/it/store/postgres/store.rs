@@ -269,16 +269,7 @@ async fn a_database_of_the_earlier_schema_upgrades_in_place_and_its_keys_are_unr
         .expect("record it");
     }
     let old = super::super::sql::old_style_record();
-    sqlx::query(
-        "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at)
-         VALUES ($1, 'acme', $2, $3, 'inactive', to_timestamp(1700000000.000001))",
-    )
-    .bind(old.id.as_uuid())
-    .bind(old.prefix.as_str())
-    .bind(&old.digest.as_bytes()[..])
-    .execute(&pool)
-    .await
-    .expect("an old-style key");
+    super::insert_by_hand(&pool, &old).await;
 
     let store = PostgresStore::from_pool(pool);
     store.migrate().await.expect("upgrade");
