@@ -39,7 +39,6 @@
 //! KEYS=10000 ROUNDS=5 cargo bench --all-features --bench stores -- last-used
 //! ROUNDS=5 cargo bench --all-features --bench stores -- usage-flush
 //! TRIES=1000 cargo bench --all-features --bench stores -- feed
-//! PG_FILLFACTOR=80 cargo bench --all-features --bench stores -- last-used  # room for HOT updates
 //! ```
 
 use std::convert::Infallible;
@@ -513,19 +512,6 @@ async fn last_used_one(
     let started = Instant::now();
     match pg {
         Some(pool) => {
-            if let Some(fillfactor) = std::env::var("PG_FILLFACTOR")
-                .ok()
-                .filter(|f| !f.is_empty())
-            {
-                let fillfactor: u8 = fillfactor.parse().expect("PG_FILLFACTOR: 10 to 100");
-                sqlx::raw_sql(&format!(
-                    "ALTER TABLE tower_api_keys SET (fillfactor = {fillfactor})"
-                ))
-                .execute(pool)
-                .await
-                .expect("fillfactor");
-                println!("{name}: table fillfactor {fillfactor}");
-            }
             pg_bulk_insert(
                 pool,
                 generated.iter().enumerate().map(|(i, key)| {
@@ -633,18 +619,7 @@ async fn last_used_one(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     if let Some(pool) = pg {
-        // Row versions written, and how many were HOT (no index entries): the statistics
-        // reach pg_stat_user_tables within a second.
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let (updated, hot): (i64, i64) = sqlx::query_as(
-            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
-             WHERE schemaname = $1 AND relname = 'tower_api_keys'",
-        )
-        .bind(SCHEMA)
-        .fetch_one(pool)
-        .await
-        .expect("table statistics");
-        println!("{name}: {updated} rows updated in all, {hot} of them HOT");
+        print_updates(name, pool).await;
     }
     let (p50, _, _, max) = percentiles(&mut flushes);
     println!();
@@ -657,6 +632,24 @@ async fn last_used_one(
         counting.rows.load(Ordering::Relaxed),
     );
     println!();
+}
+
+/// Prints, for each table of the bench's schema that was updated, the row versions written
+/// and how many were HOT (no index entries). An idle connection reports its statistics to
+/// `pg_stat_user_tables` within 10 s (PostgreSQL 15).
+async fn print_updates(name: &str, pool: &PgPool) {
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let tables: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+         WHERE schemaname = $1 AND n_tup_upd > 0 ORDER BY relname",
+    )
+    .bind(SCHEMA)
+    .fetch_all(pool)
+    .await
+    .expect("table statistics");
+    for (table, updated, hot) in tables {
+        println!("{name}: {table}: {updated} rows updated in all, {hot} of them HOT");
+    }
 }
 
 async fn last_used() {
@@ -928,6 +921,7 @@ async fn usage_flush() {
         )
         .await;
         usage_flush_one("postgres", Arc::new(store), Some(&pool), &records, rounds).await;
+        print_updates("postgres", &pool).await;
         pool.close().await;
         pg_drop_schema().await;
     } else {

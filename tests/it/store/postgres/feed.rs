@@ -275,7 +275,7 @@ async fn policy_and_grace_changes_made_by_hand_reach_another_process_and_last_us
     // marker's is heard, one about the use would have been heard before it.
     by_hand(
         &store,
-        "UPDATE tower_api_keys SET last_used_at = now() WHERE prefix = $1",
+        "UPDATE tower_api_keys_last_used SET last_used_at = now() WHERE prefix = $1",
         &new,
     )
     .await;

@@ -209,7 +209,7 @@ async fn a_time_out_of_range_edited_by_hand_is_a_store_failure_naming_the_column
     let manager = KeyManager::new(Arc::new(store.clone()), pepper());
     let created = manager.create(&account("acme")).await.expect("create");
     for value in ["infinity", "-infinity", "10000-01-01 00:00:00+00"] {
-        sqlx::query("UPDATE tower_api_keys SET last_used_at = $1::timestamptz")
+        sqlx::query("UPDATE tower_api_keys_last_used SET last_used_at = $1::timestamptz")
             .bind(value)
             .execute(&schema.pool())
             .await
@@ -269,16 +269,7 @@ async fn a_database_of_the_earlier_schema_upgrades_in_place_and_its_keys_are_unr
         .expect("record it");
     }
     let old = super::super::sql::old_style_record();
-    sqlx::query(
-        "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at)
-         VALUES ($1, 'acme', $2, $3, 'inactive', to_timestamp(1700000000.000001))",
-    )
-    .bind(old.id.as_uuid())
-    .bind(old.prefix.as_str())
-    .bind(&old.digest.as_bytes()[..])
-    .execute(&pool)
-    .await
-    .expect("an old-style key");
+    super::insert_by_hand(&pool, &old).await;
 
     let store = PostgresStore::from_pool(pool);
     store.migrate().await.expect("upgrade");
