@@ -1,16 +1,21 @@
-//! What the admin router logs of a panic: the method and the route's pattern, never the
-//! request's body. Here rather than in `tests/it` because reading the log takes a subscriber,
+//! What the layer, the manager and the admin router log: a stack that gives the layer no
+//! client address is named in one warning; a metadata change is named, its values never
+//! are; a panic, with the method and the route's pattern, never the request's body. Here rather than in `tests/it` because reading the log takes a subscriber,
 //! and tracing decides once per callsite, for the whole process, whether anyone listens: a
 //! callsite first reached on another test's thread while this subscriber is being installed
 //! can be cached as "no one listens", and the event is lost. Run alone, it can't race.
 
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use http::{Method, Request, StatusCode};
-use tower::ServiceExt as _;
+use http::{Method, Request, Response, StatusCode};
+use tower::{Layer as _, ServiceExt as _};
 use tower_api_key::admin::AdminRouter;
-use tower_api_key::{KeyManager, MemoryStore, Pepper};
+use tower_api_key::policy::{AllowedIps, Metadata};
+use tower_api_key::{
+    AccountId, ApiKeyLayer, KeyManager, KeyOptions, MemoryStore, Pepper, PolicyUpdate,
+};
 
 use crate::support::exclusive::exclusive;
 use crate::support::panicking::PanicsOnBoom;
@@ -57,4 +62,94 @@ async fn a_panic_is_logged_with_the_route_and_without_the_body() {
     assert!(log.contains("/admin/accounts/{account}/keys"), "{log}");
     assert!(log.contains("POST"), "{log}");
     assert!(!log.contains(secret), "{log}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_stack_without_an_address_is_named_in_one_warning() {
+    let _alone = exclusive().await;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([3; 32]));
+    let allowed = AllowedIps::new(["192.0.2.0/24"]).expect("valid blocks");
+    let created = manager
+        .create_with(
+            &"acme".parse().expect("account"),
+            KeyOptions::new().allowed_ips(allowed),
+        )
+        .await
+        .expect("create");
+    // A hand-built stack that gives the layer no client address.
+    let service = ApiKeyLayer::for_manager(&manager)
+        .build()
+        .layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    for _ in 0..5 {
+        let request = Request::get("/")
+            .header("x-api-key", created.key.expose_secret())
+            .body(())
+            .expect("request");
+        let response = service.clone().oneshot(request).await.expect("answer");
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    assert_eq!(log.matches("WARN").count(), 1, "{log}");
+    assert!(log.contains("no client address"), "{log}");
+    assert!(
+        !log.contains(created.key.expose_secret()),
+        "no secret in logs"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_keys_metadata_never_reaches_the_log() {
+    let _alone = exclusive().await;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([3; 32]));
+    let acme: AccountId = "acme".parse().expect("account");
+    let metadata = Metadata::from_json(r#"{"note":"tell-no-one-7f3a"}"#).expect("object");
+    let created = manager
+        .create_with(&acme, KeyOptions::new().metadata(metadata))
+        .await
+        .expect("create");
+    let service = ApiKeyLayer::for_manager(&manager)
+        .build()
+        .layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let request = Request::get("/")
+        .header("x-api-key", created.key.expose_secret())
+        .body(())
+        .expect("request");
+    let response = service.oneshot(request).await.expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let team = Metadata::from_json(r#"{"plan":"team"}"#).expect("object");
+    for change in [Some(team), None] {
+        manager
+            .update(&acme, created.info.id, PolicyUpdate::new().metadata(change))
+            .await
+            .expect("update");
+    }
+
+    let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    assert!(log.contains("api key policy changed"), "{log}");
+    assert!(log.contains("metadata=true"), "the change is named: {log}");
+    for value in ["tell-no-one", "team", created.key.expose_secret()] {
+        assert!(!log.contains(value), "{value} reached the log: {log}");
+    }
 }

@@ -14,7 +14,6 @@ use tower_api_key::usage::{Granularity, UsageRange, UsageRecorder};
 use tower_api_key::{ApiKeyLayer, ClientAddr, KeyManager, KeyOptions, PolicyUpdate};
 
 use crate::policy::app::App;
-use crate::support::logs::Lines;
 use crate::support::stores::TestStore;
 use crate::support::{account, pepper};
 
@@ -273,39 +272,4 @@ async fn a_refusal_for_the_address_counts_as_refused_and_is_not_a_use() {
         .await
         .expect("get");
     assert_eq!(info.last_used_at, None, "a refused request is not a use");
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_stack_without_an_address_is_named_in_one_warning() {
-    let lines = Lines::default();
-    let _default = lines.capture(tracing::Level::WARN);
-
-    let manager = KeyManager::new(TestStore::new(), pepper());
-    let created = manager
-        .create_with(
-            &account("acme"),
-            KeyOptions::new().allowed_ips(allowed(&["192.0.2.0/24"])),
-        )
-        .await
-        .expect("create");
-    let service = ApiKeyLayer::for_manager(&manager)
-        .build()
-        .layer(tower::service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(String::new()))
-        }));
-    for _ in 0..5 {
-        let request = Request::get("/")
-            .header("x-api-key", created.key.expose_secret())
-            .body(())
-            .expect("request");
-        let response = service.clone().oneshot(request).await.expect("answer");
-        assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    }
-    let text = lines.text();
-    assert_eq!(text.matches("WARN").count(), 1, "{text}");
-    assert!(text.contains("no client address"), "{text}");
-    assert!(
-        !text.contains(created.key.expose_secret()),
-        "no secret in logs"
-    );
 }

@@ -12,7 +12,6 @@ pub(crate) mod grpc;
 pub(crate) mod hooks;
 pub(crate) mod http;
 pub(crate) mod keys;
-pub(crate) mod logs;
 #[cfg(feature = "admin")]
 pub(crate) mod panicking;
 #[cfg(feature = "redis")]
