@@ -1,7 +1,7 @@
 //! [`ApiKeyLayer`] and its builder: how the middleware is configured and applied.
 //!
 //! ```
-//! use std::sync::{Arc, Weak};
+//! use std::sync::Arc;
 //! use axum::{Router, routing::get};
 //! use tower_api_key::{ApiKeyLayer, Authenticated, KeyManager, MemoryStore, Pepper};
 //! use tower_api_key::resolver::KeyIdentity;
