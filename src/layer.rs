@@ -277,7 +277,7 @@ impl<R: Resolver> ApiKeyLayerBuilder<R> {
     /// Whether a response that stays open (a gRPC server stream, server-sent events, a long
     /// download) ends when its key stops letting it through: revoked, rotated away, deleted,
     /// expired, or changed so that a new request would be refused. On by default; see
-    /// [`stream`](crate::stream) for what it watches and what it costs (one `size_hint`
+    /// [`stream`] for what it watches and what it costs (one `size_hint`
     /// call for a small answer of known size).
     ///
     /// ```
