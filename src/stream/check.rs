@@ -1,14 +1,16 @@
-//! How the layer answers an open response's question, "does my key still let me through?":
-//! [`Authority`] for the gatekeeper, checking a key the way a new request would be checked,
-//! without counting a use or spending a budget.
+//! The question an open response asks its layer, "does my key still let me through?"
+//! ([`Authority`], with its answers [`Check`] and [`Standing`]), and the gatekeeper's answer:
+//! the key checked the way a new request would be, without counting a use or spending a
+//! budget.
 
+use std::any::Any;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 
-use super::guard::{Authority, Check, Standing};
 use super::watch::StreamWatch;
 use crate::account::Account;
 use crate::cache::{Cached, Resolution};
@@ -16,6 +18,39 @@ use crate::gatekeeper::Gatekeeper;
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::rejection::Rejection;
 use crate::resolver::Resolver;
+
+/// What the layer answers a response that asks whether its key still lets it through.
+pub(crate) trait Authority: Send + Sync + 'static {
+    /// The register of waiting responses.
+    fn watch(&self) -> Option<&Arc<StreamWatch>>;
+
+    /// Checks the key as a new request from `address` would be, without counting a use or
+    /// spending a budget: at once from the cache, or after the resolver's answer.
+    fn check(&self, prefix: KeyPrefix, digest: KeyDigest, address: Option<IpAddr>) -> Check;
+
+    /// Counts a response ended by `rejection`.
+    fn ended(&self, rejection: Rejection);
+}
+
+/// The answer to [`Authority::check`].
+pub(crate) enum Check {
+    Ready(Standing),
+    Pending(BoxFuture<'static, Standing>),
+}
+
+/// Where a key stands for an open response.
+pub(crate) enum Standing {
+    /// Still let through as `account` (for the scopes the response was let in with), until
+    /// `expires_at` if it expires.
+    Valid {
+        account: Arc<dyn Any + Send + Sync>,
+        expires_at: Option<SystemTime>,
+    },
+    /// A new request would be refused with this.
+    Refused(Rejection),
+    /// No answer now (too many lookups running): ask again soon.
+    Retry,
+}
 
 impl<R: Resolver> Authority for Gatekeeper<R> {
     fn watch(&self) -> Option<&Arc<StreamWatch>> {

@@ -15,8 +15,9 @@ use futures_util::future::BoxFuture;
 use http::Response;
 use http_body::{Body, Frame};
 
+use super::check::{Authority, Check, Standing};
 use super::layers::{self, LayerNumber};
-use super::watch::{Registration, StreamWatch};
+use super::watch::Registration;
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::rejection::{self, Rejection};
 
@@ -30,39 +31,6 @@ pub(crate) fn may_stream<B: Body>(body: &B) -> bool {
     body.size_hint()
         .exact()
         .is_none_or(|size| size > SMALL_BODY)
-}
-
-/// What the layer answers a response that asks whether its key still lets it through.
-pub(crate) trait Authority: Send + Sync + 'static {
-    /// The register of waiting responses.
-    fn watch(&self) -> Option<&Arc<StreamWatch>>;
-
-    /// Checks the key as a new request from `address` would be, without counting a use or
-    /// spending a budget: at once from the cache, or after the resolver's answer.
-    fn check(&self, prefix: KeyPrefix, digest: KeyDigest, address: Option<IpAddr>) -> Check;
-
-    /// Counts a response ended by `rejection`.
-    fn ended(&self, rejection: Rejection);
-}
-
-/// The answer to [`Authority::check`].
-pub(crate) enum Check {
-    Ready(Standing),
-    Pending(BoxFuture<'static, Standing>),
-}
-
-/// Where a key stands for an open response.
-pub(crate) enum Standing {
-    /// Still let through as `account` (for the scopes the response was let in with), until
-    /// `expires_at` if it expires.
-    Valid {
-        account: Arc<dyn Any + Send + Sync>,
-        expires_at: Option<SystemTime>,
-    },
-    /// A new request would be refused with this.
-    Refused(Rejection),
-    /// No answer now (too many lookups running): ask again soon.
-    Retry,
 }
 
 /// A scope the response was let in with by [`RequireScopeLayer`](crate::RequireScopeLayer),

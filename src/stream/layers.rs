@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, RwLock, Weak};
 
-use super::guard::Authority;
+use super::check::Authority;
 use crate::sync::{read, write};
 
 /// A layer's number: its slot, and the slot's generation (a slot freed and taken again by
@@ -92,7 +92,7 @@ mod tests {
     use crate::key::{KeyDigest, KeyPrefix};
     use crate::rejection::Rejection;
     use crate::stream::StreamWatch;
-    use crate::stream::guard::Check;
+    use crate::stream::check::Check;
 
     struct Layer;
 
