@@ -12,6 +12,10 @@
 # each server is polled about once per loopback round trip whatever N is (a single poller
 # walking the waiting servers in turn would add one round trip per server ahead of it).
 #
+# Then the same lag measured without polling: before each revoke, an event stream
+# (GET /v1/events) is opened with the key on every other server, and a thread blocked in recv
+# notes when each one ends (the server ends a stream as soon as it drops its key).
+#
 # Then, with the servers idle, over WINDOW seconds: connections by application_name and
 # state (pg_stat_activity), notifications a listener on the shared channel receives per
 # second (psql LISTEN tower_api_keys), heartbeats every feed received in all (from each
@@ -95,7 +99,7 @@ for n in "${counts[@]}"; do
   echo "== $n server(s) on ports ${ports[*]}" >&2
 
   python3 - "$revocations" "$ADMIN_TOKEN" "${ports[@]}" <<'PY'
-import http.client, json, sys, threading, time
+import http.client, json, socket, sys, threading, time
 
 revocations, token, ports = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
 conns = {}
@@ -175,6 +179,56 @@ print(f"servers={n} revocations={revocations}")
 print(f"  revoke request itself: {spread(revoke_calls)}")
 print(f"  revoked -> 401 on {'the other servers' if n > 1 else 'the same server'}: {spread(revoke_lags)}")
 print(f"  reactivated -> 200 on every server: {spread(reactivate_lags)}")
+
+# The same lag without polling: an idle event stream (GET /v1/events) on every other server,
+# read by a thread blocked in recv, ends when that server drops the key; nothing spins while
+# the change travels, so the measurement doesn't compete with the servers for the cores.
+def open_stream(i):
+    sock = socket.create_connection(("127.0.0.1", ports[i]), timeout=30)
+    sock.sendall(f"GET /v1/events HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\r\n".encode())
+    received = b""
+    while b"data: tick 1" not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            sock.close()
+            return None
+        received += chunk
+    return sock if received.startswith(b"HTTP/1.1 200") else None
+
+def until_end(sock, ends, i):
+    received = b""
+    while not received.endswith(b"0\r\n\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    ends[i] = time.perf_counter()
+    sock.close()
+
+if open_stream(0) is None:
+    print("  (no /v1/events on this build: stream lags not measured)")
+    sys.exit(0)
+stream_lags = []
+for r in range(revocations):
+    by = r % n
+    others = [i for i in range(n) if i != by] or [by]
+    streams = {i: open_stream(i) for i in others}
+    assert all(streams.values()), "a stream was refused"
+    ends = {}
+    readers = [threading.Thread(target=until_end, args=(sock, ends, i)) for i, sock in streams.items()]
+    for reader in readers:
+        reader.start()
+    time.sleep(0.05)  # idle: the revoke lands between two events
+    started = time.perf_counter()
+    status, body = call(by, "POST", f"{key_path}/revoke", admin)
+    assert status == 200, (status, body)
+    for reader in readers:
+        reader.join()
+    stream_lags += [end - started for end in ends.values()]
+    status, body = call(by, "POST", f"{key_path}/reactivate", admin)
+    assert status == 200, (status, body)
+    wait_all(range(n), 200, time.perf_counter())
+print(f"  revoked -> idle stream ended on {'the other servers' if n > 1 else 'the same server'} (no polling): {spread(stream_lags)}")
 PY
 
   # Idle load: what the feeds cost the database with nothing happening.
