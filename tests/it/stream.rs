@@ -12,18 +12,23 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use tokio::sync::mpsc;
 use tower::{Layer as _, ServiceExt as _, service_fn};
 use tower_api_key::invalidation::Invalidation;
 use tower_api_key::policy::{PolicyUpdate, Scopes};
 use tower_api_key::{
-    ApiKeyLayer, KeyIdentity, KeyManager, KeyOptions, MemoryStore, RequireScopeLayer,
+    ApiKeyLayer, KeyId, KeyIdentity, KeyManager, KeyOptions, MemoryStore, RequireScopeLayer,
+    StoreResolver,
 };
 
 use crate::support::{account, pepper};
 
 const BOUND: Duration = Duration::from_secs(30);
+
+/// A response body as the client reads it.
+type Streamed = UnsyncBoxBody<Bytes, Infallible>;
 
 /// A body whose frames the test sends through a channel; it waits (idle) in between, and
 /// ends when the sender is dropped. Its size is unknown, like any stream's.
@@ -56,8 +61,60 @@ impl Body for Endless {
     }
 }
 
-fn manager() -> KeyManager {
-    KeyManager::new(Arc::new(MemoryStore::new()), pepper())
+/// A manager, a layer over it (streams watched unless `watch` is false) and a key of
+/// account `acme` created with `options`.
+struct Setup {
+    manager: KeyManager,
+    layer: ApiKeyLayer<StoreResolver>,
+    key: String,
+    id: KeyId,
+}
+
+impl Setup {
+    async fn new(watch: bool, options: KeyOptions) -> Self {
+        let manager = KeyManager::new(Arc::new(MemoryStore::new()), pepper());
+        let layer = ApiKeyLayer::for_manager(&manager)
+            .end_streams_on_change(watch)
+            .build();
+        let created = manager
+            .create_with(&account("acme"), options)
+            .await
+            .expect("create");
+        Self {
+            key: created.key.expose_secret().to_owned(),
+            id: created.info.id,
+            manager,
+            layer,
+        }
+    }
+
+    /// The key's body through the layer (and `scope`, if any), the inner service answering
+    /// with `response`.
+    async fn open<B>(
+        &self,
+        scope: Option<&'static str>,
+        grpc: bool,
+        response: Response<B>,
+    ) -> Streamed
+    where
+        B: Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static,
+    {
+        open(&self.layer, scope, &self.key, grpc, response).await
+    }
+
+    async fn revoke(&self) {
+        self.manager
+            .revoke(&account("acme"), self.id)
+            .await
+            .expect("revoke");
+    }
+
+    async fn update(&self, update: PolicyUpdate) {
+        self.manager
+            .update(&account("acme"), self.id, update)
+            .await
+            .expect("update");
+    }
 }
 
 /// The response the inner service gives: a fed body, gRPC or not.
@@ -93,7 +150,7 @@ async fn open<B>(
     key: &str,
     grpc: bool,
     response: Response<B>,
-) -> impl Body<Data = Bytes, Error = Infallible> + Unpin
+) -> Streamed
 where
     B: Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static,
 {
@@ -149,134 +206,102 @@ fn grpc_status(trailers: &HeaderMap) -> (&str, &str) {
     )
 }
 
+/// The trailers that end a gRPC body, within the bound, as `(grpc-status, grpc-message)`.
+async fn ending_status(
+    body: &mut (impl Body<Data = Bytes, Error = Infallible> + Unpin),
+) -> (String, String) {
+    let trailers = next(body)
+        .await
+        .expect("trailers, not the end")
+        .into_trailers()
+        .expect("trailers, not data");
+    let (status, message) = grpc_status(&trailers);
+    (status.to_owned(), message.to_owned())
+}
+
 #[tokio::test]
 async fn an_idle_http_stream_ends_when_its_key_is_revoked() {
-    let manager = manager();
-    let layer = ApiKeyLayer::for_manager(&manager).build();
-    let created = manager.create(&account("acme")).await.unwrap();
+    let setup = Setup::new(true, KeyOptions::new()).await;
     let (sender, response) = fed_response(false);
-    let mut body = open(&layer, None, created.key.expose_secret(), false, response).await;
+    let mut body = setup.open(None, false, response).await;
     assert_flows(&sender, &mut body).await;
 
-    manager
-        .revoke(&account("acme"), created.info.id)
-        .await
-        .unwrap();
+    setup.revoke().await;
     // Nothing more is sent: only the revoke can end it.
     assert!(next(&mut body).await.is_none(), "the body ended");
-    assert_eq!(layer.metrics().streams_ended, 1);
+    assert_eq!(setup.layer.metrics().streams_ended, 1);
 }
 
 #[tokio::test]
 async fn an_idle_grpc_stream_ends_with_unauthenticated_trailers() {
-    let manager = manager();
-    let layer = ApiKeyLayer::for_manager(&manager).build();
-    let created = manager.create(&account("acme")).await.unwrap();
+    let setup = Setup::new(true, KeyOptions::new()).await;
     let (sender, response) = fed_response(true);
-    let mut body = open(&layer, None, created.key.expose_secret(), true, response).await;
+    let mut body = setup.open(None, true, response).await;
     assert_flows(&sender, &mut body).await;
 
-    manager
-        .delete(&account("acme"), created.info.id)
+    setup
+        .manager
+        .delete(&account("acme"), setup.id)
         .await
-        .unwrap();
-    let trailers = next(&mut body)
-        .await
-        .expect("trailers")
-        .into_trailers()
-        .expect("trailers");
-    assert_eq!(grpc_status(&trailers), ("16", "invalid API key"));
+        .expect("delete");
+    let ended = ending_status(&mut body).await;
+    assert_eq!(ended, ("16".to_owned(), "invalid API key".to_owned()));
     assert!(next(&mut body).await.is_none(), "then the end");
 }
 
 #[tokio::test]
 async fn a_narrower_scope_set_ends_a_stream_only_without_the_routes_scope() {
-    let manager = manager();
-    let layer = ApiKeyLayer::for_manager(&manager).build();
     let options = KeyOptions::new().scopes(Scopes::new(["read", "write"]).unwrap());
-    let created = manager
-        .create_with(&account("acme"), options)
-        .await
-        .unwrap();
-    let key = created.key.expose_secret();
+    let setup = Setup::new(true, options).await;
     let (sender, response) = fed_response(true);
-    let mut body = open(&layer, Some("read"), key, true, response).await;
+    let mut body = setup.open(Some("read"), true, response).await;
     assert_flows(&sender, &mut body).await;
 
     // Still holds `read`: goes on.
-    let narrower = PolicyUpdate::new().scopes(Some(Scopes::new(["read"]).unwrap()));
-    manager
-        .update(&account("acme"), created.info.id, narrower)
-        .await
-        .unwrap();
+    setup
+        .update(PolicyUpdate::new().scopes(Some(Scopes::new(["read"]).unwrap())))
+        .await;
     assert_flows(&sender, &mut body).await;
 
     // Without `read`, a new call would get 403 / PERMISSION_DENIED: so does this one.
-    let without = PolicyUpdate::new().scopes(Some(Scopes::new(["write"]).unwrap()));
-    manager
-        .update(&account("acme"), created.info.id, without)
-        .await
-        .unwrap();
-    let trailers = next(&mut body)
-        .await
-        .expect("trailers")
-        .into_trailers()
-        .expect("trailers");
-    assert_eq!(grpc_status(&trailers), ("7", "insufficient scope"));
+    setup
+        .update(PolicyUpdate::new().scopes(Some(Scopes::new(["write"]).unwrap())))
+        .await;
+    let ended = ending_status(&mut body).await;
+    assert_eq!(ended, ("7".to_owned(), "insufficient scope".to_owned()));
 }
 
 #[tokio::test]
 async fn invalidating_everything_ends_nothing_that_is_still_valid() {
     // What a change feed does when it subscribes again: every cache forgets everything.
-    let manager = manager();
-    let layer = ApiKeyLayer::for_manager(&manager).build();
-    let created = manager.create(&account("acme")).await.unwrap();
+    let setup = Setup::new(true, KeyOptions::new()).await;
     let (sender, response) = fed_response(false);
-    let mut body = open(&layer, None, created.key.expose_secret(), false, response).await;
+    let mut body = setup.open(None, false, response).await;
     assert_flows(&sender, &mut body).await;
     for _ in 0..3 {
-        manager.invalidation_bus().publish(Invalidation::All);
+        setup.manager.invalidation_bus().publish(Invalidation::All);
         assert_flows(&sender, &mut body).await;
     }
-    assert_eq!(layer.metrics().streams_ended, 0);
+    assert_eq!(setup.layer.metrics().streams_ended, 0);
 }
 
 #[tokio::test]
 async fn a_layer_built_not_to_end_streams_leaves_them_open() {
-    let manager = manager();
-    let layer = ApiKeyLayer::for_manager(&manager)
-        .end_streams_on_change(false)
-        .build();
-    let created = manager.create(&account("acme")).await.unwrap();
+    let setup = Setup::new(false, KeyOptions::new()).await;
     let (sender, response) = fed_response(false);
-    let mut body = open(&layer, None, created.key.expose_secret(), false, response).await;
-    manager
-        .revoke(&account("acme"), created.info.id)
-        .await
-        .unwrap();
+    let mut body = setup.open(None, false, response).await;
+    setup.revoke().await;
     assert_flows(&sender, &mut body).await;
 }
 
 #[tokio::test]
 async fn a_body_that_never_waits_is_watched_too() {
-    let manager = manager();
-    let layer = ApiKeyLayer::for_manager(&manager).build();
-    let created = manager.create(&account("acme")).await.unwrap();
-    let mut body = open(
-        &layer,
-        None,
-        created.key.expose_secret(),
-        false,
-        Response::new(Endless),
-    )
-    .await;
+    let setup = Setup::new(true, KeyOptions::new()).await;
+    let mut body = setup.open(None, false, Response::new(Endless)).await;
     for _ in 0..100 {
         assert!(next(&mut body).await.is_some());
     }
-    manager
-        .revoke(&account("acme"), created.info.id)
-        .await
-        .unwrap();
+    setup.revoke().await;
     // Ended before the next frame: the revoke woke it between frames, and no frame goes out
     // while the key is being checked again.
     assert!(next(&mut body).await.is_none());
@@ -284,18 +309,13 @@ async fn a_body_that_never_waits_is_watched_too() {
 
 #[tokio::test]
 async fn a_small_answer_of_known_size_is_never_cut() {
-    let manager = manager();
-    let layer = ApiKeyLayer::for_manager(&manager).build();
-    let created = manager.create(&account("acme")).await.unwrap();
+    let setup = Setup::new(true, KeyOptions::new()).await;
     let answer = Response::new(Full::new(Bytes::from_static(b"pong")));
-    let mut body = open(&layer, None, created.key.expose_secret(), false, answer).await;
+    let mut body = setup.open(None, false, answer).await;
     // Revoked after the answer was made: what was answered is delivered whole.
-    manager
-        .revoke(&account("acme"), created.info.id)
-        .await
-        .unwrap();
+    setup.revoke().await;
     let frame = next(&mut body).await.expect("the data");
     assert_eq!(frame.into_data().unwrap(), "pong");
     assert!(next(&mut body).await.is_none());
-    assert_eq!(layer.metrics().streams_ended, 0);
+    assert_eq!(setup.layer.metrics().streams_ended, 0);
 }

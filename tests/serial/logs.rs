@@ -34,17 +34,30 @@ impl std::io::Write for Captured {
     }
 }
 
+impl Captured {
+    /// A subscriber writing into a new buffer at `level`, the current thread's default until
+    /// the guard is dropped.
+    fn install(level: tracing::Level) -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything written so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf-8")
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_panic_is_logged_with_the_route_and_without_the_body() {
     let _alone = exclusive().await;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (captured, _default) = Captured::install(tracing::Level::TRACE);
 
     let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([3; 32]));
     let app = AdminRouter::new(manager, PanicsOnBoom).into_router::<()>();
@@ -57,7 +70,7 @@ async fn a_panic_is_logged_with_the_route_and_without_the_body() {
         .expect("request");
     let response = app.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let log = captured.text();
     assert!(log.contains("panicked"), "{log}");
     assert!(log.contains("/admin/accounts/{account}/keys"), "{log}");
     assert!(log.contains("POST"), "{log}");
@@ -67,14 +80,7 @@ async fn a_panic_is_logged_with_the_route_and_without_the_body() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_stack_without_an_address_is_named_in_one_warning() {
     let _alone = exclusive().await;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (captured, _default) = Captured::install(tracing::Level::WARN);
 
     let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([3; 32]));
     let allowed = AllowedIps::new(["192.0.2.0/24"]).expect("valid blocks");
@@ -99,7 +105,7 @@ async fn a_stack_without_an_address_is_named_in_one_warning() {
         let response = service.clone().oneshot(request).await.expect("answer");
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
-    let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let log = captured.text();
     assert_eq!(log.matches("WARN").count(), 1, "{log}");
     assert!(log.contains("no client address"), "{log}");
     assert!(
@@ -111,14 +117,7 @@ async fn a_stack_without_an_address_is_named_in_one_warning() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_keys_metadata_never_reaches_the_log() {
     let _alone = exclusive().await;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (captured, _default) = Captured::install(tracing::Level::TRACE);
 
     let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::from_bytes([3; 32]));
     let acme: AccountId = "acme".parse().expect("account");
@@ -146,7 +145,7 @@ async fn a_keys_metadata_never_reaches_the_log() {
             .expect("update");
     }
 
-    let log = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let log = captured.text();
     assert!(log.contains("api key policy changed"), "{log}");
     assert!(log.contains("metadata=true"), "the change is named: {log}");
     for value in ["tell-no-one", "team", created.key.expose_secret()] {

@@ -7,7 +7,8 @@
 use hyper::Method;
 use serde_json::Value;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
+use tonic::Streaming;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use std::time::Duration;
 
@@ -36,6 +37,30 @@ async fn events(server: &DemoServer, key: &str) -> OpenStream {
 async fn assert_ends(stream: &mut OpenStream, why: &str) {
     assert!(stream.ends().await, "the stream stayed open after {why}");
     assert!(stream.text.ends_with("\n\n"), "{:?}", stream.text);
+}
+
+/// `grpc.health.v1.Health/Watch` with `key`, its first status (serving) read.
+async fn watch(server: &DemoServer, key: &str) -> Streaming<HealthCheckResponse> {
+    let mut watch = server
+        .health_client()
+        .await
+        .watch(with_key(HealthCheckRequest::default(), Some(key)))
+        .await
+        .expect("watch is let through with a valid key")
+        .into_inner();
+    let first = tokio::time::timeout(TIMEOUT, watch.message()).await;
+    assert_eq!(first.unwrap().unwrap().unwrap().status, SERVING);
+    watch
+}
+
+/// Asserts the watch ends (within the bound) with `UNAUTHENTICATED` / `invalid API key`.
+async fn assert_ends_unauthenticated(watch: &mut Streaming<HealthCheckResponse>) {
+    let end = tokio::time::timeout(TIMEOUT, watch.message())
+        .await
+        .expect("the watch ended within 30 s");
+    let status = end.expect_err("the watch ends with a status, not a message");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(status.message(), "invalid API key");
 }
 
 /// Reads one more tick than has been read: the stream is still open.
@@ -168,25 +193,12 @@ async fn policy_changes_end_a_stream_only_when_they_would_refuse_it() {
 async fn health_watch_ends_unauthenticated_when_its_key_is_revoked() {
     let server = Launch::new().start().await;
     let (key, id) = key_for(&server, "acme", "{}").await;
-    let mut watch = server
-        .health_client()
-        .await
-        .watch(with_key(HealthCheckRequest::default(), Some(&key)))
-        .await
-        .expect("watch is let through with a valid key")
-        .into_inner();
-    let first = tokio::time::timeout(TIMEOUT, watch.message()).await;
-    assert_eq!(first.unwrap().unwrap().unwrap().status, SERVING);
+    let mut watch = watch(&server, &key).await;
 
     let reply = server.key_action("acme", &id, "revoke").await;
     assert_eq!(reply.status, hyper::StatusCode::OK, "{}", reply.text());
     // Idle (the server's status doesn't change): only the revoke can end it.
-    let end = tokio::time::timeout(TIMEOUT, watch.message())
-        .await
-        .expect("the watch ended within 30 s");
-    let status = end.expect_err("the watch ends with a status, not a message");
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert_eq!(status.message(), "invalid API key");
+    assert_ends_unauthenticated(&mut watch).await;
 }
 
 /// Two servers on one PostgreSQL schema: a stream on one ends when the key is revoked
@@ -217,15 +229,7 @@ async fn a_revoke_through_one_server_ends_streams_on_another() {
     let (grpc_key, grpc_id) = key_for(&a, "acme", "{}").await;
 
     let mut stream = events(&b, &key).await;
-    let mut watch = b
-        .health_client()
-        .await
-        .watch(with_key(HealthCheckRequest::default(), Some(&grpc_key)))
-        .await
-        .expect("watch is let through with a valid key")
-        .into_inner();
-    let first = tokio::time::timeout(TIMEOUT, watch.message()).await;
-    assert_eq!(first.unwrap().unwrap().unwrap().status, SERVING);
+    let mut watch = watch(&b, &grpc_key).await;
 
     let reply = a.key_action("acme", &id, "revoke").await;
     assert_eq!(reply.status, hyper::StatusCode::OK, "{}", reply.text());
@@ -233,9 +237,5 @@ async fn a_revoke_through_one_server_ends_streams_on_another() {
 
     let reply = a.key_action("acme", &grpc_id, "revoke").await;
     assert_eq!(reply.status, hyper::StatusCode::OK, "{}", reply.text());
-    let end = tokio::time::timeout(TIMEOUT, watch.message())
-        .await
-        .expect("the watch ended within 30 s");
-    let status = end.expect_err("the watch ends with a status");
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_ends_unauthenticated(&mut watch).await;
 }
