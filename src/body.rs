@@ -99,7 +99,14 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } | Kind::Guarded { body, .. } => body.size_hint(),
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Guarded { body, guard } => {
+                if guard.is_ended() {
+                    SizeHint::with_exact(0)
+                } else {
+                    body.size_hint()
+                }
+            }
             Kind::Rejection { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }

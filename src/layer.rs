@@ -32,7 +32,7 @@ use tower_layer::Layer;
 use crate::cache::{CacheConfig, CachedResolver};
 use crate::client_addr::AddressSource;
 use crate::gatekeeper::{Gatekeeper, Mode, RejectionHook, Sources};
-use crate::invalidation::InvalidationBus;
+use crate::invalidation::{Invalidation, InvalidationBus, InvalidationListener as _};
 use crate::key::Pepper;
 use crate::manager::KeyManager;
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -101,7 +101,34 @@ impl<R: Resolver> ApiKeyLayer<R> {
         self.gatekeeper.metrics.snapshot()
     }
 
-    /// The layer's cache, for inspection and manual invalidation.
+    /// Makes the layer forget what `invalidation` names, as a change published on its buses
+    /// would: the cache drops it, then open responses of the key (of every key, for
+    /// [`Invalidation::All`]) check their key again. For a change made to the store behind
+    /// the manager's back; a [`KeyManager`] does this itself.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_api_key::invalidation::Invalidation;
+    /// use tower_api_key::{ApiKeyLayer, KeyManager, MemoryStore, Pepper};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let layer = ApiKeyLayer::for_manager(&manager).build();
+    /// // After editing keys in the database by hand:
+    /// layer.invalidate(&Invalidation::All);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn invalidate(&self, invalidation: &Invalidation) {
+        self.gatekeeper.cache.invalidate(invalidation);
+        if let Some((watch, _)) = &self.gatekeeper.streams {
+            watch.invalidate(invalidation);
+        }
+    }
+
+    /// The layer's cache, for inspection. To make the layer forget a key by hand, use
+    /// [`invalidate`](Self::invalidate): the cache's own `invalidate` doesn't reach open
+    /// responses.
     pub fn cache(&self) -> &CachedResolver<R> {
         &self.gatekeeper.cache
     }

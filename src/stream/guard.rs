@@ -151,7 +151,9 @@ enum State {
         registration: Registration,
         check: Option<BoxFuture<'static, Standing>>,
     },
-    /// Its layer is gone: left alone.
+    /// Its layer was gone when it first waited (every service of the layer dropped, say by
+    /// a router swapped at run time): no invalidation can reach it any more, so it is left
+    /// alone. A response watched before keeps its layer alive.
     Unwatchable,
     /// Refused: the trailers of a gRPC response are still to send.
     Ending(Rejection),
@@ -180,6 +182,12 @@ impl Guard {
             Poll::Ready(None) => {
                 self.state = State::Ended;
                 return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                // Trailers are a body's last frame: nothing is left to end (and a second
+                // trailers frame would override the body's own status).
+                self.state = State::Ended;
+                return Poll::Ready(Some(Ok(frame)));
             }
             ready => {
                 // A body that never waits (a download to a fast client) is watched too, once
@@ -217,7 +225,8 @@ impl Guard {
     fn watch(&mut self) {
         let authority = layers::find(self.layer);
         let Some(watch) = authority.as_ref().and_then(|authority| authority.watch()) else {
-            // The layer is gone: nothing can change the key for it any more.
+            // The layer is gone: nothing can reach this response any more.
+            tracing::debug!(prefix = %self.prefix, "open response not watched: its layer is gone");
             self.state = State::Unwatchable;
             return;
         };

@@ -20,12 +20,21 @@
 //! | expired | ends: `grpc-status: 16` |
 //! | without a scope its route required (`RequireScopeLayer`) | ends: `grpc-status: 7` |
 //! | its allowlist now excludes the client | ends: `grpc-status: 7` |
+//! | given an allowlist after the response started (the client's address was kept only for a key that had one) | ends: `grpc-status: 7`, whatever the new allowlist holds |
 //! | can't be checked (the store failing) | ends: `grpc-status: 14` |
 //!
 //! A gRPC response ends with trailers carrying the status and its message; an HTTP response
 //! ends its body (an SSE client sees the stream close; a download with a `Content-Length`
-//! is cut short, which the client sees as an error). A response that is sending does not
-//! stop to check: it is woken between frames, and a change ends it before its next frame.
+//! is cut short, which the client sees as an error; a chunked one ends as if complete, so a
+//! download should say its length). A response that is sending does not stop to check: it is
+//! woken between frames, and a change ends it before its next frame. A body that has sent its
+//! trailers is over and is not ended again.
+//!
+//! Changes reach open responses the way they reach the cache: from the layer's buses (the
+//! manager's changes, a change feed's), and from [`ApiKeyLayer::invalidate`](crate::ApiKeyLayer::invalidate)
+//! for a change made behind the manager's back. While a change feed is down, the cache asks
+//! the store on every request, but open responses are checked again only when the feed is
+//! back (its `Invalidation::All`): a revoke made elsewhere meanwhile ends them then.
 //!
 //! The layer keeps no plaintext key for this: it asks the resolver which key an account came
 //! from ([`Resolver::key_of`](crate::Resolver::key_of)) and, after a change, to look that

@@ -4,11 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
 
 use crate::hashing::DigestHasher;
 use crate::invalidation::{Invalidation, InvalidationListener};
@@ -57,9 +56,6 @@ impl Registration {
 
     /// Wakes the response at `at` (replacing an earlier alarm), from the watch's one timer.
     pub(crate) fn wake_at(&mut self, at: SystemTime) {
-        if self.alarm.is_some_and(|(set, _)| set == at) {
-            return;
-        }
         self.clear_alarm();
         let slot = self.watch.next_alarm.fetch_add(1, Ordering::Relaxed);
         self.alarm = Some((at, slot));
@@ -89,7 +85,7 @@ impl Drop for Registration {
 /// [`Invalidation::All`]); the response then checks its key again itself. It listens on the
 /// layer's buses *after* the layer's cache, so the cache has forgotten the key by the time a
 /// response looks it up. Responses that must end at a time (an expiry, the end of a grace
-/// period) share one timer task per watch; no response has a timer of its own.
+/// period) share one timer thread per watch; no response has a timer of its own.
 pub(crate) struct StreamWatch {
     waiting: Mutex<HashMap<KeyDigest, Vec<Arc<Waiting>>, DigestHasher>>,
     timer: Timer,
@@ -168,107 +164,100 @@ impl fmt::Debug for StreamWatch {
 
 // ===== the timer =====
 
-/// Alarms of every response of one watch, served by one task that sleeps until the earliest.
+/// Alarms of every response of one watch, served by one thread that sleeps until the
+/// earliest. A thread, not a task: alarms are set from whatever runtime polls a response,
+/// and must ring even when that runtime has shut down since.
 #[derive(Default)]
 struct Timer {
-    alarms: Arc<Mutex<Alarms>>,
-    /// Tells the task that an earlier alarm was set.
-    earlier: Arc<Notify>,
+    shared: Arc<TimerShared>,
+}
+
+#[derive(Default)]
+struct TimerShared {
+    alarms: Mutex<Alarms>,
+    /// Tells the thread that an earlier alarm was set.
+    earlier: Condvar,
 }
 
 #[derive(Default)]
 struct Alarms {
     due: BTreeMap<(SystemTime, u64), Weak<Waiting>>,
-    /// Whether the task runs.
+    /// Whether the thread runs.
     running: bool,
 }
 
 impl Timer {
     fn set(&self, alarm: (SystemTime, u64), waiting: Weak<Waiting>) {
-        let mut alarms = lock(&self.alarms);
+        let mut alarms = lock(&self.shared.alarms);
         let earliest = alarms
             .due
             .first_key_value()
             .is_none_or(|(first, _)| alarm < *first);
         alarms.due.insert(alarm, waiting);
-        if !alarms.running {
-            // Only a response being polled sets an alarm, so a tokio runtime is usually
-            // there; a body polled outside one notices its key's expiry at the key's next
-            // invalidation instead.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                alarms.running = true;
-                runtime.spawn(run_timer(
-                    Arc::downgrade(&self.alarms),
-                    Arc::clone(&self.earlier),
-                ));
+        if alarms.running {
+            if earliest {
+                self.shared.earlier.notify_one();
             }
-        } else if earliest {
-            self.earlier.notify_one();
+            return;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let started = std::thread::Builder::new()
+            .name("tower-api-key alarms".to_owned())
+            .spawn(move || run_timer(&shared));
+        match started {
+            Ok(_) => alarms.running = true,
+            // Left for the next alarm to try again; the response still ends at its key's
+            // next change.
+            Err(err) => tracing::warn!(error = %err, "stream alarms: could not start a thread"),
         }
     }
 
     fn clear(&self, alarm: (SystemTime, u64)) {
-        lock(&self.alarms).due.remove(&alarm);
+        lock(&self.shared.alarms).due.remove(&alarm);
     }
 }
 
 /// Wakes every response whose alarm is due, then sleeps until the next one (at most a
 /// minute, so a clock that jumps is noticed), until the watch is gone or no alarm is left.
-async fn run_timer(alarms: Weak<Mutex<Alarms>>, earlier: Arc<Notify>) {
+fn run_timer(shared: &Weak<TimerShared>) {
     const LONGEST_SLEEP: Duration = Duration::from_secs(60);
-    // However the task ends (its runtime shutting down included), the next alarm starts one.
-    let mut running = Running(alarms.clone(), true);
     loop {
-        let sleep = {
-            let Some(alarms) = alarms.upgrade() else {
-                return;
-            };
-            let mut alarms = lock(&alarms);
-            let now = SystemTime::now();
-            let mut due = Vec::new();
-            while let Some(entry) = alarms.due.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                due.extend(entry.remove().upgrade());
-            }
-            if !due.is_empty() {
-                // Outside the lock, as for invalidations.
-                drop(alarms);
-                for waiting in due {
-                    waiting.notify();
-                }
-                continue;
-            }
-            match alarms.due.first_key_value() {
-                Some(((at, _), _)) => at
-                    .duration_since(now)
-                    .unwrap_or_default()
-                    .min(LONGEST_SLEEP),
-                None => {
-                    // Under the lock: an alarm set from now on starts a new task.
-                    alarms.running = false;
-                    running.1 = false;
-                    return;
-                }
-            }
+        let Some(shared) = shared.upgrade() else {
+            return;
         };
-        tokio::select! {
-            () = tokio::time::sleep(sleep) => {}
-            () = earlier.notified() => {}
+        let mut alarms = lock(&shared.alarms);
+        let now = SystemTime::now();
+        let mut due = Vec::new();
+        while let Some(entry) = alarms.due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.extend(entry.remove().upgrade());
         }
-    }
-}
-
-/// Marks the timer task stopped if it ends without saying so itself (dropped with its
-/// runtime).
-struct Running(Weak<Mutex<Alarms>>, bool);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let (true, Some(alarms)) = (self.1, self.0.upgrade()) {
-            lock(&alarms).running = false;
+        if !due.is_empty() {
+            // Woken outside the lock, as for invalidations.
+            drop(alarms);
+            for waiting in due {
+                waiting.notify();
+            }
+            continue;
         }
+        let Some(((next, _), _)) = alarms.due.first_key_value() else {
+            // Under the lock: an alarm set from now on starts a new thread.
+            alarms.running = false;
+            return;
+        };
+        let sleep = next
+            .duration_since(now)
+            .unwrap_or_default()
+            .min(LONGEST_SLEEP);
+        // Woken early by an earlier alarm (or spuriously): the loop looks again.
+        drop(
+            shared
+                .earlier
+                .wait_timeout(alarms, sleep)
+                .map_err(|poisoned| poisoned.into_inner()),
+        );
     }
 }
 
@@ -332,7 +321,7 @@ mod tests {
         let now = SystemTime::now();
         later.wake_at(now + Duration::from_secs(3600));
         soon.wake_at(now + Duration::from_millis(20));
-        assert_eq!(lock(&watch.timer.alarms).due.len(), 2);
+        assert_eq!(lock(&watch.timer.shared.alarms).due.len(), 2);
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !soon.waiting().take_changed() {
@@ -343,9 +332,73 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(!later.waiting().take_changed());
-        assert_eq!(lock(&watch.timer.alarms).due.len(), 1);
+        assert_eq!(lock(&watch.timer.shared.alarms).due.len(), 1);
 
         drop(later);
-        assert!(lock(&watch.timer.alarms).due.is_empty());
+        assert!(lock(&watch.timer.shared.alarms).due.is_empty());
+    }
+
+    /// Whether `registration`'s alarm rings within 30 s (polled every 10 ms).
+    fn rings(registration: &Registration) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if registration.waiting().take_changed() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Alarms are set from whatever runtime polls a response; one set while another runtime
+    /// (the first to set one) shuts down still rings.
+    #[test]
+    fn an_alarm_rings_after_the_runtime_that_set_the_first_one_shut_down() {
+        let watch = StreamWatch::new();
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let second = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut far = watch.register(digest(1));
+        first.block_on(async {
+            far.wake_at(SystemTime::now() + Duration::from_secs(3600));
+            // Let the first alarm's timer start and go to sleep.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        });
+        let mut soon = watch.register(digest(2));
+        second.block_on(async {
+            soon.wake_at(SystemTime::now() + Duration::from_millis(300));
+        });
+        drop(first);
+        assert!(rings(&soon), "the alarm was lost with the first runtime");
+        drop(second);
+    }
+
+    /// A runtime that shuts down right after setting an alarm leaves the timer working.
+    #[test]
+    fn a_runtime_gone_right_after_its_alarm_leaves_the_timer_working() {
+        let watch = StreamWatch::new();
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut a = watch.register(digest(1));
+        {
+            let _entered = first.enter();
+            a.wake_at(SystemTime::now() + Duration::from_secs(3600));
+        }
+        drop(first);
+        let second = tokio::runtime::Runtime::new().unwrap();
+        let mut soon = watch.register(digest(2));
+        second.block_on(async {
+            soon.wake_at(SystemTime::now() + Duration::from_millis(50));
+        });
+        assert!(rings(&soon), "no timer runs any more");
     }
 }

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt as _, Full};
 use tokio::sync::mpsc;
 use tower::{Layer as _, ServiceExt as _, service_fn};
 use tower_api_key::invalidation::Invalidation;
-use tower_api_key::policy::{PolicyUpdate, Scopes};
+use tower_api_key::policy::{AllowedIps, PolicyUpdate, Scopes};
 use tower_api_key::{
     ApiKeyLayer, KeyId, KeyIdentity, KeyManager, KeyOptions, MemoryStore, RequireScopeLayer,
     StoreResolver,
@@ -318,4 +318,77 @@ async fn a_small_answer_of_known_size_is_never_cut() {
     assert_eq!(frame.into_data().unwrap(), "pong");
     assert!(next(&mut body).await.is_none());
     assert_eq!(setup.layer.metrics().streams_ended, 0);
+}
+
+/// Polls the body once while nothing is sent, so that its guard enters the register.
+async fn idle(body: &mut Streamed) {
+    std::future::poll_fn(|cx| {
+        assert!(Pin::new(&mut *body).poll_frame(cx).is_pending(), "idle");
+        Poll::Ready(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_grpc_body_that_sent_its_own_trailers_gets_no_second() {
+    let setup = Setup::new(true, KeyOptions::new()).await;
+    let (sender, response) = fed_response(true);
+    let mut body = setup.open(None, true, response).await;
+    assert_flows(&sender, &mut body).await;
+    let mut ok = HeaderMap::new();
+    ok.insert("grpc-status", HeaderValue::from_static("0"));
+    sender.send(Frame::trailers(ok)).expect("the body is read");
+    let trailers = next(&mut body).await.expect("trailers");
+    assert_eq!(
+        trailers.into_trailers().expect("trailers")["grpc-status"],
+        "0"
+    );
+
+    // The body is over (trailers come last), though its sender lives on: a revoke now must
+    // not add trailers that would override the call's own status.
+    setup.revoke().await;
+    assert!(
+        next(&mut body).await.is_none(),
+        "nothing after the trailers"
+    );
+}
+
+#[tokio::test]
+async fn invalidating_through_the_layer_reaches_open_streams() {
+    // A change made to the store behind the manager's back (another manager, another bus).
+    let store = Arc::new(MemoryStore::new());
+    let manager = KeyManager::new(store.clone(), pepper());
+    let layer = ApiKeyLayer::for_manager(&manager).build();
+    let created = manager.create(&account("acme")).await.expect("create");
+    let (sender, response) = fed_response(false);
+    let mut body = open(&layer, None, created.key.expose_secret(), false, response).await;
+    assert_flows(&sender, &mut body).await;
+    idle(&mut body).await;
+
+    let other = KeyManager::new(store, pepper());
+    other
+        .revoke(&account("acme"), created.info.id)
+        .await
+        .expect("revoke");
+    layer.invalidate(&Invalidation::Key(pepper().digest(&created.key)));
+    assert!(next(&mut body).await.is_none(), "the body ended");
+}
+
+#[tokio::test]
+async fn a_key_given_an_allowlist_after_its_stream_started_ends_it() {
+    // The client's address is kept only for a key that had an allowlist when the stream
+    // started (keeping it for every request would cost every answer): an allowlist added
+    // later can't be checked against this stream, which ends, as a request from an address
+    // the layer can't tell would be refused. Documented in `stream`.
+    let setup = Setup::new(true, KeyOptions::new()).await;
+    let (sender, response) = fed_response(true);
+    let mut body = setup.open(None, true, response).await;
+    assert_flows(&sender, &mut body).await;
+    idle(&mut body).await;
+    let allowed = AllowedIps::new(["127.0.0.0/8"]).expect("blocks");
+    setup
+        .update(PolicyUpdate::new().allowed_ips(Some(allowed)))
+        .await;
+    let ended = ending_status(&mut body).await;
+    assert_eq!(ended, ("7".to_owned(), "address not allowed".to_owned()));
 }
