@@ -28,8 +28,8 @@ pub(crate) trait Authority: Send + Sync + 'static {
     /// spending a budget: at once from the cache, or after the resolver's answer.
     fn check(&self, prefix: KeyPrefix, digest: KeyDigest, address: Option<IpAddr>) -> Check;
 
-    /// Counts a response ended by `rejection`.
-    fn ended(&self, rejection: Rejection);
+    /// Counts a response ended because its key no longer lets it through.
+    fn ended(&self);
 }
 
 /// The answer to [`Authority::check`].
@@ -76,7 +76,7 @@ impl<R: Resolver> Authority for Gatekeeper<R> {
         }
     }
 
-    fn ended(&self, _rejection: Rejection) {
+    fn ended(&self) {
         self.metrics.stream_ended();
     }
 }

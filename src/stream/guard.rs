@@ -78,24 +78,20 @@ impl Ticket {
     /// `None` for a small answer of known size.
     #[inline(always)]
     pub(crate) fn guard<B: Body>(self, response: &mut Response<B>) -> Option<Box<Guard>> {
-        if !may_stream(response.body()) {
-            return None;
-        }
-        self.into_guard(response)
+        may_stream(response.body()).then(|| self.into_guard(response))
     }
 
     #[cold]
     #[inline(never)]
-    fn into_guard<B>(self, response: &mut Response<B>) -> Option<Box<Guard>> {
+    fn into_guard<B>(self, response: &mut Response<B>) -> Box<Guard> {
         let scopes = response
             .extensions_mut()
             .remove::<RequiredScopes>()
             .unwrap_or_default()
             .0;
         let grpc = rejection::is_grpc(response.headers());
-        Some(Box::new(Guard {
+        Box::new(Guard {
             layer: self.layer,
-            authority: None,
             prefix: self.prefix,
             digest: self.digest,
             address: self.address,
@@ -103,7 +99,7 @@ impl Ticket {
             grpc,
             frames: 0,
             state: State::Unwatched,
-        }))
+        })
     }
 }
 
@@ -113,10 +109,9 @@ impl Ticket {
 /// key that would now be refused ends the response: gRPC with trailers carrying the
 /// refusal's status and message, HTTP by ending the body.
 pub(crate) struct Guard {
-    layer: LayerNumber,
-    /// The layer, found by its number when the response first waits (a unary answer never
+    /// Its layer's number, looked up when the response first waits (a unary answer never
     /// does, and never looks it up).
-    authority: Option<Arc<dyn Authority>>,
+    layer: LayerNumber,
     prefix: KeyPrefix,
     digest: KeyDigest,
     address: Option<IpAddr>,
@@ -148,6 +143,7 @@ enum State {
     /// Its inner body never had to wait: not in the register.
     Unwatched,
     Watching {
+        authority: Arc<dyn Authority>,
         registration: Registration,
         check: Option<BoxFuture<'static, Standing>>,
     },
@@ -223,8 +219,9 @@ impl Guard {
     /// Enters the register and starts the first check.
     #[cold]
     fn watch(&mut self) {
-        let authority = layers::find(self.layer);
-        let Some(watch) = authority.as_ref().and_then(|authority| authority.watch()) else {
+        let Some((authority, watch)) = layers::find(self.layer)
+            .and_then(|authority| Some((Arc::clone(&authority), Arc::clone(authority.watch()?))))
+        else {
             // The layer is gone: nothing can reach this response any more.
             tracing::debug!(prefix = %self.prefix, "open response not watched: its layer is gone");
             self.state = State::Unwatchable;
@@ -232,8 +229,8 @@ impl Guard {
         };
         // Registered before the check: a change after the check's look-up wakes it again.
         let registration = watch.register(self.digest);
-        self.authority = authority;
         self.state = State::Watching {
+            authority,
             registration,
             check: None,
         };
@@ -278,7 +275,9 @@ impl Guard {
 
     /// Asks the layer where the key stands now.
     fn start_check(&mut self) {
-        let (State::Watching { check, .. }, Some(authority)) = (&mut self.state, &self.authority)
+        let State::Watching {
+            authority, check, ..
+        } = &mut self.state
         else {
             return;
         };
@@ -318,8 +317,8 @@ impl Guard {
                 return;
             }
         };
-        if let Some(authority) = &self.authority {
-            authority.ended(refusal);
+        if let State::Watching { authority, .. } = &self.state {
+            authority.ended();
         }
         tracing::debug!(
             prefix = %self.prefix,

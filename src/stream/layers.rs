@@ -90,7 +90,6 @@ mod tests {
 
     use super::*;
     use crate::key::{KeyDigest, KeyPrefix};
-    use crate::rejection::Rejection;
     use crate::stream::StreamWatch;
     use crate::stream::check::Check;
 
@@ -105,7 +104,7 @@ mod tests {
             unreachable!("not asked")
         }
 
-        fn ended(&self, _: Rejection) {}
+        fn ended(&self) {}
     }
 
     #[test]
