@@ -234,10 +234,11 @@ async fn serve(config: Config) -> Result<(), String> {
         .record_usage(recorder);
     let api_keys = with_budgets(api_keys, &config.budgets).await?.build();
     let feed = opened.start_feed(&manager).await;
-    let state = AppState { manager, api_keys };
-    if let Some(feed) = &feed {
-        let _ = routes::FEED.set(feed.monitor());
-    }
+    let state = AppState {
+        manager,
+        api_keys,
+        feed: feed.as_ref().map(|feed| feed.monitor()),
+    };
     let (health, app) = app(state, config.admin_tokens);
 
     // Before announcing the address: a signal sent as soon as it is printed must already

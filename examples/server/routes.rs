@@ -11,7 +11,6 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
 use std::convert::Infallible;
-use std::sync::OnceLock;
 use std::time::Duration;
 use tonic_health::server::HealthReporter;
 use tower::Layer as _;
@@ -25,6 +24,8 @@ use tower_api_key::{ApiKeyLayer, Authenticated, KeyIdentity, KeyManager, Require
 pub(crate) struct AppState {
     pub(crate) manager: KeyManager,
     pub(crate) api_keys: ApiKeyLayer<StoreResolver>,
+    /// The change feed's status and delivery delays, with `--database-url`.
+    pub(crate) feed: Option<FeedMonitor>,
 }
 
 /// The whole application: open routes, API-key routes (HTTP and gRPC), admin routes.
@@ -78,13 +79,9 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// The change feed's monitor, with `--database-url`: set once at startup, read by `/metrics`
-/// alone. Not in [`AppState`], which every request clones.
-pub(crate) static FEED: OnceLock<FeedMonitor> = OnceLock::new();
-
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.api_keys.metrics().to_prometheus();
-    if let Some(feed) = FEED.get() {
+    if let Some(feed) = &state.feed {
         text.push_str(&feed.metrics().to_prometheus());
     }
     (
