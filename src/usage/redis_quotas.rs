@@ -13,9 +13,9 @@ use tokio::sync::Semaphore;
 
 use super::quota::{PendingQuotaVerdict, QuotaTally, QuotaVerdict};
 use crate::policy::{Period, Quota, QuotaPeriod};
+use crate::rate_limit::redis::RedisLimiterError;
 use crate::rate_limit::redis::breaker::Breaker;
-use crate::rate_limit::redis::connection::{self, RedisClient, endpoint};
-use crate::rate_limit::redis::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RedisLimiterError};
+use crate::rate_limit::redis::connection::{RedisClient, RedisSettings};
 use crate::store::KeyId;
 
 #[cfg(doc)]
@@ -69,11 +69,7 @@ return 0
 /// Settings of a [`RedisQuotas`], from [`RedisQuotas::builder`].
 #[derive(Clone)]
 pub struct RedisQuotasBuilder {
-    /// May hold a password: never printed.
-    url: String,
-    namespace: String,
-    timeout: Duration,
-    connect_timeout: Duration,
+    settings: RedisSettings,
 }
 
 impl RedisQuotasBuilder {
@@ -81,21 +77,21 @@ impl RedisQuotasBuilder {
     /// [`DEFAULT_QUOTA_NAMESPACE`]). Processes share counts when they share the Redis database
     /// and the namespace.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
+        self.settings.namespace = namespace.into();
         self
     }
 
     /// The longest a request waits for Redis, connection included (default
-    /// [`DEFAULT_TIMEOUT`], 100 ms); after it, the request is decided by this process's count.
+    /// [`DEFAULT_TIMEOUT`](crate::rate_limit::redis::DEFAULT_TIMEOUT), 100 ms); after it, the request is decided by this process's count.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
     /// The longest [`connect`](Self::connect) waits for the first connection (default
-    /// [`DEFAULT_CONNECT_TIMEOUT`]).
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::rate_limit::redis::DEFAULT_CONNECT_TIMEOUT)).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
@@ -110,8 +106,7 @@ impl RedisQuotasBuilder {
     /// alone. To start while Redis is down, use [`connect_lazy`](Self::connect_lazy).
     pub async fn connect(self) -> Result<RedisQuotas, RedisLimiterError> {
         let (spend, refund) = (Script::new(SPEND), Script::new(REFUND));
-        let connection =
-            connection::connect(&self.url, self.connect_timeout, &[&spend, &refund]).await?;
+        let connection = self.settings.connect(&[&spend, &refund]).await?;
         Ok(self.finish(connection, spend, refund))
     }
 
@@ -123,17 +118,15 @@ impl RedisQuotasBuilder {
     /// [`RedisLimiterError::InvalidUrl`] for a URL redis-rs doesn't accept;
     /// [`RedisLimiterError::NoRuntime`] outside a Tokio runtime.
     pub fn connect_lazy(self) -> Result<RedisQuotas, RedisLimiterError> {
-        let connection = connection::connect_lazy(&self.url, self.connect_timeout)?;
+        let connection = self.settings.connect_lazy()?;
         Ok(self.finish(connection, Script::new(SPEND), Script::new(REFUND)))
     }
 
     fn finish(self, connection: ConnectionManager, spend: Script, refund: Script) -> RedisQuotas {
         RedisQuotas {
             inner: Arc::new(Inner {
-                redis: RedisClient::new(
+                redis: self.settings.client(
                     connection,
-                    &self.url,
-                    self.timeout,
                     Breaker::new(
                         "redis quota counter",
                         "each process counts quotas alone until it answers",
@@ -141,7 +134,7 @@ impl RedisQuotasBuilder {
                 ),
                 spend,
                 refund,
-                namespace: self.namespace,
+                namespace: self.settings.namespace,
                 refunds: Arc::new(Semaphore::new(MAX_REFUNDS_IN_FLIGHT)),
             }),
         }
@@ -150,12 +143,9 @@ impl RedisQuotasBuilder {
 
 impl fmt::Debug for RedisQuotasBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisQuotasBuilder")
-            .field("redis", &endpoint(&self.url))
-            .field("namespace", &self.namespace)
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish()
+        let mut debug = f.debug_struct("RedisQuotasBuilder");
+        self.settings.describe(&mut debug);
+        debug.finish()
     }
 }
 
@@ -237,13 +227,10 @@ struct Inner {
 impl RedisQuotas {
     /// Settings for a counter on the Redis at `url` (`redis://[user:password@]host[:port][/db]`
     /// or `redis+unix:///path`), with the defaults: namespace [`DEFAULT_QUOTA_NAMESPACE`],
-    /// timeout [`DEFAULT_TIMEOUT`].
+    /// timeout [`DEFAULT_TIMEOUT`](crate::rate_limit::redis::DEFAULT_TIMEOUT).
     pub fn builder(url: impl Into<String>) -> RedisQuotasBuilder {
         RedisQuotasBuilder {
-            url: url.into(),
-            namespace: DEFAULT_QUOTA_NAMESPACE.to_owned(),
-            timeout: DEFAULT_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            settings: RedisSettings::new(url.into(), DEFAULT_QUOTA_NAMESPACE),
         }
     }
 

@@ -3,6 +3,7 @@
 //! reconnects by itself in the background, and the server named by `host:port` in logs,
 //! never by its URL (which may hold a password).
 
+use std::fmt;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -59,6 +60,56 @@ impl RedisClient {
     }
 }
 
+/// What each of the crate's Redis clients is configured with, before it connects: the server,
+/// the namespace of its keys, how long a call and the first connection may take. Its builders
+/// hold one and add their own settings.
+#[derive(Clone)]
+pub(crate) struct RedisSettings {
+    /// May hold a password: never printed.
+    url: String,
+    pub(crate) namespace: String,
+    pub(crate) timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl RedisSettings {
+    /// The server at `url`, keys under `namespace`, the default timeouts.
+    pub(crate) fn new(url: String, namespace: &str) -> Self {
+        Self {
+            url,
+            namespace: namespace.to_owned(),
+            timeout: super::DEFAULT_TIMEOUT,
+            connect_timeout: super::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Connects within the connect timeout and loads `scripts`.
+    pub(crate) async fn connect(
+        &self,
+        scripts: &[&Script],
+    ) -> Result<ConnectionManager, RedisLimiterError> {
+        connect(&self.url, self.connect_timeout, scripts).await
+    }
+
+    /// A connection made on its first use. Must be called inside a Tokio runtime.
+    pub(crate) fn connect_lazy(&self) -> Result<ConnectionManager, RedisLimiterError> {
+        connect_lazy(&self.url, self.connect_timeout)
+    }
+
+    /// The client over `connection`, calling within the timeout, stopped by `breaker`.
+    pub(crate) fn client(&self, connection: ConnectionManager, breaker: Breaker) -> RedisClient {
+        RedisClient::new(connection, &self.url, self.timeout, breaker)
+    }
+
+    /// Adds the settings to a builder's `Debug`, the server as `host:port` only.
+    pub(crate) fn describe(&self, f: &mut fmt::DebugStruct<'_, '_>) {
+        f.field("redis", &endpoint(&self.url))
+            .field("namespace", &self.namespace)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout);
+    }
+}
+
 /// Longest wait between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
@@ -75,7 +126,7 @@ fn client(
 }
 
 /// Connects to `url` within `connect_timeout` and loads `scripts`.
-pub(crate) async fn connect(
+async fn connect(
     url: &str,
     connect_timeout: Duration,
     scripts: &[&Script],
@@ -99,7 +150,7 @@ pub(crate) async fn connect(
 
 /// A connection to `url` that connects on its first use. Must be called inside a Tokio
 /// runtime.
-pub(crate) fn connect_lazy(
+fn connect_lazy(
     url: &str,
     connect_timeout: Duration,
 ) -> Result<ConnectionManager, RedisLimiterError> {

@@ -70,7 +70,7 @@ use ::redis::Script;
 use ::redis::aio::ConnectionManager;
 
 use self::breaker::Breaker;
-use self::connection::{RedisClient, endpoint};
+use self::connection::{RedisClient, RedisSettings};
 use self::lease::{Leases, Local, Waiter};
 use self::script::SCRIPT;
 use super::{Acquire, BudgetKey, RateLimit, RateLimiter, Verdict};
@@ -133,11 +133,7 @@ impl StdError for RedisLimiterError {
 /// Settings of a [`RedisLimiter`], from [`RedisLimiter::builder`].
 #[derive(Clone)]
 pub struct RedisLimiterBuilder {
-    /// May hold a password: never printed.
-    url: String,
-    namespace: String,
-    timeout: Duration,
-    connect_timeout: Duration,
+    settings: RedisSettings,
     max_lease: Option<u32>,
 }
 
@@ -146,21 +142,21 @@ impl RedisLimiterBuilder {
     /// [`DEFAULT_NAMESPACE`]). Processes share budgets when they share the Redis database and
     /// the namespace.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = namespace.into();
+        self.settings.namespace = namespace.into();
         self
     }
 
     /// The longest a verdict may take, connection included (default [`DEFAULT_TIMEOUT`]);
     /// after it, the verdict is [`Verdict::Unavailable`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.settings.timeout = timeout;
         self
     }
 
     /// The longest [`connect`](Self::connect) waits for the first connection (default
     /// [`DEFAULT_CONNECT_TIMEOUT`]).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
@@ -208,7 +204,7 @@ impl RedisLimiterBuilder {
     /// [`connect_lazy`](Self::connect_lazy).
     pub async fn connect(self) -> Result<RedisLimiter, RedisLimiterError> {
         let script = Script::new(SCRIPT);
-        let connection = connection::connect(&self.url, self.connect_timeout, &[&script]).await?;
+        let connection = self.settings.connect(&[&script]).await?;
         Ok(self.finish(connection, script))
     }
 
@@ -221,24 +217,22 @@ impl RedisLimiterBuilder {
     /// [`RedisLimiterError::InvalidUrl`] for a URL redis-rs doesn't accept;
     /// [`RedisLimiterError::NoRuntime`] outside a Tokio runtime.
     pub fn connect_lazy(self) -> Result<RedisLimiter, RedisLimiterError> {
-        let connection = connection::connect_lazy(&self.url, self.connect_timeout)?;
+        let connection = self.settings.connect_lazy()?;
         Ok(self.finish(connection, Script::new(SCRIPT)))
     }
 
     fn finish(self, connection: ConnectionManager, script: Script) -> RedisLimiter {
         RedisLimiter {
             inner: Arc::new(Inner {
-                redis: RedisClient::new(
+                redis: self.settings.client(
                     connection,
-                    &self.url,
-                    self.timeout,
                     Breaker::new(
                         "redis rate limiter",
                         "verdicts are Unavailable until it answers",
                     ),
                 ),
                 script,
-                namespace: self.namespace,
+                namespace: self.settings.namespace,
                 leases: self.max_lease.map(Leases::new),
             }),
         }
@@ -247,13 +241,9 @@ impl RedisLimiterBuilder {
 
 impl fmt::Debug for RedisLimiterBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLimiterBuilder")
-            .field("redis", &endpoint(&self.url))
-            .field("namespace", &self.namespace)
-            .field("timeout", &self.timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("local_first", &self.max_lease)
-            .finish()
+        let mut debug = f.debug_struct("RedisLimiterBuilder");
+        self.settings.describe(&mut debug);
+        debug.field("local_first", &self.max_lease).finish()
     }
 }
 
@@ -283,10 +273,7 @@ impl RedisLimiter {
     /// [`DEFAULT_NAMESPACE`], timeout [`DEFAULT_TIMEOUT`].
     pub fn builder(url: impl Into<String>) -> RedisLimiterBuilder {
         RedisLimiterBuilder {
-            url: url.into(),
-            namespace: DEFAULT_NAMESPACE.to_owned(),
-            timeout: DEFAULT_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            settings: RedisSettings::new(url.into(), DEFAULT_NAMESPACE),
             max_lease: None,
         }
     }
@@ -362,6 +349,7 @@ impl fmt::Debug for RedisLimiter {
 
 #[cfg(test)]
 mod tests {
+    use super::connection::endpoint;
     use super::*;
 
     #[test]
