@@ -12,58 +12,13 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::types::time::OffsetDateTime;
 
+use super::apply_shipped_up_to;
 use crate::support::db::postgres::Schema;
 use crate::support::wait::until;
 use crate::support::{account, pepper};
 use tower_api_key::store::{KeyUse, PostgresStore};
 use tower_api_key::usage::{Hour, UsageBatch, UsageDelta, UsageRow};
 use tower_api_key::{ApiKey, KeyId, KeyPrefix, KeyRecord, KeyStore};
-
-/// The bookkeeping table, as every version of the store creates it.
-const BOOKKEEPING: &str = "CREATE TABLE tower_api_keys_migrations (
-    version     bigint      PRIMARY KEY,
-    description text        NOT NULL,
-    checksum    bytea       NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-)";
-
-/// Applies the shipped migrations up to `last` (their files, in order) and records them as
-/// `migrate` does, checksums included: the database an older release left.
-async fn apply_shipped_up_to(pool: &PgPool, last: i64) {
-    sqlx::raw_sql(BOOKKEEPING)
-        .execute(pool)
-        .await
-        .expect("bookkeeping");
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("migrations folder")
-        .map(|entry| entry.expect("entry").path())
-        .collect();
-    files.sort();
-    for path in files {
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        let version: i64 = name[..4].parse().expect("numbered");
-        if version > last {
-            continue;
-        }
-        let sql = std::fs::read_to_string(&path).expect("migration");
-        sqlx::raw_sql(&sql).execute(pool).await.expect("migration");
-        sqlx::query(
-            "INSERT INTO tower_api_keys_migrations (version, description, checksum)
-             VALUES ($1, $2, $3)",
-        )
-        .bind(version)
-        .bind(&name)
-        .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
-        .execute(pool)
-        .await
-        .expect("record it");
-    }
-}
 
 /// Writes `record` into `tower_api_keys` of schema 6, `last_used_at` among its columns (the
 /// policy columns as `full_record` has them).

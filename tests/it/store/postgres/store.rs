@@ -227,47 +227,12 @@ async fn a_time_out_of_range_edited_by_hand_is_a_store_failure_naming_the_column
 
 #[tokio::test]
 async fn a_database_of_the_earlier_schema_upgrades_in_place_and_its_keys_are_unrestricted() {
-    const SHIPPED: [(i64, &str, &str); 2] = [
-        (
-            1,
-            "tower_api_keys table and its change notifications",
-            include_str!("../../../../migrations/postgres/0001_tower_api_keys.sql"),
-        ),
-        (
-            2,
-            "inserts no longer notify",
-            include_str!("../../../../migrations/postgres/0002_no_notify_on_insert.sql"),
-        ),
-    ];
     let Some(schema) = Schema::create().await else {
         return;
     };
     let pool = schema.pool();
     // The database as the previous release left it: its table, its bookkeeping, one key.
-    sqlx::raw_sql(
-        "CREATE TABLE tower_api_keys_migrations (
-             version     bigint      PRIMARY KEY,
-             description text        NOT NULL,
-             checksum    bytea       NOT NULL,
-             applied_at  timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .execute(&pool)
-    .await
-    .expect("bookkeeping");
-    for (version, description, sql) in SHIPPED {
-        sqlx::raw_sql(sql).execute(&pool).await.expect("migration");
-        sqlx::query(
-            "INSERT INTO tower_api_keys_migrations (version, description, checksum)
-             VALUES ($1, $2, $3)",
-        )
-        .bind(version)
-        .bind(description)
-        .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
-        .execute(&pool)
-        .await
-        .expect("record it");
-    }
+    super::apply_shipped_up_to(&pool, 2).await;
     let old = super::super::sql::old_style_record();
     super::insert_by_hand(&pool, &old).await;
 
@@ -332,63 +297,13 @@ async fn the_schema_refuses_half_a_quota_and_the_store_refuses_what_the_schema_l
 
 #[tokio::test]
 async fn a_database_of_the_previous_schema_upgrades_in_place_and_its_keys_keep_their_policy() {
-    const SHIPPED: [(i64, &str, &str); 5] = [
-        (
-            1,
-            "tower_api_keys table and its change notifications",
-            include_str!("../../../../migrations/postgres/0001_tower_api_keys.sql"),
-        ),
-        (
-            2,
-            "inserts no longer notify",
-            include_str!("../../../../migrations/postgres/0002_no_notify_on_insert.sql"),
-        ),
-        (
-            3,
-            "key policy: name, scopes, expiry, previous key; notify their changes",
-            include_str!("../../../../migrations/postgres/0003_key_policy.sql"),
-        ),
-        (
-            4,
-            "key rate limit; notify its changes",
-            include_str!("../../../../migrations/postgres/0004_rate_limit.sql"),
-        ),
-        (
-            5,
-            "usage counts per key and hour",
-            include_str!("../../../../migrations/postgres/0005_usage.sql"),
-        ),
-    ];
     let Some(schema) = Schema::create().await else {
         return;
     };
     let pool = schema.pool();
     // The database as the previous release left it: its tables, its bookkeeping, one key
     // with every column of that release set.
-    sqlx::raw_sql(
-        "CREATE TABLE tower_api_keys_migrations (
-             version     bigint      PRIMARY KEY,
-             description text        NOT NULL,
-             checksum    bytea       NOT NULL,
-             applied_at  timestamptz NOT NULL DEFAULT now()
-         )",
-    )
-    .execute(&pool)
-    .await
-    .expect("bookkeeping");
-    for (version, description, sql) in SHIPPED {
-        sqlx::raw_sql(sql).execute(&pool).await.expect("migration");
-        sqlx::query(
-            "INSERT INTO tower_api_keys_migrations (version, description, checksum)
-             VALUES ($1, $2, $3)",
-        )
-        .bind(version)
-        .bind(description)
-        .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
-        .execute(&pool)
-        .await
-        .expect("record it");
-    }
+    super::apply_shipped_up_to(&pool, 5).await;
     let old = KeyRecord {
         quota: None,
         allowed_ips: None,
