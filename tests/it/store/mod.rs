@@ -89,6 +89,48 @@ mod sql {
         )
     }
 
+    /// After an upgrade in place: `old`, written by an earlier schema, reads back as it was (by
+    /// prefix and in its account's list), then takes [`new_policy`] and reads back with it.
+    /// Returns the record as updated.
+    pub(crate) async fn upgraded_key_takes_the_new_policy(
+        store: &dyn KeyStore,
+        old: KeyRecord,
+    ) -> KeyRecord {
+        assert_eq!(
+            store.find_by_prefix(&old.prefix).await.expect("find"),
+            Some(old.clone())
+        );
+        assert_eq!(
+            store.list(&account("acme")).await.expect("list"),
+            std::slice::from_ref(&old)
+        );
+        let (quota, allowed, metadata) = new_policy();
+        let updated = store
+            .update_policy(
+                &old.account_id,
+                old.id,
+                &PolicyUpdate::new()
+                    .quota(Some(quota))
+                    .allowed_ips(Some(allowed.clone()))
+                    .metadata(Some(metadata.clone())),
+            )
+            .await
+            .expect("update")
+            .expect("found");
+        let expected = KeyRecord {
+            quota: Some(quota),
+            allowed_ips: Some(allowed),
+            metadata: Some(metadata),
+            ..old
+        };
+        assert_eq!(updated, expected);
+        assert_eq!(
+            store.get(&account("acme"), expected.id).await.expect("get"),
+            Some(expected.clone())
+        );
+        expected
+    }
+
     /// A key of `account_name` with every column set, a previous key among them.
     pub(crate) fn full_record(account_name: &str) -> KeyRecord {
         let (key, old) = (

@@ -10,9 +10,7 @@ use crate::support::{account, pepper};
 use sqlx::Connection as _;
 use tower_api_key::store::SqliteStore;
 use tower_api_key::usage::{Hour, UsageBatch, UsageDelta, UsageRow};
-use tower_api_key::{
-    KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError, PolicyUpdate, StoreError,
-};
+use tower_api_key::{KeyManager, KeyRecord, KeyStatus, KeyStore, ManagerError, StoreError};
 
 #[tokio::test]
 async fn keys_survive_reopening_the_file() {
@@ -374,38 +372,7 @@ async fn a_database_of_the_previous_schema_upgrades_in_place_and_its_keys_keep_t
 
     store.migrate().await.expect("upgrade");
     store.migrate().await.expect("again");
-    assert_eq!(
-        store.find_by_prefix(&old.prefix).await.expect("find"),
-        Some(old.clone())
-    );
-    assert_eq!(
-        store.list(&account("acme")).await.expect("list"),
-        std::slice::from_ref(&old)
-    );
-    let (quota, allowed, metadata) = super::sql::new_policy();
-    let updated = store
-        .update_policy(
-            &old.account_id,
-            old.id,
-            &PolicyUpdate::new()
-                .quota(Some(quota))
-                .allowed_ips(Some(allowed.clone()))
-                .metadata(Some(metadata.clone())),
-        )
-        .await
-        .expect("update")
-        .expect("found");
-    let expected = KeyRecord {
-        quota: Some(quota),
-        allowed_ips: Some(allowed),
-        metadata: Some(metadata),
-        ..old
-    };
-    assert_eq!(updated, expected);
-    assert_eq!(
-        store.get(&account("acme"), expected.id).await.expect("get"),
-        Some(expected)
-    );
+    super::sql::upgraded_key_takes_the_new_policy(&store, old).await;
 }
 
 /// One flush of counts for `key` in `acme`'s hour 475,000.
