@@ -411,6 +411,20 @@ mod tests {
         }
     }
 
+    /// `ledger`'s tally of `id`, read at noon with nothing unwritten.
+    async fn noon_tally(
+        ledger: &QuotaLedger,
+        store: &MemoryStore,
+        account: &AccountId,
+        id: KeyId,
+        quota: Quota,
+    ) -> Arc<QuotaTally> {
+        ledger
+            .tally(store, account, id, quota, at(NOON), |_| None)
+            .await
+            .expect("loaded")
+    }
+
     async fn setup() -> (Arc<MemoryStore>, AccountId, KeyId) {
         let store = Arc::new(MemoryStore::new());
         let account: AccountId = "acme".parse().expect("valid");
@@ -444,10 +458,7 @@ mod tests {
             .expect("written");
         let ledger = QuotaLedger::default();
         let quota = Quota::new(5, QuotaPeriod::Day).expect("valid");
-        let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON), |_| None)
-            .await
-            .expect("loaded");
+        let tally = noon_tally(&ledger, &store, &account, id, quota).await;
         assert_eq!(tally.used(quota, at(NOON)), 3);
         assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
         assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
@@ -470,10 +481,7 @@ mod tests {
         let (store, account, id) = setup().await;
         let ledger = QuotaLedger::default();
         let quota = Quota::new(100, QuotaPeriod::Month).expect("valid");
-        let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON), |_| None)
-            .await
-            .expect("loaded");
+        let tally = noon_tally(&ledger, &store, &account, id, quota).await;
         for _ in 0..4 {
             assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
         }
@@ -502,10 +510,7 @@ mod tests {
         let ledger = QuotaLedger::default();
         let quota = Quota::new(10, QuotaPeriod::Day).expect("valid");
         // The key gets its quota while 4 requests accepted without one wait to be written.
-        let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON), |_| None)
-            .await
-            .expect("loaded");
+        let tally = noon_tally(&ledger, &store, &account, id, quota).await;
         assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
         let batch = accepted(&account, id, NOON, 5); // the 4, and the one just counted
         store.record_usage(&batch).await.expect("written");
@@ -520,10 +525,7 @@ mod tests {
         let (store, account, id) = setup().await;
         let ledger = QuotaLedger::default();
         let quota = Quota::new(10, QuotaPeriod::Day).expect("valid");
-        let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON), |_| None)
-            .await
-            .expect("loaded");
+        let tally = noon_tally(&ledger, &store, &account, id, quota).await;
         assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
         drop(tally);
         ledger.refresh(&*store).await.expect("read");
@@ -543,10 +545,7 @@ mod tests {
             .expect("written");
         let ledger = QuotaLedger::default();
         let quota = Quota::new(5, QuotaPeriod::Day).expect("valid");
-        let tally = ledger
-            .tally(&*store, &account, id, quota, at(NOON), |_| None)
-            .await
-            .expect("loaded");
+        let tally = noon_tally(&ledger, &store, &account, id, quota).await;
         assert_eq!(tally.estimate(quota, at(NOON)), 4);
         assert_eq!(tally.spend(quota, at(NOON)), QuotaVerdict::Allowed);
         // Let in by a shared counter: counted even past this process's view of the quota.
