@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer as _, ServiceExt as _};
 use tower_api_key::policy::{AllowedIps, Cidr};
 use tower_api_key::usage::{Granularity, UsageRange, UsageRecorder};
-use tower_api_key::{ApiKeyLayer, ClientAddr, KeyManager, KeyOptions, PolicyUpdate};
+use tower_api_key::{ApiKeyLayer, ClientAddr, CreatedKey, KeyManager, KeyOptions, PolicyUpdate};
 
 use crate::policy::app::App;
 use crate::support::stores::TestStore;
@@ -19,6 +19,26 @@ use crate::support::{account, pepper};
 
 fn allowed(blocks: &[&str]) -> AllowedIps {
     AllowedIps::new(blocks).expect("valid blocks")
+}
+
+/// A key of the app's account usable from `blocks` only.
+async fn key_allowed(app: &App, blocks: &[&str]) -> CreatedKey {
+    app.manager
+        .create_with(&app.account, KeyOptions::new().allowed_ips(allowed(blocks)))
+        .await
+        .expect("create")
+}
+
+/// Sets (`Some`) or clears (`None`) `key`'s allowlist.
+async fn set_allowed(app: &App, key: &CreatedKey, blocks: Option<&[&str]>) {
+    app.manager
+        .update(
+            &app.account,
+            key.info.id,
+            PolicyUpdate::new().allowed_ips(blocks.map(allowed)),
+        )
+        .await
+        .expect("update");
 }
 
 fn assert_address_refused(answer: &crate::support::http::Answer) {
@@ -31,15 +51,9 @@ fn assert_address_refused(answer: &crate::support::http::Answer) {
 #[tokio::test]
 async fn a_key_is_served_only_from_its_allowed_addresses() {
     let app = App::start().await;
-    let create = |blocks: &'static [&'static str]| {
-        app.manager
-            .create_with(&app.account, KeyOptions::new().allowed_ips(allowed(blocks)))
-    };
-    let loopback = create(&["127.0.0.0/8", "2001:db8::/32"])
-        .await
-        .expect("create");
-    let one = create(&["127.0.0.1"]).await.expect("create");
-    let elsewhere = create(&["203.0.113.0/24"]).await.expect("create");
+    let loopback = key_allowed(&app, &["127.0.0.0/8", "2001:db8::/32"]).await;
+    let one = key_allowed(&app, &["127.0.0.1"]).await;
+    let elsewhere = key_allowed(&app, &["203.0.113.0/24"]).await;
 
     for key in [&loopback, &one] {
         let answer = app.get("/v1/ping", key.key.expose_secret()).await;
@@ -58,62 +72,27 @@ async fn a_key_is_served_only_from_its_allowed_addresses() {
 #[tokio::test]
 async fn changing_or_clearing_the_allowlist_takes_effect_at_once() {
     let app = App::start().await;
-    let created = app
-        .manager
-        .create_with(
-            &app.account,
-            KeyOptions::new().allowed_ips(allowed(&["203.0.113.0/24"])),
-        )
-        .await
-        .expect("create");
+    let created = key_allowed(&app, &["203.0.113.0/24"]).await;
     let key = created.key.expose_secret();
     assert_address_refused(&app.get("/v1/ping", key).await);
 
     // Adding loopback lets the cached key through at once.
-    app.manager
-        .update(
-            &app.account,
-            created.info.id,
-            PolicyUpdate::new().allowed_ips(Some(allowed(&["203.0.113.0/24", "127.0.0.1"]))),
-        )
-        .await
-        .expect("update");
+    set_allowed(&app, &created, Some(&["203.0.113.0/24", "127.0.0.1"])).await;
     assert_eq!(app.get("/v1/ping", key).await.status, StatusCode::OK);
 
     // Narrowing it again refuses at once.
-    app.manager
-        .update(
-            &app.account,
-            created.info.id,
-            PolicyUpdate::new().allowed_ips(Some(allowed(&["203.0.113.7"]))),
-        )
-        .await
-        .expect("update");
+    set_allowed(&app, &created, Some(&["203.0.113.7"])).await;
     assert_address_refused(&app.get("/v1/ping", key).await);
 
     // Clearing it allows every address.
-    app.manager
-        .update(
-            &app.account,
-            created.info.id,
-            PolicyUpdate::new().allowed_ips(None),
-        )
-        .await
-        .expect("update");
+    set_allowed(&app, &created, None).await;
     assert_eq!(app.get("/v1/ping", key).await.status, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn forwarded_for_is_ignored_without_trusted_proxies() {
     let app = App::start().await;
-    let created = app
-        .manager
-        .create_with(
-            &app.account,
-            KeyOptions::new().allowed_ips(allowed(&["203.0.113.0/24"])),
-        )
-        .await
-        .expect("create");
+    let created = key_allowed(&app, &["203.0.113.0/24"]).await;
     let key = created.key.expose_secret();
     // A client claiming an allowed address is still the loopback connection it is.
     let answer = app
@@ -130,14 +109,7 @@ async fn through_a_trusted_proxy_the_rightmost_untrusted_entry_is_the_client() {
     // The loopback connection is the proxy.
     let proxies: Vec<Cidr> = vec!["127.0.0.0/8".parse().expect("block")];
     let app = App::start_with(move |builder| builder.trusted_proxies(proxies)).await;
-    let created = app
-        .manager
-        .create_with(
-            &app.account,
-            KeyOptions::new().allowed_ips(allowed(&["203.0.113.0/24"])),
-        )
-        .await
-        .expect("create");
+    let created = key_allowed(&app, &["203.0.113.0/24"]).await;
     let key = created.key.expose_secret();
     let app = &app;
     let from = |forwarded: &'static str| async move {
@@ -243,14 +215,7 @@ async fn a_refusal_for_the_address_counts_as_refused_and_is_not_a_use() {
     let store = TestStore::new();
     let recorder = UsageRecorder::new(store.clone());
     let app = App::start_on(store, |builder| builder.record_usage(recorder.clone())).await;
-    let created = app
-        .manager
-        .create_with(
-            &app.account,
-            KeyOptions::new().allowed_ips(allowed(&["203.0.113.0/24"])),
-        )
-        .await
-        .expect("create");
+    let created = key_allowed(&app, &["203.0.113.0/24"]).await;
     for _ in 0..3 {
         assert_address_refused(&app.get("/v1/ping", created.key.expose_secret()).await);
     }
