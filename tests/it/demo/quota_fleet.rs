@@ -8,34 +8,12 @@ use hyper::StatusCode;
 
 use super::assert_accepted;
 use super::quota::{QUOTA_EXCEEDED, assert_quota_exceeded, key_with_daily_quota, quota_used};
-use crate::support::db::postgres::Schema;
-use crate::support::demo::{DemoServer, Launch};
+
+use crate::support::demo::{DemoServer, two_servers};
 use crate::support::wait::until;
 
 /// Flushes every 100 ms: the bound on what the other process may serve unseen.
 const FLUSH_MS: &str = "100";
-
-/// Two servers on one fresh schema, flushing usage every 100 ms.
-async fn two_servers() -> Option<(Schema, DemoServer, DemoServer)> {
-    let schema = Schema::create().await?;
-    let start = |name: &str| {
-        let url = format!(
-            "{}&application_name={}_quota_{name}",
-            schema.url_with_search_path(),
-            schema.name
-        );
-        Launch::new()
-            .arg("--database-url")
-            .arg(&url)
-            .arg("--last-used-flush-ms")
-            .arg(FLUSH_MS)
-            .env("RUST_LOG", "info,sqlx=warn")
-            .start()
-    };
-    let a = start("a").await;
-    let b = start("b").await;
-    Some((schema, a, b))
-}
 
 /// Sends `/v1/ping` with the key until it is refused, at most `most + 1` times; returns how
 /// many were served, the refusal asserted to be the quota's.
@@ -66,7 +44,8 @@ async fn store_shows(server: &DemoServer, id: &str, used: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_overshoot_a_quota_by_at_most_what_the_other_served_in_one_flush() {
-    let Some((_schema, a, b)) = two_servers().await else {
+    let Some((_schema, a, b)) = two_servers("quota", &["--last-used-flush-ms", FLUSH_MS]).await
+    else {
         return;
     };
     crate::support::clock::in_one_quota_period().await;
@@ -103,9 +82,6 @@ async fn two_processes_overshoot_a_quota_by_at_most_what_the_other_served_in_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_given_one_redis_count_a_quota_exactly() {
     crate::support::clock::in_one_quota_period().await;
-    let Some(schema) = Schema::create().await else {
-        return; // no PostgreSQL: `Schema::create` said why
-    };
     if tokio::net::TcpStream::connect("127.0.0.1:6379")
         .await
         .is_err()
@@ -117,22 +93,18 @@ async fn two_processes_given_one_redis_count_a_quota_exactly() {
         eprintln!("skipped: no Redis answers on 127.0.0.1:6379");
         return;
     }
-    let start = || {
-        Launch::new()
-            .arg("--database-url")
-            .arg(&schema.url_with_search_path())
-            .arg("--redis-url")
-            .arg("redis://127.0.0.1:6379")
-            .arg("--last-used-flush-ms")
-            .arg("3600000")
-            // A slow answer on a loaded machine must not pass a request uncounted.
-            .arg("--redis-timeout-ms")
-            .arg("10000")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .start()
+    let args = [
+        "--redis-url",
+        "redis://127.0.0.1:6379",
+        "--last-used-flush-ms",
+        "3600000",
+        // A slow answer on a loaded machine must not pass a request uncounted.
+        "--redis-timeout-ms",
+        "10000",
+    ];
+    let Some((_schema, a, b)) = two_servers("quota_redis", &args).await else {
+        return; // no PostgreSQL: `Schema::create` said why
     };
-    let a = start().await;
-    let b = start().await;
     let (_id, key) = key_with_daily_quota(&a, 10).await;
 
     for _ in 0..7 {

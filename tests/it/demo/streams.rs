@@ -206,25 +206,11 @@ async fn health_watch_ends_unauthenticated_when_its_key_is_revoked() {
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn a_revoke_through_one_server_ends_streams_on_another() {
-    use crate::support::db::postgres::Schema;
+    use crate::support::demo::two_servers;
 
-    let Some(schema) = Schema::create().await else {
+    let Some((_schema, a, b)) = two_servers("streams", &[]).await else {
         return;
     };
-    let start = |name: &'static str| {
-        let url = format!(
-            "{}&application_name={}_streams_{name}",
-            schema.url_with_search_path(),
-            schema.name
-        );
-        Launch::new()
-            .arg("--database-url")
-            .arg(&url)
-            .env("RUST_LOG", "info,sqlx=warn")
-            .start()
-    };
-    let a = start("a").await;
-    let b = start("b").await;
     let (key, id) = key_for(&a, "acme", "{}").await;
     let (grpc_key, grpc_id) = key_for(&a, "acme", "{}").await;
 

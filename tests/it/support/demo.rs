@@ -522,6 +522,32 @@ impl DemoServer {
     }
 }
 
+/// Two servers on one fresh PostgreSQL schema, each also given `args`, their connections
+/// named `<schema>_<test>_a` and `…_b`; `None` without `DATABASE_URL` (after saying why). The
+/// schema lives as long as the first element.
+#[cfg(feature = "postgres")]
+pub(crate) async fn two_servers(
+    test: &str,
+    args: &[&str],
+) -> Option<(super::db::postgres::Schema, DemoServer, DemoServer)> {
+    let schema = super::db::postgres::Schema::create().await?;
+    let start = |name: &str| {
+        let url = format!(
+            "{}&application_name={}_{test}_{name}",
+            schema.url_with_search_path(),
+            schema.name
+        );
+        let mut launch = Launch::new().arg("--database-url").arg(&url);
+        for arg in args {
+            launch = launch.arg(arg);
+        }
+        launch.env("RUST_LOG", "info,sqlx=warn").start()
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    Some((schema, a, b))
+}
+
 /// A response body still streaming, read frame by frame.
 pub(crate) struct OpenStream {
     body: hyper::body::Incoming,

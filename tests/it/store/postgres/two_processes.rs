@@ -13,31 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::support::db::postgres::Schema;
-use crate::support::demo::{DemoServer, Launch};
+use crate::support::demo::{DemoServer, two_servers};
 use crate::support::wait::{until, until_within};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
-
-/// Two servers on one fresh schema, each with its connections named after it.
-async fn two_servers(test: &str) -> Option<(Schema, DemoServer, DemoServer)> {
-    let schema = Schema::create().await?;
-    let start = |name: &str| {
-        let url = format!(
-            "{}&application_name={}_{test}_{name}",
-            schema.url_with_search_path(),
-            schema.name
-        );
-        Launch::new()
-            .arg("--database-url")
-            .arg(&url)
-            .env("RUST_LOG", "info,sqlx=warn")
-            .start()
-    };
-    let a = start("a").await;
-    let b = start("b").await;
-    Some((schema, a, b))
-}
 
 fn field<'a>(object: &'a Value, name: &str) -> &'a str {
     object[name]
@@ -93,7 +72,7 @@ const TRIES: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_server_is_in_force_at_the_other_before_its_cache_expires() {
-    let Some((_schema, a, b)) = two_servers("lag").await else {
+    let Some((_schema, a, b)) = two_servers("lag", &[]).await else {
         return;
     };
     for _ in 0..TRIES {
@@ -135,7 +114,7 @@ async fn a_change_through_one_server_is_in_force_at_the_other_before_its_cache_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_three_key_limit_holds_when_creates_alternate_between_servers() {
-    let Some((_schema, a, b)) = two_servers("limit").await else {
+    let Some((_schema, a, b)) = two_servers("limit", &[]).await else {
         return;
     };
     let (a, b) = (Arc::new(a), Arc::new(b));
@@ -186,7 +165,7 @@ const REFUSALS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_servers_listener_while_requests_flow_never_lets_a_revoked_key_in() {
-    let Some((schema, a, b)) = two_servers("kill").await else {
+    let Some((schema, a, b)) = two_servers("kill", &[]).await else {
         return;
     };
     let b = Arc::new(b);
