@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service, ServiceExt};
+use tower_api_key::audit::{Actor, AuditAction, AuditNote};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::store::{AccountId, KeyId, KeyRecord, KeyStore};
 use tower_api_key::{ApiKey, ApiKeyLayer, KeyDigest, KeyManager, MemoryStore, Pepper};
@@ -91,7 +92,11 @@ async fn fill(store: &dyn KeyStore, keys: &Keys, pepper: &Pepper) {
         let (account, id) = &keys.ids[i];
         let record = KeyRecord::new(*id, account.clone(), key.prefix(), pepper.digest(&key), now);
         store
-            .insert_within_limit(record, usize::MAX)
+            .insert_within_limit(
+                record,
+                usize::MAX,
+                &AuditNote::now(Actor::system(), AuditAction::Create),
+            )
             .await
             .expect("insert");
     }

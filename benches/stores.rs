@@ -51,6 +51,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tower::{Layer, ServiceExt};
+use tower_api_key::audit::{Actor, AuditAction, AuditEntry, AuditEvent, AuditNote, AuditQuery};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::feed::{FeedConfig, FeedTask};
 use tower_api_key::policy::PolicyUpdate;
@@ -403,8 +404,13 @@ struct Counting {
 
 #[async_trait]
 impl KeyStore for Counting {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        self.inner.insert_within_limit(record, limit).await
+    async fn insert_within_limit(
+        &self,
+        record: KeyRecord,
+        limit: usize,
+        audit: &AuditNote,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_within_limit(record, limit, audit).await
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         self.inner.find_by_prefix(prefix).await
@@ -420,8 +426,9 @@ impl KeyStore for Counting {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.set_status(account, id, status).await
+        self.inner.set_status(account, id, status, audit).await
     }
     async fn replace_key(
         &self,
@@ -430,9 +437,10 @@ impl KeyStore for Counting {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
+        audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
         self.inner
-            .replace_key(account, id, prefix, digest, grace_until)
+            .replace_key(account, id, prefix, digest, grace_until, audit)
             .await
     }
     async fn update_policy(
@@ -440,15 +448,30 @@ impl KeyStore for Counting {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.update_policy(account, id, update).await
+        self.inner.update_policy(account, id, update, audit).await
     }
     async fn delete(
         &self,
         account: &AccountId,
         id: KeyId,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.delete(account, id).await
+        self.inner.delete(account, id, audit).await
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.inner.append_audit(entry).await
+    }
+    async fn audit_trail(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.audit_trail(account, query).await
+    }
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.inner.prune_audit(before).await
     }
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         let started = Instant::now();
@@ -535,7 +558,7 @@ async fn last_used_one(
                     SystemTime::now(),
                 );
                 inner
-                    .insert_within_limit(record, usize::MAX)
+                    .insert_within_limit(record, usize::MAX, &created())
                     .await
                     .expect("insert");
             }
@@ -888,6 +911,7 @@ async fn usage_flush() {
             .insert_within_limit(
                 KeyRecord::new(*id, account.clone(), *prefix, *digest, SystemTime::now()),
                 usize::MAX,
+                &created(),
             )
             .await
             .expect("insert");
@@ -1096,4 +1120,9 @@ async fn main() {
         .await
         .expect("the feed part");
     }
+}
+
+/// The audit note of a key the benchmark inserts itself.
+fn created() -> AuditNote {
+    AuditNote::now(Actor::system(), AuditAction::Create)
 }

@@ -37,11 +37,15 @@ use std::future::Future;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
+use crate::audit::{
+    self, Actor, AuditAction, AuditChanges, AuditEntry, AuditEvent, AuditNote, AuditQuery,
+};
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key::{ApiKey, KeyDigest, KeyPrefix, Pepper, RandomnessError};
 use crate::policy::{
@@ -256,6 +260,11 @@ pub struct KeyManager {
     pepper: Pepper,
     max_keys_per_account: usize,
     invalidations: InvalidationBus,
+    actor: Actor,
+    audit_retention: Duration,
+    /// When the audit trail was last pruned, in seconds since the epoch (0: never), shared
+    /// by clones.
+    audit_pruned: Arc<AtomicU64>,
 }
 
 impl KeyManager {
@@ -267,7 +276,56 @@ impl KeyManager {
             pepper,
             max_keys_per_account: DEFAULT_MAX_KEYS_PER_ACCOUNT,
             invalidations: InvalidationBus::new(),
+            actor: Actor::system(),
+            audit_retention: audit::DEFAULT_RETENTION,
+            audit_pruned: Arc::default(),
         }
+    }
+
+    /// A manager like this one (same store, bus and settings) whose changes are recorded on
+    /// the [audit trail](crate::audit) as made by `actor`. Cheap: for one request or task.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
+    /// use tower_api_key::audit::{Actor, AuditQuery};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let acme = "acme".parse()?;
+    /// manager.acting_as(Actor::new("deploy-bot")?).create(&acme).await?;
+    /// let trail = manager.audit_trail(&acme, AuditQuery::latest(10)).await?;
+    /// assert_eq!(trail[0].entry.actor.as_str(), "deploy-bot");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn acting_as(&self, actor: Actor) -> Self {
+        Self {
+            actor,
+            ..self.clone()
+        }
+    }
+
+    /// Who this manager's changes are recorded as made by ([`Actor::system`] unless
+    /// [`acting_as`](Self::acting_as) said otherwise).
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Keeps audit entries for `retention` (default [`audit::DEFAULT_RETENTION`], 400 days):
+    /// older ones are never read, and are deleted from the store at most once an hour,
+    /// after a change.
+    #[must_use]
+    pub fn with_audit_retention(mut self, retention: Duration) -> Self {
+        self.audit_retention = retention;
+        self
+    }
+
+    /// How long audit entries are kept.
+    pub fn audit_retention(&self) -> Duration {
+        self.audit_retention
     }
 
     /// Sets how many keys (active or inactive) one account may hold.
@@ -379,19 +437,34 @@ impl KeyManager {
                     created_at,
                 )
             };
+            let changes = AuditChanges::of_record(&record);
+            let note = self.note(created_at, AuditAction::Create, changes);
             match self
                 .store
-                .insert_within_limit(record.clone(), self.max_keys_per_account)
+                .insert_within_limit(record.clone(), self.max_keys_per_account, &note)
                 .await
             {
                 Ok(()) => {
                     tracing::info!(account = %account, prefix = %record.prefix, "api key created");
+                    self.prune_audit_now_and_then();
                     return Ok(CreatedKey {
                         info: record.into(),
                         key,
                     });
                 }
                 Err(StoreError::PrefixTaken) => continue,
+                Err(err @ StoreError::LimitReached { .. }) => {
+                    let refused = AuditEntry::refused(
+                        note.at,
+                        account.clone(),
+                        None,
+                        AuditAction::Create,
+                        note.actor,
+                        note.changes,
+                    );
+                    self.append_refusal(&refused).await;
+                    return Err(err.into());
+                }
                 Err(err) => return Err(err.into()),
             }
         }
@@ -588,16 +661,22 @@ impl KeyManager {
         options: RotateOptions,
     ) -> Result<CreatedKey, ManagerError> {
         policy::check_grace(options.grace)?;
+        let note = self.note(
+            now(),
+            AuditAction::Rotate,
+            AuditChanges::of_rotation(&options),
+        );
         for _ in 0..PREFIX_ATTEMPTS {
             let key = ApiKey::generate()?;
             let digest = self.pepper.digest(&key);
             let grace_until = (!options.grace.is_zero()).then(|| now() + options.grace);
             let (owner, prefix, grace) = (account.clone(), key.prefix(), options.grace);
+            let note = note.clone();
             let outcome = self
                 .change(
                     move |store| async move {
                         store
-                            .replace_key(&owner, id, prefix, digest, grace_until)
+                            .replace_key(&owner, id, prefix, digest, grace_until, &note)
                             .await
                     },
                     move |rotated: &Option<Rotated>| {
@@ -665,8 +744,9 @@ impl KeyManager {
     /// [`ManagerError::NotFound`] if no such key belongs to the account.
     pub async fn delete(&self, account: &AccountId, id: KeyId) -> Result<(), ManagerError> {
         let owner = account.clone();
+        let note = self.note(now(), AuditAction::Delete, AuditChanges::none());
         self.change(
-            move |store| async move { store.delete(&owner, id).await },
+            move |store| async move { store.delete(&owner, id, &note).await },
             |record: &Option<KeyRecord>| {
                 changed(record, |record| {
                     tracing::info!(account = %record.account_id, prefix = %record.prefix, "api key deleted");
@@ -697,6 +777,7 @@ impl KeyManager {
             policy::check_time(at)?;
         }
         let owner = account.clone();
+        let note = self.note(now(), AuditAction::Update, AuditChanges::of_update(&update));
         // Which fields changed, never their values (metadata is not logged).
         let (name, scopes, expiry) = (
             update.name.is_some(),
@@ -711,7 +792,7 @@ impl KeyManager {
         );
         let record = self
             .change(
-                move |store| async move { store.update_policy(&owner, id, &update).await },
+                move |store| async move { store.update_policy(&owner, id, &update, &note).await },
                 move |record: &Option<KeyRecord>| {
                     changed(record, |record| {
                         tracing::info!(
@@ -741,9 +822,14 @@ impl KeyManager {
         status: KeyStatus,
     ) -> Result<KeyInfo, ManagerError> {
         let owner = account.clone();
+        let action = match status {
+            KeyStatus::Active => AuditAction::Reactivate,
+            KeyStatus::Inactive => AuditAction::Revoke,
+        };
+        let note = self.note(now(), action, AuditChanges::none());
         let record = self
             .change(
-                move |store| async move { store.set_status(&owner, id, status).await },
+                move |store| async move { store.set_status(&owner, id, status, &note).await },
                 move |record: &Option<KeyRecord>| {
                     changed(record, |record| {
                         tracing::info!(account = %record.account_id, prefix = %record.prefix, status = %status, "api key status set");
@@ -793,7 +879,7 @@ impl KeyManager {
             pending.replied(&outcome, applied);
             outcome
         };
-        match tokio::runtime::Handle::try_current() {
+        let outcome = match tokio::runtime::Handle::try_current() {
             Ok(runtime) => runtime
                 .spawn(change.in_current_span())
                 .await
@@ -805,7 +891,123 @@ impl KeyManager {
                     }))
                 }),
             Err(_) => change.await,
+        };
+        if outcome.is_ok() {
+            self.prune_audit_now_and_then();
         }
+        outcome
+    }
+
+    /// The note of a change of `action` made now by this manager's actor.
+    fn note(&self, at: SystemTime, action: AuditAction, changes: AuditChanges) -> AuditNote {
+        AuditNote::new(at, self.actor.clone(), action, changes)
+    }
+
+    // ----- the audit trail -----
+
+    /// The entries of `account`'s [audit trail](crate::audit) that `query` asks for, newest
+    /// first: at most [`audit::MAX_PAGE`] of them, none older than the
+    /// [retention](Self::with_audit_retention). Every process using the store reads one
+    /// trail.
+    ///
+    /// # Errors
+    ///
+    /// A store failure.
+    pub async fn audit_trail(
+        &self,
+        account: &AccountId,
+        query: AuditQuery,
+    ) -> Result<Vec<AuditEvent>, ManagerError> {
+        let cutoff = self.audit_cutoff(SystemTime::now());
+        let query = AuditQuery {
+            limit: query.limit.min(audit::MAX_PAGE),
+            ..query.since(query.since.max(cutoff))
+        };
+        Ok(self.store.audit_trail(account, &query).await?)
+    }
+
+    /// Records that this manager's actor attempted `action` on `account` (on `key`, if the
+    /// attempt named an existing key) and was refused, with the `changes` asked for. For
+    /// hosts that refuse changes themselves (the admin router records its authorizer's
+    /// refusals this way); the manager records its own (a create at the account's limit).
+    ///
+    /// # Errors
+    ///
+    /// A store failure.
+    pub async fn record_refused(
+        &self,
+        account: &AccountId,
+        key: Option<&KeyInfo>,
+        action: AuditAction,
+        changes: AuditChanges,
+    ) -> Result<(), ManagerError> {
+        let entry = AuditEntry::refused(
+            now(),
+            account.clone(),
+            key.map(|info| (info.id, info.prefix)),
+            action,
+            self.actor.clone(),
+            changes,
+        );
+        Ok(self.store.append_audit(&entry).await?)
+    }
+
+    /// Deletes the audit entries older than the retention, and returns how many went. The
+    /// manager calls it itself at most once an hour, after a change; call it to prune on a
+    /// schedule of your own.
+    ///
+    /// # Errors
+    ///
+    /// A store failure.
+    pub async fn prune_audit(&self) -> Result<u64, ManagerError> {
+        let cutoff = self.audit_cutoff(SystemTime::now());
+        Ok(self.store.prune_audit(cutoff).await?)
+    }
+
+    /// The oldest instant the retention keeps.
+    fn audit_cutoff(&self, now: SystemTime) -> SystemTime {
+        now.checked_sub(self.audit_retention).unwrap_or(UNIX_EPOCH)
+    }
+
+    /// Writes a refusal the manager made itself; a trail that can't be written doesn't
+    /// change the answer (the refusal stands), so the failure is only logged.
+    async fn append_refusal(&self, entry: &AuditEntry) {
+        if let Err(err) = self.store.append_audit(entry).await {
+            tracing::warn!(error = %err, account = %entry.account, "could not record a refused attempt");
+        }
+    }
+
+    /// Prunes the trail in a task of its own if the last prune by this manager (or a clone)
+    /// is an hour old, on the current Tokio runtime (none: no prune).
+    fn prune_audit_now_and_then(&self) {
+        const HOUR: u64 = 3600;
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let last = self.audit_pruned.load(Ordering::Relaxed);
+        if secs < last.saturating_add(HOUR) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self
+            .audit_pruned
+            .compare_exchange(last, secs, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another change is pruning
+        }
+        let store = Arc::clone(&self.store);
+        let cutoff = self.audit_cutoff(now);
+        runtime.spawn(async move {
+            match store.prune_audit(cutoff).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::debug!(pruned, "audit entries past their retention deleted"),
+                Err(err) => tracing::warn!(error = %err, "could not prune the audit trail"),
+            }
+        });
     }
 }
 
@@ -823,6 +1025,8 @@ impl fmt::Debug for KeyManager {
         f.debug_struct("KeyManager")
             .field("max_keys_per_account", &self.max_keys_per_account)
             .field("invalidations", &self.invalidations)
+            .field("actor", &self.actor)
+            .field("audit_retention", &self.audit_retention)
             .finish_non_exhaustive()
     }
 }

@@ -25,6 +25,7 @@ mod quota;
 
 pub use address::{AllowedIps, Cidr};
 pub use metadata::Metadata;
+pub(crate) use quota::civil_from_days;
 pub use quota::{Period, Quota, QuotaPeriod};
 
 use std::collections::BTreeSet;

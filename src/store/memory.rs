@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use super::counts::{Hour, UsageBatch, UsageRow};
 use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, PreviousKey, Rotated, StoreError};
+use crate::audit::{AuditEntry, AuditEvent, AuditId, AuditNote, AuditQuery};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::PolicyUpdate;
 use crate::sync::lock;
@@ -47,6 +48,10 @@ struct Records {
     /// Hourly counts (accepted, rate limited, refused) per account, hour and key; kept for
     /// deleted keys.
     usage: HashMap<AccountId, BTreeMap<(Hour, KeyId), [i64; 3]>>,
+    /// Each account's audit trail, oldest first.
+    audit: HashMap<AccountId, Vec<AuditEvent>>,
+    /// The number of the last audit entry written.
+    last_audit: u64,
 }
 
 impl MemoryStore {
@@ -67,11 +72,34 @@ impl Records {
             .get_mut(&id)
             .filter(|record| record.account_id == *account)
     }
+
+    /// `changed` as it is, after writing `audit`'s entry for it (if there is one).
+    fn audited(&mut self, changed: Option<KeyRecord>, audit: &AuditNote) -> Option<KeyRecord> {
+        if let Some(record) = &changed {
+            self.audit(audit.done(record));
+        }
+        changed
+    }
+
+    /// Appends `entry` to its account's trail, numbered after every entry so far.
+    fn audit(&mut self, entry: AuditEntry) {
+        self.last_audit += 1;
+        let event = AuditEvent::new(AuditId::new(self.last_audit), entry);
+        self.audit
+            .entry(event.entry.account.clone())
+            .or_default()
+            .push(event);
+    }
 }
 
 #[async_trait]
 impl KeyStore for MemoryStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+    async fn insert_within_limit(
+        &self,
+        record: KeyRecord,
+        limit: usize,
+        audit: &AuditNote,
+    ) -> Result<(), StoreError> {
         let mut records = self.records();
         let held = records
             .by_account
@@ -96,6 +124,7 @@ impl KeyStore for MemoryStore {
             .entry(record.account_id.clone())
             .or_default()
             .push(record.id);
+        records.audit(audit.done(&record));
         records.by_id.insert(record.id, record);
         Ok(())
     }
@@ -130,12 +159,14 @@ impl KeyStore for MemoryStore {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let mut records = self.records();
-        Ok(records.owned_mut(account, id).map(|record| {
+        let changed = records.owned_mut(account, id).map(|record| {
             record.status = status;
             record.clone()
-        }))
+        });
+        Ok(records.audited(changed, audit))
     }
 
     async fn replace_key(
@@ -145,6 +176,7 @@ impl KeyStore for MemoryStore {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
+        audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut records = self.records();
         let Some(before) = records.owned_mut(account, id).map(|r| r.clone()) else {
@@ -176,6 +208,7 @@ impl KeyStore for MemoryStore {
             ..before.clone()
         };
         records.by_id.insert(id, after.clone());
+        records.audit(audit.done(&after));
         Ok(Some(Rotated { before, after }))
     }
 
@@ -184,9 +217,10 @@ impl KeyStore for MemoryStore {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let mut records = self.records();
-        Ok(records.owned_mut(account, id).map(|record| {
+        let changed = records.owned_mut(account, id).map(|record| {
             if let Some(name) = &update.name {
                 record.name.clone_from(name);
             }
@@ -209,13 +243,15 @@ impl KeyStore for MemoryStore {
                 record.metadata.clone_from(metadata);
             }
             record.clone()
-        }))
+        });
+        Ok(records.audited(changed, audit))
     }
 
     async fn delete(
         &self,
         account: &AccountId,
         id: KeyId,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let mut records = self.records();
         if records.owned_mut(account, id).is_none() {
@@ -234,7 +270,40 @@ impl KeyStore for MemoryStore {
                 }
             }
         }
-        Ok(removed)
+        Ok(records.audited(removed, audit))
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.records().audit(entry.clone());
+        Ok(())
+    }
+
+    async fn audit_trail(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let records = self.records();
+        let trail = records.audit.get(account).map_or(&[][..], Vec::as_slice);
+        Ok(trail
+            .iter()
+            .rev()
+            .filter(|event| query.admits(event))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let mut records = self.records();
+        let mut pruned = 0;
+        records.audit.retain(|_, trail| {
+            let held = trail.len();
+            trail.retain(|event| event.entry.at >= before);
+            pruned += (held - trail.len()) as u64;
+            !trail.is_empty()
+        });
+        Ok(pruned)
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use crate::audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{AllowedIps, KeyName, Metadata, PolicyUpdate, Quota, RateLimit, Scopes};
 
@@ -385,10 +386,18 @@ pub trait KeyStore: Send + Sync + 'static {
     /// or its prefix is taken (as another key's current or previous prefix). The count and the insert are one atomic step, so concurrent
     /// inserts can't exceed the limit.
     ///
+    /// With the insert, writes `audit`'s entry ([`AuditNote::done`]) to the trail.
+    ///
     /// # Errors
     ///
-    /// [`StoreError::LimitReached`], [`StoreError::PrefixTaken`], or a backend failure.
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError>;
+    /// [`StoreError::LimitReached`], [`StoreError::PrefixTaken`], or a backend failure;
+    /// nothing is written then.
+    async fn insert_within_limit(
+        &self,
+        record: KeyRecord,
+        limit: usize,
+        audit: &AuditNote,
+    ) -> Result<(), StoreError>;
 
     /// The record whose current prefix, or previous prefix (see [`KeyRecord::previous`]), is
     /// `prefix`. Prefixes are unique across both, so there is at most one.
@@ -400,24 +409,27 @@ pub trait KeyStore: Send + Sync + 'static {
     /// All keys of an account, oldest first.
     async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError>;
 
-    /// Sets a key's status and returns the updated record.
+    /// Sets a key's status and returns the updated record. With the change, writes
+    /// `audit`'s entry for the record as it is now ([`AuditNote::done`]); no key, no entry.
     async fn set_status(
         &self,
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Gives a key a new prefix and digest and clears `last_used_at`, keeping id, status,
     /// `created_at`, name, scopes and expiry. With `grace_until`, the replaced prefix and
     /// digest become the record's [`previous`](KeyRecord::previous) key until that instant;
     /// without, any previous key is dropped. Returns the record as it was before and as it
-    /// is now.
+    /// is now. With the change, writes `audit`'s entry for the record as it is now (its new
+    /// prefix).
     ///
     /// # Errors
     ///
     /// [`StoreError::PrefixTaken`] if `prefix` is another key's current or previous prefix;
-    /// nothing changes then.
+    /// nothing changes (and nothing is written) then.
     async fn replace_key(
         &self,
         account: &AccountId,
@@ -425,20 +437,44 @@ pub trait KeyStore: Send + Sync + 'static {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
+        audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError>;
 
     /// Applies `update` to a key's policy (name, scopes, expiry, rate limit, quota, allowlist
-    /// and metadata) and returns the updated record.
+    /// and metadata) and returns the updated record. With the change, writes `audit`'s entry
+    /// for the updated record.
     async fn update_policy(
         &self,
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Deletes a key and returns the record it had.
-    async fn delete(&self, account: &AccountId, id: KeyId)
-    -> Result<Option<KeyRecord>, StoreError>;
+    /// Deletes a key and returns the record it had. With the deletion, writes `audit`'s entry
+    /// for that record.
+    async fn delete(
+        &self,
+        account: &AccountId,
+        id: KeyId,
+        audit: &AuditNote,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Writes one entry to the trail on its own: an attempt that was refused, so changed
+    /// nothing ([`AuditEntry::refused`]).
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// The account's entries that `query` admits ([`AuditQuery::admits`]), newest (highest
+    /// [`AuditId`]) first, at most `query.limit` of them. Every process using the store
+    /// reads one trail.
+    async fn audit_trail(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Deletes every entry recorded before `before` and returns how many went.
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StoreError>;
 
     /// Writes one flush of usage in one atomic step: each use in `batch.last_used` moves its
     /// key's `last_used_at` forward only, and is ignored if the key is gone or no longer has
@@ -472,8 +508,13 @@ pub struct Rotated {
 
 #[async_trait]
 impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        (**self).insert_within_limit(record, limit).await
+    async fn insert_within_limit(
+        &self,
+        record: KeyRecord,
+        limit: usize,
+        audit: &AuditNote,
+    ) -> Result<(), StoreError> {
+        (**self).insert_within_limit(record, limit, audit).await
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         (**self).find_by_prefix(prefix).await
@@ -489,8 +530,9 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        (**self).set_status(account, id, status).await
+        (**self).set_status(account, id, status, audit).await
     }
     async fn replace_key(
         &self,
@@ -499,9 +541,10 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
+        audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
         (**self)
-            .replace_key(account, id, prefix, digest, grace_until)
+            .replace_key(account, id, prefix, digest, grace_until, audit)
             .await
     }
     async fn update_policy(
@@ -509,15 +552,30 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        (**self).update_policy(account, id, update).await
+        (**self).update_policy(account, id, update, audit).await
     }
     async fn delete(
         &self,
         account: &AccountId,
         id: KeyId,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        (**self).delete(account, id).await
+        (**self).delete(account, id, audit).await
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        (**self).append_audit(entry).await
+    }
+    async fn audit_trail(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        (**self).audit_trail(account, query).await
+    }
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        (**self).prune_audit(before).await
     }
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         (**self).record_usage(batch).await

@@ -5,6 +5,8 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+
+use crate::audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -275,7 +277,12 @@ fn micros(at: Option<SystemTime>) -> Result<Option<i64>, StoreError> {
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+    async fn insert_within_limit(
+        &self,
+        record: KeyRecord,
+        limit: usize,
+        _audit: &AuditNote,
+    ) -> Result<(), StoreError> {
         let previous = record.previous.as_ref();
         let (requests, per_seconds) = sql::rate_limit_columns(record.rate_limit);
         let (quota_requests, quota_period) = sql::quota_columns(record.quota);
@@ -363,6 +370,7 @@ impl KeyStore for SqliteStore {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
+        _audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query_as::<_, Row>(concat!(
             "UPDATE tower_api_keys SET status = ?3 WHERE id = ?1 AND account_id = ?2 RETURNING ",
@@ -384,6 +392,7 @@ impl KeyStore for SqliteStore {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
+        _audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin_immediate().await?;
         let before = sqlx::query_as::<_, Row>(select_where!("id = ?1 AND account_id = ?2"))
@@ -425,6 +434,7 @@ impl KeyStore for SqliteStore {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
+        _audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         // For each field: whether to set it, then its new value (NULL clears it).
         let query = sqlx::query_as::<_, Row>(concat!(
@@ -454,6 +464,7 @@ impl KeyStore for SqliteStore {
         &self,
         account: &AccountId,
         id: KeyId,
+        _audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query_as::<_, Row>(concat!(
             "DELETE FROM tower_api_keys WHERE id = ?1 AND account_id = ?2 RETURNING ",
@@ -465,6 +476,22 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
+    }
+
+    async fn append_audit(&self, _entry: &AuditEntry) -> Result<(), StoreError> {
+        Err(StoreError::unavailable("audit trail not written yet"))
+    }
+
+    async fn audit_trail(
+        &self,
+        _account: &AccountId,
+        _query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        Err(StoreError::unavailable("audit trail not written yet"))
+    }
+
+    async fn prune_audit(&self, _before: SystemTime) -> Result<u64, StoreError> {
+        Err(StoreError::unavailable("audit trail not written yet"))
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {

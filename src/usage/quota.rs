@@ -438,7 +438,14 @@ mod tests {
             at(NOON),
         );
         store
-            .insert_within_limit(record, 3)
+            .insert_within_limit(
+                record,
+                3,
+                &crate::audit::AuditNote::now(
+                    crate::audit::Actor::system(),
+                    crate::audit::AuditAction::Create,
+                ),
+            )
             .await
             .expect("inserted");
         (store, account, id)

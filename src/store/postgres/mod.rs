@@ -6,6 +6,8 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+
+use crate::audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::types::time::OffsetDateTime;
 use sqlx::{Connection as _, Postgres, Transaction};
@@ -373,7 +375,12 @@ async fn lock_and_check_prefixes(
 
 #[async_trait]
 impl KeyStore for PostgresStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
+    async fn insert_within_limit(
+        &self,
+        record: KeyRecord,
+        limit: usize,
+        _audit: &AuditNote,
+    ) -> Result<(), StoreError> {
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = self.begin().await?;
         // The lock is taken in a statement of its own, before the count: in READ COMMITTED
@@ -488,6 +495,7 @@ impl KeyStore for PostgresStore {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
+        _audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         // One statement: the trigger's notification commits with it.
         let row = sqlx::query_as::<_, Row>(concat!(
@@ -510,6 +518,7 @@ impl KeyStore for PostgresStore {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
+        _audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin().await?;
         let before = sqlx::query_as::<_, Row>(concat!(
@@ -555,6 +564,7 @@ impl KeyStore for PostgresStore {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
+        _audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         // For each field: whether to set it, then its new value (NULL clears it). One
         // statement: the trigger's notification commits with it.
@@ -585,6 +595,7 @@ impl KeyStore for PostgresStore {
         &self,
         account: &AccountId,
         id: KeyId,
+        _audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query_as::<_, Row>(concat!(
             "DELETE FROM tower_api_keys k WHERE id = $1 AND account_id = $2 RETURNING ",
@@ -596,6 +607,22 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
+    }
+
+    async fn append_audit(&self, _entry: &AuditEntry) -> Result<(), StoreError> {
+        Err(StoreError::unavailable("audit trail not written yet"))
+    }
+
+    async fn audit_trail(
+        &self,
+        _account: &AccountId,
+        _query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        Err(StoreError::unavailable("audit trail not written yet"))
+    }
+
+    async fn prune_audit(&self, _before: SystemTime) -> Result<u64, StoreError> {
+        Err(StoreError::unavailable("audit trail not written yet"))
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {

@@ -152,7 +152,7 @@ async fn a_stored_time_beyond_9999_is_written_at_the_bound_instead_of_dropping_t
     admin
         .manager
         .store()
-        .insert_within_limit(record, 3)
+        .insert_within_limit(record, 3, &crate::store::note())
         .await
         .expect("insert");
     let listed = admin.list("acme").await;

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
+use tower_api_key::audit::{AuditEntry, AuditEvent, AuditNote, AuditQuery};
 
 use crate::support::hooks::{StoreHooks, hooked_key_store};
 use crate::support::service::{Stack, stack, status};
@@ -393,8 +394,16 @@ impl LandsLateStore {
 
 #[async_trait::async_trait]
 impl KeyStore for LandsLateStore {
-    async fn insert_within_limit(&self, record: KeyRecord, limit: usize) -> Result<(), StoreError> {
-        self.gate.records.insert_within_limit(record, limit).await
+    async fn insert_within_limit(
+        &self,
+        record: KeyRecord,
+        limit: usize,
+        audit: &AuditNote,
+    ) -> Result<(), StoreError> {
+        self.gate
+            .records
+            .insert_within_limit(record, limit, audit)
+            .await
     }
     async fn find_by_prefix(&self, prefix: &KeyPrefix) -> Result<Option<KeyRecord>, StoreError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
@@ -411,10 +420,13 @@ impl KeyStore for LandsLateStore {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let account = account.clone();
-        self.write(move |gate| async move { gate.records.set_status(&account, id, status).await })
-            .await
+        let (account, audit) = (account.clone(), audit.clone());
+        self.write(move |gate| async move {
+            gate.records.set_status(&account, id, status, &audit).await
+        })
+        .await
     }
     async fn replace_key(
         &self,
@@ -423,12 +435,13 @@ impl KeyStore for LandsLateStore {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
+        audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
-        let account = account.clone();
+        let (account, audit) = (account.clone(), audit.clone());
         self.write(move |gate| async move {
             let records = &gate.records;
             records
-                .replace_key(&account, id, prefix, digest, grace_until)
+                .replace_key(&account, id, prefix, digest, grace_until, &audit)
                 .await
         })
         .await
@@ -438,21 +451,38 @@ impl KeyStore for LandsLateStore {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let (account, update) = (account.clone(), update.clone());
-        self.write(
-            move |gate| async move { gate.records.update_policy(&account, id, &update).await },
-        )
+        let (account, update, audit) = (account.clone(), update.clone(), audit.clone());
+        self.write(move |gate| async move {
+            gate.records
+                .update_policy(&account, id, &update, &audit)
+                .await
+        })
         .await
     }
     async fn delete(
         &self,
         account: &AccountId,
         id: KeyId,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let account = account.clone();
-        self.write(move |gate| async move { gate.records.delete(&account, id).await })
+        let (account, audit) = (account.clone(), audit.clone());
+        self.write(move |gate| async move { gate.records.delete(&account, id, &audit).await })
             .await
+    }
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.gate.records.append_audit(entry).await
+    }
+    async fn audit_trail(
+        &self,
+        account: &AccountId,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.gate.records.audit_trail(account, query).await
+    }
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.gate.records.prune_audit(before).await
     }
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {
         self.gate.records.record_usage(batch).await

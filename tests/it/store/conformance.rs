@@ -36,7 +36,7 @@ fn new_record(account_name: &str) -> (KeyRecord, ApiKey) {
 async fn stored(store: &Arc<dyn KeyStore>, account_name: &str) -> KeyRecord {
     let (record, _) = new_record(account_name);
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     record
@@ -66,12 +66,12 @@ async fn insert_then_find_by_prefix_and_get(store: Arc<dyn KeyStore>) {
 async fn insert_refuses_past_the_limit(store: Arc<dyn KeyStore>) {
     for _ in 0..3 {
         store
-            .insert_within_limit(new_record("acme").0, 3)
+            .insert_within_limit(new_record("acme").0, 3, &crate::store::note())
             .await
             .expect("insert");
     }
     let err = store
-        .insert_within_limit(new_record("acme").0, 3)
+        .insert_within_limit(new_record("acme").0, 3, &crate::store::note())
         .await
         .expect_err("limit");
     assert!(
@@ -79,7 +79,7 @@ async fn insert_refuses_past_the_limit(store: Arc<dyn KeyStore>) {
         "{err:?}"
     );
     store
-        .insert_within_limit(new_record("other").0, 3)
+        .insert_within_limit(new_record("other").0, 3, &crate::store::note())
         .await
         .expect("other account");
 }
@@ -89,7 +89,7 @@ async fn insert_refuses_a_taken_prefix(store: Arc<dyn KeyStore>) {
     let (mut second, _) = new_record("other");
     second.prefix = first.prefix;
     let err = store
-        .insert_within_limit(second, 3)
+        .insert_within_limit(second, 3, &crate::store::note())
         .await
         .expect_err("taken");
     assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
@@ -108,13 +108,13 @@ async fn list_is_per_account_and_oldest_first(store: Arc<dyn KeyStore>) {
         let (mut record, _) = new_record("acme");
         record.created_at = at(i);
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         inserted.push(record);
     }
     store
-        .insert_within_limit(new_record("other").0, 3)
+        .insert_within_limit(new_record("other").0, 3, &crate::store::note())
         .await
         .expect("insert");
     assert_eq!(store.list(&account("acme")).await.expect("list"), inserted);
@@ -130,7 +130,12 @@ async fn list_is_per_account_and_oldest_first(store: Arc<dyn KeyStore>) {
 async fn set_status_changes_only_the_status(store: Arc<dyn KeyStore>) {
     let record = stored(&store, "acme").await;
     let updated = store
-        .set_status(&account("acme"), record.id, KeyStatus::Inactive)
+        .set_status(
+            &account("acme"),
+            record.id,
+            KeyStatus::Inactive,
+            &crate::store::note(),
+        )
         .await
         .expect("set")
         .expect("found");
@@ -147,7 +152,12 @@ async fn set_status_changes_only_the_status(store: Arc<dyn KeyStore>) {
     );
     assert_eq!(
         store
-            .set_status(&account("other"), record.id, KeyStatus::Active)
+            .set_status(
+                &account("other"),
+                record.id,
+                KeyStatus::Active,
+                &crate::store::note()
+            )
             .await
             .expect("set"),
         None
@@ -159,7 +169,7 @@ async fn replace_key_swaps_prefix_and_digest_and_clears_last_used(store: Arc<dyn
     record.last_used_at = Some(at(5));
     record.status = KeyStatus::Inactive;
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     let (fresh, _) = new_record("acme");
@@ -170,6 +180,7 @@ async fn replace_key_swaps_prefix_and_digest_and_clears_last_used(store: Arc<dyn
             fresh.prefix,
             fresh.digest,
             None,
+            &crate::store::note(),
         )
         .await
         .expect("replace")
@@ -199,7 +210,8 @@ async fn replace_key_swaps_prefix_and_digest_and_clears_last_used(store: Arc<dyn
                 record.id,
                 record.prefix,
                 record.digest,
-                None
+                None,
+                &crate::store::note()
             )
             .await
             .expect("replace"),
@@ -211,15 +223,22 @@ async fn replace_key_refuses_a_taken_prefix(store: Arc<dyn KeyStore>) {
     let (a, _) = new_record("acme");
     let (b, _) = new_record("acme");
     store
-        .insert_within_limit(a.clone(), 3)
+        .insert_within_limit(a.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     store
-        .insert_within_limit(b.clone(), 3)
+        .insert_within_limit(b.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     let err = store
-        .replace_key(&account("acme"), a.id, b.prefix, b.digest, None)
+        .replace_key(
+            &account("acme"),
+            a.id,
+            b.prefix,
+            b.digest,
+            None,
+            &crate::store::note(),
+        )
         .await
         .expect_err("taken");
     assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
@@ -234,21 +253,21 @@ async fn delete_removes_the_record_and_frees_the_slot(store: Arc<dyn KeyStore>) 
     for _ in 0..3 {
         let (record, _) = new_record("acme");
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         records.push(record);
     }
     assert_eq!(
         store
-            .delete(&account("other"), records[0].id)
+            .delete(&account("other"), records[0].id, &crate::store::note())
             .await
             .expect("delete"),
         None
     );
     assert_eq!(
         store
-            .delete(&account("acme"), records[0].id)
+            .delete(&account("acme"), records[0].id, &crate::store::note())
             .await
             .expect("delete"),
         Some(records[0].clone())
@@ -262,13 +281,13 @@ async fn delete_removes_the_record_and_frees_the_slot(store: Arc<dyn KeyStore>) 
     );
     assert_eq!(
         store
-            .delete(&account("acme"), records[0].id)
+            .delete(&account("acme"), records[0].id, &crate::store::note())
             .await
             .expect("delete"),
         None
     );
     store
-        .insert_within_limit(new_record("acme").0, 3)
+        .insert_within_limit(new_record("acme").0, 3, &crate::store::note())
         .await
         .expect("slot freed");
 }
@@ -314,6 +333,7 @@ async fn last_used_ignores_uses_of_a_rotated_away_prefix_or_deleted_key(store: A
             fresh.prefix,
             fresh.digest,
             None,
+            &crate::store::note(),
         )
         .await
         .expect("replace");
@@ -377,7 +397,7 @@ async fn policy_fields_round_trip(store: Arc<dyn KeyStore>) {
     empty_scopes.scopes = Some(Scopes::new(Vec::<&str>::new()).expect("empty"));
     for record in [&record, &empty_scopes] {
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         assert_eq!(
@@ -398,7 +418,7 @@ async fn policy_fields_round_trip(store: Arc<dyn KeyStore>) {
 async fn update_policy_sets_and_clears_each_field_alone(store: Arc<dyn KeyStore>) {
     let record = full_record("acme");
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     let update = |u: PolicyUpdate| {
@@ -406,7 +426,7 @@ async fn update_policy_sets_and_clears_each_field_alone(store: Arc<dyn KeyStore>
         let id = record.id;
         async move {
             store
-                .update_policy(&account("acme"), id, &u)
+                .update_policy(&account("acme"), id, &u, &crate::store::note())
                 .await
                 .expect("update")
                 .expect("found")
@@ -455,7 +475,12 @@ async fn update_policy_sets_and_clears_each_field_alone(store: Arc<dyn KeyStore>
     );
     for (owner, id) in [("other", record.id), ("acme", KeyId::random())] {
         let missing = store
-            .update_policy(&account(owner), id, &PolicyUpdate::new().name(None))
+            .update_policy(
+                &account(owner),
+                id,
+                &PolicyUpdate::new().name(None),
+                &crate::store::note(),
+            )
             .await
             .expect("update");
         assert_eq!(missing, None, "{owner} {id}");
@@ -469,7 +494,7 @@ async fn rate_limit_is_kept_set_changed_cleared_and_kept_by_rotation(store: Arc<
     let (unlimited, _) = new_record("acme");
     for record in [&record, &unlimited] {
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         assert_eq!(
@@ -487,7 +512,7 @@ async fn rate_limit_is_kept_set_changed_cleared_and_kept_by_rotation(store: Arc<
         let store = store.clone();
         async move {
             store
-                .update_policy(&account("acme"), id, &u)
+                .update_policy(&account("acme"), id, &u, &crate::store::note())
                 .await
                 .expect("update")
                 .expect("found")
@@ -522,6 +547,7 @@ async fn rate_limit_is_kept_set_changed_cleared_and_kept_by_rotation(store: Arc<
                 fresh.prefix,
                 fresh.digest,
                 grace,
+                &crate::store::note(),
             )
             .await
             .expect("replace")
@@ -550,7 +576,12 @@ async fn updated_to(
     step: &str,
 ) {
     let updated = store
-        .update_policy(&expected.account_id, expected.id, &update)
+        .update_policy(
+            &expected.account_id,
+            expected.id,
+            &update,
+            &crate::store::note(),
+        )
         .await
         .expect("update")
         .expect("found");
@@ -579,7 +610,7 @@ async fn quota_allowlist_and_metadata_are_set_replaced_and_cleared_each_alone(
     bare.created_at = at(1);
     for record in [&full, &bare] {
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
     }
@@ -681,6 +712,7 @@ async fn quota_allowlist_and_metadata_are_set_replaced_and_cleared_each_alone(
                 fresh.prefix,
                 fresh.digest,
                 grace,
+                &crate::store::note(),
             )
             .await
             .expect("replace")
@@ -750,7 +782,7 @@ async fn policy_values_at_their_edges_round_trip_exactly(store: Arc<dyn KeyStore
         record.allowed_ips = allowed_ips;
         record.metadata = metadata;
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         inserted.push(record);
@@ -773,7 +805,7 @@ async fn policy_values_at_their_edges_round_trip_exactly(store: Arc<dyn KeyStore
 async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn KeyStore>) {
     let record = full_record("acme");
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     let (second, _) = new_record("acme");
@@ -784,6 +816,7 @@ async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn Key
             second.prefix,
             second.digest,
             Some(at(60)),
+            &crate::store::note(),
         )
         .await
         .expect("replace")
@@ -817,6 +850,7 @@ async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn Key
             third.prefix,
             third.digest,
             Some(at(90)),
+            &crate::store::note(),
         )
         .await
         .expect("replace")
@@ -844,6 +878,7 @@ async fn replace_key_with_grace_keeps_the_old_key_as_previous(store: Arc<dyn Key
             fourth.prefix,
             fourth.digest,
             None,
+            &crate::store::note(),
         )
         .await
         .expect("replace")
@@ -872,6 +907,7 @@ async fn rotate_with_grace(store: &Arc<dyn KeyStore>, record: &KeyRecord) {
             fresh.prefix,
             fresh.digest,
             Some(at(60)),
+            &crate::store::note(),
         )
         .await
         .expect("replace")
@@ -882,11 +918,11 @@ async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore
     let (a, _) = new_record("acme");
     let (b, _) = new_record("acme");
     store
-        .insert_within_limit(a.clone(), 3)
+        .insert_within_limit(a.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     store
-        .insert_within_limit(b.clone(), 3)
+        .insert_within_limit(b.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     rotate_with_grace(&store, &a).await;
@@ -894,12 +930,19 @@ async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore
     let mut clash = new_record("other").0;
     clash.prefix = a.prefix;
     let err = store
-        .insert_within_limit(clash, 3)
+        .insert_within_limit(clash, 3, &crate::store::note())
         .await
         .expect_err("taken");
     assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
     let err = store
-        .replace_key(&account("acme"), b.id, a.prefix, a.digest, None)
+        .replace_key(
+            &account("acme"),
+            b.id,
+            a.prefix,
+            a.digest,
+            None,
+            &crate::store::note(),
+        )
         .await
         .expect_err("taken");
     assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
@@ -912,7 +955,10 @@ async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore
 async fn delete_frees_the_previous_prefix(store: Arc<dyn KeyStore>) {
     let a = stored(&store, "acme").await;
     rotate_with_grace(&store, &a).await;
-    let removed = store.delete(&account("acme"), a.id).await.expect("delete");
+    let removed = store
+        .delete(&account("acme"), a.id, &crate::store::note())
+        .await
+        .expect("delete");
     assert_eq!(
         removed.and_then(|r| r.previous).map(|p| p.prefix),
         Some(a.prefix)
@@ -921,7 +967,7 @@ async fn delete_frees_the_previous_prefix(store: Arc<dyn KeyStore>) {
     let mut reuse = new_record("other").0;
     reuse.prefix = a.prefix;
     store
-        .insert_within_limit(reuse, 3)
+        .insert_within_limit(reuse, 3, &crate::store::note())
         .await
         .expect("prefix is free again");
 }
@@ -929,11 +975,16 @@ async fn delete_frees_the_previous_prefix(store: Arc<dyn KeyStore>) {
 async fn status_and_last_used_changes_keep_the_policy(store: Arc<dyn KeyStore>) {
     let record = full_record("acme");
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     store
-        .set_status(&account("acme"), record.id, KeyStatus::Inactive)
+        .set_status(
+            &account("acme"),
+            record.id,
+            KeyStatus::Inactive,
+            &crate::store::note(),
+        )
         .await
         .expect("set")
         .expect("found");
@@ -964,7 +1015,11 @@ async fn concurrent_inserts_respect_the_limit(store: Arc<dyn KeyStore>) {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.insert_within_limit(new_record("acme").0, 3).await })
+            tokio::spawn(async move {
+                store
+                    .insert_within_limit(new_record("acme").0, 3, &crate::store::note())
+                    .await
+            })
         })
         .collect();
     let mut ok = 0;
@@ -1110,7 +1165,7 @@ async fn deleted_keys_keep_their_counts(store: Arc<dyn KeyStore>) {
         .await
         .expect("flush");
     store
-        .delete(&account("acme"), record.id)
+        .delete(&account("acme"), record.id, &crate::store::note())
         .await
         .expect("delete")
         .expect("found");
@@ -1245,6 +1300,7 @@ async fn a_batch_of_uses_and_counts_applies_both(store: Arc<dyn KeyStore>) {
             fresh.prefix,
             fresh.digest,
             None,
+            &crate::store::note(),
         )
         .await
         .expect("replace");

@@ -6,6 +6,14 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+use tower_api_key::audit::{Actor, AuditAction, AuditNote};
+
+/// An audit note for a store call a test makes itself (the stores' audit tests make their
+/// own).
+pub(crate) fn note() -> AuditNote {
+    AuditNote::now(Actor::system(), AuditAction::Update)
+}
+
 /// What the SQL stores' own tests share: the records they write and the checks they make.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql {
@@ -64,6 +72,7 @@ mod sql {
                     .quota(Some(quota))
                     .allowed_ips(Some(allowed.clone()))
                     .metadata(Some(metadata.clone())),
+                &crate::store::note(),
             )
             .await
             .expect("update")
@@ -113,6 +122,7 @@ mod sql {
                     .quota(Some(quota))
                     .allowed_ips(Some(allowed.clone()))
                     .metadata(Some(metadata.clone())),
+                &crate::store::note(),
             )
             .await
             .expect("update")

@@ -178,7 +178,7 @@ async fn store_with_full_key() -> (SqliteStore, sqlx::SqliteConnection, KeyRecor
     let store = crate::support::db::sqlite::store_at(&url).await;
     let record = super::sql::full_record("acme");
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     let mut editor = sqlx::SqliteConnection::connect(&url).await.expect("open");

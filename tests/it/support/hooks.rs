@@ -62,12 +62,14 @@ macro_rules! hooked_key_store {
                 &self,
                 record: tower_api_key::KeyRecord,
                 limit: usize,
+                audit: &tower_api_key::audit::AuditNote,
             ) -> Result<(), tower_api_key::StoreError> {
                 $crate::support::hooks::StoreHooks::before_write(self)?;
                 let applied = tower_api_key::KeyStore::insert_within_limit(
                     $crate::support::hooks::StoreHooks::records(self),
                     record,
                     limit,
+                    audit,
                 )
                 .await;
                 $crate::support::hooks::StoreHooks::after_write(self).await?;
@@ -108,6 +110,7 @@ macro_rules! hooked_key_store {
                 account: &tower_api_key::AccountId,
                 id: tower_api_key::KeyId,
                 status: tower_api_key::KeyStatus,
+                audit: &tower_api_key::audit::AuditNote,
             ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
                 $crate::support::hooks::StoreHooks::before_write(self)?;
                 let applied = tower_api_key::KeyStore::set_status(
@@ -115,6 +118,7 @@ macro_rules! hooked_key_store {
                     account,
                     id,
                     status,
+                    audit,
                 )
                 .await;
                 $crate::support::hooks::StoreHooks::after_write(self).await?;
@@ -127,6 +131,7 @@ macro_rules! hooked_key_store {
                 prefix: tower_api_key::KeyPrefix,
                 digest: tower_api_key::KeyDigest,
                 grace_until: Option<std::time::SystemTime>,
+                audit: &tower_api_key::audit::AuditNote,
             ) -> Result<Option<tower_api_key::store::Rotated>, tower_api_key::StoreError> {
                 $crate::support::hooks::StoreHooks::before_write(self)?;
                 let applied = tower_api_key::KeyStore::replace_key(
@@ -136,6 +141,7 @@ macro_rules! hooked_key_store {
                     prefix,
                     digest,
                     grace_until,
+                    audit,
                 )
                 .await;
                 $crate::support::hooks::StoreHooks::after_write(self).await?;
@@ -146,6 +152,7 @@ macro_rules! hooked_key_store {
                 account: &tower_api_key::AccountId,
                 id: tower_api_key::KeyId,
                 update: &tower_api_key::PolicyUpdate,
+                audit: &tower_api_key::audit::AuditNote,
             ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
                 $crate::support::hooks::StoreHooks::before_write(self)?;
                 let applied = tower_api_key::KeyStore::update_policy(
@@ -153,6 +160,7 @@ macro_rules! hooked_key_store {
                     account,
                     id,
                     update,
+                    audit,
                 )
                 .await;
                 $crate::support::hooks::StoreHooks::after_write(self).await?;
@@ -162,16 +170,53 @@ macro_rules! hooked_key_store {
                 &self,
                 account: &tower_api_key::AccountId,
                 id: tower_api_key::KeyId,
+                audit: &tower_api_key::audit::AuditNote,
             ) -> Result<Option<tower_api_key::KeyRecord>, tower_api_key::StoreError> {
                 $crate::support::hooks::StoreHooks::before_write(self)?;
                 let applied = tower_api_key::KeyStore::delete(
                     $crate::support::hooks::StoreHooks::records(self),
                     account,
                     id,
+                    audit,
                 )
                 .await;
                 $crate::support::hooks::StoreHooks::after_write(self).await?;
                 applied
+            }
+            async fn append_audit(
+                &self,
+                entry: &tower_api_key::audit::AuditEntry,
+            ) -> Result<(), tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                tower_api_key::KeyStore::append_audit(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    entry,
+                )
+                .await
+            }
+            async fn audit_trail(
+                &self,
+                account: &tower_api_key::AccountId,
+                query: &tower_api_key::audit::AuditQuery,
+            ) -> Result<Vec<tower_api_key::audit::AuditEvent>, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_read(self)?;
+                tower_api_key::KeyStore::audit_trail(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    account,
+                    query,
+                )
+                .await
+            }
+            async fn prune_audit(
+                &self,
+                before: std::time::SystemTime,
+            ) -> Result<u64, tower_api_key::StoreError> {
+                $crate::support::hooks::StoreHooks::before_write(self)?;
+                tower_api_key::KeyStore::prune_audit(
+                    $crate::support::hooks::StoreHooks::records(self),
+                    before,
+                )
+                .await
             }
             async fn record_usage(
                 &self,

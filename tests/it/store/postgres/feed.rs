@@ -227,7 +227,10 @@ async fn policy_and_grace_changes_made_by_hand_reach_another_process_and_last_us
             digest_of(key),
             SystemTime::now(),
         );
-        store.insert_within_limit(record, 3).await.expect("insert");
+        store
+            .insert_within_limit(record, 3, &crate::store::note())
+            .await
+            .expect("insert");
     }
     let old = digest_of(&key);
 

@@ -197,6 +197,7 @@ async fn a_database_of_schema_6_upgrades_in_place_keeping_last_used_at_and_count
             new_key.prefix(),
             pepper().digest(&new_key),
             None,
+            &crate::store::note(),
         )
         .await
         .expect("rotate")
@@ -218,7 +219,7 @@ async fn a_database_of_schema_6_upgrades_in_place_keeping_last_used_at_and_count
         Some(later + Duration::from_secs(1))
     );
     store
-        .delete(&account("acme"), unused.id)
+        .delete(&account("acme"), unused.id, &crate::store::note())
         .await
         .expect("delete")
         .expect("found");
@@ -247,7 +248,7 @@ async fn a_use_that_meets_an_uncommitted_rotation_waits_for_it_and_is_then_dropp
     store.migrate().await.expect("migrate");
     let record = key("acme", None);
     store
-        .insert_within_limit(record.clone(), 10)
+        .insert_within_limit(record.clone(), 10, &crate::store::note())
         .await
         .expect("insert");
     // A rotation by hand, still open: its trigger holds the key's row of

@@ -192,7 +192,7 @@ async fn times_round_trip_exactly_to_the_microsecond() {
             )
         };
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         let read = store.find_by_prefix(&record.prefix).await.expect("find");
@@ -250,7 +250,7 @@ async fn the_schema_refuses_half_a_quota_and_the_store_refuses_what_the_schema_l
     let store = schema.store().await;
     let record = super::super::sql::full_record("acme");
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     for edit in [
@@ -283,7 +283,7 @@ async fn the_schema_refuses_half_a_quota_and_the_store_refuses_what_the_schema_l
     {
         let record = super::super::sql::full_record(&format!("edited{i}"));
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         sqlx::query(&format!("UPDATE tower_api_keys SET {edit} WHERE id = $1"))
@@ -414,7 +414,7 @@ async fn a_policy_column_edited_by_hand_is_a_store_failure_naming_the_column() {
     for (i, (edit, column)) in cases.into_iter().enumerate() {
         let record = super::super::sql::full_record(&format!("acme{i}"));
         store
-            .insert_within_limit(record.clone(), 3)
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
             .await
             .expect("insert");
         sqlx::query(&format!("UPDATE tower_api_keys SET {edit} WHERE id = $1"))
@@ -619,7 +619,7 @@ async fn quota_allowlist_and_metadata_changes_notify_and_updates_that_keep_them_
         SystemTime::now(),
     );
     store
-        .insert_within_limit(record.clone(), 3)
+        .insert_within_limit(record.clone(), 3, &crate::store::note())
         .await
         .expect("insert");
     let digest = hex(record.digest.as_bytes());
@@ -665,7 +665,12 @@ async fn quota_allowlist_and_metadata_changes_notify_and_updates_that_keep_them_
     ];
     for (change, update) in changes {
         store
-            .update_policy(&record.account_id, record.id, &update)
+            .update_policy(
+                &record.account_id,
+                record.id,
+                &update,
+                &crate::store::note(),
+            )
             .await
             .expect("update")
             .expect("found");
@@ -682,7 +687,7 @@ async fn quota_allowlist_and_metadata_changes_notify_and_updates_that_keep_them_
         .allowed_ips(Some(allowed.clone()))
         .metadata(Some(metadata.clone()));
     store
-        .update_policy(&record.account_id, record.id, &all)
+        .update_policy(&record.account_id, record.id, &all, &crate::store::note())
         .await
         .expect("update")
         .expect("found");
@@ -701,7 +706,12 @@ async fn quota_allowlist_and_metadata_changes_notify_and_updates_that_keep_them_
     ];
     for (change, update) in unchanged {
         let updated = store
-            .update_policy(&record.account_id, record.id, &update)
+            .update_policy(
+                &record.account_id,
+                record.id,
+                &update,
+                &crate::store::note(),
+            )
             .await
             .expect("update")
             .expect("found");

@@ -37,7 +37,7 @@ async fn two_processes_flushing_overlapping_counts_add_up_without_deadlock() {
             UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         );
         if i % 2 == 0 {
-            a.insert_within_limit(record.clone(), usize::MAX)
+            a.insert_within_limit(record.clone(), usize::MAX, &crate::store::note())
                 .await
                 .expect("insert");
         }
