@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use http::request::Parts;
 
 use super::self_service::SelfService;
+use crate::audit::Actor;
 use crate::manager::KeyInfo;
 use crate::policy::{KeyOptions, PolicyUpdate, RotateOptions};
 use crate::store::{AccountId, KeyId};
@@ -80,6 +81,45 @@ pub trait AdminAuthorizer: Send + Sync + 'static {
     /// [`AdminDenied`] to refuse the attempt; nothing has changed yet.
     async fn authorize(&self, attempt: &AdminAttempt<'_>) -> Result<(), AdminDenied> {
         SelfService::new().authorize(attempt)
+    }
+
+    /// The name the [audit trail](crate::audit) records for `caller`'s changes and refused
+    /// attempts. The default is [`Actor::operator`] (`operator`) for the operator and
+    /// [`Actor::tenant`] (`tenant:ACCOUNT`) for a tenant; an authorizer that knows the
+    /// person (a session, a named token) names them here, from the same request.
+    ///
+    /// ```
+    /// use async_trait::async_trait;
+    /// use http::request::Parts;
+    /// use tower_api_key::admin::{AdminAuthorizer, AdminCaller, AdminDenied};
+    /// use tower_api_key::audit::Actor;
+    ///
+    /// /// Operators sign their requests with `x-operator: NAME` (standing in for a real
+    /// /// session check).
+    /// struct NamedOperators;
+    ///
+    /// #[async_trait]
+    /// impl AdminAuthorizer for NamedOperators {
+    ///     async fn authenticate(&self, request: &Parts) -> Result<AdminCaller, AdminDenied> {
+    ///         match request.headers.get("x-operator") {
+    ///             Some(_) => Ok(AdminCaller::Operator),
+    ///             None => Err(AdminDenied::unauthenticated("sign in first")),
+    ///         }
+    ///     }
+    ///
+    ///     fn actor(&self, _caller: &AdminCaller, request: &Parts) -> Actor {
+    ///         let name = request.headers.get("x-operator").and_then(|v| v.to_str().ok());
+    ///         let named = name.and_then(|name| Actor::new(&format!("operator:{name}")).ok());
+    ///         named.unwrap_or_else(Actor::operator)
+    ///     }
+    /// }
+    /// ```
+    fn actor(&self, caller: &AdminCaller, request: &Parts) -> Actor {
+        let _ = request;
+        match caller {
+            AdminCaller::Operator => Actor::operator(),
+            AdminCaller::Tenant(account) => Actor::tenant(account),
+        }
     }
 }
 
@@ -181,11 +221,13 @@ pub enum AdminOperation<'a> {
     /// `GET …/keys/{id}/usage` (`Some(id)`) or `GET …/usage` (`None`, the whole account's):
     /// request counts over time. A read: it changes nothing.
     Usage(Option<KeyId>),
+    /// `GET …/events`: the account's audit trail. A read: it changes nothing.
+    Events,
 }
 
 impl AdminOperation<'_> {
     /// `"list"`, `"get"`, `"create"`, `"update"`, `"rotate"`, `"revoke"`, `"reactivate"`,
-    /// `"delete"` or `"usage"`.
+    /// `"delete"`, `"usage"` or `"events"`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::List => "list",
@@ -197,6 +239,7 @@ impl AdminOperation<'_> {
             Self::Reactivate(_) => "reactivate",
             Self::Delete(_) => "delete",
             Self::Usage(_) => "usage",
+            Self::Events => "events",
         }
     }
 }

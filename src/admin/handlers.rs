@@ -19,8 +19,10 @@ use http::request::Parts;
 use super::authorize::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, AdminOperation};
 use super::error::ApiError;
 use super::event::{AdminAction, AdminEvent};
+use super::events::{self, EventList};
 use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, json_body};
 use super::usage::{UsageView, range_of};
+use crate::audit::{Actor, AuditAction, AuditChanges};
 use crate::manager::{KeyInfo, KeyManager, ManagerError};
 use crate::store::{AccountId, KeyId, StoreError};
 use crate::usage::{Granularity, UsageCounts, UsageRange};
@@ -50,6 +52,8 @@ pub(crate) type Shared = State<Arc<Admin>>;
 struct Admitted {
     parts: Parts,
     caller: AdminCaller,
+    /// The caller's name on the audit trail.
+    actor: Actor,
     account: AccountId,
 }
 
@@ -57,7 +61,12 @@ impl Admitted {
     /// The account `account` names (400 if invalid). A tenant names its own account or
     /// gets the missing key's 404 here, whatever the authorizer: before its body is read or
     /// another account's key is looked at.
-    fn new(parts: Parts, caller: AdminCaller, account: &str) -> Result<Self, ApiError> {
+    fn new(
+        parts: Parts,
+        caller: AdminCaller,
+        actor: Actor,
+        account: &str,
+    ) -> Result<Self, ApiError> {
         let account = AccountId::new(account).map_err(|_| ApiError::bad_account())?;
         if let AdminCaller::Tenant(own) = &caller
             && *own != account
@@ -67,25 +76,38 @@ impl Admitted {
         Ok(Self {
             parts,
             caller,
+            actor,
             account,
         })
+    }
+
+    /// The manager, acting as the caller.
+    fn manager(&self, admin: &Admin) -> KeyManager {
+        admin.manager.acting_as(self.actor.clone())
     }
 }
 
 impl Admin {
     /// Authenticates the caller, then reads `{account}` (400 if invalid).
     async fn admit(&self, mut parts: Parts) -> Result<Admitted, ApiError> {
-        let caller = self.authorizer.authenticate(&parts).await?;
+        let (caller, actor) = self.identify(&parts).await?;
         let account = match Path::<String>::from_request_parts(&mut parts, &()).await {
             Ok(Path(account)) => account,
             Err(_) => return Err(ApiError::bad_account()),
         };
-        Admitted::new(parts, caller, &account)
+        Admitted::new(parts, caller, actor, &account)
+    }
+
+    /// Who the caller is, and their name on the audit trail.
+    async fn identify(&self, parts: &Parts) -> Result<(AdminCaller, Actor), ApiError> {
+        let caller = self.authorizer.authenticate(parts).await?;
+        let actor = self.authorizer.actor(&caller, parts);
+        Ok((caller, actor))
     }
 
     /// As [`admit`](Self::admit), and reads `{id}` (404 if it is no key id).
     async fn admit_key(&self, mut parts: Parts) -> Result<(Admitted, KeyId), ApiError> {
-        let caller = self.authorizer.authenticate(&parts).await?;
+        let (caller, actor) = self.identify(&parts).await?;
         // A segment that isn't UTF-8 once percent-decoded fails the whole extraction; the
         // rejection names the first such segment, and an id that isn't text is no key's id.
         let path = Path::<(String, String)>::from_request_parts(&mut parts, &()).await;
@@ -99,12 +121,13 @@ impl Admin {
             }
             Err(_) => return Err(ApiError::bad_account()),
         };
-        let admitted = Admitted::new(parts, caller, &account)?;
+        let admitted = Admitted::new(parts, caller, actor, &account)?;
         let id = id.parse::<KeyId>().map_err(|_| ApiError::key_not_found())?;
         Ok((admitted, id))
     }
 
-    /// Asks the authorizer whether the admitted caller may do `operation`.
+    /// Asks the authorizer whether the admitted caller may do `operation`; a change it
+    /// refuses as [`AdminDenied::NotAllowed`] goes on the audit trail, marked refused.
     async fn authorize(
         &self,
         admitted: &Admitted,
@@ -116,7 +139,40 @@ impl Admin {
             account: &admitted.account,
             operation,
         };
-        Ok(self.authorizer.authorize(&attempt).await?)
+        match self.authorizer.authorize(&attempt).await {
+            Err(AdminDenied::NotAllowed) => {
+                if let Some(attempted) = Attempted::of(&operation) {
+                    self.record_refused(admitted, attempted).await;
+                }
+                Err(AdminDenied::NotAllowed.into())
+            }
+            decided => Ok(decided?),
+        }
+    }
+
+    /// Writes a refused change to the trail, to the end even if the caller goes away; a
+    /// trail that can't be written leaves the refusal standing (logged).
+    async fn record_refused(&self, admitted: &Admitted, attempted: Attempted) {
+        let manager = admitted.manager(self);
+        let account = admitted.account.clone();
+        let task = tokio::spawn(async move {
+            let key = match attempted.key {
+                Some(AttemptedKey::Read(info)) => Some(info),
+                // The key's prefix, if it is the account's: a refused attempt on a key that
+                // doesn't exist names none.
+                Some(AttemptedKey::Id(id)) => manager.get(&account, id).await.ok(),
+                None => None,
+            };
+            manager
+                .record_refused(&account, key.as_ref(), attempted.action, attempted.changes)
+                .await
+        });
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not record a refused attempt"),
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => tracing::warn!("a refused attempt went unrecorded: shutting down"),
+        }
     }
 
     /// Runs `change` and then tells the hook about it (the record `info` picks from its
@@ -125,6 +181,7 @@ impl Admin {
     /// panic of the hook is the caller's panic (and so a 500).
     async fn change<T, F>(
         self: &Arc<Self>,
+        admitted: &Admitted,
         action: AdminAction,
         change: impl FnOnce(KeyManager) -> F,
         info: impl FnOnce(&T) -> Option<&KeyInfo> + Send + 'static,
@@ -134,7 +191,7 @@ impl Admin {
         T: Send + 'static,
     {
         let admin = Arc::clone(self);
-        let change = change(self.manager.clone());
+        let change = change(admitted.manager(self));
         let task = tokio::spawn(async move {
             let done = change.await?;
             if let Some(info) = info(&done) {
@@ -243,6 +300,7 @@ pub(crate) async fn create_key(
     let account = admitted.account.clone();
     let created = admin
         .change(
+            &admitted,
             AdminAction::Created,
             |manager| async move { manager.create_with(&account, options).await },
             |created| Some(&created.info),
@@ -300,6 +358,7 @@ pub(crate) async fn update_key(
     let account = account.clone();
     let updated = admin
         .change(
+            &admitted,
             AdminAction::Updated,
             |manager| async move { manager.update(&account, id, update).await },
             |updated| Some(updated),
@@ -324,6 +383,7 @@ pub(crate) async fn rotate_key(
     let account = admitted.account.clone();
     let rotated = admin
         .change(
+            &admitted,
             AdminAction::Rotated,
             |manager| async move { manager.rotate_with(&account, id, options).await },
             |rotated| Some(&rotated.info),
@@ -364,6 +424,7 @@ async fn set_status(
     let account = admitted.account.clone();
     let info = admin
         .change(
+            &admitted,
             action,
             |manager| async move {
                 if revoke {
@@ -391,6 +452,7 @@ pub(crate) async fn delete_key(
     let reported = admin.hook.is_some();
     admin
         .change(
+            &admitted,
             AdminAction::Deleted,
             |manager| async move {
                 // Read first, for the event's prefix (the delete itself returns nothing).
@@ -440,6 +502,79 @@ pub(crate) async fn account_usage(
         .await?;
     let series = admin.manager.usage(&admitted.account, None, &range).await?;
     Ok(Json(UsageView::new(None, &series)))
+}
+
+/// `GET /admin/accounts/{account}/events`: the account's audit trail, newest first.
+pub(crate) async fn account_events(
+    State(admin): Shared,
+    request: Request,
+) -> Result<Json<EventList>, ApiError> {
+    let (parts, _) = request.into_parts();
+    let admitted = admin.admit(parts).await?;
+    let query = events::query_of(admitted.parts.uri.query())?;
+    admin.authorize(&admitted, AdminOperation::Events).await?;
+    let events = admin.manager.audit_trail(&admitted.account, query).await?;
+    Ok(Json(EventList::new(&events)))
+}
+
+/// A change the authorizer refused, as the audit trail records it.
+struct Attempted {
+    action: AuditAction,
+    changes: AuditChanges,
+    key: Option<AttemptedKey>,
+}
+
+/// The key a refused change named.
+enum AttemptedKey {
+    /// Read just before (an update).
+    Read(KeyInfo),
+    /// Named by the path only.
+    Id(KeyId),
+}
+
+impl Attempted {
+    /// What `operation` attempted; `None` for a read, which changes nothing.
+    fn of(operation: &AdminOperation<'_>) -> Option<Self> {
+        let (action, changes, key) = match *operation {
+            AdminOperation::Create(options) => {
+                (AuditAction::Create, AuditChanges::of_options(options), None)
+            }
+            AdminOperation::Update { key, update } => (
+                AuditAction::Update,
+                AuditChanges::of_update(update),
+                Some(AttemptedKey::Read(key.clone())),
+            ),
+            AdminOperation::Rotate { id, options } => (
+                AuditAction::Rotate,
+                AuditChanges::of_rotation(options),
+                Some(AttemptedKey::Id(id)),
+            ),
+            AdminOperation::Revoke(id) => (
+                AuditAction::Revoke,
+                AuditChanges::none(),
+                Some(AttemptedKey::Id(id)),
+            ),
+            AdminOperation::Reactivate(id) => (
+                AuditAction::Reactivate,
+                AuditChanges::none(),
+                Some(AttemptedKey::Id(id)),
+            ),
+            AdminOperation::Delete(id) => (
+                AuditAction::Delete,
+                AuditChanges::none(),
+                Some(AttemptedKey::Id(id)),
+            ),
+            AdminOperation::List
+            | AdminOperation::Get(_)
+            | AdminOperation::Usage(_)
+            | AdminOperation::Events => return None,
+        };
+        Some(Self {
+            action,
+            changes,
+            key,
+        })
+    }
 }
 
 /// The keys' counts behind `requests_24h`.

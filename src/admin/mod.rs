@@ -139,9 +139,11 @@ mod authorize;
 mod cross_site;
 mod error;
 mod event;
+mod events;
 mod handlers;
 mod json;
 mod page;
+mod query;
 mod self_service;
 mod tokens;
 mod usage;
@@ -347,6 +349,10 @@ impl AdminRouter {
             .route(
                 "/admin/accounts/{account}/usage",
                 get(handlers::account_usage),
+            )
+            .route(
+                "/admin/accounts/{account}/events",
+                get(handlers::account_events),
             )
             .merge(page)
             .method_not_allowed_fallback(handlers::method_not_allowed)

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::json::{BadTime, read_rfc3339, rfc3339_seconds};
+use super::query::params;
 use crate::policy;
 use crate::store::KeyId;
 use crate::usage::{Granularity, InvalidUsageRange, MAX_BUCKETS, UsageRange, UsageSeries};
@@ -28,31 +29,7 @@ const PARAMETERS: [&str; 3] = ["granularity", "from", "to"];
 /// Each parameter may appear once; any other is refused, as is a bad value, `from ≥ to` and
 /// more than [`MAX_BUCKETS`] buckets: 400, naming the parameter.
 pub(crate) fn range_of(query: Option<&str>, now: SystemTime) -> Result<UsageRange, ApiError> {
-    let mut given: [Option<String>; 3] = [None, None, None];
-    for pair in query.unwrap_or_default().split('&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(name).ok_or_else(|| {
-            ApiError::bad_request("the query string is not valid percent-encoding")
-        })?;
-        let Some(slot) = PARAMETERS.iter().position(|known| *known == name) else {
-            return Err(ApiError::bad_request(format!(
-                "unknown query parameter {}: expected granularity, from or to",
-                quoted(&name)
-            )));
-        };
-        if given[slot].is_some() {
-            return Err(ApiError::bad_request(format!(
-                "query parameter {name} is given more than once"
-            )));
-        }
-        let value = decode(value).ok_or_else(|| {
-            ApiError::bad_request(format!("{name} is not valid percent-encoding"))
-        })?;
-        given[slot] = Some(value);
-    }
+    let given = params(query, PARAMETERS)?;
     let [granularity, from, to] = given;
     let granularity = match granularity.as_deref() {
         None | Some("hour") => Granularity::Hour,
@@ -114,32 +91,6 @@ fn time(field: &str, text: &str) -> Result<SystemTime, ApiError> {
             }
         })
     })
-}
-
-/// A query component, percent-decoded (`+` is a space, as in forms); `None` if it is not
-/// valid percent-encoding or not UTF-8 once decoded.
-fn decode(text: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.bytes();
-    while let Some(byte) = rest.next() {
-        bytes.push(match byte {
-            b'+' => b' ',
-            b'%' => {
-                let high = char::from(rest.next()?).to_digit(16)?;
-                let low = char::from(rest.next()?).to_digit(16)?;
-                u8::try_from(high * 16 + low).ok()?
-            }
-            other => other,
-        });
-    }
-    String::from_utf8(bytes).ok()
-}
-
-/// `name` in quotes, cut to a sane length, for an error message.
-fn quoted(name: &str) -> String {
-    let shown: String = name.chars().take(40).collect();
-    let cut = if shown.len() < name.len() { "…" } else { "" };
-    format!("{:?}", format!("{shown}{cut}"))
 }
 
 // ===== answers =====

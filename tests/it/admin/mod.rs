@@ -2,6 +2,7 @@
 //! over HTTP/1.1: the JSON contract, the body rules, access control and audit events.
 
 mod access;
+mod audit;
 mod bodies;
 mod create;
 mod cross_site;
