@@ -27,6 +27,9 @@ Environment:
 const MAX_MS: u64 = 3_600_000;
 const MAX_CONNECTIONS: u64 = 1_000_000;
 const MAX_LEASE: u64 = 1_000;
+/// The longest audit retention the server takes, in days.
+const MAX_DAYS: u64 = 36_500;
+const SECONDS_PER_DAY: u64 = 86_400;
 
 /// The demo server: API keys in front of an HTTP API and a gRPC service, on one port.
 ///
@@ -108,6 +111,12 @@ struct Flags {
     #[arg(long = "trusted-proxies", env = "TRUSTED_PROXIES", value_name = "CIDR")]
     #[arg(value_delimiter = ',', value_parser = Setting(trusted_proxy))]
     trusted_proxies: Vec<Cidr>,
+
+    /// How many days the audit trail (GET /admin/accounts/{account}/events) keeps each entry
+    /// (1 to 36500)
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", value_name = "N")]
+    #[arg(default_value_t = 400, value_parser = days())]
+    audit_retention_days: u64,
 }
 
 /// What the server runs with.
@@ -128,6 +137,8 @@ pub(crate) struct Config {
     pub(crate) budgets: Budgets,
     /// The proxies whose `X-Forwarded-For` is read; none by default.
     pub(crate) trusted_proxies: Vec<Cidr>,
+    /// How long audit entries are kept.
+    pub(crate) audit_retention: Duration,
 }
 
 impl Config {
@@ -186,6 +197,7 @@ impl Config {
             pepper,
             database: flags.database_url.unwrap_or(Database::Memory),
             trusted_proxies: flags.trusted_proxies,
+            audit_retention: Duration::from_secs(flags.audit_retention_days * SECONDS_PER_DAY),
             budgets: match flags.redis_url {
                 None if flags.redis_lease.is_some() => {
                     return Err("--redis-lease needs --redis-url".to_owned());
@@ -365,6 +377,11 @@ fn lease() -> Setting<impl Fn(&str, &str) -> Result<u32, String> + Clone + Send 
 fn milliseconds()
 -> Setting<impl Fn(&str, &str) -> Result<u64, String> + Clone + Send + Sync + 'static> {
     Setting(|source: &str, text: &str| whole(source, text, "milliseconds", MAX_MS))
+}
+
+/// A whole number of days, up to a hundred years.
+fn days() -> Setting<impl Fn(&str, &str) -> Result<u64, String> + Clone + Send + Sync + 'static> {
+    Setting(|source: &str, text: &str| whole(source, text, "days", MAX_DAYS))
 }
 
 /// A whole number of connections, up to a million.

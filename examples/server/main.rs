@@ -4,7 +4,7 @@
 //! cargo run --release --example server -- \
 //!     [--addr HOST:PORT] [--last-used-flush-ms N] [--database-url URL] \
 //!     [--header-read-timeout-ms N] [--max-connections N] [--trusted-proxies CIDR,…] \
-//!     [--redis-url URL [--redis-lease N] [--redis-timeout-ms N]]
+//!     [--redis-url URL [--redis-lease N] [--redis-timeout-ms N]] [--audit-retention-days N]
 //! ```
 //!
 //! One process serves HTTP/1.1 and gRPC (HTTP/2 cleartext) on one port, keeping keys in the
@@ -19,6 +19,7 @@
 //! | `GET`, `PATCH` and `DELETE /admin/accounts/{account}/keys/{id}` | admin |
 //! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
 //! | `GET /admin/accounts/{account}/keys/{id}/usage`, `GET /admin/accounts/{account}/usage` | admin |
+//! | `GET /admin/accounts/{account}/events?limit=N&before=ID`: the account's audit trail, newest first | admin |
 //!
 //! The admin routes are the crate's `tower_api_key::admin` router (feature `admin`; its
 //! rustdoc has the JSON contract): create takes an optional
@@ -72,6 +73,8 @@
 //!   between round trips; `--redis-timeout-ms` / `REDIS_TIMEOUT_MS` (default 100) is how long
 //!   a check waits before the request is let through uncounted. Redis unreachable at start
 //!   stops the server.
+//! - `--audit-retention-days` / `AUDIT_RETENTION_DAYS`: how long the audit trail keeps each
+//!   entry, 1 to 36500 days, default 400.
 //! - `ADMIN_TOKEN`: the admin bearer token, at least 16 characters; if unset, a random one is
 //!   generated and printed.
 //! - `API_KEY_PEPPER`: 64 hex characters keying every key digest; if unset, a random one is
@@ -80,6 +83,11 @@
 //!
 //! Every admin answer, the create and rotate ones with a plaintext key among them, carries
 //! `Cache-Control: no-store`.
+//!
+//! Every change made through the admin routes, and every change they refuse (403, or 409 at
+//! the limit of keys), is on the account's audit trail with who made it: `operator` for
+//! `ADMIN_TOKEN`, `tenant:ACCOUNT` for a tenant token. It is kept by the store: in memory
+//! for this run, or in the database beside the keys, one trail for every server sharing it.
 //!
 //! HTTP/2 has no header timeout of its own: once a connection has sent its preface, a client
 //! that stalls in the middle of a request's headers holds its connection slot until it goes
@@ -210,7 +218,8 @@ async fn serve(config: Config) -> Result<(), String> {
     }
 
     let opened = open_store(&config.database).await?;
-    let manager = KeyManager::new(Arc::clone(&opened.store), pepper);
+    let manager = KeyManager::new(Arc::clone(&opened.store), pepper)
+        .with_audit_retention(config.audit_retention);
     let recorder = with_shared_quotas(
         UsageRecorder::new(Arc::clone(&opened.store)),
         &config.budgets,

@@ -979,6 +979,14 @@ async fn bad_arguments_exit_with_code_2_and_a_clear_message() {
             Launch::new().env("MAX_CONNECTIONS", "many"),
             "MAX_CONNECTIONS",
         ),
+        (
+            Launch::new().arg("--audit-retention-days=0"),
+            "--audit-retention-days",
+        ),
+        (
+            Launch::new().env("AUDIT_RETENTION_DAYS", "36501"),
+            "AUDIT_RETENTION_DAYS",
+        ),
     ];
     for (launch, expected) in cases {
         let described = format!("{launch:?}");
@@ -997,7 +1005,8 @@ async fn bad_arguments_exit_with_code_2_and_a_clear_message() {
             "--addr",
             "--last-used-flush-ms",
             "--header-read-timeout-ms",
-            "--max-connections"
+            "--max-connections",
+            "--audit-retention-days"
         ]
         .iter()
         .all(|flag| usage.contains(flag)),

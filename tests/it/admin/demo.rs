@@ -285,3 +285,67 @@ async fn the_demo_counts_a_keys_requests_and_shows_them_once_flushed() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.text(), r#"{"error":"granularity must be hour or day"}"#);
 }
+
+#[tokio::test]
+async fn the_demo_keeps_an_audit_trail_naming_the_operator_and_tenants() {
+    let server = Launch::new()
+        .arg("--tenant-token")
+        .arg(&format!("acme={ACME}"))
+        .start()
+        .await;
+    let created = server.create_key("acme").await;
+    let id = created["id"].as_str().expect("id");
+    let revoked = server.key_action("acme", id, "revoke").await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text());
+    let widened = as_tenant(
+        &server,
+        ACME,
+        Method::POST,
+        "/admin/accounts/acme/keys",
+        Some(r#"{"metadata":{"plan":"gold"}}"#),
+    )
+    .await;
+    assert_eq!(widened.status, StatusCode::FORBIDDEN, "{}", widened.text());
+    let reactivated = as_tenant(
+        &server,
+        ACME,
+        Method::POST,
+        &format!("/admin/accounts/acme/keys/{id}/reactivate"),
+        None,
+    )
+    .await;
+    assert_eq!(reactivated.status, StatusCode::OK, "{}", reactivated.text());
+
+    let trail = server
+        .admin(Method::GET, "/admin/accounts/acme/events?limit=10")
+        .await;
+    assert_eq!(trail.status, StatusCode::OK, "{}", trail.text());
+    assert_eq!(trail.content_type(), "application/json");
+    let events: Vec<(String, String, String)> = trail.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|event| {
+            let field = |name: &str| event[name].as_str().expect("string").to_owned();
+            (field("action"), field("outcome"), field("actor"))
+        })
+        .collect();
+    let expected = [
+        ("reactivate", "done", "tenant:acme"),
+        ("create", "refused", "tenant:acme"),
+        ("revoke", "done", "operator"),
+        ("create", "done", "operator"),
+    ]
+    .map(|(action, outcome, actor)| (action.into(), outcome.into(), actor.into()));
+    assert_eq!(events, expected);
+    // The tenant reads its own account's trail too.
+    let own = as_tenant(
+        &server,
+        ACME,
+        Method::GET,
+        "/admin/accounts/acme/events",
+        None,
+    )
+    .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.text());
+}
