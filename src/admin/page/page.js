@@ -55,6 +55,9 @@
     usageChart: $("usage-chart"),
     usageTotal: $("usage-total"),
     usageRows: $("usage-rows"),
+    activityList: $("activity-list"),
+    activityStatus: $("activity-status"),
+    activityOlder: $("activity-older"),
   };
 
   if (body.dataset.tokenInput === "hidden") {
@@ -74,6 +77,11 @@
   let granularity = "hour";
   // Counts usage requests: only the latest one draws.
   let chartCall = 0;
+
+  // The activity shown: the account, and the id of its oldest entry on screen (the next page
+  // is the entries before it), or null. Counts activity requests: only the latest one draws.
+  let activity = null;
+  let activityCall = 0;
 
   // The key being edited: its id and prefix, and the fields' values as they were filled in
   // (what is unchanged is not sent), or null.
@@ -332,6 +340,8 @@
     if (editing && !keys.some((key) => key.id === editing.id)) {
       closeEdit(false);
     }
+    // Every list drawn (shown, or after a change) brings the newest activity with it.
+    loadActivity(account, null);
   }
 
   // Redraws `account`'s list after an action begun when `view` was `since`, and says whether
@@ -800,6 +810,99 @@
     });
   }
   els.usageClose.addEventListener("click", () => closeUsage(true));
+
+  // ===== activity =====
+
+  const ACTIVITY_PAGE = 20;
+  const ACTION_NAMES = {
+    create: "Created",
+    update: "Updated",
+    rotate: "Rotated",
+    revoke: "Revoked",
+    reactivate: "Reactivated",
+    delete: "Deleted",
+  };
+
+  // One entry: when, who, what (to which key), refused or not, and the fields it set.
+  function activityItem(event) {
+    const item = document.createElement("li");
+    item.dataset.id = String(event.id);
+    item.dataset.action = event.action;
+    item.dataset.outcome = event.outcome;
+    const refused = event.outcome === "refused";
+    item.classList.toggle("refused", refused);
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = formatTime(event.at) + " · ";
+    const what = document.createElement("span");
+    what.className = "what";
+    const name = ACTION_NAMES[event.action] || event.action;
+    what.append((refused ? "Refused: " : "") + name + " ");
+    if (event.prefix) {
+      const prefix = document.createElement("code");
+      prefix.textContent = event.prefix;
+      what.append(prefix, " ");
+    }
+    what.append("by " + event.actor);
+    item.append(when, what);
+    const fields = Object.entries(event.changes || {});
+    if (fields.length > 0) {
+      const changes = document.createElement("span");
+      changes.className = "changes";
+      changes.textContent = fields.map(([field, value]) => field + ": " + JSON.stringify(value)).join(", ");
+      item.append(changes);
+    }
+    return item;
+  }
+
+  // Loads a page of `account`'s activity: the newest (`before` null, replacing what is shown)
+  // or the one before entry `before` (appended). A failure is said in the section itself: the
+  // action that led here may well have succeeded.
+  async function loadActivity(account, before) {
+    activityCall += 1;
+    const ticket = activityCall;
+    const since = view;
+    let query = "?limit=" + ACTIVITY_PAGE;
+    if (before !== null) {
+      query += "&before=" + encodeURIComponent(String(before));
+    }
+    if (before === null) {
+      els.activityStatus.textContent = "Loading…";
+    }
+    els.activityOlder.disabled = true;
+    let data;
+    try {
+      data = await call("GET", "admin/accounts/" + encodeURIComponent(account) + "/events" + query);
+    } catch (err) {
+      if (ticket === activityCall && since === view) {
+        els.activityStatus.textContent = "Activity could not be loaded: " + (err instanceof ApiError ? err.message : String(err));
+        els.activityOlder.disabled = false;
+      }
+      return;
+    }
+    if (ticket !== activityCall || since !== view || shown !== account) {
+      return;
+    }
+    const events = Array.isArray(data.events) ? data.events : [];
+    const items = events.map(activityItem);
+    if (before === null) {
+      els.activityList.replaceChildren(...items);
+    } else {
+      els.activityList.append(...items);
+    }
+    const oldest = events.length > 0 ? events[events.length - 1].id : (activity ? activity.oldest : null);
+    activity = { account, oldest };
+    const count = els.activityList.children.length;
+    els.activityStatus.textContent = count === 0 ? "No activity yet." : "";
+    els.activityOlder.hidden = events.length < ACTIVITY_PAGE;
+    els.activityOlder.disabled = false;
+  }
+
+  els.activityOlder.addEventListener("click", () => {
+    if (shown && activity && activity.account === shown && activity.oldest !== null) {
+      loadActivity(shown, activity.oldest);
+    }
+  });
 
   els.copy.addEventListener("click", async () => {
     const text = els.newKeyValue.textContent;

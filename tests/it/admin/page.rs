@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::{Harness, TOKEN};
 use crate::support::browser::{Browser, PATIENCE};
 
+mod activity;
 mod policy;
 mod usage;
 
