@@ -141,6 +141,7 @@ mod error;
 mod event;
 mod handlers;
 mod json;
+mod openapi;
 mod page;
 mod self_service;
 mod tokens;
@@ -171,6 +172,10 @@ use page::PageConfig;
 /// Where the Integration page is served unless configured: `/integration`.
 pub const DEFAULT_PAGE_PATH: &str = "/integration";
 
+/// Where the router serves its OpenAPI document, to any caller (it holds no secret):
+/// `/admin/openapi.json`. See [`AdminRouter::openapi`].
+pub const OPENAPI_PATH: &str = openapi::PATH;
+
 /// The largest request body accepted by default: 16 KiB.
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 
@@ -184,6 +189,7 @@ pub struct AdminRouter {
     page: Option<String>,
     token_input: bool,
     origins: AllowedOrigins,
+    openapi: bool,
 }
 
 impl AdminRouter {
@@ -197,6 +203,7 @@ impl AdminRouter {
             page: Some(DEFAULT_PAGE_PATH.to_owned()),
             token_input: true,
             origins: AllowedOrigins::default(),
+            openapi: true,
         }
     }
 
@@ -222,6 +229,41 @@ impl AdminRouter {
     pub fn without_page(mut self) -> Self {
         self.page = None;
         self
+    }
+
+    /// Leaves out the route serving the OpenAPI document ([`OPENAPI_PATH`]); the document
+    /// is still had from [`openapi`](Self::openapi), e.g. to serve it elsewhere or to merge
+    /// it into an application's own.
+    pub fn without_openapi(mut self) -> Self {
+        self.openapi = false;
+        self
+    }
+
+    /// The router's OpenAPI 3.1 document (utoipa's [`OpenApi`](utoipa::openapi::OpenApi),
+    /// which serializes with serde): every route [`into_router`](Self::into_router) serves
+    /// but the Integration page's (HTML, not JSON), their parameters, bodies and answers, the
+    /// errors included, and the bearer scheme. Its paths start with `/admin/`, as the
+    /// router's; it names no server (the router serves it with its prefix as the server when
+    /// nested).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
+    /// use tower_api_key::admin::{AdminRouter, AdminToken};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let admin = AdminRouter::new(manager, AdminToken::new("operator-token-0123456789")?);
+    /// let document = admin.openapi();
+    /// assert!(document.paths.paths.contains_key("/admin/accounts/{account}/keys"));
+    /// let json = document.to_pretty_json()?;
+    /// assert!(json.contains(r#""openapi": "3.1.0""#));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        openapi::document_of(self.openapi)
     }
 
     /// Hides the page's "Admin token" input, for an [`AdminAuthorizer`] that reads the
@@ -317,6 +359,11 @@ impl AdminRouter {
     where
         S: Clone + Send + Sync + 'static,
     {
+        let openapi = if self.openapi {
+            openapi::routes(self.openapi())
+        } else {
+            Router::new()
+        };
         let admin = Arc::new(Admin {
             manager: self.manager,
             authorizer: self.authorizer,
@@ -349,6 +396,7 @@ impl AdminRouter {
                 get(handlers::account_usage),
             )
             .merge(page)
+            .merge(openapi)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.body_limit))
             .layer(from_fn_with_state(
@@ -382,6 +430,7 @@ impl fmt::Debug for AdminRouter {
             .field("body_limit", &self.body_limit)
             .field("page", &self.page)
             .field("allowed_origins", &self.origins)
+            .field("openapi", &self.openapi)
             .finish_non_exhaustive()
     }
 }
