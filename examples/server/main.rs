@@ -19,6 +19,7 @@
 //! | `GET`, `PATCH` and `DELETE /admin/accounts/{account}/keys/{id}` | admin |
 //! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
 //! | `GET /admin/accounts/{account}/keys/{id}/usage`, `GET /admin/accounts/{account}/usage` | admin |
+//! | `GET /admin/openapi.json` (the admin API's OpenAPI 3.1 document) | open |
 //!
 //! The admin routes are the crate's `tower_api_key::admin` router (feature `admin`; its
 //! rustdoc has the JSON contract): create takes an optional

@@ -13,6 +13,7 @@
 //! | `DELETE /admin/accounts/{account}/keys/{id}` | 204 |
 //! | `GET /admin/accounts/{account}/keys/{id}/usage` | 200 the key's usage |
 //! | `GET /admin/accounts/{account}/usage` | 200 the account's usage (every key's, deleted ones included) |
+//! | `GET /admin/openapi.json` | 200 the [OpenAPI document](#openapi) of these routes, to any caller (no credentials) |
 //!
 //! A record is `{"id", "account_id", "prefix", "status" ("active" or "inactive"),
 //! "created_at", "last_used_at", "requests_24h", "name", "scopes", "expires_at",
@@ -84,6 +85,25 @@
 //!
 //! Every answer carries `Cache-Control: no-store`: create and rotate answer with a plaintext
 //! key.
+//!
+//! # OpenAPI
+//!
+//! The router describes itself in an OpenAPI 3.1 document, generated with
+//! [utoipa](https://docs.rs/utoipa/5) from the handlers' own request and answer types (so it
+//! says what the code reads and writes): every route above, its parameters, its body (with the
+//! policy's bounds: `expires_in_seconds` 1 to 315360000, a rate limit's `requests` 1 to
+//! 1000000 per 1 to 86400 `per_seconds`, a quota's `requests` 1 to 1000000000 per `day` or
+//! `month`, `grace_seconds` 0 to 604800, 1 to 32 `allowed_ips`; unknown members refused, and
+//! in an update `null` allowed), its answers and the errors it can give (409 on create only,
+//! 413 on the routes that take a body, 415 and the cross-site 403 on changes), and the bearer
+//! scheme. Nothing in the router answers 429, so the document declares none. The Integration
+//! page's routes are left out: they serve HTML, a script and a style sheet, not JSON.
+//!
+//! It is served at [`OPENAPI_PATH`] (`GET /admin/openapi.json`), to any caller: it holds no
+//! secret. Its paths start with `/admin/`, as the router's; nested under a prefix
+//! (`Router::nest("/api", …)`), the served document names that prefix as its server.
+//! [`AdminRouter::openapi`] gives the document as a value (to serve it elsewhere, or merge it
+//! into an application's own) and [`AdminRouter::without_openapi`] drops the route.
 //!
 //! **Who may do what** is the [`AdminAuthorizer`]'s to decide: it names the caller
 //! ([`AdminCaller::Operator`] or [`AdminCaller::Tenant`]) and is asked about each

@@ -285,3 +285,14 @@ async fn the_demo_counts_a_keys_requests_and_shows_them_once_flushed() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.text(), r#"{"error":"granularity must be hour or day"}"#);
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_credentials() {
+    let server = Launch::new().start().await;
+    let reply = server.get("/admin/openapi.json").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.content_type().starts_with("application/json"));
+    let document = reply.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/admin/accounts/{account}/keys"]["post"].is_object());
+}
