@@ -20,6 +20,7 @@
 //! | `POST /admin/accounts/{account}/keys/{id}/rotate`, `…/revoke`, `…/reactivate` | admin |
 //! | `GET /admin/accounts/{account}/keys/{id}/usage`, `GET /admin/accounts/{account}/usage` | admin |
 //! | `GET /admin/accounts/{account}/events?limit=N&before=ID`: the account's audit trail, newest first | admin |
+//! | `GET /admin/openapi.json` (the admin API's OpenAPI 3.1 document) | open |
 //!
 //! The admin routes are the crate's `tower_api_key::admin` router (feature `admin`; its
 //! rustdoc has the JSON contract): create takes an optional

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::authorize::AdminDenied;
 use crate::manager::ManagerError;
@@ -79,16 +80,19 @@ impl From<crate::policy::PolicyError> for ApiError {
     }
 }
 
+/// The body of every error answer: `{"error": message}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub(crate) struct ErrorBody {
+    error: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Body {
-            error: String,
-        }
         let status = self.status;
         let mut response = (
             status,
-            Json(Body {
+            Json(ErrorBody {
                 error: self.message,
             }),
         )

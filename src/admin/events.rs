@@ -2,6 +2,7 @@
 //! (`{"events": [...]}`, newest first).
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::json::rfc3339;
@@ -47,8 +48,10 @@ pub(crate) fn query_of(query: Option<&str>) -> Result<AuditQuery, ApiError> {
 }
 
 /// `{"events": [...]}`, newest first.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEvents)]
 pub(crate) struct EventList {
+    /// The page's entries, newest first; fewer than `limit` on the last page.
     events: Vec<EventView>,
 }
 
@@ -61,15 +64,35 @@ impl EventList {
 }
 
 /// One entry as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(
+    as = AuditEvent,
+    description = "A change to a key, or an attempt at one that was refused. Never holds a \
+                   secret or a digest."
+)]
 struct EventView {
+    /// The entry's number: later entries have larger ones. Page with `before`.
+    #[schema(minimum = 1)]
     id: u64,
+    /// When the change was made (RFC 3339, UTC, microseconds).
+    #[schema(format = DateTime)]
     at: String,
+    #[schema(value_type = super::openapi::AuditAction)]
     action: &'static str,
+    /// The key; `null` for a create that was refused (no key was made).
+    #[schema(required, format = "uuid")]
     key_id: Option<String>,
+    /// The key's prefix after the change (a rotation's new one, a deleted key's last one);
+    /// `null` where `key_id` is.
+    #[schema(required)]
     prefix: Option<String>,
+    /// Who: the name the authorizer gives the caller (`operator`, `tenant:ACCOUNT`).
     actor: String,
+    #[schema(value_type = super::openapi::AuditOutcome)]
     outcome: &'static str,
+    /// The policy fields a create or update set (a cleared one `null`), as in a key's record;
+    /// a rotation's `grace_seconds`; `{}` for revoke, reactivate and delete.
+    #[schema(value_type = Object)]
     changes: serde_json::Map<String, serde_json::Value>,
 }
 

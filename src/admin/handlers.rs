@@ -17,10 +17,13 @@ use http::StatusCode;
 use http::request::Parts;
 
 use super::authorize::{AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, AdminOperation};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::event::{AdminAction, AdminEvent};
 use super::events::{self, EventList};
 use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, json_body};
+use super::openapi::{
+    AccountPath, BodyErrors, ChangeErrors, EventsQuery, KeyPath, ReadErrors, UsageQuery,
+};
 use super::usage::{UsageView, range_of};
 use crate::audit::{Actor, AuditAction, AuditChanges};
 use crate::manager::{KeyInfo, KeyManager, ManagerError};
@@ -264,6 +267,9 @@ impl Admin {
     }
 }
 
+#[utoipa::path(get, path = "/admin/accounts/{account}/keys", tag = "keys", summary = "The account's keys, oldest first",
+    params(AccountPath),
+    responses((status = OK, description = "The keys", body = KeyList), ReadErrors))]
 pub(crate) async fn list_keys(
     State(admin): Shared,
     request: Request,
@@ -286,6 +292,12 @@ pub(crate) async fn list_keys(
     }))
 }
 
+#[utoipa::path(post, path = "/admin/accounts/{account}/keys", tag = "keys", summary = "Creates a key",
+    params(AccountPath), request_body = Option<CreateBody>,
+    responses(
+        (status = CREATED, description = "The key, with `key` (the plaintext, shown once)", body = KeyView),
+        (status = CONFLICT, description = "The account holds its limit of keys", body = ErrorBody),
+        BodyErrors))]
 pub(crate) async fn create_key(
     State(admin): Shared,
     request: Request,
@@ -314,6 +326,8 @@ pub(crate) async fn create_key(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/admin/accounts/{account}/keys/{id}", tag = "keys", summary = "A key",
+    params(KeyPath), responses((status = OK, description = "The key", body = KeyView), ReadErrors))]
 pub(crate) async fn get_key(
     State(admin): Shared,
     request: Request,
@@ -334,6 +348,10 @@ async fn read_key(
     Ok(Json(admin.view(info).await))
 }
 
+#[utoipa::path(patch, path = "/admin/accounts/{account}/keys/{id}", tag = "keys",
+    summary = "Changes a key's policy: `null` clears a field, an absent one is kept",
+    params(KeyPath), request_body = Option<UpdateBody>,
+    responses((status = OK, description = "The key", body = KeyView), BodyErrors))]
 pub(crate) async fn update_key(
     State(admin): Shared,
     request: Request,
@@ -367,6 +385,10 @@ pub(crate) async fn update_key(
     Ok(Json(admin.view(updated).await))
 }
 
+#[utoipa::path(post, path = "/admin/accounts/{account}/keys/{id}/rotate", tag = "keys",
+    summary = "Gives a key a new secret, the old one working for a grace period",
+    params(KeyPath), request_body = Option<RotateBody>,
+    responses((status = OK, description = "The key, with `key` (the new plaintext, shown once)", body = KeyView), BodyErrors))]
 pub(crate) async fn rotate_key(
     State(admin): Shared,
     request: Request,
@@ -395,10 +417,14 @@ pub(crate) async fn rotate_key(
     Ok(Json(KeyView::with_key(rotated, requests, used)))
 }
 
+#[utoipa::path(post, path = "/admin/accounts/{account}/keys/{id}/revoke", tag = "keys", summary = "Revokes a key",
+    params(KeyPath), responses((status = OK, description = "The key", body = KeyView), ChangeErrors))]
 pub(crate) async fn revoke_key(admin: Shared, request: Request) -> Result<Json<KeyView>, ApiError> {
     set_status(admin, request, AdminAction::Revoked).await
 }
 
+#[utoipa::path(post, path = "/admin/accounts/{account}/keys/{id}/reactivate", tag = "keys", summary = "Reactivates a revoked key",
+    params(KeyPath), responses((status = OK, description = "The key", body = KeyView), ChangeErrors))]
 pub(crate) async fn reactivate_key(
     admin: Shared,
     request: Request,
@@ -439,6 +465,8 @@ async fn set_status(
     Ok(Json(admin.view(info).await))
 }
 
+#[utoipa::path(delete, path = "/admin/accounts/{account}/keys/{id}", tag = "keys", summary = "Deletes a key",
+    params(KeyPath), responses((status = NO_CONTENT, description = "Deleted"), ChangeErrors))]
 pub(crate) async fn delete_key(
     State(admin): Shared,
     request: Request,
@@ -471,6 +499,8 @@ pub(crate) async fn delete_key(
 }
 
 /// `GET …/keys/{id}/usage`: one key's requests per bucket.
+#[utoipa::path(get, path = "/admin/accounts/{account}/keys/{id}/usage", tag = "usage", summary = "A key's requests per bucket",
+    params(KeyPath, UsageQuery), responses((status = OK, description = "The key's usage", body = UsageView), ReadErrors))]
 pub(crate) async fn key_usage(
     State(admin): Shared,
     request: Request,
@@ -490,6 +520,9 @@ pub(crate) async fn key_usage(
 
 /// `GET /admin/accounts/{account}/usage`: the account's requests per bucket, every key's
 /// (deleted ones included) added up.
+#[utoipa::path(get, path = "/admin/accounts/{account}/usage", tag = "usage",
+    summary = "The account's requests per bucket, every key's (deleted ones included)",
+    params(AccountPath, UsageQuery), responses((status = OK, description = "The account's usage", body = UsageView), ReadErrors))]
 pub(crate) async fn account_usage(
     State(admin): Shared,
     request: Request,
@@ -505,6 +538,9 @@ pub(crate) async fn account_usage(
 }
 
 /// `GET /admin/accounts/{account}/events`: the account's audit trail, newest first.
+#[utoipa::path(get, path = "/admin/accounts/{account}/events", tag = "audit",
+    summary = "The account's audit trail, newest first: every change and every refused change",
+    params(AccountPath, EventsQuery), responses((status = OK, description = "A page of the trail", body = EventList), ReadErrors))]
 pub(crate) async fn account_events(
     State(admin): Shared,
     request: Request,

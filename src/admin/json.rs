@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::manager::{CreatedKey, KeyInfo};
@@ -26,28 +27,61 @@ use crate::policy::{
 /// A key as the admin API shows it; `key` (the plaintext) only right after create and
 /// rotate, the previous key's fields only while a rotation's grace period lasts. No `Debug`:
 /// it may hold a plaintext key.
-#[derive(Serialize)]
+///
+/// Its schema (`Key` in the OpenAPI document) is derived from these fields: a field that is
+/// always written is required, and may be `null` if it is an `Option`.
+#[derive(Serialize, ToSchema)]
+#[schema(
+    as = Key,
+    description = "A key's record, times in RFC 3339 (UTC, microseconds). `key` (the plaintext) \
+                   only in the answers of create and rotate; `previous_prefix` and \
+                   `previous_expires_at` only while a rotation's grace period lasts."
+)]
 pub(crate) struct KeyView {
+    #[schema(format = "uuid")]
     id: String,
     account_id: String,
     prefix: String,
+    /// The plaintext key, only in the answers of create and rotate: shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     key: Option<String>,
+    #[schema(value_type = super::openapi::KeyStatus)]
     status: &'static str,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(required, format = DateTime)]
     last_used_at: Option<String>,
+    /// Accepted requests in the last 24 hourly buckets; `null` if they couldn't be read.
+    #[schema(required)]
     requests_24h: Option<u64>,
+    #[schema(required)]
     name: Option<String>,
+    /// `null`: unrestricted.
+    #[schema(required)]
     scopes: Option<Vec<String>>,
+    #[schema(required, format = DateTime)]
     expires_at: Option<String>,
+    #[schema(required)]
     rate_limit: Option<RateLimitJson>,
+    #[schema(required)]
     quota: Option<QuotaJson>,
+    /// Accepted requests in the quota's current period; `null` without a quota or if they
+    /// couldn't be read.
+    #[schema(required)]
     quota_used: Option<u64>,
+    /// Normalized CIDR blocks, sorted; `null`: any address.
+    #[schema(required)]
     allowed_ips: Option<Vec<String>>,
+    #[schema(required, value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The old key's prefix, while a rotation's grace period lasts.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     previous_prefix: Option<String>,
+    /// When the old key stops working, while a rotation's grace period lasts.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false, format = DateTime)]
     previous_expires_at: Option<String>,
 }
 
@@ -96,7 +130,7 @@ impl KeyView {
 }
 
 /// `{"keys": [...]}`, oldest first.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct KeyList {
     pub(crate) keys: Vec<KeyView>,
 }
@@ -174,10 +208,16 @@ fn parse_rfc3339(field: &str, text: &str) -> Result<SystemTime, ApiError> {
 
 /// A rate limit as answered and read: `{"requests": 5, "per_seconds": 2}`. Both members are
 /// required and nothing else is allowed; they are read as any integer, so that a negative or
-/// too large one gets the rate limit's own message.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+/// too large one gets the rate limit's own message (the schema gives the bounds).
+#[derive(Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(
+    as = RateLimit,
+    description = "A rate limit: `requests` per `per_seconds` seconds."
+)]
 pub(crate) struct RateLimitJson {
+    #[schema(minimum = 1, maximum = 1_000_000)]
     requests: i64,
+    #[schema(minimum = 1, maximum = 86_400)]
     per_seconds: i64,
 }
 
@@ -222,10 +262,17 @@ impl RateLimitJson {
 
 /// A quota as answered and read: `{"requests": 1000, "period": "day"}`. Both members are
 /// required and nothing else is allowed; `requests` is read as any integer and `period` as any
-/// string, so that a value out of range gets the quota's own message.
-#[derive(Debug, PartialEq, Eq, Serialize)]
+/// string, so that a value out of range gets the quota's own message (the schema gives the
+/// bounds).
+#[derive(Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(
+    as = Quota,
+    description = "A quota: at most `requests` accepted requests per UTC calendar `period`."
+)]
 pub(crate) struct QuotaJson {
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     requests: i64,
+    #[schema(value_type = super::openapi::QuotaPeriod)]
     period: String,
 }
 
@@ -375,17 +422,27 @@ fn truncate(text: &str, chars: usize) -> &str {
 
 // ===== request bodies =====
 
-/// The body of `POST …/keys`; every field optional.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `POST …/keys`; every field optional, `null` the same as absent.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateKey)]
 pub(crate) struct CreateBody {
+    #[schema(min_length = 1, max_length = 64)]
     name: Option<String>,
+    /// Not with `expires_at`.
+    #[schema(minimum = 1, maximum = 315_360_000)]
     expires_in_seconds: Option<i64>,
+    /// In the future; not with `expires_in_seconds`.
+    #[schema(format = DateTime)]
     expires_at: Option<String>,
     scopes: Option<Vec<String>>,
     rate_limit: Option<RateLimitJson>,
     quota: Option<QuotaJson>,
+    /// IPv4 or IPv6 addresses or CIDR blocks.
+    #[schema(min_items = 1, max_items = 32)]
     allowed_ips: Option<Vec<String>>,
+    /// At most 4 KiB once compact.
+    #[schema(value_type = Option<Object>)]
     metadata: Option<MetadataJson>,
 }
 
@@ -430,23 +487,34 @@ impl CreateBody {
     }
 }
 
-/// The body of `PATCH …/keys/{id}`: an absent field is kept, `null` clears it.
-#[derive(Debug, Default, Deserialize)]
+/// The body of `PATCH …/keys/{id}`: an absent field is kept, `null` clears it (so each field's
+/// schema allows `null`).
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = UpdateKey)]
 pub(crate) struct UpdateBody {
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64)]
     name: Option<Option<String>>,
+    /// May be in the past: that expires the key at once.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
     scopes: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimitJson>)]
     rate_limit: Option<Option<RateLimitJson>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<QuotaJson>)]
     quota: Option<Option<QuotaJson>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 32)]
     allowed_ips: Option<Option<Vec<String>>>,
+    /// Replaces the key's metadata as a whole (no merge).
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Option<MetadataJson>>,
 }
 
@@ -495,9 +563,12 @@ where
 }
 
 /// The body of `POST …/keys/{id}/rotate`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RotateKey)]
 pub(crate) struct RotateBody {
+    /// How long the old key keeps working (default 0).
+    #[schema(minimum = 0, maximum = 604_800)]
     grace_seconds: Option<u64>,
 }
 

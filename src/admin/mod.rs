@@ -13,6 +13,7 @@
 //! | `DELETE /admin/accounts/{account}/keys/{id}` | 204 |
 //! | `GET /admin/accounts/{account}/keys/{id}/usage` | 200 the key's usage |
 //! | `GET /admin/accounts/{account}/usage` | 200 the account's usage (every key's, deleted ones included) |
+//! | `GET /admin/openapi.json` | 200 the [OpenAPI document](#openapi) of these routes, to any caller (no credentials) |
 //!
 //! A record is `{"id", "account_id", "prefix", "status" ("active" or "inactive"),
 //! "created_at", "last_used_at", "requests_24h", "name", "scopes", "expires_at",
@@ -85,6 +86,25 @@
 //! Every answer carries `Cache-Control: no-store`: create and rotate answer with a plaintext
 //! key.
 //!
+//! # OpenAPI
+//!
+//! The router describes itself in an OpenAPI 3.1 document, generated with
+//! [utoipa](https://docs.rs/utoipa/5) from the handlers' own request and answer types (so it
+//! says what the code reads and writes): every route above, its parameters, its body (with the
+//! policy's bounds: `expires_in_seconds` 1 to 315360000, a rate limit's `requests` 1 to
+//! 1000000 per 1 to 86400 `per_seconds`, a quota's `requests` 1 to 1000000000 per `day` or
+//! `month`, `grace_seconds` 0 to 604800, 1 to 32 `allowed_ips`; unknown members refused, and
+//! in an update `null` allowed), its answers and the errors it can give (409 on create only,
+//! 413 on the routes that take a body, 415 and the cross-site 403 on changes), and the bearer
+//! scheme. Nothing in the router answers 429, so the document declares none. The Integration
+//! page's routes are left out: they serve HTML, a script and a style sheet, not JSON.
+//!
+//! It is served at [`OPENAPI_PATH`] (`GET /admin/openapi.json`), to any caller: it holds no
+//! secret. Its paths start with `/admin/`, as the router's; nested under a prefix
+//! (`Router::nest("/api", …)`), the served document names that prefix as its server.
+//! [`AdminRouter::openapi`] gives the document as a value (to serve it elsewhere, or merge it
+//! into an application's own) and [`AdminRouter::without_openapi`] drops the route.
+//!
 //! **Who may do what** is the [`AdminAuthorizer`]'s to decide: it names the caller
 //! ([`AdminCaller::Operator`] or [`AdminCaller::Tenant`]) and is asked about each
 //! [`AdminAttempt`] (the account, the operation and, for create and update, the policy asked
@@ -142,6 +162,7 @@ mod event;
 mod events;
 mod handlers;
 mod json;
+mod openapi;
 mod page;
 mod query;
 mod self_service;
@@ -173,6 +194,10 @@ use page::PageConfig;
 /// Where the Integration page is served unless configured: `/integration`.
 pub const DEFAULT_PAGE_PATH: &str = "/integration";
 
+/// Where the router serves its OpenAPI document, to any caller (it holds no secret):
+/// `/admin/openapi.json`. See [`AdminRouter::openapi`].
+pub const OPENAPI_PATH: &str = openapi::PATH;
+
 /// The largest request body accepted by default: 16 KiB.
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 
@@ -186,6 +211,7 @@ pub struct AdminRouter {
     page: Option<String>,
     token_input: bool,
     origins: AllowedOrigins,
+    openapi: bool,
 }
 
 impl AdminRouter {
@@ -199,6 +225,7 @@ impl AdminRouter {
             page: Some(DEFAULT_PAGE_PATH.to_owned()),
             token_input: true,
             origins: AllowedOrigins::default(),
+            openapi: true,
         }
     }
 
@@ -224,6 +251,41 @@ impl AdminRouter {
     pub fn without_page(mut self) -> Self {
         self.page = None;
         self
+    }
+
+    /// Leaves out the route serving the OpenAPI document ([`OPENAPI_PATH`]); the document
+    /// is still had from [`openapi`](Self::openapi), e.g. to serve it elsewhere or to merge
+    /// it into an application's own.
+    pub fn without_openapi(mut self) -> Self {
+        self.openapi = false;
+        self
+    }
+
+    /// The router's OpenAPI 3.1 document (utoipa's [`OpenApi`](utoipa::openapi::OpenApi),
+    /// which serializes with serde): every route [`into_router`](Self::into_router) serves
+    /// but the Integration page's (HTML, not JSON), their parameters, bodies and answers, the
+    /// errors included, and the bearer scheme. Its paths start with `/admin/`, as the
+    /// router's; it names no server (the router serves it with its prefix as the server when
+    /// nested).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_api_key::{KeyManager, MemoryStore, Pepper};
+    /// use tower_api_key::admin::{AdminRouter, AdminToken};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let manager = KeyManager::new(Arc::new(MemoryStore::new()), Pepper::random()?);
+    /// let admin = AdminRouter::new(manager, AdminToken::new("operator-token-0123456789")?);
+    /// let document = admin.openapi();
+    /// assert!(document.paths.paths.contains_key("/admin/accounts/{account}/keys"));
+    /// let json = document.to_pretty_json()?;
+    /// assert!(json.contains(r#""openapi": "3.1.0""#));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn openapi(&self) -> utoipa::openapi::OpenApi {
+        openapi::document_of(self.openapi)
     }
 
     /// Hides the page's "Admin token" input, for an [`AdminAuthorizer`] that reads the
@@ -319,6 +381,11 @@ impl AdminRouter {
     where
         S: Clone + Send + Sync + 'static,
     {
+        let openapi = if self.openapi {
+            openapi::routes(self.openapi())
+        } else {
+            Router::new()
+        };
         let admin = Arc::new(Admin {
             manager: self.manager,
             authorizer: self.authorizer,
@@ -355,6 +422,7 @@ impl AdminRouter {
                 get(handlers::account_events),
             )
             .merge(page)
+            .merge(openapi)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(DefaultBodyLimit::max(self.body_limit))
             .layer(from_fn_with_state(
@@ -388,6 +456,7 @@ impl fmt::Debug for AdminRouter {
             .field("body_limit", &self.body_limit)
             .field("page", &self.page)
             .field("allowed_origins", &self.origins)
+            .field("openapi", &self.openapi)
             .finish_non_exhaustive()
     }
 }

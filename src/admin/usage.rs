@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::json::{BadTime, read_rfc3339, rfc3339_seconds};
@@ -96,17 +97,24 @@ fn time(field: &str, text: &str) -> Result<SystemTime, ApiError> {
 // ===== answers =====
 
 /// A usage answer: `key_id` for one key's, absent for an account's.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Usage)]
 pub(crate) struct UsageView {
+    /// The key's id, in a key's usage only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false, format = "uuid")]
     key_id: Option<String>,
+    #[schema(value_type = super::openapi::UsageGranularity)]
     granularity: &'static str,
+    /// Every bucket of the range, oldest first, zeros included.
     buckets: Vec<BucketView>,
 }
 
 /// One bucket: when it starts and its counts.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = UsageBucket)]
 struct BucketView {
+    #[schema(format = DateTime)]
     start: String,
     accepted: u64,
     rate_limited: u64,

@@ -349,3 +349,14 @@ async fn the_demo_keeps_an_audit_trail_naming_the_operator_and_tenants() {
     .await;
     assert_eq!(own.status, StatusCode::OK, "{}", own.text());
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_credentials() {
+    let server = Launch::new().start().await;
+    let reply = server.get("/admin/openapi.json").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.content_type().starts_with("application/json"));
+    let document = reply.json();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/admin/accounts/{account}/keys"]["post"].is_object());
+}

@@ -7,6 +7,7 @@ mod bodies;
 mod create;
 mod cross_site;
 mod demo;
+mod openapi;
 mod page;
 mod panics;
 mod policy;
