@@ -24,6 +24,8 @@
 //! - [`invalidation`]: how key changes reach caches before the change returns.
 //! - [`feed`]: how other processes' key changes reach this process's caches (the
 //!   [`ChangeFeed`](feed::ChangeFeed) trait and its fail-closed runner).
+//! - [`audit`]: who changed which key when, and what was refused, kept by the store with
+//!   each change.
 //! - [`usage`]: `last_used_at` and requests per key per hour, recorded off the hot path in
 //!   batches; quotas counted from them.
 //! - [`metrics`]: the layer's counters, renderable for Prometheus.

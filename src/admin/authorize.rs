@@ -113,6 +113,11 @@ pub trait AdminAuthorizer: Send + Sync + 'static {
     ///         named.unwrap_or_else(Actor::operator)
     ///     }
     /// }
+    ///
+    /// let (request, ()) = http::Request::get("/").header("x-operator", "alice").body(())
+    ///     .expect("a request").into_parts();
+    /// let actor = NamedOperators.actor(&AdminCaller::Operator, &request);
+    /// assert_eq!(actor.as_str(), "operator:alice");
     /// ```
     fn actor(&self, caller: &AdminCaller, request: &Parts) -> Actor {
         let _ = request;

@@ -13,6 +13,7 @@
 //! | `DELETE /admin/accounts/{account}/keys/{id}` | 204 |
 //! | `GET /admin/accounts/{account}/keys/{id}/usage` | 200 the key's usage |
 //! | `GET /admin/accounts/{account}/usage` | 200 the account's usage (every key's, deleted ones included) |
+//! | `GET /admin/accounts/{account}/events` | 200 the account's [audit trail](#audit-trail), newest first |
 //! | `GET /admin/openapi.json` | 200 the [OpenAPI document](#openapi) of these routes, to any caller (no credentials) |
 //!
 //! A record is `{"id", "account_id", "prefix", "status" ("active" or "inactive"),
@@ -86,6 +87,27 @@
 //! Every answer carries `Cache-Control: no-store`: create and rotate answer with a plaintext
 //! key.
 //!
+//! # Audit trail
+//!
+//! Every change made through the router is on the account's [audit trail](crate::audit),
+//! written by the store with the change, with who made it: the name
+//! [`AdminAuthorizer::actor`] gives the caller (`operator`, `tenant:ACCOUNT` by default).
+//! What the authorizer refuses ([`AdminDenied::NotAllowed`], 403) and a create at the
+//! account's limit (409) are recorded too, as `refused`, with the key (if the attempt named
+//! one of the account's) and the fields asked for; reads, unknown callers (401) and accounts
+//! the caller may not manage (404) are not.
+//!
+//! `GET /admin/accounts/{account}/events?limit=N&before=ID` answers `{"events": [{"id",
+//! "at", "action", "key_id", "prefix", "actor", "outcome", "changes"}, …]}`, newest first:
+//! `id` the entry's number (the next page is `before` the last one's), `at` RFC 3339 (UTC,
+//! microseconds), `action` one of `create`, `update`, `rotate`, `revoke`, `reactivate`,
+//! `delete`, `key_id` and `prefix` (after the change) or `null` for a refused create,
+//! `outcome` `done` or `refused`, `changes` the policy fields set as in a record (a cleared
+//! one `null`; see [`AuditChanges`](crate::audit::AuditChanges)). `limit` is 1 to 500
+//! (default 50), each parameter at most once and nothing else (400). Entries older than the
+//! manager's [retention](crate::KeyManager::with_audit_retention) are not shown. A tenant
+//! reads its own account's trail.
+//!
 //! # OpenAPI
 //!
 //! The router describes itself in an OpenAPI 3.1 document, generated with
@@ -125,8 +147,9 @@
 //! API above. It is served with a strict `Content-Security-Policy`
 //! (`frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and `X-Frame-Options: DENY`.
 //!
-//! Each change is logged once, by the manager (`tracing`, `info`, with account and prefix);
-//! [`AdminRouter::on_event`] adds a hook for an audit trail.
+//! Each change is logged once, by the manager (`tracing`, `info`, with account and prefix),
+//! and recorded on the audit trail; [`AdminRouter::on_event`] adds a hook for shipping
+//! changes elsewhere (a webhook, a SIEM).
 //!
 //! ```
 //! use std::sync::Arc;
