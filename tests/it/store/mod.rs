@@ -6,12 +6,24 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-use tower_api_key::audit::{Actor, AuditAction, AuditNote};
+use std::time::SystemTime;
+
+use tower_api_key::audit::{Actor, AuditAction, AuditChanges, AuditNote};
 
 /// An audit note for a store call a test makes itself (the stores' audit tests make their
-/// own).
+/// own, with [`note_of`]).
 pub(crate) fn note() -> AuditNote {
     AuditNote::now(Actor::system(), AuditAction::Update)
+}
+
+/// A note of `action` by `actor` at `at`, setting `changes`.
+pub(crate) fn note_of(
+    at: SystemTime,
+    actor: &str,
+    action: AuditAction,
+    changes: AuditChanges,
+) -> AuditNote {
+    AuditNote::new(at, Actor::new(actor).expect("actor"), action, changes)
 }
 
 /// What the SQL stores' own tests share: the records they write and the checks they make.
