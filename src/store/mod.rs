@@ -465,8 +465,8 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
 
     /// The account's entries that `query` admits ([`AuditQuery::admits`]), newest (highest
-    /// [`AuditId`](crate::audit::AuditId)) first, at most `query.limit` of them. Every process using the store
-    /// reads one trail.
+    /// [`AuditId`](crate::audit::AuditId)) first, at most `query.limit` of them. Every
+    /// process using the store reads one trail.
     async fn audit_trail(
         &self,
         account: &AccountId,

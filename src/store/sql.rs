@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::types::time::OffsetDateTime;
 
 use super::counts::{Hour, UsageDelta, UsageRow};
-use super::{AccountId, KeyRecord, KeyStatus, PreviousKey, StoreError};
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, PreviousKey, StoreError};
+use crate::audit::{Actor, AuditChanges, AuditEntry, AuditEvent, AuditId, AuditQuery};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{
     AllowedIps, KeyName, Metadata, PolicyUpdate, Quota, QuotaPeriod, RateLimit, Scopes,
@@ -635,6 +636,150 @@ impl<Id: Into<uuid::Uuid>> RawUsage<Id> {
             self.rate_limited,
             self.refused,
         ))
+    }
+}
+
+// ===== audit =====
+
+/// The binds of an insert of one entry into `tower_api_keys_audit`, in the order of the
+/// columns `at`, `account_id`, `key_id`, `prefix`, `action`, `actor`, `outcome` and
+/// `changes`. `key_id` and `time` say how this database keeps a key id and a time.
+pub(crate) fn bind_entry<'q, DB, K, T>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
+    entry: &'q AuditEntry,
+    key_id: impl Fn(KeyId) -> K,
+    time: impl Fn(SystemTime) -> Result<T, StoreError>,
+) -> Result<sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>, StoreError>
+where
+    DB: sqlx::Database,
+    T: sqlx::Encode<'q, DB> + sqlx::Type<DB> + 'q,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<K>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    K: 'q,
+{
+    Ok(query
+        .bind(time(entry.at)?)
+        .bind(entry.account.as_str())
+        .bind(entry.key_id.map(key_id))
+        .bind(entry.prefix.as_ref().map(KeyPrefix::as_str))
+        .bind(entry.action.as_str())
+        .bind(entry.actor.as_str())
+        .bind(entry.outcome.as_str())
+        .bind(entry.changes.to_json()))
+}
+
+/// A page of `account`'s trail, read with `statement`: its binds are the account, the
+/// number the entries are below (`i64::MAX` without `before`: every number a database hands
+/// out is below it), `since` as this database keeps a time, and the most entries to read.
+pub(crate) async fn audit_page<DB, Id, Time, T>(
+    pool: &sqlx::Pool<DB>,
+    statement: &'static str,
+    account: &AccountId,
+    query: &AuditQuery,
+    since: T,
+) -> Result<Vec<AuditEvent>, StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> T: sqlx::Encode<'q, DB> + sqlx::Type<DB> + Send + 'q,
+    for<'r> RawAudit<Id, Time>: sqlx::FromRow<'r, DB::Row>,
+    RawAudit<Id, Time>: Send + Unpin,
+    Id: Into<uuid::Uuid>,
+    Time: StoredTime,
+{
+    let before = query
+        .before
+        .map_or(i64::MAX, |id| i64::try_from(id.get()).unwrap_or(i64::MAX));
+    let rows: Vec<RawAudit<Id, Time>> = sqlx::query_as(statement)
+        .bind(account.as_str())
+        .bind(before)
+        .bind(since)
+        .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)?;
+    rows.into_iter().map(RawAudit::into_event).collect()
+}
+
+/// A row of `tower_api_keys_audit` as the database keeps it (the key id as `Id`, the time
+/// as `Time`), checked on the way back in. Read with `query_as` from the columns `id`, `at`,
+/// `account_id`, `key_id`, `prefix`, `action`, `actor`, `outcome` and `changes`.
+pub(crate) struct RawAudit<Id, Time> {
+    id: i64,
+    at: Time,
+    account_id: String,
+    key_id: Option<Id>,
+    prefix: Option<String>,
+    action: String,
+    actor: String,
+    outcome: String,
+    changes: String,
+}
+
+impl<'r, R, Id, Time> sqlx::FromRow<'r, R> for RawAudit<Id, Time>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    Id: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Time: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            at: row.try_get("at")?,
+            account_id: row.try_get("account_id")?,
+            key_id: row.try_get("key_id")?,
+            prefix: row.try_get("prefix")?,
+            action: row.try_get("action")?,
+            actor: row.try_get("actor")?,
+            outcome: row.try_get("outcome")?,
+            changes: row.try_get("changes")?,
+        })
+    }
+}
+
+impl<Id: Into<uuid::Uuid>, Time: StoredTime> RawAudit<Id, Time> {
+    /// The entry, or an error naming the column that isn't what the store writes (a row
+    /// edited by hand).
+    pub(crate) fn into_event(self) -> Result<AuditEvent, StoreError> {
+        let id = self.id;
+        let corrupt = |column: &str| {
+            StoreError::unavailable(format!("stored audit entry {id} has an invalid {column}"))
+        };
+        let number = u64::try_from(id)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| corrupt("id"))?;
+        let key = match (self.key_id, self.prefix) {
+            (None, None) => None,
+            (Some(key_id), Some(prefix)) => Some((
+                KeyId::from_uuid(key_id.into()),
+                prefix.parse::<KeyPrefix>().map_err(|_| corrupt("prefix"))?,
+            )),
+            _ => {
+                return Err(corrupt(
+                    "key (key_id and prefix must be both set or both NULL)",
+                ));
+            }
+        };
+        let entry = AuditEntry {
+            at: self.at.into_time().ok_or_else(|| corrupt("at"))?,
+            account: AccountId::new(&self.account_id).map_err(|_| corrupt("account_id"))?,
+            key_id: key.map(|(id, _)| id),
+            prefix: key.map(|(_, prefix)| prefix),
+            action: self.action.parse().map_err(|_| corrupt("action"))?,
+            actor: Actor::new(&self.actor).map_err(|_| corrupt("actor"))?,
+            outcome: self.outcome.parse().map_err(|_| corrupt("outcome"))?,
+            changes: AuditChanges::from_json(&self.changes).map_err(|_| corrupt("changes"))?,
+        };
+        Ok(AuditEvent::new(AuditId::new(number), entry))
     }
 }
 

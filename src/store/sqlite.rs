@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "key quota, address allowlist and metadata",
         sql: include_str!("../../migrations/sqlite/0005_allowlist_metadata_quota.sql"),
     },
+    Migration {
+        version: 6,
+        description: "audit trail",
+        sql: include_str!("../../migrations/sqlite/0006_audit.sql"),
+    },
 ];
 
 /// A row as stored: the id as hyphenated text, times as integer microseconds, scopes joined
@@ -97,6 +102,19 @@ const USAGE: &str = "SELECT key_id, hour, accepted, rate_limited, refused FROM t
 /// Deletes the counts of the hours before `?1`, through the index on `hour`.
 const PRUNE_USAGE: &str = "DELETE FROM tower_api_keys_usage WHERE hour < ?1";
 
+/// Writes one audit entry (binds: [`sql::bind_entry`]'s, in order).
+const INSERT_AUDIT: &str = "INSERT INTO tower_api_keys_audit
+     (at_us, account_id, key_id, prefix, action, actor, outcome, changes)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// A page of account `?1`'s trail: entries numbered below `?2`, recorded at `?3` or later,
+/// newest first, at most `?4`; a slice of the index on (account, id).
+const AUDIT_TRAIL: &str = "SELECT id, at_us AS at, account_id, key_id, prefix, action, actor,
+            outcome, changes
+     FROM tower_api_keys_audit
+     WHERE account_id = ?1 AND id < ?2 AND at_us >= ?3
+     ORDER BY id DESC LIMIT ?4";
+
 /// Rows of `tower_api_keys_usage` per upsert statement: six bound values each, well under
 /// SQLite's limit of 32,766.
 const UPSERT_ROWS: usize = 500;
@@ -127,10 +145,12 @@ fn upsert_usage(rows: usize) -> String {
 
 /// Keeps key records in a SQLite database file: keys survive restarts of a single process.
 ///
-/// - **Schema**: two tables, `tower_api_keys` (the keys) and `tower_api_keys_usage` (their
+/// - **Schema**: three tables, `tower_api_keys` (the keys), `tower_api_keys_usage` (their
 ///   hourly counts: one row per account, UTC hour as an integer index and key; no foreign
-///   key, so a deleted key keeps its counts), created by [`migrate`](Self::migrate) (never
-///   implicitly). A flush's counts are added in the same `BEGIN IMMEDIATE` transaction as its
+///   key, so a deleted key keeps its counts) and `tower_api_keys_audit` (the audit trail:
+///   numbered by `AUTOINCREMENT`, so no number comes back after pruning; no foreign key
+///   either), created by [`migrate`](Self::migrate) (never implicitly). Every change writes
+///   its audit entry in its own `BEGIN IMMEDIATE` transaction. A flush's counts are added in the same `BEGIN IMMEDIATE` transaction as its
 ///   `last_used_at` updates. Keys are stored as keyed digests, never in plaintext; times as
 ///   integer microseconds since the Unix epoch; scopes as one text column, joined by single
 ///   spaces (`''` is the empty set, `NULL` unrestricted). A prefix is unique across the
@@ -270,6 +290,38 @@ async fn prefix_taken(
         .map_err(sql::store_error)
 }
 
+/// Writes `entry` to the trail through `executor`: the pool, or a change's transaction.
+async fn write_entry<'e>(
+    executor: impl sqlx::Executor<'e, Database = Sqlite>,
+    entry: &AuditEntry,
+) -> Result<(), StoreError> {
+    sql::bind_entry(
+        sqlx::query(INSERT_AUDIT),
+        entry,
+        |id| id.to_string(),
+        sql::to_micros,
+    )?
+    .execute(executor)
+    .await
+    .map_err(sql::store_error)?;
+    Ok(())
+}
+
+/// Commits `tx` after writing `audit`'s entry for `row`, the key a change returned; without
+/// a key nothing changed, and `tx` is rolled back.
+async fn commit_audited(
+    mut tx: Transaction<'static, Sqlite>,
+    row: Option<Row>,
+    audit: &AuditNote,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let Some(record) = row.map(Row::into_record).transpose()? else {
+        return Ok(None);
+    };
+    write_entry(&mut *tx, &audit.done(&record)).await?;
+    tx.commit().await.map_err(sql::store_error)?;
+    Ok(Some(record))
+}
+
 /// An optional time as SQLite keeps it.
 fn micros(at: Option<SystemTime>) -> Result<Option<i64>, StoreError> {
     at.map(sql::to_micros).transpose()
@@ -281,7 +333,7 @@ impl KeyStore for SqliteStore {
         &self,
         record: KeyRecord,
         limit: usize,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<(), StoreError> {
         let previous = record.previous.as_ref();
         let (requests, per_seconds) = sql::rate_limit_columns(record.rate_limit);
@@ -332,6 +384,7 @@ impl KeyStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(sql::store_error)?;
+        write_entry(&mut *tx, &audit.done(&record)).await?;
         tx.commit().await.map_err(sql::store_error)
     }
 
@@ -370,8 +423,9 @@ impl KeyStore for SqliteStore {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut tx = self.begin_immediate().await?;
         let row = sqlx::query_as::<_, Row>(concat!(
             "UPDATE tower_api_keys SET status = ?3 WHERE id = ?1 AND account_id = ?2 RETURNING ",
             columns!()
@@ -379,10 +433,10 @@ impl KeyStore for SqliteStore {
         .bind(id.to_string())
         .bind(account.as_str())
         .bind(status.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(sql::store_error)?;
-        row.map(Row::into_record).transpose()
+        commit_audited(tx, row, audit).await
     }
 
     async fn replace_key(
@@ -392,7 +446,7 @@ impl KeyStore for SqliteStore {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin_immediate().await?;
         let before = sqlx::query_as::<_, Row>(select_where!("id = ?1 AND account_id = ?2"))
@@ -425,6 +479,7 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(sql::store_error)?
         .into_record()?;
+        write_entry(&mut *tx, &audit.done(&after)).await?;
         tx.commit().await.map_err(sql::store_error)?;
         Ok(Some(Rotated { before, after }))
     }
@@ -434,7 +489,7 @@ impl KeyStore for SqliteStore {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         // For each field: whether to set it, then its new value (NULL clears it).
         let query = sqlx::query_as::<_, Row>(concat!(
@@ -453,45 +508,61 @@ impl KeyStore for SqliteStore {
         ))
         .bind(id.to_string())
         .bind(account.as_str());
-        let row = sql::bind_policy(query, update, sql::joined_scopes, sql::to_micros)?
-            .fetch_optional(&self.pool)
+        let query = sql::bind_policy(query, update, sql::joined_scopes, sql::to_micros)?;
+        let mut tx = self.begin_immediate().await?;
+        let row = query
+            .fetch_optional(&mut *tx)
             .await
             .map_err(sql::store_error)?;
-        row.map(Row::into_record).transpose()
+        commit_audited(tx, row, audit).await
     }
 
     async fn delete(
         &self,
         account: &AccountId,
         id: KeyId,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut tx = self.begin_immediate().await?;
         let row = sqlx::query_as::<_, Row>(concat!(
             "DELETE FROM tower_api_keys WHERE id = ?1 AND account_id = ?2 RETURNING ",
             columns!()
         ))
         .bind(id.to_string())
         .bind(account.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(sql::store_error)?;
-        row.map(Row::into_record).transpose()
+        commit_audited(tx, row, audit).await
     }
 
-    async fn append_audit(&self, _entry: &AuditEntry) -> Result<(), StoreError> {
-        Err(StoreError::unavailable("audit trail not written yet"))
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        write_entry(&self.pool, entry).await
     }
 
     async fn audit_trail(
         &self,
-        _account: &AccountId,
-        _query: &AuditQuery,
+        account: &AccountId,
+        query: &AuditQuery,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        Err(StoreError::unavailable("audit trail not written yet"))
+        let since = sql::to_micros(query.since)?;
+        sql::audit_page::<_, uuid::fmt::Hyphenated, i64, _>(
+            &self.pool,
+            AUDIT_TRAIL,
+            account,
+            query,
+            since,
+        )
+        .await
     }
 
-    async fn prune_audit(&self, _before: SystemTime) -> Result<u64, StoreError> {
-        Err(StoreError::unavailable("audit trail not written yet"))
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tower_api_keys_audit WHERE at_us < ?1")
+            .bind(sql::to_micros(before)?)
+            .execute(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {

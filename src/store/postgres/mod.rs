@@ -69,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "last_used_at in a table of its own; room for HOT updates of usage rows",
         sql: include_str!("../../../migrations/postgres/0007_last_used_table.sql"),
     },
+    Migration {
+        version: 8,
+        description: "audit trail",
+        sql: include_str!("../../../migrations/postgres/0008_audit.sql"),
+    },
 ];
 
 /// A flush's counts (`$1` to `$6`: account, hour, key and the three sums, one row per
@@ -109,6 +114,45 @@ const INSERT_MISSING_COUNTS: &str = concat!(
        WHERE t.account_id = d.account_id AND t.hour = d.hour AND t.key_id = d.key_id)"
 );
 
+/// Writes one audit entry (binds: [`sql::bind_entry`]'s, in order).
+const INSERT_AUDIT: &str = "INSERT INTO tower_api_keys_audit
+     (at, account_id, key_id, prefix, action, actor, outcome, changes)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// A page of account `$1`'s trail: entries numbered below `$2`, recorded at `$3` or later,
+/// newest first, at most `$4`; a slice of the index on (account, id).
+const AUDIT_TRAIL: &str = "SELECT id, at, account_id, key_id, prefix, action, actor, outcome,
+            changes
+     FROM tower_api_keys_audit
+     WHERE account_id = $1 AND id < $2 AND at >= $3
+     ORDER BY id DESC LIMIT $4";
+
+/// `$change`, a statement that changes one key and returns its [`columns!`], made to write
+/// the change's audit entry too, in the same statement: a data-modifying `WITH` runs once
+/// and commits (or fails) with the statement, and writes nothing if the change met no key.
+/// The entry names the key as the change left it (account, id, prefix: a deleted key's
+/// last), outcome `done`; the other four placeholders, bound by [`bind_note`] after the
+/// change's own binds, are the note's time, action, actor and changes.
+macro_rules! audited {
+    ($change:expr, $at:literal, $action:literal, $actor:literal, $changes:literal) => {
+        concat!(
+            "WITH changed AS (",
+            $change,
+            "), logged AS (INSERT INTO tower_api_keys_audit \
+               (at, account_id, key_id, prefix, action, actor, outcome, changes) \
+             SELECT ",
+            $at,
+            "::timestamptz, account_id, id, prefix, ",
+            $action,
+            "::text, ",
+            $actor,
+            "::text, 'done', ",
+            $changes,
+            "::text FROM changed) SELECT * FROM changed"
+        )
+    };
+}
+
 /// The oldest PostgreSQL this crate supports (as documented on [`PostgresStore`]).
 const MIN_SERVER_VERSION: i32 = 140_000;
 
@@ -135,9 +179,13 @@ macro_rules! columns {
 /// Keeps key records in PostgreSQL (14 or newer): any number of processes can share one
 /// database.
 ///
-/// - **Schema**: three tables, `tower_api_keys` (the keys), `tower_api_keys_last_used` (each
-///   key's `last_used_at`) and `tower_api_keys_usage` (their hourly counts), created by
-///   [`migrate`](Self::migrate) (never implicitly). Keys are
+/// - **Schema**: four tables, `tower_api_keys` (the keys), `tower_api_keys_last_used` (each
+///   key's `last_used_at`), `tower_api_keys_usage` (their hourly counts) and
+///   `tower_api_keys_audit` (the audit trail, numbered from one identity sequence all
+///   processes share, no foreign key), created by [`migrate`](Self::migrate) (never
+///   implicitly). A change writes its audit entry in its own transaction or, for a status,
+///   policy or deletion, in its own statement (a data-modifying `WITH`); entries notify
+///   nothing. Keys are
 ///   stored as keyed digests, never in plaintext. A prefix is unique
 ///   across the current (`prefix`) and previous (`previous_prefix`) prefixes of all keys:
 ///   each column has a `UNIQUE` constraint, and every write that gives out a prefix holds a
@@ -321,6 +369,36 @@ fn timestamp(at: Option<SystemTime>) -> Result<Option<OffsetDateTime>, StoreErro
     at.map(sql::to_timestamp).transpose()
 }
 
+/// Binds `audit`'s time, action, actor and changes, in that order, after a change's own
+/// binds: the placeholders [`audited!`] leaves.
+fn bind_note<'q, O>(
+    query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    audit: &'q AuditNote,
+) -> Result<sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>, StoreError> {
+    Ok(query
+        .bind(sql::to_timestamp(audit.at)?)
+        .bind(audit.action.as_str())
+        .bind(audit.actor.as_str())
+        .bind(audit.changes.to_json()))
+}
+
+/// Writes `entry` to the trail through `executor`: the pool, or a change's transaction.
+async fn write_entry<'e>(
+    executor: impl sqlx::Executor<'e, Database = Postgres>,
+    entry: &AuditEntry,
+) -> Result<(), StoreError> {
+    sql::bind_entry(
+        sqlx::query(INSERT_AUDIT),
+        entry,
+        |id| *id.as_uuid(),
+        sql::to_timestamp,
+    )?
+    .execute(executor)
+    .await
+    .map_err(sql::store_error)?;
+    Ok(())
+}
+
 /// Makes the flushes of all processes (and `prune_usage`) take turns: waits until no other
 /// holds the database's flush lock, then holds it for the rest of `tx`. In a statement of its
 /// own: in READ COMMITTED the statements that follow see every write of the lock's previous
@@ -379,7 +457,7 @@ impl KeyStore for PostgresStore {
         &self,
         record: KeyRecord,
         limit: usize,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<(), StoreError> {
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tx = self.begin().await?;
@@ -447,6 +525,7 @@ impl KeyStore for PostgresStore {
                 .await
                 .map_err(sql::store_error)?;
         }
+        write_entry(&mut *tx, &audit.done(&record)).await?;
         tx.commit().await.map_err(sql::store_error)
     }
 
@@ -495,19 +574,27 @@ impl KeyStore for PostgresStore {
         account: &AccountId,
         id: KeyId,
         status: KeyStatus,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        // One statement: the trigger's notification commits with it.
-        let row = sqlx::query_as::<_, Row>(concat!(
-            "UPDATE tower_api_keys k SET status = $3 WHERE id = $1 AND account_id = $2 RETURNING ",
-            columns!()
+        // One statement: the trigger's notification and the audit entry commit with it.
+        let query = sqlx::query_as::<_, Row>(audited!(
+            concat!(
+                "UPDATE tower_api_keys k SET status = $3 WHERE id = $1 AND account_id = $2 ",
+                "RETURNING ",
+                columns!()
+            ),
+            "$4",
+            "$5",
+            "$6",
+            "$7"
         ))
         .bind(id.as_uuid())
         .bind(account.as_str())
-        .bind(status.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(sql::store_error)?;
+        .bind(status.as_str());
+        let row = bind_note(query, audit)?
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
@@ -518,7 +605,7 @@ impl KeyStore for PostgresStore {
         prefix: KeyPrefix,
         digest: KeyDigest,
         grace_until: Option<SystemTime>,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<Rotated>, StoreError> {
         let mut tx = self.begin().await?;
         let before = sqlx::query_as::<_, Row>(concat!(
@@ -555,6 +642,7 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(sql::store_error)?
         .into_record()?;
+        write_entry(&mut *tx, &audit.done(&after)).await?;
         tx.commit().await.map_err(sql::store_error)?;
         Ok(Some(Rotated { before, after }))
     }
@@ -564,27 +652,34 @@ impl KeyStore for PostgresStore {
         account: &AccountId,
         id: KeyId,
         update: &PolicyUpdate,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
         // For each field: whether to set it, then its new value (NULL clears it). One
-        // statement: the trigger's notification commits with it.
-        let query = sqlx::query_as::<_, Row>(concat!(
-            "UPDATE tower_api_keys k SET ",
-            "name = CASE WHEN $3 THEN $4 ELSE name END, ",
-            "scopes = CASE WHEN $5 THEN $6 ELSE scopes END, ",
-            "expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END, ",
-            "rate_limit_requests = CASE WHEN $9 THEN $10 ELSE rate_limit_requests END, ",
-            "rate_limit_per_seconds = CASE WHEN $9 THEN $11 ELSE rate_limit_per_seconds END, ",
-            "quota_requests = CASE WHEN $12 THEN $13 ELSE quota_requests END, ",
-            "quota_period = CASE WHEN $12 THEN $14 ELSE quota_period END, ",
-            "allowed_ips = CASE WHEN $15 THEN $16 ELSE allowed_ips END, ",
-            "metadata = CASE WHEN $17 THEN $18 ELSE metadata END ",
-            "WHERE id = $1 AND account_id = $2 RETURNING ",
-            columns!()
+        // statement: the trigger's notification and the audit entry commit with it.
+        let query = sqlx::query_as::<_, Row>(audited!(
+            concat!(
+                "UPDATE tower_api_keys k SET ",
+                "name = CASE WHEN $3 THEN $4 ELSE name END, ",
+                "scopes = CASE WHEN $5 THEN $6 ELSE scopes END, ",
+                "expires_at = CASE WHEN $7 THEN $8 ELSE expires_at END, ",
+                "rate_limit_requests = CASE WHEN $9 THEN $10 ELSE rate_limit_requests END, ",
+                "rate_limit_per_seconds = CASE WHEN $9 THEN $11 ELSE rate_limit_per_seconds END, ",
+                "quota_requests = CASE WHEN $12 THEN $13 ELSE quota_requests END, ",
+                "quota_period = CASE WHEN $12 THEN $14 ELSE quota_period END, ",
+                "allowed_ips = CASE WHEN $15 THEN $16 ELSE allowed_ips END, ",
+                "metadata = CASE WHEN $17 THEN $18 ELSE metadata END ",
+                "WHERE id = $1 AND account_id = $2 RETURNING ",
+                columns!()
+            ),
+            "$19",
+            "$20",
+            "$21",
+            "$22"
         ))
         .bind(id.as_uuid())
         .bind(account.as_str());
-        let row = sql::bind_policy(query, update, scope_list, sql::to_timestamp)?
+        let query = sql::bind_policy(query, update, scope_list, sql::to_timestamp)?;
+        let row = bind_note(query, audit)?
             .fetch_optional(&self.pool)
             .await
             .map_err(sql::store_error)?;
@@ -595,34 +690,57 @@ impl KeyStore for PostgresStore {
         &self,
         account: &AccountId,
         id: KeyId,
-        _audit: &AuditNote,
+        audit: &AuditNote,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query_as::<_, Row>(concat!(
-            "DELETE FROM tower_api_keys k WHERE id = $1 AND account_id = $2 RETURNING ",
-            columns!()
+        // One statement: the trigger's notification and the audit entry commit with it.
+        let query = sqlx::query_as::<_, Row>(audited!(
+            concat!(
+                "DELETE FROM tower_api_keys k WHERE id = $1 AND account_id = $2 RETURNING ",
+                columns!()
+            ),
+            "$3",
+            "$4",
+            "$5",
+            "$6"
         ))
         .bind(id.as_uuid())
-        .bind(account.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(sql::store_error)?;
+        .bind(account.as_str());
+        let row = bind_note(query, audit)?
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
         row.map(Row::into_record).transpose()
     }
 
-    async fn append_audit(&self, _entry: &AuditEntry) -> Result<(), StoreError> {
-        Err(StoreError::unavailable("audit trail not written yet"))
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        write_entry(&self.pool, entry).await
     }
 
     async fn audit_trail(
         &self,
-        _account: &AccountId,
-        _query: &AuditQuery,
+        account: &AccountId,
+        query: &AuditQuery,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        Err(StoreError::unavailable("audit trail not written yet"))
+        let since = sql::to_timestamp(query.since)?;
+        sql::audit_page::<_, uuid::Uuid, PgTimestamp, _>(
+            &self.pool,
+            AUDIT_TRAIL,
+            account,
+            query,
+            since,
+        )
+        .await
     }
 
-    async fn prune_audit(&self, _before: SystemTime) -> Result<u64, StoreError> {
-        Err(StoreError::unavailable("audit trail not written yet"))
+    async fn prune_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        // No lock: entries are only ever inserted and deleted, so pruning waits for no
+        // writer, and no writer for it.
+        let done = sqlx::query("DELETE FROM tower_api_keys_audit WHERE at < $1")
+            .bind(sql::to_timestamp(before)?)
+            .execute(&self.pool)
+            .await
+            .map_err(sql::store_error)?;
+        Ok(done.rows_affected())
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> Result<(), StoreError> {

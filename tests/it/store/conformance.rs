@@ -6,13 +6,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::store::note_of;
 use crate::support::account;
+use tower_api_key::audit::{
+    Actor, AuditAction, AuditChanges, AuditEntry, AuditEvent, AuditNote, AuditOutcome, AuditQuery,
+};
 use tower_api_key::policy::{AllowedIps, Metadata, Quota, QuotaPeriod, RateLimit};
 use tower_api_key::store::KeyUse;
 use tower_api_key::usage::{Hour, UsageBatch, UsageCounts, UsageDelta, UsageRow};
 use tower_api_key::{
-    ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper, PolicyUpdate,
-    PreviousKey, Scopes, StoreError,
+    ApiKey, KeyId, KeyName, KeyOptions, KeyRecord, KeyStatus, KeyStore, MemoryStore, Pepper,
+    PolicyUpdate, PreviousKey, RotateOptions, Scopes, StoreError,
 };
 
 /// A whole-microsecond time, as every store keeps.
@@ -914,6 +918,35 @@ async fn rotate_with_grace(store: &Arc<dyn KeyStore>, record: &KeyRecord) {
         .expect("found");
 }
 
+/// Asserts that `taken`'s prefix is refused to a new key of account `other` and to a rotation
+/// of `rotated` (a key of `acme`), both asked for with `audit`.
+async fn assert_prefix_taken(
+    store: &Arc<dyn KeyStore>,
+    taken: &KeyRecord,
+    rotated: &KeyRecord,
+    audit: &AuditNote,
+) {
+    let mut clash = new_record("other").0;
+    clash.prefix = taken.prefix;
+    let err = store
+        .insert_within_limit(clash, 3, audit)
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
+    let err = store
+        .replace_key(
+            &account("acme"),
+            rotated.id,
+            taken.prefix,
+            taken.digest,
+            None,
+            audit,
+        )
+        .await
+        .expect_err("taken");
+    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
+}
+
 async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore>) {
     let (a, _) = new_record("acme");
     let (b, _) = new_record("acme");
@@ -927,25 +960,7 @@ async fn prefixes_are_unique_across_current_and_previous(store: Arc<dyn KeyStore
         .expect("insert");
     rotate_with_grace(&store, &a).await;
     // a's old prefix is now its previous prefix: still taken, for inserts and rotations.
-    let mut clash = new_record("other").0;
-    clash.prefix = a.prefix;
-    let err = store
-        .insert_within_limit(clash, 3, &crate::store::note())
-        .await
-        .expect_err("taken");
-    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
-    let err = store
-        .replace_key(
-            &account("acme"),
-            b.id,
-            a.prefix,
-            a.digest,
-            None,
-            &crate::store::note(),
-        )
-        .await
-        .expect_err("taken");
-    assert!(matches!(err, StoreError::PrefixTaken), "{err:?}");
+    assert_prefix_taken(&store, &a, &b, &crate::store::note()).await;
     assert_eq!(
         store.get(&account("acme"), b.id).await.expect("get"),
         Some(b)
@@ -1442,6 +1457,337 @@ async fn sums_at_the_edge_of_the_range_saturate_instead_of_failing_the_flush(
     assert_eq!(record.last_used_at, Some(at(5)));
 }
 
+// ===== audit trail =====
+
+/// The account's whole trail, newest first.
+async fn trail(store: &Arc<dyn KeyStore>, account_name: &str) -> Vec<AuditEvent> {
+    store
+        .audit_trail(&account(account_name), &AuditQuery::latest(1000))
+        .await
+        .expect("trail")
+}
+
+/// The entries of the account's trail, newest first, without their numbers.
+async fn entries(store: &Arc<dyn KeyStore>, account_name: &str) -> Vec<AuditEntry> {
+    trail(store, account_name)
+        .await
+        .into_iter()
+        .map(|event| event.entry)
+        .collect()
+}
+
+/// Asserts that the account's trail grew by exactly `expected`, as its newest entry.
+async fn assert_logged(
+    store: &Arc<dyn KeyStore>,
+    account_name: &str,
+    held: &mut usize,
+    expected: AuditEntry,
+) {
+    let entries = entries(store, account_name).await;
+    assert_eq!(entries.len(), *held + 1, "one entry more: {entries:#?}");
+    assert_eq!(entries[0], expected);
+    *held += 1;
+}
+
+async fn every_change_writes_one_entry_of_the_record_after_it(store: Arc<dyn KeyStore>) {
+    let mut held = 0;
+    let (record, _) = new_record("acme");
+    let create = note_of(
+        at(1),
+        "alice@example.com",
+        AuditAction::Create,
+        AuditChanges::of_record(&record),
+    );
+    store
+        .insert_within_limit(record.clone(), 3, &create)
+        .await
+        .expect("insert");
+    assert_logged(&store, "acme", &mut held, create.done(&record)).await;
+
+    let update = PolicyUpdate::new()
+        .name(Some(KeyName::new("CI").expect("name")))
+        .scopes(None)
+        .metadata(metadata(r#"{"plan":"pro"}"#));
+    let note = note_of(
+        at(2),
+        "tenant:acme",
+        AuditAction::Update,
+        AuditChanges::of_update(&update),
+    );
+    let updated = store
+        .update_policy(&account("acme"), record.id, &update, &note)
+        .await
+        .expect("update")
+        .expect("found");
+    assert_logged(&store, "acme", &mut held, note.done(&updated)).await;
+
+    let (_, new_key) = new_record("acme");
+    let note = note_of(
+        at(3),
+        "operator",
+        AuditAction::Rotate,
+        AuditChanges::of_rotation(
+            &RotateOptions::new()
+                .grace(Duration::from_secs(60))
+                .expect("grace"),
+        ),
+    );
+    let rotated = store
+        .replace_key(
+            &account("acme"),
+            record.id,
+            new_key.prefix(),
+            Pepper::from_bytes([1; 32]).digest(&new_key),
+            Some(at(60_000_003)),
+            &note,
+        )
+        .await
+        .expect("rotate")
+        .expect("found");
+    assert_eq!(rotated.after.prefix, new_key.prefix());
+    assert_logged(&store, "acme", &mut held, note.done(&rotated.after)).await;
+    let newest = &entries(&store, "acme").await[0];
+    assert_eq!(newest.prefix, Some(new_key.prefix()), "the new prefix");
+
+    for (micros, status, action) in [
+        (4, KeyStatus::Inactive, AuditAction::Revoke),
+        (5, KeyStatus::Active, AuditAction::Reactivate),
+    ] {
+        let note = note_of(at(micros), "operator", action, AuditChanges::none());
+        let changed = store
+            .set_status(&account("acme"), record.id, status, &note)
+            .await
+            .expect("set")
+            .expect("found");
+        assert_logged(&store, "acme", &mut held, note.done(&changed)).await;
+    }
+
+    let note = note_of(at(6), "system", AuditAction::Delete, AuditChanges::none());
+    let deleted = store
+        .delete(&account("acme"), record.id, &note)
+        .await
+        .expect("delete")
+        .expect("found");
+    assert_logged(&store, "acme", &mut held, note.done(&deleted)).await;
+    let newest = &entries(&store, "acme").await[0];
+    assert_eq!(
+        (newest.key_id, newest.prefix, newest.outcome),
+        (Some(record.id), Some(new_key.prefix()), AuditOutcome::Done),
+        "a deleted key's last prefix"
+    );
+    let actions: Vec<_> = entries(&store, "acme")
+        .await
+        .iter()
+        .map(|entry| entry.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::Delete,
+            AuditAction::Reactivate,
+            AuditAction::Revoke,
+            AuditAction::Rotate,
+            AuditAction::Update,
+            AuditAction::Create,
+        ]
+    );
+    assert!(entries(&store, "other").await.is_empty());
+}
+
+async fn changes_refused_or_of_no_key_write_nothing(store: Arc<dyn KeyStore>) {
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        kept.push(stored(&store, "acme").await);
+    }
+    let other = stored(&store, "other").await;
+    let logged = |name: &'static str| {
+        let store = store.clone();
+        async move { trail(&store, name).await }
+    };
+    let (acme_before, other_before) = (logged("acme").await, logged("other").await);
+    assert_eq!((acme_before.len(), other_before.len()), (3, 1));
+
+    let refused = note_of(at(9), "mallory", AuditAction::Create, AuditChanges::none());
+    let err = store
+        .insert_within_limit(new_record("acme").0, 3, &refused)
+        .await
+        .expect_err("limit");
+    assert!(
+        matches!(err, StoreError::LimitReached { limit: 3 }),
+        "{err:?}"
+    );
+    assert_prefix_taken(&store, &kept[0], &kept[1], &refused).await;
+
+    // Another account's key, and no key at all: "not found", and nothing written.
+    for (owner, id) in [
+        ("acme", other.id),
+        ("other", kept[0].id),
+        ("acme", KeyId::random()),
+    ] {
+        let owner = account(owner);
+        assert_eq!(
+            store
+                .set_status(&owner, id, KeyStatus::Inactive, &refused)
+                .await
+                .expect("set"),
+            None
+        );
+        assert_eq!(
+            store
+                .update_policy(&owner, id, &PolicyUpdate::new().scopes(None), &refused)
+                .await
+                .expect("update"),
+            None
+        );
+        let (_, key) = new_record("acme");
+        let rotated = store
+            .replace_key(&owner, id, key.prefix(), kept[0].digest, None, &refused)
+            .await
+            .expect("rotate");
+        assert!(rotated.is_none());
+        assert_eq!(
+            store.delete(&owner, id, &refused).await.expect("delete"),
+            None
+        );
+    }
+    assert_eq!(logged("acme").await, acme_before);
+    assert_eq!(logged("other").await, other_before);
+}
+
+async fn append_audit_writes_a_refused_entry_as_given(store: Arc<dyn KeyStore>) {
+    let record = stored(&store, "acme").await;
+    let options = KeyOptions::new()
+        .expires_in(Duration::from_secs(60))
+        .expect("expiry");
+    let without_key = AuditEntry::refused(
+        at(10),
+        account("acme"),
+        None,
+        AuditAction::Create,
+        Actor::new("tenant:acme").expect("actor"),
+        AuditChanges::of_options(&options),
+    );
+    store.append_audit(&without_key).await.expect("append");
+    let with_key = AuditEntry::refused(
+        at(11),
+        account("acme"),
+        Some((record.id, record.prefix)),
+        AuditAction::Update,
+        Actor::new("tenant:acme").expect("actor"),
+        AuditChanges::of_update(&PolicyUpdate::new().scopes(None)),
+    );
+    store.append_audit(&with_key).await.expect("append");
+    let entries = entries(&store, "acme").await;
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert_eq!(entries[..2], [with_key, without_key.clone()]);
+    assert_eq!(
+        (without_key.key_id, without_key.prefix, without_key.outcome),
+        (None, None, AuditOutcome::Refused)
+    );
+}
+
+/// Appends `count` refused entries to `account_name`'s trail, recorded at `at(first)`,
+/// `at(first + 1)` and so on.
+async fn append_entries(store: &Arc<dyn KeyStore>, account_name: &str, first: u64, count: u64) {
+    for micros in first..first + count {
+        let entry = AuditEntry::refused(
+            at(micros),
+            account(account_name),
+            None,
+            AuditAction::Create,
+            Actor::system(),
+            AuditChanges::none(),
+        );
+        store.append_audit(&entry).await.expect("append");
+    }
+}
+
+async fn audit_trail_is_newest_first_and_pages_by_limit_before_and_since(store: Arc<dyn KeyStore>) {
+    // Interleaved with another account's entries, which never show.
+    for round in 0..7 {
+        append_entries(&store, "acme", round, 1).await;
+        append_entries(&store, "other", 100 + round, 1).await;
+    }
+    let all = trail(&store, "acme").await;
+    assert_eq!(all.len(), 7);
+    assert!(
+        all.iter()
+            .all(|event| event.entry.account == account("acme"))
+    );
+    assert!(
+        all.windows(2).all(|pair| pair[0].id > pair[1].id),
+        "{all:#?}"
+    );
+    let times: Vec<_> = all.iter().map(|event| event.entry.at).collect();
+    assert_eq!(times, (0..7).rev().map(at).collect::<Vec<_>>());
+
+    let acme = account("acme");
+    let newest = store
+        .audit_trail(&acme, &AuditQuery::latest(3))
+        .await
+        .expect("page");
+    assert_eq!(newest, all[..3]);
+    assert!(
+        store
+            .audit_trail(&acme, &AuditQuery::latest(0))
+            .await
+            .expect("page")
+            .is_empty()
+    );
+
+    // Two at a time: every entry once, in order.
+    let mut paged = Vec::new();
+    let mut query = AuditQuery::latest(2);
+    loop {
+        let page = store.audit_trail(&acme, &query).await.expect("page");
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        query = AuditQuery::before(2, last.id);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+
+    // Since an instant: from it on, that instant included; with `before` too.
+    let since = store
+        .audit_trail(&acme, &AuditQuery::latest(10).since(at(4)))
+        .await
+        .expect("page");
+    assert_eq!(since, all[..3]);
+    let both = store
+        .audit_trail(&acme, &AuditQuery::before(10, all[1].id).since(at(4)))
+        .await
+        .expect("page");
+    assert_eq!(both, all[2..3]);
+    assert!(
+        store
+            .audit_trail(&account("nobody"), &AuditQuery::latest(10))
+            .await
+            .expect("page")
+            .is_empty()
+    );
+}
+
+async fn prune_audit_deletes_exactly_the_older_entries_and_numbers_are_not_reused(
+    store: Arc<dyn KeyStore>,
+) {
+    append_entries(&store, "acme", 0, 5).await;
+    append_entries(&store, "other", 2, 2).await;
+    let all = trail(&store, "acme").await;
+    let highest = all[0].id;
+    assert_eq!(store.prune_audit(at(3)).await.expect("prune"), 4);
+    assert_eq!(trail(&store, "acme").await, all[..2]);
+    assert_eq!(entries(&store, "other").await.len(), 1);
+    assert_eq!(store.prune_audit(at(3)).await.expect("again"), 0);
+
+    // Everything, the highest number included: a new entry still gets a higher one.
+    assert_eq!(store.prune_audit(at(1_000)).await.expect("prune"), 3);
+    assert!(trail(&store, "acme").await.is_empty());
+    append_entries(&store, "acme", 2_000, 1).await;
+    let after = trail(&store, "acme").await;
+    assert_eq!(after.len(), 1);
+    assert!(after[0].id > highest, "{:?} after {highest:?}", after[0].id);
+}
+
 macro_rules! conformance {
     ($store:ident, $make:expr) => {
         mod $store {
@@ -1479,6 +1825,11 @@ macro_rules! conformance {
                 concurrent_flushes_of_the_same_hours_add_up,
                 a_large_batch_adds_every_row,
                 sums_at_the_edge_of_the_range_saturate_instead_of_failing_the_flush,
+                every_change_writes_one_entry_of_the_record_after_it,
+                changes_refused_or_of_no_key_write_nothing,
+                append_audit_writes_a_refused_entry_as_given,
+                audit_trail_is_newest_first_and_pages_by_limit_before_and_since,
+                prune_audit_deletes_exactly_the_older_entries_and_numbers_are_not_reused,
             );
         }
     };

@@ -6,20 +6,33 @@ mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-use tower_api_key::audit::{Actor, AuditAction, AuditNote};
+use std::time::SystemTime;
+
+use tower_api_key::audit::{Actor, AuditAction, AuditChanges, AuditNote};
 
 /// An audit note for a store call a test makes itself (the stores' audit tests make their
-/// own).
+/// own, with [`note_of`]).
 pub(crate) fn note() -> AuditNote {
     AuditNote::now(Actor::system(), AuditAction::Update)
+}
+
+/// A note of `action` by `actor` at `at`, setting `changes`.
+pub(crate) fn note_of(
+    at: SystemTime,
+    actor: &str,
+    action: AuditAction,
+    changes: AuditChanges,
+) -> AuditNote {
+    AuditNote::new(at, Actor::new(actor).expect("actor"), action, changes)
 }
 
 /// What the SQL stores' own tests share: the records they write and the checks they make.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql {
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use crate::support::{account, pepper};
+    use tower_api_key::audit::{Actor, AuditAction, AuditChanges, AuditEntry, AuditQuery};
     use tower_api_key::policy::{AllowedIps, Metadata, Quota, QuotaPeriod, RateLimit};
     use tower_api_key::{
         ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, PolicyUpdate, PreviousKey, Scopes,
@@ -188,5 +201,159 @@ mod sql {
                 "{edit}: {err}"
             );
         }
+    }
+
+    /// The actor a test's trigger or constraint makes the trail refuse.
+    pub(crate) const REFUSED_ACTOR: &str = "mallory";
+
+    /// With the trail refusing every entry of [`REFUSED_ACTOR`] (the caller set that up),
+    /// each change asked for by that actor fails as a whole: the key is not created,
+    /// updated, rotated, revoked or deleted, and the trail holds what it held. A change and
+    /// its entry are one atomic step.
+    pub(crate) async fn assert_no_change_without_its_entry(store: &dyn KeyStore) {
+        let acme = account("acme");
+        let record = full_record("acme");
+        store
+            .insert_within_limit(record.clone(), 3, &crate::store::note())
+            .await
+            .expect("insert");
+        let trail = || async {
+            store
+                .audit_trail(&acme, &AuditQuery::latest(100))
+                .await
+                .expect("trail")
+        };
+        let before = trail().await;
+        assert_eq!(before.len(), 1);
+        let refused = |action| {
+            crate::store::note_of(
+                SystemTime::now(),
+                REFUSED_ACTOR,
+                action,
+                AuditChanges::none(),
+            )
+        };
+        let failed = |result: Result<(), StoreError>, what: &str| {
+            let err = result.expect_err(what);
+            assert!(matches!(err, StoreError::Unavailable(_)), "{what}: {err:?}");
+        };
+        let new = full_record("acme");
+        failed(
+            store
+                .insert_within_limit(new.clone(), 3, &refused(AuditAction::Create))
+                .await,
+            "create",
+        );
+        let update = PolicyUpdate::new().scopes(None);
+        failed(
+            store
+                .update_policy(&acme, record.id, &update, &refused(AuditAction::Update))
+                .await
+                .map(drop),
+            "update",
+        );
+        failed(
+            store
+                .replace_key(
+                    &acme,
+                    record.id,
+                    new.prefix,
+                    new.digest,
+                    None,
+                    &refused(AuditAction::Rotate),
+                )
+                .await
+                .map(drop),
+            "rotate",
+        );
+        failed(
+            store
+                .set_status(
+                    &acme,
+                    record.id,
+                    KeyStatus::Inactive,
+                    &refused(AuditAction::Revoke),
+                )
+                .await
+                .map(drop),
+            "revoke",
+        );
+        failed(
+            store
+                .delete(&acme, record.id, &refused(AuditAction::Delete))
+                .await
+                .map(drop),
+            "delete",
+        );
+        assert_eq!(store.list(&acme).await.expect("list"), [record]);
+        assert_eq!(trail().await, before);
+    }
+
+    /// Reading `account_name`'s trail fails with a store failure naming `column` (`edit`
+    /// says what was done to a row of it).
+    pub(crate) async fn assert_trail_unreadable(
+        store: &dyn KeyStore,
+        account_name: &str,
+        edit: &str,
+        column: &str,
+    ) {
+        let err = store
+            .audit_trail(&account(account_name), &AuditQuery::latest(10))
+            .await
+            .expect_err("an unreadable entry");
+        assert!(
+            matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains(column),
+            "{edit}: {err}"
+        );
+    }
+
+    /// Edits of an entry's row that the schema lets through and the store refuses to read,
+    /// with the column the failure names.
+    pub(crate) const UNREADABLE_ENTRIES: [(&str, &str); 4] = [
+        ("actor = ''", "actor"),
+        ("prefix = 'not a prefix'", "prefix"),
+        ("changes = '[1]'", "changes"),
+        ("changes = '{'", "changes"),
+    ];
+
+    /// An entry of `account_name` with a key, appended: the row the edits of
+    /// [`UNREADABLE_ENTRIES`] are made to.
+    pub(crate) async fn append_entry(store: &dyn KeyStore, account_name: &str) {
+        let record = full_record(account_name);
+        let entry = AuditEntry::refused(
+            SystemTime::now(),
+            account(account_name),
+            Some((record.id, record.prefix)),
+            AuditAction::Update,
+            Actor::system(),
+            AuditChanges::none(),
+        );
+        store.append_audit(&entry).await.expect("append");
+    }
+
+    /// After an upgrade that added the trail: `acme`'s trail is empty (the key `id` of the
+    /// earlier release has no entries), and a change to the key writes its entry.
+    pub(crate) async fn assert_upgraded_store_audits(store: &dyn KeyStore, id: KeyId) {
+        let acme = account("acme");
+        let trail = || async {
+            store
+                .audit_trail(&acme, &AuditQuery::latest(100))
+                .await
+                .expect("trail")
+        };
+        assert!(trail().await.is_empty());
+        let note = crate::store::note_of(
+            UNIX_EPOCH + Duration::from_micros(1_800_000_000_000_001),
+            "operator",
+            AuditAction::Revoke,
+            AuditChanges::none(),
+        );
+        let revoked = store
+            .set_status(&acme, id, KeyStatus::Inactive, &note)
+            .await
+            .expect("revoke")
+            .expect("found");
+        let entries: Vec<_> = trail().await.into_iter().map(|event| event.entry).collect();
+        assert_eq!(entries, [note.done(&revoked)]);
     }
 }

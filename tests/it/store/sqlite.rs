@@ -132,27 +132,8 @@ async fn an_in_memory_database_lives_as_long_as_the_store() {
 
 #[tokio::test]
 async fn a_database_of_the_first_schema_upgrades_in_place_and_its_keys_are_unrestricted() {
-    const V1: &str = include_str!("../../../migrations/sqlite/0001_tower_api_keys.sql");
-    let url = crate::support::db::sqlite::fresh_url();
-    let store = SqliteStore::connect(&url).await.expect("open");
     // The database as the first release left it: its table, its bookkeeping, one key.
-    sqlx::raw_sql(V1).execute(store.pool()).await.expect("0001");
-    sqlx::raw_sql(
-        "CREATE TABLE tower_api_keys_migrations (
-             version       INTEGER NOT NULL PRIMARY KEY,
-             description   TEXT    NOT NULL,
-             checksum      BLOB    NOT NULL,
-             applied_at_us INTEGER NOT NULL
-         ) STRICT",
-    )
-    .execute(store.pool())
-    .await
-    .expect("bookkeeping");
-    sqlx::query("INSERT INTO tower_api_keys_migrations VALUES (1, 'tower_api_keys table', ?1, 0)")
-        .bind(blake3::hash(V1.as_bytes()).as_bytes().to_vec())
-        .execute(store.pool())
-        .await
-        .expect("record 0001");
+    let store = store_of_shipped_up_to(1).await;
     let old = super::sql::old_style_record();
     sqlx::query(
         "INSERT INTO tower_api_keys
@@ -169,6 +150,56 @@ async fn a_database_of_the_first_schema_upgrades_in_place_and_its_keys_are_unres
     store.migrate().await.expect("upgrade");
     store.migrate().await.expect("again");
     super::sql::assert_upgraded(&store, &old).await;
+}
+
+/// A store (not migrated) on a new file where the shipped migrations up to `last` (their
+/// files, in order) were applied and recorded as `migrate` does, checksums included: the
+/// database an older release left.
+async fn store_of_shipped_up_to(last: i64) -> SqliteStore {
+    let store = SqliteStore::connect(&crate::support::db::sqlite::fresh_url())
+        .await
+        .expect("open");
+    sqlx::raw_sql(
+        "CREATE TABLE tower_api_keys_migrations (
+             version       INTEGER NOT NULL PRIMARY KEY,
+             description   TEXT    NOT NULL,
+             checksum      BLOB    NOT NULL,
+             applied_at_us INTEGER NOT NULL
+         ) STRICT",
+    )
+    .execute(store.pool())
+    .await
+    .expect("bookkeeping");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("migrations folder")
+        .map(|entry| entry.expect("entry").path())
+        .collect();
+    files.sort();
+    for path in files {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let version: i64 = name[..4].parse().expect("numbered");
+        if version > last {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&path).expect("migration");
+        sqlx::raw_sql(&sql)
+            .execute(store.pool())
+            .await
+            .expect("migration");
+        sqlx::query("INSERT INTO tower_api_keys_migrations VALUES (?1, ?2, ?3, 0)")
+            .bind(version)
+            .bind(&name)
+            .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
+            .execute(store.pool())
+            .await
+            .expect("record it");
+    }
+    store
 }
 
 /// A key with every column set, in a store of its own, and a connection to its file that
@@ -296,56 +327,9 @@ async fn the_schema_refuses_half_a_quota_and_the_store_refuses_what_the_schema_l
 
 #[tokio::test]
 async fn a_database_of_the_previous_schema_upgrades_in_place_and_its_keys_keep_their_policy() {
-    const SHIPPED: [(i64, &str, &str); 4] = [
-        (
-            1,
-            "tower_api_keys table",
-            include_str!("../../../migrations/sqlite/0001_tower_api_keys.sql"),
-        ),
-        (
-            2,
-            "key policy: name, scopes, expiry, previous key",
-            include_str!("../../../migrations/sqlite/0002_key_policy.sql"),
-        ),
-        (
-            3,
-            "key rate limit",
-            include_str!("../../../migrations/sqlite/0003_rate_limit.sql"),
-        ),
-        (
-            4,
-            "usage counts per key and hour",
-            include_str!("../../../migrations/sqlite/0004_usage.sql"),
-        ),
-    ];
-    let url = crate::support::db::sqlite::fresh_url();
-    let store = SqliteStore::connect(&url).await.expect("open");
     // The database as the previous release left it: its tables, its bookkeeping, one key
     // with every column of that release set.
-    sqlx::raw_sql(
-        "CREATE TABLE tower_api_keys_migrations (
-             version       INTEGER NOT NULL PRIMARY KEY,
-             description   TEXT    NOT NULL,
-             checksum      BLOB    NOT NULL,
-             applied_at_us INTEGER NOT NULL
-         ) STRICT",
-    )
-    .execute(store.pool())
-    .await
-    .expect("bookkeeping");
-    for (version, description, sql) in SHIPPED {
-        sqlx::raw_sql(sql)
-            .execute(store.pool())
-            .await
-            .expect("migration");
-        sqlx::query("INSERT INTO tower_api_keys_migrations VALUES (?1, ?2, ?3, 0)")
-            .bind(version)
-            .bind(description)
-            .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
-            .execute(store.pool())
-            .await
-            .expect("record it");
-    }
+    let store = store_of_shipped_up_to(4).await;
     let old = KeyRecord {
         quota: None,
         allowed_ips: None,
@@ -442,5 +426,59 @@ async fn a_usage_row_edited_by_hand_is_a_store_failure_naming_the_column() {
             matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains(column),
             "{edit}: {err}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_database_of_the_previous_schema_gains_the_audit_trail_and_its_keys_are_audited() {
+    // The database as the previous release left it, with a key of that release.
+    let store = store_of_shipped_up_to(5).await;
+    let old = super::sql::full_record("acme");
+    sqlx::query(
+        "INSERT INTO tower_api_keys (id, account_id, prefix, digest, status, created_at_us)
+         VALUES (?1, 'acme', ?2, ?3, 'active', 1700000000000000)",
+    )
+    .bind(old.id.to_string())
+    .bind(old.prefix.as_str())
+    .bind(&old.digest.as_bytes()[..])
+    .execute(store.pool())
+    .await
+    .expect("a key of the previous release");
+
+    store.migrate().await.expect("upgrade");
+    store.migrate().await.expect("again");
+    super::sql::assert_upgraded_store_audits(&store, old.id).await;
+}
+
+#[tokio::test]
+async fn a_change_and_its_audit_entry_commit_together_or_not_at_all() {
+    let store = crate::support::db::sqlite::store().await;
+    sqlx::raw_sql(&format!(
+        "CREATE TRIGGER refuse_entries BEFORE INSERT ON tower_api_keys_audit
+         WHEN NEW.actor = '{}' BEGIN SELECT RAISE(ABORT, 'entry refused'); END",
+        super::sql::REFUSED_ACTOR
+    ))
+    .execute(store.pool())
+    .await
+    .expect("trigger");
+    super::sql::assert_no_change_without_its_entry(&store).await;
+}
+
+#[tokio::test]
+async fn an_audit_entry_edited_by_hand_is_a_store_failure_naming_the_column() {
+    for (edit, column) in super::sql::UNREADABLE_ENTRIES.into_iter().chain([
+        ("key_id = NULL", "key_id and prefix"),
+        ("action = 'explode'", "action"),
+        ("outcome = 'maybe'", "outcome"),
+    ]) {
+        let (store, mut editor, _) = store_with_full_key().await;
+        super::sql::append_entry(&store, "edited").await;
+        sqlx::raw_sql(&format!(
+            "UPDATE tower_api_keys_audit SET {edit} WHERE account_id = 'edited'"
+        ))
+        .execute(&mut editor)
+        .await
+        .expect("edit by hand");
+        super::sql::assert_trail_unreadable(&store, "edited", edit, column).await;
     }
 }

@@ -1,6 +1,7 @@
 //! `PostgresStore` and `PgChangeFeed`, on the database of `DATABASE_URL` (each test on a schema
 //! of its own; without the variable each test says it was skipped).
 
+mod audit;
 mod faults;
 mod feed;
 mod heartbeats;

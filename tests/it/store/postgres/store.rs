@@ -473,7 +473,7 @@ async fn last_used_from_two_processes_only_moves_forward() {
 }
 
 /// Listens on the store's channel from a connection of its own.
-async fn listen(schema: &Schema) -> PgListener {
+pub(super) async fn listen(schema: &Schema) -> PgListener {
     let pool = schema.pool();
     let mut listener = PgListener::connect_with(&pool).await.expect("listen");
     listener.listen("tower_api_keys").await.expect("LISTEN");
@@ -582,7 +582,10 @@ async fn every_change_notifies_the_digests_it_concerns() {
 
 /// Every payload heard until a marker sent after everything before it committed:
 /// notifications arrive in commit order, so nothing sent earlier can arrive later.
-async fn heard_until_marker(listener: &mut PgListener, store: &PostgresStore) -> Vec<String> {
+pub(super) async fn heard_until_marker(
+    listener: &mut PgListener,
+    store: &PostgresStore,
+) -> Vec<String> {
     let marker = format!("marker {}", KeyId::random());
     sqlx::query("SELECT pg_notify('tower_api_keys', $1)")
         .bind(&marker)
