@@ -2,8 +2,9 @@
 //! pepper, behave as one service: a key made through one works at the other; a key revoked,
 //! rotated away or deleted through one is refused by the other long before its cache entry
 //! would expire (each server's change feed hears the other's changes), reactivation likewise;
-//! the 3-key limit holds when creates alternate between them; and killing one server's
-//! listening connection while requests flow never lets a key revoked meanwhile in.
+//! the 3-key limit holds when creates alternate between them; both read one audit trail;
+//! and killing one server's listening connection while requests flow never lets a key
+//! revoked meanwhile in.
 //!
 //! How long a change takes to reach the other servers is measured by `scripts/processes.sh`
 //! (BENCHMARKS.md, "Processes on one PostgreSQL"), not here. Without `DATABASE_URL`, each test
@@ -254,4 +255,57 @@ async fn killing_a_servers_listener_while_requests_flow_never_lets_a_revoked_key
     }
     let log = b.log_containing("change feed: subscribed").await;
     assert!(log.contains("change feed: lost"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_servers_read_one_audit_trail() {
+    let Some((_schema, a, b)) = two_servers("audit", &[]).await else {
+        return;
+    };
+    let created = a.create_key("acme").await;
+    let id = field(&created, "id");
+    assert_eq!(
+        b.key_action("acme", id, "revoke").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        a.key_action("acme", id, "reactivate").await.status,
+        StatusCode::OK
+    );
+    b.create_key("acme").await;
+    b.create_key("acme").await;
+    assert_eq!(
+        a.admin(Method::POST, "/admin/accounts/acme/keys")
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    let path = "/admin/accounts/acme/events";
+    let (from_a, from_b) = (
+        a.admin(Method::GET, path).await,
+        b.admin(Method::GET, path).await,
+    );
+    assert_eq!(from_a.status, StatusCode::OK, "{}", from_a.text());
+    assert_eq!(from_a.json(), from_b.json(), "one trail, read from either");
+    let actions: Vec<(String, String)> = from_a.json()["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|event| {
+            (
+                field(event, "action").to_owned(),
+                field(event, "outcome").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("create", "refused"),
+        ("create", "done"),
+        ("create", "done"),
+        ("reactivate", "done"),
+        ("revoke", "done"),
+        ("create", "done"),
+    ]
+    .map(|(action, outcome)| (action.to_owned(), outcome.to_owned()));
+    assert_eq!(actions, expected);
 }
