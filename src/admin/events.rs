@@ -77,7 +77,7 @@ struct EventView {
     /// When the change was made (RFC 3339, UTC, microseconds).
     #[schema(format = DateTime)]
     at: String,
-    #[schema(value_type = super::openapi::AuditAction)]
+    #[schema(value_type = crate::audit::AuditAction)]
     action: &'static str,
     /// The key; `null` for a create that was refused (no key was made).
     #[schema(required, format = "uuid")]
@@ -88,7 +88,7 @@ struct EventView {
     prefix: Option<String>,
     /// Who: the name the authorizer gives the caller (`operator`, `tenant:ACCOUNT`).
     actor: String,
-    #[schema(value_type = super::openapi::AuditOutcome)]
+    #[schema(value_type = crate::audit::AuditOutcome)]
     outcome: &'static str,
     /// The policy fields a create or update set (a cleared one `null`), as in a key's record;
     /// a rotation's `grace_seconds`; `{}` for revoke, reactivate and delete.

@@ -244,29 +244,6 @@ pub(crate) enum QuotaPeriod {
     Month,
 }
 
-/// What an audit entry records.
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code, reason = "described only: entries write it as a string")]
-pub(crate) enum AuditAction {
-    Create,
-    Update,
-    Rotate,
-    Revoke,
-    Reactivate,
-    Delete,
-}
-
-/// Whether the change was made, or refused (a caller not allowed to make it, the account at
-/// its limit of keys).
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code, reason = "described only: entries write it as a string")]
-pub(crate) enum AuditOutcome {
-    Done,
-    Refused,
-}
-
 /// The length of a usage bucket: an hour or a UTC day.
 #[derive(ToSchema)]
 #[schema(rename_all = "lowercase")]

@@ -148,6 +148,11 @@ impl std::error::Error for InvalidActor {}
 
 /// What was done (or attempted) to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "admin",
+    derive(utoipa::ToSchema),
+    schema(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum AuditAction {
     /// A key was created.
@@ -207,6 +212,11 @@ impl FromStr for AuditAction {
 
 /// Whether an attempt was carried out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "admin",
+    derive(utoipa::ToSchema),
+    schema(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum AuditOutcome {
     /// The change was made.

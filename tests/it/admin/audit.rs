@@ -4,37 +4,15 @@
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use tower_api_key::admin::{AdminToken, AdminTokens};
+use tower_api_key::admin::AdminTokens;
 
-use super::{Harness, TOKEN, text};
-use crate::support::account;
+use super::{Harness, text};
 
 const ACME: &str = "tenant-token-of-acme-for-the-audit";
 const GLOBEX: &str = "tenant-token-of-globex-for-the-audit";
 
 fn tokens() -> AdminTokens {
-    AdminTokens::new()
-        .operator(AdminToken::new(TOKEN).expect("token"))
-        .tenant(account("acme"), AdminToken::new(ACME).expect("token"))
-        .tenant(account("globex"), AdminToken::new(GLOBEX).expect("token"))
-}
-
-/// A request as `token`'s caller, with a JSON body if given.
-async fn as_caller(
-    admin: &Harness,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<&str>,
-) -> super::Reply {
-    let bearer = format!("Bearer {token}");
-    let mut headers = vec![("authorization", bearer.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    admin
-        .send(method, path, &headers, body.map(str::as_bytes))
-        .await
+    super::operator_and_tenants(ACME, GLOBEX)
 }
 
 /// `GET /admin/accounts/{account}/events{query}` as the operator; 200 asserted, the events.
@@ -162,14 +140,9 @@ async fn every_change_is_on_the_trail_with_its_actor_and_what_it_set() {
 async fn refused_changes_are_recorded_and_reads_and_strangers_are_not() {
     let admin = Harness::with_authorizer(tokens()).await;
     let keys = "/admin/accounts/acme/keys";
-    let created = as_caller(
-        &admin,
-        ACME,
-        Method::POST,
-        keys,
-        Some(r#"{"scopes":["read"]}"#),
-    )
-    .await;
+    let created = admin
+        .send_as(ACME, Method::POST, keys, Some(r#"{"scopes":["read"]}"#))
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     let created = created.json();
     let id = text(&created, "id");
@@ -177,39 +150,33 @@ async fn refused_changes_are_recorded_and_reads_and_strangers_are_not() {
     let key = format!("{keys}/{id}");
 
     // A tenant widening its key, and sending metadata: 403, recorded as refused.
-    let widened = as_caller(
-        &admin,
-        ACME,
-        Method::PATCH,
-        &key,
-        Some(r#"{"scopes":null}"#),
-    )
-    .await;
+    let widened = admin
+        .send_as(ACME, Method::PATCH, &key, Some(r#"{"scopes":null}"#))
+        .await;
     assert_eq!(widened.status, StatusCode::FORBIDDEN, "{}", widened.text());
-    let tagged = as_caller(
-        &admin,
-        ACME,
-        Method::POST,
-        keys,
-        Some(r#"{"metadata":{"plan":"free"}}"#),
-    )
-    .await;
+    let tagged = admin
+        .send_as(
+            ACME,
+            Method::POST,
+            keys,
+            Some(r#"{"metadata":{"plan":"free"}}"#),
+        )
+        .await;
     assert_eq!(tagged.status, StatusCode::FORBIDDEN, "{}", tagged.text());
 
     // Reads, strangers and another account's tenant leave nothing on acme's trail.
     for reply in [
-        as_caller(&admin, ACME, Method::GET, keys, None).await,
-        as_caller(&admin, ACME, Method::GET, &format!("{key}/usage"), None).await,
-        as_caller(&admin, GLOBEX, Method::POST, &format!("{key}/revoke"), None).await,
-        as_caller(&admin, GLOBEX, Method::DELETE, &key, None).await,
-        as_caller(
-            &admin,
-            "not-a-token-of-anyone-at-all",
-            Method::DELETE,
-            &key,
-            None,
-        )
-        .await,
+        admin.send_as(ACME, Method::GET, keys, None).await,
+        admin
+            .send_as(ACME, Method::GET, &format!("{key}/usage"), None)
+            .await,
+        admin
+            .send_as(GLOBEX, Method::POST, &format!("{key}/revoke"), None)
+            .await,
+        admin.send_as(GLOBEX, Method::DELETE, &key, None).await,
+        admin
+            .send_as("not-a-token-of-anyone-at-all", Method::DELETE, &key, None)
+            .await,
     ] {
         assert_ne!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
     }
@@ -246,24 +213,14 @@ async fn refused_changes_are_recorded_and_reads_and_strangers_are_not() {
     assert!(events(&admin, "globex", "").await.is_empty());
 
     // A tenant reads its own trail; another account's is the missing key's 404.
-    let own = as_caller(
-        &admin,
-        ACME,
-        Method::GET,
-        "/admin/accounts/acme/events",
-        None,
-    )
-    .await;
+    let own = admin
+        .send_as(ACME, Method::GET, "/admin/accounts/acme/events", None)
+        .await;
     assert_eq!(own.status, StatusCode::OK, "{}", own.text());
     assert_eq!(own.json()["events"].as_array().map(Vec::len), Some(6));
-    let theirs = as_caller(
-        &admin,
-        GLOBEX,
-        Method::GET,
-        "/admin/accounts/acme/events",
-        None,
-    )
-    .await;
+    let theirs = admin
+        .send_as(GLOBEX, Method::GET, "/admin/accounts/acme/events", None)
+        .await;
     let missing = admin
         .admin(
             Method::GET,

@@ -29,7 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tower_api_key::admin::{AdminAuthorizer, AdminEvent, AdminRouter, AdminToken};
+use tower_api_key::admin::{AdminAuthorizer, AdminEvent, AdminRouter, AdminToken, AdminTokens};
 use tower_api_key::usage::UsageRecorder;
 use tower_api_key::{ApiKeyLayer, KeyManager, KeyStore, MemoryStore};
 
@@ -194,7 +194,18 @@ impl Harness {
 
     /// An admin request with the operator token and a JSON body, if given.
     pub(crate) async fn admin(&self, method: Method, path: &str, body: Option<&str>) -> Reply {
-        let bearer = format!("Bearer {TOKEN}");
+        self.send_as(TOKEN, method, path, body).await
+    }
+
+    /// A request as `token`'s caller, with a JSON body if given.
+    pub(crate) async fn send_as(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Reply {
+        let bearer = format!("Bearer {token}");
         let mut headers = vec![("authorization", bearer.as_str())];
         if body.is_some() {
             headers.push(("content-type", "application/json"));
@@ -272,6 +283,20 @@ impl Harness {
     pub(crate) fn events(&self) -> Vec<AdminEvent> {
         self.events.lock().expect("lock").clone()
     }
+}
+
+/// The operator ([`TOKEN`]) and one tenant each of acme and globex, with these tokens.
+pub(crate) fn operator_and_tenants(acme: &str, globex: &str) -> AdminTokens {
+    AdminTokens::new()
+        .operator(AdminToken::new(TOKEN).expect("token"))
+        .tenant(
+            crate::support::account("acme"),
+            AdminToken::new(acme).expect("token"),
+        )
+        .tenant(
+            crate::support::account("globex"),
+            AdminToken::new(globex).expect("token"),
+        )
 }
 
 /// `object[field]` as a string.

@@ -15,7 +15,7 @@ use tower_api_key::admin::{
 };
 use tower_api_key::{RateLimit, Scopes};
 
-use super::{Harness, TOKEN, text};
+use super::{Harness, text};
 use crate::support::account;
 
 const ACME: &str = "tenant-token-of-acme-0123456789";
@@ -24,28 +24,7 @@ const NOT_ALLOWED: &str = "not allowed for this caller";
 const UUID: &str = "00000000-0000-4000-8000-000000000000";
 
 fn tokens() -> AdminTokens {
-    AdminTokens::new()
-        .operator(AdminToken::new(TOKEN).expect("token"))
-        .tenant(account("acme"), AdminToken::new(ACME).expect("token"))
-        .tenant(account("globex"), AdminToken::new(GLOBEX).expect("token"))
-}
-
-/// A request as `token`'s caller, with a JSON body if given.
-async fn as_caller(
-    admin: &Harness,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<&str>,
-) -> super::Reply {
-    let bearer = format!("Bearer {token}");
-    let mut headers = vec![("authorization", bearer.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    admin
-        .send(method, path, &headers, body.map(str::as_bytes))
-        .await
+    super::operator_and_tenants(ACME, GLOBEX)
 }
 
 fn key_path(id: &str) -> String {
@@ -86,7 +65,7 @@ async fn a_tenant_narrows_its_own_keys_in_every_way() {
         // Unchanged values widen nothing.
         format!(r#"{{"scopes":[],"expires_at":"{earlier}"}}"#),
     ] {
-        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(&body)).await;
+        let reply = admin.send_as(ACME, Method::PATCH, &path, Some(&body)).await;
         assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text());
     }
     let record = admin.list("acme").await.remove(0);
@@ -99,38 +78,30 @@ async fn a_tenant_narrows_its_own_keys_in_every_way() {
     assert_ne!(record, before);
 
     for action in ["revoke", "reactivate", "rotate"] {
-        let reply = as_caller(
-            &admin,
-            ACME,
-            Method::POST,
-            &format!("{path}/{action}"),
-            None,
-        )
-        .await;
+        let reply = admin
+            .send_as(ACME, Method::POST, &format!("{path}/{action}"), None)
+            .await;
         assert_eq!(reply.status, StatusCode::OK, "{action}: {}", reply.text());
     }
-    let reply = as_caller(
-        &admin,
-        ACME,
-        Method::POST,
-        &format!("{path}/rotate"),
-        Some(r#"{"grace_seconds":600}"#),
-    )
-    .await;
+    let reply = admin
+        .send_as(
+            ACME,
+            Method::POST,
+            &format!("{path}/rotate"),
+            Some(r#"{"grace_seconds":600}"#),
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let reply = as_caller(&admin, ACME, Method::GET, "/admin/accounts/acme/keys", None).await;
+    let reply = admin
+        .send_as(ACME, Method::GET, "/admin/accounts/acme/keys", None)
+        .await;
     assert_eq!(reply.status, StatusCode::OK);
-    let reply = as_caller(&admin, ACME, Method::DELETE, &path, None).await;
+    let reply = admin.send_as(ACME, Method::DELETE, &path, None).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
     // Without a ceiling, a tenant creates keys like the account-level keys of old.
-    let reply = as_caller(
-        &admin,
-        ACME,
-        Method::POST,
-        "/admin/accounts/acme/keys",
-        None,
-    )
-    .await;
+    let reply = admin
+        .send_as(ACME, Method::POST, "/admin/accounts/acme/keys", None)
+        .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
 }
 
@@ -153,7 +124,7 @@ async fn a_tenant_that_widens_a_key_is_403_and_nothing_changes() {
         // A narrowing beside a widening is still a widening.
         r#"{"name":"x","scopes":["read"],"expires_at":null}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::PATCH, &path, Some(body)).await;
         reply.assert_error(StatusCode::FORBIDDEN, body);
         assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
     }
@@ -183,14 +154,14 @@ async fn an_expired_or_unlimited_key_stays_so_for_its_tenant() {
         r#"{"expires_at":null}"#,
         r#"{"expires_at":"2001-01-02T00:00:00Z"}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::PATCH, &path, Some(body)).await;
         reply.assert_error(StatusCode::FORBIDDEN, body);
     }
     // An unrestricted key may be restricted, and a limit or an expiry added.
     let plain = admin.create("acme", None).await;
     let path = key_path(text(&plain, "id"));
     let body = r#"{"scopes":["read"],"rate_limit":{"requests":5,"per_seconds":1},"expires_at":"2100-01-01T00:00:00Z"}"#;
-    let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+    let reply = admin.send_as(ACME, Method::PATCH, &path, Some(body)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }
 
@@ -198,14 +169,14 @@ async fn an_expired_or_unlimited_key_stays_so_for_its_tenant() {
 async fn another_accounts_keys_are_404_byte_for_byte_a_missing_one() {
     let admin = Harness::with_authorizer(tokens()).await;
     let (id, before) = bounded_key(&admin).await;
-    let missing = as_caller(
-        &admin,
-        GLOBEX,
-        Method::GET,
-        &format!("/admin/accounts/globex/keys/{UUID}"),
-        None,
-    )
-    .await;
+    let missing = admin
+        .send_as(
+            GLOBEX,
+            Method::GET,
+            &format!("/admin/accounts/globex/keys/{UUID}"),
+            None,
+        )
+        .await;
     missing.assert_error(StatusCode::NOT_FOUND, "missing key");
     let path = key_path(&id);
     let attempts: Vec<(Method, String, Option<&str>)> = vec![
@@ -219,7 +190,7 @@ async fn another_accounts_keys_are_404_byte_for_byte_a_missing_one() {
         (Method::DELETE, path.clone(), None),
     ];
     for (method, path, body) in attempts {
-        let reply = as_caller(&admin, GLOBEX, method.clone(), &path, body).await;
+        let reply = admin.send_as(GLOBEX, method.clone(), &path, body).await;
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{method} {path}");
         assert_eq!(reply.body, missing.body, "{method} {path}");
         assert_eq!(
@@ -229,14 +200,14 @@ async fn another_accounts_keys_are_404_byte_for_byte_a_missing_one() {
     }
     assert_eq!(admin.list("acme").await, vec![before]);
     // A token nobody was given is 401.
-    let reply = as_caller(
-        &admin,
-        "tenant-token-of-nobody-0123456789",
-        Method::GET,
-        "/admin/accounts/acme/keys",
-        None,
-    )
-    .await;
+    let reply = admin
+        .send_as(
+            "tenant-token-of-nobody-0123456789",
+            Method::GET,
+            "/admin/accounts/acme/keys",
+            None,
+        )
+        .await;
     reply.assert_error(StatusCode::UNAUTHORIZED, "unknown token");
 }
 
@@ -258,13 +229,13 @@ async fn a_ceiling_bounds_what_a_tenant_creates_but_not_the_operator() {
         r#"{"scopes":["read"],"rate_limit":{"requests":10,"per_seconds":60},"expires_in_seconds":2592001}"#,
         r#"{"scopes":["read"],"rate_limit":{"requests":10,"per_seconds":60},"expires_at":"2999-01-01T00:00:00Z"}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::POST, keys, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::POST, keys, Some(body)).await;
         reply.assert_error(StatusCode::FORBIDDEN, body);
         assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
     }
     assert!(admin.list("acme").await.is_empty());
     let within = r#"{"name":"ci","scopes":["read"],"rate_limit":{"requests":10,"per_seconds":60},"expires_in_seconds":86400}"#;
-    let reply = as_caller(&admin, ACME, Method::POST, keys, Some(within)).await;
+    let reply = admin.send_as(ACME, Method::POST, keys, Some(within)).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     admin.create("acme", None).await;
 }
@@ -287,13 +258,13 @@ async fn a_ceiling_can_bound_the_quota_and_addresses_of_a_tenants_new_keys() {
         r#"{"quota":{"requests":10,"period":"month"},"allowed_ips":["10.1.0.0/16"]}"#,
         r#"{"quota":{"requests":10,"period":"day"},"allowed_ips":["10.1.0.0/16","192.0.2.1"]}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::POST, keys, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::POST, keys, Some(body)).await;
         reply.assert_error(StatusCode::FORBIDDEN, body);
         assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
     }
     assert!(admin.list("acme").await.is_empty());
     let within = r#"{"quota":{"requests":1000,"period":"day"},"allowed_ips":["10.1.0.0/16"]}"#;
-    let reply = as_caller(&admin, ACME, Method::POST, keys, Some(within)).await;
+    let reply = admin.send_as(ACME, Method::POST, keys, Some(within)).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     // The operator isn't bound by it.
     admin.create("acme", None).await;
@@ -398,7 +369,7 @@ async fn a_tenant_naming_another_account_is_404_before_the_authorizer_or_the_sto
         (Method::PATCH, path.clone(), Some(r#"{"name":1}"#)),
         (Method::POST, format!("{path}/revoke"), None),
     ] {
-        let reply = as_caller(&admin, "any", method.clone(), &path, body).await;
+        let reply = admin.send_as("any", method.clone(), &path, body).await;
         reply.assert_error(StatusCode::NOT_FOUND, &format!("{method} {path} {body:?}"));
     }
     assert!(recording.seen.lock().expect("lock").is_empty());
@@ -443,7 +414,7 @@ async fn a_tenant_that_widens_an_allowlist_or_a_quota_is_403_and_nothing_changes
         r#"{"name":"x","quota":{"requests":10,"period":"day"},"allowed_ips":null}"#,
         r#"{"allowed_ips":["203.0.113.9"],"quota":null}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::PATCH, &path, Some(body)).await;
         reply.assert_error(StatusCode::FORBIDDEN, body);
         assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
     }
@@ -467,7 +438,7 @@ async fn a_tenant_narrows_an_allowlist_and_a_quota_or_adds_them() {
         r#"{"quota":{"requests":999,"period":"day"}}"#,
         r#"{"allowed_ips":["203.0.113.9"],"quota":{"requests":1,"period":"day"}}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::PATCH, &path, Some(body)).await;
         assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text());
     }
     let record = admin.list("acme").await.remove(0);
@@ -478,23 +449,18 @@ async fn a_tenant_narrows_an_allowlist_and_a_quota_or_adds_them() {
     let plain = admin.create("acme", None).await;
     let body =
         r#"{"allowed_ips":["0.0.0.0/0","::/0"],"quota":{"requests":1000000000,"period":"month"}}"#;
-    let reply = as_caller(
-        &admin,
-        ACME,
-        Method::PATCH,
-        &key_path(text(&plain, "id")),
-        Some(body),
-    )
-    .await;
+    let reply = admin
+        .send_as(
+            ACME,
+            Method::PATCH,
+            &key_path(text(&plain, "id")),
+            Some(body),
+        )
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let reply = as_caller(
-        &admin,
-        ACME,
-        Method::POST,
-        "/admin/accounts/acme/keys",
-        Some(body),
-    )
-    .await;
+    let reply = admin
+        .send_as(ACME, Method::POST, "/admin/accounts/acme/keys", Some(body))
+        .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     assert_eq!(
         reply.json()["quota"],
@@ -511,7 +477,7 @@ async fn metadata_is_the_operators_alone_even_to_clear() {
         r#"{"metadata":{}}"#,
         r#"{"name":"ci","metadata":{"plan":"free"}}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::POST, keys, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::POST, keys, Some(body)).await;
         reply.assert_error(StatusCode::FORBIDDEN, body);
         assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
     }
@@ -530,22 +496,17 @@ async fn metadata_is_the_operators_alone_even_to_clear() {
         r#"{"metadata":null}"#,
         r#"{"name":"mine","metadata":null}"#,
     ] {
-        let reply = as_caller(&admin, ACME, Method::PATCH, &path, Some(body)).await;
+        let reply = admin.send_as(ACME, Method::PATCH, &path, Some(body)).await;
         reply.assert_error(StatusCode::FORBIDDEN, body);
         assert_eq!(reply.json()["error"], NOT_ALLOWED, "{body}");
     }
     assert_eq!(admin.list("acme").await, before);
     // The tenant reads it, and changes the rest of the key.
-    let reply = as_caller(&admin, ACME, Method::GET, &path, None).await;
+    let reply = admin.send_as(ACME, Method::GET, &path, None).await;
     assert_eq!(reply.json()["metadata"], json!({"plan": "pro"}));
-    let reply = as_caller(
-        &admin,
-        ACME,
-        Method::PATCH,
-        &path,
-        Some(r#"{"name":"mine"}"#),
-    )
-    .await;
+    let reply = admin
+        .send_as(ACME, Method::PATCH, &path, Some(r#"{"name":"mine"}"#))
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["metadata"], json!({"plan": "pro"}));
     // The operator sets and clears it.

@@ -7,9 +7,21 @@ use std::time::{Duration, SystemTime};
 use tower_api_key::audit::{
     Actor, AuditAction, AuditChanges, AuditEntry, AuditOutcome, AuditQuery,
 };
-use tower_api_key::{KeyId, KeyManager, KeyStore, ManagerError, MemoryStore};
+use tower_api_key::{AccountId, KeyId, KeyManager, KeyStore, ManagerError, MemoryStore};
 
 use crate::support::{account, pepper};
+
+/// A refused create of `account`'s, recorded two hours ago.
+fn two_hours_ago(account: &AccountId) -> AuditEntry {
+    AuditEntry::refused(
+        SystemTime::now() - Duration::from_secs(7200),
+        account.clone(),
+        None,
+        AuditAction::Create,
+        Actor::operator(),
+        AuditChanges::none(),
+    )
+}
 
 fn manager() -> KeyManager {
     KeyManager::new(Arc::new(MemoryStore::new()), pepper())
@@ -101,15 +113,10 @@ async fn entries_past_the_retention_are_never_read_and_are_pruned() {
     let manager =
         KeyManager::new(store.clone(), pepper()).with_audit_retention(Duration::from_secs(3600));
     let acme = account("acme");
-    let old = AuditEntry::refused(
-        SystemTime::now() - Duration::from_secs(7200),
-        acme.clone(),
-        None,
-        AuditAction::Create,
-        Actor::operator(),
-        AuditChanges::none(),
-    );
-    store.append_audit(&old).await.expect("append");
+    store
+        .append_audit(&two_hours_ago(&acme))
+        .await
+        .expect("append");
     // Created through a manager of its own, which keeps 400 days: `manager` makes no change,
     // so it prunes nothing by itself.
     KeyManager::new(store.clone(), pepper())
@@ -164,15 +171,10 @@ async fn a_change_prunes_entries_past_the_retention_by_itself() {
     let manager =
         KeyManager::new(store.clone(), pepper()).with_audit_retention(Duration::from_secs(3600));
     let acme = account("acme");
-    let old = AuditEntry::refused(
-        SystemTime::now() - Duration::from_secs(7200),
-        acme.clone(),
-        None,
-        AuditAction::Create,
-        Actor::operator(),
-        AuditChanges::none(),
-    );
-    store.append_audit(&old).await.expect("append");
+    store
+        .append_audit(&two_hours_ago(&acme))
+        .await
+        .expect("append");
     manager.create(&acme).await.expect("create");
     crate::support::wait::until("the old entry is pruned", || async {
         let trail = store
