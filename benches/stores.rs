@@ -19,6 +19,10 @@
 //!   (default 3) rounds, each with an hour of its own and the variants' order alternating;
 //!   prints each flush, then the medians and the ratios to the uses alone measured in the same
 //!   run.
+//! - `changes`: what a change costs through `KeyManager` (its store call and, since the audit
+//!   trail, the entry written with it): `KEYS` keys (default 200) of accounts of their own,
+//!   each revoked, reactivated, renamed and rotated `ROUNDS` times (default 5), one call at a
+//!   time, on the memory store, a SQLite file and PostgreSQL; percentiles per change.
 //! - `feed`: two "processes" in this one (each its own pool, `PgChangeFeed`, manager and layer,
 //!   cache entries living an hour, on a runtime of two workers) on one database. For each of
 //!   `TRIES` keys (default 100), a change made through A (revoke, reactivate, rotate, delete),
@@ -38,6 +42,7 @@
 //! ROWS=100000 SAMPLES=2000 SQLITE_SAMPLES=500 cargo bench --all-features --bench stores -- lookups
 //! KEYS=10000 ROUNDS=5 cargo bench --all-features --bench stores -- last-used
 //! ROUNDS=5 cargo bench --all-features --bench stores -- usage-flush
+//! KEYS=500 ROUNDS=3 cargo bench --all-features --bench stores -- changes
 //! TRIES=1000 cargo bench --all-features --bench stores -- feed
 //! ```
 
@@ -54,7 +59,7 @@ use tower::{Layer, ServiceExt};
 use tower_api_key::audit::{Actor, AuditAction, AuditEntry, AuditEvent, AuditNote, AuditQuery};
 use tower_api_key::cache::CacheConfig;
 use tower_api_key::feed::{FeedConfig, FeedTask};
-use tower_api_key::policy::PolicyUpdate;
+use tower_api_key::policy::{KeyName, PolicyUpdate};
 use tower_api_key::store::{
     AccountId, KeyId, KeyRecord, KeyStatus, KeyStore, KeyUse, Rotated, StoreError,
 };
@@ -953,6 +958,78 @@ async fn usage_flush() {
     }
 }
 
+// ===== changes =====
+
+/// The operations the `changes` part times, in the order each round makes them.
+const CHANGES: [&str; 4] = ["revoke", "reactivate", "update", "rotate"];
+
+/// Times `KeyManager`'s changes on `store`: `keys` keys of their own accounts, each changed
+/// `rounds` times in the order of [`CHANGES`], one call at a time.
+async fn changes_on(name: &str, store: Arc<dyn KeyStore>, keys: usize, rounds: usize) {
+    let manager = KeyManager::new(store, Pepper::random().expect("pepper"));
+    let mut created = Vec::with_capacity(keys);
+    for i in 0..keys {
+        let account = AccountId::new(&format!("acct{i}")).expect("account");
+        let key = manager.create(&account).await.expect("create");
+        created.push((account, key.info.id));
+    }
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    for round in 0..rounds {
+        for (account, id) in &created {
+            let name = KeyName::new(&format!("round {round}")).expect("name");
+            let started = Instant::now();
+            manager.revoke(account, *id).await.expect("revoke");
+            times[0].push(started.elapsed());
+            let started = Instant::now();
+            manager.reactivate(account, *id).await.expect("reactivate");
+            times[1].push(started.elapsed());
+            let started = Instant::now();
+            let update = PolicyUpdate::new().name(Some(name));
+            manager.update(account, *id, update).await.expect("update");
+            times[2].push(started.elapsed());
+            let started = Instant::now();
+            manager.rotate(account, *id).await.expect("rotate");
+            times[3].push(started.elapsed());
+        }
+    }
+    for (operation, samples) in CHANGES.iter().zip(&mut times) {
+        let (p50, p90, p99, max) = percentiles(samples);
+        println!("| {name} | {operation} | {p50:.0} | {p90:.0} | {p99:.0} | {max:.0} |");
+    }
+}
+
+async fn changes() {
+    let keys = env_usize("KEYS", 200);
+    let rounds = env_usize("ROUNDS", 5);
+    println!(
+        "## changes: {keys} keys, {rounds} rounds of revoke, reactivate, update (a name), rotate \
+         each, through KeyManager, one at a time (µs)"
+    );
+    println!("| store | change | p50 | p90 | p99 | max |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    changes_on("memory", Arc::new(MemoryStore::new()), keys, rounds).await;
+    let path = std::env::temp_dir().join(format!("tak_bench_changes_{}.db", std::process::id()));
+    let path = path.to_str().expect("utf-8 path").to_owned();
+    let sqlite = sqlite_store(&path, true).await;
+    sqlite.migrate().await.expect("migrate");
+    changes_on("sqlite", Arc::new(sqlite.clone()), keys, rounds).await;
+    sqlite.pool().close().await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+    if let Some(options) = pg_schema().await {
+        let store = PostgresStore::from_pool(pg_pool(&options, true));
+        store.migrate().await.expect("migrate");
+        let pool = store.pool().clone();
+        changes_on("postgres", Arc::new(store), keys, rounds).await;
+        pool.close().await;
+        pg_drop_schema().await;
+    } else {
+        println!("postgres: skipped (DATABASE_URL not set)");
+    }
+    println!();
+}
+
 // ===== feed =====
 
 /// One "process": its own pool, change feed, manager and layer. Entries live an hour, so only
@@ -1106,6 +1183,9 @@ async fn main() {
     }
     if wants("usage-flush") {
         usage_flush().await;
+    }
+    if wants("changes") {
+        changes().await;
     }
     if wants("feed") {
         // Two workers, as two processes' feeds and requests would have.
