@@ -316,7 +316,8 @@ impl KeyManager {
 
     /// Keeps audit entries for `retention` (default [`audit::DEFAULT_RETENTION`], 400 days):
     /// older ones are never read, and are deleted from the store at most once an hour,
-    /// after a change.
+    /// after a change. Processes sharing a store share one trail: the shortest retention
+    /// among them is the one that holds.
     #[must_use]
     pub fn with_audit_retention(mut self, retention: Duration) -> Self {
         self.audit_retention = retention;
@@ -462,7 +463,7 @@ impl KeyManager {
                         note.actor,
                         note.changes,
                     );
-                    self.append_refusal(&refused).await;
+                    self.append_refusal(refused).await;
                     return Err(err.into());
                 }
                 Err(err) => return Err(err.into()),
@@ -969,11 +970,22 @@ impl KeyManager {
         now.checked_sub(self.audit_retention).unwrap_or(UNIX_EPOCH)
     }
 
-    /// Writes a refusal the manager made itself; a trail that can't be written doesn't
-    /// change the answer (the refusal stands), so the failure is only logged.
-    async fn append_refusal(&self, entry: &AuditEntry) {
-        if let Err(err) = self.store.append_audit(entry).await {
-            tracing::warn!(error = %err, account = %entry.account, "could not record a refused attempt");
+    /// Writes a refusal the manager made itself, to the end even if the caller goes away (in
+    /// a task of its own, on a Tokio runtime); a trail that can't be written doesn't change
+    /// the answer (the refusal stands), so the failure is only logged.
+    async fn append_refusal(&self, entry: AuditEntry) {
+        let store = Arc::clone(&self.store);
+        let append = async move {
+            if let Err(err) = store.append_audit(&entry).await {
+                tracing::warn!(error = %err, account = %entry.account, "could not record a refused attempt");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                // A panic of the store is the store's; the refusal stands either way.
+                let _ = runtime.spawn(append.in_current_span()).await;
+            }
+            Err(_) => append.await,
         }
     }
 

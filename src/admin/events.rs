@@ -79,7 +79,8 @@ struct EventView {
     at: String,
     #[schema(value_type = crate::audit::AuditAction)]
     action: &'static str,
-    /// The key; `null` for a create that was refused (no key was made).
+    /// The key; `null` for a refused create (no key was made) or a refused change of a key
+    /// the account doesn't hold.
     #[schema(required, format = "uuid")]
     key_id: Option<String>,
     /// The key's prefix after the change (a rotation's new one, a deleted key's last one);

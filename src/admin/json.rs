@@ -58,7 +58,7 @@ pub(crate) struct KeyView {
     #[schema(required)]
     name: Option<String>,
     /// `null`: unrestricted.
-    #[schema(required)]
+    #[schema(required, value_type = Option<Vec<super::openapi::Scope>>)]
     scopes: Option<Vec<String>>,
     #[schema(required, format = DateTime)]
     expires_at: Option<String>,
@@ -435,6 +435,8 @@ pub(crate) struct CreateBody {
     /// In the future; not with `expires_in_seconds`.
     #[schema(format = DateTime)]
     expires_at: Option<String>,
+    /// At most 16 distinct.
+    #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
     scopes: Option<Vec<String>>,
     rate_limit: Option<RateLimitJson>,
     quota: Option<QuotaJson>,
@@ -501,7 +503,8 @@ pub(crate) struct UpdateBody {
     #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>)]
+    /// At most 16 distinct.
+    #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
     scopes: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<RateLimitJson>)]

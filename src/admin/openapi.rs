@@ -32,7 +32,8 @@ const BEARER: &str = "bearer";
     info(
         title = "tower-api-key admin API",
         description = "List, create, read, update, rotate, revoke, reactivate and delete an \
-                       account's API keys, and read their usage. Every answer carries \
+                       account's API keys, read their usage and the account's audit trail. \
+                       Every answer carries \
                        `Cache-Control: no-store`; errors are `{\"error\": message}`."
     ),
     paths(
@@ -223,6 +224,16 @@ pub(crate) struct EventsQuery {
     #[param(minimum = 1)]
     before: Option<u64>,
 }
+
+/// A scope: 1 to 64 of `a-z`, `0-9`, `:`, `.`, `_` and `-`, starting with a letter or digit.
+/// A key holds at most 16 distinct scopes (a scope given twice counts once).
+#[derive(ToSchema)]
+#[schema(pattern = r"^[a-z0-9][a-z0-9:._-]{0,63}$")]
+#[allow(
+    dead_code,
+    reason = "described only: scopes are read and written as strings"
+)]
+pub(crate) struct Scope(String);
 
 // ===== enumerations, as written in the JSON =====
 

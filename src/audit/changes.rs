@@ -17,7 +17,8 @@ use crate::store::KeyRecord;
 /// `"quota": {"requests": 1000, "period": "day"}`, `"allowed_ips": ["203.0.113.0/24"]`,
 /// `"metadata": {…}`). An update's cleared field is `null`; a create lists the fields it set;
 /// a refused create may also name `expires_in_seconds`; a rotation names its
-/// `grace_seconds`. Revoke, reactivate and delete set nothing: `{}`.
+/// `grace_seconds`. Revoke, reactivate and delete set nothing: `{}`. A refused attempt records
+/// the metadata it asked for by size only ([`refused`](Self::refused)).
 ///
 /// It never holds a key, a secret or a digest: only policy.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -104,6 +105,19 @@ impl AuditChanges {
         let mut changes = Fields::default();
         changes.put("grace_seconds", json!(options.grace.as_secs()));
         Self(changes.0)
+    }
+
+    /// The same changes as a refused attempt records them: a `metadata` object asked for is
+    /// replaced by its size (`"metadata": "4000 bytes, not recorded"`), since it never became
+    /// the key's, and a caller refused again and again must not fill the trail with it.
+    #[must_use]
+    pub fn refused(mut self) -> Self {
+        if let Some(Value::Object(metadata)) = self.0.get("metadata") {
+            let bytes = Value::Object(metadata.clone()).to_string().len();
+            let summary = format!("{bytes} bytes, not recorded");
+            self.0.insert("metadata".to_owned(), Value::String(summary));
+        }
+        self
     }
 
     /// The changes written as compact JSON, as stores keep them.
@@ -248,6 +262,20 @@ mod tests {
             changes
         );
         assert_eq!(format!("{changes:?}"), r#"{"name", "quota", "scopes"}"#);
+    }
+
+    #[test]
+    fn a_refusal_keeps_metadata_by_size_only() {
+        let metadata = crate::policy::Metadata::from_json(r#"{"plan":"gold"}"#).expect("json");
+        let options = KeyOptions::new()
+            .metadata(metadata)
+            .name("x".parse().expect("name"));
+        let refused = AuditChanges::of_options(&options).refused();
+        assert_eq!(
+            refused.to_json(),
+            r#"{"metadata":"15 bytes, not recorded","name":"x"}"#
+        );
+        assert_eq!(AuditChanges::none().refused(), AuditChanges::none());
     }
 
     #[test]

@@ -344,7 +344,8 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// A refused attempt of `actor` at `action` on `account`'s key `key` (`None`: no key, as
-    /// for a create).
+    /// for a create, or one that isn't the account's), with the `changes` asked for (any
+    /// metadata by size only: [`AuditChanges::refused`]).
     pub fn refused(
         at: SystemTime,
         account: AccountId,
@@ -361,7 +362,7 @@ impl AuditEntry {
             action,
             actor,
             outcome: AuditOutcome::Refused,
-            changes,
+            changes: changes.refused(),
         }
     }
 }

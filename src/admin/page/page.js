@@ -867,6 +867,13 @@
       query += "&before=" + encodeURIComponent(String(before));
     }
     if (before === null) {
+      // Another account's entries never stay under this account's name, not even while its
+      // own load (or fail).
+      if (!activity || activity.account !== account) {
+        els.activityList.replaceChildren();
+        els.activityOlder.hidden = true;
+        activity = null;
+      }
       els.activityStatus.textContent = "Loading…";
     }
     els.activityOlder.disabled = true;

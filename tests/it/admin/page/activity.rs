@@ -4,10 +4,14 @@
 
 use std::time::Duration;
 
+use http::request::Parts;
 use http::{Method, StatusCode};
 use serde_json::Value;
+use tower_api_key::admin::{
+    AdminAttempt, AdminAuthorizer, AdminCaller, AdminDenied, AdminOperation,
+};
 
-use super::{Page, TOKEN, rows};
+use super::{Harness, Page, TOKEN, rows};
 use crate::support::browser::PATIENCE;
 
 /// The list as the page shows it: each entry's id, action, outcome and text; the status line;
@@ -155,4 +159,53 @@ async fn the_activity_list_shows_each_change_newest_first_and_pages_with_older()
         .map(|entry| entry["id"].as_u64().expect("id"))
         .collect();
     assert_eq!(shown, all, "newest first, each entry once");
+}
+
+/// The operator token, but globex's trail may not be read.
+struct NoTrailForGlobex;
+
+#[async_trait::async_trait]
+impl AdminAuthorizer for NoTrailForGlobex {
+    async fn authenticate(&self, request: &Parts) -> Result<AdminCaller, AdminDenied> {
+        let expected = format!("Bearer {TOKEN}");
+        match request.headers.get("authorization") {
+            Some(value) if value.as_bytes() == expected.as_bytes() => Ok(AdminCaller::Operator),
+            _ => Err(AdminDenied::unauthenticated("invalid admin token")),
+        }
+    }
+
+    async fn authorize(&self, attempt: &AdminAttempt<'_>) -> Result<(), AdminDenied> {
+        match attempt.operation {
+            AdminOperation::Events if attempt.account.as_str() == "globex" => {
+                Err(AdminDenied::NotAllowed)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_accounts_activity_never_stays_on_screen() {
+    let start = Harness::with_authorizer(NoTrailForGlobex);
+    let Some(page) = Page::open_on(1280, 900, start).await else {
+        return;
+    };
+    page.harness.create("acme", None).await;
+    page.show_keys(TOKEN).await;
+    page.wait_for_activity("acme's create", |a| entries(a).len() == 1)
+        .await;
+
+    // Globex's keys load, its trail doesn't: acme's entry goes all the same.
+    page.fill("#account", "globex").await;
+    page.click("#show").await;
+    page.wait_for_count("0 of 3 keys").await;
+    let activity = page
+        .wait_for_activity("the failed load", |a| {
+            a["status"]
+                .as_str()
+                .is_some_and(|status| status.starts_with("Activity could not be loaded"))
+        })
+        .await;
+    assert!(entries(&activity).is_empty(), "{activity:#}");
+    assert_eq!(activity["older"], false);
 }
