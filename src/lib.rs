@@ -96,6 +96,7 @@ pub mod axum_layer;
 pub mod body;
 pub mod cache;
 pub mod client_addr;
+mod clock;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod extract;
@@ -103,6 +104,7 @@ pub mod feed;
 pub mod future;
 mod gatekeeper;
 mod hashing;
+mod ids;
 pub mod invalidation;
 pub mod key;
 pub mod layer;

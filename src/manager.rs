@@ -46,6 +46,7 @@ use tracing::Instrument as _;
 use crate::audit::{
     self, Actor, AuditAction, AuditChanges, AuditEntry, AuditEvent, AuditNote, AuditQuery,
 };
+use crate::clock::now;
 use crate::invalidation::{Invalidation, InvalidationBus};
 use crate::key::{ApiKey, KeyDigest, KeyPrefix, Pepper, RandomnessError};
 use crate::policy::{
@@ -420,6 +421,17 @@ impl KeyManager {
         if expires_at.is_some_and(|at| at <= created_at) {
             return Err(PolicyError::ExpiryInPast.into());
         }
+        // On the trail, the expiry as the instant it became.
+        let set = KeyOptions {
+            expires_at,
+            expires_in: None,
+            ..options.clone()
+        };
+        let note = self.note(
+            created_at,
+            AuditAction::Create,
+            AuditChanges::of_options(&set),
+        );
         for _ in 0..PREFIX_ATTEMPTS {
             let key = ApiKey::generate()?;
             let record = KeyRecord {
@@ -438,8 +450,6 @@ impl KeyManager {
                     created_at,
                 )
             };
-            let changes = AuditChanges::of_record(&record);
-            let note = self.note(created_at, AuditAction::Create, changes);
             match self
                 .store
                 .insert_within_limit(record.clone(), self.max_keys_per_account, &note)
@@ -460,8 +470,8 @@ impl KeyManager {
                         account.clone(),
                         None,
                         AuditAction::Create,
-                        note.actor,
-                        note.changes,
+                        note.actor.clone(),
+                        note.changes.clone(),
                     );
                     self.append_refusal(refused).await;
                     return Err(err.into());
@@ -1102,12 +1112,4 @@ impl Drop for PendingChange {
             invalidations.publish(Invalidation::All);
         }
     }
-}
-
-/// The current time at the microsecond precision that every store keeps.
-pub(crate) fn now() -> SystemTime {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    UNIX_EPOCH + Duration::from_micros(since_epoch.as_micros().try_into().unwrap_or(u64::MAX))
 }

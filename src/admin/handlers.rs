@@ -21,7 +21,7 @@ use super::error::{ApiError, ErrorBody};
 use super::event::{AdminAction, AdminEvent};
 use super::events::{self, EventList};
 use super::json::{CreateBody, KeyList, KeyView, RotateBody, UpdateBody, json_body};
-use super::openapi::{
+use super::schema::{
     AccountPath, BodyErrors, ChangeErrors, EventsQuery, KeyPath, ReadErrors, UsageQuery,
 };
 use super::usage::{UsageView, range_of};

@@ -46,7 +46,7 @@ pub(crate) struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false)]
     key: Option<String>,
-    #[schema(value_type = super::openapi::KeyStatus)]
+    #[schema(value_type = super::schema::KeyStatus)]
     status: &'static str,
     #[schema(format = DateTime)]
     created_at: String,
@@ -58,7 +58,7 @@ pub(crate) struct KeyView {
     #[schema(required)]
     name: Option<String>,
     /// `null`: unrestricted.
-    #[schema(required, value_type = Option<Vec<super::openapi::Scope>>)]
+    #[schema(required, value_type = Option<Vec<super::schema::Scope>>)]
     scopes: Option<Vec<String>>,
     #[schema(required, format = DateTime)]
     expires_at: Option<String>,
@@ -272,7 +272,7 @@ impl RateLimitJson {
 pub(crate) struct QuotaJson {
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     requests: i64,
-    #[schema(value_type = super::openapi::QuotaPeriod)]
+    #[schema(value_type = super::schema::QuotaPeriod)]
     period: String,
 }
 
@@ -436,7 +436,7 @@ pub(crate) struct CreateBody {
     #[schema(format = DateTime)]
     expires_at: Option<String>,
     /// At most 16 distinct.
-    #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
+    #[schema(value_type = Option<Vec<super::schema::Scope>>)]
     scopes: Option<Vec<String>>,
     rate_limit: Option<RateLimitJson>,
     quota: Option<QuotaJson>,
@@ -504,7 +504,7 @@ pub(crate) struct UpdateBody {
     expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     /// At most 16 distinct.
-    #[schema(value_type = Option<Vec<super::openapi::Scope>>)]
+    #[schema(value_type = Option<Vec<super::schema::Scope>>)]
     scopes: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<RateLimitJson>)]

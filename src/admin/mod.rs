@@ -188,6 +188,7 @@ mod json;
 mod openapi;
 mod page;
 mod query;
+mod schema;
 mod self_service;
 mod tokens;
 mod usage;

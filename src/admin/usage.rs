@@ -104,7 +104,7 @@ pub(crate) struct UsageView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false, format = "uuid")]
     key_id: Option<String>,
-    #[schema(value_type = super::openapi::UsageGranularity)]
+    #[schema(value_type = super::schema::UsageGranularity)]
     granularity: &'static str,
     /// Every bucket of the range, oldest first, zeros included.
     buckets: Vec<BucketView>,

@@ -9,7 +9,6 @@ use crate::policy::{
     AllowedIps, KeyName, KeyOptions, Metadata, PolicyUpdate, Quota, RateLimit, RotateOptions,
     Scopes, civil_from_days,
 };
-use crate::store::KeyRecord;
 
 /// What an audited change set: a JSON object whose members are the policy fields named, in
 /// the admin API's own form (`"name": "CI"`, `"scopes": ["read"]`, `"expires_at":
@@ -28,19 +27,6 @@ impl AuditChanges {
     /// No fields: revoke, reactivate, delete.
     pub fn none() -> Self {
         Self::default()
-    }
-
-    /// The fields a new key was given, from its record (the expiry as an instant).
-    pub fn of_record(record: &KeyRecord) -> Self {
-        let mut changes = Fields::default();
-        changes.name(record.name.as_ref());
-        changes.scopes(record.scopes.as_ref());
-        changes.time("expires_at", record.expires_at);
-        changes.rate_limit(record.rate_limit.as_ref());
-        changes.quota(record.quota.as_ref());
-        changes.allowed_ips(record.allowed_ips.as_ref());
-        changes.metadata(record.metadata.as_ref());
-        Self(changes.0)
     }
 
     /// The fields a create asks for (an expiry may be relative: `expires_in_seconds`).

@@ -51,8 +51,8 @@ use std::time::{Duration, SystemTime};
 
 pub use changes::AuditChanges;
 
+use crate::ids::{AccountId, KeyId};
 use crate::key::KeyPrefix;
-use crate::store::{AccountId, KeyId, KeyRecord};
 
 /// How long entries are kept unless configured: 400 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(400 * 24 * 3600);
@@ -271,8 +271,8 @@ impl std::error::Error for UnknownName {}
 // ===== AuditNote, AuditEntry, AuditEvent =====
 
 /// What the manager tells the store about a change it asks for: when, who, what. The store
-/// turns it into an [`AuditEntry`] with [`done`](Self::done) and writes that in the same
-/// atomic step as the change.
+/// turns it into an [`AuditEntry`] with [`done`](Self::done), for the record it changed, and
+/// writes that in the same atomic step as the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AuditNote {
@@ -300,17 +300,18 @@ impl AuditNote {
     /// A note of `action` by `actor`, made now, setting nothing: for callers of a
     /// [`KeyStore`](crate::KeyStore) other than the manager (a migration, a test).
     pub fn now(actor: Actor, action: AuditAction) -> Self {
-        Self::new(crate::manager::now(), actor, action, AuditChanges::none())
+        Self::new(crate::clock::now(), actor, action, AuditChanges::none())
     }
 
-    /// The entry of this change, made to `record` (as it is after the change; for a
-    /// deletion, as it was).
-    pub fn done(&self, record: &KeyRecord) -> AuditEntry {
+    /// The entry of this change, made to `account`'s key `key_id`, whose prefix is `prefix`
+    /// after the change (a rotation's new one; a deleted key's last one). A store passes the
+    /// record it changed: `note.done(&record.account_id, record.id, record.prefix)`.
+    pub fn done(&self, account: &AccountId, key_id: KeyId, prefix: KeyPrefix) -> AuditEntry {
         AuditEntry {
             at: self.at,
-            account: record.account_id.clone(),
-            key_id: Some(record.id),
-            prefix: Some(record.prefix),
+            account: account.clone(),
+            key_id: Some(key_id),
+            prefix: Some(prefix),
             action: self.action,
             actor: self.actor.clone(),
             outcome: AuditOutcome::Done,

@@ -76,7 +76,7 @@ impl Records {
     /// `changed` as it is, after writing `audit`'s entry for it (if there is one).
     fn audited(&mut self, changed: Option<KeyRecord>, audit: &AuditNote) -> Option<KeyRecord> {
         if let Some(record) = &changed {
-            self.audit(audit.done(record));
+            self.audit(audit.done(&record.account_id, record.id, record.prefix));
         }
         changed
     }
@@ -124,7 +124,7 @@ impl KeyStore for MemoryStore {
             .entry(record.account_id.clone())
             .or_default()
             .push(record.id);
-        records.audit(audit.done(&record));
+        records.audit(audit.done(&record.account_id, record.id, record.prefix));
         records.by_id.insert(record.id, record);
         Ok(())
     }
@@ -208,7 +208,7 @@ impl KeyStore for MemoryStore {
             ..before.clone()
         };
         records.by_id.insert(id, after.clone());
-        records.audit(audit.done(&after));
+        records.audit(audit.done(&after.account_id, after.id, after.prefix));
         Ok(Some(Rotated { before, after }))
     }
 

@@ -525,7 +525,11 @@ impl KeyStore for PostgresStore {
                 .await
                 .map_err(sql::store_error)?;
         }
-        write_entry(&mut *tx, &audit.done(&record)).await?;
+        write_entry(
+            &mut *tx,
+            &audit.done(&record.account_id, record.id, record.prefix),
+        )
+        .await?;
         tx.commit().await.map_err(sql::store_error)
     }
 
@@ -642,7 +646,11 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(sql::store_error)?
         .into_record()?;
-        write_entry(&mut *tx, &audit.done(&after)).await?;
+        write_entry(
+            &mut *tx,
+            &audit.done(&after.account_id, after.id, after.prefix),
+        )
+        .await?;
         tx.commit().await.map_err(sql::store_error)?;
         Ok(Some(Rotated { before, after }))
     }

@@ -1496,13 +1496,19 @@ async fn every_change_writes_one_entry_of_the_record_after_it(store: Arc<dyn Key
         at(1),
         "alice@example.com",
         AuditAction::Create,
-        AuditChanges::of_record(&record),
+        AuditChanges::of_options(&KeyOptions::new().name("ci".parse().expect("name"))),
     );
     store
         .insert_within_limit(record.clone(), 3, &create)
         .await
         .expect("insert");
-    assert_logged(&store, "acme", &mut held, create.done(&record)).await;
+    assert_logged(
+        &store,
+        "acme",
+        &mut held,
+        crate::store::entry_of(&create, &record),
+    )
+    .await;
 
     let update = PolicyUpdate::new()
         .name(Some(KeyName::new("CI").expect("name")))
@@ -1519,7 +1525,13 @@ async fn every_change_writes_one_entry_of_the_record_after_it(store: Arc<dyn Key
         .await
         .expect("update")
         .expect("found");
-    assert_logged(&store, "acme", &mut held, note.done(&updated)).await;
+    assert_logged(
+        &store,
+        "acme",
+        &mut held,
+        crate::store::entry_of(&note, &updated),
+    )
+    .await;
 
     let (_, new_key) = new_record("acme");
     let note = note_of(
@@ -1545,7 +1557,13 @@ async fn every_change_writes_one_entry_of_the_record_after_it(store: Arc<dyn Key
         .expect("rotate")
         .expect("found");
     assert_eq!(rotated.after.prefix, new_key.prefix());
-    assert_logged(&store, "acme", &mut held, note.done(&rotated.after)).await;
+    assert_logged(
+        &store,
+        "acme",
+        &mut held,
+        crate::store::entry_of(&note, &rotated.after),
+    )
+    .await;
     let newest = &entries(&store, "acme").await[0];
     assert_eq!(newest.prefix, Some(new_key.prefix()), "the new prefix");
 
@@ -1559,7 +1577,13 @@ async fn every_change_writes_one_entry_of_the_record_after_it(store: Arc<dyn Key
             .await
             .expect("set")
             .expect("found");
-        assert_logged(&store, "acme", &mut held, note.done(&changed)).await;
+        assert_logged(
+            &store,
+            "acme",
+            &mut held,
+            crate::store::entry_of(&note, &changed),
+        )
+        .await;
     }
 
     let note = note_of(at(6), "system", AuditAction::Delete, AuditChanges::none());
@@ -1568,7 +1592,13 @@ async fn every_change_writes_one_entry_of_the_record_after_it(store: Arc<dyn Key
         .await
         .expect("delete")
         .expect("found");
-    assert_logged(&store, "acme", &mut held, note.done(&deleted)).await;
+    assert_logged(
+        &store,
+        "acme",
+        &mut held,
+        crate::store::entry_of(&note, &deleted),
+    )
+    .await;
     let newest = &entries(&store, "acme").await[0];
     assert_eq!(
         (newest.key_id, newest.prefix, newest.outcome),

@@ -8,7 +8,12 @@ mod sqlite;
 
 use std::time::SystemTime;
 
-use tower_api_key::audit::{Actor, AuditAction, AuditChanges, AuditNote};
+use tower_api_key::audit::{Actor, AuditAction, AuditChanges, AuditEntry, AuditNote};
+
+/// The entry a store writes for `note`'s change of `record` (as it is after the change).
+pub(crate) fn entry_of(note: &AuditNote, record: &tower_api_key::KeyRecord) -> AuditEntry {
+    note.done(&record.account_id, record.id, record.prefix)
+}
 
 /// An audit note for a store call a test makes itself (the stores' audit tests make their
 /// own, with [`note_of`]).
@@ -354,6 +359,6 @@ mod sql {
             .expect("revoke")
             .expect("found");
         let entries: Vec<_> = trail().await.into_iter().map(|event| event.entry).collect();
-        assert_eq!(entries, [note.done(&revoked)]);
+        assert_eq!(entries, [super::entry_of(&note, &revoked)]);
     }
 }
