@@ -465,15 +465,7 @@ impl KeyManager {
                 }
                 Err(StoreError::PrefixTaken) => continue,
                 Err(err @ StoreError::LimitReached { .. }) => {
-                    let refused = AuditEntry::refused(
-                        note.at,
-                        account.clone(),
-                        None,
-                        AuditAction::Create,
-                        note.actor.clone(),
-                        note.changes.clone(),
-                    );
-                    self.append_refusal(refused).await;
+                    self.append_refusal(note.refused(account, None)).await;
                     return Err(err.into());
                 }
                 Err(err) => return Err(err.into()),
@@ -952,14 +944,9 @@ impl KeyManager {
         action: AuditAction,
         changes: AuditChanges,
     ) -> Result<(), ManagerError> {
-        let entry = AuditEntry::refused(
-            now(),
-            account.clone(),
-            key.map(|info| (info.id, info.prefix)),
-            action,
-            self.actor.clone(),
-            changes,
-        );
+        let entry = self
+            .note(now(), action, changes)
+            .refused(account, key.map(|info| (info.id, info.prefix)));
         Ok(self.store.append_audit(&entry).await?)
     }
 

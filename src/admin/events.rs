@@ -41,9 +41,9 @@ pub(crate) fn query_of(query: Option<&str>) -> Result<AuditQuery, ApiError> {
                 })
         })
         .transpose()?;
-    Ok(match before {
-        Some(before) => AuditQuery::before(limit, before),
-        None => AuditQuery::latest(limit),
+    Ok(AuditQuery {
+        before,
+        ..AuditQuery::latest(limit)
     })
 }
 

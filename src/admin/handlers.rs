@@ -158,7 +158,7 @@ impl Admin {
     async fn record_refused(&self, admitted: &Admitted, attempted: Attempted) {
         let manager = admitted.manager(self);
         let account = admitted.account.clone();
-        let task = tokio::spawn(async move {
+        let recorded = to_the_end(async move {
             let key = match attempted.key {
                 Some(AttemptedKey::Read(info)) => Some(info),
                 // The key's prefix, if it is the account's: a refused attempt on a key that
@@ -170,11 +170,10 @@ impl Admin {
                 .record_refused(&account, key.as_ref(), attempted.action, attempted.changes)
                 .await
         });
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "could not record a refused attempt"),
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => tracing::warn!("a refused attempt went unrecorded: shutting down"),
+        match recorded.await {
+            Some(Ok(())) => {}
+            Some(Err(err)) => tracing::warn!(error = %err, "could not record a refused attempt"),
+            None => tracing::warn!("a refused attempt went unrecorded: shutting down"),
         }
     }
 
@@ -195,18 +194,16 @@ impl Admin {
     {
         let admin = Arc::clone(self);
         let change = change(admitted.manager(self));
-        let task = tokio::spawn(async move {
+        let reported = to_the_end(async move {
             let done = change.await?;
             if let Some(info) = info(&done) {
                 admin.emit(action, info);
             }
             Ok::<T, ManagerError>(done)
         });
-        match task.await {
-            Ok(outcome) => outcome.map_err(ApiError::from),
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            // Only a runtime shutting down cancels it.
-            Err(_) => Err(ManagerError::Store(StoreError::unavailable("shutting down")).into()),
+        match reported.await {
+            Some(outcome) => outcome.map_err(ApiError::from),
+            None => Err(ManagerError::Store(StoreError::unavailable("shutting down")).into()),
         }
     }
 
@@ -610,6 +607,19 @@ impl Attempted {
             changes,
             key,
         })
+    }
+}
+
+/// Runs `work` in a task of its own, to its end even if the caller goes away (a client that
+/// disconnects, a timeout), and returns its output; `None` if the runtime shutting down
+/// cancelled it. A panic in it is the caller's panic (and so a 500).
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    match tokio::spawn(work).await {
+        Ok(output) => Some(output),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => None,
     }
 }
 

@@ -304,8 +304,9 @@ impl AuditNote {
     }
 
     /// The entry of this change, made to `account`'s key `key_id`, whose prefix is `prefix`
-    /// after the change (a rotation's new one; a deleted key's last one). A store passes the
-    /// record it changed: `note.done(&record.account_id, record.id, record.prefix)`.
+    /// after the change (a rotation's new one; a deleted key's last one). A store calls it
+    /// through [`KeyRecord::audit_entry`](crate::KeyRecord::audit_entry) with the record it
+    /// changed.
     pub fn done(&self, account: &AccountId, key_id: KeyId, prefix: KeyPrefix) -> AuditEntry {
         AuditEntry {
             at: self.at,
@@ -317,6 +318,20 @@ impl AuditNote {
             outcome: AuditOutcome::Done,
             changes: self.changes.clone(),
         }
+    }
+
+    /// The entry of this change refused: `account`'s key `key` (its id and prefix; `None`
+    /// for a create, or a key that isn't the account's) left as it was. See
+    /// [`AuditEntry::refused`].
+    pub fn refused(&self, account: &AccountId, key: Option<(KeyId, KeyPrefix)>) -> AuditEntry {
+        AuditEntry::refused(
+            self.at,
+            account.clone(),
+            key,
+            self.action,
+            self.actor.clone(),
+            self.changes.clone(),
+        )
     }
 }
 

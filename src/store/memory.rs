@@ -76,7 +76,7 @@ impl Records {
     /// `changed` as it is, after writing `audit`'s entry for it (if there is one).
     fn audited(&mut self, changed: Option<KeyRecord>, audit: &AuditNote) -> Option<KeyRecord> {
         if let Some(record) = &changed {
-            self.audit(audit.done(&record.account_id, record.id, record.prefix));
+            self.audit(record.audit_entry(audit));
         }
         changed
     }
@@ -124,7 +124,7 @@ impl KeyStore for MemoryStore {
             .entry(record.account_id.clone())
             .or_default()
             .push(record.id);
-        records.audit(audit.done(&record.account_id, record.id, record.prefix));
+        records.audit(record.audit_entry(audit));
         records.by_id.insert(record.id, record);
         Ok(())
     }
@@ -208,7 +208,7 @@ impl KeyStore for MemoryStore {
             ..before.clone()
         };
         records.by_id.insert(id, after.clone());
-        records.audit(audit.done(&after.account_id, after.id, after.prefix));
+        records.audit(after.audit_entry(audit));
         Ok(Some(Rotated { before, after }))
     }
 

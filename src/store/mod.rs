@@ -139,6 +139,12 @@ impl KeyRecord {
             .filter(|previous| previous.expires_at > now)
     }
 
+    /// The audit entry of `note`'s change, made to this record (as it is after the change;
+    /// for a deletion, as it was): what a store writes with the change.
+    pub fn audit_entry(&self, note: &AuditNote) -> AuditEntry {
+        note.done(&self.account_id, self.id, self.prefix)
+    }
+
     /// The digests a change to this record must invalidate: the current key's and, if there
     /// is one, the previous key's.
     pub fn digests(&self) -> impl Iterator<Item = KeyDigest> + '_ {
@@ -261,7 +267,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// or its prefix is taken (as another key's current or previous prefix). The count and the insert are one atomic step, so concurrent
     /// inserts can't exceed the limit.
     ///
-    /// With the insert, writes `audit`'s entry ([`AuditNote::done`]) to the trail.
+    /// With the insert, writes `audit`'s entry ([`KeyRecord::audit_entry`]) to the trail.
     ///
     /// # Errors
     ///
@@ -285,7 +291,7 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn list(&self, account: &AccountId) -> Result<Vec<KeyRecord>, StoreError>;
 
     /// Sets a key's status and returns the updated record. With the change, writes
-    /// `audit`'s entry for the record as it is now ([`AuditNote::done`]); no key, no entry.
+    /// `audit`'s entry for the record as it is now ([`KeyRecord::audit_entry`]); no key, no entry.
     async fn set_status(
         &self,
         account: &AccountId,

@@ -317,11 +317,7 @@ async fn commit_audited(
     let Some(record) = row.map(Row::into_record).transpose()? else {
         return Ok(None);
     };
-    write_entry(
-        &mut *tx,
-        &audit.done(&record.account_id, record.id, record.prefix),
-    )
-    .await?;
+    write_entry(&mut *tx, &record.audit_entry(audit)).await?;
     tx.commit().await.map_err(sql::store_error)?;
     Ok(Some(record))
 }
@@ -388,11 +384,7 @@ impl KeyStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(sql::store_error)?;
-        write_entry(
-            &mut *tx,
-            &audit.done(&record.account_id, record.id, record.prefix),
-        )
-        .await?;
+        write_entry(&mut *tx, &record.audit_entry(audit)).await?;
         tx.commit().await.map_err(sql::store_error)
     }
 
@@ -487,11 +479,7 @@ impl KeyStore for SqliteStore {
         .await
         .map_err(sql::store_error)?
         .into_record()?;
-        write_entry(
-            &mut *tx,
-            &audit.done(&after.account_id, after.id, after.prefix),
-        )
-        .await?;
+        write_entry(&mut *tx, &after.audit_entry(audit)).await?;
         tx.commit().await.map_err(sql::store_error)?;
         Ok(Some(Rotated { before, after }))
     }

@@ -78,9 +78,8 @@
   // Counts usage requests: only the latest one draws.
   let chartCall = 0;
 
-  // The activity shown: the account, and the id of its oldest entry on screen (the next page
-  // is the entries before it), or null. Counts activity requests: only the latest one draws.
-  let activity = null;
+  // Counts activity requests: only the latest one draws. (Whose activity is listed, and its
+  // oldest entry, are read off the list itself.)
   let activityCall = 0;
 
   // The key being edited: its id and prefix, and the fields' values as they were filled in
@@ -124,7 +123,8 @@
     return data;
   }
 
-  const keysPath = (account) => "admin/accounts/" + encodeURIComponent(account) + "/keys";
+  const accountPath = (account) => "admin/accounts/" + encodeURIComponent(account);
+  const keysPath = (account) => accountPath(account) + "/keys";
   const keyPath = (account, id) => keysPath(account) + "/" + encodeURIComponent(id);
 
   // ===== showing things =====
@@ -869,17 +869,17 @@
     if (before === null) {
       // Another account's entries never stay under this account's name, not even while its
       // own load (or fail).
-      if (!activity || activity.account !== account) {
+      if (els.activityList.dataset.account !== account) {
         els.activityList.replaceChildren();
+        els.activityList.dataset.account = account;
         els.activityOlder.hidden = true;
-        activity = null;
       }
       els.activityStatus.textContent = "Loading…";
     }
     els.activityOlder.disabled = true;
     let data;
     try {
-      data = await call("GET", "admin/accounts/" + encodeURIComponent(account) + "/events" + query);
+      data = await call("GET", accountPath(account) + "/events" + query);
     } catch (err) {
       if (ticket === activityCall && since === view) {
         els.activityStatus.textContent = "Activity could not be loaded: " + (err instanceof ApiError ? err.message : String(err));
@@ -897,17 +897,15 @@
     } else {
       els.activityList.append(...items);
     }
-    const oldest = events.length > 0 ? events[events.length - 1].id : (activity ? activity.oldest : null);
-    activity = { account, oldest };
-    const count = els.activityList.children.length;
-    els.activityStatus.textContent = count === 0 ? "No activity yet." : "";
+    els.activityStatus.textContent = els.activityList.children.length === 0 ? "No activity yet." : "";
     els.activityOlder.hidden = events.length < ACTIVITY_PAGE;
     els.activityOlder.disabled = false;
   }
 
   els.activityOlder.addEventListener("click", () => {
-    if (shown && activity && activity.account === shown && activity.oldest !== null) {
-      loadActivity(shown, activity.oldest);
+    const oldest = els.activityList.lastElementChild;
+    if (shown && els.activityList.dataset.account === shown && oldest) {
+      loadActivity(shown, Number(oldest.dataset.id));
     }
   });
 

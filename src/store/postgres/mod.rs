@@ -525,11 +525,7 @@ impl KeyStore for PostgresStore {
                 .await
                 .map_err(sql::store_error)?;
         }
-        write_entry(
-            &mut *tx,
-            &audit.done(&record.account_id, record.id, record.prefix),
-        )
-        .await?;
+        write_entry(&mut *tx, &record.audit_entry(audit)).await?;
         tx.commit().await.map_err(sql::store_error)
     }
 
@@ -646,11 +642,7 @@ impl KeyStore for PostgresStore {
         .await
         .map_err(sql::store_error)?
         .into_record()?;
-        write_entry(
-            &mut *tx,
-            &audit.done(&after.account_id, after.id, after.prefix),
-        )
-        .await?;
+        write_entry(&mut *tx, &after.audit_entry(audit)).await?;
         tx.commit().await.map_err(sql::store_error)?;
         Ok(Some(Rotated { before, after }))
     }

@@ -12,7 +12,7 @@ use tower_api_key::audit::{Actor, AuditAction, AuditChanges, AuditEntry, AuditNo
 
 /// The entry a store writes for `note`'s change of `record` (as it is after the change).
 pub(crate) fn entry_of(note: &AuditNote, record: &tower_api_key::KeyRecord) -> AuditEntry {
-    note.done(&record.account_id, record.id, record.prefix)
+    record.audit_entry(note)
 }
 
 /// An audit note for a store call a test makes itself (the stores' audit tests make their
