@@ -54,7 +54,7 @@ use crate::authenticated::Authenticated;
 use crate::body::ResponseBody;
 use crate::policy::Scoped;
 use crate::rejection::Rejection;
-use crate::stream::{self, RequiredScope, RequiredScopes};
+use crate::stream::{self, RequiredScope, RequiredScopes, ScopeName};
 use crate::usage::UseOutcome;
 
 /// Requires the authenticated account (of type `A`) to hold one scope; see the
@@ -102,7 +102,7 @@ impl<S, A> Layer<S> for RequireScopeLayer<A> {
     fn layer(&self, inner: S) -> Self::Service {
         RequireScope {
             inner,
-            scope: self.scope.clone(),
+            scope: ScopeName::from(self.scope.clone()),
             _account: PhantomData,
         }
     }
@@ -111,7 +111,7 @@ impl<S, A> Layer<S> for RequireScopeLayer<A> {
 /// The middleware of [`RequireScopeLayer`].
 pub struct RequireScope<S, A> {
     inner: S,
-    scope: Cow<'static, str>,
+    scope: ScopeName,
     _account: PhantomData<fn() -> A>,
 }
 
@@ -129,7 +129,7 @@ impl<S: fmt::Debug, A> fmt::Debug for RequireScope<S, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequireScope")
             .field("inner", &self.inner)
-            .field("scope", &self.scope)
+            .field("scope", &&*self.scope)
             .finish()
     }
 }
@@ -154,7 +154,7 @@ where
             Some(account) => {
                 // Let in by the key layer, refused here: counted as refused instead.
                 account.record_use(Instant::now(), UseOutcome::RefusedForScope);
-                tracing::debug!(scope = %self.scope, "api key rejected: insufficient scope");
+                tracing::debug!(scope = %&*self.scope, "api key rejected: insufficient scope");
                 Some(Rejection::InsufficientScope)
             }
             None => Some(Rejection::MissingKey),

@@ -37,21 +37,47 @@ pub(crate) fn may_stream<B: Body>(body: &B) -> bool {
 /// checked again on the account a change leaves.
 #[derive(Clone)]
 pub(crate) struct RequiredScope {
-    scope: Cow<'static, str>,
+    scope: ScopeName,
     /// Whether an account (of the type the scope layer was built for) holds a scope.
     holds: fn(&(dyn Any + Send + Sync), &str) -> bool,
 }
 
 impl RequiredScope {
-    pub(crate) fn new(
-        scope: Cow<'static, str>,
-        holds: fn(&(dyn Any + Send + Sync), &str) -> bool,
-    ) -> Self {
+    pub(crate) fn new(scope: ScopeName, holds: fn(&(dyn Any + Send + Sync), &str) -> bool) -> Self {
         Self { scope, holds }
     }
 
     fn held_by(&self, account: &(dyn Any + Send + Sync)) -> bool {
         (self.holds)(account, &self.scope)
+    }
+}
+
+/// A scope's name as [`RequireScope`](crate::require_scope::RequireScope) keeps it: copied
+/// into every request's future without allocating (a name given as a `&'static str` is
+/// copied, one given as a `String` is shared).
+#[derive(Clone, Debug)]
+pub(crate) enum ScopeName {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl From<Cow<'static, str>> for ScopeName {
+    fn from(scope: Cow<'static, str>) -> Self {
+        match scope {
+            Cow::Borrowed(scope) => Self::Static(scope),
+            Cow::Owned(scope) => Self::Shared(scope.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for ScopeName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Self::Static(scope) => scope,
+            Self::Shared(scope) => scope,
+        }
     }
 }
 

@@ -51,6 +51,6 @@ mod guard;
 mod layers;
 mod watch;
 
-pub(crate) use self::guard::{Guard, RequiredScope, RequiredScopes, Ticket, may_stream};
+pub(crate) use self::guard::{Guard, RequiredScope, RequiredScopes, ScopeName, Ticket, may_stream};
 pub(crate) use self::layers::{Registered, register};
 pub(crate) use self::watch::StreamWatch;
