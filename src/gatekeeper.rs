@@ -9,6 +9,7 @@
 //! with one) → `accept`. Everything here is shared by every clone of the service.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
@@ -404,9 +405,7 @@ impl<R: Resolver> Gatekeeper<R> {
         allowed: &AllowedIps,
         (headers, extensions): (&HeaderMap, &Extensions),
     ) -> bool {
-        self.addresses
-            .client(headers, extensions)
-            .is_some_and(|address| allowed.contains(address))
+        address_allows(allowed, self.addresses.client(headers, extensions))
     }
 
     /// Lets the account in if its quota allows; a quota kept elsewhere sends it to wait for
@@ -524,9 +523,7 @@ impl<R: Resolver> Gatekeeper<R> {
     /// a cached entry never authenticates past its key's expiry. The clock is read only for
     /// keys that expire.
     fn expired(&self, account: &R::Account) -> bool {
-        account
-            .expires_at()
-            .is_some_and(|at| SystemTime::now() >= at)
+        has_expired(account.expires_at())
     }
 
     /// The answer to a refused request: the hook's, or the default. Every 401 carries the
@@ -629,6 +626,19 @@ impl<R: Resolver> fmt::Debug for Gatekeeper<R> {
             .field("rate_limits", &self.limits)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a key that expires at `expires_at` (`None`: never) has expired. The clock is read
+/// only for keys that expire.
+#[inline(always)]
+pub(crate) fn has_expired(expires_at: Option<SystemTime>) -> bool {
+    expires_at.is_some_and(|at| SystemTime::now() >= at)
+}
+
+/// Whether `allowed` lets in a client at `address`; no address is refused (fail closed): an
+/// allowlist that can't be checked must not become no allowlist.
+pub(crate) fn address_allows(allowed: &AllowedIps, address: Option<IpAddr>) -> bool {
+    address.is_some_and(|address| allowed.contains(address))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use super::watch::StreamWatch;
 use crate::account::Account;
 use crate::cache::{Cached, Resolution};
-use crate::gatekeeper::Gatekeeper;
+use crate::gatekeeper::{Gatekeeper, address_allows, has_expired};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::rejection::Rejection;
 use crate::resolver::Resolver;
@@ -89,13 +89,13 @@ fn standing<A: Account + Send + Sync + 'static>(
     address: Option<IpAddr>,
 ) -> Standing {
     let expires_at = account.expires_at();
-    if expires_at.is_some_and(|at| SystemTime::now() >= at) {
+    if has_expired(expires_at) {
         return Standing::Refused(Rejection::Expired);
     }
     if let Some(allowed) = account.allowed_ips() {
         // An address not kept (the key had no allowlist when it was let in) can't be checked:
         // refused, as a new request without an address would be.
-        if !address.is_some_and(|address| allowed.contains(address)) {
+        if !address_allows(allowed, address) {
             return Standing::Refused(Rejection::AddressNotAllowed);
         }
     }

@@ -245,9 +245,10 @@ impl Guard {
     /// Enters the register and starts the first check.
     #[cold]
     fn watch(&mut self) {
-        let Some((authority, watch)) = layers::find(self.layer)
-            .and_then(|authority| Some((Arc::clone(&authority), Arc::clone(authority.watch()?))))
-        else {
+        let Some((authority, watch)) = layers::find(self.layer).and_then(|authority| {
+            let watch = Arc::clone(authority.watch()?);
+            Some((authority, watch))
+        }) else {
             // The layer is gone: nothing can reach this response any more.
             tracing::debug!(prefix = %self.prefix, "open response not watched: its layer is gone");
             self.state = State::Unwatchable;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -44,8 +44,8 @@ pub(crate) struct Registration {
     watch: Arc<StreamWatch>,
     digest: KeyDigest,
     waiting: Arc<Waiting>,
-    /// Its slot in the timer, if it asked to be woken at some time.
-    alarm: Option<(SystemTime, u64)>,
+    /// When the timer wakes it, if it asked to be woken at some time.
+    alarm: Option<SystemTime>,
 }
 
 impl Registration {
@@ -57,18 +57,23 @@ impl Registration {
     /// Wakes the response at `at` (replacing an earlier alarm), from the watch's one timer.
     pub(crate) fn wake_at(&mut self, at: SystemTime) {
         self.clear_alarm();
-        let slot = self.watch.next_alarm.fetch_add(1, Ordering::Relaxed);
-        self.alarm = Some((at, slot));
+        self.alarm = Some(at);
         self.watch
             .timer
-            .set((at, slot), Arc::downgrade(&self.waiting));
+            .set((at, self.slot()), Arc::downgrade(&self.waiting));
     }
 
     /// Removes the alarm, if any.
     pub(crate) fn clear_alarm(&mut self) {
-        if let Some(alarm) = self.alarm.take() {
-            self.watch.timer.clear(alarm);
+        if let Some(at) = self.alarm.take() {
+            self.watch.timer.clear((at, self.slot()));
         }
+    }
+
+    /// What tells its alarm from others due at the same time: the address of its flag, which
+    /// no other live registration shares.
+    fn slot(&self) -> usize {
+        Arc::as_ptr(&self.waiting).addr()
     }
 }
 
@@ -89,7 +94,6 @@ impl Drop for Registration {
 pub(crate) struct StreamWatch {
     waiting: Mutex<HashMap<KeyDigest, Vec<Arc<Waiting>>, DigestHasher>>,
     timer: Timer,
-    next_alarm: AtomicU64,
 }
 
 impl StreamWatch {
@@ -97,7 +101,6 @@ impl StreamWatch {
         Arc::new(Self {
             waiting: Mutex::new(HashMap::with_hasher(DigestHasher::default())),
             timer: Timer::default(),
-            next_alarm: AtomicU64::new(0),
         })
     }
 
@@ -181,13 +184,13 @@ struct TimerShared {
 
 #[derive(Default)]
 struct Alarms {
-    due: BTreeMap<(SystemTime, u64), Weak<Waiting>>,
+    due: BTreeMap<(SystemTime, usize), Weak<Waiting>>,
     /// Whether the thread runs.
     running: bool,
 }
 
 impl Timer {
-    fn set(&self, alarm: (SystemTime, u64), waiting: Weak<Waiting>) {
+    fn set(&self, alarm: (SystemTime, usize), waiting: Weak<Waiting>) {
         let mut alarms = lock(&self.shared.alarms);
         let earliest = alarms
             .due
@@ -212,7 +215,7 @@ impl Timer {
         }
     }
 
-    fn clear(&self, alarm: (SystemTime, u64)) {
+    fn clear(&self, alarm: (SystemTime, usize)) {
         lock(&self.shared.alarms).due.remove(&alarm);
     }
 }
@@ -263,6 +266,7 @@ fn run_timer(shared: &Weak<TimerShared>) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicU64;
     use std::task::{Wake, Waker};
 
     use super::*;
