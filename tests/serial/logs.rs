@@ -5,12 +5,11 @@
 //! callsite first reached on another test's thread while this subscriber is being installed
 //! can be cached as "no one listens", and the event is lost. Run alone, it can't race.
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use http::{Method, Request, Response, StatusCode};
-use tower::{Layer as _, ServiceExt as _};
+use http::{Method, Request, StatusCode};
+use tower::ServiceExt as _;
 use tower_api_key::admin::AdminRouter;
 use tower_api_key::policy::{AllowedIps, Metadata};
 use tower_api_key::{
@@ -19,6 +18,7 @@ use tower_api_key::{
 
 use crate::support::exclusive::exclusive;
 use crate::support::panicking::PanicsOnBoom;
+use crate::support::service::{stack, status};
 
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
@@ -92,18 +92,10 @@ async fn a_stack_without_an_address_is_named_in_one_warning() {
         .await
         .expect("create");
     // A hand-built stack that gives the layer no client address.
-    let service = ApiKeyLayer::for_manager(&manager)
-        .build()
-        .layer(tower::service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(String::new()))
-        }));
+    let service = stack(&ApiKeyLayer::for_manager(&manager).build());
     for _ in 0..5 {
-        let request = Request::get("/")
-            .header("x-api-key", created.key.expose_secret())
-            .body(())
-            .expect("request");
-        let response = service.clone().oneshot(request).await.expect("answer");
-        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let answer = status(&service, created.key.expose_secret()).await;
+        assert_eq!(answer, StatusCode::FORBIDDEN);
     }
     let log = captured.text();
     assert_eq!(log.matches("WARN").count(), 1, "{log}");
@@ -126,17 +118,9 @@ async fn a_keys_metadata_never_reaches_the_log() {
         .create_with(&acme, KeyOptions::new().metadata(metadata))
         .await
         .expect("create");
-    let service = ApiKeyLayer::for_manager(&manager)
-        .build()
-        .layer(tower::service_fn(|_: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(String::new()))
-        }));
-    let request = Request::get("/")
-        .header("x-api-key", created.key.expose_secret())
-        .body(())
-        .expect("request");
-    let response = service.oneshot(request).await.expect("answer");
-    assert_eq!(response.status(), StatusCode::OK);
+    let service = stack(&ApiKeyLayer::for_manager(&manager).build());
+    let answer = status(&service, created.key.expose_secret()).await;
+    assert_eq!(answer, StatusCode::OK);
     let team = Metadata::from_json(r#"{"plan":"team"}"#).expect("object");
     for change in [Some(team), None] {
         manager
