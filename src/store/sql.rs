@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::types::time::OffsetDateTime;
 
 use super::counts::{Hour, UsageDelta, UsageRow};
-use super::{AccountId, KeyId, KeyRecord, KeyStatus, PreviousKey, StoreError};
+use super::{AccountId, KeyId, KeyRecord, KeyStatus, KeyUse, PreviousKey, StoreError};
 use crate::audit::{Actor, AuditChanges, AuditEntry, AuditEvent, AuditId, AuditQuery};
 use crate::key::{KeyDigest, KeyPrefix};
 use crate::policy::{
@@ -567,6 +567,19 @@ where
 
 /// The columns of `tower_api_keys_usage`'s key, in the key's order: account, hour, key.
 pub(crate) type UsageKey<'a> = (&'a str, u32, uuid::Uuid);
+
+/// The latest of `uses` for each key and prefix, in key order: a flush moves each key's
+/// `last_used_at` once, and every process meets the rows in this one order.
+pub(crate) fn latest_uses(uses: &[KeyUse]) -> BTreeMap<(KeyId, KeyPrefix), SystemTime> {
+    let mut latest: BTreeMap<(KeyId, KeyPrefix), SystemTime> = BTreeMap::new();
+    for key_use in uses {
+        latest
+            .entry((key_use.id, key_use.prefix))
+            .and_modify(|kept| *kept = (*kept).max(key_use.at))
+            .or_insert(key_use.at);
+    }
+    latest
+}
 
 /// What one flush adds to each row of `tower_api_keys_usage` (accepted, rate limited,
 /// refused): `counts` summed per account, hour and key (saturating), in the order of the

@@ -1,6 +1,5 @@
 //! Keys in a SQLite database file, for one process (feature `sqlite`).
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -570,15 +569,7 @@ impl KeyStore for SqliteStore {
             return Ok(());
         }
         // The latest use of each (key, prefix): one UPDATE per key, in one transaction.
-        let mut latest: HashMap<(KeyId, KeyPrefix), i64> =
-            HashMap::with_capacity(batch.last_used.len());
-        for key_use in &batch.last_used {
-            let at = sql::to_micros(key_use.at)?;
-            latest
-                .entry((key_use.id, key_use.prefix))
-                .and_modify(|kept| *kept = (*kept).max(at))
-                .or_insert(at);
-        }
+        let latest = sql::latest_uses(&batch.last_used);
         let counts = sql::coalesced_counts(&batch.counts);
         let mut tx = self.begin_immediate().await?;
         for ((id, prefix), at) in latest {
@@ -589,7 +580,7 @@ impl KeyStore for SqliteStore {
             )
             .bind(id.to_string())
             .bind(prefix.as_str())
-            .bind(at)
+            .bind(sql::to_micros(at)?)
             .execute(&mut *tx)
             .await
             .map_err(sql::store_error)?;

@@ -749,26 +749,14 @@ impl KeyStore for PostgresStore {
         }
         // One use per key and prefix, the latest, in key order: the update below must not
         // meet a key twice (it would keep either use, not the later).
-        let mut uses: Vec<(uuid::Uuid, &str, SystemTime)> = batch
-            .last_used
-            .iter()
-            .map(|key_use| (*key_use.id.as_uuid(), key_use.prefix.as_str(), key_use.at))
-            .collect();
-        uses.sort_unstable();
-        uses.dedup_by(|later, kept| {
-            let same = (later.0, later.1) == (kept.0, kept.1);
-            if same {
-                kept.2 = later.2;
-            }
-            same
-        });
+        let uses = sql::latest_uses(&batch.last_used);
         let mut ids = Vec::with_capacity(uses.len());
         let mut prefixes = Vec::with_capacity(uses.len());
         let mut ats = Vec::with_capacity(uses.len());
-        for (id, prefix, at) in uses {
-            ids.push(id);
-            prefixes.push(prefix);
-            ats.push(sql::to_timestamp(at)?);
+        for ((id, prefix), at) in &uses {
+            ids.push(*id.as_uuid());
+            prefixes.push(prefix.as_str());
+            ats.push(sql::to_timestamp(*at)?);
         }
         let counts = sql::coalesced_counts(&batch.counts);
         let mut columns = (
