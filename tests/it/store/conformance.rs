@@ -24,7 +24,8 @@ fn at(micros: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + micros)
 }
 
-fn new_record(account_name: &str) -> (KeyRecord, ApiKey) {
+/// A new key of `account_name` and its record, not yet stored.
+pub(crate) fn new_record(account_name: &str) -> (KeyRecord, ApiKey) {
     let key = ApiKey::generate().expect("randomness");
     let record = KeyRecord::new(
         KeyId::random(),

@@ -1,6 +1,8 @@
 //! The key stores: what every store does, and what each promises beyond that.
 
 mod conformance;
+
+pub(crate) use conformance::new_record;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
@@ -43,6 +45,32 @@ mod sql {
         ApiKey, KeyId, KeyName, KeyRecord, KeyStatus, KeyStore, PolicyUpdate, PreviousKey, Scopes,
         StoreError,
     };
+
+    /// The migrations a store ships in `migrations/{dialect}` up to version `last`, in order:
+    /// `(version, file name, text, checksum)`, as `migrate` would record them.
+    pub(crate) fn shipped_migrations(
+        dialect: &str,
+        last: i64,
+    ) -> Vec<(i64, String, String, Vec<u8>)> {
+        let dir = format!("{}/migrations/{dialect}", env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("migrations folder")
+            .map(|entry| entry.expect("entry").path())
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                let version: i64 = name[..4].parse().expect("numbered");
+                (version <= last).then(|| {
+                    let sql = std::fs::read_to_string(&path).expect("migration");
+                    let checksum = blake3::hash(sql.as_bytes()).as_bytes().to_vec();
+                    (version, name, sql, checksum)
+                })
+            })
+            .collect()
+    }
 
     /// A key as an earlier schema wrote it: inactive, created at 1,700,000,000.000001 s, no
     /// policy columns. Its account is `acme`.

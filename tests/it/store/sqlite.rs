@@ -170,23 +170,7 @@ async fn store_of_shipped_up_to(last: i64) -> SqliteStore {
     .execute(store.pool())
     .await
     .expect("bookkeeping");
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("migrations folder")
-        .map(|entry| entry.expect("entry").path())
-        .collect();
-    files.sort();
-    for path in files {
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        let version: i64 = name[..4].parse().expect("numbered");
-        if version > last {
-            continue;
-        }
-        let sql = std::fs::read_to_string(&path).expect("migration");
+    for (version, name, sql, checksum) in super::sql::shipped_migrations("sqlite", last) {
         sqlx::raw_sql(&sql)
             .execute(store.pool())
             .await
@@ -194,7 +178,7 @@ async fn store_of_shipped_up_to(last: i64) -> SqliteStore {
         sqlx::query("INSERT INTO tower_api_keys_migrations VALUES (?1, ?2, ?3, 0)")
             .bind(version)
             .bind(&name)
-            .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
+            .bind(checksum)
             .execute(store.pool())
             .await
             .expect("record it");

@@ -14,19 +14,7 @@ use crate::support::db::postgres::{Database, Schema};
 use sqlx::postgres::PgListener;
 use tower_api_key::audit::{AuditAction, AuditChanges, AuditEntry, AuditQuery};
 use tower_api_key::store::PostgresStore;
-use tower_api_key::{ApiKey, KeyRecord, KeyStatus, KeyStore};
-
-/// A new key of `account_name`, not yet stored.
-fn new_record(account_name: &str) -> KeyRecord {
-    let key = ApiKey::generate().expect("randomness");
-    KeyRecord::new(
-        tower_api_key::KeyId::random(),
-        account(account_name),
-        key.prefix(),
-        crate::support::pepper().digest(&key),
-        UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-    )
-}
+use tower_api_key::{ApiKey, KeyStatus, KeyStore};
 
 fn note(actor: &str, action: AuditAction) -> tower_api_key::audit::AuditNote {
     note_of(SystemTime::now(), actor, action, AuditChanges::none())
@@ -38,7 +26,7 @@ async fn another_connection_sees_a_change_exactly_when_it_sees_its_entry() {
         return;
     };
     let store = schema.store().await;
-    let record = new_record("acme");
+    let record = crate::store::new_record("acme").0;
     let id = record.id;
     store
         .insert_within_limit(record, 3, &note("operator", AuditAction::Create))
@@ -121,7 +109,9 @@ async fn two_processes_write_one_trail_in_one_order() {
     };
     // Two pools: as far as PostgreSQL can tell, two processes.
     let stores = [schema.store().await, schema.store().await];
-    let records: Vec<_> = (0..10).map(|_| new_record("acme")).collect();
+    let records: Vec<_> = (0..10)
+        .map(|_| crate::store::new_record("acme").0)
+        .collect();
     let writes: Vec<_> = records
         .iter()
         .enumerate()
@@ -194,7 +184,7 @@ async fn audit_entries_and_pruning_notify_nothing_and_the_change_still_does_once
     store.migrate().await.expect("migrate");
     let mut listener = PgListener::connect_with(&pool).await.expect("listen");
     listener.listen("tower_api_keys").await.expect("LISTEN");
-    let record = new_record("acme");
+    let record = crate::store::new_record("acme").0;
     store
         .insert_within_limit(record.clone(), 3, &note("operator", AuditAction::Create))
         .await

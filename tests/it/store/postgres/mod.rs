@@ -25,23 +25,7 @@ async fn apply_shipped_up_to(pool: &sqlx::PgPool, last: i64) {
         .execute(pool)
         .await
         .expect("bookkeeping");
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("migrations folder")
-        .map(|entry| entry.expect("entry").path())
-        .collect();
-    files.sort();
-    for path in files {
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        let version: i64 = name[..4].parse().expect("numbered");
-        if version > last {
-            continue;
-        }
-        let sql = std::fs::read_to_string(&path).expect("migration");
+    for (version, name, sql, checksum) in super::sql::shipped_migrations("postgres", last) {
         sqlx::raw_sql(&sql).execute(pool).await.expect("migration");
         sqlx::query(
             "INSERT INTO tower_api_keys_migrations (version, description, checksum)
@@ -49,7 +33,7 @@ async fn apply_shipped_up_to(pool: &sqlx::PgPool, last: i64) {
         )
         .bind(version)
         .bind(&name)
-        .bind(blake3::hash(sql.as_bytes()).as_bytes().to_vec())
+        .bind(checksum)
         .execute(pool)
         .await
         .expect("record it");
