@@ -226,6 +226,19 @@ fn sqlite_options(path: &str) -> SqliteConnectOptions {
         .busy_timeout(Duration::from_secs(5))
 }
 
+/// A SQLite file of this run, for the part `part`, in the temporary folder.
+fn sqlite_path(part: &str) -> String {
+    let path = std::env::temp_dir().join(format!("tak_bench_{part}_{}.db", std::process::id()));
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+/// Removes the SQLite file at `path` and its write-ahead log.
+fn remove_sqlite(path: &str) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+}
+
 async fn sqlite_store(path: &str, test_before_acquire: bool) -> SqliteStore {
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
@@ -253,8 +266,7 @@ async fn lookups() {
     let mut stores: Vec<(String, Arc<dyn KeyStore>)> = Vec::new();
 
     // SQLite file.
-    let path = std::env::temp_dir().join(format!("tak_bench_stores_{}.db", std::process::id()));
-    let path = path.to_str().expect("utf-8 path").to_owned();
+    let path = sqlite_path("stores");
     let started = Instant::now();
     sqlite_bulk_insert(&path, &bench_keys(rows)).await;
     println!(
@@ -341,9 +353,7 @@ async fn lookups() {
     }
     drop(stores);
     sqlite_plan_after_analyze(&path, rows).await;
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(format!("{path}-wal"));
-    let _ = std::fs::remove_file(format!("{path}-shm"));
+    remove_sqlite(&path);
     if pg.is_some() {
         pg_drop_schema().await;
     }
@@ -923,15 +933,12 @@ async fn usage_flush() {
     }
     usage_flush_one("memory", memory, None, &records, rounds).await;
 
-    let path = std::env::temp_dir().join(format!("tak_bench_usage_{}.db", std::process::id()));
-    let path = path.to_str().expect("utf-8 path").to_owned();
+    let path = sqlite_path("usage");
     sqlite_bulk_insert(&path, &records).await;
     let sqlite = sqlite_store(&path, true).await;
     usage_flush_one("sqlite", Arc::new(sqlite.clone()), None, &records, rounds).await;
     sqlite.pool().close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{path}{suffix}"));
-    }
+    remove_sqlite(&path);
 
     if let Some(options) = pg_schema().await {
         let store = PostgresStore::from_pool(pg_pool(&options, true));
@@ -1008,15 +1015,12 @@ async fn changes() {
     println!("| store | change | p50 | p90 | p99 | max |");
     println!("| --- | --- | --- | --- | --- | --- |");
     changes_on("memory", Arc::new(MemoryStore::new()), keys, rounds).await;
-    let path = std::env::temp_dir().join(format!("tak_bench_changes_{}.db", std::process::id()));
-    let path = path.to_str().expect("utf-8 path").to_owned();
+    let path = sqlite_path("changes");
     let sqlite = sqlite_store(&path, true).await;
     sqlite.migrate().await.expect("migrate");
     changes_on("sqlite", Arc::new(sqlite.clone()), keys, rounds).await;
     sqlite.pool().close().await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{path}{suffix}"));
-    }
+    remove_sqlite(&path);
     if let Some(options) = pg_schema().await {
         let store = PostgresStore::from_pool(pg_pool(&options, true));
         store.migrate().await.expect("migrate");
