@@ -107,22 +107,11 @@ mod sql {
             (None, None, None)
         );
         assert!(read.previous.is_none());
+        let update = PolicyUpdate::new()
+            .scopes(Some(Scopes::default()))
+            .rate_limit(Some(RateLimit::new(5, 2).expect("rate limit")));
+        let updated = with_new_policy(store, old, update).await;
         let (quota, allowed, metadata) = new_policy();
-        let updated = store
-            .update_policy(
-                &old.account_id,
-                old.id,
-                &PolicyUpdate::new()
-                    .scopes(Some(Scopes::default()))
-                    .rate_limit(Some(RateLimit::new(5, 2).expect("rate limit")))
-                    .quota(Some(quota))
-                    .allowed_ips(Some(allowed.clone()))
-                    .metadata(Some(metadata.clone())),
-                &crate::store::note(),
-            )
-            .await
-            .expect("update")
-            .expect("found");
         assert_eq!(updated.scopes, Some(Scopes::default()));
         assert_eq!(
             updated.rate_limit,
@@ -144,6 +133,25 @@ mod sql {
         )
     }
 
+    /// `update` and [`new_policy`] applied to `old` through `update_policy`: the record as
+    /// updated.
+    async fn with_new_policy(
+        store: &dyn KeyStore,
+        old: &KeyRecord,
+        update: PolicyUpdate,
+    ) -> KeyRecord {
+        let (quota, allowed, metadata) = new_policy();
+        let update = update
+            .quota(Some(quota))
+            .allowed_ips(Some(allowed))
+            .metadata(Some(metadata));
+        store
+            .update_policy(&old.account_id, old.id, &update, &crate::store::note())
+            .await
+            .expect("update")
+            .expect("found")
+    }
+
     /// After an upgrade in place: `old`, written by an earlier schema, reads back as it was (by
     /// prefix and in its account's list), then takes [`new_policy`] and reads back with it.
     /// Returns the record as updated.
@@ -159,20 +167,8 @@ mod sql {
             store.list(&account("acme")).await.expect("list"),
             std::slice::from_ref(&old)
         );
+        let updated = with_new_policy(store, &old, PolicyUpdate::new()).await;
         let (quota, allowed, metadata) = new_policy();
-        let updated = store
-            .update_policy(
-                &old.account_id,
-                old.id,
-                &PolicyUpdate::new()
-                    .quota(Some(quota))
-                    .allowed_ips(Some(allowed.clone()))
-                    .metadata(Some(metadata.clone())),
-                &crate::store::note(),
-            )
-            .await
-            .expect("update")
-            .expect("found");
         let expected = KeyRecord {
             quota: Some(quota),
             allowed_ips: Some(allowed),
@@ -228,12 +224,16 @@ mod sql {
             store.find_by_prefix(&record.prefix).await,
             store.get(&record.account_id, record.id).await,
         ] {
-            let err = read.expect_err("an unreadable row");
-            assert!(
-                matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains(column),
-                "{edit}: {err}"
-            );
+            assert_unavailable_naming(&read.expect_err("an unreadable row"), edit, column);
         }
+    }
+
+    /// `err` is the store failing on a row changed by `edit`, naming `column`.
+    fn assert_unavailable_naming(err: &StoreError, edit: &str, column: &str) {
+        assert!(
+            matches!(err, StoreError::Unavailable(_)) && err.to_string().contains(column),
+            "{edit}: {err}"
+        );
     }
 
     /// The actor a test's trigger or constraint makes the trail refuse.
@@ -334,10 +334,7 @@ mod sql {
             .audit_trail(&account(account_name), &AuditQuery::latest(10))
             .await
             .expect_err("an unreadable entry");
-        assert!(
-            matches!(&err, StoreError::Unavailable(_)) && err.to_string().contains(column),
-            "{edit}: {err}"
-        );
+        assert_unavailable_naming(&err, edit, column);
     }
 
     /// Edits of an entry's row that the schema lets through and the store refuses to read,
