@@ -7,6 +7,7 @@
 //! never put the revoked key back (see [`CachedResolver`]).
 
 mod front;
+mod index;
 mod known;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::index::ReadIndex;
 use self::known::KnownKeys;
 use crate::feed::Trust;
 use crate::hashing::DigestHasher;
@@ -205,7 +207,10 @@ struct CacheShared<R: Resolver> {
     resolver: R,
     /// Distinguishes this cache's slots in the per-thread front.
     id: usize,
+    /// Accepted keys: the record (size, eviction, TTL).
     positive: moka::sync::Cache<KeyDigest, Positive<R::Account>, DigestHasher>,
+    /// What `positive` holds, in shards of plain maps, for hits (see `index`).
+    index: Arc<ReadIndex<R::Account>>,
     positive_ttl: Duration,
     /// Refused keys, with when their entry expires.
     negative: moka::sync::Cache<KeyDigest, Negative, DigestHasher>,
@@ -279,9 +284,18 @@ impl<R: Resolver> CachedResolver<R> {
         metrics: Arc<Metrics>,
         buses: &[InvalidationBus],
     ) -> Self {
+        let index = Arc::new(ReadIndex::new());
+        let listening = Arc::clone(&index);
         let positive = moka::sync::Cache::builder()
             .max_capacity(config.positive_capacity)
             .time_to_live(config.positive_ttl)
+            // Whatever moka drops leaves the index with it (if the index still holds that very
+            // entry, not a newer one).
+            .eviction_listener(
+                move |digest: Arc<KeyDigest>, dropped: Positive<_>, _cause| {
+                    listening.remove_if_holds(&digest, &dropped.account);
+                },
+            )
             .build_with_hasher(DigestHasher::default());
         let negative = moka::sync::Cache::builder()
             .max_capacity(config.negative_capacity)
@@ -296,6 +310,7 @@ impl<R: Resolver> CachedResolver<R> {
                 resolver,
                 id: next_id(),
                 positive,
+                index,
                 positive_ttl: config.positive_ttl,
                 negative_ttl: config.negative_ttl,
                 negative,
@@ -332,7 +347,19 @@ impl<R: Resolver> CachedResolver<R> {
         if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch, now) {
             return Some(answer);
         }
+        let cleared = shared.cleared_epoch.load(Ordering::Acquire);
+        if let Some((account, fresh_until)) = shared.index.get(digest, cleared, now) {
+            if index::report_hit_to_moka() {
+                // Only for moka's frequency sketch and access order: the index answered.
+                let _ = shared.positive.get(digest);
+            }
+            front::put(shared.id, *digest, epoch, fresh_until, Some(&account));
+            return Some(Cached::Valid(account));
+        }
         let (answer, fresh_until) = shared.stored(digest)?;
+        if now >= fresh_until {
+            return None;
+        }
         let account = match &answer {
             Cached::Valid(account) => Some(account),
             Cached::Refused => None,
@@ -426,6 +453,26 @@ impl<R: Resolver> CachedResolver<R> {
         self.shared.invalidate(invalidation);
     }
 
+    /// Accepted keys in the read index now, fresh or not: after
+    /// [`run_pending_tasks`](Self::run_pending_tasks), as many as moka holds.
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn indexed_count(&self) -> usize {
+        self.shared.index.len()
+    }
+
+    /// Lets moka apply its pending writes, evictions and expiries now (and tell the index).
+    ///
+    /// For tests (feature `test-util`): not part of the stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn run_pending_tasks(&self) {
+        self.shared.positive.run_pending_tasks();
+        self.shared.negative.run_pending_tasks();
+    }
+
     /// Entries cached now: `(accepted keys, refused keys)`. Approximate while writes are
     /// pending inside moka.
     ///
@@ -456,6 +503,7 @@ impl<R: Resolver> InvalidationListener for CacheShared<R> {
         *epoch += 1;
         match invalidation {
             Invalidation::Key(digest) => {
+                self.index.remove(digest);
                 self.positive.invalidate(digest);
                 self.negative.invalidate(digest);
                 lock(&self.in_flight).remove(digest);
@@ -595,6 +643,7 @@ impl<R: Resolver> CacheShared<R> {
     /// Drops every entry and detaches every call in progress. Called with the epoch's write
     /// lock held.
     fn forget_everything(&self) {
+        self.index.clear();
         self.positive.invalidate_all();
         self.negative.invalidate_all();
         lock(&self.in_flight).clear();
@@ -616,14 +665,27 @@ impl<R: Resolver> CacheShared<R> {
         let epoch = read(&self.epoch);
         if *epoch == started_in && self.trusted() {
             match lookup {
-                Resolution::Found(account) => self.positive.insert(
-                    digest,
-                    Positive {
-                        account: Arc::clone(account),
-                        fresh_until: Instant::now() + self.positive_ttl,
-                        epoch: started_in,
-                    },
-                ),
+                Resolution::Found(account) => {
+                    let fresh_until = Instant::now() + self.positive_ttl;
+                    // The index first: moka may drop its entry as soon as it has it (a refused
+                    // admission, an eviction), and the listener must then find it to remove.
+                    self.index.insert(
+                        digest,
+                        index::Entry {
+                            account: Arc::clone(account),
+                            fresh_until,
+                            epoch: started_in,
+                        },
+                    );
+                    self.positive.insert(
+                        digest,
+                        Positive {
+                            account: Arc::clone(account),
+                            fresh_until,
+                            epoch: started_in,
+                        },
+                    );
+                }
                 Resolution::Refused => self.negative.insert(
                     digest,
                     Negative {
@@ -692,6 +754,52 @@ mod tests {
         }
     }
 
+    /// Accepts every key, as a new account each time.
+    struct Accepting;
+
+    /// The account `Accepting` finds.
+    struct Somebody;
+
+    impl crate::Account for Somebody {}
+
+    #[async_trait]
+    impl Resolver for Accepting {
+        type Account = Somebody;
+
+        async fn resolve(
+            &self,
+            _: &ApiKey,
+            _: &KeyDigest,
+        ) -> Result<Option<Somebody>, ResolveError> {
+            Ok(Some(Somebody))
+        }
+    }
+
+    fn accepting(capacity: u64) -> CachedResolver<Accepting> {
+        let metrics = Arc::new(Metrics::default());
+        let config = CacheConfig::default()
+            .positive_capacity(capacity)
+            .max_concurrent_lookups(None);
+        CachedResolver::new(Accepting, &config, metrics, &[])
+    }
+
+    /// The index holds exactly what moka holds, entry for entry (the same account), once moka
+    /// has applied its pending work.
+    fn assert_index_mirrors_moka(cache: &CachedResolver<Accepting>) {
+        let shared = &cache.shared;
+        shared.positive.run_pending_tasks();
+        let indexed = shared.index.entries();
+        for (digest, account) in &indexed {
+            let record = shared.positive.get(digest);
+            assert!(
+                record.is_some_and(|record| Arc::ptr_eq(&record.account, account)),
+                "the index holds an entry moka doesn't"
+            );
+        }
+        let recorded = shared.positive.iter().count();
+        assert_eq!(indexed.len(), recorded, "indexed vs recorded entries");
+    }
+
     fn cache() -> CachedResolver<Counting> {
         let metrics = Arc::new(Metrics::default());
         CachedResolver::new(Counting::default(), &CacheConfig::default(), metrics, &[])
@@ -716,6 +824,153 @@ mod tests {
         let second = cache.resolve(&key, digest).expect("permit").await;
         assert!(matches!(second, Resolution::Refused));
         assert_eq!(cache.resolver_ref().0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_accepted_key_is_indexed_and_a_refused_one_is_not() {
+        let accepted = accepting(100);
+        let (key, digest) = key();
+        accepted.resolve(&key, digest).expect("permit").await;
+        assert_eq!(accepted.shared.index.len(), 1);
+        assert!(matches!(
+            accepted.cached(&digest, Instant::now()),
+            Some(Cached::Valid(_))
+        ));
+        assert_index_mirrors_moka(&accepted);
+
+        let refused = cache();
+        let (key, digest) = self::key();
+        refused.resolve(&key, digest).expect("permit").await;
+        assert!(matches!(
+            refused.cached(&digest, Instant::now()),
+            Some(Cached::Refused)
+        ));
+        assert_eq!(
+            refused.shared.index.len(),
+            0,
+            "a refused key is never indexed"
+        );
+    }
+
+    #[tokio::test]
+    async fn whatever_moka_evicts_leaves_the_index_with_it() {
+        let cache = accepting(8);
+        for n in 0..300 {
+            let (key, digest) = key();
+            cache.resolve(&key, digest).expect("permit").await;
+            // Every few keys, ask for some of the earlier ones again so that moka's admission
+            // has frequencies to compare (and refuses some newcomers).
+            if n % 3 == 0 {
+                let _ = cache.cached(&digest, Instant::now());
+            }
+            assert_index_mirrors_moka(&cache);
+        }
+        assert!(cache.shared.index.len() <= 8);
+    }
+
+    #[tokio::test]
+    async fn an_index_entry_past_its_ttl_is_not_served_even_if_moka_still_has_it() {
+        let cache = accepting(100);
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        let later = Instant::now() + CacheConfig::default().positive_ttl;
+        assert!(cache.cached(&digest, later).is_none());
+        assert!(cache.cached(&digest, Instant::now()).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_invalidated_key_leaves_moka_and_the_index_at_once() {
+        let cache = accepting(100);
+        let (key, digest) = key();
+        let (other_key, other) = self::key();
+        cache.resolve(&key, digest).expect("permit").await;
+        cache.resolve(&other_key, other).expect("permit").await;
+        assert!(cache.cached(&digest, Instant::now()).is_some());
+        cache.invalidate(&Invalidation::Key(digest));
+        // Not after moka's housekeeping: before `invalidate` returned.
+        assert!(cache.cached(&digest, Instant::now()).is_none());
+        assert!(cache.shared.index.get(&digest, 0, Instant::now()).is_none());
+        assert!(
+            cache.cached(&other, Instant::now()).is_some(),
+            "others stay"
+        );
+        assert_index_mirrors_moka(&cache);
+    }
+
+    #[tokio::test]
+    async fn an_index_entry_cached_before_invalidate_all_is_never_served_after_it() {
+        let cache = accepting(100);
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        let Some(Cached::Valid(account)) = cache.cached(&digest, Instant::now()) else {
+            panic!("accepted");
+        };
+        cache.invalidate(&Invalidation::All);
+        assert_eq!(cache.shared.index.len(), 0);
+        // Put back what a reader racing the `All` could have left: an entry of the epoch
+        // before it, in the index and in moka alike.
+        let shared = &cache.shared;
+        let before = *read(&shared.epoch) - 1;
+        let fresh_until = Instant::now() + Duration::from_secs(60);
+        shared.index.insert(
+            digest,
+            index::Entry {
+                account: Arc::clone(&account),
+                fresh_until,
+                epoch: before,
+            },
+        );
+        shared.positive.insert(
+            digest,
+            Positive {
+                account,
+                fresh_until,
+                epoch: before,
+            },
+        );
+        assert!(cache.cached(&digest, Instant::now()).is_none());
+    }
+
+    #[test]
+    fn index_insertions_racing_moka_evictions_leave_no_entry_moka_does_not_hold() {
+        // Four threads cache new keys as fast as they can into a cache of 16 while a fifth
+        // keeps moka's housekeeping (evictions, refused admissions, their notices) running.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let cache = accepting(16);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let housekeeper = {
+            let cache = cache.clone();
+            let done = Arc::clone(&done);
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    cache.shared.positive.run_pending_tasks();
+                }
+            })
+        };
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                let handle = runtime.handle().clone();
+                std::thread::spawn(move || {
+                    for _ in 0..500 {
+                        let (key, digest) = key();
+                        let lookup = cache.resolve(&key, digest).expect("no limit");
+                        handle.block_on(lookup);
+                        let _ = cache.cached(&digest, Instant::now());
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("writer");
+        }
+        done.store(true, Ordering::Relaxed);
+        housekeeper.join().expect("housekeeper");
+        assert_index_mirrors_moka(&cache);
+        assert!(cache.shared.index.len() <= 16);
     }
 
     #[tokio::test]
