@@ -1,9 +1,10 @@
-//! A per-thread front for the cache: the last few keys each worker thread saw answered
-//! (accepted or refused), answered again without touching moka.
+//! The cache's per-thread state: a front of the last few keys each worker thread saw answered
+//! (accepted or refused), answered again without touching the index or moka (no shared cache
+//! line but the account's), and the count of lookups since this thread last told moka of one.
 //!
 //! A slot is trusted only while its cache's invalidation epoch is the one it was filled in
-//! and its moka entry's TTL has not run out, so it can never outlive an invalidation or the
-//! TTL. It holds the same shared account as the moka entry: no copy, no plaintext.
+//! and its entry's TTL has not run out, so it can never outlive an invalidation or the TTL. It
+//! holds the same shared account as the cache's entry: no copy, no plaintext.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -16,6 +17,9 @@ use crate::key::KeyDigest;
 /// Slots per thread (direct-mapped).
 const SLOTS: usize = 64;
 
+/// One lookup in this many that passes the front is also reported to moka (see [`through`]).
+pub(super) const REPORT_ONE_IN: u32 = 16;
+
 struct Slot {
     owner: usize,
     digest: KeyDigest,
@@ -25,8 +29,114 @@ struct Slot {
     account: Option<Arc<dyn Any + Send + Sync>>,
 }
 
+struct Front {
+    slots: Vec<Option<Slot>>,
+    /// Lookups this thread passed on since it last reported one to moka.
+    unreported: u32,
+}
+
 thread_local! {
-    static FRONT: RefCell<Vec<Option<Slot>>> = const { RefCell::new(Vec::new()) };
+    static FRONT: RefCell<Front> = const {
+        RefCell::new(Front {
+            slots: Vec::new(),
+            unreported: 0,
+        })
+    };
+}
+
+/// What the cache found behind the front: the answer and when its entry expires.
+pub(super) struct Behind<A> {
+    pub(super) answer: Cached<A>,
+    pub(super) fresh_until: Instant,
+}
+
+/// The answer for `digest` of cache `owner`, valid in `epoch` at `now`: from this thread's
+/// front if it holds one, else from `behind`, which the front then remembers.
+///
+/// `behind` is told whether this lookup is the one in [`REPORT_ONE_IN`] that the cache also
+/// reports to moka (a `get` for its frequency sketch and access order, since the index
+/// answers without it). Counted per thread: no shared write on the hit path.
+///
+/// A slot holding another key's live answer is taken over only by a reported lookup. That
+/// keeps the front cheap when it can't help (many keys, each seldom seen by one thread: no
+/// slot changes, so no other account's count is touched), while a key hot on this thread
+/// still gets in soon.
+#[inline(always)]
+pub(super) fn through<A, F>(
+    owner: usize,
+    digest: &KeyDigest,
+    (epoch, now): (u64, Instant),
+    behind: F,
+) -> Option<Cached<A>>
+where
+    A: Send + Sync + 'static,
+    F: FnOnce(bool) -> Option<Behind<A>>,
+{
+    let mut behind = Some(behind);
+    let answered = FRONT.try_with(|front| {
+        let mut front = front.try_borrow_mut().ok()?;
+        let behind = behind.take()?;
+        Some(front.through(owner, digest, (epoch, now), behind))
+    });
+    match answered {
+        Ok(Some(answer)) => answer,
+        // The thread is ending, or (never in the crate) the front is in use further up this
+        // thread's stack: go behind it, and report the lookup.
+        _ => behind
+            .take()
+            .and_then(|behind| behind(true))
+            .map(|found| found.answer),
+    }
+}
+
+impl Front {
+    #[inline(always)]
+    fn through<A, F>(
+        &mut self,
+        owner: usize,
+        digest: &KeyDigest,
+        (epoch, now): (u64, Instant),
+        behind: F,
+    ) -> Option<Cached<A>>
+    where
+        A: Send + Sync + 'static,
+        F: FnOnce(bool) -> Option<Behind<A>>,
+    {
+        if self.slots.is_empty() {
+            self.slots.resize_with(SLOTS, || None);
+        }
+        let slot = &mut self.slots[index(owner, digest)];
+        let live = slot
+            .as_ref()
+            .filter(|slot| slot.owner == owner && slot.epoch == epoch && now < slot.fresh_until);
+        if let Some(slot) = live.filter(|slot| slot.digest == *digest) {
+            return match &slot.account {
+                Some(account) => Arc::clone(account).downcast::<A>().ok().map(Cached::Valid),
+                None => Some(Cached::Refused),
+            };
+        }
+        let taken = live.is_some();
+        self.unreported += 1;
+        let report = self.unreported >= REPORT_ONE_IN;
+        if report {
+            self.unreported = 0;
+        }
+        let found = behind(report)?;
+        if !taken || report {
+            let account = match &found.answer {
+                Cached::Valid(account) => Some(Arc::clone(account) as Arc<dyn Any + Send + Sync>),
+                Cached::Refused => None,
+            };
+            *slot = Some(Slot {
+                owner,
+                digest: *digest,
+                epoch,
+                fresh_until: found.fresh_until,
+                account,
+            });
+        }
+        Some(found.answer)
+    }
 }
 
 fn index(owner: usize, digest: &KeyDigest) -> usize {
@@ -34,54 +144,104 @@ fn index(owner: usize, digest: &KeyDigest) -> usize {
     (digest.hash_u64() as usize ^ owner) % SLOTS
 }
 
-/// What this thread cached for `digest` of cache `owner`, if still valid in `epoch` at `now`.
-pub(super) fn get<A: Send + Sync + 'static>(
-    owner: usize,
-    digest: &KeyDigest,
-    epoch: u64,
-    now: Instant,
-) -> Option<Cached<A>> {
-    FRONT
-        .try_with(|front| {
-            let front = front.try_borrow().ok()?;
-            let slot = front.get(index(owner, digest))?.as_ref()?;
-            if slot.owner != owner || slot.epoch != epoch || slot.digest != *digest {
-                return None;
-            }
-            if now >= slot.fresh_until {
-                return None;
-            }
-            match &slot.account {
-                Some(account) => Arc::clone(account).downcast::<A>().ok().map(Cached::Valid),
-                None => Some(Cached::Refused),
-            }
-        })
-        .ok()
-        .flatten()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Remembers the answer for `digest` of cache `owner` (`None`: refused), valid in `epoch`
-/// until `fresh_until`.
-pub(super) fn put<A: Send + Sync + 'static>(
-    owner: usize,
-    digest: KeyDigest,
-    epoch: u64,
-    fresh_until: Instant,
-    account: Option<&Arc<A>>,
-) {
-    let account = account.map(|account| Arc::clone(account) as Arc<dyn Any + Send + Sync>);
-    let _ = FRONT.try_with(|front| {
-        if let Ok(mut front) = front.try_borrow_mut() {
-            if front.is_empty() {
-                front.resize_with(SLOTS, || None);
-            }
-            front[index(owner, &digest)] = Some(Slot {
-                owner,
-                digest,
-                epoch,
+    fn digest(n: u8) -> KeyDigest {
+        KeyDigest::from_bytes([n; 32])
+    }
+
+    /// A lookup behind the front that accepts, counting itself and its reports.
+    fn accept(
+        calls: &std::cell::Cell<(u32, u32)>,
+        fresh_until: Instant,
+    ) -> impl FnOnce(bool) -> Option<Behind<u8>> + '_ {
+        move |report| {
+            let (looked, reported) = calls.get();
+            calls.set((looked + 1, reported + u32::from(report)));
+            Some(Behind {
+                answer: Cached::Valid(Arc::new(7)),
                 fresh_until,
-                account,
-            });
+            })
         }
-    });
+    }
+
+    #[test]
+    fn one_lookup_in_the_sample_is_reported_to_moka() {
+        // A thread of its own: the count is per thread. A new epoch each time, so that none
+        // is a front hit.
+        std::thread::spawn(|| {
+            let calls = std::cell::Cell::new((0, 0));
+            let fresh_until = Instant::now() + std::time::Duration::from_secs(60);
+            for epoch in 0..REPORT_ONE_IN * 10 {
+                let at = (u64::from(epoch), Instant::now());
+                let _ = through(1, &digest(0), at, accept(&calls, fresh_until));
+            }
+            assert_eq!(calls.get(), (REPORT_ONE_IN * 10, 10));
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_slot_serves_its_key_only_in_its_epoch_and_before_its_deadline() {
+        std::thread::spawn(|| {
+            let calls = std::cell::Cell::new((0, 0));
+            let now = Instant::now();
+            let fresh_until = now + std::time::Duration::from_secs(60);
+            let _ = through(1, &digest(1), (3, now), accept(&calls, fresh_until));
+            let _ = through(1, &digest(1), (3, now), accept(&calls, fresh_until));
+            assert_eq!(calls.get().0, 1, "the second lookup is the front's");
+            let _ = through(1, &digest(1), (4, now), accept(&calls, fresh_until));
+            assert_eq!(calls.get().0, 2, "another epoch");
+            let _ = through(1, &digest(1), (4, fresh_until), accept(&calls, fresh_until));
+            assert_eq!(calls.get().0, 3, "past the deadline");
+            let _ = through(2, &digest(1), (4, now), accept(&calls, fresh_until));
+            assert_eq!(calls.get().0, 4, "another cache");
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_live_slot_is_taken_over_only_by_a_reported_lookup() {
+        std::thread::spawn(|| {
+            let calls = std::cell::Cell::new((0, 0));
+            let now = Instant::now();
+            let fresh_until = now + std::time::Duration::from_secs(60);
+            // Two keys in one slot: the first fills it, the second only looks behind it
+            // until a reported lookup hands it the slot.
+            let (first, second) = colliding();
+            let _ = through(1, &first, (0, now), accept(&calls, fresh_until));
+            let mut misses = 0;
+            loop {
+                let before = calls.get().1;
+                let _ = through(1, &second, (0, now), accept(&calls, fresh_until));
+                misses += 1;
+                if calls.get().1 > before {
+                    break;
+                }
+                assert!(
+                    misses < REPORT_ONE_IN,
+                    "a reported lookup comes within the sample"
+                );
+            }
+            let looked = calls.get().0;
+            let _ = through(1, &second, (0, now), accept(&calls, fresh_until));
+            assert_eq!(calls.get().0, looked, "the reported lookup took the slot");
+        })
+        .join()
+        .expect("thread");
+    }
+
+    /// Two digests that share a slot of cache 1.
+    fn colliding() -> (KeyDigest, KeyDigest) {
+        let first = digest(1);
+        let mut bytes = [1; 32];
+        bytes[0] = 1 + SLOTS as u8;
+        let second = KeyDigest::from_bytes(bytes);
+        assert_eq!(index(1, &first), index(1, &second));
+        (first, second)
+    }
 }

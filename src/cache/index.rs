@@ -9,8 +9,10 @@
 //! entry. Every entry also keeps its own copy of the TTL and the epoch it was cached in,
 //! checked on every read: what the cache's consistency argument says of moka's entries holds
 //! here word for word.
+//!
+//! Hits served here are hits moka doesn't see; the front (`front`) reports a sample of them
+//! to moka, so its admission and eviction keep learning which keys are hot.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -22,11 +24,6 @@ use crate::sync::{read, write};
 /// Shards (a power of two). Picked by a digest byte the maps' hasher doesn't use, so each
 /// shard's map still sees uniform hashes.
 const SHARDS: usize = 64;
-
-/// One hit in this many served by the index is also reported to moka (a `get`), so its
-/// frequency sketch and access order keep learning which keys are hot: see
-/// [`report_hit_to_moka`].
-pub(super) const HIT_SAMPLE: u32 = 8;
 
 type Shard<A> = RwLock<HashMap<KeyDigest, Entry<A>, DigestHasher>>;
 
@@ -125,43 +122,9 @@ impl<A> ReadIndex<A> {
     }
 }
 
-thread_local! {
-    /// Hits this thread served from an index since it last reported one to moka.
-    static UNREPORTED_HITS: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether this hit is the one in [`HIT_SAMPLE`] that the cache also reports to moka. A hit
-/// moka never sees is a hit its TinyLFU admission and its access order can't count; one in
-/// eight keeps the hit ratio on a skewed workload where moka alone has it (BENCHMARKS.md).
-/// Counted per thread: no shared write on the hit path.
-#[inline(always)]
-pub(super) fn report_hit_to_moka() -> bool {
-    UNREPORTED_HITS
-        .try_with(|hits| {
-            let seen = hits.get() + 1;
-            let report = seen >= HIT_SAMPLE;
-            hits.set(if report { 0 } else { seen });
-            report
-        })
-        .unwrap_or(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_hit_in_the_sample_is_reported_to_moka() {
-        // A thread of its own: the count is per thread.
-        let reported = std::thread::spawn(|| {
-            (0..HIT_SAMPLE * 10)
-                .filter(|_| report_hit_to_moka())
-                .count()
-        })
-        .join()
-        .expect("thread");
-        assert_eq!(reported, 10);
-    }
 
     #[test]
     fn an_old_notice_leaves_a_newer_entry_alone() {

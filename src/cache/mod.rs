@@ -1,7 +1,9 @@
 //! The resolver cache: moka-backed positive and negative entries keyed by digest, coalesced
 //! misses, and invalidation without stale entries.
 //!
-//! A hit is one synchronous map lookup (`moka::sync`): no future, no lock, no allocation.
+//! moka is the record; a hit on an accepted key is served by the per-thread front or the read
+//! index in front of it (`index`), synchronously: no future, no allocation, at most one
+//! shard's read lock.
 //! A miss starts one resolver call per key, however many requests wait for it; its answer is
 //! cached only if no invalidation happened while it ran, so a lookup that raced a revoke can
 //! never put the revoked key back (see [`CachedResolver`]).
@@ -21,6 +23,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::front::Behind;
 use self::index::ReadIndex;
 use self::known::KnownKeys;
 use crate::feed::Trust;
@@ -344,28 +347,28 @@ impl<R: Resolver> CachedResolver<R> {
         // Read before the lookups: whatever they find is tagged with an epoch no newer than
         // itself, so the invalidation that removes an entry also retires its front copies.
         let epoch = shared.published_epoch.load(Ordering::Acquire);
-        if let Some(answer) = front::get::<R::Account>(shared.id, digest, epoch, now) {
-            return Some(answer);
-        }
-        let cleared = shared.cleared_epoch.load(Ordering::Acquire);
-        if let Some((account, fresh_until)) = shared.index.get(digest, cleared, now) {
-            if index::report_hit_to_moka() {
-                // Only for moka's frequency sketch and access order: the index answered.
+        front::through(shared.id, digest, (epoch, now), |report| {
+            if report {
+                // For moka's frequency sketch and access order only: the index answers, and
+                // on a miss there moka holds no accepted entry either (the index holds all
+                // moka does). Hits and misses are sampled alike: a sketch that saw every miss
+                // of a cold key but a sixteenth of a hot key's hits would rate cold newcomers
+                // above the hot keys it holds.
                 let _ = shared.positive.get(digest);
             }
-            front::put(shared.id, *digest, epoch, fresh_until, Some(&account));
-            return Some(Cached::Valid(account));
-        }
-        let (answer, fresh_until) = shared.stored(digest)?;
-        if now >= fresh_until {
-            return None;
-        }
-        let account = match &answer {
-            Cached::Valid(account) => Some(account),
-            Cached::Refused => None,
-        };
-        front::put(shared.id, *digest, epoch, fresh_until, account);
-        Some(answer)
+            let cleared = shared.cleared_epoch.load(Ordering::Acquire);
+            if let Some((account, fresh_until)) = shared.index.get(digest, cleared, now) {
+                return Some(Behind {
+                    answer: Cached::Valid(account),
+                    fresh_until,
+                });
+            }
+            let fresh_until = shared.refused(digest).filter(|&until| now < until)?;
+            Some(Behind {
+                answer: Cached::Refused,
+                fresh_until,
+            })
+        })
     }
 
     /// Joins the resolver call for `digest`, starting one if none is running.
@@ -634,10 +637,17 @@ impl<R: Resolver> CacheShared<R> {
                 return Some((Cached::Valid(entry.account), entry.fresh_until));
             }
         }
+        Some((Cached::Refused, self.refused(digest)?))
+    }
+
+    /// When the refused entry for `digest` expires, if it has one cached since the last
+    /// [`Invalidation::All`].
+    fn refused(&self, digest: &KeyDigest) -> Option<Instant> {
+        let cleared = self.cleared_epoch.load(Ordering::Acquire);
         // `get`, not `contains_key`: only reads teach moka's admission policy that a refused
         // key comes back, so a retried key keeps its entry while a flood of one-off keys churns.
         let entry = self.negative.get(digest)?;
-        (entry.epoch >= cleared).then_some((Cached::Refused, entry.fresh_until))
+        (entry.epoch >= cleared).then_some(entry.fresh_until)
     }
 
     /// Drops every entry and detaches every call in progress. Called with the epoch's write
