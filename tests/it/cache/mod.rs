@@ -1,4 +1,5 @@
-//! The layer's cache: misses, faults, and changes racing lookups.
+//! The layer's cache: misses, faults, changes racing lookups, and the read index churning.
 
 mod faults;
+mod index;
 mod races;
