@@ -22,6 +22,15 @@
 //! `SCALE_REQUESTS` measured ones (default 10^6) on a current_thread runtime. Prints the
 //! resolver calls of the measured phase, the hit ratio they leave, the ideal hit ratio of a
 //! cache holding exactly the C most requested keys (H(C) / H(2·C)), and ns per request.
+//!
+//! `scale threads [THREAD COUNTS..]` (default 1 2 4): many threads on few hot keys. One layer
+//! (one shared cache, every key warmed) cloned into T OS threads, each with its own
+//! current_thread runtime, sending requests that rotate through H = 1, 4 or 64 hot keys from a
+//! per-thread offset. `SCALE_REQUESTS` (default 10^6) is the total per case and thread count,
+//! divided equally among the T threads. The cases (each H, with the layer and with a no-auth
+//! baseline on the same headers) are interleaved in rounds of `CHUNK` requests in total, each
+//! round started on a barrier and timed on the wall clock; ns per request is the per-thread
+//! cost (wall time × T / requests), req/s the throughput of all threads together.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -633,6 +642,150 @@ fn zipf_mode(capacities: &[usize], warm: usize, measured: usize) {
     }
 }
 
+/// One case of `scale threads`: the layer or the no-auth baseline, over `hot` keys.
+#[derive(Clone, Copy)]
+struct ThreadCase {
+    hot: usize,
+    layer: bool,
+}
+
+/// `scale threads`: many threads on few hot keys. One layer (one shared cache) cloned into T OS
+/// threads, each with its own current_thread runtime, rotating through H hot keys from its own
+/// offset; the cases (H = 1, 4, 64; layer and no-auth baseline) interleaved in rounds, every
+/// round started on a barrier and timed on the wall clock from the first thread's start to the
+/// last one's end. `requests` per case in total, divided among the threads.
+fn threads_mode(thread_counts: &[usize], requests: usize) {
+    const HOT: [usize; 3] = [1, 4, 64];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pepper = Pepper::from_bytes([9; 32]);
+    let most = HOT.iter().copied().max().unwrap_or(1);
+    let keys = make_keys(most, &pepper);
+    let store = Arc::new(MemoryStore::new());
+    runtime.block_on(fill(&*store, &keys, &pepper));
+    let manager = KeyManager::new(store, pepper.clone());
+    let layer = ApiKeyLayer::for_manager(&manager)
+        .cache_config(CacheConfig::default().positive_ttl(Duration::from_secs(3600)))
+        .build();
+    {
+        let noop_fn: NoopFn = ready_noop;
+        let mut service: Svc = layer.layer(tower::service_fn(noop_fn));
+        let warm: Vec<u32> = (0..most as u32).collect();
+        runtime.block_on(drive(&mut service, &keys.headers, &warm, 0, most));
+        runtime.block_on(drive(&mut service, &keys.headers, &warm, 0, most));
+    }
+    assert_eq!(
+        layer.metrics().resolver_calls,
+        most as u64,
+        "every key resolved once"
+    );
+    let secrets: Arc<Vec<Vec<u8>>> =
+        Arc::new(keys.headers.iter().map(|h| h.as_bytes().to_vec()).collect());
+    let cases: Vec<ThreadCase> = HOT
+        .iter()
+        .flat_map(|&hot| {
+            [
+                ThreadCase { hot, layer: false },
+                ThreadCase { hot, layer: true },
+            ]
+        })
+        .collect();
+    println!(
+        "| threads | hot keys | layer ns/req (per thread) | baseline ns/req | added ns | layer req/s | baseline req/s | resolver calls |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &threads in thread_counts {
+        let threads = threads.max(1);
+        let per_round = (CHUNK / threads).max(1);
+        let rounds = (requests / (per_round * threads)).max(1);
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = Arc::clone(&barrier);
+                let secrets = Arc::clone(&secrets);
+                let layer = layer.clone();
+                let cases = cases.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    // This thread's own header values: cloning a shared one would make every
+                    // thread bump the same reference count.
+                    let headers: Vec<HeaderValue> = secrets
+                        .iter()
+                        .map(|s| HeaderValue::from_bytes(s).expect("header"))
+                        .collect();
+                    let noop_fn: NoopFn = ready_noop;
+                    let mut service: Svc = layer.layer(tower::service_fn(noop_fn));
+                    let mut base = tower::service_fn(noop_fn);
+                    let orders: Vec<Vec<u32>> = cases
+                        .iter()
+                        .map(|case| {
+                            let offset = t * case.hot / threads;
+                            (0..per_round)
+                                .map(|i| ((offset + i) % case.hot) as u32)
+                                .collect()
+                        })
+                        .collect();
+                    // When this thread started and ended each case's share, round after round.
+                    let mut spans = vec![Vec::with_capacity(rounds); cases.len()];
+                    for _ in 0..rounds {
+                        for ((case, order), spans) in cases.iter().zip(&orders).zip(&mut spans) {
+                            barrier.wait();
+                            let start = Instant::now();
+                            if case.layer {
+                                rt.block_on(drive(&mut service, &headers, order, 0, per_round));
+                            } else {
+                                rt.block_on(drive(&mut base, &headers, order, 0, per_round));
+                            }
+                            spans.push((start, Instant::now()));
+                        }
+                    }
+                    spans
+                })
+            })
+            .collect();
+        let before = layer.metrics();
+        let spans: Vec<Vec<Vec<(Instant, Instant)>>> = workers
+            .into_iter()
+            .map(|worker| worker.join().expect("worker"))
+            .collect();
+        // A round's wall time runs from the first thread's start to the last thread's end,
+        // taken by the threads themselves: a waiting timer thread could wake late when there
+        // are more threads than cores.
+        let wall: Vec<Duration> = (0..cases.len())
+            .map(|c| {
+                (0..rounds)
+                    .map(|r| {
+                        let start = spans.iter().map(|t| t[c][r].0).min().expect("a thread");
+                        let end = spans.iter().map(|t| t[c][r].1).max().expect("a thread");
+                        end - start
+                    })
+                    .sum()
+            })
+            .collect();
+        let calls = layer.metrics().resolver_calls - before.resolver_calls;
+        let sent = (rounds * per_round * threads) as f64;
+        // Per-thread cost: each thread spent the whole wall time on its share of the requests.
+        let ns = |t: Duration| t.as_nanos() as f64 * threads as f64 / sent;
+        let per_second = |t: Duration| sent / t.as_secs_f64();
+        for (pair, hot) in wall.chunks(2).zip(HOT) {
+            let (base, with_layer) = (pair[0], pair[1]);
+            println!(
+                "| {threads} | {hot} | {:.0} | {:.0} | {:+.0} | {:.0} | {:.0} | {calls} |",
+                ns(with_layer),
+                ns(base),
+                ns(with_layer) - ns(base),
+                per_second(with_layer),
+                per_second(base),
+            );
+        }
+    }
+}
+
 /// A count from the environment (`_` separators allowed), if set.
 fn env_number(name: &str) -> Option<usize> {
     std::env::var(name)
@@ -691,6 +844,16 @@ fn main() {
             let warm = env_number("SCALE_WARM").unwrap_or(1_000_000);
             zipf_mode(&capacities, warm, measured);
         }
-        Some(other) => panic!("unknown mode {other}: keys, churn, maps or zipf"),
+        Some("threads") => {
+            let counts: Vec<usize> = numbers(1).into_iter().map(|n| n as usize).collect();
+            let counts = if counts.is_empty() {
+                vec![1, 2, 4]
+            } else {
+                counts
+            };
+            let requests = env_number("SCALE_REQUESTS").unwrap_or(1_000_000);
+            threads_mode(&counts, requests);
+        }
+        Some(other) => panic!("unknown mode {other}: keys, churn, maps, zipf or threads"),
     }
 }
