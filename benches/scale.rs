@@ -11,6 +11,26 @@
 //!
 //! `scale churn [RATES..]`: a working set of 10^4 keys read in a loop on one thread while a
 //! second thread revokes and reactivates *other* keys at each rate (changes per second).
+//!
+//! `scale maps [SIZES..]`: moka's `get` against sharded `RwLock<HashMap>`s, on their own.
+//!
+//! `scale zipf [CAPACITIES..]` (default 1000 10000): the positive cache's hit ratio when it
+//! can't hold every key. For each capacity C, 2·C active keys, the layer with
+//! `positive_capacity(C)` (positive TTL an hour, so only the capacity evicts), and a
+//! deterministic Zipf(s = 1) request order over the 2·C keys (fixed-seed xorshift, ranks
+//! shuffled over the keys): `SCALE_WARM` warm-up requests (default 10^6, at least 20·C), then
+//! `SCALE_REQUESTS` measured ones (default 10^6) on a current_thread runtime. Prints the
+//! resolver calls of the measured phase, the hit ratio they leave, the ideal hit ratio of a
+//! cache holding exactly the C most requested keys (H(C) / H(2·C)), and ns per request.
+//!
+//! `scale threads [THREAD COUNTS..]` (default 1 2 4): many threads on few hot keys. One layer
+//! (one shared cache, every key warmed) cloned into T OS threads, each with its own
+//! current_thread runtime, sending requests that rotate through H = 1, 4 or 64 hot keys from a
+//! per-thread offset. `SCALE_REQUESTS` (default 10^6) is the total per case and thread count,
+//! divided equally among the T threads. The cases (each H, with the layer and with a no-auth
+//! baseline on the same headers) are interleaved in rounds of `CHUNK` requests in total, each
+//! round started on a barrier and timed on the wall clock; ns per request is the per-thread
+//! cost (wall time × T / requests), req/s the throughput of all threads together.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,11 +66,20 @@ fn rss_bytes() -> u64 {
 struct XorShift(u64);
 
 impl XorShift {
-    fn below(&mut self, n: usize) -> usize {
+    fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A uniform `f64` in [0, 1), from the top 53 bits.
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -513,6 +542,257 @@ fn maps_mode(sizes: &[usize], requests: usize) {
     }
 }
 
+/// Zipf(s = 1) over `n` ranks: the cumulative probabilities, for sampling by binary search.
+fn zipf_cdf(n: usize) -> Vec<f64> {
+    let total: f64 = (1..=n).map(|k| 1.0 / k as f64).sum();
+    let mut sum = 0.0;
+    let mut cdf: Vec<f64> = (1..=n)
+        .map(|k| {
+            sum += 1.0 / k as f64;
+            sum / total
+        })
+        .collect();
+    // Rounding may leave the last value just under 1.
+    if let Some(last) = cdf.last_mut() {
+        *last = 1.0;
+    }
+    cdf
+}
+
+/// Harmonic number H(n) = 1 + 1/2 + … + 1/n.
+fn harmonic(n: usize) -> f64 {
+    (1..=n).map(|k| 1.0 / k as f64).sum()
+}
+
+/// `count` requests drawn from Zipf(s = 1) over `keys` keys, as key indexes. Rank r (1 the
+/// most requested) is key `rank_to_key[r - 1]`, a fixed shuffle, so that popularity isn't
+/// correlated with the order the keys were inserted in.
+fn zipf_order(cdf: &[f64], rank_to_key: &[u32], rng: &mut XorShift, count: usize) -> Vec<u32> {
+    (0..count)
+        .map(|_| {
+            let u = rng.unit();
+            let rank = cdf.partition_point(|&c| c <= u).min(cdf.len() - 1);
+            rank_to_key[rank]
+        })
+        .collect()
+}
+
+/// `scale zipf`: the positive cache's hit ratio under a skewed load it can't hold entirely.
+/// For each capacity C: 2·C active keys, `positive_capacity(C)` (TTL an hour, so only the
+/// capacity evicts), a fixed-seed Zipf(s = 1) request order over the 2·C keys (ranks shuffled),
+/// `warm` requests unmeasured, then `measured` requests; resolver calls in the measured phase
+/// are the misses.
+fn zipf_mode(capacities: &[usize], warm: usize, measured: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pepper = Pepper::from_bytes([9; 32]);
+    println!(
+        "| capacity | keys | requests | resolver calls | hit ratio | ideal hit ratio (top C of Zipf) | ns/req |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &capacity in capacities {
+        let n = capacity * 2;
+        let warm = warm.max(20 * capacity);
+        let keys = make_keys(n, &pepper);
+        let store = Arc::new(MemoryStore::new());
+        runtime.block_on(fill(&*store, &keys, &pepper));
+        let manager = KeyManager::new(store, pepper.clone());
+        let layer = ApiKeyLayer::for_manager(&manager)
+            .cache_config(
+                CacheConfig::default()
+                    .positive_capacity(capacity as u64)
+                    .positive_ttl(Duration::from_secs(3600)),
+            )
+            .build();
+        let noop_fn: NoopFn = ready_noop;
+        let mut service: Svc = layer.layer(tower::service_fn(noop_fn));
+
+        // The same sequence for a capacity on every run and every build.
+        let mut rng = XorShift(0x5DEE_CE66_D1CE_4E5B ^ capacity as u64);
+        let mut rank_to_key: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            rank_to_key.swap(i, rng.below(i + 1));
+        }
+        let cdf = zipf_cdf(n);
+        let order = zipf_order(&cdf, &rank_to_key, &mut rng, warm + measured);
+        eprintln!(
+            "zipf: {n} keys, capacity {capacity}, {warm} warm-up requests, {measured} measured"
+        );
+
+        runtime.block_on(drive(&mut service, &keys.headers, &order, 0, warm));
+        let before = layer.metrics();
+        let elapsed = runtime.block_on(drive(&mut service, &keys.headers, &order, warm, measured));
+        let after = layer.metrics();
+        assert_eq!(
+            after.accepted - before.accepted,
+            measured as u64,
+            "every request accepted"
+        );
+        let calls = after.resolver_calls - before.resolver_calls;
+        let hit = 1.0 - calls as f64 / measured as f64;
+        let ideal = harmonic(capacity) / harmonic(n);
+        println!(
+            "| {capacity} | {n} | {measured} | {calls} | {:.2} % | {:.2} % | {:.0} |",
+            hit * 100.0,
+            ideal * 100.0,
+            elapsed.as_nanos() as f64 / measured as f64,
+        );
+    }
+}
+
+/// One case of `scale threads`: the layer or the no-auth baseline, over `hot` keys.
+#[derive(Clone, Copy)]
+struct ThreadCase {
+    hot: usize,
+    layer: bool,
+}
+
+/// `scale threads`: many threads on few hot keys. One layer (one shared cache) cloned into T OS
+/// threads, each with its own current_thread runtime, rotating through H hot keys from its own
+/// offset; the cases (H = 1, 4, 64; layer and no-auth baseline) interleaved in rounds, every
+/// round started on a barrier and timed on the wall clock from the first thread's start to the
+/// last one's end. `requests` per case in total, divided among the threads.
+fn threads_mode(thread_counts: &[usize], requests: usize) {
+    const HOT: [usize; 3] = [1, 4, 64];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pepper = Pepper::from_bytes([9; 32]);
+    let most = HOT.iter().copied().max().unwrap_or(1);
+    let keys = make_keys(most, &pepper);
+    let store = Arc::new(MemoryStore::new());
+    runtime.block_on(fill(&*store, &keys, &pepper));
+    let manager = KeyManager::new(store, pepper.clone());
+    let layer = ApiKeyLayer::for_manager(&manager)
+        .cache_config(CacheConfig::default().positive_ttl(Duration::from_secs(3600)))
+        .build();
+    {
+        let noop_fn: NoopFn = ready_noop;
+        let mut service: Svc = layer.layer(tower::service_fn(noop_fn));
+        let warm: Vec<u32> = (0..most as u32).collect();
+        runtime.block_on(drive(&mut service, &keys.headers, &warm, 0, most));
+        runtime.block_on(drive(&mut service, &keys.headers, &warm, 0, most));
+    }
+    assert_eq!(
+        layer.metrics().resolver_calls,
+        most as u64,
+        "every key resolved once"
+    );
+    let secrets: Arc<Vec<Vec<u8>>> =
+        Arc::new(keys.headers.iter().map(|h| h.as_bytes().to_vec()).collect());
+    let cases: Vec<ThreadCase> = HOT
+        .iter()
+        .flat_map(|&hot| {
+            [
+                ThreadCase { hot, layer: false },
+                ThreadCase { hot, layer: true },
+            ]
+        })
+        .collect();
+    println!(
+        "| threads | hot keys | layer ns/req (per thread) | baseline ns/req | added ns | layer req/s | baseline req/s | resolver calls |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for &threads in thread_counts {
+        let threads = threads.max(1);
+        let per_round = (CHUNK / threads).max(1);
+        let rounds = (requests / (per_round * threads)).max(1);
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = Arc::clone(&barrier);
+                let secrets = Arc::clone(&secrets);
+                let layer = layer.clone();
+                let cases = cases.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    // This thread's own header values: cloning a shared one would make every
+                    // thread bump the same reference count.
+                    let headers: Vec<HeaderValue> = secrets
+                        .iter()
+                        .map(|s| HeaderValue::from_bytes(s).expect("header"))
+                        .collect();
+                    let noop_fn: NoopFn = ready_noop;
+                    let mut service: Svc = layer.layer(tower::service_fn(noop_fn));
+                    let mut base = tower::service_fn(noop_fn);
+                    let orders: Vec<Vec<u32>> = cases
+                        .iter()
+                        .map(|case| {
+                            let offset = t * case.hot / threads;
+                            (0..per_round)
+                                .map(|i| ((offset + i) % case.hot) as u32)
+                                .collect()
+                        })
+                        .collect();
+                    // When this thread started and ended each case's share, round after round.
+                    let mut spans = vec![Vec::with_capacity(rounds); cases.len()];
+                    for _ in 0..rounds {
+                        for ((case, order), spans) in cases.iter().zip(&orders).zip(&mut spans) {
+                            barrier.wait();
+                            let start = Instant::now();
+                            if case.layer {
+                                rt.block_on(drive(&mut service, &headers, order, 0, per_round));
+                            } else {
+                                rt.block_on(drive(&mut base, &headers, order, 0, per_round));
+                            }
+                            spans.push((start, Instant::now()));
+                        }
+                    }
+                    spans
+                })
+            })
+            .collect();
+        let before = layer.metrics();
+        let spans: Vec<Vec<Vec<(Instant, Instant)>>> = workers
+            .into_iter()
+            .map(|worker| worker.join().expect("worker"))
+            .collect();
+        // A round's wall time runs from the first thread's start to the last thread's end,
+        // taken by the threads themselves: a waiting timer thread could wake late when there
+        // are more threads than cores.
+        let wall: Vec<Duration> = (0..cases.len())
+            .map(|c| {
+                (0..rounds)
+                    .map(|r| {
+                        let start = spans.iter().map(|t| t[c][r].0).min().expect("a thread");
+                        let end = spans.iter().map(|t| t[c][r].1).max().expect("a thread");
+                        end - start
+                    })
+                    .sum()
+            })
+            .collect();
+        let calls = layer.metrics().resolver_calls - before.resolver_calls;
+        let sent = (rounds * per_round * threads) as f64;
+        // Per-thread cost: each thread spent the whole wall time on its share of the requests.
+        let ns = |t: Duration| t.as_nanos() as f64 * threads as f64 / sent;
+        let per_second = |t: Duration| sent / t.as_secs_f64();
+        for (pair, hot) in wall.chunks(2).zip(HOT) {
+            let (base, with_layer) = (pair[0], pair[1]);
+            println!(
+                "| {threads} | {hot} | {:.0} | {:.0} | {:+.0} | {:.0} | {:.0} | {calls} |",
+                ns(with_layer),
+                ns(base),
+                ns(with_layer) - ns(base),
+                per_second(with_layer),
+                per_second(base),
+            );
+        }
+    }
+}
+
+/// A count from the environment (`_` separators allowed), if set.
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.replace('_', "").parse().ok())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -550,12 +830,30 @@ fn main() {
             } else {
                 sizes
             };
-            let requests = std::env::var("SCALE_REQUESTS")
-                .ok()
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(1_000_000);
+            let requests = env_number("SCALE_REQUESTS").unwrap_or(1_000_000);
             keys_mode(&sizes, requests);
         }
-        Some(other) => panic!("unknown mode {other}: keys or churn"),
+        Some("zipf") => {
+            let capacities: Vec<usize> = numbers(1).into_iter().map(|n| n as usize).collect();
+            let capacities = if capacities.is_empty() {
+                vec![1_000, 10_000]
+            } else {
+                capacities
+            };
+            let measured = env_number("SCALE_REQUESTS").unwrap_or(1_000_000);
+            let warm = env_number("SCALE_WARM").unwrap_or(1_000_000);
+            zipf_mode(&capacities, warm, measured);
+        }
+        Some("threads") => {
+            let counts: Vec<usize> = numbers(1).into_iter().map(|n| n as usize).collect();
+            let counts = if counts.is_empty() {
+                vec![1, 2, 4]
+            } else {
+                counts
+            };
+            let requests = env_number("SCALE_REQUESTS").unwrap_or(1_000_000);
+            threads_mode(&counts, requests);
+        }
+        Some(other) => panic!("unknown mode {other}: keys, churn, maps, zipf or threads"),
     }
 }
