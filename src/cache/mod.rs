@@ -351,23 +351,11 @@ impl<R: Resolver> CachedResolver<R> {
             if report {
                 // For moka's frequency sketch and access order only: the index answers, and
                 // on a miss there moka holds no accepted entry either (the index holds all
-                // moka does). Hits and misses are sampled alike: a sketch that saw every miss
-                // of a cold key but a sixteenth of a hot key's hits would rate cold newcomers
-                // above the hot keys it holds.
+                // moka does). The only read of moka's positive cache, so that its sketch sees
+                // hits and misses in the same proportion.
                 let _ = shared.positive.get(digest);
             }
-            let cleared = shared.cleared_epoch.load(Ordering::Acquire);
-            if let Some((account, fresh_until)) = shared.index.get(digest, cleared, now) {
-                return Some(Behind {
-                    answer: Cached::Valid(account),
-                    fresh_until,
-                });
-            }
-            let fresh_until = shared.refused(digest).filter(|&until| now < until)?;
-            Some(Behind {
-                answer: Cached::Refused,
-                fresh_until,
-            })
+            shared.held(digest, now)
         })
     }
 
@@ -416,9 +404,9 @@ impl<R: Resolver> CachedResolver<R> {
         // A call for this key may have finished since the caller missed the cache: it cached
         // its answer before leaving the in-flight table, so look once more under the lock.
         if shared.trusted() {
-            if let Some((answer, _)) = shared.stored(&digest) {
+            if let Some(held) = shared.held(&digest, Instant::now()) {
                 shared.metrics.coalesced();
-                return Ok(known_answer(answer));
+                return Ok(known_answer(held.answer));
             }
         }
         let permit = match &shared.lookup_permits {
@@ -628,26 +616,25 @@ impl<R: Resolver> CacheShared<R> {
         self.trust.iter().all(|trust| trust.trusted())
     }
 
-    /// The answer stored in moka for `digest` and when it expires, unless it was cached
-    /// before the last [`Invalidation::All`].
-    fn stored(&self, digest: &KeyDigest) -> Option<(Cached<R::Account>, Instant)> {
+    /// What the cache holds for `digest` at `now` and when it expires: an accepted key from
+    /// the index (which holds every accepted key moka holds), a refused one from moka; neither
+    /// if it was cached before the last [`Invalidation::All`].
+    #[inline(always)]
+    fn held(&self, digest: &KeyDigest, now: Instant) -> Option<Behind<R::Account>> {
         let cleared = self.cleared_epoch.load(Ordering::Acquire);
-        if let Some(entry) = self.positive.get(digest) {
-            if entry.epoch >= cleared {
-                return Some((Cached::Valid(entry.account), entry.fresh_until));
-            }
+        if let Some((account, fresh_until)) = self.index.get(digest, cleared, now) {
+            return Some(Behind {
+                answer: Cached::Valid(account),
+                fresh_until,
+            });
         }
-        Some((Cached::Refused, self.refused(digest)?))
-    }
-
-    /// When the refused entry for `digest` expires, if it has one cached since the last
-    /// [`Invalidation::All`].
-    fn refused(&self, digest: &KeyDigest) -> Option<Instant> {
-        let cleared = self.cleared_epoch.load(Ordering::Acquire);
         // `get`, not `contains_key`: only reads teach moka's admission policy that a refused
         // key comes back, so a retried key keeps its entry while a flood of one-off keys churns.
         let entry = self.negative.get(digest)?;
-        (entry.epoch >= cleared).then_some(entry.fresh_until)
+        (entry.epoch >= cleared && now < entry.fresh_until).then_some(Behind {
+            answer: Cached::Refused,
+            fresh_until: entry.fresh_until,
+        })
     }
 
     /// Drops every entry and detaches every call in progress. Called with the epoch's write
