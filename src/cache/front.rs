@@ -17,7 +17,7 @@ use crate::key::KeyDigest;
 /// Slots per thread (direct-mapped).
 const SLOTS: usize = 64;
 
-/// One lookup in this many that passes the front is also reported to moka (see [`through`]).
+/// One lookup in this many that passes the front is also reported to moka (see [`behind`]).
 pub(super) const REPORT_ONE_IN: u32 = 16;
 
 struct Slot {
@@ -50,19 +50,43 @@ pub(super) struct Behind<A> {
     pub(super) fresh_until: Instant,
 }
 
-/// The answer for `digest` of cache `owner`, valid in `epoch` at `now`: from this thread's
-/// front if it holds one, else from `behind`, which the front then remembers.
+/// What this thread's front holds for `digest` of cache `owner`, if still valid in `epoch`
+/// at `now`. The hit path: nothing else is touched.
+#[inline(always)]
+pub(super) fn get<A: Send + Sync + 'static>(
+    owner: usize,
+    digest: &KeyDigest,
+    (epoch, now): (u64, Instant),
+) -> Option<Cached<A>> {
+    FRONT
+        .try_with(|front| {
+            let front = front.try_borrow().ok()?;
+            let slot = front.slots.get(index(owner, digest))?.as_ref()?;
+            if !slot.live(owner, epoch, now) || slot.digest != *digest {
+                return None;
+            }
+            match &slot.account {
+                Some(account) => Arc::clone(account).downcast::<A>().ok().map(Cached::Valid),
+                None => Some(Cached::Refused),
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+/// After a front miss: the answer from `behind`, which the front then remembers for
+/// `digest` of cache `owner`, valid in `epoch` (read at `now`).
 ///
 /// `behind` is told whether this lookup is the one in [`REPORT_ONE_IN`] that the cache also
 /// reports to moka (a `get` for its frequency sketch and access order, since the index
-/// answers without it). Counted per thread: no shared write on the hit path.
+/// answers without it). Counted per thread: no shared write.
 ///
 /// A slot holding another key's live answer is taken over only by a reported lookup. That
 /// keeps the front cheap when it can't help (many keys, each seldom seen by one thread: no
 /// slot changes, so no other account's count is touched), while a key hot on this thread
 /// still gets in soon.
 #[inline(always)]
-pub(super) fn through<A, F>(
+pub(super) fn behind<A, F>(
     owner: usize,
     digest: &KeyDigest,
     (epoch, now): (u64, Instant),
@@ -76,7 +100,7 @@ where
     let answered = FRONT.try_with(|front| {
         let mut front = front.try_borrow_mut().ok()?;
         let behind = behind.take()?;
-        Some(front.through(owner, digest, (epoch, now), behind))
+        Some(front.fill(owner, digest, (epoch, now), behind))
     });
     match answered {
         Ok(Some(answer)) => answer,
@@ -89,9 +113,15 @@ where
     }
 }
 
+impl Slot {
+    fn live(&self, owner: usize, epoch: u64, now: Instant) -> bool {
+        self.owner == owner && self.epoch == epoch && now < self.fresh_until
+    }
+}
+
 impl Front {
     #[inline(always)]
-    fn through<A, F>(
+    fn fill<A, F>(
         &mut self,
         owner: usize,
         digest: &KeyDigest,
@@ -102,26 +132,19 @@ impl Front {
         A: Send + Sync + 'static,
         F: FnOnce(bool) -> Option<Behind<A>>,
     {
-        if self.slots.is_empty() {
-            self.slots.resize_with(SLOTS, || None);
-        }
-        let slot = &mut self.slots[index(owner, digest)];
-        let live = slot
-            .as_ref()
-            .filter(|slot| slot.owner == owner && slot.epoch == epoch && now < slot.fresh_until);
-        if let Some(slot) = live.filter(|slot| slot.digest == *digest) {
-            return match &slot.account {
-                Some(account) => Arc::clone(account).downcast::<A>().ok().map(Cached::Valid),
-                None => Some(Cached::Refused),
-            };
-        }
-        let taken = live.is_some();
         self.unreported += 1;
         let report = self.unreported >= REPORT_ONE_IN;
         if report {
             self.unreported = 0;
         }
         let found = behind(report)?;
+        if self.slots.is_empty() {
+            self.slots.resize_with(SLOTS, || None);
+        }
+        let slot = &mut self.slots[index(owner, digest)];
+        let taken = slot
+            .as_ref()
+            .is_some_and(|slot| slot.live(owner, epoch, now));
         if !taken || report {
             let account = match &found.answer {
                 Cached::Valid(account) => Some(Arc::clone(account) as Arc<dyn Any + Send + Sync>),
@@ -150,6 +173,16 @@ mod tests {
 
     fn digest(n: u8) -> KeyDigest {
         KeyDigest::from_bytes([n; 32])
+    }
+
+    /// A lookup through the front, as the cache makes it.
+    fn through<F: FnOnce(bool) -> Option<Behind<u8>>>(
+        owner: usize,
+        digest: &KeyDigest,
+        at: (u64, Instant),
+        behind: F,
+    ) -> Option<Cached<u8>> {
+        get(owner, digest, at).or_else(|| super::behind(owner, digest, at, behind))
     }
 
     /// A lookup behind the front that accepts, counting itself and its reports.

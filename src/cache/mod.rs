@@ -346,8 +346,11 @@ impl<R: Resolver> CachedResolver<R> {
         }
         // Read before the lookups: whatever they find is tagged with an epoch no newer than
         // itself, so the invalidation that removes an entry also retires its front copies.
-        let epoch = shared.published_epoch.load(Ordering::Acquire);
-        front::through(shared.id, digest, (epoch, now), |report| {
+        let at = (shared.published_epoch.load(Ordering::Acquire), now);
+        if let Some(answer) = front::get(shared.id, digest, at) {
+            return Some(answer);
+        }
+        front::behind(shared.id, digest, at, |report| {
             if report {
                 // For moka's frequency sketch and access order only: the index answers, and
                 // on a miss there moka holds no accepted entry either (the index holds all
