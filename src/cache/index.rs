@@ -1,6 +1,7 @@
-//! The read index: the accepted keys moka holds, in shards of plain hash maps, so that a hit
-//! costs one shard's read lock and one probe of an inline entry instead of moka's chain of
-//! dependent reads (bucket, key, entry, entry info, value).
+//! The read index: the accepted keys moka holds and may serve (not those an
+//! `Invalidation::All` retired, which moka may keep a while), in shards of plain hash maps, so
+//! that a hit costs one shard's read lock and one probe of an inline entry instead of moka's
+//! chain of dependent reads (bucket, key, entry, entry info, value).
 //!
 //! moka stays the cache of record. An entry is put here just before moka takes it, and taken
 //! out by moka's eviction listener when moka drops it for any reason (evicted, refused

@@ -2,8 +2,9 @@
 //! misses, and invalidation without stale entries.
 //!
 //! moka is the record; a hit on an accepted key is served by the per-thread front or the read
-//! index in front of it (`index`), synchronously: no future, no allocation, at most one
-//! shard's read lock.
+//! index in front of it (`index`), synchronously: no future, no allocation, one shard's read
+//! lock. One lookup in sixteen past the front also reads moka, and that read may run moka's
+//! housekeeping (its evictions, and their notices to the index) on the request's thread.
 //! A miss starts one resolver call per key, however many requests wait for it; its answer is
 //! cached only if no invalidation happened while it ran, so a lookup that raced a revoke can
 //! never put the revoked key back (see [`CachedResolver`]).
@@ -214,6 +215,7 @@ struct CacheShared<R: Resolver> {
     positive: moka::sync::Cache<KeyDigest, Positive<R::Account>, DigestHasher>,
     /// What `positive` holds, in shards of plain maps, for hits (see `index`).
     index: Arc<ReadIndex<R::Account>>,
+    positive_capacity: u64,
     positive_ttl: Duration,
     /// Refused keys, with when their entry expires.
     negative: moka::sync::Cache<KeyDigest, Negative, DigestHasher>,
@@ -238,6 +240,9 @@ struct CacheShared<R: Resolver> {
     /// uses were cache hits): those may wait for `known_key_permits`.
     known_keys: KnownKeys,
     metrics: Arc<Metrics>,
+    /// Tests: let moka apply its pending work between a call's two inserts.
+    #[cfg(test)]
+    settle_between_inserts: std::sync::atomic::AtomicBool,
 }
 
 /// An accepted key's cache entry: the account, when the entry expires, and the epoch it was
@@ -314,6 +319,7 @@ impl<R: Resolver> CachedResolver<R> {
                 id: next_id(),
                 positive,
                 index,
+                positive_capacity: config.positive_capacity,
                 positive_ttl: config.positive_ttl,
                 negative_ttl: config.negative_ttl,
                 negative,
@@ -329,6 +335,8 @@ impl<R: Resolver> CachedResolver<R> {
                 known_key_permits: Arc::new(Semaphore::new(config.known_key_lookups)),
                 known_keys,
                 metrics,
+                #[cfg(test)]
+                settle_between_inserts: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         for bus in buses {
@@ -448,7 +456,8 @@ impl<R: Resolver> CachedResolver<R> {
     }
 
     /// Accepted keys in the read index now, fresh or not: after
-    /// [`run_pending_tasks`](Self::run_pending_tasks), as many as moka holds.
+    /// [`run_pending_tasks`](Self::run_pending_tasks), as many as moka holds, except entries
+    /// an [`Invalidation::All`] retired (moka may keep those a while; they are never served).
     ///
     /// For tests (feature `test-util`): not part of the stable API.
     #[cfg(feature = "test-util")]
@@ -620,8 +629,8 @@ impl<R: Resolver> CacheShared<R> {
     }
 
     /// What the cache holds for `digest` at `now` and when it expires: an accepted key from
-    /// the index (which holds every accepted key moka holds), a refused one from moka; neither
-    /// if it was cached before the last [`Invalidation::All`].
+    /// the index (which holds every accepted key moka holds and may serve), a refused one from
+    /// moka; neither if it was cached before the last [`Invalidation::All`].
     #[inline(always)]
     fn held(&self, digest: &KeyDigest, now: Instant) -> Option<Behind<R::Account>> {
         let cleared = self.cleared_epoch.load(Ordering::Acquire);
@@ -638,6 +647,15 @@ impl<R: Resolver> CacheShared<R> {
             answer: Cached::Refused,
             fresh_until: entry.fresh_until,
         })
+    }
+
+    /// Tests: what moka would do if its housekeeping ran right between a call's two inserts
+    /// (the index's and its own), as another thread's may.
+    #[cfg(test)]
+    fn between_inserts(&self) {
+        if self.settle_between_inserts.load(Ordering::SeqCst) {
+            self.positive.run_pending_tasks();
+        }
     }
 
     /// Drops every entry and detaches every call in progress. Called with the epoch's write
@@ -665,6 +683,9 @@ impl<R: Resolver> CacheShared<R> {
         let epoch = read(&self.epoch);
         if *epoch == started_in && self.trusted() {
             match lookup {
+                // At capacity 0 moka holds nothing (and tells nothing of what it drops): so
+                // neither does the index.
+                Resolution::Found(_) if self.positive_capacity == 0 => {}
                 Resolution::Found(account) => {
                     let fresh_until = Instant::now() + self.positive_ttl;
                     // The index first: moka may drop its entry as soon as it has it (a refused
@@ -677,6 +698,8 @@ impl<R: Resolver> CacheShared<R> {
                             epoch: started_in,
                         },
                     );
+                    #[cfg(test)]
+                    self.between_inserts();
                     self.positive.insert(
                         digest,
                         Positive {
@@ -912,23 +935,131 @@ mod tests {
         let shared = &cache.shared;
         let before = *read(&shared.epoch) - 1;
         let fresh_until = Instant::now() + Duration::from_secs(60);
-        shared.index.insert(
+        shared.positive.insert(
             digest,
-            index::Entry {
+            Positive {
                 account: Arc::clone(&account),
                 fresh_until,
                 epoch: before,
             },
         );
-        shared.positive.insert(
+        // Planted after moka's insert: that insert's notice (for the pre-`All` entry, which
+        // holds this same allocation) would otherwise remove it, and the check below would
+        // pass whether or not the index honours `cleared_epoch`.
+        shared.index.insert(
             digest,
-            Positive {
+            index::Entry {
                 account,
                 fresh_until,
                 epoch: before,
             },
         );
+        assert_eq!(shared.index.len(), 1, "the planted survivor is indexed");
         assert!(cache.cached(&digest, Instant::now()).is_none());
+    }
+
+    #[tokio::test]
+    async fn moka_dropping_an_entry_between_the_two_inserts_leaves_nothing_in_the_index() {
+        // A cache of one, holding a key moka has seen asked for: it refuses a newcomer nobody
+        // asked it for as soon as its housekeeping runs, and here that runs between the two
+        // inserts of the newcomer's call, as another thread's may.
+        let cache = accepting(1);
+        let (hot_key, hot) = key();
+        cache.resolve(&hot_key, hot).expect("permit").await;
+        for _ in 0..3 {
+            let _ = cache.shared.positive.get(&hot);
+        }
+        cache.shared.positive.run_pending_tasks();
+        cache
+            .shared
+            .settle_between_inserts
+            .store(true, Ordering::SeqCst);
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        cache.shared.positive.run_pending_tasks();
+        assert!(
+            !cache.shared.positive.contains_key(&digest),
+            "moka refused it"
+        );
+        assert!(
+            cache.shared.index.get(&digest, 0, Instant::now()).is_none(),
+            "the index kept an entry moka refused"
+        );
+        assert_index_mirrors_moka(&cache);
+    }
+
+    #[tokio::test]
+    async fn a_cache_of_no_accepted_keys_indexes_none() {
+        let cache = accepting(0);
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        assert_eq!(cache.shared.index.len(), 0);
+        assert!(cache.cached(&digest, Instant::now()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_late_notice_for_an_old_entry_leaves_the_new_one_indexed() {
+        let cache = accepting(100);
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        // The `All` empties the index at once; moka drops its old entry later, and tells.
+        cache.invalidate(&Invalidation::All);
+        cache.resolve(&key, digest).expect("permit").await;
+        cache.shared.positive.run_pending_tasks();
+        assert_eq!(cache.shared.index.len(), 1, "the new entry stays indexed");
+        assert!(matches!(
+            cache.cached(&digest, Instant::now()),
+            Some(Cached::Valid(_))
+        ));
+        assert_index_mirrors_moka(&cache);
+    }
+
+    #[tokio::test]
+    async fn hits_served_by_the_index_still_teach_moka_which_key_is_hot() {
+        // Capacity 1: moka admits a newcomer only if it has seen it asked for more often than
+        // the key it holds. The newcomer was asked for twice; the held key 160 times, each an
+        // index hit (the front is retired before each by an unrelated invalidation), of which
+        // only the sampled reports reach moka: they must be enough for moka to keep it.
+        let cache = accepting(1);
+        let (hot_key, hot) = key();
+        let (_, unrelated) = self::key();
+        cache.resolve(&hot_key, hot).expect("permit").await;
+        cache.shared.positive.run_pending_tasks();
+        for _ in 0..front::REPORT_ONE_IN * 10 {
+            cache.invalidate(&Invalidation::Key(unrelated));
+            assert!(cache.cached(&hot, Instant::now()).is_some());
+        }
+        let (newcomer_key, newcomer) = self::key();
+        for _ in 0..2 {
+            let _ = cache.shared.positive.get(&newcomer);
+        }
+        cache.shared.positive.run_pending_tasks();
+        cache
+            .resolve(&newcomer_key, newcomer)
+            .expect("permit")
+            .await;
+        cache.shared.positive.run_pending_tasks();
+        assert!(
+            cache.cached(&hot, Instant::now()).is_some(),
+            "moka let a newcomer evict the hot key"
+        );
+        assert!(
+            cache
+                .shared
+                .index
+                .get(&newcomer, 0, Instant::now())
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_entry_past_its_ttl_is_not_served_even_if_moka_still_has_it() {
+        let cache = cache();
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        let later = Instant::now() + CacheConfig::default().negative_ttl;
+        assert!(cache.cached(&digest, later).is_none());
+        assert!(cache.cached(&digest, Instant::now()).is_some());
     }
 
     #[test]
