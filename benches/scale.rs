@@ -22,6 +22,8 @@
 //! `SCALE_REQUESTS` measured ones (default 10^6) on a current_thread runtime. Prints the
 //! resolver calls of the measured phase, the hit ratio they leave, the ideal hit ratio of a
 //! cache holding exactly the C most requested keys (H(C) / H(2·C)), and ns per request.
+//! With `SCALE_SHIFT=1` the measured phase reshuffles which keys are popular (how fast the
+//! cache adapts; the first tenth of it is also shown on its own).
 //!
 //! `scale threads [THREAD COUNTS..]` (default 1 2 4): many threads on few hot keys. One layer
 //! (one shared cache, every key warmed) cloned into T OS threads, each with its own
@@ -31,6 +33,10 @@
 //! baseline on the same headers) are interleaved in rounds of `CHUNK` requests in total, each
 //! round started on a barrier and timed on the wall clock; ns per request is the per-thread
 //! cost (wall time × T / requests), req/s the throughput of all threads together.
+//!
+//! `scale entries [N]` (default 10^6): resident bytes per entry of moka as the cache configures
+//! it, of leaner moka configurations, and of the read index's shape, each filled with N entries
+//! in a process of its own.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -542,6 +548,111 @@ fn maps_mode(sizes: &[usize], requests: usize) {
     }
 }
 
+/// Resident bytes per entry of one map shape holding `n` accepted-key entries, measured in a
+/// process of its own (`entries-one SHAPE N`), so that one shape's freed memory can't be
+/// counted against the next.
+fn entries_one(shape: &str, n: usize) {
+    let mut rng = XorShift(0x5EED ^ n as u64);
+    let digests: Vec<KeyDigest> = (0..n)
+        .map(|_| {
+            let mut bytes = [0u8; 32];
+            for chunk in bytes.chunks_mut(8) {
+                chunk.copy_from_slice(&(rng.below(usize::MAX) as u64).to_le_bytes());
+            }
+            KeyDigest::from_bytes(bytes)
+        })
+        .collect();
+    // One account per key, allocated before the measurement: every shape shares them.
+    let accounts: Vec<Arc<String>> = (0..n).map(|i| Arc::new(format!("{i}"))).collect();
+    let now = Instant::now();
+    let cap = (n as u64) * 2;
+    let before = rss_bytes();
+    let held: Box<dyn std::any::Any> = match shape {
+        "moka" | "moka-no-ttl" => {
+            let mut builder = moka::sync::Cache::builder().max_capacity(cap);
+            if shape == "moka" {
+                builder = builder.time_to_live(Duration::from_secs(3600));
+            }
+            let cache: moka::sync::Cache<KeyDigest, Value, FirstBytes> =
+                builder.build_with_hasher(FirstBytes(0));
+            for (d, a) in digests.iter().zip(&accounts) {
+                cache.insert(*d, (Arc::clone(a), now, 0));
+            }
+            cache.run_pending_tasks();
+            Box::new(cache)
+        }
+        "moka-unit" => {
+            let cache: moka::sync::Cache<KeyDigest, (), FirstBytes> = moka::sync::Cache::builder()
+                .max_capacity(cap)
+                .time_to_live(Duration::from_secs(3600))
+                .build_with_hasher(FirstBytes(0));
+            for d in &digests {
+                cache.insert(*d, ());
+            }
+            cache.run_pending_tasks();
+            Box::new(cache)
+        }
+        "moka-u64-unit" => {
+            let cache: moka::sync::Cache<u64, (), FirstBytes> = moka::sync::Cache::builder()
+                .max_capacity(cap)
+                .build_with_hasher(FirstBytes(0));
+            for d in &digests {
+                let b = d.as_bytes();
+                cache.insert(
+                    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+                    (),
+                );
+            }
+            cache.run_pending_tasks();
+            Box::new(cache)
+        }
+        "shards" => {
+            let mut shards: Vec<HashMap<KeyDigest, Value, FirstBytes>> = (0..64)
+                .map(|_| HashMap::with_hasher(FirstBytes(0)))
+                .collect();
+            for (d, a) in digests.iter().zip(&accounts) {
+                shards[usize::from(d.as_bytes()[8]) % 64].insert(*d, (Arc::clone(a), now, 0));
+            }
+            Box::new(shards)
+        }
+        other => panic!("unknown shape {other}"),
+    };
+    let after = rss_bytes();
+    black_box(&held);
+    println!("{}", after.saturating_sub(before) / n as u64);
+}
+
+/// `entries [N]`: resident bytes per entry of moka as the cache configures it, of leaner moka
+/// configurations, and of the read index's shape (64 shards of plain maps), at N entries.
+fn entries_mode(n: usize) {
+    let exe = std::env::current_exe().expect("own path");
+    println!("| shape ({n} entries) | B per entry |");
+    println!("| --- | ---: |");
+    for (shape, what) in [
+        (
+            "moka",
+            "moka as the cache has it: digest key, (Arc, Instant, u64) value, TTL",
+        ),
+        ("moka-no-ttl", "the same without a TTL"),
+        ("moka-unit", "digest key, no value, TTL"),
+        (
+            "moka-u64-unit",
+            "64-bit key, no value, no TTL (moka's leanest)",
+        ),
+        (
+            "shards",
+            "64 shards of plain maps, the index's shape and entry",
+        ),
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args(["entries-one", shape, &n.to_string()])
+            .output()
+            .expect("run a shape");
+        let bytes = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        println!("| {what} | {bytes} |");
+    }
+}
+
 /// Zipf(s = 1) over `n` ranks: the cumulative probabilities, for sampling by binary search.
 fn zipf_cdf(n: usize) -> Vec<f64> {
     let total: f64 = (1..=n).map(|k| 1.0 / k as f64).sum();
@@ -589,9 +700,10 @@ fn zipf_mode(capacities: &[usize], warm: usize, measured: usize) {
         .expect("runtime");
     let pepper = Pepper::from_bytes([9; 32]);
     println!(
-        "| capacity | keys | requests | resolver calls | hit ratio | ideal hit ratio (top C of Zipf) | ns/req |"
+        "| capacity | keys | requests | resolver calls | hit ratio | hit ratio, first tenth | ideal hit ratio (top C of Zipf) | ns/req |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let shift = std::env::var_os("SCALE_SHIFT").is_some();
     for &capacity in capacities {
         let n = capacity * 2;
         let warm = warm.max(20 * capacity);
@@ -616,14 +728,39 @@ fn zipf_mode(capacities: &[usize], warm: usize, measured: usize) {
             rank_to_key.swap(i, rng.below(i + 1));
         }
         let cdf = zipf_cdf(n);
-        let order = zipf_order(&cdf, &rank_to_key, &mut rng, warm + measured);
+        let mut order = zipf_order(&cdf, &rank_to_key, &mut rng, warm);
+        if shift {
+            // The measured phase asks for the keys in a new order of popularity: how fast
+            // the cache adapts.
+            for i in (1..n).rev() {
+                rank_to_key.swap(i, rng.below(i + 1));
+            }
+        }
+        order.extend(zipf_order(&cdf, &rank_to_key, &mut rng, measured));
         eprintln!(
-            "zipf: {n} keys, capacity {capacity}, {warm} warm-up requests, {measured} measured"
+            "zipf: {n} keys, capacity {capacity}, {warm} warm-up requests, {measured} measured{}",
+            if shift {
+                ", popularity reshuffled after the warm-up"
+            } else {
+                ""
+            }
         );
 
         runtime.block_on(drive(&mut service, &keys.headers, &order, 0, warm));
         let before = layer.metrics();
-        let elapsed = runtime.block_on(drive(&mut service, &keys.headers, &order, warm, measured));
+        // The first tenth on its own: with a reshuffle, how fast the cache catches up.
+        let tenth = measured / 10;
+        let elapsed_first =
+            runtime.block_on(drive(&mut service, &keys.headers, &order, warm, tenth));
+        let first = layer.metrics();
+        let elapsed = elapsed_first
+            + runtime.block_on(drive(
+                &mut service,
+                &keys.headers,
+                &order,
+                warm + tenth,
+                measured - tenth,
+            ));
         let after = layer.metrics();
         assert_eq!(
             after.accepted - before.accepted,
@@ -632,10 +769,12 @@ fn zipf_mode(capacities: &[usize], warm: usize, measured: usize) {
         );
         let calls = after.resolver_calls - before.resolver_calls;
         let hit = 1.0 - calls as f64 / measured as f64;
+        let first_hit = 1.0 - (first.resolver_calls - before.resolver_calls) as f64 / tenth as f64;
         let ideal = harmonic(capacity) / harmonic(n);
         println!(
-            "| {capacity} | {n} | {measured} | {calls} | {:.2} % | {:.2} % | {:.0} |",
+            "| {capacity} | {n} | {measured} | {calls} | {:.2} % | {:.2} % | {:.2} % | {:.0} |",
             hit * 100.0,
+            first_hit * 100.0,
             ideal * 100.0,
             elapsed.as_nanos() as f64 / measured as f64,
         );
@@ -814,6 +953,15 @@ fn main() {
             };
             churn_mode(&rates, 3.0);
         }
+        Some("entries") => {
+            let n = numbers(1).first().map_or(1_000_000, |&n| n as usize);
+            entries_mode(n);
+        }
+        Some("entries-one") => {
+            let shape = args.get(1).map(String::as_str).unwrap_or("moka");
+            let n = numbers(2).first().map_or(1_000_000, |&n| n as usize);
+            entries_one(shape, n);
+        }
         Some("maps") => {
             let sizes: Vec<usize> = numbers(1).into_iter().map(|n| n as usize).collect();
             let sizes = if sizes.is_empty() {
@@ -854,6 +1002,6 @@ fn main() {
             let requests = env_number("SCALE_REQUESTS").unwrap_or(1_000_000);
             threads_mode(&counts, requests);
         }
-        Some(other) => panic!("unknown mode {other}: keys, churn, maps, zipf or threads"),
+        Some(other) => panic!("unknown mode {other}: keys, churn, maps, zipf, threads or entries"),
     }
 }
