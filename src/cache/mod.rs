@@ -359,14 +359,15 @@ impl<R: Resolver> CachedResolver<R> {
             return Some(answer);
         }
         front::behind(shared.id, digest, at, |report| {
-            if report {
-                // For moka's frequency sketch and access order only: the index answers, and
-                // on a miss there moka holds no accepted entry either (the index holds all
-                // moka does). The only read of moka's positive cache, so that its sketch sees
-                // hits and misses in the same proportion.
+            let held = shared.held(digest, now);
+            if report || held.is_none() {
+                // For moka's frequency sketch and access order only (the index answers):
+                // every miss, so that a newly asked-for key is admitted as soon as moka alone
+                // would admit it, and one in sixteen of the index's hits, so that the keys it
+                // holds still rank as hot. The only reads of moka's positive cache.
                 let _ = shared.positive.get(digest);
             }
-            shared.held(digest, now)
+            held
         })
     }
 
@@ -1050,6 +1051,28 @@ mod tests {
                 .get(&newcomer, 0, Instant::now())
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn every_miss_reaches_moka_so_a_newly_wanted_key_is_admitted_as_it_would_be() {
+        // Capacity 1, holding a key nobody asked for since. A newcomer asked for twice (two
+        // misses) outranks it in moka's sketch only if both misses reached moka, sampled or not.
+        let cache = accepting(1);
+        let (held_key, held) = key();
+        cache.resolve(&held_key, held).expect("permit").await;
+        cache.shared.positive.run_pending_tasks();
+        let (newcomer_key, newcomer) = self::key();
+        for _ in 0..2 {
+            assert!(cache.cached(&newcomer, Instant::now()).is_none());
+        }
+        cache.shared.positive.run_pending_tasks();
+        cache.resolve(&newcomer_key, newcomer).expect("permit").await;
+        cache.shared.positive.run_pending_tasks();
+        assert!(
+            cache.cached(&newcomer, Instant::now()).is_some(),
+            "moka refused a key asked for more often than the one it held"
+        );
+        assert_index_mirrors_moka(&cache);
     }
 
     #[tokio::test]
