@@ -17,7 +17,8 @@ use crate::key::KeyDigest;
 /// Slots per thread (direct-mapped).
 const SLOTS: usize = 64;
 
-/// One lookup in this many that passes the front is also reported to moka (see [`behind`]).
+/// One lookup in this many that passes the front is also reported to moka (see
+/// [`report_this_one`]).
 pub(super) const REPORT_ONE_IN: u32 = 16;
 
 struct Slot {
@@ -74,91 +75,74 @@ pub(super) fn get<A: Send + Sync + 'static>(
         .flatten()
 }
 
-/// After a front miss: the answer from `behind`, which the front then remembers for
-/// `digest` of cache `owner`, valid in `epoch` (read at `now`).
-///
-/// `behind` is told whether this lookup is the one in [`REPORT_ONE_IN`] that the cache also
-/// reports to moka (a `get` for its frequency sketch and access order, since the index
-/// answers without it). Counted per thread: no shared write.
+/// Counts a lookup that passed this thread's front, and tells whether it is the one in
+/// [`REPORT_ONE_IN`] that the cache also reports to moka (a `get` for its frequency sketch and
+/// access order, since the index answers without it). Counted per thread: no shared write.
+#[inline]
+pub(super) fn report_this_one() -> bool {
+    FRONT
+        .try_with(|front| {
+            let mut front = front.try_borrow_mut().ok()?;
+            front.unreported += 1;
+            let report = front.unreported >= REPORT_ONE_IN;
+            if report {
+                front.unreported = 0;
+            }
+            Some(report)
+        })
+        .ok()
+        .flatten()
+        // The thread is ending: report.
+        .unwrap_or(true)
+}
+
+/// Remembers what the cache found behind the front for `digest` of cache `owner`, valid in
+/// `epoch` (read at `now`), in its slot: if the slot holds nothing live, or if `take_live`
+/// (the lookup was a reported one).
 ///
 /// A slot holding another key's live answer is taken over only by a reported lookup. That
 /// keeps the front cheap when it can't help (many keys, each seldom seen by one thread: no
 /// slot changes, so no other account's count is touched), while a key hot on this thread
 /// still gets in soon.
-#[inline(always)]
-pub(super) fn behind<A, F>(
+#[inline]
+pub(super) fn remember<A: Send + Sync + 'static>(
     owner: usize,
     digest: &KeyDigest,
     (epoch, now): (u64, Instant),
-    behind: F,
-) -> Option<Cached<A>>
-where
-    A: Send + Sync + 'static,
-    F: FnOnce(bool) -> Option<Behind<A>>,
-{
-    let mut behind = Some(behind);
-    let answered = FRONT.try_with(|front| {
-        let mut front = front.try_borrow_mut().ok()?;
-        let behind = behind.take()?;
-        Some(front.fill(owner, digest, (epoch, now), behind))
+    found: &Behind<A>,
+    take_live: bool,
+) {
+    let _ = FRONT.try_with(|front| {
+        let Ok(mut front) = front.try_borrow_mut() else {
+            return;
+        };
+        if front.slots.is_empty() {
+            front.slots.resize_with(SLOTS, || None);
+        }
+        let slot = &mut front.slots[index(owner, digest)];
+        let taken = slot
+            .as_ref()
+            .is_some_and(|slot| slot.live(owner, epoch, now));
+        if taken && !take_live {
+            return;
+        }
+        let account = match &found.answer {
+            Cached::Valid(account) => Some(Arc::clone(account) as Arc<dyn Any + Send + Sync>),
+            Cached::Refused => None,
+        };
+        *slot = Some(Slot {
+            owner,
+            digest: *digest,
+            epoch,
+            fresh_until: found.fresh_until,
+            account,
+        });
     });
-    match answered {
-        Ok(Some(answer)) => answer,
-        // The thread is ending, or (never in the crate) the front is in use further up this
-        // thread's stack: go behind it, and report the lookup.
-        _ => behind
-            .take()
-            .and_then(|behind| behind(true))
-            .map(|found| found.answer),
-    }
 }
 
 impl Slot {
     fn live(&self, owner: usize, epoch: u64, now: Instant) -> bool {
         self.owner == owner && self.epoch == epoch && now < self.fresh_until
-    }
-}
-
-impl Front {
-    #[inline(always)]
-    fn fill<A, F>(
-        &mut self,
-        owner: usize,
-        digest: &KeyDigest,
-        (epoch, now): (u64, Instant),
-        behind: F,
-    ) -> Option<Cached<A>>
-    where
-        A: Send + Sync + 'static,
-        F: FnOnce(bool) -> Option<Behind<A>>,
-    {
-        self.unreported += 1;
-        let report = self.unreported >= REPORT_ONE_IN;
-        if report {
-            self.unreported = 0;
-        }
-        let found = behind(report)?;
-        if self.slots.is_empty() {
-            self.slots.resize_with(SLOTS, || None);
-        }
-        let slot = &mut self.slots[index(owner, digest)];
-        let taken = slot
-            .as_ref()
-            .is_some_and(|slot| slot.live(owner, epoch, now));
-        if !taken || report {
-            let account = match &found.answer {
-                Cached::Valid(account) => Some(Arc::clone(account) as Arc<dyn Any + Send + Sync>),
-                Cached::Refused => None,
-            };
-            *slot = Some(Slot {
-                owner,
-                digest: *digest,
-                epoch,
-                fresh_until: found.fresh_until,
-                account,
-            });
-        }
-        Some(found.answer)
     }
 }
 
@@ -182,7 +166,12 @@ mod tests {
         at: (u64, Instant),
         behind: F,
     ) -> Option<Cached<u8>> {
-        get(owner, digest, at).or_else(|| super::behind(owner, digest, at, behind))
+        get(owner, digest, at).or_else(|| {
+            let report = report_this_one();
+            let found = behind(report)?;
+            remember(owner, digest, at, &found, report);
+            Some(found.answer)
+        })
     }
 
     /// A lookup behind the front that accepts, counting itself and its reports.

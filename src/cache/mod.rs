@@ -358,17 +358,18 @@ impl<R: Resolver> CachedResolver<R> {
         if let Some(answer) = front::get(shared.id, digest, at) {
             return Some(answer);
         }
-        front::behind(shared.id, digest, at, |report| {
-            let held = shared.held(digest, now);
-            if report || held.is_none() {
-                // For moka's frequency sketch and access order only (the index answers):
-                // every miss, so that a newly asked-for key is admitted as soon as moka alone
-                // would admit it, and one in sixteen of the index's hits, so that the keys it
-                // holds still rank as hot. The only reads of moka's positive cache.
-                let _ = shared.positive.get(digest);
-            }
-            held
-        })
+        let report = front::report_this_one();
+        let held = shared.held(digest, now);
+        if report || held.is_none() {
+            // For moka's frequency sketch and access order only (the index answers): every
+            // miss, so that a newly asked-for key is admitted as soon as moka alone would
+            // admit it, and one in sixteen of the index's hits, so that the keys it holds
+            // still rank as hot. The only reads of moka's positive cache.
+            let _ = shared.positive.get(digest);
+        }
+        let held = held?;
+        front::remember(shared.id, digest, at, &held, report);
+        Some(held.answer)
     }
 
     /// Joins the resolver call for `digest`, starting one if none is running.
@@ -1066,7 +1067,10 @@ mod tests {
             assert!(cache.cached(&newcomer, Instant::now()).is_none());
         }
         cache.shared.positive.run_pending_tasks();
-        cache.resolve(&newcomer_key, newcomer).expect("permit").await;
+        cache
+            .resolve(&newcomer_key, newcomer)
+            .expect("permit")
+            .await;
         cache.shared.positive.run_pending_tasks();
         assert!(
             cache.cached(&newcomer, Instant::now()).is_some(),
