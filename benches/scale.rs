@@ -703,7 +703,7 @@ fn zipf_mode(capacities: &[usize], warm: usize, measured: usize) {
         "| capacity | keys | requests | resolver calls | hit ratio | hit ratio, first tenth | ideal hit ratio (top C of Zipf) | ns/req |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let shift = std::env::var_os("SCALE_SHIFT").is_some();
+    let shift = std::env::var("SCALE_SHIFT").is_ok_and(|v| !v.is_empty() && v != "0");
     for &capacity in capacities {
         let n = capacity * 2;
         let warm = warm.max(20 * capacity);
