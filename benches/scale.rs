@@ -445,6 +445,19 @@ fn churn_mode(rates: &[u64], seconds: f64) {
     }
 }
 
+/// `n` digests from `rng`: uniform bytes, as real (keyed) digests are.
+fn random_digests(rng: &mut XorShift, n: usize) -> Vec<KeyDigest> {
+    (0..n)
+        .map(|_| {
+            let mut bytes = [0u8; 32];
+            for chunk in bytes.chunks_mut(8) {
+                chunk.copy_from_slice(&(rng.below(usize::MAX) as u64).to_le_bytes());
+            }
+            KeyDigest::from_bytes(bytes)
+        })
+        .collect()
+}
+
 /// `BuildHasher` taking the digest's first 8 bytes, as the crate's own `DigestHasher` does.
 #[derive(Clone, Copy, Default)]
 struct FirstBytes(u64);
@@ -481,15 +494,7 @@ fn maps_mode(sizes: &[usize], requests: usize) {
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for &n in sizes {
         let mut rng = XorShift(0x1234_5678 ^ n as u64);
-        let digests: Vec<KeyDigest> = (0..n)
-            .map(|_| {
-                let mut bytes = [0u8; 32];
-                for chunk in bytes.chunks_mut(8) {
-                    chunk.copy_from_slice(&(rng.below(usize::MAX) as u64).to_le_bytes());
-                }
-                KeyDigest::from_bytes(bytes)
-            })
-            .collect();
+        let digests = random_digests(&mut rng, n);
         let order: Vec<u32> = (0..requests).map(|_| rng.below(n) as u32).collect();
         let cap = (n as u64).max(100_000) * 2;
         let build = |ttl: bool, lru: bool| {
@@ -552,16 +557,7 @@ fn maps_mode(sizes: &[usize], requests: usize) {
 /// process of its own (`entries-one SHAPE N`), so that one shape's freed memory can't be
 /// counted against the next.
 fn entries_one(shape: &str, n: usize) {
-    let mut rng = XorShift(0x5EED ^ n as u64);
-    let digests: Vec<KeyDigest> = (0..n)
-        .map(|_| {
-            let mut bytes = [0u8; 32];
-            for chunk in bytes.chunks_mut(8) {
-                chunk.copy_from_slice(&(rng.below(usize::MAX) as u64).to_le_bytes());
-            }
-            KeyDigest::from_bytes(bytes)
-        })
-        .collect();
+    let digests = random_digests(&mut XorShift(0x5EED ^ n as u64), n);
     // One account per key, allocated before the measurement: every shape shares them.
     let accounts: Vec<Arc<String>> = (0..n).map(|i| Arc::new(format!("{i}"))).collect();
     let now = Instant::now();

@@ -10,8 +10,9 @@
 //!   digests it, answers from the cache or asks the resolver, and either calls the inner
 //!   service with [`Authenticated<Account>`](Authenticated) in the request's extensions or
 //!   answers itself ([`rejection`]: 401 / 403 / 429 / 503 as JSON, or a gRPC status).
-//! - [`cache`]: moka-backed positive and negative entries keyed by digest, coalesced misses,
-//!   invalidation without stale entries.
+//! - [`cache`]: moka-backed positive and negative entries keyed by digest, with a read index
+//!   serving hits on accepted keys in front of moka; coalesced misses, invalidation without
+//!   stale entries.
 //! - [`resolver`]: the pluggable [`Resolver`] trait and the store-backed [`StoreResolver`].
 //! - [`key`]: generate, parse and digest keys.
 //! - [`store`]: the [`KeyStore`] trait and the embedded [`MemoryStore`].

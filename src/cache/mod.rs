@@ -825,6 +825,26 @@ mod tests {
         assert_eq!(indexed.len(), recorded, "indexed vs recorded entries");
     }
 
+    /// A cache of `capacity` accepted keys, after one key's call.
+    async fn with_one_accepted(capacity: u64) -> (CachedResolver<Accepting>, ApiKey, KeyDigest) {
+        let cache = accepting(capacity);
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        (cache, key, digest)
+    }
+
+    /// A cache of one accepted key, holding one that moka has seen asked for `asked` times.
+    async fn holding_one_key(asked: usize) -> (CachedResolver<Accepting>, KeyDigest) {
+        let cache = accepting(1);
+        let (key, digest) = key();
+        cache.resolve(&key, digest).expect("permit").await;
+        for _ in 0..asked {
+            let _ = cache.shared.positive.get(&digest);
+        }
+        cache.shared.positive.run_pending_tasks();
+        (cache, digest)
+    }
+
     fn cache() -> CachedResolver<Counting> {
         let metrics = Arc::new(Metrics::default());
         CachedResolver::new(Counting::default(), &CacheConfig::default(), metrics, &[])
@@ -895,9 +915,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_index_entry_past_its_ttl_is_not_served_even_if_moka_still_has_it() {
-        let cache = accepting(100);
-        let (key, digest) = key();
-        cache.resolve(&key, digest).expect("permit").await;
+        let (cache, _, digest) = with_one_accepted(100).await;
         let later = Instant::now() + CacheConfig::default().positive_ttl;
         assert!(cache.cached(&digest, later).is_none());
         assert!(cache.cached(&digest, Instant::now()).is_some());
@@ -924,9 +942,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_index_entry_cached_before_invalidate_all_is_never_served_after_it() {
-        let cache = accepting(100);
-        let (key, digest) = key();
-        cache.resolve(&key, digest).expect("permit").await;
+        let (cache, _, digest) = with_one_accepted(100).await;
         let Some(Cached::Valid(account)) = cache.cached(&digest, Instant::now()) else {
             panic!("accepted");
         };
@@ -965,13 +981,7 @@ mod tests {
         // A cache of one, holding a key moka has seen asked for: it refuses a newcomer nobody
         // asked it for as soon as its housekeeping runs, and here that runs between the two
         // inserts of the newcomer's call, as another thread's may.
-        let cache = accepting(1);
-        let (hot_key, hot) = key();
-        cache.resolve(&hot_key, hot).expect("permit").await;
-        for _ in 0..3 {
-            let _ = cache.shared.positive.get(&hot);
-        }
-        cache.shared.positive.run_pending_tasks();
+        let (cache, _) = holding_one_key(3).await;
         cache
             .shared
             .settle_between_inserts
@@ -992,18 +1002,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_cache_of_no_accepted_keys_indexes_none() {
-        let cache = accepting(0);
-        let (key, digest) = key();
-        cache.resolve(&key, digest).expect("permit").await;
+        let (cache, _, digest) = with_one_accepted(0).await;
         assert_eq!(cache.shared.index.len(), 0);
         assert!(cache.cached(&digest, Instant::now()).is_none());
     }
 
     #[tokio::test]
     async fn a_late_notice_for_an_old_entry_leaves_the_new_one_indexed() {
-        let cache = accepting(100);
-        let (key, digest) = key();
-        cache.resolve(&key, digest).expect("permit").await;
+        let (cache, key, digest) = with_one_accepted(100).await;
         // The `All` empties the index at once; moka drops its old entry later, and tells.
         cache.invalidate(&Invalidation::All);
         cache.resolve(&key, digest).expect("permit").await;
@@ -1022,11 +1028,8 @@ mod tests {
         // the key it holds. The newcomer was asked for twice; the held key 160 times, each an
         // index hit (the front is retired before each by an unrelated invalidation), of which
         // only the sampled reports reach moka: they must be enough for moka to keep it.
-        let cache = accepting(1);
-        let (hot_key, hot) = key();
+        let (cache, hot) = holding_one_key(0).await;
         let (_, unrelated) = self::key();
-        cache.resolve(&hot_key, hot).expect("permit").await;
-        cache.shared.positive.run_pending_tasks();
         for _ in 0..front::REPORT_ONE_IN * 10 {
             cache.invalidate(&Invalidation::Key(unrelated));
             assert!(cache.cached(&hot, Instant::now()).is_some());
@@ -1058,11 +1061,8 @@ mod tests {
     async fn every_miss_reaches_moka_so_a_newly_wanted_key_is_admitted_as_it_would_be() {
         // Capacity 1, holding a key nobody asked for since. A newcomer asked for twice (two
         // misses) outranks it in moka's sketch only if both misses reached moka, sampled or not.
-        let cache = accepting(1);
-        let (held_key, held) = key();
-        cache.resolve(&held_key, held).expect("permit").await;
-        cache.shared.positive.run_pending_tasks();
-        let (newcomer_key, newcomer) = self::key();
+        let (cache, _) = holding_one_key(0).await;
+        let (newcomer_key, newcomer) = key();
         for _ in 0..2 {
             assert!(cache.cached(&newcomer, Instant::now()).is_none());
         }
