@@ -53,7 +53,7 @@ pub(super) struct Behind<A> {
 
 /// What this thread's front holds for `digest` of cache `owner`, if still valid in `epoch`
 /// at `now`. The hit path: nothing else is touched.
-#[inline(always)]
+#[inline]
 pub(super) fn get<A: Send + Sync + 'static>(
     owner: usize,
     digest: &KeyDigest,
