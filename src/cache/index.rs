@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use super::Positive;
 use crate::hashing::DigestHasher;
 use crate::key::KeyDigest;
 use crate::sync::{read, write};
@@ -26,18 +27,10 @@ use crate::sync::{read, write};
 /// shard's map still sees uniform hashes.
 const SHARDS: usize = 64;
 
-type Shard<A> = RwLock<HashMap<KeyDigest, Entry<A>, DigestHasher>>;
+type Shard<A> = RwLock<HashMap<KeyDigest, Positive<A>, DigestHasher>>;
 
 pub(super) struct ReadIndex<A> {
     shards: Box<[Shard<A>]>,
-}
-
-/// An indexed accepted key: its account (the allocation moka's entry holds too), when the
-/// entry expires, and the epoch it was cached in.
-pub(super) struct Entry<A> {
-    pub(super) account: Arc<A>,
-    pub(super) fresh_until: Instant,
-    pub(super) epoch: u64,
 }
 
 impl<A> ReadIndex<A> {
@@ -74,7 +67,7 @@ impl<A> ReadIndex<A> {
 
     /// Indexes `entry` for `digest`, replacing any older one. The cache calls it under the
     /// epoch's read lock, just before moka takes the same entry.
-    pub(super) fn insert(&self, digest: KeyDigest, entry: Entry<A>) {
+    pub(super) fn insert(&self, digest: KeyDigest, entry: Positive<A>) {
         write(self.shard(&digest)).insert(digest, entry);
     }
 
@@ -135,7 +128,7 @@ mod tests {
         let (old, new) = (Arc::new(1), Arc::new(2));
         index.insert(
             digest,
-            Entry {
+            Positive {
                 account: Arc::clone(&new),
                 fresh_until,
                 epoch: 0,
@@ -155,7 +148,7 @@ mod tests {
         let fresh_until = now + std::time::Duration::from_secs(60);
         index.insert(
             digest,
-            Entry {
+            Positive {
                 account: Arc::new(()),
                 fresh_until,
                 epoch: 4,

@@ -245,8 +245,8 @@ struct CacheShared<R: Resolver> {
     settle_between_inserts: std::sync::atomic::AtomicBool,
 }
 
-/// An accepted key's cache entry: the account, when the entry expires, and the epoch it was
-/// cached in.
+/// An accepted key's cache entry, in moka and in the read index alike: the account (one
+/// allocation, shared by both), when the entry expires, and the epoch it was cached in.
 struct Positive<A> {
     account: Arc<A>,
     fresh_until: Instant,
@@ -689,27 +689,17 @@ impl<R: Resolver> CacheShared<R> {
                 // neither does the index.
                 Resolution::Found(_) if self.positive_capacity == 0 => {}
                 Resolution::Found(account) => {
-                    let fresh_until = Instant::now() + self.positive_ttl;
+                    let entry = Positive {
+                        account: Arc::clone(account),
+                        fresh_until: Instant::now() + self.positive_ttl,
+                        epoch: started_in,
+                    };
                     // The index first: moka may drop its entry as soon as it has it (a refused
                     // admission, an eviction), and the listener must then find it to remove.
-                    self.index.insert(
-                        digest,
-                        index::Entry {
-                            account: Arc::clone(account),
-                            fresh_until,
-                            epoch: started_in,
-                        },
-                    );
+                    self.index.insert(digest, entry.clone());
                     #[cfg(test)]
                     self.between_inserts();
-                    self.positive.insert(
-                        digest,
-                        Positive {
-                            account: Arc::clone(account),
-                            fresh_until,
-                            epoch: started_in,
-                        },
-                    );
+                    self.positive.insert(digest, entry);
                 }
                 Resolution::Refused => self.negative.insert(
                     digest,
@@ -966,7 +956,7 @@ mod tests {
         // pass whether or not the index honours `cleared_epoch`.
         shared.index.insert(
             digest,
-            index::Entry {
+            Positive {
                 account,
                 fresh_until,
                 epoch: before,
