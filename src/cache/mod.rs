@@ -215,7 +215,6 @@ struct CacheShared<R: Resolver> {
     positive: moka::sync::Cache<KeyDigest, Positive<R::Account>, DigestHasher>,
     /// What `positive` holds, in shards of plain maps, for hits (see `index`).
     index: Arc<ReadIndex<R::Account>>,
-    positive_capacity: u64,
     positive_ttl: Duration,
     /// Refused keys, with when their entry expires.
     negative: moka::sync::Cache<KeyDigest, Negative, DigestHasher>,
@@ -319,7 +318,6 @@ impl<R: Resolver> CachedResolver<R> {
                 id: next_id(),
                 positive,
                 index,
-                positive_capacity: config.positive_capacity,
                 positive_ttl: config.positive_ttl,
                 negative_ttl: config.negative_ttl,
                 negative,
@@ -687,7 +685,7 @@ impl<R: Resolver> CacheShared<R> {
             match lookup {
                 // At capacity 0 moka holds nothing (and tells nothing of what it drops): so
                 // neither does the index.
-                Resolution::Found(_) if self.positive_capacity == 0 => {}
+                Resolution::Found(_) if self.positive.policy().max_capacity() == Some(0) => {}
                 Resolution::Found(account) => {
                     let entry = Positive {
                         account: Arc::clone(account),
